@@ -1,0 +1,135 @@
+"""ASVspoof 2019 metrics: EER and the minimum normalised tandem DCF.
+
+Conventions follow the ASVspoof 2019 evaluation plan and its reference
+scripts, so figures reproduce the official reports to the printed digit:
+higher scores mean bona fide; the DET curve's thresholds are the sorted
+scores (with one below the lowest); the EER is the mean of the miss and
+false-alarm rates where they are closest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.errors import CalibrationError
+
+from .protocol import AsvScores, ScoreTable
+
+Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """ASVspoof 2019 t-DCF costs and priors."""
+
+    p_spoof: float = 0.05
+    p_target_given_genuine: float = 0.99
+    c_miss_asv: float = 1.0
+    c_fa_asv: float = 10.0
+    c_miss_cm: float = 1.0
+    c_fa_cm: float = 10.0
+
+    @property
+    def p_target(self) -> float:
+        return (1 - self.p_spoof) * self.p_target_given_genuine
+
+    @property
+    def p_nontarget(self) -> float:
+        return (1 - self.p_spoof) * (1 - self.p_target_given_genuine)
+
+
+def det_curve(positive: Array, negative: Array) -> tuple[Array, Array, Array]:
+    """Miss rate of ``positive`` and false-alarm rate of ``negative`` at each threshold.
+
+    Threshold ``thresholds[i]`` rejects every score ``<= thresholds[i]``.
+    """
+    if positive.size == 0 or negative.size == 0:
+        raise CalibrationError(
+            f"an error rate needs both classes, got {positive.size} positive and {negative.size} negative scores"
+        )
+    scores = np.concatenate([positive, negative])
+    is_positive = np.concatenate([np.ones(positive.size), np.zeros(negative.size)])
+    order = np.argsort(scores, kind="mergesort")  # stable: ties keep positives first
+    positives_below = np.cumsum(is_positive[order])
+    negatives_above = negative.size - (np.arange(1, scores.size + 1) - positives_below)
+    miss = np.concatenate([[0.0], positives_below / positive.size])
+    false_alarm = np.concatenate([[1.0], negatives_above / negative.size])
+    thresholds = np.concatenate([[scores[order[0]] - 0.001], scores[order]])
+    return miss, false_alarm, thresholds
+
+
+def eer(positive: Array, negative: Array) -> tuple[float, float]:
+    """``(EER as a fraction, threshold)`` where miss and false-alarm rates meet."""
+    miss, false_alarm, thresholds = det_curve(positive, negative)
+    i = int(np.argmin(np.abs(miss - false_alarm)))
+    return float((miss[i] + false_alarm[i]) / 2), float(thresholds[i])
+
+
+def min_tdcf(bonafide: Array, spoof: Array, asv: AsvScores, cost: CostModel = CostModel()) -> float:
+    """Minimum normalised t-DCF with the ASV threshold fixed at the ASV EER point."""
+    _, asv_threshold = eer(asv.target, asv.nontarget)
+    p_fa_asv = np.count_nonzero(asv.nontarget >= asv_threshold) / asv.nontarget.size
+    p_miss_asv = np.count_nonzero(asv.target < asv_threshold) / asv.target.size
+    if asv.spoof.size == 0:
+        raise CalibrationError("the t-DCF needs ASV scores of spoof trials")
+    p_miss_spoof_asv = np.count_nonzero(asv.spoof < asv_threshold) / asv.spoof.size
+    c1 = (
+        cost.p_target * (cost.c_miss_cm - cost.c_miss_asv * p_miss_asv)
+        - cost.p_nontarget * cost.c_fa_asv * p_fa_asv
+    )
+    c2 = cost.c_fa_cm * cost.p_spoof * (1 - p_miss_spoof_asv)
+    if c1 < 0 or c2 < 0:
+        raise CalibrationError("t-DCF weights are negative: the ASV error rates look wrong")
+    miss_cm, fa_cm, _ = det_curve(bonafide, spoof)
+    curve = (c1 * miss_cm + c2 * fa_cm) / min(c1, c2)
+    return float(np.min(curve))
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    eer_percent: float
+    eer_threshold: float
+    min_tdcf: float | None
+    per_attack_eer_percent: dict[str, float]
+    n_bonafide: int
+    n_spoof: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "eer_percent": self.eer_percent,
+            "eer_threshold": self.eer_threshold,
+            "min_tdcf": self.min_tdcf,
+            "per_attack_eer_percent": self.per_attack_eer_percent,
+            "n_bonafide": self.n_bonafide,
+            "n_spoof": self.n_spoof,
+        }
+
+    def to_text(self) -> str:
+        """The official report's layout."""
+        lines = [
+            "",
+            "CM SYSTEM",
+            f"\tEER\t\t= {self.eer_percent:8.9f} % (Equal error rate for countermeasure)",
+        ]
+        if self.min_tdcf is not None:
+            lines += ["", "TANDEM", f"\tmin-tDCF\t\t= {self.min_tdcf:8.9f}"]
+        lines += ["", "BREAKDOWN CM SYSTEM"]
+        lines += [
+            f"\tEER {attack}\t\t= {value:8.9f} % (Equal error rate for {attack}"
+            for attack, value in self.per_attack_eer_percent.items()
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def evaluate(table: ScoreTable, asv: AsvScores | None = None) -> EvalReport:
+    """EER, min t-DCF (when ASV scores are given) and per-attack EERs."""
+    bonafide = table.by_label("bonafide")
+    spoof = table.by_label("spoof")
+    eer_value, threshold = eer(bonafide, spoof)
+    attacks = sorted({a for a, lab in zip(table.attacks, table.labels, strict=True) if lab == "spoof"})
+    per_attack = {a: 100 * eer(bonafide, table.by_attack(a))[0] for a in attacks}
+    tdcf = min_tdcf(bonafide, spoof, asv) if asv is not None else None
+    return EvalReport(100 * eer_value, threshold, tdcf, per_attack, int(bonafide.size), int(spoof.size))

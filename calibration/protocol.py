@@ -1,0 +1,124 @@
+"""ASVspoof 2019 LA file formats: CM protocols, score files and ASV score files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.errors import DatasetError
+
+LABELS = ("bonafide", "spoof")
+ASV_KEYS = ("target", "nontarget", "spoof")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One protocol line: ``SPEAKER UTT_ID - ATTACK|- bonafide|spoof``."""
+
+    speaker: str
+    utt: str
+    attack: str  # "-" for bona fide, "A01".."A19" for spoofs
+    label: str  # "bonafide" or "spoof"
+
+
+def _lines(path: Path) -> list[tuple[int, list[str]]]:
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from None
+    return [(i, line.split()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def parse_protocol(path: Path) -> list[Trial]:
+    """Parse a CM protocol; a malformed line is an error naming file, line and format."""
+    trials = []
+    for lineno, fields in _lines(path):
+        if len(fields) != 5 or fields[4] not in LABELS:
+            raise DatasetError(
+                f"{path}:{lineno}: expected 'SPEAKER UTT_ID - ATTACK|- bonafide|spoof', got {' '.join(fields)!r}"
+            )
+        trials.append(Trial(fields[0], fields[1], fields[3], fields[4]))
+    if not trials:
+        raise DatasetError(f"{path}: protocol is empty")
+    return trials
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """CM scores with labels: parallel arrays, one entry per utterance."""
+
+    utts: list[str]
+    attacks: list[str]
+    labels: list[str]
+    scores: npt.NDArray[np.float64]
+
+    def by_label(self, label: str) -> npt.NDArray[np.float64]:
+        mask = np.array([lab == label for lab in self.labels], dtype=bool)
+        return self.scores[mask]
+
+    def by_attack(self, attack: str) -> npt.NDArray[np.float64]:
+        mask = np.array([a == attack for a in self.attacks], dtype=bool)
+        return self.scores[mask]
+
+
+def _parse_score(value: str, path: Path, lineno: int) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        raise DatasetError(f"{path}:{lineno}: expected a numeric score, got {value!r}") from None
+    if not np.isfinite(score):
+        raise DatasetError(f"{path}:{lineno}: score is not finite ({value})")
+    return score
+
+
+def read_scores(path: Path, protocol: Path | None = None) -> ScoreTable:
+    """Read ``UTT ATTACK KEY SCORE`` lines, or ``UTT SCORE`` lines labelled from ``protocol``."""
+    trials = {t.utt: t for t in parse_protocol(protocol)} if protocol is not None else None
+    utts: list[str] = []
+    attacks: list[str] = []
+    labels: list[str] = []
+    scores: list[float] = []
+    for lineno, fields in _lines(path):
+        if len(fields) == 4 and fields[2] in LABELS:
+            utt, attack, label = fields[0], fields[1], fields[2]
+        elif trials is not None and len(fields) in (2, 4):
+            utt = fields[0]
+            if utt not in trials:
+                raise DatasetError(f"{path}:{lineno}: utterance {utt!r} is not in the protocol {protocol}")
+            attack, label = trials[utt].attack, trials[utt].label
+        else:
+            raise DatasetError(
+                f"{path}:{lineno}: expected 'UTT_ID ATTACK bonafide|spoof SCORE' "
+                f"(or 'UTT_ID SCORE' with --protocol), got {' '.join(fields)!r}"
+            )
+        utts.append(utt)
+        attacks.append(attack)
+        labels.append(label)
+        scores.append(_parse_score(fields[-1], path, lineno))
+    if not utts:
+        raise DatasetError(f"{path}: score file is empty")
+    return ScoreTable(utts, attacks, labels, np.asarray(scores, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class AsvScores:
+    target: npt.NDArray[np.float64]
+    nontarget: npt.NDArray[np.float64]
+    spoof: npt.NDArray[np.float64]
+
+
+def read_asv_scores(path: Path) -> AsvScores:
+    """Read the organisers' ``SOURCE KEY SCORE`` ASV score file."""
+    groups: dict[str, list[float]] = {k: [] for k in ASV_KEYS}
+    for lineno, fields in _lines(path):
+        if len(fields) != 3 or fields[1] not in groups:
+            raise DatasetError(
+                f"{path}:{lineno}: expected 'SOURCE target|nontarget|spoof SCORE', got {' '.join(fields)!r}"
+            )
+        groups[fields[1]].append(_parse_score(fields[2], path, lineno))
+    if not groups["target"] or not groups["nontarget"]:
+        raise DatasetError(f"{path}: needs both target and nontarget ASV scores")
+    return AsvScores(*(np.asarray(groups[k], dtype=np.float64) for k in ASV_KEYS))

@@ -1,0 +1,131 @@
+"""ONNX export with a parity gate, and the export cache keyed by weights hash."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.errors import ModelError
+from spoofwatch.paths import onnx_dir
+
+from .aasist import AASIST
+from .config import load_model_config
+from .weights import load_torch_model, sha256_file
+
+log = logging.getLogger(__name__)
+
+#: Largest |ONNX - PyTorch| logit difference an export may show to be installed.
+EXPORT_PARITY_TOL = 1e-3
+#: Bumped when the export recipe changes, so old cached graphs are not reused.
+EXPORT_VERSION = 1
+ONNX_OPSET = 18
+
+
+def parity_inputs(batch: int = 3, seed: int = 0) -> npt.NDArray[np.float32]:
+    """Deterministic probe windows: speech-band noise, a chirp and near-silence."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(WINDOW_SAMPLES) / SAMPLE_RATE_HZ
+    rows = [
+        0.1 * rng.standard_normal(WINDOW_SAMPLES),
+        0.3 * np.sin(2 * np.pi * (100 + 900 * t) * t),
+        1e-4 * rng.standard_normal(WINDOW_SAMPLES),
+    ]
+    return np.stack([rows[i % len(rows)] for i in range(batch)]).astype(np.float32)
+
+
+def _torch_logits(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    with torch.inference_mode():
+        return net(torch.from_numpy(windows)).numpy()
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings and log chatter (e.g. "torchvision is not installed")."""
+    torch_log = logging.getLogger("torch.onnx")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_log.setLevel(level)
+
+
+def _export_graph(net: AASIST, out: Path) -> None:
+    example = torch.from_numpy(parity_inputs(batch=2))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with _quiet_exporter():
+        torch.onnx.export(
+            net,
+            (example,),
+            str(out),
+            input_names=[ONNX_INPUT_NAME],
+            output_names=[ONNX_OUTPUT_NAME],
+            dynamic_shapes={"waveform": {0: batch}},
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def check_parity(net: AASIST, onnx_path: Path) -> float:
+    """Max |ONNX Runtime - PyTorch| logit difference on the probe windows."""
+    from .runtime import make_session
+
+    windows = parity_inputs()
+    session = make_session(onnx_path, device="cpu")
+    onnx_logits = session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: windows})[0]
+    return float(np.max(np.abs(onnx_logits - _torch_logits(net, windows))))
+
+
+def export_onnx(model: str, out: Path, weights: Path | None = None) -> float:
+    """Export ``model`` to ``out``; install it only if parity holds. Returns the max diff."""
+    net = load_torch_model(model, weights)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        log.info("exporting %s to ONNX (opset %d)", model, ONNX_OPSET)
+        try:
+            _export_graph(net, tmp)
+        except Exception as exc:  # the exporter raises a zoo of types
+            raise ModelError(f"ONNX export of {model} failed: {exc}") from exc
+        diff = check_parity(net, tmp)
+        if not diff <= EXPORT_PARITY_TOL:
+            raise ModelError(
+                f"ONNX export of {model} failed its parity check: max |ONNX - PyTorch| = "
+                f"{diff:.3g} > {EXPORT_PARITY_TOL}; not installed"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("exported %s -> %s (max parity diff %.2g)", model, out, diff)
+    return diff
+
+
+def cached_onnx_path(model: str, weights: Path | None = None) -> Path:
+    """Cache location of the export for these exact weights."""
+    config = load_model_config(model)
+    digest = config.weights_sha256 if weights is None else sha256_file(weights)
+    return onnx_dir() / f"{config.name}-{digest[:16]}-v{EXPORT_VERSION}.onnx"
+
+
+def ensure_onnx(model: str, weights: Path | None = None) -> Path:
+    """Return the cached ONNX export of ``model``, exporting it on first use."""
+    path = cached_onnx_path(model, weights)
+    if not path.is_file():
+        export_onnx(model, path, weights)
+    return path

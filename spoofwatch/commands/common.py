@@ -1,0 +1,35 @@
+"""Argument helpers shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from spoofwatch.constants import MODEL_NAMES
+from spoofwatch.model.runtime import DEVICES
+
+
+def add_model_args(parser: argparse.ArgumentParser, calibration: bool = True) -> None:
+    parser.add_argument("--model", default="aasist-l", choices=MODEL_NAMES, help="model (default aasist-l)")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="custom weights (.pth), e.g. a fine-tuned model"
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="auto: CUDA when it really starts, else CPU"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    if calibration:
+        parser.add_argument(
+            "--calibration",
+            type=Path,
+            default=None,
+            help="calibration TOML (default: configs/calibration/<model>.toml)",
+        )
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()

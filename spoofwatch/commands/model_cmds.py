@@ -1,0 +1,100 @@
+"""``spoofwatch weights``, ``export`` and ``score``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from spoofwatch.constants import MODEL_NAMES
+from spoofwatch.errors import AudioError
+
+from .common import add_model_args, print_json
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    weights = sub.add_parser("weights", help="fetch and list model weights")
+    wsub = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    fetch = wsub.add_parser("fetch", help="download (or copy) official weights and verify their SHA-256")
+    fetch.add_argument("--model", default="aasist-l", choices=MODEL_NAMES)
+    fetch.add_argument(
+        "--source",
+        default=None,
+        help="URL, .pth file or directory holding <NAME>.pth (default: the official URL)",
+    )
+    fetch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fetch.set_defaults(func=cmd_weights_fetch)
+    lst = wsub.add_parser("list", help="show installed weights with their hashes")
+    lst.set_defaults(func=cmd_weights_list)
+
+    export = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
+    export.add_argument("--model", default="aasist-l", choices=MODEL_NAMES)
+    export.add_argument("--weights", type=Path, default=None, help="custom weights (.pth)")
+    export.add_argument("--out", type=Path, default=None, help="output path (default: the runtime cache)")
+    export.set_defaults(func=cmd_export)
+
+    score = sub.add_parser("score", help="score audio files window by window")
+    add_model_args(score)
+    score.add_argument("--hop-s", type=float, default=1.0, help="seconds between window starts (default 1.0)")
+    score.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    score.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    score.set_defaults(func=cmd_score)
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from spoofwatch.model.weights import fetch_weights
+
+    path = fetch_weights(args.model, args.source, progress=not args.no_progress and sys.stderr.isatty())
+    sys.stdout.write(f"installed {args.model} weights at {path}\n")
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from spoofwatch.model.weights import list_weights
+
+    for row in list_weights():
+        state = "ok" if row.ok else ("MISMATCH" if row.sha256 else "missing")
+        sys.stdout.write(f"{row.model:9s} {state:8s} {row.sha256 or '-':64s} {row.path}\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from spoofwatch.model.export import cached_onnx_path, export_onnx
+
+    out = args.out or cached_onnx_path(args.model, args.weights)
+    diff = export_onnx(args.model, out, args.weights)
+    sys.stdout.write(f"exported {args.model} to {out} (max |ONNX - PyTorch| = {diff:.2e})\n")
+    return 0
+
+
+def _print_table(result: Any) -> None:
+    sys.stdout.write(
+        f"{result.file}\n  score {result.score:+.4f}  verdict {result.verdict}  (threshold {result.threshold:+.4f})\n"
+    )
+    for w in result.windows:
+        sys.stdout.write(f"    {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.score:+.4f}\n")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from spoofwatch.model.detector import Detector
+
+    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    failed = 0
+    for path in args.files:
+        try:
+            result = detector.score_file(path, hop_s=args.hop_s)
+        except AudioError as exc:
+            failed += 1
+            sys.stderr.write(f"spoofwatch score: {exc}\n")
+            if args.json:
+                print_json({"file": str(path), "error": str(exc)})
+            continue
+        if args.json:
+            print_json(result.to_json())
+        else:
+            _print_table(result)
+    return 1 if failed else 0

@@ -1,0 +1,83 @@
+"""The spoofwatch exception tree.
+
+Every error the library raises on purpose derives from :class:`SpoofwatchError`,
+so callers can catch one type. The CLI maps each child to an exit code::
+
+    SpoofwatchError                 exit 1
+    ├── InputError (ValueError)     exit 2  bad argument, array or config value
+    │   └── ConfigError             exit 2  malformed config / calibration file
+    ├── AudioError                  exit 3  unreadable, empty or corrupt audio
+    ├── WeightsError                exit 4  missing, truncated or mismatching weights
+    ├── ModelError                  exit 4  export / parity / runtime failures
+    ├── DeviceError                 exit 5  no PortAudio, no input device, no CUDA
+    ├── ProtocolError               exit 6  a client broke the streaming protocol
+    ├── DatasetError                exit 7  missing files, malformed protocol lines
+    └── CalibrationError            exit 8  calibration made for another model, etc.
+"""
+
+from __future__ import annotations
+
+
+class SpoofwatchError(Exception):
+    """Root of every error spoofwatch raises deliberately."""
+
+    exit_code = 1
+
+
+class InputError(SpoofwatchError, ValueError):
+    """A value passed in does not match what was expected."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A configuration or calibration file is malformed."""
+
+
+class AudioError(SpoofwatchError):
+    """Audio could not be read or decoded."""
+
+    exit_code = 3
+
+
+class WeightsError(SpoofwatchError):
+    """Model weights are missing, truncated or do not match the pinned hash."""
+
+    exit_code = 4
+
+
+class ModelError(SpoofwatchError):
+    """Model export, parity or runtime failure."""
+
+    exit_code = 4
+
+
+class DeviceError(SpoofwatchError):
+    """An audio or compute device is missing or unusable."""
+
+    exit_code = 5
+
+
+class ProtocolError(SpoofwatchError):
+    """A streaming client violated the wire protocol.
+
+    ``close_code`` is the WebSocket close code the server answers with.
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, close_code: int = 1003) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class DatasetError(SpoofwatchError):
+    """A dataset layout or protocol file is incomplete or malformed."""
+
+    exit_code = 7
+
+
+class CalibrationError(SpoofwatchError):
+    """A calibration cannot be computed or does not fit the model in use."""
+
+    exit_code = 8

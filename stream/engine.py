@@ -1,0 +1,171 @@
+"""The detection engine: one Sans-I/O object per stream.
+
+It owns the windower, the speech gate and the alert policy, and never
+scores by itself: ``push`` returns the windows that need a model score and
+``resolve`` feeds scores back in stream order. That split lets every
+adapter decide *where* inference runs (inline for files, a worker thread for
+the microphone, a batch shared across WebSocket connections) while all of
+them run this one implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.errors import InputError
+
+from .events import Event, ScoreEvent, StatusEvent, SummaryEvent
+from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SileroVad, SpeechGate
+from .policy import AlertPolicy, PolicyConfig
+from .windower import Window, Windower
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    #: Seconds between the starts of consecutive windows.
+    hop_s: float = 0.5
+    #: Windows allowed to wait for a score before the stalest is dropped.
+    max_pending_windows: int = 4
+
+    def __post_init__(self) -> None:
+        max_hop = WINDOW_SAMPLES / SAMPLE_RATE_HZ
+        if not 0 < self.hop_s <= max_hop:
+            raise InputError(f"hop_s: expected a value in (0, {max_hop:.4f}], got {self.hop_s}")
+        if self.max_pending_windows < 1:
+            raise InputError(f"max_pending_windows: expected >= 1, got {self.max_pending_windows}")
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.hop_s * SAMPLE_RATE_HZ)
+
+
+class Scorer(Protocol):
+    """What the engine's drivers need from a model: bona fide logits per window."""
+
+    def scores(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+@dataclass(frozen=True)
+class PendingWindow:
+    """A window cut from the stream with its gate decision, awaiting resolution."""
+
+    window: Window
+    gate: GateResult
+
+
+def validate_chunk(chunk: object) -> npt.NDArray[np.float32]:
+    if not isinstance(chunk, np.ndarray) or chunk.dtype != np.float32 or chunk.ndim != 1:
+        got = f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
+        raise InputError(f"expected a 1-D float32 numpy chunk at 16 kHz, got {got}")
+    if not np.all(np.isfinite(chunk)):
+        raise InputError("expected finite audio samples, got NaN or Inf")
+    return chunk
+
+
+class Engine:
+    """``push(chunk) -> [PendingWindow]``; ``resolve(pending, score) -> [Event]``."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        gate_config: GateConfig,
+        policy_config: PolicyConfig,
+        vad: SileroVad,
+    ) -> None:
+        self.config = config
+        self.windower = Windower(config.hop_samples)
+        history = (
+            WINDOW_SAMPLES // VAD_FRAME_SAMPLES
+            + 4 * (config.hop_samples // VAD_FRAME_SAMPLES + 1) * config.max_pending_windows
+        )
+        self.gate = SpeechGate(gate_config, vad, history_frames=history)
+        self.policy = AlertPolicy(policy_config)
+        self.reset()
+
+    def reset(self) -> None:
+        self.windower.reset()
+        self.gate.reset()
+        self.policy.reset()
+        self.windows = 0
+        self.scored_windows = 0
+        self.speech_windows = 0
+        self.dropped_windows = 0
+        self._last_t = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return self.windower.total_samples / SAMPLE_RATE_HZ
+
+    def push(self, chunk: npt.NDArray[np.float32]) -> list[PendingWindow]:
+        """Feed 16 kHz mono float32 audio; returns windows in stream order."""
+        chunk = validate_chunk(chunk)
+        self.gate.push(chunk)
+        return [self._pend(w) for w in self.windower.push(chunk)]
+
+    def flush(self) -> list[PendingWindow]:
+        """End of stream: a padded window if the stream was shorter than one window."""
+        return [self._pend(w) for w in self.windower.flush()]
+
+    def _pend(self, window: Window) -> PendingWindow:
+        self.windows += 1
+        return PendingWindow(window, self.gate.assess(window))
+
+    def resolve(self, pending: PendingWindow, score: float | None) -> list[Event]:
+        """Feed the model score of a speech window (``None`` for a gated one)."""
+        w, gate = pending.window, pending.gate
+        self._last_t = w.t_end
+        if not gate.speech or score is None:
+            events = self.policy.no_speech(w.t_end)
+            return [
+                ScoreEvent(w.t_start, w.t_end, None, self.policy.smoothed, False, gate.speech_fraction),
+                *events,
+            ]
+        self.scored_windows += 1
+        self.speech_windows += 1
+        events = self.policy.update(w.t_end, score)
+        return [
+            ScoreEvent(w.t_start, w.t_end, score, self.policy.smoothed, True, gate.speech_fraction),
+            *events,
+        ]
+
+    def drop(self, pending: PendingWindow) -> None:
+        """The driver fell behind and discarded this window unscored."""
+        self.dropped_windows += 1
+
+    def finish(self) -> list[Event]:
+        """End of stream: close any open alert and summarise."""
+        return [*self.policy.finish(max(self._last_t, self.duration_s)), self.summary()]
+
+    def status(
+        self, overruns: int = 0, lost_samples: int = 0, input_overflows: int = 0, **info: object
+    ) -> StatusEvent:
+        return StatusEvent(overruns, lost_samples, self.dropped_windows, input_overflows, dict(info))
+
+    def summary(self, overruns: int = 0) -> SummaryEvent:
+        return SummaryEvent(
+            round(self.duration_s, 6),
+            self.windows,
+            self.scored_windows,
+            self.speech_windows,
+            self.policy.alerts,
+            self.dropped_windows,
+            overruns,
+        )
+
+
+def run_windows(engine: Engine, scorer: Scorer, pending: list[PendingWindow]) -> list[Event]:
+    """Score pending windows inline, one per call, and resolve them in order.
+
+    One window per call keeps scores bit-identical however the audio was
+    chunked (ONNX Runtime's batched kernels may round differently).
+    """
+    events: list[Event] = []
+    for p in pending:
+        score = float(scorer.scores(p.window.samples[np.newaxis, :])[0]) if p.gate.speech else None
+        events += engine.resolve(p, score)
+    return events

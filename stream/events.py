@@ -1,0 +1,79 @@
+"""Events the engine emits. Every event serialises to one JSON object.
+
+Schema (times are seconds of stream audio, scores are bona fide logits):
+
+- ``score``: ``t_start``, ``t_end``, ``score`` (null when not scored),
+  ``smoothed`` (null before the first scored window), ``speech`` (bool),
+  ``speech_fraction``.
+- ``alert_start`` / ``alert_end``: ``t``, ``smoothed``, ``threshold``
+  (``alert_end`` also has ``reason``: ``"recovered"``, ``"silence"`` or ``"end_of_stream"``).
+- ``status``: ``overruns``, ``lost_samples``, ``dropped_windows``,
+  ``input_overflows`` and an ``info`` object (device, provider, sample rate).
+- ``summary``: ``duration_s``, ``windows``, ``scored_windows``,
+  ``speech_windows``, ``alerts``, ``dropped_windows``, ``overruns``.
+
+Adapters may add ``stream`` identifiers (``stream_id``, ``callSid``, ``track``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    type: ClassVar[str] = "event"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class ScoreEvent(Event):
+    type: ClassVar[str] = "score"
+    t_start: float
+    t_end: float
+    score: float | None
+    smoothed: float | None
+    speech: bool
+    speech_fraction: float
+
+
+@dataclass(frozen=True)
+class AlertStart(Event):
+    type: ClassVar[str] = "alert_start"
+    t: float
+    smoothed: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class AlertEnd(Event):
+    type: ClassVar[str] = "alert_end"
+    t: float
+    smoothed: float | None
+    threshold: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class StatusEvent(Event):
+    type: ClassVar[str] = "status"
+    overruns: int = 0
+    lost_samples: int = 0
+    dropped_windows: int = 0
+    input_overflows: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SummaryEvent(Event):
+    type: ClassVar[str] = "summary"
+    duration_s: float
+    windows: int
+    scored_windows: int
+    speech_windows: int
+    alerts: int
+    dropped_windows: int
+    overruns: int

@@ -1,0 +1,152 @@
+"""Speech gate: silero VAD plus an energy floor.
+
+AASIST-L scores silence, noise and tones as spoof-like, so a window is only
+scored when enough of it is speech. silero-vad's ONNX model (shipped in the
+``silero-vad`` wheel) runs on ONNX Runtime; its package is never imported,
+so torch is not loaded at run time. The VAD runs once per 32 ms frame as
+audio arrives (frames aligned to the stream start, so chunking cannot change
+the result) and each window looks up the frames it covers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.errors import InputError, ModelError
+
+from .windower import Window
+
+#: silero VAD frame and context sizes at 16 kHz (fixed by the model).
+VAD_FRAME_SAMPLES = 512
+_VAD_CONTEXT_SAMPLES = 64
+_VAD_STATE_SHAPE = (2, 1, 128)
+#: Floor used when a frame is exactly zero, so dBFS stays finite.
+_MIN_DBFS = -120.0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    #: silero speech probability at or above which a frame counts as speech.
+    vad_threshold: float = 0.5
+    #: Fraction of a window's frames that must be speech for it to be scored.
+    min_speech_fraction: float = 0.25
+    #: Frames and windows quieter than this RMS level (dBFS) are never speech.
+    energy_floor_dbfs: float = -60.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise InputError(f"gate.vad_threshold: expected a value in (0, 1), got {self.vad_threshold}")
+        if not 0.0 <= self.min_speech_fraction <= 1.0:
+            raise InputError(
+                f"gate.min_speech_fraction: expected a value in [0, 1], got {self.min_speech_fraction}"
+            )
+        if self.energy_floor_dbfs > 0:
+            raise InputError(f"gate.energy_floor_dbfs: expected <= 0 dBFS, got {self.energy_floor_dbfs}")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    speech: bool
+    speech_fraction: float
+    level_dbfs: float
+
+
+def rms_dbfs(x: npt.NDArray[np.float32]) -> float:
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    return max(20.0 * np.log10(rms), _MIN_DBFS) if rms > 0 else _MIN_DBFS
+
+
+def silero_model_path() -> Path:
+    """Locate ``silero_vad/data/silero_vad.onnx`` without importing the package."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or spec.origin is None:
+        raise ModelError("the silero-vad package is not installed (pip install silero-vad)")
+    path = Path(spec.origin).parent / "data" / "silero_vad.onnx"
+    if not path.is_file():
+        raise ModelError(f"silero-vad is installed but {path} is missing")
+    return path
+
+
+class SileroVad:
+    """The shared VAD model. Thread-safe: per-stream state lives in :class:`SpeechGate`."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # a tiny model: more threads only add overhead
+        options.inter_op_num_threads = 1
+        self._session: Any = ort.InferenceSession(
+            str(path or silero_model_path()), options, providers=["CPUExecutionProvider"]
+        )
+        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
+
+    def step(
+        self, frame_with_context: npt.NDArray[np.float32], state: npt.NDArray[np.float32]
+    ) -> tuple[float, npt.NDArray[np.float32]]:
+        # (1, 64 + 512) samples, state (2, 1, 128) -> speech probability, new state
+        prob, new_state = self._session.run(
+            None, {"input": frame_with_context, "state": state, "sr": self._sr}
+        )
+        return float(prob[0, 0]), new_state
+
+
+class SpeechGate:
+    """Per-stream gate: ``push(chunk)`` as audio arrives, ``assess(window)`` per window."""
+
+    def __init__(self, config: GateConfig, vad: SileroVad, history_frames: int) -> None:
+        self.config = config
+        self._vad = vad
+        self._history_frames = history_frames
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros(_VAD_STATE_SHAPE, dtype=np.float32)
+        self._buffer = np.zeros((1, _VAD_CONTEXT_SAMPLES + VAD_FRAME_SAMPLES), dtype=np.float32)
+        self._filled = 0  # samples of the current frame received so far
+        self._frames_done = 0
+        # (frame index, counts as speech) for the most recent frames
+        self._frames: deque[tuple[int, bool]] = deque(maxlen=self._history_frames)
+
+    def push(self, chunk: npt.NDArray[np.float32]) -> None:
+        pos = 0
+        while pos < chunk.shape[0]:
+            take = min(chunk.shape[0] - pos, VAD_FRAME_SAMPLES - self._filled)
+            start = _VAD_CONTEXT_SAMPLES + self._filled
+            self._buffer[0, start : start + take] = chunk[pos : pos + take]
+            self._filled += take
+            pos += take
+            if self._filled == VAD_FRAME_SAMPLES:
+                self._finish_frame()
+
+    def _finish_frame(self) -> None:
+        frame = self._buffer[0, _VAD_CONTEXT_SAMPLES:]
+        prob, self._state = self._vad.step(self._buffer, self._state)
+        loud = rms_dbfs(frame) >= self.config.energy_floor_dbfs
+        self._frames.append((self._frames_done, loud and prob >= self.config.vad_threshold))
+        self._frames_done += 1
+        # The model wants the previous frame's last 64 samples as context.
+        self._buffer[0, :_VAD_CONTEXT_SAMPLES] = frame[-_VAD_CONTEXT_SAMPLES:]
+        self._filled = 0
+
+    def assess(self, window: Window) -> GateResult:
+        """Speech decision for a window, from the VAD frames inside it."""
+        level = rms_dbfs(window.samples)
+        first = -(-window.start_sample // VAD_FRAME_SAMPLES)  # first frame fully inside
+        last = window.end_sample // VAD_FRAME_SAMPLES  # exclusive
+        flags = [speech for index, speech in self._frames if first <= index < last]
+        fraction = float(np.mean(flags)) if flags else 0.0
+        speech = (
+            level >= self.config.energy_floor_dbfs
+            and bool(flags)
+            and fraction >= self.config.min_speech_fraction
+        )
+        return GateResult(speech, fraction, level)

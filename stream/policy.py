@@ -1,0 +1,104 @@
+"""Alert policy: smoothing, hysteresis, minimum duration, cooldown.
+
+Scores are bona fide logits, so *low* means spoof-like. An alert starts when
+the smoothed score has stayed below ``enter_threshold`` for
+``min_alert_windows`` consecutive scored windows (and the cooldown since the
+last alert has passed). It ends when the smoothed score rises above
+``exit_threshold`` (>= enter: hysteresis), or after ``silence_reset_s`` of
+windows without speech, which also clears the smoothing history so a new
+talker starts fresh.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from spoofwatch.errors import InputError
+
+from .events import AlertEnd, AlertStart, Event
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    #: Smoothed score below which a window counts toward an alert.
+    enter_threshold: float = 1.764
+    #: Smoothed score above which an active alert ends (>= enter_threshold).
+    exit_threshold: float = 2.5
+    #: Smoothing: mean of the last k scored windows.
+    smoothing_windows: int = 4
+    #: Consecutive below-threshold smoothed windows needed to start an alert.
+    min_alert_windows: int = 2
+    #: Seconds after an alert ends during which no new alert starts.
+    cooldown_s: float = 5.0
+    #: Seconds without speech that end an alert and reset smoothing.
+    silence_reset_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.exit_threshold < self.enter_threshold:
+            raise InputError(
+                f"policy: expected exit_threshold >= enter_threshold, got {self.exit_threshold} < {self.enter_threshold}"
+            )
+        if self.smoothing_windows < 1 or self.min_alert_windows < 1:
+            raise InputError("policy: expected smoothing_windows >= 1 and min_alert_windows >= 1")
+        if self.cooldown_s < 0 or self.silence_reset_s <= 0:
+            raise InputError("policy: expected cooldown_s >= 0 and silence_reset_s > 0")
+
+
+class AlertPolicy:
+    """``update(t, score)`` for scored windows, ``no_speech(t)`` for gated ones."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self._recent: deque[float] = deque(maxlen=self.config.smoothing_windows)
+        self.smoothed: float | None = None
+        self.active = False
+        self.alerts = 0
+        self._below = 0
+        self._cooldown_until = -np.inf
+        self._silent_since: float | None = None
+
+    def update(self, t: float, score: float) -> list[Event]:
+        """A scored window ending at stream time ``t``."""
+        self._silent_since = None
+        self._recent.append(score)
+        self.smoothed = float(np.mean(self._recent))
+        cfg = self.config
+        if self.active:
+            if self.smoothed > cfg.exit_threshold:
+                return [self._end(t, "recovered")]
+            return []
+        self._below = self._below + 1 if self.smoothed < cfg.enter_threshold else 0
+        if self._below >= cfg.min_alert_windows and t >= self._cooldown_until:
+            self.active = True
+            self.alerts += 1
+            return [AlertStart(t, self.smoothed, cfg.enter_threshold)]
+        return []
+
+    def no_speech(self, t: float) -> list[Event]:
+        """A window without speech ending at ``t``: never alerts; a run of
+        them spanning ``silence_reset_s`` ends an alert and resets smoothing."""
+        if self._silent_since is None:
+            self._silent_since = t
+        if t - self._silent_since < self.config.silence_reset_s:
+            return []
+        events: list[Event] = [self._end(t, "silence")] if self.active else []
+        self._recent.clear()
+        self._below = 0
+        self.smoothed = None
+        return events
+
+    def finish(self, t: float) -> list[Event]:
+        """End of stream: close an open alert."""
+        return [self._end(t, "end_of_stream")] if self.active else []
+
+    def _end(self, t: float, reason: str) -> AlertEnd:
+        self.active = False
+        self._below = 0
+        self._cooldown_until = t + self.config.cooldown_s
+        return AlertEnd(t, self.smoothed, self.config.exit_threshold, reason)

@@ -1,0 +1,87 @@
+"""Single-producer, single-consumer float32 ring buffer.
+
+The producer (a PortAudio callback, a socket reader) only copies samples in
+and advances ``_written``; the consumer only advances ``_read``. Each index
+has exactly one writer, and a Python int store is atomic, so neither side
+takes a lock. When the producer laps the consumer the oldest unread samples
+are overwritten: the consumer notices, skips them, and counts an overrun.
+A copy that raced with such an overwrite is detected by re-reading the write
+index afterwards (a seqlock), so the consumer never returns torn samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.errors import InputError
+
+
+class RingBuffer:
+    """Fixed-capacity ring of float32 samples with overrun counting."""
+
+    def __init__(self, capacity_samples: int) -> None:
+        if capacity_samples < 1:
+            raise InputError(f"expected capacity_samples >= 1, got {capacity_samples}")
+        self.capacity = capacity_samples
+        self._data = np.zeros(capacity_samples, dtype=np.float32)
+        self._written = 0  # total samples ever written (producer-owned)
+        self._read = 0  # total samples ever consumed or skipped (consumer-owned)
+        self.overruns = 0  # times the consumer found unread audio overwritten
+        self.lost_samples = 0  # samples overwritten before they were read
+
+    def reset(self) -> None:
+        self._written = 0
+        self._read = 0
+        self.overruns = 0
+        self.lost_samples = 0
+
+    @property
+    def available(self) -> int:
+        """Unread samples (capped at capacity: older ones are already lost)."""
+        return min(self._written - self._read, self.capacity)
+
+    def write(self, chunk: npt.NDArray[np.float32]) -> None:
+        """Producer side: copy ``chunk`` in. Never blocks, never allocates."""
+        n = chunk.shape[0]
+        if n == 0:
+            return
+        if n > self.capacity:  # only the newest `capacity` samples can survive
+            chunk = chunk[n - self.capacity :]
+        start = self._written % self.capacity
+        first = min(chunk.shape[0], self.capacity - start)
+        self._data[start : start + first] = chunk[:first]
+        self._data[: chunk.shape[0] - first] = chunk[first:]
+        self._written += n  # publish after the copy
+
+    def read(self, max_samples: int | None = None) -> npt.NDArray[np.float32]:
+        """Consumer side: return (a copy of) up to ``max_samples`` unread samples."""
+        written = self._written
+        self._skip_lost(written)
+        n = written - self._read
+        if max_samples is not None:
+            n = min(n, max_samples)
+        if n <= 0:
+            return np.zeros(0, dtype=np.float32)
+        start = self._read % self.capacity
+        first = min(n, self.capacity - start)
+        out = np.concatenate([self._data[start : start + first], self._data[: n - first]])
+        # Seqlock check: did the producer overwrite part of what we copied?
+        overwritten = self._written - self.capacity - self._read
+        if overwritten > 0:
+            drop = min(overwritten, n)
+            self._count_loss(drop)
+            out = out[drop:]
+            self._read += drop
+        self._read += out.shape[0]
+        return out
+
+    def _skip_lost(self, written: int) -> None:
+        lost = written - self._read - self.capacity
+        if lost > 0:
+            self._count_loss(lost)
+            self._read += lost
+
+    def _count_loss(self, samples: int) -> None:
+        self.overruns += 1
+        self.lost_samples += samples

@@ -1,0 +1,90 @@
+"""Cuts a stream into overlapping model windows with absolute stream times.
+
+Warm-up: no window is emitted until the first full window (64,600 samples,
+about 4.04 s) has arrived; the first window covers samples [0, 64600), and
+then one follows every hop. A stream that ends before the first full window
+gets one window on ``flush()``: the audio it has, repeated to full length
+(the official evaluation convention), so short clips are still scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.audio import official_window
+from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.errors import InputError
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model input cut from the stream."""
+
+    index: int  # 0, 1, 2, ... in stream order
+    start_sample: int
+    end_sample: int  # exclusive; for a padded short stream, the real end
+    samples: npt.NDArray[np.float32]  # (64600,)
+
+    @property
+    def t_start(self) -> float:
+        return self.start_sample / SAMPLE_RATE_HZ
+
+    @property
+    def t_end(self) -> float:
+        return self.end_sample / SAMPLE_RATE_HZ
+
+
+class Windower:
+    """``push(chunk) -> list[Window]``; chunk sizes never change the windows."""
+
+    def __init__(self, hop_samples: int, window_samples: int = WINDOW_SAMPLES) -> None:
+        if not 1 <= hop_samples <= window_samples:
+            raise InputError(f"expected 1 <= hop_samples <= {window_samples}, got {hop_samples}")
+        self.hop_samples = hop_samples
+        self.window_samples = window_samples
+        self._ring = np.zeros(window_samples, dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.total_samples = 0
+        self._next_end = self.window_samples
+        self._emitted = 0
+
+    def push(self, chunk: npt.NDArray[np.float32]) -> list[Window]:
+        windows = []
+        pos = 0
+        while pos < chunk.shape[0]:
+            take = min(chunk.shape[0] - pos, self._next_end - self.total_samples)
+            self._store(chunk[pos : pos + take])
+            pos += take
+            if self.total_samples == self._next_end:
+                windows.append(self._cut())
+                self._next_end += self.hop_samples
+        return windows
+
+    def flush(self) -> list[Window]:
+        """End of stream: a padded window if the stream never filled one."""
+        if self._emitted or self.total_samples == 0:
+            return []
+        audio = self._ring[: self.total_samples]
+        self._emitted = 1
+        return [Window(0, 0, self.total_samples, official_window(audio, self.window_samples))]
+
+    def _store(self, part: npt.NDArray[np.float32]) -> None:
+        # Sample k of the stream lives at _ring[k % window_samples].
+        start = self.total_samples % self.window_samples
+        first = min(part.shape[0], self.window_samples - start)
+        self._ring[start : start + first] = part[:first]
+        self._ring[: part.shape[0] - first] = part[first:]
+        self.total_samples += part.shape[0]
+
+    def _cut(self) -> Window:
+        split = self.total_samples % self.window_samples
+        samples = np.concatenate([self._ring[split:], self._ring[:split]])
+        start = self.total_samples - self.window_samples
+        window = Window(self._emitted, start, self.total_samples, samples)
+        self._emitted += 1
+        return window

@@ -1,0 +1,80 @@
+"""Fixtures: the shared data (fails loudly in CI when missing), an isolated
+SPOOFWATCH_HOME with the official weights installed through the real fetch
+code, and the ONNX exports, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import REPO_ROOT
+
+SHARED_ENV = "SPOOFWATCH_SHARED"
+
+
+def _shared_root() -> Path:
+    return Path(os.environ.get(SHARED_ENV, REPO_ROOT.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The read-only ``../shared`` folder. Missing data fails under CI, skips elsewhere."""
+    root = _shared_root()
+    if not (root / "weights" / "AASIST-L.pth").is_file():
+        message = f"shared data not found at {root} (set {SHARED_ENV})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def la_dir(shared: Path) -> Path:
+    return shared / "data" / "asvspoof2019_la"
+
+
+@pytest.fixture(scope="session")
+def reference(shared: Path) -> dict[str, np.ndarray]:
+    with np.load(shared / "reference" / "official_outputs.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def sw_home(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Iterator[Path]:
+    """A private cache with both official models fetched from ``../shared``."""
+    from spoofwatch.model.weights import fetch_weights
+
+    home = tmp_path_factory.mktemp("spoofwatch_home")
+    old = os.environ.get("SPOOFWATCH_HOME")
+    os.environ["SPOOFWATCH_HOME"] = str(home)
+    for model in ("aasist-l", "aasist"):
+        fetch_weights(model, str(shared / "weights"), progress=False)
+    yield home
+    if old is None:
+        os.environ.pop("SPOOFWATCH_HOME", None)
+    else:
+        os.environ["SPOOFWATCH_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def onnx_aasist_l(sw_home: Path) -> Path:
+    from spoofwatch.model.export import ensure_onnx
+
+    return ensure_onnx("aasist-l")
+
+
+@pytest.fixture(scope="session")
+def scorer(onnx_aasist_l: Path):  # type: ignore[no-untyped-def]
+    from spoofwatch.model.runtime import OnnxScorer
+
+    return OnnxScorer(onnx_aasist_l, device="cpu", threads=2)
+
+
+@pytest.fixture(scope="session")
+def vad():  # type: ignore[no-untyped-def]
+    from spoofwatch.stream.gate import SileroVad
+
+    return SileroVad()

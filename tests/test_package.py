@@ -1,0 +1,57 @@
+"""Packaging: the wheel's namespaced layout and the installed console script."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from helpers import REPO_ROOT
+
+
+def test_wheel_layout(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO_ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    wheel = next(tmp_path.glob("spoofwatch-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for expected in (
+        "spoofwatch/__init__.py",
+        "spoofwatch/cli.py",
+        "spoofwatch/model/aasist.py",
+        "spoofwatch/stream/engine.py",
+        "spoofwatch/calibration/metrics.py",
+        "spoofwatch/configs/models/aasist-l.toml",
+        "spoofwatch/configs/calibration/aasist-l.toml",
+    ):
+        assert expected in names, expected
+    top_level = {n.split("/")[0] for n in names}
+    assert top_level == {"spoofwatch", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    assert not any(n.endswith((".onnx", ".pth")) for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "spoofwatch = spoofwatch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_console_script_and_module() -> None:
+    exe = shutil.which("spoofwatch")
+    assert exe is not None, "the spoofwatch console script is not on PATH"
+    for cmd in ([exe, "--help"], [sys.executable, "-m", "spoofwatch", "--help"]):
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        for sub in ("score", "weights", "export"):
+            assert sub in out

@@ -1,0 +1,133 @@
+"""``spoofwatch score`` end to end on real LA clips, plus audio decoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from helpers import BONAFIDE_UTT, SPOOF_UTTS, la_clip
+from spoofwatch.model.detector import Detector, window_starts
+
+from spoofwatch.audio import official_window, read_audio
+from spoofwatch.cli import main
+from spoofwatch.errors import AudioError
+
+
+def _reference_score(reference: dict[str, np.ndarray], utt: str) -> float:
+    names = [str(n) for n in reference["names"]]
+    row = names.index(f"asvspoof2019_la/flac/{utt}.flac#official_pad")
+    return float(reference["AASIST-L_logits"][row, 1])
+
+
+def test_score_json_on_la_clips(
+    sw_home: Path, la_dir: Path, reference: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    utts = [BONAFIDE_UTT, *SPOOF_UTTS]
+    assert main(["score", "--json", "--device", "cpu", *(str(la_clip(la_dir, u)) for u in utts)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["file"]).stem for r in rows] == utts
+    for utt, row in zip(utts, rows, strict=True):
+        assert set(row) == {"file", "score", "verdict", "threshold", "windows"}
+        assert abs(row["windows"][0]["score"] - _reference_score(reference, utt)) < 1e-3
+        assert row["windows"][0]["start_s"] == 0.0
+    scores = {Path(r["file"]).stem: r["score"] for r in rows}
+    assert all(scores[BONAFIDE_UTT] > scores[s] for s in SPOOF_UTTS)
+    verdicts = {Path(r["file"]).stem: r["verdict"] for r in rows}
+    assert verdicts == {BONAFIDE_UTT: "bonafide", **{s: "spoof" for s in SPOOF_UTTS}}
+
+
+def test_score_table_and_failing_files(
+    sw_home: Path, la_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio")
+    good = la_clip(la_dir, BONAFIDE_UTT)
+    code = main(
+        [
+            "score",
+            "--device",
+            "cpu",
+            str(empty),
+            str(corrupt),
+            str(good),
+            str(text),
+            str(tmp_path / "missing.wav"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "LA_T_1272637" in captured.out and "bonafide" in captured.out
+    assert "empty.wav: audio is empty" in captured.err
+    assert "corrupt.flac: cannot decode audio" in captured.err
+    assert "notes.wav: cannot decode audio" in captured.err
+    assert "missing.wav: no such audio file" in captured.err
+
+
+def test_long_file_windows_follow_the_hop(sw_home: Path, shared: Path) -> None:
+    path = shared / "data/speech/pairs/nii_wave_replacement/real/11463_11657_000002.flac"
+    detector = Detector.load("aasist-l", device="cpu")
+    result = detector.score_file(path, hop_s=1.0)
+    audio = read_audio(path)
+    assert [w.start_s for w in result.windows[:3]] == [0.0, 1.0, 2.0]
+    assert result.windows[-1].end_s == pytest.approx(audio.size / 16000)
+    assert result.windows[0].score == pytest.approx(detector.score(audio), abs=1e-5)
+    assert result.score == pytest.approx(np.mean([w.score for w in result.windows]))
+
+
+def test_window_starts() -> None:
+    assert window_starts(1000, 16000) == [0]
+    assert window_starts(64600, 16000) == [0]
+    assert window_starts(64600 + 16000, 16000) == [0, 16000]
+    assert window_starts(64600 + 20000, 16000) == [0, 16000, 20000]
+
+
+def test_official_window_repeats_short_clips() -> None:
+    clip = np.arange(1, 30001, dtype=np.float32)
+    window = official_window(clip)
+    assert window.shape == (64600,)
+    np.testing.assert_array_equal(window[:30000], clip)
+    np.testing.assert_array_equal(window[30000:60000], clip)
+    np.testing.assert_array_equal(window[60000:], clip[:4600])
+
+
+def test_22k_file_is_resampled(tmp_path: Path) -> None:
+    rate = 22050
+    t = np.arange(rate * 2) / rate
+    path = tmp_path / "tone22k.wav"
+    soundfile.write(path, (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), rate)
+    audio = read_audio(path)
+    assert audio.dtype == np.float32
+    assert abs(audio.size - 32000) <= 1
+    spectrum = np.abs(np.fft.rfft(audio[1000:-1000]))
+    peak_hz = spectrum.argmax() * 16000 / (audio.size - 2000)
+    assert abs(peak_hz - 1000) < 2
+    assert 0.45 < np.abs(audio[1000:-1000]).max() < 0.55
+
+
+def test_real_22k_ljspeech_file(shared: Path) -> None:
+    path = sorted((shared / "data/speech/bonafide/ljspeech").glob("*.wav"))[0]
+    info = soundfile.info(str(path))
+    assert info.samplerate == 22050
+    audio = read_audio(path)
+    assert abs(audio.size - round(info.frames * 16000 / 22050)) <= 1
+
+
+def test_stereo_is_mixed_to_mono(tmp_path: Path) -> None:
+    path = tmp_path / "stereo.wav"
+    frames = np.stack([np.full(1600, 0.2), np.full(1600, 0.6)], axis=1).astype(np.float32)
+    soundfile.write(path, frames, 16000)
+    np.testing.assert_allclose(read_audio(path), 0.4, atol=1e-4)
+
+
+def test_nan_audio_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "nan.wav"
+    soundfile.write(path, np.array([0.0, np.nan, 0.1], dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN or Inf"):
+        read_audio(path)
