@@ -31,7 +31,8 @@ reinstall: install
 
 lint: reinstall
 	$(BIN)/ruff check spoofwatch model stream calibration configs tests benchmarks
-	cd /tmp && $(abspath $(BIN))/mypy -p spoofwatch
+	# From /tmp so mypy checks the installed package, not the unmapped source folders.
+	cd /tmp && $(abspath $(BIN))/mypy --config-file $(abspath pyproject.toml) -p spoofwatch
 
 test: lint
 	$(BIN)/pytest -q

@@ -82,7 +82,7 @@ class SincFrontEnd(nn.Module):
 
     def forward(self, x: Tensor, band_mask: tuple[int, int] | None = None) -> Tensor:
         # x: (B, 1, T) -> (B, F, T - K + 1); for AASIST-L (B, 70, 64472)
-        filters: Tensor = self.filters
+        filters = self.get_buffer("filters")
         if band_mask is not None:
             # Frequency masking augmentation: zero `width` filters from `start`.
             start, width = band_mask

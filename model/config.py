@@ -47,9 +47,10 @@ def _as_tuple(value: Any, field: str, length: int | None = None) -> tuple[Any, .
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Validate a parsed TOML table and build a :class:`ModelConfig`."""
     try:
-        filts = tuple(tuple(int(v) for v in pair) for pair in _as_tuple(data["filts"], "filts", 4))
-        if any(len(pair) != 2 for pair in filts):
+        pairs = _as_tuple(data["filts"], "filts", 4)
+        if any(not isinstance(pair, list) or len(pair) != 2 for pair in pairs):
             raise ConfigError("model config field 'filts': expected four [in, out] pairs")
+        filts = tuple((int(a), int(b)) for a, b in pairs)
         return ModelConfig(
             name=str(data["name"]),
             first_conv=int(data["first_conv"]),

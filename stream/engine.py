@@ -104,8 +104,15 @@ class Engine:
     def push(self, chunk: npt.NDArray[np.float32]) -> list[PendingWindow]:
         """Feed 16 kHz mono float32 audio; returns windows in stream order."""
         chunk = validate_chunk(chunk)
-        self.gate.push(chunk)
-        return [self._pend(w) for w in self.windower.push(chunk)]
+        pending = []
+        # Slices of at most one hop keep the gate's VAD frames at most a hop
+        # ahead of the windows it assesses, whatever the caller's chunk size.
+        step = self.config.hop_samples
+        for pos in range(0, chunk.shape[0], step):
+            part = chunk[pos : pos + step]
+            self.gate.push(part)
+            pending += [self._pend(w) for w in self.windower.push(part)]
+        return pending
 
     def flush(self) -> list[PendingWindow]:
         """End of stream: a padded window if the stream was shorter than one window."""

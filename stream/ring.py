@@ -25,16 +25,15 @@ class RingBuffer:
             raise InputError(f"expected capacity_samples >= 1, got {capacity_samples}")
         self.capacity = capacity_samples
         self._data = np.zeros(capacity_samples, dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all audio and counters (only while no producer is writing)."""
         self._written = 0  # total samples ever written (producer-owned)
+        self._reserved = 0  # end of the write in progress (producer-owned)
         self._read = 0  # total samples ever consumed or skipped (consumer-owned)
         self.overruns = 0  # times the consumer found unread audio overwritten
         self.lost_samples = 0  # samples overwritten before they were read
-
-    def reset(self) -> None:
-        self._written = 0
-        self._read = 0
-        self.overruns = 0
-        self.lost_samples = 0
 
     @property
     def available(self) -> int:
@@ -46,13 +45,15 @@ class RingBuffer:
         n = chunk.shape[0]
         if n == 0:
             return
-        if n > self.capacity:  # only the newest `capacity` samples can survive
-            chunk = chunk[n - self.capacity :]
-        start = self._written % self.capacity
+        skipped = max(0, n - self.capacity)  # only the newest `capacity` samples can survive
+        chunk = chunk[skipped:]
+        # Announce the overwrite before touching memory, publish after (seqlock).
+        self._reserved = self._written + n
+        start = (self._written + skipped) % self.capacity
         first = min(chunk.shape[0], self.capacity - start)
         self._data[start : start + first] = chunk[:first]
         self._data[: chunk.shape[0] - first] = chunk[first:]
-        self._written += n  # publish after the copy
+        self._written += n
 
     def read(self, max_samples: int | None = None) -> npt.NDArray[np.float32]:
         """Consumer side: return (a copy of) up to ``max_samples`` unread samples."""
@@ -66,8 +67,9 @@ class RingBuffer:
         start = self._read % self.capacity
         first = min(n, self.capacity - start)
         out = np.concatenate([self._data[start : start + first], self._data[: n - first]])
-        # Seqlock check: did the producer overwrite part of what we copied?
-        overwritten = self._written - self.capacity - self._read
+        # Seqlock check: did the producer overwrite (or start overwriting)
+        # part of what we copied? `_reserved` is set before each write begins.
+        overwritten = self._reserved - self.capacity - self._read
         if overwritten > 0:
             drop = min(overwritten, n)
             self._count_loss(drop)

@@ -12,13 +12,19 @@ from spoofwatch.constants import MODEL_NAMES
 from spoofwatch.model.runtime import DEVICES
 
 
-def add_model_args(parser: argparse.ArgumentParser, calibration: bool = True) -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser, calibration: bool = True, device_flag: str = "--device"
+) -> None:
     parser.add_argument("--model", default="aasist-l", choices=MODEL_NAMES, help="model (default aasist-l)")
     parser.add_argument(
         "--weights", type=Path, default=None, help="custom weights (.pth), e.g. a fine-tuned model"
     )
     parser.add_argument(
-        "--device", default="auto", choices=DEVICES, help="auto: CUDA when it really starts, else CPU"
+        device_flag,
+        dest="device",
+        default="auto",
+        choices=DEVICES,
+        help="compute device; auto: CUDA when it really starts, else CPU",
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     if calibration:

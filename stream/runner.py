@@ -1,0 +1,52 @@
+"""Building an engine from a calibration, and the inline driver used by
+files and the microphone (the WebSocket server batches across streams
+instead; see ``spoofwatch.stream.server.batcher``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import Engine, PendingWindow, Scorer, run_windows
+from .events import Event
+from .gate import SileroVad
+
+if TYPE_CHECKING:
+    from spoofwatch.calibration.calfile import Calibration
+
+
+def build_engine(calibration: Calibration, vad: SileroVad, hop_s: float | None = None) -> Engine:
+    """An engine configured by a calibration (``hop_s`` overrides its hop)."""
+    from dataclasses import replace
+
+    stream = calibration.stream if hop_s is None else replace(calibration.stream, hop_s=hop_s)
+    return Engine(stream, calibration.gate, calibration.policy, vad)
+
+
+def keep_fresh(engine: Engine, pending: list[PendingWindow]) -> list[PendingWindow]:
+    """When scoring fell behind, drop the stalest windows (never audio) and count them."""
+    limit = engine.config.max_pending_windows
+    for stale in pending[:-limit]:
+        engine.drop(stale)
+    return pending[-limit:]
+
+
+class InlineRunner:
+    """Drives one engine, scoring windows in the caller's thread."""
+
+    def __init__(self, engine: Engine, scorer: Scorer, drop_stale: bool = False) -> None:
+        self.engine = engine
+        self.scorer = scorer
+        self.drop_stale = drop_stale
+
+    def feed(self, chunk: npt.NDArray[np.float32]) -> list[Event]:
+        pending = self.engine.push(chunk)
+        if self.drop_stale:
+            pending = keep_fresh(self.engine, pending)
+        return run_windows(self.engine, self.scorer, pending)
+
+    def close(self) -> list[Event]:
+        """End of stream: score a padded short stream, close alerts, summarise."""
+        return [*run_windows(self.engine, self.scorer, self.engine.flush()), *self.engine.finish()]

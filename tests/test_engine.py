@@ -1,0 +1,132 @@
+"""The live engine on real audio with the real ONNX model and silero VAD."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+from helpers import BONAFIDE_UTT, la_clip
+from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.stream.engine import Engine
+from spoofwatch.stream.runner import InlineRunner, build_engine
+
+from spoofwatch.audio import read_audio
+from spoofwatch.cli import main
+from spoofwatch.errors import InputError
+
+SPOOF_ONSET_S = 8.0
+
+
+def repeat_to(audio: np.ndarray, n: int) -> np.ndarray:
+    return np.tile(audio, n // audio.size + 1)[:n]
+
+
+@pytest.fixture(scope="module")
+def concat_wav(la_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 8 s of the bona fide LA clip, then about 8 s of a spoofed LA clip."""
+    bona = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
+    n = int(SPOOF_ONSET_S * 16000)
+    path = tmp_path_factory.mktemp("audio") / "bona_then_spoof.wav"
+    soundfile.write(path, np.concatenate([repeat_to(bona, n), repeat_to(spoof, n)]), 16000, subtype="FLOAT")
+    return path
+
+
+def engine_for(vad: Any) -> Engine:
+    return build_engine(load_calibration(model="aasist-l"), vad)
+
+
+def run_chunked(audio: np.ndarray, chunks: list[int], scorer: Any, vad: Any) -> list[dict[str, Any]]:
+    runner = InlineRunner(engine_for(vad), scorer)
+    events = []
+    pos = 0
+    for size in chunks:
+        events += runner.feed(audio[pos : pos + size])
+        pos += size
+    assert pos >= audio.size
+    return [e.to_json() for e in [*events, *runner.close()]]
+
+
+def test_stream_cli_alerts_only_after_spoof_onset(
+    sw_home: Path, concat_wav: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stream", "--json", "--device", "cpu", str(concat_wav)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    starts = [e for e in events if e["type"] == "alert_start"]
+    assert starts, "the spoofed half must raise an alert"
+    assert all(e["t"] > SPOOF_ONSET_S for e in starts)
+    assert starts[0]["t"] < SPOOF_ONSET_S + 6.0
+    scores = [e for e in events if e["type"] == "score"]
+    assert all(e["speech"] for e in scores)
+    assert all(e["smoothed"] > starts[0]["threshold"] for e in scores if e["t_end"] <= SPOOF_ONSET_S)
+    assert events[-1]["type"] == "summary" and events[-1]["alerts"] == len(starts)
+    assert events[-1]["duration_s"] == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize("kind", ["silence", "tone", "quiet_noise"])
+def test_silence_and_tones_never_alert(kind: str, scorer: Any, vad: Any) -> None:
+    t = np.arange(12 * 16000) / 16000
+    audio = {
+        "silence": np.zeros_like(t),
+        "tone": 0.5 * np.sin(2 * np.pi * 1000 * t),
+        "quiet_noise": 1e-4 * np.random.default_rng(0).standard_normal(t.size),
+    }[kind].astype(np.float32)
+    events = run_chunked(audio, [320] * (audio.size // 320), scorer, vad)
+    assert not [e for e in events if e["type"] == "alert_start"]
+    assert all(not e["speech"] and e["score"] is None for e in events if e["type"] == "score")
+    assert events[-1]["scored_windows"] == 0
+
+
+def test_chunk_size_does_not_change_events(concat_wav: Path, scorer: Any, vad: Any) -> None:
+    audio = read_audio(concat_wav)
+    reference = run_chunked(audio, [audio.size], scorer, vad)
+    assert len([e for e in reference if e["type"] == "score"]) == 24
+    rng = np.random.default_rng(7)
+    random_sizes = list(rng.integers(1, 5000, size=audio.size // 2000))
+    random_sizes.append(audio.size)
+    for sizes in (
+        [160] * (audio.size // 160 + 1),
+        [320] * (audio.size // 320 + 1),
+        [4096] * (audio.size // 4096 + 1),
+        random_sizes,
+    ):
+        assert run_chunked(audio, sizes, scorer, vad) == reference
+
+
+def test_single_sample_chunks(concat_wav: Path, scorer: Any, vad: Any) -> None:
+    audio = read_audio(concat_wav)[: 6 * 16000]  # 96,000 one-sample pushes
+    assert run_chunked(audio, [1] * audio.size, scorer, vad) == run_chunked(audio, [audio.size], scorer, vad)
+
+
+def test_short_stream_gets_the_official_score(la_dir: Path, scorer: Any, vad: Any) -> None:
+    audio = read_audio(la_clip(la_dir, BONAFIDE_UTT))  # 2.9 s: shorter than one window
+    events = run_chunked(audio, [320] * (audio.size // 320 + 1), scorer, vad)
+    (score,) = [e for e in events if e["type"] == "score"]
+    assert score["speech"] and score["score"] == pytest.approx(6.8474245, abs=1e-3)
+    assert score["t_end"] == pytest.approx(audio.size / 16000)
+
+
+def test_engine_rejects_bad_chunks_and_keeps_state(vad: Any) -> None:
+    engine = engine_for(vad)
+    engine.push(np.zeros(1000, dtype=np.float32))
+    for bad in (
+        np.zeros(10, dtype=np.float64),
+        np.zeros((10, 2), dtype=np.float32),
+        np.array([np.nan], dtype=np.float32),
+    ):
+        with pytest.raises(InputError):
+            engine.push(bad)
+    assert engine.windower.total_samples == 1000
+    engine.reset()
+    assert engine.windower.total_samples == 0
+
+
+def test_stream_cli_bad_file(sw_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVE")
+    assert main(["stream", str(bad)]) == 3
+    assert "cannot decode audio" in capsys.readouterr().err

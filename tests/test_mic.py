@@ -1,0 +1,144 @@
+"""The microphone adapter, driven by an injected stream object whose callback
+runs on its own thread with real audio (this machine has no sound card)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import BONAFIDE_UTT, la_clip
+from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.stream.events import Event
+from spoofwatch.stream.monitor import run_monitor
+from spoofwatch.stream.runner import InlineRunner, build_engine
+from spoofwatch.stream.sources.mic import MicrophoneSource, parse_device
+
+from spoofwatch.audio import read_audio, resample
+from spoofwatch.cli import main
+from spoofwatch.errors import DeviceError
+
+NATIVE_HZ = 48_000
+BLOCK = 480  # 10 ms at 48 kHz
+
+
+class _Status:
+    def __init__(self, overflow: bool) -> None:
+        self.input_overflow = overflow
+
+    def __bool__(self) -> bool:
+        return self.input_overflow
+
+
+class FakeInputStream:
+    """Stands in for sounddevice.InputStream: calls back from a thread at ``speed`` x real time."""
+
+    def __init__(self, audio: np.ndarray, speed: float, **kwargs: Any) -> None:
+        assert kwargs["channels"] == 1 and kwargs["dtype"] == "float32"
+        self.rate = kwargs["samplerate"]
+        self.callback = kwargs["callback"]
+        self.audio = audio
+        self.speed = speed
+        self.finished = threading.Event()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for i, pos in enumerate(range(0, self.audio.size - BLOCK + 1, BLOCK)):
+            if self._halt.is_set():
+                break
+            due = start + pos / self.rate / self.speed
+            if (delay := due - time.monotonic()) > 0:
+                time.sleep(delay)
+            block = self.audio[pos : pos + BLOCK].reshape(-1, 1)
+            self.callback(block, BLOCK, None, _Status(overflow=i == 100))
+        self.finished.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join()
+
+    def close(self) -> None:
+        pass
+
+
+def test_monitor_with_injected_stream(sw_home: Path, la_dir: Path, scorer: Any, vad: Any) -> None:
+    bona = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
+    n = 8 * 16000
+    audio16 = np.concatenate([np.tile(bona, 4)[:n], np.tile(spoof, 4)[:n]])
+    audio48 = resample(audio16, 16000, NATIVE_HZ)
+    streams: list[FakeInputStream] = []
+
+    def factory(**kwargs: Any) -> FakeInputStream:
+        streams.append(FakeInputStream(audio48, speed=2.0, **kwargs))
+        return streams[-1]
+
+    source = MicrophoneSource(NATIVE_HZ, device=None, stream_factory=factory)
+    engine = build_engine(load_calibration(model="aasist-l"), vad)
+    runner = InlineRunner(engine, scorer, drop_stale=True)
+    seen: list[Event] = []
+    stop = threading.Event()
+    result: list[Event] = []
+    consumer = threading.Thread(target=lambda: result.extend(run_monitor(source, runner, seen.extend, stop)))
+    consumer.start()
+    deadline = time.monotonic() + 60
+    while not streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert streams[0].finished.wait(timeout=60)
+    stop.set()
+    consumer.join(timeout=60)
+    assert not consumer.is_alive()
+
+    events = [e.to_json() for e in [*seen, *result]]
+    assert source.input_overflows == 1
+    assert source.ring.overruns == 0
+    starts = [e for e in events if e["type"] == "alert_start"]
+    assert starts and all(e["t"] > 8.0 for e in starts)
+    summary = events[-1]
+    assert summary["type"] == "summary"
+    assert summary["duration_s"] == pytest.approx(16.0, abs=0.02)
+    # At 2x real time scoring keeps up: every window arrives, none is dropped.
+    assert summary["windows"] == 24 and summary["dropped_windows"] == 0
+
+
+def test_missing_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["monitor"])
+    err = capsys.readouterr().err
+    assert code == DeviceError.exit_code
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "PortAudio" in err or "no audio input device" in err
+
+
+def test_bad_device_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", "--device", "97"]) == DeviceError.exit_code
+    err = capsys.readouterr().err
+    assert "PortAudio" in err or "bad input device 97" in err
+
+
+def test_list_devices_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["monitor", "--list-devices"])
+    captured = capsys.readouterr()
+    assert code in (0, DeviceError.exit_code)
+    assert captured.out or "PortAudio" in captured.err
+
+
+def test_failing_stream_open_is_a_device_error() -> None:
+    def broken(**kwargs: Any) -> Any:
+        raise RuntimeError("Invalid sample rate")
+
+    with pytest.raises(DeviceError, match="cannot open input device"):
+        MicrophoneSource(44_100, device=3, stream_factory=broken).start()
+
+
+def test_parse_device() -> None:
+    assert parse_device(None) is None
+    assert parse_device("3") == 3
+    assert parse_device("USB Mic") == "USB Mic"
