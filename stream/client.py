@@ -1,0 +1,78 @@
+"""The reference client of the native protocol (``spoofwatch send``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from spoofwatch.constants import SAMPLE_RATE_HZ
+
+from .server.codecs import encode
+
+#: Audio per binary frame: 20 ms, like most telephony stacks.
+FRAME_MS = 20
+
+
+@dataclass
+class SendResult:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+    #: Wall-clock time (monotonic) at which audio of stream time 0 was due.
+    started_at: float = 0.0
+    #: Monotonic receive time of each event, parallel to ``events``.
+    received_at: list[float] = field(default_factory=list)
+
+
+async def send_audio(
+    audio: npt.NDArray[np.float32],
+    url: str,
+    encoding: str = "pcm_s16le",
+    realtime: bool = False,
+    token: str | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> SendResult:
+    """Stream 16 kHz mono audio to ``url``; returns every event and how the server closed."""
+    result = SendResult()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    frame = SAMPLE_RATE_HZ * FRAME_MS // 1000
+    async with connect(url, additional_headers=headers, max_size=None, open_timeout=30) as ws:
+
+        async def receive() -> None:
+            try:
+                async for message in ws:
+                    event = json.loads(message)
+                    result.events.append(event)
+                    result.received_at.append(time.monotonic())
+                    if on_event:
+                        on_event(event)
+            except ConnectionClosed:
+                pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            start = {"type": "start", "sample_rate": SAMPLE_RATE_HZ, "encoding": encoding, "channels": 1}
+            try:
+                await ws.send(json.dumps(start))
+                result.started_at = time.monotonic()
+                for pos in range(0, audio.size, frame):
+                    if realtime:
+                        delay = result.started_at + (pos + frame) / SAMPLE_RATE_HZ - time.monotonic()
+                        if delay > 0:
+                            await anyio.sleep(delay)
+                    await ws.send(encode(audio[pos : pos + frame], encoding))
+                await ws.send(json.dumps({"type": "stop"}))
+            except ConnectionClosed:
+                pass  # the server closed early; its close code says why
+        result.close_code = ws.close_code
+        result.close_reason = ws.close_reason or ""
+    return result

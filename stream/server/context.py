@@ -1,0 +1,72 @@
+"""Server configuration and the state shared by every connection."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from spoofwatch.errors import ConfigError
+
+from ..engine import Engine
+from ..gate import SileroVad
+from ..runner import build_engine
+from .batcher import BatchScorer
+from .sinks import ServerSinks
+
+if TYPE_CHECKING:
+    from spoofwatch.calibration.calfile import Calibration
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: Required when binding to a non-loopback address.
+    token: str | None = None
+    #: Largest WebSocket message accepted (bigger ones close with 1009).
+    max_message_bytes: int = 1 << 20
+    #: Concurrent connections; more are refused with close code 1013.
+    max_streams: int = 32
+    #: Seconds without any message before a connection is closed (1001).
+    idle_timeout_s: float = 30.0
+    #: Seconds of audio one stream may send (then closed with 1008).
+    max_stream_duration_s: float = 4 * 3600.0
+    #: Windows scored per ONNX Runtime call at most.
+    max_batch_windows: int = 16
+
+    def validate(self) -> None:
+        if not self.token and not is_loopback(self.host):
+            raise ConfigError(f"refusing to listen on {self.host} without --token: auth is required off loopback")
+        if self.max_message_bytes < 1024 or self.max_streams < 1 or self.idle_timeout_s <= 0 or self.max_stream_duration_s <= 0:
+            raise ConfigError("server limits must be positive (max_message_bytes >= 1024)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ServerContext:
+    """Shared by all connections: the batch scorer, VAD, calibration, sinks, counters."""
+
+    def __init__(self, config: ServerConfig, batcher: BatchScorer, calibration: Calibration, vad: SileroVad, sinks: ServerSinks) -> None:
+        self.config = config
+        self.batcher = batcher
+        self.calibration = calibration
+        self.vad = vad
+        self.sinks = sinks
+        self.active_streams = 0
+        self.closed_with: dict[int, int] = {}  # close code -> count
+        self._ids = itertools.count(1)
+
+    def new_stream_id(self) -> str:
+        return f"s{next(self._ids)}"
+
+    def new_engine(self) -> Engine:
+        return build_engine(self.calibration, self.vad)
