@@ -15,14 +15,20 @@ def register(sub: Any) -> None:
     from spoofwatch.stream.server.context import ServerConfig
 
     d = ServerConfig()
-    serve = sub.add_parser("serve", help="WebSocket server: native PCM protocol on /, Twilio Media Streams on /twilio")
+    serve = sub.add_parser(
+        "serve", help="WebSocket server: native PCM protocol on /, Twilio Media Streams on /twilio"
+    )
     add_model_args(serve)
     serve.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; others need --token)")
     serve.add_argument("--port", type=int, default=d.port)
     serve.add_argument("--token", default=None, help="require 'Authorization: Bearer T' or ?token=T")
-    serve.add_argument("--jsonl", type=Path, default=None, help="append every event (all streams) to this file")
+    serve.add_argument(
+        "--jsonl", type=Path, default=None, help="append every event (all streams) to this file"
+    )
     serve.add_argument("--stdout", action="store_true", help="also print every event as a JSON line")
-    serve.add_argument("--webhook", default=None, metavar="URL", help="POST each alert event as JSON to this URL")
+    serve.add_argument(
+        "--webhook", default=None, metavar="URL", help="POST each alert event as JSON to this URL"
+    )
     serve.add_argument("--max-streams", type=int, default=d.max_streams)
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
@@ -60,8 +66,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.validate()  # before loading the model: a refused config fails fast
     detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
     sinks = ServerSinks(args.jsonl, args.stdout, args.webhook)
-    ctx = ServerContext(config, BatchScorer(detector.scorer, config.max_batch_windows), detector.calibration, SileroVad(), sinks)
-    sys.stderr.write(f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio ({detector.scorer.device}); Ctrl-C stops\n")
+    ctx = ServerContext(
+        config,
+        BatchScorer(detector.scorer, config.max_batch_windows),
+        detector.calibration,
+        SileroVad(),
+        sinks,
+    )
+    sys.stderr.write(
+        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio ({detector.scorer.device}); Ctrl-C stops\n"
+    )
     try:
         anyio.run(WebSocketServer(ctx).run)
     finally:
@@ -76,7 +90,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
-    result = anyio.run(lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json))
+    result = anyio.run(
+        lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json)
+    )
     if result.close_code != 1000:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
         return 6

@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 
 from spoofwatch.errors import ProtocolError
 
-from .context import ServerContext
+from .context import ServerConfig, ServerContext
 from .native import handle_native
 from .twilio import handle_twilio
 
@@ -42,6 +42,13 @@ def _token_from(request: Request) -> str | None:
     return values[0] if values else None
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) task-group exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 class WebSocketServer:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -49,35 +56,46 @@ class WebSocketServer:
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path not in ROUTES:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"unknown path {path}: expected one of {', '.join(ROUTES)}\n")
+            return connection.respond(
+                HTTPStatus.NOT_FOUND, f"unknown path {path}: expected one of {', '.join(ROUTES)}\n"
+            )
         expected = self.ctx.config.token
         if expected:
             given = _token_from(request)
             if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token: send 'Authorization: Bearer T' or ?token=T\n")
+                return connection.respond(
+                    HTTPStatus.UNAUTHORIZED,
+                    "missing or wrong token: send 'Authorization: Bearer T' or ?token=T\n",
+                )
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         handler = ROUTES[urlsplit(ws.request.path).path]
         if self.ctx.active_streams >= self.ctx.config.max_streams:
-            await self._close(ws, TRY_AGAIN_LATER, f"server at capacity ({self.ctx.config.max_streams} streams)")
+            await self._close(
+                ws, TRY_AGAIN_LATER, f"server at capacity ({self.ctx.config.max_streams} streams)"
+            )
             return
         self.ctx.active_streams += 1
         try:
             await handler(ws, self.ctx)
             self._count(1000)
-        except ProtocolError as exc:
-            await self._close(ws, exc.close_code, str(exc))
-        except TimeoutError:
-            await self._close(ws, IDLE_TIMEOUT, f"idle for {self.ctx.config.idle_timeout_s:g} s")
-        except ConnectionClosed:
-            log.info("client went away")
-        except Exception:
-            log.exception("stream handler failed")
-            await self._close(ws, SERVER_ERROR, "internal error")
+        except Exception as raised:
+            await self._fail(ws, _first_leaf(raised))
         finally:
             self.ctx.active_streams -= 1
+
+    async def _fail(self, ws: ServerConnection, exc: BaseException) -> None:
+        if isinstance(exc, ProtocolError):
+            await self._close(ws, exc.close_code, str(exc))
+        elif isinstance(exc, TimeoutError):
+            await self._close(ws, IDLE_TIMEOUT, f"idle for {self.ctx.config.idle_timeout_s:g} s")
+        elif isinstance(exc, ConnectionClosed):
+            log.info("client went away")
+        else:
+            log.error("stream handler failed", exc_info=exc)
+            await self._close(ws, SERVER_ERROR, "internal error")
 
     def _count(self, code: int) -> None:
         self.ctx.closed_with[code] = self.ctx.closed_with.get(code, 0) + 1
@@ -92,6 +110,12 @@ class WebSocketServer:
         """Serve until cancelled; reports the bound port through ``task_status``."""
         config = self.ctx.config
         config.validate()
+        try:
+            await self._serve(config, task_status)
+        finally:
+            self.ctx.batcher.close()
+
+    async def _serve(self, config: ServerConfig, task_status: TaskStatus[int]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.ctx.batcher.serve)
             async with serve(
@@ -106,4 +130,3 @@ class WebSocketServer:
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
                 task_status.started(port)
                 await anyio.sleep_forever()
-

@@ -45,6 +45,10 @@ class BatchScorer:
         assert request.score is not None
         return request.score
 
+    def close(self) -> None:
+        """Stop accepting windows (``serve`` then ends once the queue is drained)."""
+        self._send.close()
+
     async def serve(self) -> None:
         async with self._receive:
             async for first in self._receive:

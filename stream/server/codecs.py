@@ -54,14 +54,17 @@ def decode(payload: bytes, encoding: str, channels: int) -> npt.NDArray[np.float
         frame_bytes = 4 * channels
         if len(payload) % frame_bytes:
             raise ProtocolError(
-                f"expected 32-bit float frames of {frame_bytes} bytes, got {len(payload)} bytes", INVALID_PAYLOAD
+                f"expected 32-bit float frames of {frame_bytes} bytes, got {len(payload)} bytes",
+                INVALID_PAYLOAD,
             )
         audio = np.frombuffer(payload, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(audio)):
             raise ProtocolError("expected finite f32le samples, got NaN or Inf", INVALID_PAYLOAD)
     elif encoding == "mulaw":
         if len(payload) % channels:
-            raise ProtocolError(f"expected whole {channels}-channel μ-law frames, got {len(payload)} bytes", INVALID_PAYLOAD)
+            raise ProtocolError(
+                f"expected whole {channels}-channel μ-law frames, got {len(payload)} bytes", INVALID_PAYLOAD
+            )
         audio = MULAW_TO_FLOAT[np.frombuffer(payload, dtype=np.uint8)]
     else:
         raise ProtocolError(f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", 1003)

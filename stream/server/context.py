@@ -38,8 +38,15 @@ class ServerConfig:
 
     def validate(self) -> None:
         if not self.token and not is_loopback(self.host):
-            raise ConfigError(f"refusing to listen on {self.host} without --token: auth is required off loopback")
-        if self.max_message_bytes < 1024 or self.max_streams < 1 or self.idle_timeout_s <= 0 or self.max_stream_duration_s <= 0:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without --token: auth is required off loopback"
+            )
+        if (
+            self.max_message_bytes < 1024
+            or self.max_streams < 1
+            or self.idle_timeout_s <= 0
+            or self.max_stream_duration_s <= 0
+        ):
             raise ConfigError("server limits must be positive (max_message_bytes >= 1024)")
 
 
@@ -55,7 +62,14 @@ def is_loopback(host: str) -> bool:
 class ServerContext:
     """Shared by all connections: the batch scorer, VAD, calibration, sinks, counters."""
 
-    def __init__(self, config: ServerConfig, batcher: BatchScorer, calibration: Calibration, vad: SileroVad, sinks: ServerSinks) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        batcher: BatchScorer,
+        calibration: Calibration,
+        vad: SileroVad,
+        sinks: ServerSinks,
+    ) -> None:
         self.config = config
         self.batcher = batcher
         self.calibration = calibration

@@ -60,7 +60,9 @@ class StreamSession:
             self._t0 = time.monotonic()
         self._enqueue(self.engine.push(self._resampler(audio)))
         if self.engine.duration_s > self.max_duration_s:
-            raise ProtocolError(f"stream exceeded the maximum duration of {self.max_duration_s:g} s", POLICY_VIOLATION)
+            raise ProtocolError(
+                f"stream exceeded the maximum duration of {self.max_duration_s:g} s", POLICY_VIOLATION
+            )
         while len(self._queue) > self.engine.config.max_pending_windows:
             if self._ahead_of_real_time():
                 self._space = anyio.Event()

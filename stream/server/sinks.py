@@ -37,7 +37,10 @@ class ServerSinks:
     def _post(self, event: dict[str, Any]) -> None:
         assert self.webhook is not None
         request = urllib.request.Request(
-            self.webhook, data=json.dumps(event).encode(), headers={"Content-Type": "application/json"}, method="POST"
+            self.webhook,
+            data=json.dumps(event).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:

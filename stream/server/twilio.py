@@ -31,8 +31,14 @@ TRACKS = ("inbound", "outbound")
 
 def _media_format(start: dict[str, Any]) -> None:
     fmt = start.get("mediaFormat") or {}
-    if fmt.get("encoding") != "audio/x-mulaw" or fmt.get("sampleRate") != TWILIO_RATE_HZ or fmt.get("channels", 1) != 1:
-        raise ProtocolError(f"expected mediaFormat audio/x-mulaw, 8000 Hz, 1 channel; got {fmt!r}", UNSUPPORTED)
+    if (
+        fmt.get("encoding") != "audio/x-mulaw"
+        or fmt.get("sampleRate") != TWILIO_RATE_HZ
+        or fmt.get("channels", 1) != 1
+    ):
+        raise ProtocolError(
+            f"expected mediaFormat audio/x-mulaw, 8000 Hz, 1 channel; got {fmt!r}", UNSUPPORTED
+        )
 
 
 def _payload(media: dict[str, Any]) -> bytes:
@@ -57,11 +63,19 @@ async def handle_twilio(ws: Any, ctx: ServerContext) -> None:
                 start = message.get("start") or {}
                 _media_format(start)
                 tracks = [t for t in (start.get("tracks") or ["inbound"]) if t in TRACKS] or ["inbound"]
-                tags = {"callSid": start.get("callSid"), "streamSid": message.get("streamSid") or start.get("streamSid")}
+                tags = {
+                    "callSid": start.get("callSid"),
+                    "streamSid": message.get("streamSid") or start.get("streamSid"),
+                }
                 for track in tracks:
                     engine = ctx.new_engine()
                     sessions[track] = StreamSession(
-                        engine, ctx.batcher, ctx.sinks.emit, TWILIO_RATE_HZ, ctx.config.max_stream_duration_s, {**tags, "track": track}
+                        engine,
+                        ctx.batcher,
+                        ctx.sinks.emit,
+                        TWILIO_RATE_HZ,
+                        ctx.config.max_stream_duration_s,
+                        {**tags, "track": track},
                     )
                     tg.start_soon(sessions[track].run)
             elif kind == "media":
@@ -70,7 +84,9 @@ async def handle_twilio(ws: Any, ctx: ServerContext) -> None:
                 media = message.get("media") or {}
                 track = media.get("track", "inbound")
                 if track not in sessions:
-                    raise ProtocolError(f"media for track {track!r}, which start did not announce", PROTOCOL_ERROR)
+                    raise ProtocolError(
+                        f"media for track {track!r}, which start did not announce", PROTOCOL_ERROR
+                    )
                 await sessions[track].push(decode(_payload(media), "mulaw", 1))
             elif kind == "stop":
                 break
