@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.errors import DatasetError
 
+Array = npt.NDArray[np.float64]
 LABELS = ("bonafide", "spoof")
 ASV_KEYS = ("target", "nontarget", "spoof")
 
@@ -57,11 +59,11 @@ class ScoreTable:
 
     def by_label(self, label: str) -> npt.NDArray[np.float64]:
         mask = np.array([lab == label for lab in self.labels], dtype=bool)
-        return self.scores[mask]
+        return cast(Array, self.scores[mask])
 
     def by_attack(self, attack: str) -> npt.NDArray[np.float64]:
         mask = np.array([a == attack for a in self.attacks], dtype=bool)
-        return self.scores[mask]
+        return cast(Array, self.scores[mask])
 
 
 def _parse_score(value: str, path: Path, lineno: int) -> float:

@@ -16,6 +16,7 @@ Shapes below are for AASIST-L on one 64,600-sample window; ``B`` is the batch.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -59,7 +60,8 @@ def sinc_filterbank(n_filters: int, kernel_size: int, sample_rate_hz: int) -> Te
         # Ideal low-pass impulse response with cutoff `cutoff_hz`.
         arg = (np.float32(2 * cutoff_hz) * taps) / np.float32(sample_rate_hz)
         gain = np.float64(2 * cutoff_hz / sample_rate_hz)  # float64 scalar: promotes
-        return gain * np.sinc(arg)
+        response: np.ndarray = gain * np.sinc(arg)
+        return response
 
     bank = np.empty((n_filters, kernel_size), dtype=np.float32)
     for i in range(n_filters):
@@ -115,7 +117,7 @@ class ResidualBlock(nn.Module):
         out = self.selu(self.bn2(out))
         out = self.conv2(out)  # (B, C_out, S, T)
         identity = self.conv_downsample(x) if self.downsample else x
-        return self.mp(out + identity)
+        return cast(Tensor, self.mp(out + identity))
 
 
 def _pairwise_products(x: Tensor) -> Tensor:
@@ -126,7 +128,7 @@ def _pairwise_products(x: Tensor) -> Tensor:
 def _batch_norm_nodes(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
     # BatchNorm over the feature axis with nodes folded into the batch.
     batch, nodes, dim = x.shape
-    return bn(x.reshape(-1, dim)).reshape(batch, nodes, dim)
+    return cast(Tensor, bn(x.reshape(-1, dim))).reshape(batch, nodes, dim)
 
 
 def _xavier_parameter(rows: int, cols: int) -> nn.Parameter:
@@ -156,7 +158,7 @@ class GraphAttentionLayer(nn.Module):
         scores = torch.matmul(scores, self.att_weight) / self.temperature  # (B, N, N, 1)
         att = F.softmax(scores, dim=-2).squeeze(-1)  # (B, N, N)
         out = self.proj_with_att(torch.matmul(att, x)) + self.proj_without_att(x)
-        return self.act(_batch_norm_nodes(self.bn, out))
+        return cast(Tensor, self.act(_batch_norm_nodes(self.bn, out)))
 
 
 class HeteroGraphAttentionLayer(nn.Module):
@@ -212,7 +214,7 @@ class HeteroGraphAttentionLayer(nn.Module):
         scores = torch.matmul(hidden, self.att_weightM) / self.temperature  # (B, N, 1)
         att = F.softmax(scores, dim=-2)  # over nodes
         pooled = torch.matmul(att.transpose(1, 2), x)  # (B, 1, D_in)
-        return self.proj_with_attM(pooled) + self.proj_without_attM(master)
+        return cast(Tensor, self.proj_with_attM(pooled) + self.proj_without_attM(master))
 
 
 class GraphPool(nn.Module):

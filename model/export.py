@@ -45,7 +45,8 @@ def parity_inputs(batch: int = 3, seed: int = 0) -> npt.NDArray[np.float32]:
 
 def _torch_logits(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     with torch.inference_mode():
-        return net(torch.from_numpy(windows)).numpy()
+        logits: npt.NDArray[np.float32] = net(torch.from_numpy(windows)).numpy()
+    return logits
 
 
 @contextlib.contextmanager

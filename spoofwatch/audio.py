@@ -19,7 +19,8 @@ def to_mono(frames: npt.NDArray[np.floating]) -> FloatArray:
         return frames.astype(np.float32, copy=False)
     if frames.ndim != 2:
         raise InputError(f"expected audio shaped (samples,) or (samples, channels), got {frames.shape}")
-    return frames.mean(axis=1, dtype=np.float64).astype(np.float32)
+    mixed: FloatArray = frames.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return mixed
 
 
 def resample(audio: FloatArray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import anyio
 import numpy as np
 import numpy.typing as npt
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..engine import Scorer
 
@@ -30,8 +30,8 @@ class BatchScorer:
     def __init__(self, scorer: Scorer, max_batch_windows: int = 16, queue_windows: int = 256) -> None:
         self.scorer = scorer
         self.max_batch_windows = max_batch_windows
-        self._send: ObjectSendStream[_Request]
-        self._receive: ObjectReceiveStream[_Request]
+        self._send: MemoryObjectSendStream[_Request]
+        self._receive: MemoryObjectReceiveStream[_Request]
         self._send, self._receive = anyio.create_memory_object_stream[_Request](queue_windows)
         self.batches = 0
         self.windows = 0

@@ -36,7 +36,8 @@ def mulaw_encode(audio: npt.NDArray[np.float32]) -> bytes:
     magnitude = np.abs(pcm) + 0x84
     exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+    encoded: bytes = (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+    return encoded
 
 
 def decode(payload: bytes, encoding: str, channels: int) -> npt.NDArray[np.float32]:

@@ -35,7 +35,8 @@ def import_sounddevice() -> ModuleType:
         raise DeviceError(
             f"PortAudio is not available ({exc}); install it, e.g. `apt-get install libportaudio2`"
         ) from None
-    return sounddevice
+    module: ModuleType = sounddevice
+    return module
 
 
 def list_input_devices() -> list[dict[str, Any]]:
