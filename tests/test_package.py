@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -49,8 +48,9 @@ def test_wheel_layout(tmp_path: Path) -> None:
 
 
 def test_console_script_and_module() -> None:
-    exe = shutil.which("spoofwatch")
-    assert exe is not None, "the spoofwatch console script is not on PATH"
+    # The script installed beside the interpreter running the tests.
+    exe = str(Path(sys.executable).with_name("spoofwatch"))
+    assert Path(exe).is_file(), f"no spoofwatch console script at {exe}"
     for cmd in ([exe, "--help"], [sys.executable, "-m", "spoofwatch", "--help"]):
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         for sub in ("score", "weights", "export"):

@@ -1,0 +1,157 @@
+"""``spoofwatch evaluate`` and ``spoofwatch calibrate score|fit|bonafide``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import add_model_args, print_json
+
+
+def register(sub: Any) -> None:
+    from spoofwatch.calibration.fit import TARGETS
+
+    ev = sub.add_parser("evaluate", help="EER, min t-DCF and per-attack EER of a score file")
+    ev.add_argument(
+        "--scores",
+        type=Path,
+        required=True,
+        help="'UTT ATTACK KEY SCORE' lines (or 'UTT SCORE' with --protocol)",
+    )
+    ev.add_argument("--protocol", type=Path, default=None)
+    ev.add_argument("--asv-scores", type=Path, default=None, help="organisers' ASV scores, for the t-DCF")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    cal = sub.add_parser("calibrate", help="score a dataset, fit thresholds, tune on genuine audio")
+    csub = cal.add_subparsers(dest="calibrate_command", metavar="ACTION", required=True)
+    sc = csub.add_parser("score", help="score an ASVspoof protocol (resumable, batched)")
+    add_model_args(sc, calibration=False)
+    sc.add_argument("--protocol", type=Path, required=True)
+    sc.add_argument("--audio-dir", type=Path, required=True)
+    sc.add_argument("--out", type=Path, required=True)
+    sc.add_argument(
+        "--hop-s", type=float, default=0.5, help="hop of the window scores kept beside the score file"
+    )
+    sc.add_argument("--workers", type=int, default=4, help="parallel audio decoders")
+    sc.add_argument("--skip-missing", action="store_true", help="continue without missing or empty files")
+    sc.set_defaults(func=cmd_calibrate_score)
+
+    fit = csub.add_parser("fit", help="choose the threshold from dev scores and write a calibration file")
+    fit.add_argument("--scores", type=Path, required=True)
+    fit.add_argument("--protocol", type=Path, default=None)
+    fit.add_argument("--target", default="eer", choices=TARGETS)
+    fit.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="target rate for bonafide-false-alarm / spoof-miss (fraction)",
+    )
+    fit.add_argument("--model", default="aasist-l")
+    fit.add_argument("--out", type=Path, required=True)
+    fit.set_defaults(func=cmd_calibrate_fit)
+
+    bf = csub.add_parser(
+        "bonafide", help="set the alert threshold from genuine recordings of your own channel"
+    )
+    add_model_args(bf)
+    bf.add_argument("--audio-dir", type=Path, required=True)
+    bf.add_argument("--target-false-alerts-per-hour", type=float, required=True)
+    bf.add_argument("--out", type=Path, required=True)
+    bf.set_defaults(func=cmd_calibrate_bonafide)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from spoofwatch.calibration.metrics import evaluate
+    from spoofwatch.calibration.protocol import read_asv_scores, read_scores
+
+    report = evaluate(
+        read_scores(args.scores, args.protocol), read_asv_scores(args.asv_scores) if args.asv_scores else None
+    )
+    if args.json:
+        print_json(report.to_json())
+    else:
+        sys.stdout.write(report.to_text())
+    return 0
+
+
+def cmd_calibrate_score(args: argparse.Namespace) -> int:
+    from spoofwatch.calibration.dataset import check_dataset
+    from spoofwatch.calibration.scoreset import score_dataset
+    from spoofwatch.model.export import ensure_onnx
+    from spoofwatch.model.runtime import OnnxScorer
+
+    dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)  # before any scoring
+    scorer = OnnxScorer(ensure_onnx(args.model, args.weights), args.device, args.threads)
+    run = score_dataset(dataset, scorer, args.out, args.hop_s, args.workers, progress=sys.stderr.isatty())
+    sys.stdout.write(
+        f"scored {run.scored} files ({run.skipped} already done, {len(run.failed)} failed) at {run.files_per_s:.1f} files/s -> {args.out}\n"
+    )
+    return 1 if run.failed else 0
+
+
+def cmd_calibrate_fit(args: argparse.Namespace) -> int:
+    from spoofwatch.calibration.calfile import load_calibration, save_calibration
+    from spoofwatch.calibration.fit import threshold_for, with_threshold
+    from spoofwatch.calibration.metrics import evaluate
+    from spoofwatch.calibration.protocol import read_scores
+
+    table = read_scores(args.scores, args.protocol)
+    threshold = threshold_for(table, args.target, args.rate)
+    report = evaluate(table)
+    provenance = {
+        "source": f"calibrate fit --target {args.target}"
+        + (f" --rate {args.rate}" if args.rate is not None else ""),
+        "dataset": str(args.scores),
+        "protocol": str(args.protocol or "labels in the score file"),
+        "metrics": {
+            "eer_percent": report.eer_percent,
+            "n_bonafide": report.n_bonafide,
+            "n_spoof": report.n_spoof,
+        },
+    }
+    cal = with_threshold(load_calibration(model=args.model), threshold, provenance)
+    save_calibration(cal, args.out)
+    sys.stdout.write(
+        f"threshold {threshold:+.4f} ({args.target}); EER {report.eer_percent:.4f} %; wrote {args.out}\n"
+    )
+    return 0
+
+
+def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from spoofwatch.calibration.calfile import save_calibration
+    from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
+    from spoofwatch.errors import DatasetError
+    from spoofwatch.model.detector import Detector
+    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.runner import build_engine
+
+    files = sorted(
+        p for p in args.audio_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3")
+    )
+    if not files:
+        raise DatasetError(f"{args.audio_dir}: no audio files (.wav, .flac, .ogg, .mp3) found")
+    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    engine = build_engine(detector.calibration, SileroVad())
+    traces = [trace_file(p, engine, detector.scorer) for p in files]
+    threshold, rate = bonafide_threshold(
+        traces, detector.calibration.policy, args.target_false_alerts_per_hour
+    )
+    hours = sum(t.duration_s for t in traces) / 3600
+    provenance = {
+        "source": f"calibrate bonafide --target-false-alerts-per-hour {args.target_false_alerts_per_hour}",
+        "dataset": f"{len(files)} genuine recordings in {args.audio_dir} ({hours * 60:.1f} min)",
+        "protocol": "none (bona fide only)",
+        "metrics": {"false_alerts_per_hour": rate, "hours": hours},
+    }
+    cal = with_threshold(detector.calibration, threshold, provenance)
+    cal = dataclasses.replace(cal, threshold=threshold)
+    save_calibration(cal, args.out)
+    sys.stdout.write(
+        f"alert threshold {threshold:+.4f}: {rate:.2f} false alerts/hour on {hours * 60:.1f} min of genuine audio; wrote {args.out}\n"
+    )
+    return 0

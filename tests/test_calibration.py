@@ -1,0 +1,242 @@
+"""Metrics reproduce the official report; dataset scoring, fitting and
+in-domain tuning work end to end on real shared data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import BONAFIDE_UTT, SPOOF_UTTS
+from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.calibration.protocol import parse_protocol, read_scores
+
+from spoofwatch.cli import main
+from spoofwatch.errors import CalibrationError, ConfigError, DatasetError
+
+OFFICIAL = {
+    "A07": 0.553447233,
+    "A08": 0.203721550,
+    "A09": 0.0,
+    "A10": 1.001634642,
+    "A11": 0.139206037,
+    "A12": 0.692653269,
+    "A13": 0.203721550,
+    "A14": 0.057717417,
+    "A15": 0.570420339,
+    "A16": 0.634935852,
+    "A17": 1.914982568,
+    "A18": 3.049025150,
+    "A19": 0.709626376,
+}
+
+
+def test_evaluate_reproduces_official_report(shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scores = shared / "data/scores/aasist-l_official_la_eval_scores.txt"
+    asv = shared / "data/asvspoof2019_la/asv_scores/ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
+    assert main(["evaluate", "--json", "--scores", str(scores), "--asv-scores", str(asv)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert round(report["eer_percent"], 6) == 0.990923
+    assert round(report["min_tdcf"], 6) == 0.030806
+    assert report["per_attack_eer_percent"].keys() == OFFICIAL.keys()
+    for attack, value in OFFICIAL.items():
+        assert abs(report["per_attack_eer_percent"][attack] - value) < 1e-4
+    assert report["n_bonafide"] + report["n_spoof"] == 71237
+    assert main(["evaluate", "--scores", str(scores), "--asv-scores", str(asv)]) == 0
+    text = capsys.readouterr().out
+    official = (shared / "data/scores/aasist-l_official_la_eval_report.txt").read_text()
+    assert text.strip() == official.strip()
+
+
+@pytest.fixture()
+def mini_la(la_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A real-layout LA tree built from the four shared clips and a protocol subset."""
+    root = tmp_path / "LA"
+    flac = root / "ASVspoof2019_LA_dev" / "flac"
+    flac.mkdir(parents=True)
+    protocols = root / "ASVspoof2019_LA_cm_protocols"
+    protocols.mkdir()
+    lines = []
+    for split in ("train.trn", "dev.trl", "eval.trl"):
+        for line in (la_dir / f"protocols/ASVspoof2019.LA.cm.{split}.txt").read_text().splitlines():
+            if line.split()[1] in (BONAFIDE_UTT, *SPOOF_UTTS):
+                lines.append(line)
+    for utt in (BONAFIDE_UTT, *SPOOF_UTTS):
+        shutil.copy(la_dir / "flac" / f"{utt}.flac", flac / f"{utt}.flac")
+    protocol = protocols / "ASVspoof2019.LA.cm.dev.trl.txt"
+    protocol.write_text("\n".join(lines) + "\n")
+    return protocol, flac
+
+
+def test_score_fit_and_load_end_to_end(
+    sw_home: Path, mini_la: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    protocol, flac = mini_la
+    out = tmp_path / "scores.txt"
+    args = [
+        "calibrate",
+        "score",
+        "--device",
+        "cpu",
+        "--protocol",
+        str(protocol),
+        "--audio-dir",
+        str(flac),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    table = read_scores(out)
+    assert sorted(table.utts) == sorted([BONAFIDE_UTT, *SPOOF_UTTS])
+    bona = table.by_label("bonafide")[0]
+    assert bona == pytest.approx(6.847424, abs=1e-3)
+    assert all(s < bona for s in table.by_label("spoof"))
+    windows = [
+        json.loads(line) for line in out.with_name("scores.txt.windows.jsonl").read_text().splitlines()
+    ]
+    assert {w["utt"] for w in windows} == set(table.utts)
+    # Resumable: a rerun scores nothing new and leaves the file as it was.
+    before = out.read_text()
+    assert main(args) == 0
+    assert out.read_text() == before and "scored 0 files (4 already done" in capsys.readouterr().out
+
+    cal_path = tmp_path / "calibration.toml"
+    assert main(["calibrate", "fit", "--scores", str(out), "--target", "eer", "--out", str(cal_path)]) == 0
+    cal = load_calibration(cal_path, model="aasist-l")
+    assert max(table.by_label("spoof")) <= cal.threshold <= bona
+    assert cal.policy.enter_threshold == cal.threshold
+    assert cal.provenance["metrics"]["eer_percent"] == 0.0
+    assert (
+        main(
+            [
+                "score",
+                "--json",
+                "--device",
+                "cpu",
+                "--calibration",
+                str(cal_path),
+                str(flac / f"{BONAFIDE_UTT}.flac"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["threshold"] == cal.threshold
+    assert (
+        main(
+            [
+                "calibrate",
+                "fit",
+                "--scores",
+                str(out),
+                "--target",
+                "spoof-miss",
+                "--rate",
+                "0.0",
+                "--out",
+                str(cal_path),
+            ]
+        )
+        == 0
+    )
+    assert load_calibration(cal_path).threshold > max(table.by_label("spoof"))
+
+
+def test_missing_and_corrupt_files(
+    sw_home: Path, mini_la: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    protocol, flac = mini_la
+    (flac / f"{SPOOF_UTTS[0]}.flac").unlink()
+    args = [
+        "calibrate",
+        "score",
+        "--device",
+        "cpu",
+        "--protocol",
+        str(protocol),
+        "--audio-dir",
+        str(flac),
+        "--out",
+        str(tmp_path / "s.txt"),
+    ]
+    assert main(args) == DatasetError.exit_code
+    assert "1 of 4 files in ASVspoof2019.LA.cm.dev.trl.txt are missing or empty" in capsys.readouterr().err
+    (flac / f"{SPOOF_UTTS[1]}.flac").write_bytes(b"fLaC garbage")
+    assert main([*args, "--skip-missing"]) == 1  # the corrupt file fails, the others are scored
+    assert len(read_scores(tmp_path / "s.txt").utts) == 2
+
+
+def test_malformed_protocol_and_scores(tmp_path: Path) -> None:
+    bad = tmp_path / "protocol.txt"
+    bad.write_text("LA_0079 LA_T_1 - - bonafide\nLA_0079 LA_T_2 - maybe\n")
+    with pytest.raises(
+        DatasetError, match=r"protocol.txt:2: expected 'SPEAKER UTT_ID - ATTACK\|- bonafide\|spoof'"
+    ):
+        parse_protocol(bad)
+    scores = tmp_path / "scores.txt"
+    scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide nan\n")
+    with pytest.raises(DatasetError, match=r"scores\.txt:2: score is not finite"):
+        read_scores(scores)
+
+
+def test_calibration_file_validation(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'schema_version = 1\nmodel = "aasist-l"\nweights_sha256 = "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a"\nthreshold = "high"\n'
+    )
+    with pytest.raises(ConfigError, match="threshold: expected a finite number"):
+        load_calibration(path)
+    path.write_text(
+        'schema_version = 1\nmodel = "aasist-l"\nweights_sha256 = "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a"\nthreshold = 1.0\n[policy]\nsmoothing = 3\n'
+    )
+    with pytest.raises(ConfigError, match="unknown field"):
+        load_calibration(path)
+    path.write_text("not = [toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_calibration(path)
+    from spoofwatch.calibration.calfile import save_calibration
+
+    save_calibration(load_calibration(model="aasist-l"), path)
+    with pytest.raises(CalibrationError, match="made for model 'aasist-l', not 'aasist'"):
+        load_calibration(path, model="aasist")
+
+
+def test_default_calibration_provenance() -> None:
+    cal = load_calibration(model="aasist-l")
+    assert cal.threshold == pytest.approx(1.76397, abs=1e-4)
+    assert "LA eval" in cal.provenance["source"] and "dev set replaces it" in cal.provenance["note"]
+
+
+def test_bonafide_tuning_meets_its_target(
+    sw_home: Path, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audio_dir = tmp_path / "mine"
+    audio_dir.mkdir()
+    for path in sorted((shared / "data/speech/bonafide/librispeech_test-other").glob("*.flac"))[:12]:
+        shutil.copy(path, audio_dir / path.name)
+    out = tmp_path / "cal.toml"
+    assert (
+        main(
+            [
+                "calibrate",
+                "bonafide",
+                "--device",
+                "cpu",
+                "--audio-dir",
+                str(audio_dir),
+                "--target-false-alerts-per-hour",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    cal = load_calibration(out, model="aasist-l")
+    assert cal.provenance["metrics"]["false_alerts_per_hour"] == 0.0
+    # Replaying the same audio through the live engine with the new calibration raises no alert.
+    for path in sorted(audio_dir.glob("*.flac")):
+        assert main(["stream", "--json", "--device", "cpu", "--calibration", str(out), str(path)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert not [e for e in events if e["type"] == "alert_start"]
+    assert cal.threshold < load_calibration(model="aasist-l").threshold  # LibriSpeech sits below LA bona fide
