@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+
 from spoofwatch.model.export import ensure_onnx, parity_inputs
 from spoofwatch.model.runtime import OnnxScorer
 from spoofwatch.model.weights import load_torch_model

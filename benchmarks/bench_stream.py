@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.model.export import ensure_onnx
 from spoofwatch.model.runtime import OnnxScorer
 from spoofwatch.stream.gate import SileroVad
 from spoofwatch.stream.runner import InlineRunner, build_engine
-
-from spoofwatch.audio import read_audio
 
 SHARED = Path(os.environ.get("SPOOFWATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 LA = SHARED / "data" / "asvspoof2019_la" / "flac"

@@ -26,12 +26,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spoofwatch.errors import CalibrationError, ConfigError, InputError
 from spoofwatch.model.config import load_model_config
 from spoofwatch.stream.engine import EngineConfig
 from spoofwatch.stream.gate import GateConfig
 from spoofwatch.stream.policy import PolicyConfig
-
-from spoofwatch.errors import CalibrationError, ConfigError, InputError
 
 SCHEMA_VERSION = 1
 DEFAULT_CALIBRATION = "{model}.toml"  # one shipped default per model

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 
+from spoofwatch.audio import read_audio
 from spoofwatch.errors import CalibrationError, InputError
+from spoofwatch.stream.engine import Engine, Scorer
+from spoofwatch.stream.policy import PolicyConfig
 
 from .calfile import Calibration
 from .metrics import eer
 from .protocol import ScoreTable
+from .streaming import Conversation, Trace, measure, trace
 
 TARGETS = ("eer", "bonafide-false-alarm", "spoof-miss")
 
@@ -52,59 +54,26 @@ def with_threshold(base: Calibration, threshold: float, provenance: dict[str, An
     return dataclasses.replace(base, threshold=threshold, policy=policy, provenance=stamp)
 
 
-@dataclass(frozen=True)
-class StreamTrace:
-    """What the engine saw of one genuine recording: (t_end, score or None) per window."""
-
-    name: str
-    duration_s: float
-    windows: list[tuple[float, float | None]]
-
-
-def count_alerts(traces: list[StreamTrace], policy: PolicyConfig) -> int:
-    alerts = 0
-    for trace in traces:
-        p = AlertPolicy(policy)
-        for t, score in trace.windows:
-            if score is None:
-                p.no_speech(t)
-            else:
-                p.update(t, score)
-        alerts += p.alerts
-    return alerts
-
-
 def bonafide_threshold(
-    traces: list[StreamTrace], base: PolicyConfig, target_per_hour: float
+    traces: list[Trace], base: PolicyConfig, target_per_hour: float
 ) -> tuple[float, float]:
     """Highest enter threshold whose false alerts per hour on genuine audio stay
     within ``target_per_hour``; returns ``(threshold, achieved rate)``."""
-    hours = sum(t.duration_s for t in traces) / 3600
     scores: npt.NDArray[np.float64] = np.array([s for t in traces for _, s in t.windows if s is not None])
-    if hours <= 0 or scores.size == 0:
+    if scores.size == 0:
         raise CalibrationError("no speech found in the genuine recordings: nothing to calibrate on")
     margin = base.exit_threshold - base.enter_threshold
-    # Candidates: just below each distinct smoothed level, highest (most sensitive) first.
+    # Candidates just below each observed score, most sensitive first. Below
+    # the lowest score nothing can alert, so the loop always returns.
     for candidate in np.unique(np.concatenate([scores, [scores.min() - 1.0]]))[::-1]:
         threshold = float(np.nextafter(candidate, -np.inf))
         policy = dataclasses.replace(base, enter_threshold=threshold, exit_threshold=threshold + margin)
-        rate = count_alerts(traces, policy) / hours
+        rate = measure(traces, policy).false_alerts_per_hour
         if rate <= target_per_hour:
             return threshold, rate
-    raise CalibrationError("no threshold meets the target")  # unreachable: below every score nothing alerts
+    raise CalibrationError("no threshold meets the target")
 
 
-def trace_file(path: Path, engine: Any, scorer: Any) -> StreamTrace:
-    """Run a recording through the real live engine and record its window scores."""
-    from spoofwatch.stream.events import ScoreEvent
-    from spoofwatch.stream.runner import InlineRunner
-
-    from spoofwatch.audio import read_audio
-
-    engine.reset()
-    runner = InlineRunner(engine, scorer)
-    audio = read_audio(path)
-    events = [e for pos in range(0, audio.size, 4096) for e in runner.feed(audio[pos : pos + 4096])]
-    events += runner.close()
-    windows = [(e.t_end, e.score) for e in events if isinstance(e, ScoreEvent)]
-    return StreamTrace(str(path), audio.size / 16000, windows)
+def trace_file(path: Path, engine: Engine, scorer: Scorer) -> Trace:
+    """Run a genuine recording through the real live engine and record its window scores."""
+    return trace(Conversation(path.name, read_audio(path), None), engine, scorer)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from spoofwatch.model.detector import iter_windows
-from spoofwatch.stream.engine import Scorer
 
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import AudioError
+from spoofwatch.model.detector import iter_windows
+from spoofwatch.stream.engine import Scorer
 
 from .dataset import Dataset
 from .protocol import Trial

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from helpers import BONAFIDE_UTT, SPOOF_UTTS
+
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.calibration.protocol import parse_protocol, read_scores
-
 from spoofwatch.cli import main
 from spoofwatch.errors import CalibrationError, ConfigError, DatasetError
 
@@ -240,3 +240,64 @@ def test_bonafide_tuning_meets_its_target(
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert not [e for e in events if e["type"] == "alert_start"]
     assert cal.threshold < load_calibration(model="aasist-l").threshold  # LibriSpeech sits below LA bona fide
+
+
+def test_streaming_calibration_and_report(
+    sw_home: Path, mini_la: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import soundfile
+
+    from spoofwatch.audio import read_audio
+
+    protocol, flac = mini_la
+    scores = tmp_path / "scores.txt"
+    score_args = [
+        "calibrate",
+        "score",
+        "--device",
+        "cpu",
+        "--protocol",
+        str(protocol),
+        "--audio-dir",
+        str(flac),
+    ]
+    assert main([*score_args, "--out", str(scores)]) == 0
+    cal_path = tmp_path / "calibration.toml"
+    report_dir = tmp_path / "report"
+    args = ["calibrate", "fit", "--device", "cpu", "--scores", str(scores), "--protocol", str(protocol)]
+    args += ["--audio-dir", str(flac), "--conversations", "2", "--conversation-s", "16"]
+    args += ["--target-false-alerts-per-hour", "0", "--report", str(report_dir), "--out", str(cal_path)]
+    assert main(args) == 0
+    cal = load_calibration(cal_path, model="aasist-l")
+    metrics = cal.provenance["metrics"]
+    assert metrics["false_alerts_per_hour"] == 0.0
+    assert metrics["detection_rate"] == 1.0 and 0 < metrics["median_delay_s"] < 10
+    assert cal.policy.exit_threshold - cal.policy.enter_threshold == pytest.approx(1.0)
+    for name in ("det.png", "histograms.png", "per_attack_eer.png", "false_alerts.png", "delay.png"):
+        assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    text = (report_dir / "report.md").read_text()
+    assert "## Streaming" in text and "false alerts per hour" in text and "![DET curve](det.png)" in text
+    # The fitted policy, run live on a new bona fide -> spoof stream, alerts only after the switch.
+    bona = read_audio(flac / f"{BONAFIDE_UTT}.flac")
+    spoof = read_audio(flac / f"{SPOOF_UTTS[2]}.flac")
+    stream = np.concatenate([np.tile(bona, 4)[: 9 * 16000], np.tile(spoof, 5)[: 8 * 16000]])
+    soundfile.write(tmp_path / "switch.wav", stream, 16000, subtype="FLOAT")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "stream",
+                "--json",
+                "--device",
+                "cpu",
+                "--calibration",
+                str(cal_path),
+                str(tmp_path / "switch.wav"),
+            ]
+        )
+        == 0
+    )
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    starts = [e["t"] for e in events if e["type"] == "alert_start"]
+    assert starts and all(t > 9.0 for t in starts)

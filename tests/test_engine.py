@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import soundfile
 from helpers import BONAFIDE_UTT, la_clip
-from spoofwatch.calibration.calfile import load_calibration
-from spoofwatch.stream.engine import Engine
-from spoofwatch.stream.runner import InlineRunner, build_engine
 
 from spoofwatch.audio import read_audio
+from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
 from spoofwatch.errors import InputError
+from spoofwatch.stream.engine import Engine
+from spoofwatch.stream.runner import InlineRunner, build_engine
 
 SPOOF_ONSET_S = 8.0
 

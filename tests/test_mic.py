@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import BONAFIDE_UTT, la_clip
+
+from spoofwatch.audio import read_audio, resample
 from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.cli import main
+from spoofwatch.errors import DeviceError
 from spoofwatch.stream.events import Event
 from spoofwatch.stream.monitor import run_monitor
 from spoofwatch.stream.runner import InlineRunner, build_engine
 from spoofwatch.stream.sources.mic import MicrophoneSource, parse_device
-
-from spoofwatch.audio import read_audio, resample
-from spoofwatch.cli import main
-from spoofwatch.errors import DeviceError
 
 NATIVE_HZ = 48_000
 BLOCK = 480  # 10 ms at 48 kHz

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from spoofwatch.model.aasist import AASIST, count_parameters, sinc_filterbank
 from spoofwatch.model.config import load_model_config
 from spoofwatch.model.export import ensure_onnx

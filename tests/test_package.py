@@ -47,11 +47,15 @@ def test_wheel_layout(tmp_path: Path) -> None:
     assert "spoofwatch = spoofwatch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_console_script_and_module() -> None:
+def test_console_script_and_module(tmp_path: Path) -> None:
     # The script installed beside the interpreter running the tests.
     exe = str(Path(sys.executable).with_name("spoofwatch"))
     assert Path(exe).is_file(), f"no spoofwatch console script at {exe}"
-    for cmd in ([exe, "--help"], [sys.executable, "-m", "spoofwatch", "--help"]):
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    for cmd, cwd in (
+        ([exe, "--help"], tmp_path),
+        ([sys.executable, "-m", "spoofwatch", "--help"], tmp_path),
+        ([sys.executable, "-m", "spoofwatch", "--help"], REPO_ROOT),
+    ):
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd).stdout
         for sub in ("score", "weights", "export"):
             assert sub in out

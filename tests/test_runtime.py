@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from spoofwatch.model.runtime import OnnxScorer, _nvidia_device_present, validate_windows
 
 from spoofwatch.constants import WINDOW_SAMPLES
 from spoofwatch.errors import DeviceError, InputError
+from spoofwatch.model.runtime import OnnxScorer, _nvidia_device_present, validate_windows
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile
 from helpers import BONAFIDE_UTT, SPOOF_UTTS, la_clip
-from spoofwatch.model.detector import Detector, window_starts
 
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.cli import main
 from spoofwatch.errors import AudioError
+from spoofwatch.model.detector import Detector, window_starts
 
 
 def _reference_score(reference: dict[str, np.ndarray], utt: str) -> float:

@@ -6,12 +6,12 @@ import threading
 
 import numpy as np
 import pytest
+
+from spoofwatch.errors import InputError
 from spoofwatch.stream.events import AlertEnd, AlertStart
 from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 from spoofwatch.stream.ring import RingBuffer
 from spoofwatch.stream.windower import Windower
-
-from spoofwatch.errors import InputError
 
 
 def ramp(n: int, start: int = 0) -> np.ndarray:

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from spoofwatch.model.weights import fetch_weights, list_weights, sha256_file
 
 from spoofwatch.cli import main
 from spoofwatch.errors import WeightsError
+from spoofwatch.model.weights import fetch_weights, list_weights, sha256_file
 
 PINNED = "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a"
 

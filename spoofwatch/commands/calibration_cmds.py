@@ -49,8 +49,26 @@ def register(sub: Any) -> None:
         default=None,
         help="target rate for bonafide-false-alarm / spoof-miss (fraction)",
     )
-    fit.add_argument("--model", default="aasist-l")
+    add_model_args(fit)
     fit.add_argument("--out", type=Path, required=True)
+    fit.add_argument(
+        "--asv-scores", type=Path, default=None, help="ASV scores, for the min t-DCF in the report"
+    )
+    fit.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=None,
+        help="with --protocol: also fit smoothing and hysteresis on simulated conversations",
+    )
+    fit.add_argument("--skip-missing", action="store_true")
+    fit.add_argument("--target-false-alerts-per-hour", type=float, default=1.0)
+    fit.add_argument("--conversations", type=int, default=20, help="simulated conversations of each kind")
+    fit.add_argument(
+        "--conversation-s", type=float, default=30.0, help="length of each simulated conversation"
+    )
+    fit.add_argument(
+        "--report", type=Path, default=None, metavar="DIR", help="write report.md and PNG plots here"
+    )
     fit.set_defaults(func=cmd_calibrate_fit)
 
     bf = csub.add_parser(
@@ -93,15 +111,18 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from spoofwatch.calibration.calfile import load_calibration, save_calibration
     from spoofwatch.calibration.fit import threshold_for, with_threshold
     from spoofwatch.calibration.metrics import evaluate
-    from spoofwatch.calibration.protocol import read_scores
+    from spoofwatch.calibration.protocol import read_asv_scores, read_scores
+    from spoofwatch.calibration.report import write_report
 
     table = read_scores(args.scores, args.protocol)
     threshold = threshold_for(table, args.target, args.rate)
-    report = evaluate(table)
-    provenance = {
+    report = evaluate(table, read_asv_scores(args.asv_scores) if args.asv_scores else None)
+    provenance: dict[str, Any] = {
         "source": f"calibrate fit --target {args.target}"
         + (f" --rate {args.rate}" if args.rate is not None else ""),
         "dataset": str(args.scores),
@@ -112,12 +133,65 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
             "n_spoof": report.n_spoof,
         },
     }
-    cal = with_threshold(load_calibration(model=args.model), threshold, provenance)
+    if report.min_tdcf is not None:
+        provenance["metrics"]["min_tdcf"] = report.min_tdcf
+    base = load_calibration(args.calibration, model=args.model)
+    cal = with_threshold(base, threshold, provenance)
+    streaming = None
+    if args.audio_dir is not None:
+        streaming = _fit_streaming(args, cal)
+        cal = dataclasses.replace(cal, policy=streaming.policy_config)
+        provenance["metrics"].update(streaming.section.metrics.to_json())
+        provenance["streaming"] = (
+            f"{streaming.section.n_conversations} simulated conversations, target {args.target_false_alerts_per_hour} false alerts/hour"
+        )
     save_calibration(cal, args.out)
     sys.stdout.write(
         f"threshold {threshold:+.4f} ({args.target}); EER {report.eer_percent:.4f} %; wrote {args.out}\n"
     )
+    if streaming is not None:
+        m = streaming.section.metrics
+        sys.stdout.write(
+            f"streaming: enter {cal.policy.enter_threshold:+.4f}, smoothing {cal.policy.smoothing_windows}, min windows {cal.policy.min_alert_windows}: "
+            f"{m.false_alerts_per_hour:.2f} false alerts/h, {100 * m.detection_rate:.0f} % detected, "
+            f"median delay {m.median_delay_s}, p90 {m.p90_delay_s}\n"
+        )
+    if args.report is not None:
+        path = write_report(
+            args.report, table, report, threshold, args.target, streaming.section if streaming else None
+        )
+        sys.stdout.write(f"report: {path}\n")
     return 0
+
+
+def _fit_streaming(args: argparse.Namespace, cal: Any) -> Any:
+    from types import SimpleNamespace
+
+    from spoofwatch.calibration.dataset import check_dataset
+    from spoofwatch.calibration.report import StreamingSection
+    from spoofwatch.calibration.streaming import build_conversations, fit_policy, sweep_thresholds, trace
+    from spoofwatch.errors import InputError
+    from spoofwatch.model.export import ensure_onnx
+    from spoofwatch.model.runtime import OnnxScorer
+    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.runner import build_engine
+
+    if args.protocol is None:
+        raise InputError("--audio-dir needs --protocol (labels and speakers for the simulated conversations)")
+    dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)
+    scorer = OnnxScorer(ensure_onnx(args.model, args.weights), args.device, args.threads)
+    engine = build_engine(cal, SileroVad())
+    conversations = build_conversations(dataset, args.conversations, args.conversation_s)
+    traces = [trace(c, engine, scorer) for c in conversations]
+    policy, metrics = fit_policy(traces, cal.policy, args.target_false_alerts_per_hour)
+    section = StreamingSection(
+        metrics,
+        {k: v for k, v in vars(policy).items()},
+        sweep_thresholds(traces, policy),
+        len(conversations),
+        sum(t.duration_s for t in traces) / 3600,
+    )
+    return SimpleNamespace(policy_config=policy, section=section)
 
 
 def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:

@@ -22,6 +22,9 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 POLICY_VIOLATION = 1008
 #: How far (s) a stream's audio may run ahead of wall-clock time and still count as live.
 REALTIME_SLACK_S = 1.0
+#: A live stream's window is dropped unscored once the stream has moved on
+#: this many seconds past its end: a late score is worth less than a fresh one.
+STALE_AFTER_S = 2.0
 
 
 class StreamSession:
@@ -70,6 +73,13 @@ class StreamSession:
             else:
                 self.engine.drop(self._queue.popleft())
 
+    def _is_stale(self, pending: PendingWindow) -> bool:
+        """A live stream that fell behind scores its freshest window first."""
+        if self._closed or self._t0 is None or self._ahead_of_real_time():
+            return False  # end-of-stream flushes and uploads are never dropped
+        newer_waiting = bool(self._queue)
+        return newer_waiting or self.engine.duration_s - pending.window.t_end > STALE_AFTER_S
+
     def _ahead_of_real_time(self) -> bool:
         assert self._t0 is not None
         return self.engine.duration_s > time.monotonic() - self._t0 + REALTIME_SLACK_S
@@ -92,6 +102,9 @@ class StreamSession:
             if self._queue:
                 pending = self._queue.popleft()
                 self._space.set()
+                if self._is_stale(pending):
+                    self.engine.drop(pending)
+                    continue
                 score = await self.batcher.score(pending.window.samples) if pending.gate.speech else None
                 for event in self.engine.resolve(pending, score):
                     await self.emit({**event.to_json(), **self.tags})

@@ -1,0 +1,194 @@
+"""Streaming calibration: simulated conversations through the real live engine.
+
+Conversations are built from dataset utterances: bona fide-only streams,
+and streams that switch from bona fide to spoof speech (same speaker when
+the protocol has one). Each is run once through the live engine (gate,
+windows, model: the code ``monitor`` and ``serve`` run) to record its window
+scores; alert policies are then replayed on those traces with the same
+:class:`AlertPolicy` class, so every candidate is judged exactly as it would
+behave live, without re-running the model per candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.audio import read_audio
+from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.errors import CalibrationError
+from spoofwatch.stream.engine import Engine, Scorer
+from spoofwatch.stream.events import ScoreEvent
+from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
+from spoofwatch.stream.runner import InlineRunner
+
+from .dataset import Dataset
+
+#: Candidate smoothing lengths and minimum alert lengths, in windows.
+SMOOTHING_WINDOWS = (1, 2, 3, 4, 6, 8)
+MIN_ALERT_WINDOWS = (1, 2, 3, 4)
+N_THRESHOLDS = 24
+
+
+@dataclass(frozen=True)
+class Conversation:
+    name: str
+    audio: npt.NDArray[np.float32]
+    onset_s: float | None  # None: bona fide throughout
+
+
+@dataclass(frozen=True)
+class Trace:
+    name: str
+    duration_s: float
+    onset_s: float | None
+    windows: list[tuple[float, float | None]]  # (t_end, score or None when gated)
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    false_alerts_per_hour: float
+    detection_rate: float
+    median_delay_s: float | None
+    p90_delay_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _concat_until(paths: list[Any], seconds: float, rng: np.random.Generator) -> npt.NDArray[np.float32]:
+    parts: list[npt.NDArray[np.float32]] = []
+    total = 0
+    while total < seconds * SAMPLE_RATE_HZ:
+        audio = read_audio(paths[int(rng.integers(len(paths)))])
+        parts.append(audio)
+        total += audio.size
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE_HZ)]
+
+
+def build_conversations(dataset: Dataset, n_each: int, seconds: float, seed: int = 0) -> list[Conversation]:
+    """``n_each`` bona fide-only and ``n_each`` bona fide -> spoof conversations."""
+    rng = np.random.default_rng(seed)
+    bona = [t for t in dataset.trials if t.label == "bonafide"]
+    spoof = [t for t in dataset.trials if t.label == "spoof"]
+    if not bona or not spoof:
+        raise CalibrationError("streaming calibration needs both bona fide and spoof utterances")
+    conversations = []
+    for i in range(n_each):
+        conversations.append(
+            Conversation(
+                f"bonafide-{i}", _concat_until([dataset.paths[t.utt] for t in bona], seconds, rng), None
+            )
+        )
+    for i in range(n_each):
+        speaker = bona[int(rng.integers(len(bona)))].speaker
+        own_bona = [t for t in bona if t.speaker == speaker] or bona
+        own_spoof = [t for t in spoof if t.speaker == speaker] or spoof
+        half = seconds / 2
+        first = _concat_until([dataset.paths[t.utt] for t in own_bona], half, rng)
+        second = _concat_until([dataset.paths[t.utt] for t in own_spoof], seconds - half, rng)
+        conversations.append(
+            Conversation(f"switch-{i}", np.concatenate([first, second]), first.size / SAMPLE_RATE_HZ)
+        )
+    return conversations
+
+
+def trace(conversation: Conversation, engine: Engine, scorer: Scorer) -> Trace:
+    """Run one conversation through the live engine; record every window."""
+    engine.reset()
+    runner = InlineRunner(engine, scorer)
+    audio = conversation.audio
+    events = [e for pos in range(0, audio.size, 4096) for e in runner.feed(audio[pos : pos + 4096])]
+    events += runner.close()
+    windows = [(e.t_end, e.score) for e in events if isinstance(e, ScoreEvent)]
+    return Trace(conversation.name, audio.size / SAMPLE_RATE_HZ, conversation.onset_s, windows)
+
+
+def replay(tr: Trace, policy: PolicyConfig) -> list[float]:
+    """Alert start times the policy raises on a recorded trace."""
+    p = AlertPolicy(policy)
+    starts = []
+    for t, score in tr.windows:
+        events = p.no_speech(t) if score is None else p.update(t, score)
+        starts += [e.t for e in events if e.type == "alert_start"]  # type: ignore[attr-defined]
+    return starts
+
+
+def measure(traces: list[Trace], policy: PolicyConfig) -> StreamMetrics:
+    """False alerts per hour of bona fide audio; detection rate and delay after spoof onsets."""
+    false_alerts = 0
+    bona_s = 0.0
+    delays = []
+    switches = 0
+    for tr in traces:
+        starts = replay(tr, policy)
+        onset = tr.onset_s if tr.onset_s is not None else tr.duration_s
+        bona_s += onset
+        false_alerts += sum(1 for t in starts if t <= onset)
+        if tr.onset_s is not None:
+            switches += 1
+            late = [t - tr.onset_s for t in starts if t > tr.onset_s]
+            if late:
+                delays.append(late[0])
+    d = np.array(delays)
+    return StreamMetrics(
+        false_alerts / (bona_s / 3600) if bona_s else 0.0,
+        len(delays) / switches if switches else 0.0,
+        float(np.median(d)) if d.size else None,
+        float(np.percentile(d, 90)) if d.size else None,
+    )
+
+
+def candidate_thresholds(traces: list[Trace], n: int = N_THRESHOLDS) -> list[float]:
+    scores = np.array([s for tr in traces for _, s in tr.windows if s is not None])
+    if scores.size == 0:
+        raise CalibrationError("no window passed the speech gate: nothing to calibrate on")
+    return sorted({float(q) for q in np.quantile(scores, np.linspace(0.02, 0.98, n))})
+
+
+def fit_policy(
+    traces: list[Trace], base: PolicyConfig, target_false_alerts_per_hour: float
+) -> tuple[PolicyConfig, StreamMetrics]:
+    """Smoothing, minimum length and thresholds that meet the false-alert target
+    on bona fide audio, with the best detection rate and then the lowest median delay."""
+    margin = base.exit_threshold - base.enter_threshold
+    best: tuple[tuple[float, float], PolicyConfig, StreamMetrics] | None = None
+    for k, m, threshold in itertools.product(
+        SMOOTHING_WINDOWS, MIN_ALERT_WINDOWS, candidate_thresholds(traces)
+    ):
+        policy = dataclasses.replace(
+            base,
+            smoothing_windows=k,
+            min_alert_windows=m,
+            enter_threshold=threshold,
+            exit_threshold=threshold + margin,
+        )
+        metrics = measure(traces, policy)
+        if metrics.false_alerts_per_hour > target_false_alerts_per_hour:
+            continue
+        key = (
+            -metrics.detection_rate,
+            metrics.median_delay_s if metrics.median_delay_s is not None else np.inf,
+        )
+        if best is None or key < best[0]:
+            best = (key, policy, metrics)
+    if best is None:
+        raise CalibrationError(
+            f"no smoothing/threshold setting meets {target_false_alerts_per_hour} false alerts per hour"
+        )
+    return best[1], best[2]
+
+
+def sweep_thresholds(traces: list[Trace], policy: PolicyConfig) -> list[tuple[float, StreamMetrics]]:
+    """Metrics across enter thresholds with the chosen smoothing, for the report."""
+    margin = policy.exit_threshold - policy.enter_threshold
+    out = []
+    for threshold in candidate_thresholds(traces, 40):
+        p = dataclasses.replace(policy, enter_threshold=threshold, exit_threshold=threshold + margin)
+        out.append((threshold, measure(traces, p)))
+    return out
