@@ -19,6 +19,7 @@ use are rejected with a message naming the field.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from spoofwatch.stream.engine import EngineConfig
 from spoofwatch.stream.gate import GateConfig
 from spoofwatch.stream.policy import PolicyConfig
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 DEFAULT_CALIBRATION = "{model}.toml"  # one shipped default per model
 
@@ -134,6 +136,22 @@ def load_calibration(
     if model is not None:
         check_fits(cal, model, weights_sha256, origin)
     return cal
+
+
+def calibration_for(model: str, path: Path | None, weights: Path | None) -> Calibration:
+    """The calibration to use with ``model`` and (optionally custom) ``weights``.
+
+    An explicit file must match the weights in use. With custom weights and no
+    file, the shipped default is used with a warning, re-stamped with the
+    custom weights' hash, so files written from it (``calibrate fit``) fit them.
+    """
+    from spoofwatch.model.weights import sha256_file
+
+    digest = sha256_file(weights) if weights is not None else None
+    if path is None and digest is not None:
+        log.warning("using the default calibration with custom weights; calibrate for these weights")
+        return dataclasses.replace(load_calibration(None, model=model), weights_sha256=digest)
+    return load_calibration(path, model=model, weights_sha256=digest)
 
 
 def check_fits(cal: Calibration, model: str, weights_sha256: str | None, origin: str) -> None:

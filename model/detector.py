@@ -97,9 +97,9 @@ class Detector:
 
         ``calibration`` defaults to the shipped ``configs/calibration/default.toml``.
         """
-        from spoofwatch.calibration.calfile import load_calibration
+        from spoofwatch.calibration.calfile import calibration_for
 
-        cal = load_calibration(calibration, model=model)
+        cal = calibration_for(model, calibration, weights)
         scorer = OnnxScorer(ensure_onnx(model, weights), device=device, threads=threads)
         return cls(model, scorer, cal)
 

@@ -19,7 +19,7 @@ from spoofwatch.errors import ModelError
 from spoofwatch.paths import onnx_dir
 
 from .aasist import AASIST
-from .config import load_model_config
+from .config import ModelConfig, load_model_config
 from .weights import load_torch_model, sha256_file
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,11 @@ def check_parity(net: AASIST, onnx_path: Path) -> float:
     return float(np.max(np.abs(onnx_logits - _torch_logits(net, windows))))
 
 
-def export_onnx(model: str, out: Path, weights: Path | None = None) -> float:
+def export_onnx(
+    model: str, out: Path, weights: Path | None = None, config: ModelConfig | None = None
+) -> float:
     """Export ``model`` to ``out``; install it only if parity holds. Returns the max diff."""
-    net = load_torch_model(model, weights)
+    net = load_torch_model(model, weights, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=out.parent)
     os.close(fd)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -152,13 +151,14 @@ def _load_state_dict(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]
     return state
 
 
-def load_torch_model(model: str, path: Path | None = None) -> AASIST:
+def load_torch_model(model: str, path: Path | None = None, config: ModelConfig | None = None) -> AASIST:
     """Build ``model`` and load verified weights strictly; returns it in eval mode.
 
     ``path`` defaults to the cached official weights; a custom path (e.g. a
-    fine-tuned model) is loaded without the official hash check.
+    fine-tuned model) is loaded without the official hash check. ``config``
+    overrides the shipped architecture (models trained with overrides).
     """
-    config = load_model_config(model)
+    config = config or load_model_config(model)
     if path is None:
         path = weights_path(config)
         if not path.is_file():
@@ -173,11 +173,3 @@ def load_torch_model(model: str, path: Path | None = None) -> AASIST:
     except RuntimeError as exc:
         raise WeightsError(f"{path}: does not fit the {config.name} architecture: {exc}") from None
     return net.eval()
-
-
-def copy_weights(src: Path, dst: Path) -> None:
-    """Copy a weights file atomically (used when exporting trained models)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(dst.suffix + ".partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)

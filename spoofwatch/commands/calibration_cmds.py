@@ -113,7 +113,7 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from spoofwatch.calibration.calfile import load_calibration, save_calibration
+    from spoofwatch.calibration.calfile import calibration_for, save_calibration
     from spoofwatch.calibration.fit import threshold_for, with_threshold
     from spoofwatch.calibration.metrics import evaluate
     from spoofwatch.calibration.protocol import read_asv_scores, read_scores
@@ -135,8 +135,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     }
     if report.min_tdcf is not None:
         provenance["metrics"]["min_tdcf"] = report.min_tdcf
-    base = load_calibration(args.calibration, model=args.model)
-    cal = with_threshold(base, threshold, provenance)
+    cal = with_threshold(calibration_for(args.model, args.calibration, args.weights), threshold, provenance)
     streaming = None
     if args.audio_dir is not None:
         streaming = _fit_streaming(args, cal)

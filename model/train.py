@@ -1,0 +1,343 @@
+"""Training and fine-tuning AASIST / AASIST-L, with exact resume.
+
+Determinism is by construction, so a run interrupted and resumed ends with
+the same weights as one that never stopped (on the same device):
+
+* the batch order of epoch ``e`` is a permutation seeded by ``(seed, e)``;
+* each example's crop and augmentation use a generator seeded by
+  ``(seed, e, position)``, independent of threads and of where a run resumed;
+* the torch RNG (dropout, frequency masks) is saved in every checkpoint.
+
+A checkpoint holds the model, optimiser, scheduler, progress and RNG state;
+the last ``keep_checkpoints`` are kept, plus ``best.pth`` by dev EER.
+SIGINT/SIGTERM finish the current batch, save a checkpoint and return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from spoofwatch.audio import official_window, read_audio
+from spoofwatch.calibration.dataset import check_dataset
+from spoofwatch.calibration.metrics import eer
+from spoofwatch.calibration.protocol import Trial
+from spoofwatch.constants import WINDOW_SAMPLES
+from spoofwatch.errors import ModelError
+
+from .aasist import AASIST
+from .train_config import TrainConfig
+from .weights import load_torch_model
+
+log = logging.getLogger(__name__)
+CHECKPOINT_GLOB = "ckpt-*.pt"
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # next epoch to run
+    batch: int = 0  # batches already done in that epoch
+    global_step: int = 0
+    best_eer: float = math.inf
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    interrupted: bool
+    progress: Progress
+    best_weights: Path | None
+    onnx: Path | None
+
+
+def random_crop(audio: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[np.float32]:
+    """A random 64,600-sample crop, or the clip repeated to that length (official recipe)."""
+    if audio.size > WINDOW_SAMPLES:
+        start = int(rng.integers(0, audio.size - WINDOW_SAMPLES + 1))
+        return audio[start : start + WINDOW_SAMPLES]
+    return official_window(audio)
+
+
+def cosine_factor(step: int, total: int, floor: float) -> float:
+    """LR multiplier annealing from 1 to ``floor`` over ``total`` steps."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        init: str | None = None,
+        resume: bool = False,
+        progress_bar: bool = True,
+        on_metrics: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.progress_bar = progress_bar
+        self.on_metrics = on_metrics
+        self.device = torch.device(
+            "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        )
+        if config.device == "cuda" and self.device.type != "cuda":
+            raise ModelError("training config asks for device 'cuda' but torch sees no GPU")
+        self.train_set = check_dataset(config.train_protocol, config.train_audio_dir)
+        self.dev_set = check_dataset(config.dev_protocol, config.dev_audio_dir)
+        torch.manual_seed(config.seed)
+        self.model_config = config.model_config()
+        self.model = self._build_model(init).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
+        )
+        total = config.epochs * self.batches_per_epoch
+        floor = config.lr_min / config.base_lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_factor(s, total, floor)
+        )
+        self.loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(config.class_weights, device=self.device))
+        self.progress = Progress()
+        self.out_dir = config.out_dir
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self._stop = False
+        if resume:
+            self._resume()
+
+    # ---- setup -------------------------------------------------------------
+
+    def _build_model(self, init: str | None) -> AASIST:
+        if init is None:
+            return AASIST(self.model_config)
+        if self.config.model_overrides:
+            raise ModelError(
+                "--init loads official weights, which need the official architecture (no model_overrides)"
+            )
+        log.info("fine-tuning from the official %s weights", init)
+        return load_torch_model(init).train()
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.train_set.trials) / self.config.batch_size)
+
+    # ---- checkpoints -------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob(CHECKPOINT_GLOB))
+
+    def save_checkpoint(self) -> Path:
+        p = self.progress
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": asdict(p),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "model_config": asdict(self.model_config),
+        }
+        path = self.ckpt_dir / f"ckpt-{p.global_step:08d}-e{p.epoch:03d}-b{p.batch:05d}.pt"
+        tmp = path.with_suffix(".partial")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        for old in self.checkpoints()[: -self.config.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def _resume(self) -> None:
+        checkpoints = self.checkpoints()
+        if not checkpoints:
+            raise ModelError(f"--resume: no checkpoint in {self.ckpt_dir}")
+        state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        log.info(
+            "resumed from %s (epoch %d, batch %d)",
+            checkpoints[-1].name,
+            self.progress.epoch,
+            self.progress.batch,
+        )
+
+    # ---- data --------------------------------------------------------------
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_set.trials))
+        size = self.config.batch_size
+        return [order[i : i + size].tolist() for i in range(0, order.size, size)]
+
+    def _example(self, epoch: int, index: int) -> tuple[npt.NDArray[np.float32], int]:
+        trial: Trial = self.train_set.trials[index]
+        rng = np.random.default_rng([self.config.seed, epoch, index])
+        x = random_crop(read_audio(self.train_set.paths[trial.utt]), rng)
+        return self.config.augment.apply(x, rng), int(trial.label == "bonafide")
+
+    def load_batch(
+        self, pool: ThreadPoolExecutor, epoch: int, indices: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        examples = list(pool.map(lambda i: self._example(epoch, i), indices))
+        x = torch.from_numpy(np.stack([e[0] for e in examples]))
+        y = torch.tensor([e[1] for e in examples], dtype=torch.long)
+        return x.to(self.device), y.to(self.device)
+
+    # ---- steps -------------------------------------------------------------
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.train()
+        # Mixed precision on CUDA (bf16 needs no loss scaling); full precision on CPU.
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            logits = self.model(x)  # (B, 2)
+            loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.item())
+
+    def dev_eer(self, pool: ThreadPoolExecutor) -> float:
+        """EER (%) on the dev set, official first-window inputs."""
+        self.model.eval()
+        scores: list[float] = []
+        trials = self.dev_set.trials
+        size = self.config.batch_size
+        with torch.inference_mode():
+            for i in range(0, len(trials), size):
+                batch = trials[i : i + size]
+                audio = list(
+                    pool.map(lambda t: official_window(read_audio(self.dev_set.paths[t.utt])), batch)
+                )
+                logits = self.model(torch.from_numpy(np.stack(audio)).to(self.device))
+                scores += logits[:, 1].float().cpu().tolist()
+        s = np.array(scores)
+        labels = np.array([t.label for t in trials])
+        return 100 * eer(s[labels == "bonafide"], s[labels == "spoof"])[0]
+
+    # ---- the loop ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        def request_stop(signum: int, frame: Any) -> None:
+            log.warning("signal %d: finishing this batch, saving a checkpoint and stopping", signum)
+            self._stop = True
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def request_stop(self) -> None:
+        """Stop after the current batch (what SIGINT/SIGTERM do)."""
+        self._stop = True
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.on_metrics:
+            self.on_metrics(record)
+
+    def run(self, max_batches: int | None = None) -> TrainResult:
+        """Train to the configured epoch count (or stop after ``max_batches`` this call)."""
+        from tqdm import tqdm
+
+        p = self.progress
+        done_this_call = 0
+        with self._stop_on_signals(), ThreadPoolExecutor(self.config.decode_workers) as pool:
+            while p.epoch < self.config.epochs:
+                batches = self.epoch_batches(p.epoch)
+                losses: list[float] = []
+                started = time.perf_counter()
+                bar = tqdm(
+                    total=len(batches),
+                    initial=p.batch,
+                    desc=f"epoch {p.epoch}",
+                    disable=not self.progress_bar,
+                    leave=False,
+                )
+                while p.batch < len(batches):
+                    loss = self.train_step(*self.load_batch(pool, p.epoch, batches[p.batch]))
+                    if not math.isfinite(loss):
+                        raise ModelError(f"training loss became {loss} at step {p.global_step}")
+                    losses.append(loss)
+                    p.batch += 1
+                    p.global_step += 1
+                    done_this_call += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    self._emit(
+                        {
+                            "type": "step",
+                            "epoch": p.epoch,
+                            "step": p.global_step,
+                            "loss": loss,
+                            "lr": self.scheduler.get_last_lr()[0],
+                        }
+                    )
+                    if self._stop or (max_batches is not None and done_this_call >= max_batches):
+                        bar.close()
+                        self.save_checkpoint()
+                        return TrainResult(True, p, self._best_path(), None)
+                bar.close()
+                self._end_epoch(pool, losses, time.perf_counter() - started)
+        return TrainResult(False, p, self._best_path(), self._export_best())
+
+    def _end_epoch(self, pool: ThreadPoolExecutor, losses: list[float], seconds: float) -> None:
+        p = self.progress
+        dev = self.dev_eer(pool)
+        if dev < p.best_eer:
+            p.best_eer, p.best_epoch = dev, p.epoch
+            tmp = self.out_dir / "best.pth.partial"
+            torch.save(self.model.state_dict(), tmp)
+            tmp.replace(self.out_dir / "best.pth")
+        record = {
+            "type": "epoch",
+            "epoch": p.epoch,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "dev_eer_percent": dev,
+            "best_eer_percent": p.best_eer,
+            "best_epoch": p.best_epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": seconds,
+        }
+        p.history.append(record)
+        p.epoch += 1
+        p.batch = 0
+        self.save_checkpoint()
+        self._emit(record)
+
+    def _best_path(self) -> Path | None:
+        path = self.out_dir / "best.pth"
+        return path if path.is_file() else None
+
+    def _export_best(self) -> Path | None:
+        from .export import export_onnx
+
+        best = self._best_path()
+        if best is None:
+            return None
+        out = self.out_dir / "best.onnx"
+        export_onnx(self.config.model, out, best, self.model_config)
+        return out

@@ -1,0 +1,87 @@
+"""Training configuration (TOML), validated into a dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spoofwatch.errors import ConfigError
+
+from .augment import AugmentConfig
+from .config import ModelConfig, load_model_config, model_config_from_dict
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train_protocol: Path
+    train_audio_dir: Path
+    dev_protocol: Path
+    dev_audio_dir: Path
+    out_dir: Path
+    model: str = "aasist-l"
+    epochs: int = 100
+    batch_size: int = 24
+    seed: int = 1234
+    device: str = "auto"  # auto: CUDA if torch sees a GPU
+    base_lr: float = 1e-4
+    lr_min: float = 5e-6
+    weight_decay: float = 1e-4
+    #: Cross-entropy class weights (spoof, bona fide), as in the official recipe.
+    class_weights: tuple[float, float] = (0.1, 0.9)
+    keep_checkpoints: int = 5
+    decode_workers: int = 4
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Architecture changes (e.g. a reduced model for quick experiments).
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self) -> ModelConfig:
+        """The shipped architecture of ``model`` with ``model_overrides`` applied and validated."""
+        base = load_model_config(self.model)
+        if not self.model_overrides:
+            return base
+        data = {k: _as_lists(v) for k, v in dataclasses.asdict(base).items()}
+        unknown = sorted(set(self.model_overrides) - set(data))
+        if unknown:
+            raise ConfigError(f"model_overrides: unknown field(s) {', '.join(unknown)}")
+        return model_config_from_dict({**data, **self.model_overrides})
+
+
+def _as_lists(value: Any) -> Any:
+    return [_as_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+_PATHS = ("train_protocol", "train_audio_dir", "dev_protocol", "dev_audio_dir", "out_dir")
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """Parse ``path``; relative paths are resolved against the config's folder."""
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read training config: {exc}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    missing = [k for k in _PATHS if k not in data]
+    if missing:
+        raise ConfigError(f"{path}: missing required field(s) {', '.join(missing)}")
+    values = dict(data)
+    for key in _PATHS:
+        values[key] = (path.parent / str(data[key])).resolve()
+    if "class_weights" in values:
+        values["class_weights"] = tuple(float(v) for v in values["class_weights"])
+    augment = values.pop("augment", {})
+    try:
+        values["augment"] = AugmentConfig(
+            tuple(augment.get("names", ())), float(augment.get("probability", 0.5))
+        )
+        config = TrainConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if config.epochs < 1 or config.batch_size < 1 or config.keep_checkpoints < 1:
+        raise ConfigError(f"{path}: epochs, batch_size and keep_checkpoints must be >= 1")
+    return config

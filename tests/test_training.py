@@ -1,0 +1,337 @@
+"""Training mechanics on a tiny LA-format dataset built from the shared clips."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+from helpers import BONAFIDE_UTT, SPOOF_UTTS
+
+from spoofwatch.cli import main
+from spoofwatch.errors import DatasetError
+from spoofwatch.model.augment import AUGMENTATIONS, AugmentConfig
+from spoofwatch.model.la_data import prepare_la
+from spoofwatch.model.train import Trainer, random_crop
+from spoofwatch.model.train_config import load_train_config
+
+UTTS = (BONAFIDE_UTT, *SPOOF_UTTS)
+TINY = "first_conv = 32\nsinc_channels = 20\nfilts = [[1, 8], [8, 8], [8, 8], [8, 8]]\ngat_dims = [8, 8]\n"
+
+
+def protocol_lines(la_dir: Path) -> dict[str, str]:
+    lines = {}
+    for split in ("train.trn", "dev.trl", "eval.trl"):
+        for line in (la_dir / f"protocols/ASVspoof2019.LA.cm.{split}.txt").read_text().splitlines():
+            if line.split()[1] in UTTS:
+                lines[line.split()[1]] = line
+    return lines
+
+
+def build_la_tree(la_dir: Path, root: Path, skip: tuple[str, ...] = ()) -> Path:
+    """The real LA layout; every split holds the four shared clips."""
+    la = root / "LA"
+    lines = protocol_lines(la_dir)
+    (la / "ASVspoof2019_LA_cm_protocols").mkdir(parents=True)
+    for split, suffix in (("train", "trn"), ("dev", "trl"), ("eval", "trl")):
+        flac = la / f"ASVspoof2019_LA_{split}" / "flac"
+        flac.mkdir(parents=True)
+        for utt in UTTS:
+            if (split, utt) not in skip:
+                shutil.copy(la_dir / "flac" / f"{utt}.flac", flac / f"{utt}.flac")
+        (la / "ASVspoof2019_LA_cm_protocols" / f"ASVspoof2019.LA.cm.{split}.{suffix}.txt").write_text(
+            "\n".join(lines[u] for u in UTTS) + "\n"
+        )
+    return la
+
+
+def write_config(path: Path, la: Path, out: Path, **extra: Any) -> Path:
+    values = {"epochs": 3, "batch_size": 2, "seed": 7, "device": "cpu", "decode_workers": 2, **extra}
+    text = (
+        f'train_protocol = "{la}/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.train.trn.txt"\n'
+        f'train_audio_dir = "{la}/ASVspoof2019_LA_train/flac"\n'
+        f'dev_protocol = "{la}/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.dev.trl.txt"\n'
+        f'dev_audio_dir = "{la}/ASVspoof2019_LA_dev/flac"\n'
+        f'out_dir = "{out}"\n'
+        + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in values.items() if k != "tiny" and not isinstance(v, dict)
+        )
+    )
+    for name, table in values.items():
+        if isinstance(table, dict):
+            text += f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+    if extra.get("tiny", True):
+        text += "[model_overrides]\n" + TINY
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture()
+def tiny_la(la_dir: Path, tmp_path: Path) -> Path:
+    return build_la_tree(la_dir, tmp_path / "data")
+
+
+def test_training_runs_rotates_and_tracks_best(tiny_la: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = load_train_config(write_config(tmp_path / "t.toml", tiny_la, out, epochs=7))
+    result = Trainer(config, progress_bar=False).run()
+    assert not result.interrupted and result.progress.epoch == 7
+    assert len(list((out / "checkpoints").glob("ckpt-*.pt"))) == 5
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert len(steps) == 14 and all(np.isfinite(r["loss"]) for r in steps)
+    assert [r["epoch"] for r in epochs] == list(range(7))
+    eers = [r["dev_eer_percent"] for r in epochs]
+    assert result.progress.best_eer == min(eers) and result.progress.best_epoch == eers.index(min(eers))
+    assert steps[-1]["lr"] < steps[0]["lr"]  # cosine schedule decays
+    assert result.best_weights == out / "best.pth" and result.onnx == out / "best.onnx"
+    from spoofwatch.model.runtime import OnnxScorer
+
+    scorer = OnnxScorer(result.onnx, device="cpu")
+    assert scorer.logits(np.zeros((2, 64600), np.float32)).shape == (2, 2)
+
+
+def test_small_overfit_drives_loss_down(tiny_la: Path, tmp_path: Path) -> None:
+    config = load_train_config(
+        write_config(
+            tmp_path / "t.toml",
+            tiny_la,
+            tmp_path / "run",
+            epochs=25,
+            batch_size=4,
+            base_lr=0.003,
+            lr_min=0.003,
+            class_weights=[0.5, 0.5],
+        )
+    )
+    Trainer(config, progress_bar=False).run()
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+        if '"step"' in line
+    ]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+
+
+def _record_batches(trainer: Trainer, seen: list[tuple[int, list[int]]]) -> None:
+    original = trainer.load_batch
+
+    def spy(pool: Any, epoch: int, indices: list[int]) -> Any:
+        seen.append((epoch, list(indices)))
+        return original(pool, epoch, indices)
+
+    trainer.load_batch = spy  # type: ignore[method-assign]
+
+
+def test_resume_continues_exactly(tiny_la: Path, tmp_path: Path) -> None:
+    cfg_a = load_train_config(
+        write_config(
+            tmp_path / "a.toml",
+            tiny_la,
+            tmp_path / "a",
+            epochs=3,
+            augment={"names": ["gain", "noise"], "probability": 0.5},
+        )
+    )
+    cfg_b = load_train_config(
+        write_config(
+            tmp_path / "b.toml",
+            tiny_la,
+            tmp_path / "b",
+            epochs=3,
+            augment={"names": ["gain", "noise"], "probability": 0.5},
+        )
+    )
+    seen_a: list[tuple[int, list[int]]] = []
+    a = Trainer(cfg_a, progress_bar=False)
+    _record_batches(a, seen_a)
+    a.run()
+
+    seen_b: list[tuple[int, list[int]]] = []
+    first = Trainer(cfg_b, progress_bar=False)
+    _record_batches(first, seen_b)
+    interrupted = first.run(max_batches=3)  # stops mid-epoch 1
+    assert interrupted.interrupted
+    resumed = Trainer(cfg_b, resume=True, progress_bar=False)
+    assert (resumed.progress.epoch, resumed.progress.batch, resumed.progress.global_step) == (1, 1, 3)
+    _record_batches(resumed, seen_b)
+    resumed.run()
+
+    assert seen_b == seen_a  # the same batches, in the same order, across the interruption
+    state_a, state_b = a.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert [h["dev_eer_percent"] for h in resumed.progress.history] == [
+        h["dev_eer_percent"] for h in a.progress.history
+    ]
+
+
+def test_sigterm_saves_a_checkpoint(tiny_la: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "t.toml", tiny_la, out, epochs=1000)
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as err_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spoofwatch", "train", "--config", str(cfg)],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=err_fh,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            metrics = out / "metrics.jsonl"
+            while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "--resume" in log.read_text()
+    checkpoints = list((out / "checkpoints").glob("ckpt-*.pt"))
+    assert checkpoints
+    saved = torch.load(max(checkpoints), map_location="cpu", weights_only=False)
+    assert saved["progress"]["global_step"] >= 3
+
+
+def test_one_real_aasist_l_step_from_official_weights(sw_home: Path, tiny_la: Path, tmp_path: Path) -> None:
+    from spoofwatch.model.weights import load_torch_model
+
+    config = load_train_config(
+        write_config(tmp_path / "t.toml", tiny_la, tmp_path / "run", tiny=False, epochs=1, batch_size=2)
+    )
+    trainer = Trainer(config, init="aasist-l", progress_bar=False)
+    result = trainer.run(max_batches=1)
+    assert result.interrupted and result.progress.global_step == 1
+    step = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(step["loss"])
+    official = load_torch_model("aasist-l").state_dict()
+    tuned = trainer.model.state_dict()
+    assert any(not torch.equal(official[k], tuned[k]) for k in official if official[k].is_floating_point())
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
+def test_augmentations(name: str, la_dir: Path) -> None:
+    from spoofwatch.audio import read_audio
+
+    x = random_crop(read_audio(la_dir / "flac" / f"{BONAFIDE_UTT}.flac"), np.random.default_rng(0))
+    fn = AUGMENTATIONS[name]
+    y = fn(x, np.random.default_rng(1))
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.all(np.isfinite(y)) and np.abs(y).max() <= 1.0
+    np.testing.assert_array_equal(y, fn(x, np.random.default_rng(1)))
+    assert not np.array_equal(y, x)
+    if name != "telephony":  # the telephony channel is mostly fixed; its randomness is the band edges
+        assert not np.array_equal(y, fn(x, np.random.default_rng(2)))
+
+
+def test_augment_config_rejects_unknown() -> None:
+    from spoofwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown augmentation"):
+        AugmentConfig(("reverb",))
+
+
+def test_random_crop() -> None:
+    rng = np.random.default_rng(0)
+    long = np.arange(100_000, dtype=np.float32)
+    crop = random_crop(long, rng)
+    assert crop.shape == (64600,) and np.all(np.diff(crop) == 1)
+    short = np.arange(1000, dtype=np.float32)
+    np.testing.assert_array_equal(random_crop(short, rng)[:2000], np.tile(short, 2))
+
+
+# ---- data prepare-la ---------------------------------------------------------
+
+
+def make_zip(la_dir: Path, tmp_path: Path, skip: tuple[str, ...] = ()) -> bytes:
+    tree = build_la_tree(la_dir, tmp_path / f"tree{len(skip)}", skip)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted(tree.rglob("*")):
+            zf.write(path, path.relative_to(tree.parent).as_posix())
+    return buf.getvalue()
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    body = b""
+    ranges: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        header = self.headers.get("Range")
+        start = 0
+        if header:
+            type(self).ranges.append(header)
+            start = int(header.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(self.body) - 1}/{len(self.body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body) - start))
+        self.end_headers()
+        self.wfile.write(self.body[start:])
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def la_server(la_dir: Path, tmp_path: Path) -> Iterator[tuple[str, type[RangeHandler]]]:
+    handler = type("H", (RangeHandler,), {"body": make_zip(la_dir, tmp_path), "ranges": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/LA.zip", handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_prepare_la_downloads_resumes_and_verifies(
+    la_server: tuple[str, type[RangeHandler]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, handler = la_server
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / "LA.zip.partial").write_bytes(handler.body[:1000])  # an interrupted earlier download
+    assert main(["data", "prepare-la", "--source", url, "--dest", str(dest)]) == 0
+    assert handler.ranges == ["bytes=1000-"]
+    assert (dest / "LA.zip").read_bytes() == handler.body
+    out = capsys.readouterr().out
+    for split in ("train", "dev", "eval"):
+        assert f"{split:5s}      4 /      4 files  ok" in out
+    assert (dest / "LA/ASVspoof2019_LA_dev/flac" / f"{BONAFIDE_UTT}.flac").is_file()
+
+
+def test_prepare_la_reports_problems(
+    la_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(make_zip(la_dir, tmp_path)[:-5000])
+    with pytest.raises(DatasetError, match="not a complete zip archive"):
+        prepare_la(str(truncated), tmp_path / "d1", progress=False)
+    missing = tmp_path / "missing.zip"
+    missing.write_bytes(make_zip(la_dir, tmp_path, skip=(("dev", SPOOF_UTTS[0]),)))
+    assert main(["data", "prepare-la", "--source", str(missing), "--dest", str(tmp_path / "d2")]) == 7
+    assert f"dev        3 /      4 files  1 missing, e.g. {SPOOF_UTTS[0]}" in capsys.readouterr().out
+    wrong = tmp_path / "wrong.zip"
+    with zipfile.ZipFile(wrong, "w") as zf:
+        zf.writestr("flac/x.flac", b"")
+    with pytest.raises(DatasetError, match="expected the LA layout"):
+        prepare_la(str(wrong), tmp_path / "d3", progress=False)
