@@ -32,7 +32,9 @@ from .dataset import Dataset
 #: Candidate smoothing lengths and minimum alert lengths, in windows.
 SMOOTHING_WINDOWS = (1, 2, 3, 4, 6, 8)
 MIN_ALERT_WINDOWS = (1, 2, 3, 4)
-N_THRESHOLDS = 24
+#: Candidate hysteresis widths: exit threshold minus enter threshold.
+HYSTERESIS_MARGINS = (0.5, 1.0, 2.0)
+N_THRESHOLDS = 16
 
 
 @dataclass(frozen=True)
@@ -154,13 +156,14 @@ def candidate_thresholds(traces: list[Trace], n: int = N_THRESHOLDS) -> list[flo
 def fit_policy(
     traces: list[Trace], base: PolicyConfig, target_false_alerts_per_hour: float
 ) -> tuple[PolicyConfig, StreamMetrics]:
-    """Smoothing, minimum length and thresholds that meet the false-alert target
-    on bona fide audio, with the best detection rate and then the lowest median delay."""
-    margin = base.exit_threshold - base.enter_threshold
+    """Smoothing, minimum length, thresholds and hysteresis width that meet the
+    false-alert target on bona fide audio, with the best detection rate and then
+    the lowest median delay."""
     best: tuple[tuple[float, float], PolicyConfig, StreamMetrics] | None = None
-    for k, m, threshold in itertools.product(
-        SMOOTHING_WINDOWS, MIN_ALERT_WINDOWS, candidate_thresholds(traces)
-    ):
+    grid = itertools.product(
+        SMOOTHING_WINDOWS, MIN_ALERT_WINDOWS, candidate_thresholds(traces), HYSTERESIS_MARGINS
+    )
+    for k, m, threshold, margin in grid:
         policy = dataclasses.replace(
             base,
             smoothing_windows=k,

@@ -119,6 +119,20 @@ def test_real_22k_ljspeech_file(shared: Path) -> None:
     assert abs(audio.size - round(info.frames * 16000 / 22050)) <= 1
 
 
+@pytest.mark.parametrize(
+    ("fmt", "subtype"), [("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III"), ("FLAC", "PCM_16")]
+)
+def test_compressed_formats_decode(tmp_path: Path, fmt: str, subtype: str) -> None:
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    path = tmp_path / f"tone.{fmt.lower()}"
+    soundfile.write(path, tone, 16000, format=fmt, subtype=subtype)
+    audio = read_audio(path)
+    assert abs(audio.size - 16000) < 1200  # codecs may pad a frame
+    spectrum = np.abs(np.fft.rfft(audio[:15000]))
+    assert abs(spectrum.argmax() * 16000 / 15000 - 440) < 3
+
+
 def test_stereo_is_mixed_to_mono(tmp_path: Path) -> None:
     path = tmp_path / "stereo.wav"
     frames = np.stack([np.full(1600, 0.2), np.full(1600, 0.6)], axis=1).astype(np.float32)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.server
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,9 +46,11 @@ def concat(la_dir: Path) -> np.ndarray:
     return np.concatenate([np.tile(bona, 4)[:n], np.tile(spoof, 4)[:n]]).astype(np.float32)
 
 
-def make_ctx(scorer: Any, vad: Any, tmp_path: Path, **limits: Any) -> ServerContext:
+def make_ctx(
+    scorer: Any, vad: Any, tmp_path: Path, webhook: str | None = None, **limits: Any
+) -> ServerContext:
     config = ServerConfig(host="127.0.0.1", port=0, **limits)
-    sinks = ServerSinks(jsonl=tmp_path / "events.jsonl")
+    sinks = ServerSinks(jsonl=tmp_path / "events.jsonl", webhook=webhook)
     return ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l"), vad, sinks)
 
 
@@ -132,19 +136,43 @@ async def test_twilio_media_stream(
 ) -> None:
     inbound = resample(concat, 16000, 8000)
     outbound = resample(np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 4)[: 10 * 16000], 16000, 8000)
-    ctx = make_ctx(scorer, vad, tmp_path)
-    async with running(ctx) as url, connect(url + "/twilio") as ws:
-        for message in twilio_messages(inbound, outbound):
-            await ws.send(message)
-        with pytest.raises(ConnectionClosed):
-            await ws.recv()  # Twilio gets nothing back; the server just closes
-        assert ws.close_code == 1000
+    posted: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    ctx = make_ctx(scorer, vad, tmp_path, webhook=f"http://127.0.0.1:{hook.server_address[1]}/alerts")
+    try:
+        await _twilio_call(ctx, inbound, outbound)
+    finally:
+        hook.shutdown()
+        hook.server_close()
     events = jsonl(tmp_path)
     assert all(e["callSid"] == "CA0001" and e["streamSid"] == "MZ0001" for e in events)
     check_alert_after_onset([e for e in events if e["track"] == "inbound"])
     outbound_events = [e for e in events if e["track"] == "outbound"]
     assert not [e for e in outbound_events if e["type"] == "alert_start"]
     assert outbound_events[-1]["type"] == "summary" and outbound_events[-1]["scored_windows"] > 0
+    # The webhook got exactly the alert events, tagged with the call.
+    assert posted == [e for e in events if e["type"] in ("alert_start", "alert_end")]
+    assert posted and posted[0]["type"] == "alert_start" and posted[0]["callSid"] == "CA0001"
+
+
+async def _twilio_call(ctx: ServerContext, inbound: np.ndarray, outbound: np.ndarray) -> None:
+    async with running(ctx) as url, connect(url + "/twilio") as ws:
+        for message in twilio_messages(inbound, outbound):
+            await ws.send(message)
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()  # Twilio gets nothing back; the server just closes
+        assert ws.close_code == 1000
 
 
 START = json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1})
@@ -334,5 +362,6 @@ async def test_load_16_realtime_streams(
             f"({100 * dropped / windows:.0f} %), {ctx.batcher.batches} batches (mean {ctx.batcher.windows / max(ctx.batcher.batches, 1):.1f} windows); "
             f"delay window end -> score event p50 {np.median(d):.2f} s, p99 {np.percentile(d, 99):.2f} s"
         )
+    assert ctx.batcher.windows / ctx.batcher.batches > 1.5  # streams really share ONNX Runtime calls
     assert windows == n_streams * 56  # (32 s - 4.04 s) / 0.5 s + 1
     assert d.size > 0 and np.percentile(d, 99) < 10.0  # stale windows are dropped, so delay stays bounded
