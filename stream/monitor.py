@@ -13,6 +13,8 @@ from .sources.mic import MicrophoneSource
 
 #: How long the consumer waits for audio before polling the ring again.
 POLL_S = 0.05
+#: Seconds of audio between two ``status`` events.
+STATUS_EVERY_S = 30.0
 
 
 def run_monitor(
@@ -20,6 +22,7 @@ def run_monitor(
     runner: InlineRunner,
     on_events: Callable[[list[Event]], None],
     stop: threading.Event,
+    status_every_s: float = STATUS_EVERY_S,
 ) -> list[Event]:
     """Consume audio until ``stop`` is set; returns the closing events.
 
@@ -28,6 +31,7 @@ def run_monitor(
     runner drops stale windows (``drop_stale``), so detection stays live.
     """
     resampler = StreamResampler(source.rate_hz)
+    next_status_s = status_every_s
     source.start()
     try:
         while not stop.is_set():
@@ -35,8 +39,23 @@ def run_monitor(
             if chunk.size == 0:
                 stop.wait(POLL_S)
                 continue
-            on_events(runner.feed(resampler(chunk)))
+            events = runner.feed(resampler(chunk))
+            if runner.engine.duration_s >= next_status_s:
+                events.append(capture_status(source, runner))
+                next_status_s += status_every_s
+            on_events(events)
     finally:
         source.stop()
     events = runner.feed(resampler(source.ring.read(), last=True))
-    return [*events, *runner.close()]
+    return [*events, *runner.close(), capture_status(source, runner)]
+
+
+def capture_status(source: MicrophoneSource, runner: InlineRunner) -> Event:
+    """Capture health: ring overruns, PortAudio overflows, dropped windows."""
+    return runner.engine.status(
+        source.ring.overruns,
+        source.ring.lost_samples,
+        source.input_overflows,
+        device=source.device,
+        rate_hz=source.rate_hz,
+    )

@@ -87,7 +87,9 @@ def test_monitor_with_injected_stream(sw_home: Path, la_dir: Path, scorer: Any, 
     seen: list[Event] = []
     stop = threading.Event()
     result: list[Event] = []
-    consumer = threading.Thread(target=lambda: result.extend(run_monitor(source, runner, seen.extend, stop)))
+    consumer = threading.Thread(
+        target=lambda: result.extend(run_monitor(source, runner, seen.extend, stop, status_every_s=5.0))
+    )
     consumer.start()
     deadline = time.monotonic() + 60
     while not streams and time.monotonic() < deadline:
@@ -102,7 +104,11 @@ def test_monitor_with_injected_stream(sw_home: Path, la_dir: Path, scorer: Any, 
     assert source.ring.overruns == 0
     starts = [e for e in events if e["type"] == "alert_start"]
     assert starts and all(e["t"] > 8.0 for e in starts)
-    summary = events[-1]
+    statuses = [e for e in events if e["type"] == "status"]
+    assert len(statuses) == 4  # at 5, 10 and 15 s of audio, and when stopping
+    assert statuses[-1]["input_overflows"] == 1 and statuses[-1]["overruns"] == 0
+    assert statuses[-1]["info"] == {"device": None, "rate_hz": NATIVE_HZ}
+    summary = events[-2]
     assert summary["type"] == "summary"
     assert summary["duration_s"] == pytest.approx(16.0, abs=0.02)
     # At 2x real time scoring keeps up: every window arrives, none is dropped.

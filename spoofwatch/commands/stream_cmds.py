@@ -77,7 +77,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from spoofwatch.stream.monitor import run_monitor
+    from spoofwatch.stream.monitor import capture_status, run_monitor
     from spoofwatch.stream.runner import InlineRunner
     from spoofwatch.stream.sinks import JsonlSink, format_event, live_line
     from spoofwatch.stream.sources.mic import (
@@ -119,14 +119,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     try:
         closing = run_monitor(source, runner, on_events, stop)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: the capture is already stopped; summarise
         stop.set()
-        closing = [*runner.close()]
+        closing = [*runner.close(), capture_status(source, runner)]
     on_events(closing)
-    status = engine.status(
-        source.ring.overruns, source.ring.lost_samples, source.input_overflows, device=name, rate_hz=rate
-    )
-    on_events([status])
     if sink:
         sink.close()
     return 0
