@@ -95,7 +95,7 @@ class Detector:
     ) -> Detector:
         """Load cached weights (exporting to ONNX on first use) and a calibration.
 
-        ``calibration`` defaults to the shipped ``configs/calibration/default.toml``.
+        ``calibration`` defaults to the shipped ``configs/calibration/<model>.toml``.
         """
         from spoofwatch.calibration.calfile import calibration_for
 
