@@ -19,6 +19,8 @@ Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+#: ORT's default log severity (warning); it has no getter, so this is what we restore.
+_ORT_DEFAULT_SEVERITY = 2
 
 
 def validate_windows(windows: object) -> npt.NDArray[np.float32]:
@@ -84,14 +86,13 @@ def make_session(path: Path, device: Device = "auto", threads: int | None = None
         except Exception:  # a missing library is reported by the check below
             log.debug("onnxruntime.preload_dlls failed", exc_info=True)
     # ORT logs a loud error when the CUDA libraries are missing; we report it ourselves.
-    previous = 2
     ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:
         raise ModelError(f"{path}: ONNX Runtime cannot open the model: {exc}") from None
     finally:
-        ort.set_default_logger_severity(previous)
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
     got = session.get_providers()
     if _CUDA in providers and _CUDA not in got:
         if device == "cuda":

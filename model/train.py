@@ -249,10 +249,6 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def request_stop(self) -> None:
-        """Stop after the current batch (what SIGINT/SIGTERM do)."""
-        self._stop = True
-
     def _emit(self, record: dict[str, Any]) -> None:
         with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -97,7 +97,7 @@ def verify_weights_file(path: Path, config: ModelConfig) -> None:
             f"{path}: SHA-256 {digest} does not match the pinned {config.weights_sha256} "
             f"for {config.name} (truncated, corrupted or a different file)"
         )
-    _load_state_dict(path, config)
+    _load_state_dict(path)
 
 
 def fetch_weights(model: str, source: str | None = None, progress: bool = True) -> Path:
@@ -141,7 +141,7 @@ def list_weights() -> list[InstalledWeights]:
     return rows
 
 
-def _load_state_dict(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad pickle/zip
@@ -169,7 +169,7 @@ def load_torch_model(model: str, path: Path | None = None, config: ModelConfig |
         verify_weights_file(path, config)
     net = AASIST(config)
     try:
-        net.load_state_dict(_load_state_dict(path, config), strict=True)
+        net.load_state_dict(_load_state_dict(path), strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"{path}: does not fit the {config.name} architecture: {exc}") from None
     return net.eval()

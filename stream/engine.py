@@ -29,7 +29,7 @@ from .windower import Window, Windower
 class EngineConfig:
     #: Seconds between the starts of consecutive windows.
     hop_s: float = 0.5
-    #: Windows allowed to wait for a score before the stalest is dropped.
+    #: Windows a server stream may queue for scoring; a live stream drops the oldest beyond it.
     max_pending_windows: int = 4
 
     def __post_init__(self) -> None:
@@ -68,7 +68,13 @@ def validate_chunk(chunk: object) -> npt.NDArray[np.float32]:
 
 
 class Engine:
-    """``push(chunk) -> [PendingWindow]``; ``resolve(pending, score) -> [Event]``."""
+    """``push(chunk) -> [PendingWindow]``; ``resolve(pending, score) -> [Event]``.
+
+    ``push`` touches only the windower, the gate and the window count;
+    ``resolve`` and ``drop`` only the policy and the other counters. A driver
+    may therefore push from one thread while resolving on another, as long as
+    each of the two is called from one thread at a time.
+    """
 
     def __init__(
         self,
@@ -79,10 +85,9 @@ class Engine:
     ) -> None:
         self.config = config
         self.windower = Windower(config.hop_samples)
-        history = (
-            WINDOW_SAMPLES // VAD_FRAME_SAMPLES
-            + 4 * (config.hop_samples // VAD_FRAME_SAMPLES + 1) * config.max_pending_windows
-        )
+        # push() feeds the gate at most one hop ahead of the windows it assesses,
+        # so one window plus one hop of VAD frames (and a frame of slack) suffices.
+        history = (WINDOW_SAMPLES + config.hop_samples) // VAD_FRAME_SAMPLES + 2
         self.gate = SpeechGate(gate_config, vad, history_frames=history)
         self.policy = AlertPolicy(policy_config)
         self.reset()
@@ -153,7 +158,7 @@ class Engine:
     ) -> StatusEvent:
         return StatusEvent(overruns, lost_samples, self.dropped_windows, input_overflows, dict(info))
 
-    def summary(self, overruns: int = 0) -> SummaryEvent:
+    def summary(self) -> SummaryEvent:
         return SummaryEvent(
             round(self.duration_s, 6),
             self.windows,
@@ -161,7 +166,6 @@ class Engine:
             self.speech_windows,
             self.policy.alerts,
             self.dropped_windows,
-            overruns,
         )
 
 

@@ -10,7 +10,8 @@ Schema (times are seconds of stream audio, scores are bona fide logits):
 - ``status``: ``overruns``, ``lost_samples``, ``dropped_windows``,
   ``input_overflows`` and an ``info`` object (device, provider, sample rate).
 - ``summary``: ``duration_s``, ``windows``, ``scored_windows``,
-  ``speech_windows``, ``alerts``, ``dropped_windows``, ``overruns``.
+  ``speech_windows``, ``alerts``, ``dropped_windows`` (capture health such
+  as ring overruns is in ``status``, which adapters that own a capture emit).
 
 Adapters may add ``stream`` identifiers (``stream_id``, ``callSid``, ``track``).
 """
@@ -76,4 +77,3 @@ class SummaryEvent(Event):
     speech_windows: int
     alerts: int
     dropped_windows: int
-    overruns: int

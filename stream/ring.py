@@ -17,6 +17,19 @@ import numpy.typing as npt
 from spoofwatch.errors import InputError
 
 
+def write_circular(data: npt.NDArray[np.float32], start: int, chunk: npt.NDArray[np.float32]) -> None:
+    """Copy ``chunk`` (at most ``len(data)`` samples) into ``data`` from ``start``, wrapping."""
+    first = min(chunk.shape[0], data.shape[0] - start)
+    data[start : start + first] = chunk[:first]
+    data[: chunk.shape[0] - first] = chunk[first:]
+
+
+def read_circular(data: npt.NDArray[np.float32], start: int, n: int) -> npt.NDArray[np.float32]:
+    """A copy of ``n`` samples of ``data`` from ``start``, wrapping."""
+    first = min(n, data.shape[0] - start)
+    return np.concatenate([data[start : start + first], data[: n - first]])
+
+
 class RingBuffer:
     """Fixed-capacity ring of float32 samples with overrun counting."""
 
@@ -49,10 +62,7 @@ class RingBuffer:
         chunk = chunk[skipped:]
         # Announce the overwrite before touching memory, publish after (seqlock).
         self._reserved = self._written + n
-        start = (self._written + skipped) % self.capacity
-        first = min(chunk.shape[0], self.capacity - start)
-        self._data[start : start + first] = chunk[:first]
-        self._data[: chunk.shape[0] - first] = chunk[first:]
+        write_circular(self._data, (self._written + skipped) % self.capacity, chunk)
         self._written += n
 
     def read(self, max_samples: int | None = None) -> npt.NDArray[np.float32]:
@@ -64,9 +74,7 @@ class RingBuffer:
             n = min(n, max_samples)
         if n <= 0:
             return np.zeros(0, dtype=np.float32)
-        start = self._read % self.capacity
-        first = min(n, self.capacity - start)
-        out = np.concatenate([self._data[start : start + first], self._data[: n - first]])
+        out = read_circular(self._data, self._read % self.capacity, n)
         # Seqlock check: did the producer overwrite (or start overwriting)
         # part of what we copied? `_reserved` is set before each write begins.
         overwritten = self._reserved - self.capacity - self._read

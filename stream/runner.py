@@ -26,11 +26,11 @@ def build_engine(calibration: Calibration, vad: SileroVad, hop_s: float | None =
 
 
 def keep_fresh(engine: Engine, pending: list[PendingWindow]) -> list[PendingWindow]:
-    """When scoring fell behind, drop the stalest windows (never audio) and count them."""
-    limit = engine.config.max_pending_windows
-    for stale in pending[:-limit]:
+    """A live driver that fell behind scores only the freshest window, like the
+    server does: older ones are dropped (never audio) and counted."""
+    for stale in pending[:-1]:
         engine.drop(stale)
-    return pending[-limit:]
+    return pending[-1:]
 
 
 class InlineRunner:

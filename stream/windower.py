@@ -18,6 +18,8 @@ from spoofwatch.audio import official_window
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
+from .ring import read_circular, write_circular
+
 
 @dataclass(frozen=True)
 class Window:
@@ -75,15 +77,11 @@ class Windower:
 
     def _store(self, part: npt.NDArray[np.float32]) -> None:
         # Sample k of the stream lives at _ring[k % window_samples].
-        start = self.total_samples % self.window_samples
-        first = min(part.shape[0], self.window_samples - start)
-        self._ring[start : start + first] = part[:first]
-        self._ring[: part.shape[0] - first] = part[first:]
+        write_circular(self._ring, self.total_samples % self.window_samples, part)
         self.total_samples += part.shape[0]
 
     def _cut(self) -> Window:
-        split = self.total_samples % self.window_samples
-        samples = np.concatenate([self._ring[split:], self._ring[:split]])
+        samples = read_circular(self._ring, self.total_samples % self.window_samples, self.window_samples)
         start = self.total_samples - self.window_samples
         window = Window(self._emitted, start, self.total_samples, samples)
         self._emitted += 1

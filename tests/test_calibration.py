@@ -255,6 +255,7 @@ def test_streaming_calibration_and_report(
     assert main(args) == 0
     cal = load_calibration(cal_path, model="aasist-l")
     metrics = cal.provenance["metrics"]
+    assert cal.provenance["streaming"].startswith("4 simulated conversations")
     assert metrics["false_alerts_per_hour"] == 0.0
     assert metrics["detection_rate"] == 1.0 and 0 < metrics["median_delay_s"] < 10
     width = cal.policy.exit_threshold - cal.policy.enter_threshold

@@ -80,6 +80,12 @@ def write_config(path: Path, la: Path, out: Path, **extra: Any) -> Path:
     return path
 
 
+def metrics(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    """The trainer's ``metrics.jsonl`` records of one type ("step" or "epoch")."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["type"] == kind]
+
+
 @pytest.fixture()
 def tiny_la(la_dir: Path, tmp_path: Path) -> Path:
     return build_la_tree(la_dir, tmp_path / "data")
@@ -91,9 +97,8 @@ def test_training_runs_rotates_and_tracks_best(tiny_la: Path, tmp_path: Path) ->
     result = Trainer(config, progress_bar=False).run()
     assert not result.interrupted and result.progress.epoch == 7
     assert len(list((out / "checkpoints").glob("ckpt-*.pt"))) == 5
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if r["type"] == "step"]
-    epochs = [r for r in records if r["type"] == "epoch"]
+    steps = metrics(out, "step")
+    epochs = metrics(out, "epoch")
     assert len(steps) == 14 and all(np.isfinite(r["loss"]) for r in steps)
     assert [r["epoch"] for r in epochs] == list(range(7))
     eers = [r["dev_eer_percent"] for r in epochs]
@@ -120,11 +125,7 @@ def test_small_overfit_drives_loss_down(tiny_la: Path, tmp_path: Path) -> None:
         )
     )
     Trainer(config, progress_bar=False).run()
-    losses = [
-        json.loads(line)["loss"]
-        for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
-        if '"step"' in line
-    ]
+    losses = [r["loss"] for r in metrics(tmp_path / "run", "step")]
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
 
 
@@ -139,24 +140,13 @@ def _record_batches(trainer: Trainer, seen: list[tuple[int, list[int]]]) -> None
 
 
 def test_resume_continues_exactly(tiny_la: Path, tmp_path: Path) -> None:
-    cfg_a = load_train_config(
-        write_config(
-            tmp_path / "a.toml",
-            tiny_la,
-            tmp_path / "a",
-            epochs=3,
-            augment={"names": ["gain", "noise"], "probability": 0.5},
+    def config(name: str) -> Any:
+        augment = {"names": ["gain", "noise"], "probability": 0.5}
+        return load_train_config(
+            write_config(tmp_path / f"{name}.toml", tiny_la, tmp_path / name, epochs=3, augment=augment)
         )
-    )
-    cfg_b = load_train_config(
-        write_config(
-            tmp_path / "b.toml",
-            tiny_la,
-            tmp_path / "b",
-            epochs=3,
-            augment={"names": ["gain", "noise"], "probability": 0.5},
-        )
-    )
+
+    cfg_a, cfg_b = config("a"), config("b")
     seen_a: list[tuple[int, list[int]]] = []
     a = Trainer(cfg_a, progress_bar=False)
     _record_batches(a, seen_a)
@@ -220,7 +210,7 @@ def test_one_real_aasist_l_step_from_official_weights(sw_home: Path, tiny_la: Pa
     trainer = Trainer(config, init="aasist-l", progress_bar=False)
     result = trainer.run(max_batches=1)
     assert result.interrupted and result.progress.global_step == 1
-    step = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    (step,) = metrics(tmp_path / "run", "step")
     assert np.isfinite(step["loss"])
     official = load_torch_model("aasist-l").state_dict()
     tuned = trainer.model.state_dict()

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import add_model_args, print_json
+
+if TYPE_CHECKING:
+    from spoofwatch.calibration.calfile import Calibration
+    from spoofwatch.calibration.report import StreamingSection
+    from spoofwatch.stream.policy import PolicyConfig
 
 
 def register(sub: Any) -> None:
@@ -111,8 +117,6 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from spoofwatch.calibration.calfile import calibration_for, save_calibration
     from spoofwatch.calibration.fit import threshold_for, with_threshold
     from spoofwatch.calibration.metrics import evaluate
@@ -136,36 +140,39 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     if report.min_tdcf is not None:
         provenance["metrics"]["min_tdcf"] = report.min_tdcf
     cal = with_threshold(calibration_for(args.model, args.calibration, args.weights), threshold, provenance)
-    streaming = None
+    section = None
     if args.audio_dir is not None:
-        streaming = _fit_streaming(args, cal)
-        cal = dataclasses.replace(cal, policy=streaming.policy_config)
-        provenance["metrics"].update(streaming.section.metrics.to_json())
-        provenance["streaming"] = (
-            f"{streaming.section.n_conversations} simulated conversations, target {args.target_false_alerts_per_hour} false alerts/hour"
-        )
+        policy, section = _fit_streaming(args, cal)
+        stamp = {
+            **cal.provenance,
+            # TOML has no null: a delay that was never observed is left out.
+            "metrics": {
+                **cal.provenance["metrics"],
+                **{k: v for k, v in section.metrics.to_json().items() if v is not None},
+            },
+            "streaming": f"{section.n_conversations} simulated conversations, "
+            f"target {args.target_false_alerts_per_hour} false alerts/hour",
+        }
+        cal = dataclasses.replace(cal, policy=policy, provenance=stamp)
     save_calibration(cal, args.out)
     sys.stdout.write(
         f"threshold {threshold:+.4f} ({args.target}); EER {report.eer_percent:.4f} %; wrote {args.out}\n"
     )
-    if streaming is not None:
-        m = streaming.section.metrics
+    if section is not None:
+        m = section.metrics
         sys.stdout.write(
             f"streaming: enter {cal.policy.enter_threshold:+.4f}, smoothing {cal.policy.smoothing_windows}, min windows {cal.policy.min_alert_windows}: "
             f"{m.false_alerts_per_hour:.2f} false alerts/h, {100 * m.detection_rate:.0f} % detected, "
             f"median delay {m.median_delay_s}, p90 {m.p90_delay_s}\n"
         )
     if args.report is not None:
-        path = write_report(
-            args.report, table, report, threshold, args.target, streaming.section if streaming else None
-        )
+        path = write_report(args.report, table, report, threshold, args.target, section)
         sys.stdout.write(f"report: {path}\n")
     return 0
 
 
-def _fit_streaming(args: argparse.Namespace, cal: Any) -> Any:
-    from types import SimpleNamespace
-
+def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyConfig, StreamingSection]:
+    """Fit the alert policy on simulated conversations run through the live engine."""
     from spoofwatch.calibration.dataset import check_dataset
     from spoofwatch.calibration.report import StreamingSection
     from spoofwatch.calibration.streaming import build_conversations, fit_policy, sweep_thresholds, trace
@@ -185,17 +192,15 @@ def _fit_streaming(args: argparse.Namespace, cal: Any) -> Any:
     policy, metrics = fit_policy(traces, cal.policy, args.target_false_alerts_per_hour)
     section = StreamingSection(
         metrics,
-        {k: v for k, v in vars(policy).items()},
+        dataclasses.asdict(policy),
         sweep_thresholds(traces, policy),
         len(conversations),
         sum(t.duration_s for t in traces) / 3600,
     )
-    return SimpleNamespace(policy_config=policy, section=section)
+    return policy, section
 
 
 def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
     from spoofwatch.errors import DatasetError
@@ -222,7 +227,6 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
         "metrics": {"false_alerts_per_hour": rate, "hours": hours},
     }
     cal = with_threshold(detector.calibration, threshold, provenance)
-    cal = dataclasses.replace(cal, threshold=threshold)
     save_calibration(cal, args.out)
     sys.stdout.write(
         f"alert threshold {threshold:+.4f}: {rate:.2f} false alerts/hour on {hours * 60:.1f} min of genuine audio; wrote {args.out}\n"

@@ -80,7 +80,6 @@ class WebSocketServer:
         self.ctx.active_streams += 1
         try:
             await handler(ws, self.ctx)
-            self._count(1000)
         except Exception as raised:
             await self._fail(ws, _first_leaf(raised))
         finally:
@@ -97,11 +96,7 @@ class WebSocketServer:
             log.error("stream handler failed", exc_info=exc)
             await self._close(ws, SERVER_ERROR, "internal error")
 
-    def _count(self, code: int) -> None:
-        self.ctx.closed_with[code] = self.ctx.closed_with.get(code, 0) + 1
-
     async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
-        self._count(code)
         log.info("closing stream with %d: %s", code, reason)
         # A close reason must fit in a control frame (123 bytes).
         await ws.close(code, reason.encode()[:123].decode(errors="ignore"))

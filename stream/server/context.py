@@ -76,7 +76,6 @@ class ServerContext:
         self.vad = vad
         self.sinks = sinks
         self.active_streams = 0
-        self.closed_with: dict[int, int] = {}  # close code -> count
         self._ids = itertools.count(1)
 
     def new_stream_id(self) -> str:

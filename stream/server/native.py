@@ -77,7 +77,7 @@ async def handle_native(ws: Any, ctx: ServerContext) -> None:
         ctx.new_engine(), ctx.batcher, emit, rate, ctx.config.max_stream_duration_s, {"stream_id": stream_id}
     )
     async with anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
+        tg.start_soon(session.serve)
         while True:
             with anyio.fail_after(idle):
                 message = await ws.recv()

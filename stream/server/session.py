@@ -22,19 +22,24 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 POLICY_VIOLATION = 1008
 #: How far (s) a stream's audio may run ahead of wall-clock time and still count as live.
 REALTIME_SLACK_S = 1.0
-#: A live stream's window is dropped unscored once the stream has moved on
-#: this many seconds past its end: a late score is worth less than a fresh one.
-STALE_AFTER_S = 2.0
+#: Audio (s) received but not yet through the VAD before the reader waits.
+MAX_INBOX_S = 10.0
 
 
 class StreamSession:
-    """``push`` audio from the reader task; ``run`` scores in order and emits events.
+    """The reader calls ``push``; ``serve`` (one task) ingests, scores in order and emits.
 
-    Windows wait in a bounded queue. When it is full and the stream is live
-    (its audio is not ahead of wall-clock time), the stalest window is
-    dropped (never audio) and counted, so a slow server stays live. A client
-    sending faster than real time (a file upload) is slowed down instead:
-    ``push`` waits for room, and TCP pushes back on the client.
+    ``push`` only appends to an inbox. An ingest task hands everything
+    accumulated to one worker-thread call (resampling, VAD, windowing), so
+    that work stays off the event loop and, under load, many messages share
+    one thread hop. Windows then wait in a queue of at most
+    ``max_pending_windows``:
+
+    * a live stream (audio not ahead of wall-clock time) never waits for a
+      stale score: ``run`` skips a window when a newer one is already queued,
+      and a full queue drops its oldest; every drop is counted, audio never is;
+    * a client sending faster than real time (a file upload) is slowed down
+      instead: ``push`` waits for room, and TCP pushes back on the client.
     """
 
     def __init__(
@@ -50,59 +55,92 @@ class StreamSession:
         self.batcher = batcher
         self.emit = emit
         self.tags = tags or {}
+        self.rate_hz = rate_hz
         self.max_duration_s = max_duration_s
         self._resampler = StreamResampler(rate_hz)
+        self._inbox: list[npt.NDArray[np.float32]] = []
+        self._inbox_samples = 0
+        self._received_samples = 0
+        self._input_done = False
         self._queue: deque[PendingWindow] = deque()
-        self._wake = anyio.Event()
-        self._space = anyio.Event()
-        self._closed = False
+        self._closed = False  # every window of the stream is queued
+        self._have_audio = anyio.Event()
+        self._have_windows = anyio.Event()
+        self._progress = anyio.Event()
         self._t0: float | None = None
+
+    # ---- reader side -------------------------------------------------------
 
     async def push(self, audio: npt.NDArray[np.float32]) -> None:
         if self._t0 is None:
             self._t0 = time.monotonic()
-        self._enqueue(self.engine.push(self._resampler(audio)))
-        if self.engine.duration_s > self.max_duration_s:
+        self._inbox.append(audio)
+        self._inbox_samples += audio.shape[0]
+        self._received_samples += audio.shape[0]
+        self._have_audio.set()
+        if self._received_samples / self.rate_hz > self.max_duration_s:
             raise ProtocolError(
                 f"stream exceeded the maximum duration of {self.max_duration_s:g} s", POLICY_VIOLATION
             )
-        while len(self._queue) > self.engine.config.max_pending_windows:
-            if self._ahead_of_real_time():
-                self._space = anyio.Event()
-                await self._space.wait()
-            else:
-                self.engine.drop(self._queue.popleft())
+        while self._must_wait():
+            self._progress = anyio.Event()
+            await self._progress.wait()
 
-    def _is_stale(self, pending: PendingWindow) -> bool:
-        """A live stream that fell behind scores its freshest window first."""
-        if self._closed or self._t0 is None or self._ahead_of_real_time():
-            return False  # end-of-stream flushes and uploads are never dropped
-        newer_waiting = bool(self._queue)
-        return newer_waiting or self.engine.duration_s - pending.window.t_end > STALE_AFTER_S
-
-    def _ahead_of_real_time(self) -> bool:
-        assert self._t0 is not None
-        return self.engine.duration_s > time.monotonic() - self._t0 + REALTIME_SLACK_S
+    def _must_wait(self) -> bool:
+        if self._inbox_samples > MAX_INBOX_S * self.rate_hz:
+            return True  # never drop audio: slow the sender instead
+        full = len(self._queue) > self.engine.config.max_pending_windows
+        return full and self._ahead_of_real_time()
 
     def close_input(self) -> None:
-        """No more audio: flush the resampler and the windower."""
-        self._enqueue(self.engine.push(self._resampler(np.zeros(0, dtype=np.float32), last=True)))
-        self._enqueue(self.engine.flush())
-        self._closed = True
-        self._wake.set()
+        """No more audio: the ingest task flushes the resampler and the windower."""
+        self._input_done = True
+        self._have_audio.set()
 
-    def _enqueue(self, pending: list[PendingWindow]) -> None:
-        self._queue.extend(pending)
-        if pending:
-            self._wake.set()
+    def _ahead_of_real_time(self) -> bool:
+        if self._t0 is None:
+            return False
+        received_s = self._received_samples / self.rate_hz
+        return received_s > time.monotonic() - self._t0 + REALTIME_SLACK_S
 
-    async def run(self) -> None:
-        """Score queued windows in stream order until input is closed and drained."""
+    # ---- worker side -------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Ingest and score until input is closed and every window is resolved."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._ingest_loop)
+            tg.start_soon(self._score_loop)
+
+    def _ingest(self, audio: npt.NDArray[np.float32], last: bool) -> list[PendingWindow]:
+        # Engine.push and Engine.resolve touch disjoint state, so this may run in
+        # a worker thread while _score_loop resolves on the event loop.
+        pending = self.engine.push(self._resampler(audio, last=last))
+        return pending + self.engine.flush() if last else pending
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            await self._have_audio.wait()
+            self._have_audio = anyio.Event()
+            last = self._input_done  # read before taking the inbox: nothing can follow it
+            batch = np.concatenate(self._inbox) if self._inbox else np.zeros(0, dtype=np.float32)
+            self._inbox, self._inbox_samples = [], 0
+            pending = await anyio.to_thread.run_sync(self._ingest, batch, last)
+            self._queue.extend(pending)
+            if not self._ahead_of_real_time():
+                while len(self._queue) > self.engine.config.max_pending_windows:
+                    self.engine.drop(self._queue.popleft())
+            self._closed = last
+            self._have_windows.set()
+            self._progress.set()
+            if last:
+                return
+
+    async def _score_loop(self) -> None:
         while True:
             if self._queue:
                 pending = self._queue.popleft()
-                self._space.set()
-                if self._is_stale(pending):
+                self._progress.set()
+                if self._superseded():
                     self.engine.drop(pending)
                     continue
                 score = await self.batcher.score(pending.window.samples) if pending.gate.speech else None
@@ -111,10 +149,15 @@ class StreamSession:
             elif self._closed:
                 return
             else:
-                await self._wake.wait()
-                self._wake = anyio.Event()
+                await self._have_windows.wait()
+                self._have_windows = anyio.Event()
+
+    def _superseded(self) -> bool:
+        """A live stream scores its freshest window: the one just popped is stale
+        if a newer one waits. End-of-stream flushes and uploads are never skipped."""
+        return bool(self._queue) and not self._closed and not self._ahead_of_real_time()
 
     async def finish(self) -> None:
-        """After ``run`` returned: close alerts and emit the summary."""
+        """After ``serve`` returned: close alerts and emit the summary."""
         for event in self.engine.finish():
             await self.emit({**event.to_json(), **self.tags})

@@ -77,7 +77,7 @@ async def handle_twilio(ws: Any, ctx: ServerContext) -> None:
                         ctx.config.max_stream_duration_s,
                         {**tags, "track": track},
                     )
-                    tg.start_soon(sessions[track].run)
+                    tg.start_soon(sessions[track].serve)
             elif kind == "media":
                 if not sessions:
                     raise ProtocolError("media arrived before start", PROTOCOL_ERROR)
