@@ -9,14 +9,16 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export SPOOFWATCH_SHARED ?= $(SHARED)
 
-.PHONY: install reinstall run test lint
+.PHONY: install run test lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q ".[dev]"
+	# Editable: the checkout is the package (spoofwatch/{model,stream,...} link
+	# to the top-level folders), so tools and the interpreter see one tree.
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,14 +27,9 @@ run: install
 	$(BIN)/spoofwatch weights list | grep -q '^aasist-l  ok' || $(BIN)/spoofwatch weights fetch --model aasist-l
 	$(BIN)/spoofwatch monitor
 
-reinstall: install
-	# Test the installed (non-editable) package, rebuilt from this tree.
-	$(PY) -m pip install -q --no-deps --force-reinstall .
-
-lint: reinstall
+lint: install
 	$(BIN)/ruff check spoofwatch model stream calibration configs tests benchmarks
-	# From /tmp so mypy checks the installed package, not the unmapped source folders.
-	cd /tmp && $(abspath $(BIN))/mypy --config-file $(abspath pyproject.toml) -p spoofwatch
+	$(BIN)/mypy -p spoofwatch
 
 test: lint
 	$(BIN)/pytest -q
