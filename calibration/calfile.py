@@ -5,6 +5,7 @@ Versioned TOML (``schema_version = 1``)::
     schema_version = 1
     model = "aasist-l"
     weights_sha256 = "..."
+    precision = "fp32"         # optional (default fp32): the precision the scores were made at
     threshold = 1.764          # bona fide logit; a file/window below it is "spoof"
     [stream]  hop_s
     [policy]  enter_threshold, exit_threshold, smoothing_windows,
@@ -12,8 +13,10 @@ Versioned TOML (``schema_version = 1``)::
     [gate]    vad_threshold, min_speech_fraction, energy_floor_dbfs
     [provenance]  source, dataset, protocol, created, note, [provenance.metrics]
 
-Unknown keys, wrong types and a model or weights hash other than the one in
-use are rejected with a message naming the field.
+Unknown keys, wrong types and a model, weights hash or precision other than
+the one in use are rejected with a message naming the field. For a model
+card (see ``spoofwatch.model.card``) ``model`` is the card's name and
+``weights_sha256`` the SHA-256 of its ONNX file.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from spoofwatch.constants import WINDOW_SAMPLES
 from spoofwatch.errors import CalibrationError, ConfigError, InputError
 from spoofwatch.model.config import load_model_config
 from spoofwatch.stream.engine import EngineConfig
 from spoofwatch.stream.gate import GateConfig
 from spoofwatch.stream.policy import PolicyConfig
+
+if TYPE_CHECKING:
+    from spoofwatch.model.card import ModelSpec
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -48,6 +55,11 @@ class Calibration:
     gate: GateConfig = field(default_factory=GateConfig)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: Precision the scores behind this file were computed at (fp32, int8, fp16).
+    precision: str = "fp32"
+    #: The model's input length; set from the model at load, never stored in
+    #: the file. It sizes the live engine's windows (``build_engine``).
+    window_samples: int = WINDOW_SAMPLES
 
 
 def _section(cls: type[Any], data: Any, name: str) -> Any:
@@ -84,6 +96,7 @@ def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -
         "policy",
         "gate",
         "provenance",
+        "precision",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -100,6 +113,11 @@ def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -
     provenance = data.get("provenance", {})
     if not isinstance(provenance, dict):
         raise ConfigError(f"{origin}: [provenance] must be a table")
+    from spoofwatch.model.precision import PRECISIONS
+
+    precision = data.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{origin}: precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     try:
         return Calibration(
             model=str(data["model"]),
@@ -109,13 +127,17 @@ def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -
             policy=_section(PolicyConfig, data.get("policy", {}), "policy"),
             gate=_section(GateConfig, data.get("gate", {}), "gate"),
             provenance=provenance,
+            precision=str(precision),
         )
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
 
 
 def load_calibration(
-    path: Path | None = None, model: str | None = None, weights_sha256: str | None = None
+    path: Path | None = None,
+    model: str | None = None,
+    weights_sha256: str | None = None,
+    precision: str = "fp32",
 ) -> Calibration:
     """Load ``path`` (default: the shipped default of ``model``) and check it fits ``model``."""
     if path is None:
@@ -134,34 +156,91 @@ def load_calibration(
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
     cal = calibration_from_dict(data, origin)
     if model is not None:
-        check_fits(cal, model, weights_sha256, origin)
+        check_fits(cal, model, weights_sha256, origin, precision)
     return cal
 
 
-def calibration_for(model: str, path: Path | None, weights: Path | None) -> Calibration:
+def calibration_for(
+    model: str,
+    path: Path | None,
+    weights: Path | None,
+    precision: str = "fp32",
+    spec: ModelSpec | None = None,
+) -> Calibration:
     """The calibration to use with ``model`` and (optionally custom) ``weights``.
 
-    An explicit file must match the weights in use. With custom weights and no
-    file, the shipped default is used with a warning, re-stamped with the
-    custom weights' hash, so files written from it (``calibrate fit``) fit them.
+    An explicit file must match the weights and precision in use. With custom
+    weights or a reduced precision and no file, the shipped default is used
+    with a warning, re-stamped with the weights' hash and the precision, so
+    files written from it (``calibrate fit``) fit them. ``spec`` is the
+    checked model card when ``model`` is one: its own ``calibration`` file is
+    the default, else an uncalibrated threshold of 0.
     """
+    if spec is not None:
+        return _card_calibration(spec, path)
     from spoofwatch.model.weights import sha256_file
 
     digest = sha256_file(weights) if weights is not None else None
-    if path is None and digest is not None:
-        log.warning("using the default calibration with custom weights; calibrate for these weights")
-        return dataclasses.replace(load_calibration(None, model=model), weights_sha256=digest)
-    return load_calibration(path, model=model, weights_sha256=digest)
+    if path is None and (digest is not None or precision != "fp32"):
+        log.warning(
+            "using the default (FP32, official weights) calibration with %s; calibrate for them",
+            "custom weights" if digest is not None else f"precision {precision}",
+        )
+        cal = load_calibration(None, model=model)
+        return dataclasses.replace(cal, weights_sha256=digest or cal.weights_sha256, precision=precision)
+    cal = load_calibration(path, model=model, weights_sha256=digest, precision=precision)
+    return cal
 
 
-def check_fits(cal: Calibration, model: str, weights_sha256: str | None, origin: str) -> None:
-    if cal.model != model.lower():
+#: Threshold of a model card that ships no calibration: the natural zero of a
+#: score whose sign means genuine/spoof. Calibrate before trusting it.
+UNCALIBRATED_THRESHOLD = 0.0
+
+
+def _card_calibration(spec: ModelSpec, path: Path | None) -> Calibration:
+    origin_path = path or spec.calibration_path
+    if origin_path is None:
+        log.warning(
+            "%s: no calibration file (neither --calibration nor the card's 'calibration'); "
+            "using threshold %.1f: run `spoofwatch calibrate` for this model",
+            spec.card_path,
+            UNCALIBRATED_THRESHOLD,
+        )
+        cal = Calibration(
+            model=spec.name,
+            weights_sha256=spec.sha256,
+            threshold=UNCALIBRATED_THRESHOLD,
+            policy=PolicyConfig(
+                enter_threshold=UNCALIBRATED_THRESHOLD, exit_threshold=UNCALIBRATED_THRESHOLD + 1.0
+            ),
+            provenance={"source": "uncalibrated default for a model card"},
+        )
+    else:
+        cal = load_calibration(origin_path)
+        check_fits(cal, spec.name, spec.sha256, str(origin_path), "fp32", card=True)
+    return dataclasses.replace(cal, window_samples=spec.window_samples)
+
+
+def check_fits(
+    cal: Calibration,
+    model: str,
+    weights_sha256: str | None,
+    origin: str,
+    precision: str = "fp32",
+    card: bool = False,
+) -> None:
+    if cal.model != (model if card else model.lower()):
         raise CalibrationError(f"{origin}: calibration was made for model {cal.model!r}, not {model!r}")
-    expected = weights_sha256 or load_model_config(model).weights_sha256
+    expected = weights_sha256 if card or weights_sha256 else load_model_config(model).weights_sha256
     if cal.weights_sha256 != expected:
         raise CalibrationError(
             f"{origin}: calibration was made for weights {cal.weights_sha256[:16]}..., "
-            f"but {model} in use has {expected[:16]}...; recalibrate for these weights"
+            f"but {model} in use has {str(expected)[:16]}...; recalibrate for these weights"
+        )
+    if cal.precision != precision:
+        raise CalibrationError(
+            f"{origin}: calibration was made for precision {cal.precision}, but {model} is being "
+            f"scored at {precision}; recalibrate at {precision} or pass --precision {cal.precision}"
         )
 
 
@@ -196,6 +275,7 @@ def dump_calibration(cal: Calibration) -> str:
         f"schema_version = {cal.schema_version}",
         f"model = {_toml_value(cal.model)}",
         f"weights_sha256 = {_toml_value(cal.weights_sha256)}",
+        f"precision = {_toml_value(cal.precision)}",
         "# Bona fide logit: a file or window scoring below it is called spoof.",
         f"threshold = {_toml_value(cal.threshold)}",
     ]

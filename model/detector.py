@@ -14,8 +14,7 @@ from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
-from .export import ensure_onnx
-from .runtime import Device, OnnxScorer
+from .runtime import Device, OnnxScorer, build_scorer
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -51,7 +50,7 @@ class FileScore:
         }
 
 
-def window_starts(n_samples: int, hop_samples: int) -> list[int]:
+def window_starts(n_samples: int, hop_samples: int, window_samples: int = WINDOW_SAMPLES) -> list[int]:
     """Start offsets of the windows covering a clip of ``n_samples``.
 
     A clip no longer than one window gets a single window at 0 (padded by
@@ -60,24 +59,24 @@ def window_starts(n_samples: int, hop_samples: int) -> list[int]:
     """
     if hop_samples < 1:
         raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
-    if n_samples <= WINDOW_SAMPLES:
+    if n_samples <= window_samples:
         return [0]
-    starts = list(range(0, n_samples - WINDOW_SAMPLES + 1, hop_samples))
-    if starts[-1] + WINDOW_SAMPLES < n_samples:
-        starts.append(n_samples - WINDOW_SAMPLES)
+    starts = list(range(0, n_samples - window_samples + 1, hop_samples))
+    if starts[-1] + window_samples < n_samples:
+        starts.append(n_samples - window_samples)
     return starts
 
 
 def iter_windows(
-    audio: npt.NDArray[np.float32], hop_samples: int
+    audio: npt.NDArray[np.float32], hop_samples: int, window_samples: int = WINDOW_SAMPLES
 ) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
     """``(start, window)`` pairs; the first window follows the official convention."""
-    for start in window_starts(audio.size, hop_samples):
-        yield start, official_window(audio[start:])
+    for start in window_starts(audio.size, hop_samples, window_samples):
+        yield start, official_window(audio[start:], window_samples)
 
 
 class Detector:
-    """An AASIST model on ONNX Runtime plus the active decision threshold."""
+    """An ONNX detector (AASIST or a model card) plus the active decision threshold."""
 
     def __init__(self, model: str, scorer: OnnxScorer, calibration: Calibration) -> None:
         self.model = model
@@ -92,15 +91,19 @@ class Detector:
         threads: int | None = None,
         weights: Path | None = None,
         calibration: Path | None = None,
+        precision: str = "fp32",
     ) -> Detector:
         """Load cached weights (exporting to ONNX on first use) and a calibration.
 
-        ``calibration`` defaults to the shipped ``configs/calibration/<model>.toml``.
+        ``model`` is a built-in name or a model card path. ``calibration``
+        defaults to the shipped ``configs/calibration/<model>.toml`` (for a
+        card: the card's own file). The precision and device are checked
+        before any file is loaded.
         """
         from spoofwatch.calibration.calfile import calibration_for
 
-        cal = calibration_for(model, calibration, weights)
-        scorer = OnnxScorer(ensure_onnx(model, weights), device=device, threads=threads)
+        scorer = build_scorer(model, precision, device, threads, weights)
+        cal = calibration_for(model, calibration, weights, scorer.precision, scorer.spec)
         return cls(model, scorer, cal)
 
     @property
@@ -116,7 +119,7 @@ class Detector:
             raise InputError("expected a 1-D numpy float32 waveform at 16 kHz")
         if waveform.dtype != np.float32:
             raise InputError(f"expected dtype float32, got {waveform.dtype}")
-        return float(self.scorer.scores(official_window(waveform))[0])
+        return float(self.scorer.scores(official_window(waveform, self.scorer.window_samples))[0])
 
     def score_audio(
         self, audio: npt.NDArray[np.float32], hop_s: float = 1.0, name: str = "<array>"
@@ -128,7 +131,8 @@ class Detector:
         starts: list[int] = []
         scores: list[float] = []
         batch: list[npt.NDArray[np.float32]] = []
-        for start, window in iter_windows(audio, hop):
+        size = self.scorer.window_samples
+        for start, window in iter_windows(audio, hop, size):
             starts.append(start)
             batch.append(window)
             if len(batch) == FILE_BATCH_WINDOWS:
@@ -137,7 +141,7 @@ class Detector:
         if batch:
             scores.extend(self.scorer.scores(np.stack(batch)).tolist())
         windows = [
-            WindowScore(s / SAMPLE_RATE_HZ, min(s + WINDOW_SAMPLES, audio.size) / SAMPLE_RATE_HZ, sc)
+            WindowScore(s / SAMPLE_RATE_HZ, min(s + size, audio.size) / SAMPLE_RATE_HZ, sc)
             for s, sc in zip(starts, scores, strict=True)
         ]
         utterance = float(np.mean(scores))

@@ -82,12 +82,14 @@ class Engine:
         gate_config: GateConfig,
         policy_config: PolicyConfig,
         vad: SileroVad,
+        window_samples: int = WINDOW_SAMPLES,
     ) -> None:
         self.config = config
-        self.windower = Windower(config.hop_samples)
+        # window_samples: the model's input length (a model card may declare its own).
+        self.windower = Windower(config.hop_samples, window_samples)
         # push() feeds the gate at most one hop ahead of the windows it assesses,
         # so one window plus one hop of VAD frames (and a frame of slack) suffices.
-        history = (WINDOW_SAMPLES + config.hop_samples) // VAD_FRAME_SAMPLES + 2
+        history = (window_samples + config.hop_samples) // VAD_FRAME_SAMPLES + 2
         self.gate = SpeechGate(gate_config, vad, history_frames=history)
         self.policy = AlertPolicy(policy_config)
         self.reset()

@@ -18,11 +18,15 @@ if TYPE_CHECKING:
 
 
 def build_engine(calibration: Calibration, vad: SileroVad, hop_s: float | None = None) -> Engine:
-    """An engine configured by a calibration (``hop_s`` overrides its hop)."""
+    """An engine configured by a calibration (``hop_s`` overrides its hop).
+
+    The window length is the model's (``calibration.window_samples``, set
+    when the detector was loaded).
+    """
     from dataclasses import replace
 
     stream = calibration.stream if hop_s is None else replace(calibration.stream, hop_s=hop_s)
-    return Engine(stream, calibration.gate, calibration.policy, vad)
+    return Engine(stream, calibration.gate, calibration.policy, vad, calibration.window_samples)
 
 
 def keep_fresh(engine: Engine, pending: list[PendingWindow]) -> list[PendingWindow]:

@@ -104,12 +104,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate_score(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.dataset import check_dataset
     from spoofwatch.calibration.scoreset import score_dataset
-    from spoofwatch.model.export import ensure_onnx
-    from spoofwatch.model.runtime import OnnxScorer
+    from spoofwatch.model.runtime import build_scorer, preflight
 
+    preflight(args.model, args.precision, args.device, args.weights)
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)  # before any scoring
-    scorer = OnnxScorer(ensure_onnx(args.model, args.weights), args.device, args.threads)
-    run = score_dataset(dataset, scorer, args.out, args.hop_s, args.workers, progress=sys.stderr.isatty())
+    scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
+    run = score_dataset(
+        dataset,
+        scorer,
+        args.out,
+        args.hop_s,
+        args.workers,
+        progress=sys.stderr.isatty(),
+        window_samples=scorer.window_samples,
+    )
     sys.stdout.write(
         f"scored {run.scored} files ({run.skipped} already done, {len(run.failed)} failed) at {run.files_per_s:.1f} files/s -> {args.out}\n"
     )
@@ -117,7 +125,7 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
-    from spoofwatch.calibration.calfile import calibration_for, save_calibration
+    from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import threshold_for, with_threshold
     from spoofwatch.calibration.metrics import evaluate
     from spoofwatch.calibration.protocol import read_asv_scores, read_scores
@@ -139,7 +147,11 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     }
     if report.min_tdcf is not None:
         provenance["metrics"]["min_tdcf"] = report.min_tdcf
-    cal = with_threshold(calibration_for(args.model, args.calibration, args.weights), threshold, provenance)
+    cal = with_threshold(
+        _calibration_for_args(args),
+        threshold,
+        provenance,
+    )
     section = None
     if args.audio_dir is not None:
         policy, section = _fit_streaming(args, cal)
@@ -171,21 +183,34 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_for_args(args: argparse.Namespace) -> Calibration:
+    """The starting calibration of ``calibrate fit``: stamped with the model, weights and
+    precision the scores were made with (a card is checked, not run)."""
+    from pathlib import Path
+
+    from spoofwatch.calibration.calfile import calibration_for
+    from spoofwatch.model.card import is_card_reference, parse_card
+    from spoofwatch.model.precision import validate_precision
+
+    spec = parse_card(Path(args.model)) if is_card_reference(args.model) else None
+    precision = validate_precision(args.precision)
+    return calibration_for(args.model, args.calibration, args.weights, precision, spec)
+
+
 def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyConfig, StreamingSection]:
     """Fit the alert policy on simulated conversations run through the live engine."""
     from spoofwatch.calibration.dataset import check_dataset
     from spoofwatch.calibration.report import StreamingSection
     from spoofwatch.calibration.streaming import build_conversations, fit_policy, sweep_thresholds, trace
     from spoofwatch.errors import InputError
-    from spoofwatch.model.export import ensure_onnx
-    from spoofwatch.model.runtime import OnnxScorer
+    from spoofwatch.model.runtime import build_scorer
     from spoofwatch.stream.gate import SileroVad
     from spoofwatch.stream.runner import build_engine
 
     if args.protocol is None:
         raise InputError("--audio-dir needs --protocol (labels and speakers for the simulated conversations)")
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)
-    scorer = OnnxScorer(ensure_onnx(args.model, args.weights), args.device, args.threads)
+    scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
     engine = build_engine(cal, SileroVad())
     conversations = build_conversations(dataset, args.conversations, args.conversation_s)
     traces = [trace(c, engine, scorer) for c in conversations]
@@ -213,7 +238,9 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     )
     if not files:
         raise DatasetError(f"{args.audio_dir}: no audio files (.wav, .flac, .ogg, .mp3) found")
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    detector = Detector.load(
+        args.model, args.device, args.threads, args.weights, args.calibration, args.precision
+    )
     engine = build_engine(detector.calibration, SileroVad())
     traces = [trace_file(p, engine, detector.scorer) for p in files]
     threshold, rate = bonafide_threshold(

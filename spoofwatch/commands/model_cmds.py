@@ -11,7 +11,7 @@ from typing import Any
 from spoofwatch.constants import MODEL_NAMES
 from spoofwatch.errors import AudioError
 
-from .common import add_model_args, print_json
+from .common import add_model_args, add_precision_arg, print_json
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ def register(sub: Any) -> None:
     export.add_argument("--model", default="aasist-l", choices=MODEL_NAMES)
     export.add_argument("--weights", type=Path, default=None, help="custom weights (.pth)")
     export.add_argument("--out", type=Path, default=None, help="output path (default: the runtime cache)")
+    add_precision_arg(export)
+    export.add_argument(
+        "--calibration-audio",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="INT8: real speech to calibrate activation ranges on (default: $SPOOFWATCH_SHARED speech)",
+    )
     export.set_defaults(func=cmd_export)
 
     score = sub.add_parser("score", help="score audio files window by window")
@@ -63,8 +71,17 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from spoofwatch.model.export import cached_onnx_path, export_onnx
+    from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
 
+    if args.precision != "fp32":
+        audio = None
+        if args.calibration_audio is not None:
+            audio = sorted(
+                p for p in args.calibration_audio.rglob("*") if p.suffix.lower() in (".wav", ".flac")
+            )
+        out = export_precision(args.model, args.precision, args.weights, audio, args.out)
+        sys.stdout.write(f"exported {args.model} at {args.precision} to {out}\n")
+        return 0
     out = args.out or cached_onnx_path(args.model, args.weights)
     diff = export_onnx(args.model, out, args.weights)
     sys.stdout.write(f"exported {args.model} to {out} (max |ONNX - PyTorch| = {diff:.2e})\n")
@@ -82,7 +99,9 @@ def _print_table(result: Any) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     from spoofwatch.model.detector import Detector
 
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    detector = Detector.load(
+        args.model, args.device, args.threads, args.weights, args.calibration, args.precision
+    )
     failed = 0
     for path in args.files:
         try:

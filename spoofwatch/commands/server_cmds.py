@@ -64,7 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_stream_duration_s=args.max_stream_duration_s,
     )
     config.validate()  # before loading the model: a refused config fails fast
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    detector = Detector.load(
+        args.model, args.device, args.threads, args.weights, args.calibration, args.precision
+    )
     sinks = ServerSinks(args.jsonl, args.stdout, args.webhook)
     ctx = ServerContext(
         config,

@@ -45,7 +45,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from spoofwatch.stream.gate import SileroVad
     from spoofwatch.stream.runner import build_engine
 
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    detector = Detector.load(
+        args.model, args.device, args.threads, args.weights, args.calibration, args.precision
+    )
     engine = build_engine(detector.calibration, SileroVad(), args.hop_s)
     return detector, engine
 
@@ -62,9 +64,11 @@ def _emit(events: list[Event], as_json: bool) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    from spoofwatch.model.runtime import preflight
     from spoofwatch.stream.runner import InlineRunner
     from spoofwatch.stream.sources.file import file_chunks
 
+    preflight(args.model, args.precision, args.device, args.weights)  # before any audio is read
     chunks = file_chunks(
         args.file, realtime=args.realtime
     )  # decodes now: bad files fail before loading the model
