@@ -184,3 +184,69 @@ def test_fp16_graph_is_built_validated_and_close_to_official(
     rows = slice(0, 4)
     got = half.scores(reference["waveforms"][rows])
     np.testing.assert_allclose(got, reference["AASIST-L_logits"][rows, 1], atol=5e-2)
+
+
+def _tiny_conv_model(path: Path) -> None:
+    """``waveform [B, 64600]`` -> strided Conv1d (1->4, 65 taps) -> |.| -> mean -> MatMul -> ``logits [B, 2]``;
+    plus a second Conv named like the sinc front end, which INT8 must keep in FP32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from spoofwatch.constants import WINDOW_SAMPLES
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+        numpy_helper.from_array(rng.standard_normal((4, 1, 65)).astype(np.float32), "conv_time.filters"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3)).astype(np.float32), "encoder.1.conv.weight"),
+        numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "head.weight"),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", ["waveform", "axis1"], ["x1"]),  # (B, 1, 64600)
+        helper.make_node("Conv", ["x1", "conv_time.filters"], ["c1"], strides=[64], name="sinc"),  # (B, 4, T)
+        helper.make_node("Abs", ["c1"], ["a1"]),
+        helper.make_node(
+            "Conv", ["a1", "encoder.1.conv.weight"], ["c2"], pads=[1, 1], name="enc"
+        ),  # (B, 4, T)
+        helper.make_node("ReduceMean", ["c2", "axis2"], ["m"], keepdims=0),  # (B, 4)
+        helper.make_node("MatMul", ["m", "head.weight"], ["logits"]),  # (B, 2)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_conv",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", WINDOW_SAMPLES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+def test_int8_quantization_keeps_listed_layers_fp32_and_stamps_its_source(
+    tmp_path: Path, shared: Path
+) -> None:
+    import onnx
+
+    from spoofwatch.model.quantize import check_source, quantize_int8, read_metadata, sha256_of
+
+    src, out = tmp_path / "tiny.onnx", tmp_path / "tiny-int8.onnx"
+    _tiny_conv_model(src)
+    windows = _speech_windows(shared, 3)
+    delta = quantize_int8(src, out, windows, fp32_layers=("conv_time",))
+    check_source(out, src, "int8")  # records this FP32 file's hash
+    graph = onnx.load(str(out)).graph
+    quantized_weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert any(w.startswith("encoder.1.conv.weight") for w in quantized_weights)
+    assert not any(w.startswith("conv_time") for w in quantized_weights)
+    a, b = OnnxScorer(src, "cpu"), OnnxScorer(out, "cpu")
+    assert delta == pytest.approx(float(np.max(np.abs(a.scores(windows) - b.scores(windows)))), abs=1e-6)
+    assert delta > 0  # really quantized
+    _tiny_conv_model(src)  # same graph, but any byte change in the source must be refused:
+    model = onnx.load(str(src))
+    model.doc_string = "re-exported"
+    onnx.save(model, str(src))
+    assert sha256_of(src) != read_metadata(out)["spoofwatch.source_sha256"]
+    with pytest.raises(ModelError, match="was made from an FP32 graph"):
+        check_source(out, src, "int8")
