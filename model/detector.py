@@ -14,7 +14,9 @@ from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
-from .runtime import Device, OnnxScorer, build_scorer
+from .card import is_card_reference
+from .precision import check_precision_device
+from .runtime import Device, OnnxScorer, build_scorer, resolve_device
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -102,8 +104,13 @@ class Detector:
         """
         from spoofwatch.calibration.calfile import calibration_for
 
-        scorer = build_scorer(model, precision, device, threads, weights)
-        cal = calibration_for(model, calibration, weights, scorer.precision, scorer.spec)
+        if is_card_reference(model):
+            scorer = build_scorer(model, precision, device, threads, weights)
+            cal = calibration_for(model, calibration, weights, scorer.precision, scorer.spec)
+        else:  # a mismatching calibration fails before a first-use export or quantization
+            prec = check_precision_device(precision, device, resolve_device)
+            cal = calibration_for(model, calibration, weights, prec)
+            scorer = build_scorer(model, prec, device, threads, weights)
         return cls(model, scorer, cal)
 
     @property
