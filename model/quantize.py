@@ -4,16 +4,17 @@ Both record in the ONNX metadata the SHA-256 of the FP32 file they were
 made from; :func:`check_source` refuses a variant whose source hash no
 longer matches (a re-export, other weights, a tampered cache).
 
-INT8 is ONNX Runtime static quantization in the QDQ format with per-channel
-weights, calibrated on real speech windows (see
+INT8 is ONNX Runtime static quantization in the QDQ format with
+per-channel weights, calibrated on real speech windows (see
 :func:`default_calibration_files`; the benchmark never evaluates on those
 files). Only the encoder's 2-D convolutions are quantized: they are ~75 %
-of the CPU time (ORT profile). Left in FP32, and why (measured by
-``benchmarks/bench_precision.py --sweep``):
+of the CPU time (ORT profile). Left in FP32, and why (a one-layer-at-a-time
+sweep during development, 8 calibration / 4 held-out LibriSpeech windows):
 
 - the sinc front end (``conv_time``): its band-pass outputs span a range a
-  single 8-bit activation scale cannot hold; quantizing it moved the logit
-  by ~3.5 (median) on real speech and was slower than FP32;
+  single 8-bit activation scale cannot hold; quantizing every convolution
+  including it (MinMax ranges) moved the logit by ~3.5 (median) and was
+  slower than FP32;
 - the first encoder block's two single-input-channel convolutions
   (``encoder.0.0.conv1``, ``encoder.0.0.conv_downsample``): a 1-channel 2x3
   kernel is a 6-term dot product, too short for integer kernels to win;
@@ -22,6 +23,14 @@ of the CPU time (ORT profile). Left in FP32, and why (measured by
 - the graph attention and pooling layers (MatMul, Softmax, TopK): under 1 %
   of the time, and TopK picks nodes by rank, so rounding changes which
   nodes survive.
+
+Measured price (``benchmarks/bench_precision.py``, README): on a 2-core
+x86 CPU the INT8 graph is *slower* than FP32 (0.74x) and flips 9 of 256
+window decisions. Its ORT profile says why: integer convolutions are only
+14 % of its time; the SELU between every two convolutions forces a
+dequantize/quantize pair (Q/DQ 11 %), and MaxPool (19 %) and layout
+transposes (10 %) run outside the NCHWc kernels FP32 uses. FP32 therefore
+stays the default.
 
 FP16 converts the graph for the CUDA provider with FP32 inputs and outputs;
 the sinc front end and the rank- and exponent-sensitive operators stay FP32.
