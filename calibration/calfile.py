@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spoofwatch.constants import MODEL_NAMES
 from spoofwatch.errors import CalibrationError, ConfigError, InputError
-from spoofwatch.model.config import load_model_config
-from spoofwatch.stream.engine import EngineConfig
+from spoofwatch.stream.engine import EngineConfig, LiveConfig
 from spoofwatch.stream.gate import GateConfig
 from spoofwatch.stream.policy import PolicyConfig
 
@@ -48,6 +48,11 @@ class Calibration:
     gate: GateConfig = field(default_factory=GateConfig)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def live(self) -> LiveConfig:
+        """The engine's settings, as the plain config objects the stream layer takes."""
+        return LiveConfig(self.stream, self.gate, self.policy)
 
 
 def _section(cls: type[Any], data: Any, name: str) -> Any:
@@ -114,12 +119,20 @@ def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -
         raise ConfigError(f"{origin}: {exc}") from None
 
 
+def _model_key(model: str) -> str:
+    key = model.lower()
+    if key not in MODEL_NAMES:
+        raise InputError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return key
+
+
 def load_calibration(
     path: Path | None = None, model: str | None = None, weights_sha256: str | None = None
 ) -> Calibration:
-    """Load ``path`` (default: the shipped default of ``model``) and check it fits ``model``."""
+    """Load ``path`` (default: the shipped default of ``model``) and check it fits
+    ``model`` and, when given, the ``weights_sha256`` in use."""
     if path is None:
-        name = DEFAULT_CALIBRATION.format(model=load_model_config(model or "aasist-l").name)
+        name = DEFAULT_CALIBRATION.format(model=_model_key(model or "aasist-l"))
         text = resources.files("spoofwatch.configs").joinpath("calibration", name).read_text("utf-8")
         origin = f"configs/calibration/{name}"
     else:
@@ -138,30 +151,14 @@ def load_calibration(
     return cal
 
 
-def calibration_for(model: str, path: Path | None, weights: Path | None) -> Calibration:
-    """The calibration to use with ``model`` and (optionally custom) ``weights``.
-
-    An explicit file must match the weights in use. With custom weights and no
-    file, the shipped default is used with a warning, re-stamped with the
-    custom weights' hash, so files written from it (``calibrate fit``) fit them.
-    """
-    from spoofwatch.model.weights import sha256_file
-
-    digest = sha256_file(weights) if weights is not None else None
-    if path is None and digest is not None:
-        log.warning("using the default calibration with custom weights; calibrate for these weights")
-        return dataclasses.replace(load_calibration(None, model=model), weights_sha256=digest)
-    return load_calibration(path, model=model, weights_sha256=digest)
-
-
 def check_fits(cal: Calibration, model: str, weights_sha256: str | None, origin: str) -> None:
+    """The calibration must be for ``model`` and, when given, for the weights with ``weights_sha256``."""
     if cal.model != model.lower():
         raise CalibrationError(f"{origin}: calibration was made for model {cal.model!r}, not {model!r}")
-    expected = weights_sha256 or load_model_config(model).weights_sha256
-    if cal.weights_sha256 != expected:
+    if weights_sha256 is not None and cal.weights_sha256 != weights_sha256:
         raise CalibrationError(
             f"{origin}: calibration was made for weights {cal.weights_sha256[:16]}..., "
-            f"but {model} in use has {expected[:16]}...; recalibrate for these weights"
+            f"but {model} in use has {weights_sha256[:16]}...; recalibrate for these weights"
         )
 
 

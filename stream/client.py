@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from spoofwatch.constants import SAMPLE_RATE_HZ
 
-from .server.codecs import encode
+from .codecs import encode
 
 #: Audio per binary frame: 20 ms, like most telephony stacks.
 FRAME_MS = 20

@@ -169,6 +169,23 @@ class Engine:
         )
 
 
+@dataclass(frozen=True)
+class LiveConfig:
+    """Everything an engine is built from: plain config objects, whatever file they came from."""
+
+    stream: EngineConfig
+    gate: GateConfig
+    policy: PolicyConfig
+
+
+def build_engine(live: LiveConfig, vad: SileroVad, hop_s: float | None = None) -> Engine:
+    """The one way to build an engine (``hop_s`` overrides the configured hop)."""
+    from dataclasses import replace
+
+    stream = live.stream if hop_s is None else replace(live.stream, hop_s=hop_s)
+    return Engine(stream, live.gate, live.policy, vad)
+
+
 def run_windows(engine: Engine, scorer: Scorer, pending: list[PendingWindow]) -> list[Event]:
     """Score pending windows inline, one per call, and resolve them in order.
 

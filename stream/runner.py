@@ -4,25 +4,11 @@ instead; see ``spoofwatch.stream.server.batcher``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import numpy.typing as npt
 
 from .engine import Engine, PendingWindow, Scorer, run_windows
 from .events import Event
-from .gate import SileroVad
-
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
-
-
-def build_engine(calibration: Calibration, vad: SileroVad, hop_s: float | None = None) -> Engine:
-    """An engine configured by a calibration (``hop_s`` overrides its hop)."""
-    from dataclasses import replace
-
-    stream = calibration.stream if hop_s is None else replace(calibration.stream, hop_s=hop_s)
-    return Engine(stream, calibration.gate, calibration.policy, vad)
 
 
 def keep_fresh(engine: Engine, pending: list[PendingWindow]) -> list[PendingWindow]:

@@ -15,8 +15,8 @@ from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
 from spoofwatch.errors import InputError
-from spoofwatch.stream.engine import Engine
-from spoofwatch.stream.runner import InlineRunner, build_engine
+from spoofwatch.stream.engine import Engine, build_engine
+from spoofwatch.stream.runner import InlineRunner
 
 SPOOF_ONSET_S = 8.0
 
@@ -37,7 +37,7 @@ def concat_wav(la_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def engine_for(vad: Any) -> Engine:
-    return build_engine(load_calibration(model="aasist-l"), vad)
+    return build_engine(load_calibration(model="aasist-l").live, vad)
 
 
 def run_chunked(audio: np.ndarray, chunks: list[int], scorer: Any, vad: Any) -> list[dict[str, Any]]:

@@ -16,9 +16,10 @@ from spoofwatch.audio import read_audio, resample
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
 from spoofwatch.errors import DeviceError
+from spoofwatch.stream.engine import build_engine
 from spoofwatch.stream.events import Event
 from spoofwatch.stream.monitor import run_monitor
-from spoofwatch.stream.runner import InlineRunner, build_engine
+from spoofwatch.stream.runner import InlineRunner
 from spoofwatch.stream.sources.mic import MicrophoneSource, parse_device
 
 NATIVE_HZ = 48_000
@@ -82,7 +83,7 @@ def test_monitor_with_injected_stream(sw_home: Path, la_dir: Path, scorer: Any, 
         return streams[-1]
 
     source = MicrophoneSource(NATIVE_HZ, device=None, stream_factory=factory)
-    engine = build_engine(load_calibration(model="aasist-l"), vad)
+    engine = build_engine(load_calibration(model="aasist-l").live, vad)
     runner = InlineRunner(engine, scorer, drop_stale=True)
     seen: list[Event] = []
     stop = threading.Event()

@@ -23,9 +23,9 @@ from spoofwatch.audio import read_audio, resample
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.errors import ConfigError
 from spoofwatch.stream.client import send_audio
+from spoofwatch.stream.codecs import decode, encode, mulaw_encode
 from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer
-from spoofwatch.stream.server.codecs import decode, encode, mulaw_encode
 from spoofwatch.stream.server.context import ServerConfig, ServerContext
 from spoofwatch.stream.server.sinks import ServerSinks
 
@@ -51,7 +51,7 @@ def make_ctx(
 ) -> ServerContext:
     config = ServerConfig(host="127.0.0.1", port=0, **limits)
     sinks = ServerSinks(jsonl=tmp_path / "events.jsonl", webhook=webhook)
-    return ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l"), vad, sinks)
+    return ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l").live, vad, sinks)
 
 
 @asynccontextmanager

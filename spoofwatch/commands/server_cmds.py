@@ -11,7 +11,7 @@ from .common import add_model_args, print_json
 
 
 def register(sub: Any) -> None:
-    from spoofwatch.stream.server.codecs import ENCODINGS
+    from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
 
     d = ServerConfig()
@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ctx = ServerContext(
         config,
         BatchScorer(detector.scorer, config.max_batch_windows),
-        detector.calibration,
+        detector.calibration.live,
         SileroVad(),
         sinks,
     )

@@ -42,11 +42,11 @@ def register(sub: Any) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from spoofwatch.model.detector import Detector
+    from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
 
     detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    engine = build_engine(detector.calibration, SileroVad(), args.hop_s)
+    engine = build_engine(detector.calibration.live, SileroVad(), args.hop_s)
     return detector, engine
 
 

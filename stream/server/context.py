@@ -5,18 +5,13 @@ from __future__ import annotations
 import ipaddress
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from spoofwatch.errors import ConfigError
 
-from ..engine import Engine
+from ..engine import Engine, LiveConfig, build_engine
 from ..gate import SileroVad
-from ..runner import build_engine
 from .batcher import BatchScorer
 from .sinks import ServerSinks
-
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
 
 
 @dataclass(frozen=True)
@@ -60,19 +55,19 @@ def is_loopback(host: str) -> bool:
 
 
 class ServerContext:
-    """Shared by all connections: the batch scorer, VAD, calibration, sinks, counters."""
+    """Shared by all connections: the batch scorer, VAD, engine settings, sinks, counters."""
 
     def __init__(
         self,
         config: ServerConfig,
         batcher: BatchScorer,
-        calibration: Calibration,
+        live: LiveConfig,
         vad: SileroVad,
         sinks: ServerSinks,
     ) -> None:
         self.config = config
         self.batcher = batcher
-        self.calibration = calibration
+        self.live = live
         self.vad = vad
         self.sinks = sinks
         self.active_streams = 0
@@ -82,4 +77,4 @@ class ServerContext:
         return f"s{next(self._ids)}"
 
     def new_engine(self) -> Engine:
-        return build_engine(self.calibration, self.vad)
+        return build_engine(self.live, self.vad)

@@ -15,7 +15,7 @@ import anyio
 
 from spoofwatch.errors import ProtocolError
 
-from .codecs import ENCODINGS, INVALID_PAYLOAD, decode
+from ..codecs import ENCODINGS, INVALID_PAYLOAD, decode
 from .context import ServerContext
 from .session import StreamSession
 

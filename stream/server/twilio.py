@@ -19,7 +19,7 @@ import anyio
 
 from spoofwatch.errors import ProtocolError
 
-from .codecs import INVALID_PAYLOAD, decode
+from ..codecs import INVALID_PAYLOAD, decode
 from .context import ServerContext
 from .native import PROTOCOL_ERROR, UNSUPPORTED, parse_json
 from .session import StreamSession
