@@ -1,19 +1,26 @@
 """The calibration file: thresholds, smoothing, hop and gate settings, provenance.
 
-Versioned TOML (``schema_version = 1``)::
+Versioned TOML (``schema_version = 2``)::
 
-    schema_version = 1
+    schema_version = 2
     model = "aasist-l"
     weights_sha256 = "..."
-    threshold = 1.764          # bona fide logit; a file/window below it is "spoof"
-    [stream]  hop_s
+    verdict_threshold = 1.764  # bona fide logit; a file (``score``) below it is "spoof"
+    [stream]  hop_s, max_pending_windows
     [policy]  enter_threshold, exit_threshold, smoothing_windows,
               min_alert_windows, cooldown_s, silence_reset_s
     [gate]    vad_threshold, min_speech_fraction, energy_floor_dbfs
     [provenance]  source, dataset, protocol, created, note, [provenance.metrics]
 
-Unknown keys, wrong types and a model or weights hash other than the one in
-use are rejected with a message naming the field.
+Two thresholds, two meanings, each defined here and nowhere else (the code
+has no numeric default for either): ``verdict_threshold`` decides a file's
+verdict in ``score``; ``[policy] enter_threshold``/``exit_threshold`` are the
+live alert band on the smoothed score. Schema 1 files (whose verdict
+threshold was called ``threshold``) still load; files are written as schema 2.
+
+Unknown keys, wrong types, values out of range and a model or weights hash
+other than the one in use are rejected at load, with a message naming the
+field, so every command refuses a bad file before it starts.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from spoofwatch.stream.gate import GateConfig
 from spoofwatch.stream.policy import PolicyConfig
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this code reads; version 1 named the verdict threshold ``threshold``.
+READABLE_VERSIONS = (1, 2)
 DEFAULT_CALIBRATION = "{model}.toml"  # one shipped default per model
 
 
@@ -42,9 +51,11 @@ DEFAULT_CALIBRATION = "{model}.toml"  # one shipped default per model
 class Calibration:
     model: str
     weights_sha256: str
-    threshold: float
+    #: Bona fide logit below which a file or window is called spoof (``score``).
+    verdict_threshold: float
+    #: Live alert band and smoothing; its thresholds are required in the file.
+    policy: PolicyConfig
     stream: EngineConfig = field(default_factory=EngineConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -64,6 +75,9 @@ def _section(cls: type[Any], data: Any, name: str) -> Any:
         raise ConfigError(
             f"calibration [{name}]: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(fields)}"
         )
+    missing = [k for k, f in fields.items() if f.default is dataclasses.MISSING and k not in data]
+    if missing:
+        raise ConfigError(f"calibration [{name}]: missing required field(s) {', '.join(missing)}")
     values: dict[str, Any] = {}
     for key, value in data.items():
         want = fields[key].type
@@ -79,12 +93,29 @@ def _section(cls: type[Any], data: Any, name: str) -> Any:
         raise ConfigError(f"calibration [{name}]: {exc}") from None
 
 
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{what}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -> Calibration:
+    version = data.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise ConfigError(
+            f"{origin}: expected schema_version {' or '.join(map(str, READABLE_VERSIONS))}, got {version!r}"
+            + (
+                " (written by a newer spoofwatch?)"
+                if isinstance(version, int) and version > SCHEMA_VERSION
+                else ""
+            )
+        )
+    verdict_key = "threshold" if version == 1 else "verdict_threshold"
     known = {
         "schema_version",
         "model",
         "weights_sha256",
-        "threshold",
+        verdict_key,
         "stream",
         "policy",
         "gate",
@@ -92,16 +123,13 @@ def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -
     }
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{origin}: unknown top-level field(s) {', '.join(unknown)}")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ConfigError(f"{origin}: expected schema_version = {SCHEMA_VERSION}, got {version!r}")
-    for key in ("model", "weights_sha256", "threshold"):
+        raise ConfigError(
+            f"{origin}: unknown top-level field(s) {', '.join(unknown)} for schema_version {version}"
+        )
+    for key in ("model", "weights_sha256", verdict_key, "policy"):
         if key not in data:
             raise ConfigError(f"{origin}: missing required field {key!r}")
-    threshold = data["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
-        raise ConfigError(f"{origin}: threshold: expected a finite number, got {threshold!r}")
+    threshold = _finite(data[verdict_key], f"{origin}: {verdict_key}")
     provenance = data.get("provenance", {})
     if not isinstance(provenance, dict):
         raise ConfigError(f"{origin}: [provenance] must be a table")
@@ -109,9 +137,9 @@ def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -
         return Calibration(
             model=str(data["model"]),
             weights_sha256=str(data["weights_sha256"]).lower(),
-            threshold=float(threshold),
+            verdict_threshold=threshold,
+            policy=_section(PolicyConfig, data["policy"], "policy"),
             stream=_section(EngineConfig, data.get("stream", {}), "stream"),
-            policy=_section(PolicyConfig, data.get("policy", {}), "policy"),
             gate=_section(GateConfig, data.get("gate", {}), "gate"),
             provenance=provenance,
         )
@@ -193,8 +221,9 @@ def dump_calibration(cal: Calibration) -> str:
         f"schema_version = {cal.schema_version}",
         f"model = {_toml_value(cal.model)}",
         f"weights_sha256 = {_toml_value(cal.weights_sha256)}",
-        "# Bona fide logit: a file or window scoring below it is called spoof.",
-        f"threshold = {_toml_value(cal.threshold)}",
+        "# Bona fide logit: a file scoring below it is called spoof (`spoofwatch score`).",
+        "# The live alert band is [policy] enter_threshold / exit_threshold.",
+        f"verdict_threshold = {_toml_value(cal.verdict_threshold)}",
     ]
     for name in ("stream", "policy", "gate"):
         lines += ["", *_toml_table(name, dataclasses.asdict(getattr(cal, name)))]

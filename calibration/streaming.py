@@ -164,12 +164,8 @@ def fit_policy(
         SMOOTHING_WINDOWS, MIN_ALERT_WINDOWS, candidate_thresholds(traces), HYSTERESIS_MARGINS
     )
     for k, m, threshold, margin in grid:
-        policy = dataclasses.replace(
-            base,
-            smoothing_windows=k,
-            min_alert_windows=m,
-            enter_threshold=threshold,
-            exit_threshold=threshold + margin,
+        policy = dataclasses.replace(base, smoothing_windows=k, min_alert_windows=m).with_band(
+            threshold, margin
         )
         metrics = measure(traces, policy)
         if metrics.false_alerts_per_hour > target_false_alerts_per_hour:
@@ -189,9 +185,4 @@ def fit_policy(
 
 def sweep_thresholds(traces: list[Trace], policy: PolicyConfig) -> list[tuple[float, StreamMetrics]]:
     """Metrics across enter thresholds with the chosen smoothing, for the report."""
-    margin = policy.exit_threshold - policy.enter_threshold
-    out = []
-    for threshold in candidate_thresholds(traces, 40):
-        p = dataclasses.replace(policy, enter_threshold=threshold, exit_threshold=threshold + margin)
-        out.append((threshold, measure(traces, p)))
-    return out
+    return [(t, measure(traces, policy.with_band(t))) for t in candidate_thresholds(traces, 40)]

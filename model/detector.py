@@ -6,12 +6,12 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import official_window, read_audio
+from spoofwatch.calibration.calfile import Calibration
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 from spoofwatch.stream.windower import iter_windows
@@ -19,9 +19,6 @@ from spoofwatch.stream.windower import iter_windows
 from .config import load_model_config
 from .export import ensure_onnx
 from .runtime import Device, OnnxScorer
-
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +89,23 @@ class Detector:
         device: Device = "auto",
         threads: int | None = None,
         weights: Path | None = None,
-        calibration: Path | None = None,
+        calibration: Path | Calibration | None = None,
     ) -> Detector:
         """Load cached weights (exporting to ONNX on first use) and a calibration.
 
         ``calibration`` defaults to the shipped ``configs/calibration/<model>.toml``.
         """
-        cal = calibration_for(model, calibration, weights)
+        cal = (
+            calibration
+            if isinstance(calibration, Calibration)
+            else calibration_for(model, calibration, weights)
+        )
         scorer = OnnxScorer(ensure_onnx(model, weights), device=device, threads=threads)
         return cls(model, scorer, cal)
 
     @property
     def threshold(self) -> float:
-        return self.calibration.threshold
+        return self.calibration.verdict_threshold
 
     def verdict(self, score: float) -> str:
         return "bonafide" if score >= self.threshold else "spoof"

@@ -24,18 +24,26 @@ from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SileroVad, SpeechGa
 from .policy import AlertPolicy, PolicyConfig
 from .windower import Window, Windower
 
+#: Shortest hop: one VAD frame (32 ms). Finer hops would only re-score windows
+#: the gate cannot tell apart, at one model call each.
+MIN_HOP_S = VAD_FRAME_SAMPLES / SAMPLE_RATE_HZ
+#: Longest hop: one window, so consecutive windows never leave audio unscored.
+MAX_HOP_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
+
 
 @dataclass(frozen=True)
 class EngineConfig:
     #: Seconds between the starts of consecutive windows.
     hop_s: float = 0.5
-    #: Windows a server stream may queue for scoring; a live stream drops the oldest beyond it.
+    #: Windows a live stream may queue for scoring; beyond it the oldest is dropped.
     max_pending_windows: int = 4
 
     def __post_init__(self) -> None:
-        max_hop = WINDOW_SAMPLES / SAMPLE_RATE_HZ
-        if not 0 < self.hop_s <= max_hop:
-            raise InputError(f"hop_s: expected a value in (0, {max_hop:.4f}], got {self.hop_s}")
+        if not MIN_HOP_S <= self.hop_s <= MAX_HOP_S:
+            raise InputError(
+                f"hop_s: expected a value in [{MIN_HOP_S:g}, {MAX_HOP_S:.4f}] seconds "
+                f"(one VAD frame to one window), got {self.hop_s}"
+            )
         if self.max_pending_windows < 1:
             raise InputError(f"max_pending_windows: expected >= 1, got {self.max_pending_windows}")
 

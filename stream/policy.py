@@ -11,6 +11,8 @@ talker starts fresh.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -23,10 +25,13 @@ from .events import AlertEnd, AlertStart, Event
 
 @dataclass(frozen=True)
 class PolicyConfig:
+    """The live alert band and its timing. The thresholds have no default in
+    code: they come from the calibration file, where each is defined once."""
+
     #: Smoothed score below which a window counts toward an alert.
-    enter_threshold: float = 1.764
+    enter_threshold: float
     #: Smoothed score above which an active alert ends (>= enter_threshold).
-    exit_threshold: float = 2.5
+    exit_threshold: float
     #: Smoothing: mean of the last k scored windows.
     smoothing_windows: int = 4
     #: Consecutive below-threshold smoothed windows needed to start an alert.
@@ -41,10 +46,33 @@ class PolicyConfig:
             raise InputError(
                 f"policy: expected exit_threshold >= enter_threshold, got {self.exit_threshold} < {self.enter_threshold}"
             )
+        if not (math.isfinite(self.enter_threshold) and math.isfinite(self.exit_threshold)):
+            raise InputError(
+                f"policy: expected finite thresholds, got {self.enter_threshold}, {self.exit_threshold}"
+            )
         if self.smoothing_windows < 1 or self.min_alert_windows < 1:
-            raise InputError("policy: expected smoothing_windows >= 1 and min_alert_windows >= 1")
-        if self.cooldown_s < 0 or self.silence_reset_s <= 0:
-            raise InputError("policy: expected cooldown_s >= 0 and silence_reset_s > 0")
+            raise InputError(
+                f"policy: expected smoothing_windows >= 1 and min_alert_windows >= 1, "
+                f"got {self.smoothing_windows} and {self.min_alert_windows}"
+            )
+        if not 0 <= self.cooldown_s < math.inf or not 0 < self.silence_reset_s < math.inf:
+            raise InputError(
+                f"policy: expected cooldown_s >= 0 and silence_reset_s > 0 (finite), "
+                f"got {self.cooldown_s} and {self.silence_reset_s}"
+            )
+
+    @property
+    def band_width(self) -> float:
+        """Hysteresis: exit threshold minus enter threshold."""
+        return self.exit_threshold - self.enter_threshold
+
+    def with_band(self, enter_threshold: float, width: float | None = None) -> PolicyConfig:
+        """The one way to move the alert band: enter at ``enter_threshold``, exit
+        ``width`` above it (default: keep the current width)."""
+        width = self.band_width if width is None else width
+        return dataclasses.replace(
+            self, enter_threshold=enter_threshold, exit_threshold=enter_threshold + width
+        )
 
 
 class AlertPolicy:

@@ -7,11 +7,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spoofwatch.stream.events import Event
 
 from .common import add_model_args, print_json
+
+if TYPE_CHECKING:
+    from spoofwatch.calibration.calfile import Calibration
+    from spoofwatch.stream.engine import LiveConfig
 
 
 def register(sub: Any) -> None:
@@ -40,14 +44,25 @@ def register(sub: Any) -> None:
     monitor.set_defaults(func=cmd_monitor)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+def _settings(args: argparse.Namespace) -> tuple[Calibration, LiveConfig]:
+    """The calibration and engine settings, validated before any device, file or model is opened."""
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.stream.engine import EngineConfig, LiveConfig
+
+    cal = calibration_for(args.model, args.calibration, args.weights)
+    if args.hop_s is None:
+        return cal, cal.live
+    stream = EngineConfig(args.hop_s, cal.stream.max_pending_windows)
+    return cal, LiveConfig(stream, cal.gate, cal.policy)
+
+
+def _load(args: argparse.Namespace, cal: Calibration, live: LiveConfig) -> tuple[Any, Any]:
     from spoofwatch.model.detector import Detector
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
 
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    engine = build_engine(detector.calibration.live, SileroVad(), args.hop_s)
-    return detector, engine
+    detector = Detector.load(args.model, args.device, args.threads, args.weights, cal)
+    return detector, build_engine(live, SileroVad())
 
 
 def _emit(events: list[Event], as_json: bool) -> None:
@@ -65,10 +80,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from spoofwatch.stream.runner import InlineRunner
     from spoofwatch.stream.sources.file import file_chunks
 
+    cal, live = _settings(args)
     chunks = file_chunks(
         args.file, realtime=args.realtime
     )  # decodes now: bad files fail before loading the model
-    detector, engine = _load(args)
+    detector, engine = _load(args, cal, live)
     runner = InlineRunner(engine, detector.scorer)
     for chunk in chunks:
         _emit(runner.feed(chunk), args.json)
@@ -94,9 +110,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if not devices:
             sys.stdout.write("no input devices found\n")
         return 0
+    cal, live = _settings(args)
     device = parse_device(args.input_device)
     name, rate = input_device_info(device)  # fails fast, before the model loads
-    detector, engine = _load(args)
+    detector, engine = _load(args, cal, live)
     source = MicrophoneSource(rate, device)
     runner = InlineRunner(engine, detector.scorer, drop_stale=True)
     sink = JsonlSink(args.jsonl) if args.jsonl else None

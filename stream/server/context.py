@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import math
 from dataclasses import dataclass
 
 from spoofwatch.errors import ConfigError
@@ -36,13 +37,17 @@ class ServerConfig:
             raise ConfigError(
                 f"refusing to listen on {self.host} without --token: auth is required off loopback"
             )
-        if (
-            self.max_message_bytes < 1024
-            or self.max_streams < 1
-            or self.idle_timeout_s <= 0
-            or self.max_stream_duration_s <= 0
-        ):
-            raise ConfigError("server limits must be positive (max_message_bytes >= 1024)")
+        checks = (
+            ("port", 0 <= self.port <= 65535, "an integer in [0, 65535]"),
+            ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
+            ("max_streams", self.max_streams >= 1, ">= 1"),
+            ("idle_timeout_s", 0 < self.idle_timeout_s < math.inf, "a finite number > 0"),
+            ("max_stream_duration_s", 0 < self.max_stream_duration_s < math.inf, "a finite number > 0"),
+            ("max_batch_windows", self.max_batch_windows >= 1, ">= 1"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"server {name}: expected {expected}, got {getattr(self, name)!r}")
 
 
 def is_loopback(host: str) -> bool:
