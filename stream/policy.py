@@ -20,7 +20,7 @@ import numpy as np
 
 from spoofwatch.errors import InputError
 
-from .events import AlertEnd, AlertStart, Event
+from .events import END_OF_STREAM, RECOVERED, SILENCE, AlertEnd, AlertStart, Event
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class AlertPolicy:
         cfg = self.config
         if self.active:
             if self.smoothed > cfg.exit_threshold:
-                return [self._end(t, "recovered")]
+                return [self._end(t, RECOVERED)]
             return []
         self._below = self._below + 1 if self.smoothed < cfg.enter_threshold else 0
         if self._below >= cfg.min_alert_windows and t >= self._cooldown_until:
@@ -115,15 +115,15 @@ class AlertPolicy:
             self._silent_since = t
         if t - self._silent_since < self.config.silence_reset_s:
             return []
-        events: list[Event] = [self._end(t, "silence")] if self.active else []
+        events: list[Event] = [self._end(t, SILENCE)] if self.active else []
         self._recent.clear()
         self._below = 0
         self.smoothed = None
         return events
 
-    def finish(self, t: float) -> list[Event]:
-        """End of stream: close an open alert."""
-        return [self._end(t, "end_of_stream")] if self.active else []
+    def finish(self, t: float, reason: str = END_OF_STREAM) -> list[Event]:
+        """End of stream: close an open alert, saying why the stream ended."""
+        return [self._end(t, reason)] if self.active else []
 
     def _end(self, t: float, reason: str) -> AlertEnd:
         self.active = False

@@ -15,8 +15,8 @@ from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
 from spoofwatch.errors import InputError
+from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import Engine, build_engine
-from spoofwatch.stream.runner import InlineRunner
 
 SPOOF_ONSET_S = 8.0
 
@@ -41,14 +41,14 @@ def engine_for(vad: Any) -> Engine:
 
 
 def run_chunked(audio: np.ndarray, chunks: list[int], scorer: Any, vad: Any) -> list[dict[str, Any]]:
-    runner = InlineRunner(engine_for(vad), scorer)
+    driver = StreamDriver(engine_for(vad))
     events = []
     pos = 0
     for size in chunks:
-        events += runner.feed(audio[pos : pos + size])
+        events += driver.feed(audio[pos : pos + size], scorer)
         pos += size
     assert pos >= audio.size
-    return [e.to_json() for e in [*events, *runner.close()]]
+    return [e.to_json() for e in [*events, *driver.close(scorer)]]
 
 
 def test_stream_cli_alerts_only_after_spoof_onset(

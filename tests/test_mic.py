@@ -16,10 +16,10 @@ from spoofwatch.audio import read_audio, resample
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
 from spoofwatch.errors import DeviceError
+from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import build_engine
 from spoofwatch.stream.events import Event
 from spoofwatch.stream.monitor import run_monitor
-from spoofwatch.stream.runner import InlineRunner
 from spoofwatch.stream.sources.mic import MicrophoneSource, parse_device
 
 NATIVE_HZ = 48_000
@@ -84,12 +84,14 @@ def test_monitor_with_injected_stream(sw_home: Path, la_dir: Path, scorer: Any, 
 
     source = MicrophoneSource(NATIVE_HZ, device=None, stream_factory=factory)
     engine = build_engine(load_calibration(model="aasist-l").live, vad)
-    runner = InlineRunner(engine, scorer, drop_stale=True)
+    driver = StreamDriver(engine, NATIVE_HZ, drop_stale=True)
     seen: list[Event] = []
     stop = threading.Event()
     result: list[Event] = []
     consumer = threading.Thread(
-        target=lambda: result.extend(run_monitor(source, runner, seen.extend, stop, status_every_s=5.0))
+        target=lambda: result.extend(
+            run_monitor(source, driver, scorer, seen.extend, stop, status_every_s=5.0)
+        )
     )
     consumer.start()
     deadline = time.monotonic() + 60

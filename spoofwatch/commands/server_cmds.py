@@ -87,13 +87,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     import anyio
 
     from spoofwatch.audio import read_audio
+    from spoofwatch.errors import CloseCode
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
     result = anyio.run(
         lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json)
     )
-    if result.close_code != 1000:
+    if result.close_code != CloseCode.NORMAL:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
         return 6
     return 0

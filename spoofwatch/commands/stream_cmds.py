@@ -77,7 +77,8 @@ def _emit(events: list[Event], as_json: bool) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from spoofwatch.stream.runner import InlineRunner
+    from spoofwatch.stream.driver import StreamDriver
+    from spoofwatch.stream.events import SHUTDOWN
     from spoofwatch.stream.sources.file import file_chunks
 
     cal, live = _settings(args)
@@ -85,16 +86,20 @@ def cmd_stream(args: argparse.Namespace) -> int:
         args.file, realtime=args.realtime
     )  # decodes now: bad files fail before loading the model
     detector, engine = _load(args, cal, live)
-    runner = InlineRunner(engine, detector.scorer)
-    for chunk in chunks:
-        _emit(runner.feed(chunk), args.json)
-    _emit(runner.close(), args.json)
+    driver = StreamDriver(engine)
+    try:
+        for chunk in chunks:
+            _emit(driver.feed(chunk, detector.scorer), args.json)
+    except KeyboardInterrupt:  # Ctrl-C: flush and summarise what was heard, then exit 130
+        _emit(driver.close(detector.scorer, SHUTDOWN), args.json)
+        raise
+    _emit(driver.close(detector.scorer), args.json)
     return 0
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from spoofwatch.stream.monitor import capture_status, run_monitor
-    from spoofwatch.stream.runner import InlineRunner
+    from spoofwatch.stream.driver import StreamDriver
+    from spoofwatch.stream.monitor import close_monitor, run_monitor
     from spoofwatch.stream.sinks import JsonlSink, format_event, live_line
     from spoofwatch.stream.sources.mic import (
         MicrophoneSource,
@@ -115,7 +120,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     name, rate = input_device_info(device)  # fails fast, before the model loads
     detector, engine = _load(args, cal, live)
     source = MicrophoneSource(rate, device)
-    runner = InlineRunner(engine, detector.scorer, drop_stale=True)
+    driver = StreamDriver(engine, rate, drop_stale=True)
     sink = JsonlSink(args.jsonl) if args.jsonl else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -135,10 +140,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     try:
-        closing = run_monitor(source, runner, on_events, stop)
-    except KeyboardInterrupt:  # Ctrl-C: the capture is already stopped; summarise
+        closing = run_monitor(source, driver, detector.scorer, on_events, stop)
+    except KeyboardInterrupt:  # Ctrl-C: the capture is already stopped; flush and summarise
         stop.set()
-        closing = [*runner.close(), capture_status(source, runner)]
+        closing = close_monitor(source, driver, detector.scorer)
     on_events(closing)
     if sink:
         sink.close()

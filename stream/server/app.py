@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from spoofwatch.errors import ProtocolError
+from spoofwatch.errors import CloseCode, ProtocolError
 
 from .context import ServerConfig, ServerContext
 from .native import handle_native
@@ -29,9 +29,6 @@ from .twilio import handle_twilio
 
 log = logging.getLogger(__name__)
 ROUTES = {"/": handle_native, "/twilio": handle_twilio}
-IDLE_TIMEOUT = 1001
-SERVER_ERROR = 1011
-TRY_AGAIN_LATER = 1013
 
 
 def _token_from(request: Request) -> str | None:
@@ -74,7 +71,7 @@ class WebSocketServer:
         handler = ROUTES[urlsplit(ws.request.path).path]
         if self.ctx.active_streams >= self.ctx.config.max_streams:
             await self._close(
-                ws, TRY_AGAIN_LATER, f"server at capacity ({self.ctx.config.max_streams} streams)"
+                ws, CloseCode.TRY_AGAIN_LATER, f"server at capacity ({self.ctx.config.max_streams} streams)"
             )
             return
         self.ctx.active_streams += 1
@@ -89,12 +86,12 @@ class WebSocketServer:
         if isinstance(exc, ProtocolError):
             await self._close(ws, exc.close_code, str(exc))
         elif isinstance(exc, TimeoutError):
-            await self._close(ws, IDLE_TIMEOUT, f"idle for {self.ctx.config.idle_timeout_s:g} s")
+            await self._close(ws, CloseCode.GOING_AWAY, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
             log.info("client went away")
         else:
             log.error("stream handler failed", exc_info=exc)
-            await self._close(ws, SERVER_ERROR, "internal error")
+            await self._close(ws, CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
         log.info("closing stream with %d: %s", code, reason)

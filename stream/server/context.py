@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import math
+import time
 from dataclasses import dataclass
 
 from spoofwatch.errors import ConfigError
 
+from ..driver import StreamDriver
 from ..engine import Engine, LiveConfig, build_engine
 from ..gate import SileroVad
 from .batcher import BatchScorer
@@ -83,3 +85,8 @@ class ServerContext:
 
     def new_engine(self) -> Engine:
         return build_engine(self.live, self.vad)
+
+    def new_driver(self, rate_hz: int) -> StreamDriver:
+        """A live stream's driver: stale windows dropped unless the client sends
+        faster than real time (by the wall clock)."""
+        return StreamDriver(self.new_engine(), rate_hz, drop_stale=True, clock=time.monotonic)

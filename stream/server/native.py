@@ -13,14 +13,14 @@ from typing import Any
 
 import anyio
 
-from spoofwatch.errors import ProtocolError
+from spoofwatch.errors import CloseCode, ProtocolError
 
 from ..codecs import ENCODINGS, INVALID_PAYLOAD, decode
 from .context import ServerContext
 from .session import StreamSession
 
-PROTOCOL_ERROR = 1002
-UNSUPPORTED = 1003
+PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+UNSUPPORTED = CloseCode.UNSUPPORTED
 MAX_SAMPLE_RATE_HZ = 192_000
 
 
@@ -74,7 +74,7 @@ async def handle_native(ws: Any, ctx: ServerContext) -> None:
         await ws.send(json.dumps(event))
 
     session = StreamSession(
-        ctx.new_engine(), ctx.batcher, emit, rate, ctx.config.max_stream_duration_s, {"stream_id": stream_id}
+        ctx.new_driver(rate), ctx.batcher, emit, ctx.config.max_stream_duration_s, {"stream_id": stream_id}
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.serve)

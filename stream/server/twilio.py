@@ -68,12 +68,10 @@ async def handle_twilio(ws: Any, ctx: ServerContext) -> None:
                     "streamSid": message.get("streamSid") or start.get("streamSid"),
                 }
                 for track in tracks:
-                    engine = ctx.new_engine()
                     sessions[track] = StreamSession(
-                        engine,
+                        ctx.new_driver(TWILIO_RATE_HZ),
                         ctx.batcher,
                         ctx.sinks.emit,
-                        TWILIO_RATE_HZ,
                         ctx.config.max_stream_duration_s,
                         {**tags, "track": track},
                     )
