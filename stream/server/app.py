@@ -1,11 +1,11 @@
 """The WebSocket server: auth, limits, routing, and per-connection isolation.
 
 A connection that breaks the protocol is closed with a code and a reason
-naming what was expected; no other connection notices. Close codes:
-1000 done, 1001 idle timeout, 1002 protocol order, 1003 unsupported format,
-1007 bad payload, 1008 duration limit, 1009 message too big, 1011 server
-error, 1013 too many streams. Bad or missing tokens get HTTP 401 before the
-WebSocket upgrade.
+naming what was expected; no other connection notices. The codes are the
+:class:`~spoofwatch.errors.CloseCode` members: 1000 done, 1001 idle timeout,
+1002 protocol order, 1003 unsupported format, 1007 bad payload, 1008 duration
+limit, 1009 message too big, 1011 server error, 1013 too many streams. Bad or
+missing tokens get HTTP 401 before the WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from websockets.http11 import Request, Response
 
 from spoofwatch.errors import CloseCode, ProtocolError
 
+from .connection import ROUTES, first_leaf
 from .context import ServerConfig, ServerContext
-from .native import handle_native
-from .twilio import handle_twilio
 
 log = logging.getLogger(__name__)
-ROUTES = {"/": handle_native, "/twilio": handle_twilio}
 
 
 def _token_from(request: Request) -> str | None:
@@ -37,13 +35,6 @@ def _token_from(request: Request) -> str | None:
         return auth[len("Bearer ") :].strip()
     values = parse_qs(urlsplit(request.path).query).get("token")
     return values[0] if values else None
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) task-group exception groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 class WebSocketServer:
@@ -78,7 +69,7 @@ class WebSocketServer:
         try:
             await handler(ws, self.ctx)
         except Exception as raised:
-            await self._fail(ws, _first_leaf(raised))
+            await self._fail(ws, first_leaf(raised))
         finally:
             self.ctx.active_streams -= 1
 

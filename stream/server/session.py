@@ -138,11 +138,24 @@ class StreamSession:
 
     # ---- end of stream -----------------------------------------------------
 
+    def _close_streams(self) -> None:
+        for stream in (
+            self._audio_send,
+            self._audio_recv,
+            self._ready_send,
+            self._ready_recv,
+            self._room_send,
+            self._room_recv,
+        ):
+            stream.close()
+
     async def finish(self, reason: str = END_OF_STREAM) -> None:
         """After ``serve`` returned: close alerts and emit the summary."""
+        self._close_streams()
         await self._send(self.driver.finish(reason))
 
     async def abort(self, reason: str) -> None:
         """The stream ended abnormally (``serve`` was cancelled): unscored windows
         are dropped, an open alert ends with ``reason``, and the summary follows."""
+        self._close_streams()
         await self._send(self.driver.abort(reason))
