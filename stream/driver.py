@@ -6,8 +6,11 @@ It owns what used to be rewritten around the engine by each adapter:
 * **resampling** from the input rate to 16 kHz (``cut``), flushed at the end;
 * the **stale-window rule**: a *live* stream scores its freshest window;
   older waiting ones are dropped (never audio) and counted. A stream is live
-  when ``drop_stale`` is set and its audio is not running ahead of the clock
-  (a file uploaded faster than real time is never dropped from: it waits);
+  when ``drop_stale`` is set and it is not an upload: a stream whose audio
+  ever arrived more than ``realtime_slack_s`` ahead of the clock is a file
+  sent faster than real time, is never dropped from, and waits instead
+  (``backlogged``). A real-time source can arrive late, never early, so the
+  decision does not depend on how fast the machine scores;
 * **end of stream**: ``close`` flushes the resampler and the windower, scores
   what is left and finishes; ``abort`` finishes at once (protocol error,
   disconnect, shutdown). Either way the stream gets exactly one ``summary``,
@@ -63,6 +66,8 @@ class StreamDriver:
         self._resampler = StreamResampler(rate_hz)
         self._queue: deque[PendingWindow] = deque()
         self._t0: float | None = None
+        #: The audio once ran ahead of the clock: an upload, never dropped from.
+        self.upload = False
         #: Input samples (at ``rate_hz``) the driver has been told about.
         self.received_samples = 0
         #: Every window of the stream has been queued (the input ended and was flushed).
@@ -76,6 +81,8 @@ class StreamDriver:
         if self._t0 is None and self._clock is not None:
             self._t0 = self._clock()
         self.received_samples += n_samples
+        if self._clock is not None and self._t0 is not None and not self.upload:
+            self.upload = self.received_s > self._clock() - self._t0 + self._slack_s
 
     @property
     def received_s(self) -> float:
@@ -89,13 +96,8 @@ class StreamDriver:
     # ---- queue side ---------------------------------------------------------
 
     def is_live(self) -> bool:
-        """Whether stale windows may be dropped now."""
-        return self.drop_stale and not self._ahead_of_real_time()
-
-    def _ahead_of_real_time(self) -> bool:
-        if self._clock is None or self._t0 is None:
-            return False
-        return self.received_s > self._clock() - self._t0 + self._slack_s
+        """Whether stale windows may be dropped."""
+        return self.drop_stale and not self.upload
 
     def enqueue(self, pending: list[PendingWindow], last: bool = False) -> None:
         """Queue windows for scoring; a live stream keeps at most ``max_pending_windows``."""

@@ -29,6 +29,10 @@ from .context import ServerContext
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
+#: Seconds an abnormal end may spend emitting its closing events (shielded
+#: from cancellation, so a shutdown still logs them; bounded, so a client
+#: that stopped reading cannot hold the shutdown).
+ABORT_GRACE_S = 5.0
 
 
 def first_leaf(exc: BaseException) -> BaseException:
@@ -91,7 +95,7 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                 session.close_input()
     except BaseException as exc:
         reason = end_reason(exc)
-        with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(ABORT_GRACE_S, shield=True):
             for session in sessions.values():
                 await session.abort(reason)
         raise
