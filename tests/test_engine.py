@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from helpers import BONAFIDE_UTT, la_clip
+from helpers import BONAFIDE_UTT, ONSET_S, la_clip
 
 from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
@@ -18,21 +18,14 @@ from spoofwatch.errors import InputError
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import Engine, build_engine
 
-SPOOF_ONSET_S = 8.0
-
-
-def repeat_to(audio: np.ndarray, n: int) -> np.ndarray:
-    return np.tile(audio, n // audio.size + 1)[:n]
+SPOOF_ONSET_S = ONSET_S
 
 
 @pytest.fixture(scope="module")
-def concat_wav(la_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 8 s of the bona fide LA clip, then about 8 s of a spoofed LA clip."""
-    bona = read_audio(la_clip(la_dir, BONAFIDE_UTT))
-    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
-    n = int(SPOOF_ONSET_S * 16000)
+def concat_wav(spoof_stream: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The genuine-then-spoof test stream as a WAV file."""
     path = tmp_path_factory.mktemp("audio") / "bona_then_spoof.wav"
-    soundfile.write(path, np.concatenate([repeat_to(bona, n), repeat_to(spoof, n)]), 16000, subtype="FLOAT")
+    soundfile.write(path, spoof_stream, 16000, subtype="FLOAT")
     return path
 
 

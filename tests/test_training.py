@@ -10,10 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -283,14 +282,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def la_server(la_dir: Path, tmp_path: Path) -> Iterator[tuple[str, type[RangeHandler]]]:
+def la_server(
+    la_dir: Path, tmp_path: Path, loopback_http: Callable[[type[RangeHandler]], str]
+) -> tuple[str, type[RangeHandler]]:
     handler = type("H", (RangeHandler,), {"body": make_zip(la_dir, tmp_path), "ranges": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/LA.zip", handler
-    httpd.shutdown()
-    httpd.server_close()
+    return loopback_http(handler) + "/LA.zip", handler
 
 
 def test_prepare_la_downloads_resumes_and_verifies(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def server(shared: Path) -> Iterator[str]:
-    handler = type("H", (_Handler,), {"weights_dir": shared / "weights"})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+def server(shared: Path, loopback_http: Callable[[type[_Handler]], str]) -> str:
+    return loopback_http(type("H", (_Handler,), {"weights_dir": shared / "weights"}))
 
 
 @pytest.fixture()
