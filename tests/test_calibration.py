@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import BONAFIDE_UTT, SPOOF_UTTS
+from helpers import BONAFIDE_UTT, SPOOF_UTTS, genuine_then_spoof
 
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.calibration.protocol import parse_protocol, read_scores
@@ -314,12 +314,13 @@ def test_bonafide_tuning_meets_its_target(
 
 
 def test_streaming_calibration_and_report(
-    sw_home: Path, mini_la: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sw_home: Path,
+    la_dir: Path,
+    mini_la: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import numpy as np
     import soundfile
-
-    from spoofwatch.audio import read_audio
 
     protocol, flac = mini_la
     scores = tmp_path / "scores.txt"
@@ -342,9 +343,7 @@ def test_streaming_calibration_and_report(
     text = (report_dir / "report.md").read_text()
     assert "## Streaming" in text and "false alerts per hour" in text and "![DET curve](det.png)" in text
     # The fitted policy, run live on a new bona fide -> spoof stream, alerts only after the switch.
-    bona = read_audio(flac / f"{BONAFIDE_UTT}.flac")
-    spoof = read_audio(flac / f"{SPOOF_UTTS[2]}.flac")
-    stream = np.concatenate([np.tile(bona, 4)[: 9 * 16000], np.tile(spoof, 5)[: 8 * 16000]])
+    stream = genuine_then_spoof(la_dir, onset_s=9.0, spoof_s=8.0, spoof_utt=SPOOF_UTTS[2])
     soundfile.write(tmp_path / "switch.wav", stream, 16000, subtype="FLOAT")
     capsys.readouterr()
     assert (
