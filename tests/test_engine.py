@@ -123,3 +123,32 @@ def test_stream_cli_bad_file(sw_home: Path, tmp_path: Path, capsys: pytest.Captu
     bad.write_bytes(b"RIFF0000WAVE")
     assert main(["stream", str(bad)]) == 3
     assert "cannot decode audio" in capsys.readouterr().err
+
+
+def test_stream_cli_ctrl_c_flushes_and_closes_the_alert(
+    sw_home: Path,
+    spoof_stream: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C mid-file: what was heard is flushed and scored, the open alert ends
+    with reason "shutdown", one summary follows, and the exit status is 130."""
+    import spoofwatch.stream.sources.file as file_source
+
+    heard = spoof_stream[: 13 * 16000 + 123]  # mid-alert, not on a chunk or hop boundary
+
+    def interrupted(path: object, realtime: bool = False) -> Any:
+        def chunks() -> Any:
+            yield from file_source.iter_chunks(heard)
+            raise KeyboardInterrupt
+
+        return chunks()
+
+    monkeypatch.setattr(file_source, "file_chunks", interrupted)
+    assert main(["stream", "--json", "--device", "cpu", "unused.wav"]) == 130
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["type"] for e in events].count("alert_start") == 1
+    end, summary = events[-2:]
+    assert end["type"] == "alert_end" and end["reason"] == "shutdown"
+    assert summary["type"] == "summary" and summary["duration_s"] == pytest.approx(heard.size / 16000)
+    assert [e["type"] for e in events].count("summary") == 1
