@@ -57,6 +57,7 @@ def end_reason(exc: BaseException) -> str:
 
 
 async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol) -> None:
+    """Serve one connection: read, parse, route to sessions, end each stream once."""
     sessions: dict[str, StreamSession] = {}
 
     async def emit(event: dict[str, Any]) -> None:
@@ -65,9 +66,8 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
             try:
                 await ws.send(json.dumps(event))
             except ConnectionClosed:
-                log.debug(
-                    "client gone; event kept in the sinks only"
-                )  # the reader notices and ends the stream
+                # The reader notices too and ends the stream; the sinks have the event.
+                log.debug("client gone; event kept in the sinks only")
 
     try:
         async with anyio.create_task_group() as tg:
