@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
     )
     fetch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     fetch.set_defaults(func=cmd_weights_fetch)
-    lst = wsub.add_parser("list", help="show installed weights with their hashes")
+    lst = wsub.add_parser(
+        "list", help="show where each model's weights come from (packaged / cache / custom), with hashes"
+    )
     lst.set_defaults(func=cmd_weights_list)
 
     export = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
@@ -56,9 +58,16 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 def cmd_weights_list(args: argparse.Namespace) -> int:
     from spoofwatch.model.weights import list_weights
 
+    # One line per place a file is looked for; "*" marks the file loads use.
     for row in list_weights():
-        state = "ok" if row.ok else ("MISMATCH" if row.sha256 else "missing")
-        sys.stdout.write(f"{row.model:9s} {state:8s} {row.sha256 or '-':64s} {row.path}\n")
+        if row.source == "custom":
+            state = "custom"
+        else:
+            state = "ok" if row.ok else ("MISMATCH" if row.sha256 else "missing")
+        mark = "*" if row.in_use else " "
+        sys.stdout.write(
+            f"{mark} {row.model or '-':9s} {row.source:8s} {state:8s} {row.sha256 or '-':64s} {row.path}\n"
+        )
     return 0
 
 

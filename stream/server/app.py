@@ -25,6 +25,7 @@ from spoofwatch.errors import ProtocolError
 
 from .context import ServerConfig, ServerContext
 from .native import handle_native
+from .static import page_response
 from .twilio import handle_twilio
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class WebSocketServer:
         self.ctx = ctx
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Browser client (static.py): a plain GET of the page or its files; upgrades go on.
+        page = page_response(request, self.ctx)
+        if page is not None:
+            return page
         path = urlsplit(request.path).path
         if path not in ROUTES:
             return connection.respond(
