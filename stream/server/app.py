@@ -25,7 +25,7 @@ from spoofwatch.errors import ProtocolError
 
 from .context import ServerConfig, ServerContext
 from .native import handle_native
-from .static import page_response
+from .static import page_response, page_url
 from .twilio import handle_twilio
 
 log = logging.getLogger(__name__)
@@ -128,5 +128,6 @@ class WebSocketServer:
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
+                log.info("browser page at %s", page_url(config.host, port, config.token))
                 task_status.started(port)
                 await anyio.sleep_forever()

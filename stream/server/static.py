@@ -17,7 +17,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -45,6 +45,14 @@ _SECURITY_HEADERS = (
     ("X-Content-Type-Options", "nosniff"),
     ("Cache-Control", "no-cache"),
 )
+
+
+def page_url(host: str, port: int, token: str | None = None) -> str:
+    """The address to open in a browser (with the token, when the server wants one)."""
+    shown = f"[{host}]" if ":" in host else host
+    if shown in ("0.0.0.0", "[::]"):
+        shown = "127.0.0.1"
+    return f"http://{shown}:{port}/" + (f"?token={quote(token)}" if token else "")
 
 
 def is_websocket_upgrade(request: Request) -> bool:
