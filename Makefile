@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:
-#   make run    live detection on the default microphone
+#   make run    live detection on the default microphone; without one, the
+#               server and its browser page on loopback (it prints the URL)
 #   make test   lint, type-check and the full test suite
 # Both create .venv on first use and install everything into it.
 
@@ -23,9 +24,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The official weights ship in the package: no download, works offline.
 run: install
-	$(BIN)/spoofwatch weights list | grep -q '^aasist-l  ok' || $(BIN)/spoofwatch weights fetch --model aasist-l
-	$(BIN)/spoofwatch monitor
+	$(BIN)/spoofwatch run
 
 lint: install
 	$(BIN)/ruff check spoofwatch model stream calibration configs tests benchmarks
