@@ -184,9 +184,7 @@ def list_weights() -> list[InstalledWeights]:
             digest = sha256_file(path) if path.is_file() else None
             in_use = digest is not None and not chosen
             chosen = chosen or in_use
-            rows.append(
-                InstalledWeights(name, source, path, digest, digest == config.weights_sha256, in_use)
-            )
+            rows.append(InstalledWeights(name, source, path, digest, digest == config.weights_sha256, in_use))
     cache = weights_dir()
     if cache.is_dir():
         for path in sorted(cache.glob("*.pth")):

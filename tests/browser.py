@@ -72,7 +72,9 @@ class Chromium:
         self._stack = contextlib.ExitStack()
         try:
             port = self._wait_for_port(profile / "DevToolsActivePort", timeout_s=60.0)
-            self._ws = self._stack.enter_context(connect(self._page_socket(port), max_size=None, open_timeout=30))
+            self._ws = self._stack.enter_context(
+                connect(self._page_socket(port), max_size=None, open_timeout=30)
+            )
             self.call("Page.enable")
             self.call("Runtime.enable")
         except BaseException:
@@ -177,4 +179,3 @@ class Chromium:
             self.process.kill()
             self.process.wait(timeout=15)
         self._log.close()
-

@@ -50,7 +50,8 @@ class CliProcess:
                 line = self._queue.get(timeout=timeout_s)
             except queue.Empty:
                 raise AssertionError(
-                    f"no line matching {pattern.pattern!r} within {timeout_s} s; output:\n" + "\n".join(self.lines)
+                    f"no line matching {pattern.pattern!r} within {timeout_s} s; output:\n"
+                    + "\n".join(self.lines)
                 ) from None
             if line is None:
                 raise AssertionError(

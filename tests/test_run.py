@@ -97,7 +97,11 @@ def pulse_mic(tmp_path: Path) -> Iterator[dict[str, str]]:
     run_dir = tmp_path / "pulse"
     run_dir.mkdir()
     socket = run_dir / "native"
-    env = {"XDG_RUNTIME_DIR": str(run_dir), "PULSE_SERVER": f"unix:{socket}", "PULSE_COOKIE": str(run_dir / "cookie")}
+    env = {
+        "XDG_RUNTIME_DIR": str(run_dir),
+        "PULSE_SERVER": f"unix:{socket}",
+        "PULSE_COOKIE": str(run_dir / "cookie"),
+    }
     full_env = {**os.environ, **env, "HOME": str(run_dir)}
     log = (run_dir / "log").open("wb")
     daemon = subprocess.Popen(

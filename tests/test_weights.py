@@ -134,7 +134,9 @@ def test_corrupted_cache_is_caught_at_load(shared: Path, home: Path) -> None:
         load_torch_model("aasist-l")
 
 
-def test_missing_weights_say_how_to_fetch(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_say_how_to_fetch(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from spoofwatch.model import weights
 
     monkeypatch.setattr(weights, "packaged_weights_dir", lambda: tmp_path / "no-package")

@@ -43,6 +43,13 @@ def register(sub: Any) -> None:
     add_model_args(score)
     score.add_argument("--hop-s", type=float, default=1.0, help="seconds between window starts (default 1.0)")
     score.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    score.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also draw each file's window scores and threshold to DIR/<file name>.png",
+    )
     score.add_argument("files", nargs="+", type=Path, metavar="FILE")
     score.set_defaults(func=cmd_score)
 
@@ -106,4 +113,15 @@ def cmd_score(args: argparse.Namespace) -> int:
             print_json(result.to_json())
         else:
             _print_table(result)
+        if args.plot:
+            _plot_file(result.to_json(), path, args.plot)
     return 1 if failed else 0
+
+
+def _plot_file(result: dict[str, Any], path: Path, out_dir: Path) -> None:
+    from spoofwatch.plots import plot_file_score
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{path.name}.png"
+    plot_file_score(result, target)
+    log.info("wrote %s", target)

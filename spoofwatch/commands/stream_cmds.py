@@ -22,6 +22,13 @@ def register(sub: Any) -> None:
         "--realtime", action="store_true", help="pace the file at 1x instead of as fast as possible"
     )
     stream.add_argument("--json", action="store_true", help="events as JSON lines")
+    stream.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also draw score, smoothed score, thresholds, speech and alerts over time to this PNG",
+    )
     stream.add_argument("file", type=Path, metavar="FILE")
     stream.set_defaults(func=cmd_stream)
 
@@ -70,10 +77,27 @@ def cmd_stream(args: argparse.Namespace) -> int:
     )  # decodes now: bad files fail before loading the model
     detector, engine = _load(args)
     runner = InlineRunner(engine, detector.scorer)
+    drawn: list[Event] = []
     for chunk in chunks:
-        _emit(runner.feed(chunk), args.json)
-    _emit(runner.close(), args.json)
+        events = runner.feed(chunk)
+        drawn += events if args.plot else []
+        _emit(events, args.json)
+    closing = runner.close()
+    _emit(closing, args.json)
+    if args.plot:
+        _plot_stream([*drawn, *closing], engine, args)
     return 0
+
+
+def _plot_stream(events: list[Event], engine: Any, args: argparse.Namespace) -> None:
+    from spoofwatch.plots import plot_timeline
+
+    policy = engine.policy.config
+    title = f"{args.file.name} ({args.model})"
+    plot_timeline(
+        [e.to_json() for e in events], policy.enter_threshold, policy.exit_threshold, args.plot, title
+    )
+    sys.stderr.write(f"wrote {args.plot}\n")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

@@ -41,7 +41,10 @@ _CONTENT_TYPES = {
 }
 #: Only what the page itself loads: no third-party origin, no inline script.
 _SECURITY_HEADERS = (
-    ("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:"),
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:",
+    ),
     ("X-Content-Type-Options", "nosniff"),
     ("Cache-Control", "no-cache"),
 )
