@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export SPOOFWATCH_SHARED ?= $(SHARED)
 
-.PHONY: install run test lint
+.PHONY: install run test lint docs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,3 +34,8 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# The README's pictures, built from ../shared (docs/img/ is not committed):
+# stream/score plots, the calibration report and the browser page's screenshot.
+docs: install
+	$(PY) docs/make_images.py --out docs/img

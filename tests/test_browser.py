@@ -29,6 +29,8 @@ WAV_S = 16.0
 #: Scored windows the genuine stream must pass without an alert; the spoofed
 #: stream must alert within as many, so both runs are judged on equal terms.
 JUDGED_WINDOWS = 10
+#: Scored windows to wait for after the alert before the screenshot.
+AFTER_ALERT_WINDOWS = 6
 #: Generous deadlines for a loaded 2-core machine (waits end as soon as the page is ready).
 STREAM_TIMEOUT_S = 240.0
 #: A screenshot of the page is a PNG of at least this size.
@@ -131,7 +133,10 @@ def test_spoofed_microphone_raises_the_alert_banner(
     assert not banner["hidden"] and banner["state"] == "active" and banner["height"] > 40
     assert "SPOOF ALERT" in banner["text"]
     assert f"Started at {alert['t']:.1f} s" in banner["text"]
+    assert page.evaluate("window.spoofwatch.alertActive") is True
     assert banner["color"] == "rgb(198, 40, 40)"
+    # Let the chart run on a little past the alert, for a screenshot worth reading.
+    page.wait_for(f"{SCORED} >= {len(scored_before) + AFTER_ALERT_WINDOWS}", STREAM_TIMEOUT_S, "more windows")
     # The chart and the log show what happened.
     assert page.evaluate("document.querySelectorAll('#log li.alert_start').length") == 1
     assert page.evaluate("document.getElementById('speech-state').dataset.state") == "speech"

@@ -7,7 +7,8 @@
   const FILE_RATE_HZ = 16000;          // files are decoded and resampled to this rate
   const FILE_FRAME_SAMPLES = 320;      // 20 ms frames, like the reference client
   const FAST_BUFFER_BYTES = 256 * 1024; // "as fast as accepted": keep at most this much unsent
-  const CHART_SPAN_S = 60;             // seconds of stream time the chart shows
+  const CHART_SPAN_S = 60;             // seconds of stream time the chart shows at most
+  const CHART_MIN_SPAN_S = 20;         // ...and at least, so a young stream is not squashed
   const LOG_MAX_ITEMS = 600;           // DOM entries kept in the log (events are all kept)
   const CLOSE_REASONS = {
     1000: "stream complete",
@@ -334,8 +335,9 @@
     const pad = { l: 48, r: 12, t: 12, b: 28 };
     g.clearRect(0, 0, W, H);
     const pts = state.points;
-    const tEnd = pts.length ? pts[pts.length - 1].t_end : CHART_SPAN_S;
-    const t0 = Math.max(0, tEnd - CHART_SPAN_S), t1 = Math.max(t0 + CHART_SPAN_S, tEnd);
+    const tEnd = pts.length ? pts[pts.length - 1].t_end : CHART_MIN_SPAN_S;
+    // The last CHART_SPAN_S seconds; a young stream fills at least CHART_MIN_SPAN_S.
+    const t0 = Math.max(0, tEnd - CHART_SPAN_S), t1 = Math.max(t0 + CHART_MIN_SPAN_S, tEnd + 0.5);
     const c = state.config || {};
     const values = [];
     pts.forEach((p) => {
@@ -366,7 +368,8 @@
       g.beginPath(); g.moveTo(pad.l, y(v)); g.lineTo(W - pad.r, y(v)); g.stroke();
       g.fillText(String(v), 8, y(v) + 4);
     }
-    for (let t = Math.ceil(t0 / 10) * 10; t <= t1; t += 10) g.fillText(t + " s", x(t) - 10, H - 8);
+    const tick = t1 - t0 > 30 ? 10 : 5;
+    for (let t = Math.ceil(t0 / tick) * tick; t <= t1; t += tick) g.fillText(t + " s", x(t) - 10, H - 8);
 
     // thresholds
     const hline = (v, color) => {
