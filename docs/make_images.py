@@ -26,9 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img")
-    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("SPOOFWATCH_SHARED", REPO.parent / "shared")))
+    parser.add_argument(
+        "--shared", type=Path, default=Path(os.environ.get("SPOOFWATCH_SHARED", REPO.parent / "shared"))
+    )
     parser.add_argument("--no-screenshot", action="store_true", help="skip the browser screenshot")
     args = parser.parse_args()
 
@@ -50,10 +54,15 @@ def main() -> int:
         ["-q", "stream", "--plot", str(out / "timeline.png"), str(wav)],
         ["-q", "score", "--plot", str(out / "score"), *map(str, clips)],
         [
-            "-q", "calibrate", "fit",
-            "--scores", str(args.shared / "data" / "scores" / "aasist-l_official_la_eval_scores.txt"),
-            "--out", str(out / "calibration" / "eval_eer.toml"),
-            "--report", str(out / "calibration"),
+            "-q",
+            "calibrate",
+            "fit",
+            "--scores",
+            str(args.shared / "data" / "scores" / "aasist-l_official_la_eval_scores.txt"),
+            "--out",
+            str(out / "calibration" / "eval_eer.toml"),
+            "--report",
+            str(out / "calibration"),
         ],
     ]
     for argv in steps:

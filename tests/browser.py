@@ -156,6 +156,14 @@ class Chromium:
             time.sleep(0.1)  # polling page state, not synchronising on time
         raise PageError(f"timed out after {timeout_s} s waiting for {describe or expression}")
 
+    def wait_for_file(self, path: Path, timeout_s: float) -> None:
+        """Wait until Chromium has finished writing ``path`` (it renames a .crdownload at the end)."""
+        deadline = time.monotonic() + timeout_s
+        while not path.is_file():
+            if time.monotonic() > deadline:
+                raise PageError(f"no file {path} after {timeout_s} s")
+            time.sleep(0.05)  # polling the file system for Chromium's write
+
     def set_file(self, selector: str, path: Path) -> None:
         """Choose ``path`` in a file input, as a user picking it would (fires ``change``)."""
         node = self.call("Runtime.evaluate", expression=f"document.querySelector({json.dumps(selector)})")

@@ -8,6 +8,7 @@ page's state with a deadline; nothing here depends on the machine's speed.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from collections.abc import Iterator
@@ -170,6 +171,16 @@ def test_genuine_microphone_raises_no_alert(
     assert page.evaluate(ALERTS) == 0
     assert page.evaluate("document.getElementById('alert-banner').hidden") is True
     assert page.evaluate("document.getElementById('conn-state').textContent").startswith("finished")
+
+    # "Download events (JSONL)" saves exactly the events the page kept.
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    page.call("Page.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+    page.evaluate("document.getElementById('download').click()", user_gesture=True)
+    saved = downloads / "spoofwatch-events.jsonl"
+    page.wait_for_file(saved, 60)
+    kept = page.evaluate("window.spoofwatch.events")
+    assert [json.loads(line) for line in saved.read_text().splitlines()] == kept
 
 
 def test_dropped_file_as_fast_as_accepted_matches_the_reference_client(

@@ -30,7 +30,9 @@ def anyio_backend() -> str:
 
 
 @asynccontextmanager
-async def running(scorer: Any, vad: Any, token: str | None = None) -> AsyncIterator[tuple[str, ServerContext]]:
+async def running(
+    scorer: Any, vad: Any, token: str | None = None
+) -> AsyncIterator[tuple[str, ServerContext]]:
     config = ServerConfig(host="127.0.0.1", port=0, token=token)
     ctx = ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l"), vad, ServerSinks())
     try:
