@@ -229,3 +229,33 @@ def test_page_without_the_token_says_why_it_cannot_stream(
         "an error message",
     )
     assert "needs a token" in error and "?token=" in error
+
+
+def test_dropped_file_at_real_time(server: str, browser_for: Any, la_dir: Path, tmp_path: Path) -> None:
+    """A file dropped on the page, paced at 1x: the stream runs to its summary."""
+    import base64
+
+    wav = tmp_path / "short.wav"
+    audio = read_audio(la_clip(la_dir, SPOOF_UTTS[1]))
+    sf.write(wav, np.tile(audio, 3)[: 6 * 16000], 16000, subtype="PCM_16")
+    page = browser_for(None)
+    page.navigate(server)
+    page.wait_for("window.spoofwatch.config !== null", 60, "the page's settings")
+    assert page.evaluate("document.getElementById('pace').value") == "realtime"  # the default
+    encoded = base64.b64encode(wav.read_bytes()).decode()
+    # A drop event carrying the file, as the browser delivers one when a user drops it.
+    page.evaluate(
+        "(() => { const bytes = Uint8Array.from(atob('" + encoded + "'), c => c.charCodeAt(0));"
+        " const dt = new DataTransfer(); dt.items.add(new File([bytes], 'short.wav', {type: 'audio/wav'}));"
+        " document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
+        " })()"
+    )
+    page.wait_for(
+        "window.spoofwatch.lastClose !== null", STREAM_TIMEOUT_S, "the dropped file's stream to finish"
+    )
+    assert page.evaluate("window.spoofwatch.lastClose.code") == 1000
+    events = page.evaluate("window.spoofwatch.events")
+    assert events[-1]["type"] == "summary"
+    assert events[-1]["duration_s"] == pytest.approx(6.0, abs=0.01)
+    assert page.evaluate("document.getElementById('conn-state').textContent").startswith("finished")
+    assert "file short.wav" in page.evaluate("document.getElementById('log').innerText")
