@@ -128,6 +128,8 @@ class WebSocketServer:
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
-                log.info("browser page at %s", page_url(config.host, port, config.token))
+                # The token itself is never logged: the user knows it, logs may travel.
+                hint = " (add ?token=YOUR_TOKEN)" if config.token else ""
+                log.info("browser page at %s%s", page_url(config.host, port), hint)
                 task_status.started(port)
                 await anyio.sleep_forever()
