@@ -26,6 +26,13 @@ def register(sub: Any) -> None:
         "--realtime", action="store_true", help="pace the file at 1x instead of as fast as possible"
     )
     stream.add_argument("--json", action="store_true", help="events as JSON lines")
+    stream.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also draw score, smoothed score, thresholds, speech and alerts over time to this PNG",
+    )
     stream.add_argument("file", type=Path, metavar="FILE")
     stream.set_defaults(func=cmd_stream)
 
@@ -87,14 +94,34 @@ def cmd_stream(args: argparse.Namespace) -> int:
     )  # decodes now: bad files fail before loading the model
     detector, engine = _load(args, cal, live)
     driver = StreamDriver(engine)
+    drawn: list[Event] = []
+
+    def emit(events: list[Event]) -> None:
+        drawn.extend(events if args.plot else [])
+        _emit(events, args.json)
+
     try:
         for chunk in chunks:
-            _emit(driver.feed(chunk, detector.scorer), args.json)
+            emit(driver.feed(chunk, detector.scorer))
+        emit(driver.close(detector.scorer))
     except KeyboardInterrupt:  # Ctrl-C: flush and summarise what was heard, then exit 130
-        _emit(driver.close(detector.scorer, SHUTDOWN), args.json)
+        emit(driver.close(detector.scorer, SHUTDOWN))
         raise
-    _emit(driver.close(detector.scorer), args.json)
+    finally:
+        if args.plot:
+            _plot_stream(drawn, engine, args)
     return 0
+
+
+def _plot_stream(events: list[Event], engine: Any, args: argparse.Namespace) -> None:
+    from spoofwatch.plots import plot_timeline
+
+    policy = engine.policy.config
+    title = f"{args.file.name} ({args.model})"
+    plot_timeline(
+        [e.to_json() for e in events], policy.enter_threshold, policy.exit_threshold, args.plot, title
+    )
+    sys.stderr.write(f"wrote {args.plot}\n")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from spoofwatch.errors import CloseCode, ProtocolError
 
 from .connection import ROUTES, first_leaf
 from .context import ServerConfig, ServerContext
+from .static import page_response, page_url
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class WebSocketServer:
         self.ctx = ctx
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Browser client (static.py): a plain GET of the page or its files; upgrades go on.
+        page = page_response(request, self.ctx)
+        if page is not None:
+            return page
         path = urlsplit(request.path).path
         if path not in ROUTES:
             return connection.respond(
@@ -111,5 +116,8 @@ class WebSocketServer:
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
+                # The token itself is never logged: the user knows it, logs may travel.
+                hint = " (add ?token=YOUR_TOKEN)" if config.token else ""
+                log.info("browser page at %s%s", page_url(config.host, port), hint)
                 task_status.started(port)
                 await anyio.sleep_forever()
