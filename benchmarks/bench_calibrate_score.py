@@ -26,8 +26,8 @@ from spoofwatch.audio import read_audio
 from spoofwatch.calibration.dataset import check_dataset
 from spoofwatch.calibration.scoreset import score_dataset
 from spoofwatch.constants import SAMPLE_RATE_HZ
-from spoofwatch.model.detector import window_starts
 from spoofwatch.model.runtime import build_scorer
+from spoofwatch.stream.windower import window_starts
 
 LA_DEV_FILES = 24_844
 #: Clip lengths cycled through (s): an assumption standing in for LA dev's distribution.

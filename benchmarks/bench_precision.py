@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     shared = Path(os.environ.get("SPOOFWATCH_SHARED", "../shared"))
     precisions = args.precisions.split(",")
-    threshold = load_calibration(None, model=args.model).threshold
+    threshold = load_calibration(None, model=args.model).verdict_threshold
 
     paths = {
         p: ensure_onnx(args.model) if p == "fp32" else export_precision_cached(args.model, p)

@@ -11,11 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+from spoofwatch.constants import PRECISIONS, Precision
 from spoofwatch.errors import DeviceError, InputError
-
-Precision = Literal["fp32", "int8", "fp16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
-DEFAULT_PRECISION: Precision = "fp32"
 
 
 def validate_precision(precision: str) -> Precision:

@@ -50,10 +50,8 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import official_window, read_audio
-from spoofwatch.constants import ONNX_INPUT_NAME, WINDOW_SAMPLES
+from spoofwatch.constants import ONNX_INPUT_NAME, WINDOW_SAMPLES, Precision
 from spoofwatch.errors import InputError, ModelError
-
-from .precision import Precision
 
 log = logging.getLogger(__name__)
 

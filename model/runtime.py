@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SCORE_COLUMN, WINDOW_SAMPLES
+from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SCORE_COLUMN, WINDOW_SAMPLES, Precision
 from spoofwatch.errors import DeviceError, InputError, ModelError
 
-from .precision import Precision, check_precision_device
+from .precision import check_precision_device
 
 if TYPE_CHECKING:
     from .card import ModelSpec

@@ -173,12 +173,14 @@ def test_card_not_a_file_and_precision_refused(tmp_path: Path, card: Path) -> No
 
 def test_detector_windows_follow_the_card(card: Path, la_dir: Path) -> None:
     detector = Detector.load(str(card), device="cpu")
-    assert detector.threshold == 0.0  # no calibration: the documented uncalibrated default
+    # No calibration: the shipped uncalibrated card default, stamped with the card.
+    assert detector.threshold == 0.0 and detector.calibration.model == "card"
+    assert detector.calibration.weights_sha256 == load_card(card).sha256
     audio = np.concatenate([np.full(WINDOW, 0.1, np.float32), np.full(WINDOW, 0.2, np.float32)])
     result = detector.score_audio(audio, hop_s=1.0)
     assert [(w.start_s, w.end_s) for w in result.windows] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)]
     assert [round(w.score, 3) for w in result.windows] == [1.0, 2.5, 4.0]
-    assert detector.calibration.window_samples == WINDOW
+    assert detector.live.window_samples == WINDOW
 
 
 def test_cli_score_and_stream_with_a_card(
@@ -208,10 +210,10 @@ def test_card_calibration_must_match_the_card(
 
     base = load_calibration(None, model="aasist-l")
     spec = load_card(card)
-    good = dataclasses.replace(base, model=spec.name, weights_sha256=spec.sha256, threshold=0.7)
+    good = dataclasses.replace(base, model=spec.name, weights_sha256=spec.sha256, verdict_threshold=0.7)
     save_calibration(good, tmp_path / "good.toml")
     detector = Detector.load(str(card), device="cpu", calibration=tmp_path / "good.toml")
-    assert detector.threshold == 0.7 and detector.calibration.window_samples == WINDOW
+    assert detector.threshold == 0.7 and detector.live.window_samples == WINDOW
     save_calibration(base, tmp_path / "official.toml")
     missing = tmp_path / "nothing.wav"  # never read: the calibration is refused first
     assert (

@@ -167,6 +167,19 @@ def test_calibration_records_precision_and_a_mismatch_is_refused(
     assert "made for precision int8, but aasist-l is being scored at fp32" in err
 
 
+@pytest.mark.parametrize("value", ['"int4"', '"FP32"', "8"])
+def test_calibration_precision_out_of_range_is_refused_at_load(value: str, tmp_path: Path) -> None:
+    from spoofwatch.calibration.calfile import dump_calibration, load_calibration
+    from spoofwatch.errors import ConfigError
+
+    text = dump_calibration(load_calibration(None, model="aasist-l"))
+    assert 'precision = "fp32"\n' in text
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace('precision = "fp32"\n', f"precision = {value}\n"))
+    with pytest.raises(ConfigError, match=r"bad\.toml: precision: expected one of fp32, int8, fp16"):
+        load_calibration(path)
+
+
 def test_fp16_graph_is_built_validated_and_close_to_official(
     onnx_aasist_l: Path, tmp_path: Path, reference: dict[str, np.ndarray]
 ) -> None:

@@ -130,6 +130,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.metrics import evaluate
     from spoofwatch.calibration.protocol import read_asv_scores, read_scores
     from spoofwatch.calibration.report import write_report
+    from spoofwatch.model.detector import calibration_for
 
     table = read_scores(args.scores, args.protocol)
     threshold = threshold_for(table, args.target, args.rate)
@@ -147,11 +148,10 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     }
     if report.min_tdcf is not None:
         provenance["metrics"]["min_tdcf"] = report.min_tdcf
-    cal = with_threshold(
-        _calibration_for_args(args),
-        threshold,
-        provenance,
-    )
+    # Stamped with the model, weights and precision the scores were made with
+    # (a card is parsed and hashed, not run).
+    start = calibration_for(args.model, args.calibration, args.weights, args.precision)
+    cal = with_threshold(start, threshold, provenance)
     section = None
     if args.audio_dir is not None:
         policy, section = _fit_streaming(args, cal)
@@ -183,20 +183,6 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_for_args(args: argparse.Namespace) -> Calibration:
-    """The starting calibration of ``calibrate fit``: stamped with the model, weights and
-    precision the scores were made with (a card is checked, not run)."""
-    from pathlib import Path
-
-    from spoofwatch.calibration.calfile import calibration_for
-    from spoofwatch.model.card import is_card_reference, parse_card
-    from spoofwatch.model.precision import validate_precision
-
-    spec = parse_card(Path(args.model)) if is_card_reference(args.model) else None
-    precision = validate_precision(args.precision)
-    return calibration_for(args.model, args.calibration, args.weights, precision, spec)
-
-
 def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyConfig, StreamingSection]:
     """Fit the alert policy on simulated conversations run through the live engine."""
     from spoofwatch.calibration.dataset import check_dataset
@@ -204,14 +190,15 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
     from spoofwatch.calibration.streaming import build_conversations, fit_policy, sweep_thresholds, trace
     from spoofwatch.errors import InputError
     from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
 
     if args.protocol is None:
         raise InputError("--audio-dir needs --protocol (labels and speakers for the simulated conversations)")
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)
     scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
-    engine = build_engine(cal, SileroVad())
+    # The engine cuts windows of the model's own length (a model card may declare its own).
+    engine = build_engine(dataclasses.replace(cal.live, window_samples=scorer.window_samples), SileroVad())
     conversations = build_conversations(dataset, args.conversations, args.conversation_s)
     traces = [trace(c, engine, scorer) for c in conversations]
     policy, metrics = fit_policy(traces, cal.policy, args.target_false_alerts_per_hour)
@@ -230,8 +217,8 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
     from spoofwatch.errors import DatasetError
     from spoofwatch.model.detector import Detector
+    from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
 
     files = sorted(
         p for p in args.audio_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3")
@@ -241,7 +228,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     detector = Detector.load(
         args.model, args.device, args.threads, args.weights, args.calibration, args.precision
     )
-    engine = build_engine(detector.calibration, SileroVad())
+    engine = build_engine(detector.live, SileroVad())
     traces = [trace_file(p, engine, detector.scorer) for p in files]
     threshold, rate = bonafide_threshold(
         traces, detector.calibration.policy, args.target_false_alerts_per_hour

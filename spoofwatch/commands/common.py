@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spoofwatch.constants import MODEL_NAMES
-from spoofwatch.model.precision import DEFAULT_PRECISION, PRECISIONS
+from spoofwatch.constants import DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
 from spoofwatch.model.runtime import DEVICES
 
 

@@ -11,7 +11,7 @@ from .common import add_model_args, print_json
 
 
 def register(sub: Any) -> None:
-    from spoofwatch.stream.server.codecs import ENCODINGS
+    from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
 
     d = ServerConfig()
@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ctx = ServerContext(
         config,
         BatchScorer(detector.scorer, config.max_batch_windows),
-        detector.calibration,
+        detector.live,
         SileroVad(),
         sinks,
     )
@@ -89,13 +89,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     import anyio
 
     from spoofwatch.audio import read_audio
+    from spoofwatch.errors import CloseCode
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
     result = anyio.run(
         lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json)
     )
-    if result.close_code != 1000:
+    if result.close_code != CloseCode.NORMAL:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
         return 6
     return 0

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import math
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from spoofwatch.errors import ConfigError
 
-from ..engine import Engine
+from ..driver import StreamDriver
+from ..engine import Engine, LiveConfig, build_engine
 from ..gate import SileroVad
-from ..runner import build_engine
 from .batcher import BatchScorer
 from .sinks import ServerSinks
-
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
 
 
 @dataclass(frozen=True)
@@ -41,13 +39,17 @@ class ServerConfig:
             raise ConfigError(
                 f"refusing to listen on {self.host} without --token: auth is required off loopback"
             )
-        if (
-            self.max_message_bytes < 1024
-            or self.max_streams < 1
-            or self.idle_timeout_s <= 0
-            or self.max_stream_duration_s <= 0
-        ):
-            raise ConfigError("server limits must be positive (max_message_bytes >= 1024)")
+        checks = (
+            ("port", 0 <= self.port <= 65535, "an integer in [0, 65535]"),
+            ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
+            ("max_streams", self.max_streams >= 1, ">= 1"),
+            ("idle_timeout_s", 0 < self.idle_timeout_s < math.inf, "a finite number > 0"),
+            ("max_stream_duration_s", 0 < self.max_stream_duration_s < math.inf, "a finite number > 0"),
+            ("max_batch_windows", self.max_batch_windows >= 1, ">= 1"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"server {name}: expected {expected}, got {getattr(self, name)!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -60,19 +62,19 @@ def is_loopback(host: str) -> bool:
 
 
 class ServerContext:
-    """Shared by all connections: the batch scorer, VAD, calibration, sinks, counters."""
+    """Shared by all connections: the batch scorer, VAD, engine settings, sinks, counters."""
 
     def __init__(
         self,
         config: ServerConfig,
         batcher: BatchScorer,
-        calibration: Calibration,
+        live: LiveConfig,
         vad: SileroVad,
         sinks: ServerSinks,
     ) -> None:
         self.config = config
         self.batcher = batcher
-        self.calibration = calibration
+        self.live = live
         self.vad = vad
         self.sinks = sinks
         self.active_streams = 0
@@ -82,4 +84,9 @@ class ServerContext:
         return f"s{next(self._ids)}"
 
     def new_engine(self) -> Engine:
-        return build_engine(self.calibration, self.vad)
+        return build_engine(self.live, self.vad)
+
+    def new_driver(self, rate_hz: int) -> StreamDriver:
+        """A live stream's driver: stale windows dropped unless the client sends
+        faster than real time (by the wall clock)."""
+        return StreamDriver(self.new_engine(), rate_hz, drop_stale=True, clock=time.monotonic)
