@@ -33,6 +33,17 @@ def register(sub: Any) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     serve.add_argument("--max-stream-duration-s", type=float, default=d.max_stream_duration_s)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: one per 2 CPU cores); --max-streams is their total",
+    )
+    serve.add_argument(
+        "--no-load-shedding",
+        action="store_true",
+        help="admit streams up to --max-streams even when scoring cannot keep up (default: refuse with 1013)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser("send", help="stream a file to a spoofwatch server and print its events")
@@ -45,14 +56,11 @@ def register(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import anyio
+    import dataclasses
+    import logging
 
-    from spoofwatch.model.detector import Detector
-    from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.server.app import WebSocketServer
-    from spoofwatch.stream.server.batcher import BatchScorer
-    from spoofwatch.stream.server.context import ServerConfig, ServerContext
-    from spoofwatch.stream.server.sinks import ServerSinks
+    from spoofwatch.stream.server.context import ServerConfig
+    from spoofwatch.stream.server.workers import Supervisor, WorkerSpec, default_workers, validate_workers
 
     config = ServerConfig(
         host=args.host,
@@ -63,24 +71,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,
     )
-    config.validate()  # before loading the model: a refused config fails fast
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    sinks = ServerSinks(args.jsonl, args.stdout, args.webhook)
-    ctx = ServerContext(
+    if args.no_load_shedding:
+        config = dataclasses.replace(config, shedding=None)
+    # Before any worker loads the model: a refused config fails fast.
+    config.validate()
+    workers = default_workers() if args.workers is None else args.workers
+    validate_workers(workers, config.max_streams)
+    # Export the ONNX file and check the calibration once here, not racing in every worker.
+    from spoofwatch.calibration.calfile import calibration_for
+    from spoofwatch.model.export import ensure_onnx
+
+    ensure_onnx(args.model, args.weights)
+    calibration_for(args.model, args.calibration, args.weights)
+    spec = WorkerSpec(
         config,
-        BatchScorer(detector.scorer, config.max_batch_windows),
-        detector.calibration,
-        SileroVad(),
-        sinks,
+        args.model,
+        args.device,
+        args.threads,
+        args.weights,
+        args.calibration,
+        args.jsonl,
+        args.stdout,
+        args.webhook,
+        logging.getLogger("spoofwatch").getEffectiveLevel(),
     )
-    sys.stderr.write(
-        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio ({detector.scorer.device}); Ctrl-C stops\n"
-    )
-    try:
-        anyio.run(WebSocketServer(ctx).run)
-    finally:
-        sinks.close()
-    return 0
+    return Supervisor(spec, workers).run()
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -23,6 +25,7 @@ from websockets.http11 import Request, Response
 
 from spoofwatch.errors import ProtocolError
 
+from . import health
 from .context import ServerConfig, ServerContext
 from .native import handle_native
 from .twilio import handle_twilio
@@ -32,6 +35,8 @@ ROUTES = {"/": handle_native, "/twilio": handle_twilio}
 IDLE_TIMEOUT = 1001
 SERVER_ERROR = 1011
 TRY_AGAIN_LATER = 1013
+#: Seconds between refreshes of the load gauges and the shared shedding flag.
+LOAD_REFRESH_S = 1.0
 
 
 def _token_from(request: Request) -> str | None:
@@ -50,40 +55,72 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 
 class WebSocketServer:
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, sock: socket.socket | None = None) -> None:
         self.ctx = ctx
+        #: A listening socket to serve on (a worker process of ``serve --workers``).
+        self.sock = sock
+        self._shutdown = anyio.Event()
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def request_shutdown(self) -> None:
+        """Stop accepting, close every connection (1001), then return from ``run``."""
+        self._shutdown.set()
+
+    async def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path not in ROUTES:
+        if path not in ROUTES and path not in health.HEALTH_PATHS:
             return connection.respond(
                 HTTPStatus.NOT_FOUND, f"unknown path {path}: expected one of {', '.join(ROUTES)}\n"
             )
         expected = self.ctx.config.token
-        if expected:
+        if expected and path not in health.PUBLIC_PATHS:
             given = _token_from(request)
             if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+                self.ctx.metrics.refused.labels("401", "token").inc()
                 return connection.respond(
                     HTTPStatus.UNAUTHORIZED,
                     "missing or wrong token: send 'Authorization: Bearer T' or ?token=T\n",
                 )
+        if path in health.HEALTH_PATHS:  # ---- health and metrics (issue 11) ----
+            return await health.respond(self.ctx, connection, path)
+        return None
+
+    def _admission(self) -> tuple[str, str] | None:
+        """``(reason label, close reason)`` when a new stream must get 1013."""
+        ctx = self.ctx
+        overload = ctx.load.refusal(ctx.slots.own())
+        if overload is not None:
+            return "overloaded", overload
+        if not ctx.slots.try_acquire():
+            return "capacity", f"server at capacity ({ctx.slots.max_streams} streams)"
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         handler = ROUTES[urlsplit(ws.request.path).path]
-        if self.ctx.active_streams >= self.ctx.config.max_streams:
-            await self._close(
-                ws, TRY_AGAIN_LATER, f"server at capacity ({self.ctx.config.max_streams} streams)"
-            )
+        refused = self._admission()
+        if refused is not None:
+            self.ctx.metrics.refused.labels(str(TRY_AGAIN_LATER), refused[0]).inc()
+            await self._close(ws, TRY_AGAIN_LATER, refused[1])
             return
         self.ctx.active_streams += 1
+        self.ctx.metrics.active_streams.inc()
         try:
             await handler(ws, self.ctx)
         except Exception as raised:
             await self._fail(ws, _first_leaf(raised))
         finally:
             self.ctx.active_streams -= 1
+            self.ctx.metrics.active_streams.dec()
+            self.ctx.slots.release()
+
+    async def _refresh_load(self) -> None:
+        """Publish this worker's lag, capacity and shedding state (for /metrics, /readyz)."""
+        ctx = self.ctx
+        while True:
+            ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own()) is not None)
+            ctx.metrics.score_lag.set(ctx.load.recent_lag_s())
+            ctx.metrics.capacity_streams.set(ctx.load.capacity_streams() or 0)
+            await anyio.sleep(LOAD_REFRESH_S)
 
     async def _fail(self, ws: ServerConnection, exc: BaseException) -> None:
         if isinstance(exc, ProtocolError):
@@ -113,15 +150,20 @@ class WebSocketServer:
     async def _serve(self, config: ServerConfig, task_status: TaskStatus[int]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.ctx.batcher.serve)
+            tg.start_soon(self._refresh_load)
+            where: dict[str, Any] = (
+                {"sock": self.sock} if self.sock is not None else {"host": config.host, "port": config.port}
+            )
             async with serve(
                 self._handle,
-                config.host,
-                config.port,
                 max_size=config.max_message_bytes,
                 process_request=self._check_request,
                 ping_interval=20,
+                **where,
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
                 task_status.started(port)
-                await anyio.sleep_forever()
+                await self._shutdown.wait()
+                log.info("shutting down: closing %d streams", self.ctx.active_streams)
+            tg.cancel_scope.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from spoofwatch.errors import ConfigError
@@ -13,6 +13,8 @@ from ..engine import Engine
 from ..gate import SileroVad
 from ..runner import build_engine
 from .batcher import BatchScorer
+from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedScorer
+from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ class ServerConfig:
     max_stream_duration_s: float = 4 * 3600.0
     #: Windows scored per ONNX Runtime call at most.
     max_batch_windows: int = 16
+    #: When a worker counts as overloaded (new streams then get 1013); ``None``: never.
+    shedding: SheddingConfig | None = field(default_factory=SheddingConfig)
 
     def validate(self) -> None:
         if not self.token and not is_loopback(self.host):
@@ -69,6 +73,11 @@ class ServerContext:
         calibration: Calibration,
         vad: SileroVad,
         sinks: ServerSinks,
+        *,
+        slots: StreamSlots | None = None,
+        load: LoadMonitor | None = None,
+        stream_id_prefix: str = "",
+        model: str | None = None,
     ) -> None:
         self.config = config
         self.batcher = batcher
@@ -77,9 +86,20 @@ class ServerContext:
         self.sinks = sinks
         self.active_streams = 0
         self._ids = itertools.count(1)
+        # ---- capacity, load shedding and metrics (issue 11) ----
+        self.model = model or calibration.model
+        self.provider = str(getattr(batcher.scorer, "device", "unknown"))
+        self.slots: StreamSlots = slots or LocalSlots(config.max_streams)
+        self.load = load or LoadMonitor(
+            config.shedding, calibration.stream.hop_s, config.max_batch_windows
+        )
+        self.metrics = ServerMetrics(self.provider, config.max_streams)
+        self.stats = StreamStats(self.load, self.metrics)
+        batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
+        self.stream_id_prefix = stream_id_prefix
 
     def new_stream_id(self) -> str:
-        return f"s{next(self._ids)}"
+        return f"{self.stream_id_prefix}s{next(self._ids)}"
 
     def new_engine(self) -> Engine:
         return build_engine(self.calibration, self.vad)

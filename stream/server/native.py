@@ -74,7 +74,13 @@ async def handle_native(ws: Any, ctx: ServerContext) -> None:
         await ws.send(json.dumps(event))
 
     session = StreamSession(
-        ctx.new_engine(), ctx.batcher, emit, rate, ctx.config.max_stream_duration_s, {"stream_id": stream_id}
+        ctx.new_engine(),
+        ctx.batcher,
+        emit,
+        rate,
+        ctx.config.max_stream_duration_s,
+        {"stream_id": stream_id},
+        observer=ctx.stats,
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.serve)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
@@ -16,6 +16,9 @@ from spoofwatch.errors import ProtocolError
 
 from ..engine import Engine, PendingWindow
 from .batcher import BatchScorer
+
+if TYPE_CHECKING:
+    from .load import WindowObserver
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 #: Close code for a stream that exceeds the server's maximum duration.
@@ -50,6 +53,7 @@ class StreamSession:
         rate_hz: int,
         max_duration_s: float,
         tags: dict[str, Any] | None = None,
+        observer: WindowObserver | None = None,
     ) -> None:
         self.engine = engine
         self.batcher = batcher
@@ -62,7 +66,12 @@ class StreamSession:
         self._inbox_samples = 0
         self._received_samples = 0
         self._input_done = False
-        self._queue: deque[PendingWindow] = deque()
+        # Each window with the (observer clock) time its audio batch began arriving.
+        self._queue: deque[tuple[PendingWindow, float]] = deque()
+        # ---- load and metrics hooks (issue 11) ----
+        self._observer = observer
+        self._now = observer.now if observer is not None else time.monotonic
+        self._inbox_since = 0.0
         self._closed = False  # every window of the stream is queued
         self._have_audio = anyio.Event()
         self._have_windows = anyio.Event()
@@ -74,6 +83,8 @@ class StreamSession:
     async def push(self, audio: npt.NDArray[np.float32]) -> None:
         if self._t0 is None:
             self._t0 = time.monotonic()
+        if not self._inbox:  # the oldest audio waiting bounds its windows' arrival from below
+            self._inbox_since = self._now()
         self._inbox.append(audio)
         self._inbox_samples += audio.shape[0]
         self._received_samples += audio.shape[0]
@@ -123,12 +134,13 @@ class StreamSession:
             self._have_audio = anyio.Event()
             last = self._input_done  # read before taking the inbox: nothing can follow it
             batch = np.concatenate(self._inbox) if self._inbox else np.zeros(0, dtype=np.float32)
+            arrived = self._inbox_since
             self._inbox, self._inbox_samples = [], 0
             pending = await anyio.to_thread.run_sync(self._ingest, batch, last)
-            self._queue.extend(pending)
+            self._queue.extend((p, arrived) for p in pending)
             if not self._ahead_of_real_time():
                 while len(self._queue) > self.engine.config.max_pending_windows:
-                    self.engine.drop(self._queue.popleft())
+                    self._drop(*self._queue.popleft())
             self._closed = last
             self._have_windows.set()
             self._progress.set()
@@ -138,19 +150,30 @@ class StreamSession:
     async def _score_loop(self) -> None:
         while True:
             if self._queue:
-                pending = self._queue.popleft()
+                pending, arrived = self._queue.popleft()
                 self._progress.set()
                 if self._superseded():
-                    self.engine.drop(pending)
+                    self._drop(pending, arrived)
                     continue
                 score = await self.batcher.score(pending.window.samples) if pending.gate.speech else None
-                for event in self.engine.resolve(pending, score):
-                    await self.emit({**event.to_json(), **self.tags})
+                events = [{**event.to_json(), **self.tags} for event in self.engine.resolve(pending, score)]
+                if self._observer is not None:
+                    # A sender ahead of real time (an upload) waits by design: no lag to report.
+                    live = None if self._ahead_of_real_time() else arrived
+                    self._observer.window_done("scored" if pending.gate.speech else "gated", live)
+                    self._observer.events(events)
+                for event in events:
+                    await self.emit(event)
             elif self._closed:
                 return
             else:
                 await self._have_windows.wait()
                 self._have_windows = anyio.Event()
+
+    def _drop(self, pending: PendingWindow, arrived: float) -> None:
+        self.engine.drop(pending)
+        if self._observer is not None:
+            self._observer.window_done("dropped", arrived)
 
     def _superseded(self) -> bool:
         """A live stream scores its freshest window: the one just popped is stale

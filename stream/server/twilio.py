@@ -76,6 +76,7 @@ async def handle_twilio(ws: Any, ctx: ServerContext) -> None:
                         TWILIO_RATE_HZ,
                         ctx.config.max_stream_duration_s,
                         {**tags, "track": track},
+                        observer=ctx.stats,
                     )
                     tg.start_soon(sessions[track].serve)
             elif kind == "media":
