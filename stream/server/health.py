@@ -37,9 +37,10 @@ def readiness(ctx: ServerContext) -> tuple[bool, dict[str, Any]]:
     slots = ctx.slots
     total = slots.total()
     refusal = ctx.load.refusal(slots.own())
+    slots.set_shedding(refusal is not None)
     capacity_left = max(slots.max_streams - total, 0)
-    admitting = slots.any_worker_admitting() if refusal else True
-    ready = capacity_left > 0 and admitting
+    # With several workers, the pod is ready while any of them admits streams.
+    ready = capacity_left > 0 and slots.any_worker_admitting()
     return ready, {
         "ready": ready,
         "model": ctx.model,

@@ -1,0 +1,301 @@
+"""Serving at scale: admission control, stream slots, health and metrics on
+loopback, load shedding under a fake slow scorer (injected clock)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from helpers import BONAFIDE_UTT, la_clip
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from spoofwatch.audio import read_audio
+from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.stream.client import send_audio
+from spoofwatch.stream.server import health
+from spoofwatch.stream.server.app import WebSocketServer
+from spoofwatch.stream.server.batcher import BatchScorer
+from spoofwatch.stream.server.context import ServerConfig, ServerContext
+from spoofwatch.stream.server.load import (
+    BatchFit,
+    LoadMonitor,
+    LocalSlots,
+    SharedSlots,
+    SheddingConfig,
+    reset_worker_cells,
+    shared_cells,
+)
+from spoofwatch.stream.server.sinks import ServerSinks
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture()
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# ---- the load monitor (Sans-I/O) -------------------------------------------------
+
+
+def monitor(clock: FakeClock, **config: Any) -> LoadMonitor:
+    return LoadMonitor(SheddingConfig(**config), hop_s=0.5, max_batch_windows=16, clock=clock)
+
+
+def test_score_lag_refuses_until_it_ages_out() -> None:
+    clock = FakeClock()
+    m = monitor(clock)
+    assert m.max_score_lag_s == 0.5  # one hop when not configured
+    assert m.refusal(0) is None  # nothing measured: admit
+    for lag in (0.1, 0.2, 0.1):
+        m.record_lag(clock.t - lag)
+    assert m.refusal(3) is None and m.recent_lag_s() == pytest.approx(0.2)
+    m.record_lag(clock.t - 1.5)  # one window scored 1.5 s after its audio arrived
+    reason = m.refusal(3)
+    assert reason is not None and "score lag 1.50 s > 0.5 s" in reason
+    clock.t += 5.01  # past the horizon: old lags no longer count
+    assert m.recent_lag_s() == 0.0 and m.refusal(3) is None
+
+
+def test_lag_quantile_ignores_a_single_outlier_among_many() -> None:
+    clock = FakeClock()
+    m = monitor(clock, lag_quantile=0.9)
+    for _ in range(19):
+        m.record_lag(clock.t - 0.1)
+    m.record_lag(clock.t - 3.0)
+    assert m.recent_lag_s() == pytest.approx(0.1) and m.refusal(0) is None
+
+
+def test_capacity_is_fitted_from_batch_timings() -> None:
+    clock = FakeClock()
+    m = monitor(clock, fit_weight=0.5)
+    assert m.capacity_streams() is None
+    for n in (1, 4, 8, 1, 16, 2):
+        m.record_batch(n, 0.01 + 0.005 * n)  # 10 ms per call + 5 ms per window
+    # At batch 16: 16 / 0.09 s = 177.8 windows/s; 80 % of it at 2 windows/s per stream.
+    assert m.capacity_windows_per_s() == pytest.approx(16 / 0.09, rel=1e-6)
+    assert m.capacity_streams() == int(0.8 * 16 / 0.09 * 0.5) == 71
+    assert m.refusal(70) is None
+    reason = m.refusal(71)
+    assert reason is not None and "measured capacity is 71 real-time streams" in reason
+
+
+def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:
+    fit = BatchFit(0.1)
+    assert fit.windows_per_s(16) is None
+    for _ in range(3):
+        fit.add(1, 0.25)
+    assert fit.windows_per_s(16) == pytest.approx(4.0)  # one batch size: no extrapolation
+    slow_big = BatchFit(1.0)
+    slow_big.add(1, 0.1)
+    slow_big.add(16, 0.05)  # noise: bigger batch faster
+    assert slow_big.windows_per_s(16) is not None
+
+
+def test_disabled_monitor_measures_but_never_refuses() -> None:
+    clock = FakeClock()
+    m = LoadMonitor(None, hop_s=0.5, max_batch_windows=16, clock=clock)
+    m.record_lag(clock.t - 100.0)
+    m.record_batch(1, 100.0)
+    assert not m.enabled and m.recent_lag_s() == 100.0 and m.refusal(1000) is None
+
+
+def test_shedding_config_is_validated() -> None:
+    from spoofwatch.errors import ConfigError
+
+    for bad in ({"max_score_lag_s": 0.0}, {"target_utilisation": 1.5}, {"lag_quantile": 0.0}):
+        with pytest.raises(ConfigError, match="shedding config"):
+            SheddingConfig(**bad)
+
+
+# ---- stream slots ------------------------------------------------------------------
+
+
+def test_local_slots() -> None:
+    slots = LocalSlots(2)
+    assert slots.try_acquire() and slots.try_acquire() and not slots.try_acquire()
+    slots.release()
+    assert slots.total() == slots.own() == 1 and slots.try_acquire()
+
+
+def test_shared_slots_count_a_total_across_workers() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    cells, lock = shared_cells(ctx, 3)
+    w0, w1, w2 = (SharedSlots(cells, lock, 3, i, max_streams=3) for i in range(3))
+    assert w0.try_acquire() and w0.try_acquire() and w1.try_acquire()
+    assert not w2.try_acquire()  # the total is 3, though worker 2 holds none
+    assert (w0.own(), w1.own(), w2.own(), w2.total()) == (2, 1, 0, 3)
+    w1.release()
+    assert w2.try_acquire() and not w0.try_acquire()
+    # Worker 0 dies: the supervisor zeroes its cells, the others can use its share.
+    w0.set_shedding(True)
+    reset_worker_cells(cells, lock, 3, 0)
+    assert w1.total() == 1 and w1.try_acquire() and w1.try_acquire() and not w1.try_acquire()
+    w1.set_shedding(True)
+    assert w1.any_worker_admitting()  # worker 0's flag was cleared with its death
+    w2.set_shedding(True)
+    w0.set_shedding(True)
+    assert not w1.any_worker_admitting()
+
+
+def test_dead_worker_holding_the_admission_lock_is_freed() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    cells, lock = shared_cells(ctx, 2)
+    w1 = SharedSlots(cells, lock, 2, 1, max_streams=2)
+    cells[0] = 1
+    assert lock.acquire()  # as if worker 0 died inside its critical section
+    reset_worker_cells(cells, lock, 2, 0)
+    assert w1.try_acquire() and w1.total() == 1
+
+
+# ---- the server on loopback -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech(la_dir: Path) -> np.ndarray:
+    return np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 3)[: 6 * 16000].astype(np.float32)
+
+
+def make_ctx(scorer: Any, vad: Any, tmp_path: Path, load: LoadMonitor | None = None, **cfg: Any) -> ServerContext:
+    config = ServerConfig(host="127.0.0.1", port=0, **cfg)
+    return ServerContext(
+        config,
+        BatchScorer(scorer),
+        load_calibration(model="aasist-l"),
+        vad,
+        ServerSinks(jsonl=tmp_path / "events.jsonl"),
+        load=load,
+    )
+
+
+async def http_get(port: int, path: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
+    """A minimal HTTP/1.1 GET on loopback: status, headers, body."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
+        data = b""
+        try:
+            while True:
+                data += await s.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body.decode()
+
+
+def samples(page: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_health_readiness_and_metrics(speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path) -> None:
+    ctx = make_ctx(scorer, vad, tmp_path, token="s3cret", max_streams=3, shedding=None)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        assert (await http_get(port, health.HEALTHZ))[0] == 200  # liveness needs no token
+        for path in (health.READYZ, health.METRICS):
+            assert (await http_get(port, path))[0] == 401
+            assert (await http_get(port, path, "wrong"))[0] == 401
+        status, headers, body = await http_get(port, health.READYZ, "s3cret")
+        ready = json.loads(body)
+        assert status == 200 and headers["content-type"] == "application/json"
+        assert ready["ready"] and ready["provider"] == "cpu" and ready["model"] == "aasist-l"
+        assert ready["capacity_left"] == 3 and ready["active_streams"] == 0 and ready["shedding"] is None
+
+        result = await send_audio(speech, f"ws://127.0.0.1:{port}/", token="s3cret")
+        assert result.close_code == 1000
+        summary = result.events[-1]
+
+        status, headers, page = await http_get(port, health.METRICS, "s3cret")
+        assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+        m = samples(page)
+        assert m[("spoofwatch_windows_total", (("outcome", "scored"),))] == summary["scored_windows"] > 0
+        gated = summary["windows"] - summary["scored_windows"] - summary["dropped_windows"]
+        assert m[("spoofwatch_windows_total", (("outcome", "gated"),))] == gated
+        assert m[("spoofwatch_windows_total", (("outcome", "dropped"),))] == summary["dropped_windows"]
+        assert m[("spoofwatch_batch_size_windows_sum", ())] == summary["scored_windows"]
+        assert m[("spoofwatch_batch_size_windows_count", ())] == ctx.batcher.batches
+        assert m[("spoofwatch_active_streams", ())] == 0
+        assert m[("spoofwatch_provider", (("provider", "cpu"),))] == 1
+        assert m[("spoofwatch_max_streams", ())] == 3
+        assert m[("spoofwatch_alerts_total", ())] == summary["alerts"]
+        assert m[("spoofwatch_refused_connections_total", (("code", "401"), ("reason", "token")))] == 4
+        # Only windows scored while the stream was not ahead of real time have a delay.
+        assert m[("spoofwatch_score_delay_seconds_count", ())] <= summary["scored_windows"]
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
+class SlowScorer:
+    """The real scorer, but every call takes ``seconds`` on the injected clock."""
+
+    def __init__(self, scorer: Any, clock: FakeClock, seconds: float) -> None:
+        self.scorer, self.clock, self.seconds = scorer, clock, seconds
+        self.device = scorer.device
+
+    def scores(self, windows: np.ndarray) -> np.ndarray:
+        out = self.scorer.scores(windows)
+        self.clock.t += self.seconds
+        return out  # type: ignore[no-any-return]
+
+
+async def test_overloaded_worker_refuses_new_streams_with_1013(
+    speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """A scorer that needs 2 s per window sustains no real-time stream: once that
+    is measured, a new stream gets 1013 with the reason, and the stream already
+    admitted carries on to its summary."""
+    clock = FakeClock()
+    load = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=clock)
+    ctx = make_ctx(SlowScorer(scorer, clock, 2.0), vad, tmp_path, load=load, max_streams=8)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        url = f"ws://127.0.0.1:{port}/"
+        async with connect(url) as first:
+            await first.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            await first.send(speech.astype("<f4").tobytes())
+            event = json.loads(await first.recv())  # a window was scored (and timed)
+            assert event["type"] == "score" and event["score"] is not None
+
+            refused = await send_audio(speech, url)
+            assert refused.close_code == 1013 and refused.events == []
+            assert "overloaded: measured capacity is 0 real-time streams" in refused.close_reason
+
+            status, _, body = await http_get(port, health.READYZ)
+            assert status == 503 and json.loads(body)["shedding"] == refused.close_reason
+
+            await first.send(json.dumps({"type": "stop"}))
+            events = [event]
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    events.append(json.loads(await first.recv()))
+            assert first.close_code == 1000
+        summary = events[-1]
+        assert summary["type"] == "summary" and summary["scored_windows"] > 0
+        page = samples((await http_get(port, health.METRICS))[2])
+        assert page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "overloaded")))] == 1
+        assert page[("spoofwatch_batch_size_windows_count", ())] == summary["scored_windows"]
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
