@@ -171,7 +171,9 @@ def speech(la_dir: Path) -> np.ndarray:
     return np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 3)[: 6 * 16000].astype(np.float32)
 
 
-def make_ctx(scorer: Any, vad: Any, tmp_path: Path, load: LoadMonitor | None = None, **cfg: Any) -> ServerContext:
+def make_ctx(
+    scorer: Any, vad: Any, tmp_path: Path, load: LoadMonitor | None = None, **cfg: Any
+) -> ServerContext:
     config = ServerConfig(host="127.0.0.1", port=0, **cfg)
     return ServerContext(
         config,
@@ -208,7 +210,9 @@ def samples(page: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-async def test_health_readiness_and_metrics(speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path) -> None:
+async def test_health_readiness_and_metrics(
+    speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
     ctx = make_ctx(scorer, vad, tmp_path, token="s3cret", max_streams=3, shedding=None)
     async with anyio.create_task_group() as tg:
         port = await tg.start(WebSocketServer(ctx).run)
@@ -295,7 +299,9 @@ async def test_overloaded_worker_refuses_new_streams_with_1013(
         summary = events[-1]
         assert summary["type"] == "summary" and summary["scored_windows"] > 0
         page = samples((await http_get(port, health.METRICS))[2])
-        assert page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "overloaded")))] == 1
+        assert (
+            page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "overloaded")))] == 1
+        )
         assert page[("spoofwatch_batch_size_windows_count", ())] == summary["scored_windows"]
         tg.cancel_scope.cancel()
     ctx.sinks.close()
