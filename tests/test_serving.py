@@ -95,6 +95,16 @@ def test_capacity_is_fitted_from_batch_timings() -> None:
     assert reason is not None and "measured capacity is 71 real-time streams" in reason
 
 
+def test_an_idle_worker_admits_one_stream_even_below_capacity_one() -> None:
+    clock = FakeClock()
+    m = monitor(clock)
+    m.record_batch(1, 2.0)  # 0.5 windows/s: not even one stream at 2 windows/s
+    assert m.capacity_streams() == 0
+    assert m.refusal(0) is None  # nothing to protect
+    reason = m.refusal(1)
+    assert reason is not None and "capacity is 0 real-time streams" in reason
+
+
 def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:
     fit = BatchFit(0.1)
     assert fit.windows_per_s(16) is None

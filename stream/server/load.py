@@ -169,7 +169,10 @@ class LoadMonitor:
         if lag > self.max_score_lag_s:
             return f"overloaded: score lag {lag:.2f} s > {self.max_score_lag_s:g} s; retry later"
         capacity = self.capacity_streams()
-        if capacity is not None and active_streams + 1 > capacity:
+        # A worker without streams admits one whatever its measured capacity:
+        # it has no stream to protect, and a machine too slow for one real-time
+        # stream should serve it with skipped windows rather than refuse everyone.
+        if capacity is not None and active_streams > 0 and active_streams + 1 > capacity:
             return f"overloaded: measured capacity is {capacity} real-time streams per worker; retry later"
         return None
 
