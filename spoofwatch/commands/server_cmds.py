@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from .common import add_model_args, print_json
+
+#: Environment variable holding the server token (keeps it out of the process list).
+TOKEN_ENV = "SPOOFWATCH_TOKEN"
 
 
 def register(sub: Any) -> None:
@@ -21,7 +25,11 @@ def register(sub: Any) -> None:
     add_model_args(serve)
     serve.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; others need --token)")
     serve.add_argument("--port", type=int, default=d.port)
-    serve.add_argument("--token", default=None, help="require 'Authorization: Bearer T' or ?token=T")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"require 'Authorization: Bearer T' or ?token=T (default: ${TOKEN_ENV})",
+    )
     serve.add_argument(
         "--jsonl", type=Path, default=None, help="append every event (all streams) to this file"
     )

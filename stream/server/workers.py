@@ -18,7 +18,7 @@ it ever became ready is retried with a growing delay and, after
 ``MAX_EARLY_DEATHS`` in a row, the server stops with an error (a bad model,
 device or calibration would otherwise restart forever). SIGTERM or Ctrl-C:
 every worker gets SIGTERM, closes its streams (1001) and exits; after
-``drain_timeout_s`` the stragglers are killed.
+``DRAIN_TIMEOUT_S`` the stragglers are killed.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ MAX_WORKERS_PER_CPU = 4
 MAX_EARLY_DEATHS = 5
 #: Restart delay (s) after the first early death; doubles with each further one.
 RESTART_BACKOFF_S = 0.5
+#: Seconds the workers get to close their streams after SIGTERM before they are killed.
+DRAIN_TIMEOUT_S = 10.0
 #: Pending connections the kernel queues on the shared socket.
 LISTEN_BACKLOG = 2048
 
@@ -117,7 +119,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Starts, watches, restarts and drains the worker processes; ``run()`` blocks."""
 
-    def __init__(self, spec: WorkerSpec, workers: int, drain_timeout_s: float = 10.0) -> None:
+    def __init__(self, spec: WorkerSpec, workers: int, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         validate_workers(workers, spec.config.max_streams)
         self.spec = spec
         self.n_workers = workers
