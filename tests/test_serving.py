@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -313,5 +314,48 @@ async def test_overloaded_worker_refuses_new_streams_with_1013(
             page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "overloaded")))] == 1
         )
         assert page[("spoofwatch_batch_size_windows_count", ())] == summary["scored_windows"]
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
+class BlockedScorer:
+    """The real scorer behind a gate the test opens: scoring that takes as long as the test wants."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer, self.device = scorer, scorer.device
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def scores(self, windows: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        self.release.wait(timeout=120)
+        return self.scorer.scores(windows)  # type: ignore[no-any-return]
+
+
+async def test_keepalive_and_health_answer_while_scoring_is_stuck(
+    speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """Scoring runs off the event loop: while a batch is stuck in the scorer,
+    the server still answers WebSocket pings and /healthz, then finishes the stream."""
+    blocked = BlockedScorer(scorer)
+    ctx = make_ctx(blocked, vad, tmp_path, shedding=None)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            await ws.send(speech.astype("<f4").tobytes())
+            await anyio.to_thread.run_sync(blocked.entered.wait, 120)
+            try:
+                pong = await ws.ping()
+                with anyio.fail_after(60):  # a guard against hanging, not a speed bound
+                    await pong
+                    assert (await http_get(port, health.HEALTHZ))[0] == 200
+                assert not blocked.release.is_set()  # the scorer was still stuck throughout
+            finally:
+                blocked.release.set()
+            await ws.send(json.dumps({"type": "stop"}))
+            events = [json.loads(m) async for m in ws]
+        assert ws.close_code == 1000 and events[-1]["type"] == "summary"
         tg.cancel_scope.cancel()
     ctx.sinks.close()
