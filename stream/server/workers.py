@@ -347,8 +347,8 @@ def build_worker_server(
 
     config = spec.config
     threads = spec.threads
-    if threads is None and spec.device == "cpu":
-        threads = max(1, cpu_count() // workers)  # the workers share the cores
+    if threads is None:
+        threads = max(1, cpu_count() // workers)  # the workers share the cores (CPU kernels, or a CPU fallback)
     detector = Detector.load(spec.model, spec.device, threads, spec.weights, spec.calibration)  # type: ignore[arg-type]
     load = LoadMonitor(config.shedding, detector.calibration.stream.hop_s, config.max_batch_windows)
     if load.enabled:
