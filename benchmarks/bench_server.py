@@ -305,6 +305,10 @@ def summarise(
         if s["close_code"] not in (1000, None) or not s["summary"]:
             reasons[s["close_reason"][:80]] = reasons.get(s["close_reason"][:80], 0) + 1
     summaries = [s["summary"] for s in streams if s["summary"]]
+    per_worker: dict[str, int] = {}
+    for x in summaries:  # stream ids of a worker process are "w<index>-<pid>-s<n>"
+        worker = str(x.get("stream_id", "?")).split("-")[0]
+        per_worker[worker] = per_worker.get(worker, 0) + 1
     windows = sum(x["windows"] for x in summaries)
     dropped = sum(x["dropped_windows"] for x in summaries)
     scored = sum(x["scored_windows"] for x in summaries)
@@ -327,6 +331,7 @@ def summarise(
         "close_codes": codes,
         "close_reasons": reasons,
         "completed_streams": len(summaries),
+        "completed_per_worker": dict(sorted(per_worker.items())),
         "windows": windows,
         "scored_windows": scored,
         "gated_windows": windows - scored - dropped,
@@ -355,7 +360,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(
         f"server: {r['workers']} worker(s), provider {r['provider']}, ready in {r['startup_s']} s\n"
         f"streams: {r['streams']} x {r['seconds']:g} s from {r['clients']} client processes; "
-        f"close codes {r['close_codes']}; completed {r['completed_streams']}\n"
+        f"close codes {r['close_codes']}; completed {r['completed_streams']} (per worker {r['completed_per_worker']})\n"
         + (f"  other ends: {r['close_reasons']}\n" if r["close_reasons"] else "")
         + f"windows: {r['windows']} ({r['scored_windows']} scored, {r['gated_windows']} gated, "
         f"{r['dropped_windows']} dropped = {r['dropped_pct']} %)\n"
