@@ -106,6 +106,26 @@ def test_an_idle_worker_admits_one_stream_even_below_capacity_one() -> None:
     assert reason is not None and "capacity is 0 real-time streams" in reason
 
 
+def test_a_shared_gpu_counts_every_workers_streams_against_its_calibrated_capacity() -> None:
+    clock = FakeClock()
+    m = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=clock, device_workers=4)
+
+    def score(batch: list[int]) -> None:
+        clock.t += 0.001 + 0.001 * len(batch)  # uncontended: 1 ms per call + 1 ms per window
+
+    m.calibrate(score, lambda n: [0] * n, largest=16)
+    capacity = int(0.8 * 16 / 0.017 * 0.5)
+    assert m.capacity_streams() == capacity == 376 and m.capacity_share() == 94
+    # Live batches wait for the other workers' batches: they must not lower the device figure.
+    for _ in range(50):
+        m.record_batch(16, 0.2)
+    assert m.capacity_streams() == capacity
+    assert m.refusal(own_streams=10, total_streams=capacity - 1) is None
+    reason = m.refusal(own_streams=10, total_streams=capacity)
+    assert reason is not None and f"capacity is {capacity} real-time streams on the shared device" in reason
+    assert m.refusal(own_streams=0, total_streams=capacity) is None  # an idle worker admits one
+
+
 def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:
     fit = BatchFit(0.1)
     assert fit.windows_per_s(16) is None

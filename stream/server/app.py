@@ -87,7 +87,7 @@ class WebSocketServer:
     def _admission(self) -> tuple[str, str] | None:
         """``(reason label, close reason)`` when a new stream must get 1013."""
         ctx = self.ctx
-        overload = ctx.load.refusal(ctx.slots.own())
+        overload = ctx.load.refusal(ctx.slots.own(), ctx.slots.total())
         if overload is not None:
             return "overloaded", overload
         if not ctx.slots.try_acquire():
@@ -117,9 +117,9 @@ class WebSocketServer:
         """Publish this worker's lag, capacity and shedding state (for /metrics, /readyz)."""
         ctx = self.ctx
         while True:
-            ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own()) is not None)
+            ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own(), ctx.slots.total()) is not None)
             ctx.metrics.score_lag.set(ctx.load.recent_lag_s())
-            ctx.metrics.capacity_streams.set(ctx.load.capacity_streams() or 0)
+            ctx.metrics.capacity_streams.set(ctx.load.capacity_share())
             await anyio.sleep(LOAD_REFRESH_S)
 
     async def _fail(self, ws: ServerConnection, exc: BaseException) -> None:

@@ -36,7 +36,7 @@ def readiness(ctx: ServerContext) -> tuple[bool, dict[str, Any]]:
     """Whether a new stream would be admitted now, and the state behind it."""
     slots = ctx.slots
     total = slots.total()
-    refusal = ctx.load.refusal(slots.own())
+    refusal = ctx.load.refusal(slots.own(), total)
     slots.set_shedding(refusal is not None)
     capacity_left = max(slots.max_streams - total, 0)
     # With several workers, the pod is ready while any of them admits streams.
@@ -49,6 +49,7 @@ def readiness(ctx: ServerContext) -> tuple[bool, dict[str, Any]]:
         "max_streams": slots.max_streams,
         "capacity_left": capacity_left,
         "measured_capacity_streams": ctx.load.capacity_streams(),
+        "capacity_scope": "device" if ctx.load.shared_device else "worker",
         "score_lag_s": round(ctx.load.recent_lag_s(), 4),
         "shedding": refusal,
     }

@@ -111,6 +111,7 @@ class LoadMonitor:
         hop_s: float,
         max_batch_windows: int,
         clock: Clock = time.monotonic,
+        device_workers: int = 1,
     ) -> None:
         #: ``None``: measure, but never refuse (load shedding off).
         self.enabled = config is not None
@@ -122,6 +123,10 @@ class LoadMonitor:
         self._lags: deque[tuple[float, float]] = deque()  # (when, lag_s)
         self._fit = BatchFit(config.fit_weight)
         self._lock = threading.Lock()  # batches are timed in a worker thread
+        #: Workers scoring on the same device (a GPU): >1 makes the capacity a
+        #: device-wide figure, compared with the streams of every worker.
+        self.device_workers = device_workers
+        self._fit_frozen = False
 
     # ---- measurements --------------------------------------------------------
 
@@ -135,7 +140,8 @@ class LoadMonitor:
 
     def record_batch(self, n_windows: int, seconds: float) -> None:
         with self._lock:
-            self._fit.add(n_windows, seconds)
+            if not self._fit_frozen:
+                self._fit.add(n_windows, seconds)
 
     # ---- derived -------------------------------------------------------------
 
@@ -161,38 +167,63 @@ class LoadMonitor:
             return None
         return int(self.config.target_utilisation * capacity * self.hop_s)
 
-    def refusal(self, active_streams: int) -> str | None:
-        """Why a new stream must be refused now, or ``None`` to admit it."""
+    @property
+    def shared_device(self) -> bool:
+        return self.device_workers > 1
+
+    def refusal(self, own_streams: int, total_streams: int | None = None) -> str | None:
+        """Why a new stream must be refused now, or ``None`` to admit it.
+
+        ``own_streams``: this worker's; ``total_streams``: every worker's (used
+        when the scoring device is shared).
+        """
         if not self.enabled:
             return None
         lag = self.recent_lag_s()
         if lag > self.max_score_lag_s:
             return f"overloaded: score lag {lag:.2f} s > {self.max_score_lag_s:g} s; retry later"
         capacity = self.capacity_streams()
+        shared = self.shared_device and total_streams is not None
+        streams = total_streams if shared and total_streams is not None else own_streams
         # A worker without streams admits one whatever its measured capacity:
         # it has no stream to protect, and a machine too slow for one real-time
         # stream should serve it with skipped windows rather than refuse everyone.
-        if capacity is not None and active_streams > 0 and active_streams + 1 > capacity:
-            return f"overloaded: measured capacity is {capacity} real-time streams per worker; retry later"
+        if capacity is not None and own_streams > 0 and streams + 1 > capacity:
+            where = "on the shared device" if shared else "per worker"
+            return f"overloaded: measured capacity is {capacity} real-time streams {where}; retry later"
         return None
 
-    def calibrate(self, score: Callable[[Any], Any], make_batch: Callable[[int], Any]) -> None:
-        """Time the scorer on batches of 1 and a few windows: a seed for the fit
-        (live batches refine it) and a warm-up that takes the first-call cost
-        out of live scoring."""
-        small = min(CALIBRATION_BATCH, self.max_batch_windows)
-        log.info("measuring scoring capacity (batches of 1 and %d windows)", small)
-        for n in (1, 1, small, 1, small):
+    def calibrate(
+        self, score: Callable[[Any], Any], make_batch: Callable[[int], Any], largest: int = CALIBRATION_BATCH
+    ) -> None:
+        """Time the scorer on batches of 1 and ``largest`` windows: a seed for
+        the fit and a warm-up that takes the first-call cost out of live scoring.
+
+        On a device of its own, live batches then refine the fit. On a shared
+        device (run this while no other worker scores), live timings include
+        waiting for the other workers' batches, so the uncontended figure is
+        kept and the score lag catches any drift.
+        """
+        large = min(largest, self.max_batch_windows)
+        log.info("measuring scoring capacity (batches of 1 and %d windows)", large)
+        for n in (1, 1, large, 1, large):
             batch = make_batch(n)
             t0 = self.clock()
             score(batch)
             self.record_batch(n, self.clock() - t0)
+        self._fit_frozen = self.shared_device
         log.info(
-            "measured scoring capacity: %.0f windows/s at batch %d (%s real-time streams per worker)",
+            "measured scoring capacity: %.0f windows/s at batch %d (%s real-time streams %s)",
             self.capacity_windows_per_s() or 0.0,
             self.max_batch_windows,
             self.capacity_streams(),
+            f"on a device shared by {self.device_workers} workers" if self.shared_device else "per worker",
         )
+
+    def capacity_share(self) -> int:
+        """This worker's part of the capacity (summed over workers for the metrics)."""
+        capacity = self.capacity_streams() or 0
+        return capacity // self.device_workers if self.shared_device else capacity
 
 
 class TimedScorer:

@@ -126,6 +126,8 @@ class Supervisor:
         self.drain_timeout_s = drain_timeout_s
         self._mp = multiprocessing.get_context("spawn")
         self._cells, self._lock = shared_cells(self._mp, workers)
+        # Workers sharing a GPU time it one at a time (see LoadMonitor.calibrate).
+        self._calibration_lock = self._mp.Lock()
         #: ``None`` while a slot has no live process (before start, between death and restart).
         self._workers: list[_Worker | None] = [None] * workers
         self._early_deaths = [0] * workers
@@ -168,7 +170,16 @@ class Supervisor:
         receive, send = self._mp.Pipe(duplex=False)
         process = self._mp.Process(
             target=worker_main,
-            args=(self.spec, index, self.n_workers, self.sock, self._cells, self._lock, send),
+            args=(
+                self.spec,
+                index,
+                self.n_workers,
+                self.sock,
+                self._cells,
+                self._lock,
+                self._calibration_lock,
+                send,
+            ),
             name=f"spoofwatch-worker-{index}",
             daemon=False,
         )
@@ -305,7 +316,14 @@ def _exit_with_parent() -> None:
 
 
 def worker_main(
-    spec: WorkerSpec, index: int, workers: int, sock: socket.socket, cells: Any, lock: Any, conn: Any
+    spec: WorkerSpec,
+    index: int,
+    workers: int,
+    sock: socket.socket,
+    cells: Any,
+    lock: Any,
+    calibration_lock: Any,
+    conn: Any,
 ) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
@@ -318,7 +336,7 @@ def worker_main(
     logging.getLogger("spoofwatch").setLevel(spec.log_level)
     _exit_with_parent()
     try:
-        server = build_worker_server(spec, index, workers, sock, cells, lock)
+        server = build_worker_server(spec, index, workers, sock, cells, lock, calibration_lock)
     except SpoofwatchError as exc:
         log.error("worker %d cannot start: %s", index, exc)
         sys.exit(exc.exit_code)
@@ -330,8 +348,18 @@ def worker_main(
         server.ctx.sinks.close()
 
 
+#: Seconds a worker waits for another's device calibration before timing on its own.
+CALIBRATION_WAIT_S = 120.0
+
+
 def build_worker_server(
-    spec: WorkerSpec, index: int, workers: int, sock: socket.socket, cells: Any, lock: Any
+    spec: WorkerSpec,
+    index: int,
+    workers: int,
+    sock: socket.socket,
+    cells: Any,
+    lock: Any,
+    calibration_lock: Any,
 ) -> Any:
     import numpy as np
 
@@ -342,21 +370,37 @@ def build_worker_server(
     from .app import WebSocketServer
     from .batcher import BatchScorer
     from .context import ServerContext
-    from .load import LoadMonitor
+    from .load import CALIBRATION_BATCH, LoadMonitor
     from .sinks import ServerSinks
 
     config = spec.config
     threads = spec.threads
     if threads is None:
-        threads = max(1, cpu_count() // workers)  # the workers share the cores (CPU kernels, or a CPU fallback)
+        threads = max(
+            1, cpu_count() // workers
+        )  # the workers share the cores (CPU kernels, or a CPU fallback)
     detector = Detector.load(spec.model, spec.device, threads, spec.weights, spec.calibration)  # type: ignore[arg-type]
-    load = LoadMonitor(config.shedding, detector.calibration.stream.hop_s, config.max_batch_windows)
+    # All workers score on the one GPU; on CPU each has its own share of the cores.
+    on_gpu = detector.scorer.device == "cuda"
+    load = LoadMonitor(
+        config.shedding,
+        detector.calibration.stream.hop_s,
+        config.max_batch_windows,
+        device_workers=workers if on_gpu else 1,
+    )
     if load.enabled:
         rng = np.random.default_rng(0)
-        load.calibrate(
-            detector.scorer.scores,
-            lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32),
-        )
+        locked = on_gpu and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
+        try:
+            load.calibrate(
+                detector.scorer.scores,
+                lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32),
+                # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
+                largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH,
+            )
+        finally:
+            if locked:
+                calibration_lock.release()
     ctx = ServerContext(
         config,
         BatchScorer(detector.scorer, config.max_batch_windows),
