@@ -232,6 +232,34 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def drive(
+    url: str, n_streams: int, n_clients: int, args: argparse.Namespace, server_cpu: Any
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``n_streams`` real-time streams from ``n_clients`` processes; their results and the
+    server's CPU use meanwhile (cores)."""
+    mp = multiprocessing.get_context("spawn")
+    results: Any = mp.Queue()
+    offsets = [7.0 * i for i in range(n_streams)]  # a different stretch of speech per stream
+    start_at = time.time() + 5.0  # the clients load their audio first
+    procs = [
+        mp.Process(
+            target=client_main,
+            args=(url, offsets[k::n_clients], args.seconds, start_at, args.frame_ms, results),
+        )
+        for k in range(n_clients)
+    ]
+    for p in procs:
+        p.start()
+    cpu0, wall0 = server_cpu(), time.monotonic()
+    streams: list[dict[str, Any]] = []
+    for _ in procs:
+        streams += results.get(timeout=args.seconds + 120)
+    cores = (server_cpu() - cpu0) / (time.monotonic() - wall0)
+    for p in procs:
+        p.join()
+    return streams, cores
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 
@@ -248,6 +276,9 @@ def main() -> None:
     parser.add_argument("--no-load-shedding", action="store_true")
     parser.add_argument("--frame-ms", type=int, default=20)
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
+    parser.add_argument(
+        "--baseline", action="store_true", help="first run one stream alone; report delay ratios against it"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
     args = parser.parse_args()
     if not 1 <= args.clients <= args.streams:
@@ -259,32 +290,21 @@ def main() -> None:
         port = server.wait_ready(args.startup_timeout_s)
         startup_s = time.monotonic() - t_start
         url = f"ws://127.0.0.1:{port}/"
-        mp = multiprocessing.get_context("spawn")
-        results: Any = mp.Queue()
-        # A different stretch of speech per stream, 7 s apart.
-        offsets = [7.0 * i for i in range(args.streams)]
-        start_at = time.time() + 5.0  # clients load their audio first
-        procs = [
-            mp.Process(
-                target=client_main,
-                args=(url, offsets[k :: args.clients], args.seconds, start_at, args.frame_ms, results),
-            )
-            for k in range(args.clients)
-        ]
-        for p in procs:
-            p.start()
-        cpu0, wall0 = server.cpu_s(), time.monotonic()
-        streams: list[dict[str, Any]] = []
-        for _ in procs:
-            streams += results.get(timeout=args.seconds + 120)
-        cpu1, wall1 = server.cpu_s(), time.monotonic()
-        for p in procs:
-            p.join()
+        # The baseline: one stream alone on the same server, same audio length.
+        baseline = drive(url, 1, 1, args, server.cpu_s) if args.baseline else None
+        streams, cores = drive(url, args.streams, args.clients, args, server.cpu_s)
         metrics = scrape(port)
     finally:
         server.stop()
 
-    report = summarise(args, streams, metrics, startup_s, (cpu1 - cpu0) / (wall1 - wall0))
+    report = summarise(args, streams, metrics, startup_s, cores)
+    if baseline is not None:
+        one = summarise(args, baseline[0], {}, startup_s, baseline[1])["score_delay_s"]
+        many = report["score_delay_s"]
+        report["baseline_1_stream_delay_s"] = one
+        report["delay_ratio_vs_1_stream"] = {
+            q: round(many[q] / one[q], 2) if many[q] and one[q] else None for q in ("p50", "p99")
+        }
     if args.json:
         print(json.dumps(report))
     else:
@@ -368,6 +388,12 @@ def print_report(r: dict[str, Any]) -> None:
         f"max {d['max']} s over {d['n']} windows\n"
         f"server CPU: {r['server_cpu_cores']} cores of {r['machine_cores']}; mean batch {r['server_mean_batch_windows']} windows\n"
         f"server refusals: {r['server_refused'] or 'none'}"
+        + (
+            f"\nbaseline, 1 stream alone: delay {r['baseline_1_stream_delay_s']}; "
+            f"ratio of {r['streams']} streams to it: {r['delay_ratio_vs_1_stream']}"
+            if "baseline_1_stream_delay_s" in r
+            else ""
+        )
     )
 
 

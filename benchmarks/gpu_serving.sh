@@ -39,10 +39,12 @@ run() {
     export LD_LIBRARY_PATH CUDA_MODULE_LOADING=LAZY
     export SPOOFWATCH_HOME=$PWD/$carry/home SPOOFWATCH_SHARED=$PWD/$carry/shared
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
+    local extra=--baseline  # the first run also measures one stream alone, as the reference
     for n in "${@:-256 1024}"; do
         for streams in $n; do
             timeout 150 python3 benchmarks/bench_server.py --device cuda --workers 8 --clients 6 \
-                --streams "$streams" --seconds 20 --json | tee -a "$out/bench_server.jsonl" || echo "run $streams failed: $?"
+                --streams "$streams" --seconds 20 $extra --json | tee -a "$out/bench_server.jsonl" || echo "run $streams failed: $?"
+            extra=
         done
     done
 }
