@@ -379,3 +379,25 @@ async def test_keepalive_and_health_answer_while_scoring_is_stuck(
         assert ws.close_code == 1000 and events[-1]["type"] == "summary"
         tg.cancel_scope.cancel()
     ctx.sinks.close()
+
+
+def test_alert_journal_keeps_only_open_alerts_and_the_supervisor_closes_them(tmp_path: Path) -> None:
+    from spoofwatch.stream.server.journal import AlertJournal, crash_alert_ends, journal_path
+
+    path = journal_path(tmp_path, 1234)
+    journal = AlertJournal(path)
+    a, b = {"stream_id": "w0-1234-s1"}, {"callSid": "CA1", "streamSid": "MZ1", "track": "inbound"}
+    journal.update([{"type": "alert_start", "t": 9.0, "smoothed": -3.0, "threshold": 1.7, **a}])
+    journal.update([{"type": "alert_start", "t": 5.0, "smoothed": -2.0, "threshold": 1.7, **b}])
+    journal.update(
+        [{"type": "alert_end", "t": 7.0, "smoothed": 2.0, "threshold": 1.7, "reason": "recovered", **b}]
+    )
+    journal.update([{"type": "score", "t_start": 6.0, "t_end": 10.0, "score": -4.0, "smoothed": -3.5, **a}])
+    journal.flush()  # the score moved the open alert's time on
+    ends = crash_alert_ends(path)
+    assert ends == [
+        {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 1.7, "reason": "worker_crash", **a}
+    ]
+    assert not path.exists() and crash_alert_ends(path) == []
+    journal.update([{"type": "summary", **a}])  # a stream that ended leaves nothing open
+    assert json.loads(path.read_text()) == []

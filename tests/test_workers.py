@@ -108,9 +108,14 @@ class ServerProcess:
 
 
 @pytest.fixture()
-def two_workers(onnx_aasist_l: Path, sw_home: Path) -> Iterator[tuple[ServerProcess, int, dict[int, int]]]:
+def two_workers(
+    onnx_aasist_l: Path, sw_home: Path, tmp_path: Path
+) -> Iterator[tuple[ServerProcess, int, dict[int, int]]]:
     server = ServerProcess(
-        ["--workers", "2", "--max-streams", "2", "--device", "cpu", "--threads", "1", "--no-load-shedding"],
+        [
+            *("--workers", "2", "--max-streams", "2", "--device", "cpu", "--threads", "1"),
+            *("--no-load-shedding", "--idle-timeout-s", "600", "--jsonl", str(tmp_path / "events.jsonl")),
+        ],
         sw_home,
     )
     try:
@@ -119,6 +124,17 @@ def two_workers(onnx_aasist_l: Path, sw_home: Path) -> Iterator[tuple[ServerProc
         yield server, port, pids
     finally:
         server.close()
+
+
+async def open_alert_stream(url: str, audio: np.ndarray) -> tuple[ClientConnection, str]:
+    """A stream that holds a slot with an open alert: genuine then spoofed speech, no stop."""
+    ws = await connect(url, max_size=None)
+    await ws.send(START)
+    await ws.send(audio.astype("<f4").tobytes())
+    while True:
+        event = json.loads(await ws.recv())
+        if event["type"] == "alert_start":
+            return ws, event["stream_id"]
 
 
 async def open_stream(url: str) -> tuple[ClientConnection, str]:
@@ -137,14 +153,17 @@ def worker_pid(stream_id: str) -> int:
 
 
 def test_workers_share_max_streams_restart_after_a_crash_and_drain(
-    two_workers: tuple[ServerProcess, int, dict[int, int]], la_dir: Path
+    two_workers: tuple[ServerProcess, int, dict[int, int]], la_dir: Path, tmp_path: Path
 ) -> None:
     server, port, pids = two_workers
     speech = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
+    n = 8 * SAMPLE_RATE_HZ
+    genuine_then_spoof = np.concatenate([np.tile(speech, 4)[:n], np.tile(spoof, 4)[:n]])
     url = f"ws://127.0.0.1:{port}/"
 
     async def scenario() -> None:
-        first, id1 = await open_stream(url)
+        first, id1 = await open_alert_stream(url, genuine_then_spoof)
         second, id2 = await open_stream(url)
         assert id1 != id2
         refused = await send_audio(np.zeros(16000, np.float32), url)
@@ -177,6 +196,15 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
                 server.expect, rf"worker {index} ready \(pid (\d+)", accept=lambda m, p=pid: int(m[1]) != p
             )
             pids[index] = int((await anyio.to_thread.run_sync(new))[1])
+        # The sinks got an alert_end for the alert the crash left open.
+        await anyio.to_thread.run_sync(
+            server.expect, r"ended 1 open alert\(s\) in the sinks \(reason worker_crash\)"
+        )
+        logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+        mine = [e for e in logged if e.get("stream_id") == id1]
+        assert [e["type"] for e in mine].count("alert_start") == 1
+        assert mine[-1]["type"] == "alert_end" and mine[-1]["reason"] == "worker_crash"
+        assert mine[-1]["t"] >= next(e["t"] for e in mine if e["type"] == "alert_start")
         # The dead workers' slots were freed: a new stream is served in full, by a new worker.
         result = await send_audio(speech, url)
         assert result.close_code == 1000 and result.events[-1]["type"] == "summary"

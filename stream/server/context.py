@@ -13,6 +13,7 @@ from ..engine import Engine
 from ..gate import SileroVad
 from ..runner import build_engine
 from .batcher import BatchScorer
+from .journal import AlertJournal
 from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedScorer
 from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
@@ -78,6 +79,7 @@ class ServerContext:
         load: LoadMonitor | None = None,
         stream_id_prefix: str = "",
         model: str | None = None,
+        journal: AlertJournal | None = None,
     ) -> None:
         self.config = config
         self.batcher = batcher
@@ -90,11 +92,9 @@ class ServerContext:
         self.model = model or calibration.model
         self.provider = str(getattr(batcher.scorer, "device", "unknown"))
         self.slots: StreamSlots = slots or LocalSlots(config.max_streams)
-        self.load = load or LoadMonitor(
-            config.shedding, calibration.stream.hop_s, config.max_batch_windows
-        )
+        self.load = load or LoadMonitor(config.shedding, calibration.stream.hop_s, config.max_batch_windows)
         self.metrics = ServerMetrics(self.provider, config.max_streams)
-        self.stats = StreamStats(self.load, self.metrics)
+        self.stats = StreamStats(self.load, self.metrics, journal)
         batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
         self.stream_id_prefix = stream_id_prefix
 

@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .journal import AlertJournal
 from .load import LoadMonitor
 
 #: Environment variable that switches ``prometheus-client`` to multi-process mode.
@@ -104,9 +105,12 @@ class ServerMetrics:
 class StreamStats:
     """The sessions' :class:`~.load.WindowObserver`: feeds the load monitor and the metrics."""
 
-    def __init__(self, monitor: LoadMonitor, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, monitor: LoadMonitor, metrics: ServerMetrics, journal: AlertJournal | None = None
+    ) -> None:
         self.monitor = monitor
         self.metrics = metrics
+        self.journal = journal
         self.now = monitor.clock
 
     def window_done(self, outcome: str, arrived_at: float | None) -> None:
@@ -121,3 +125,5 @@ class StreamStats:
         alerts = sum(e.get("type") == "alert_start" for e in events)
         if alerts:
             self.metrics.alerts.inc(alerts)
+        if self.journal is not None:
+            self.journal.update(events)

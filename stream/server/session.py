@@ -182,5 +182,8 @@ class StreamSession:
 
     async def finish(self) -> None:
         """After ``serve`` returned: close alerts and emit the summary."""
-        for event in self.engine.finish():
-            await self.emit({**event.to_json(), **self.tags})
+        events = [{**event.to_json(), **self.tags} for event in self.engine.finish()]
+        if self._observer is not None:
+            self._observer.events(events)
+        for event in events:
+            await self.emit(event)

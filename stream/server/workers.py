@@ -135,6 +135,8 @@ class Supervisor:
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = False
         self.port: int | None = None
+        self._state_dir = ""
+        self._sinks: Any = None  # the sinks, opened when a dead worker left open alerts
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stopping = True
@@ -150,6 +152,7 @@ class Supervisor:
         for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
             stale.unlink()
         os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
+        self._state_dir = metrics_dir  # also holds each worker's open-alert journal
         self.sock = listen_socket(config.host, config.port)
         self.port = int(self.sock.getsockname()[1])
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -162,6 +165,8 @@ class Supervisor:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.sock.close()
+            if self._sinks is not None:
+                self._sinks.close()
             if own_dir:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
                 os.environ.pop(MULTIPROC_ENV, None)
@@ -246,6 +251,7 @@ class Supervisor:
             w.conn.close()
         _forget_worker_metrics(w.process.pid)
         reset_worker_cells(self._cells, self._lock, self.n_workers, w.index)
+        self._close_open_alerts(w)
         if self._stopping:
             return None
         if w.ready:
@@ -269,6 +275,28 @@ class Supervisor:
         )
         self._restart_at[w.index] = time.monotonic() + delay
         return None
+
+    def _close_open_alerts(self, w: _Worker) -> None:
+        """The sinks must not show the dead worker's calls under alert forever."""
+        from .journal import crash_alert_ends, journal_path
+
+        events = crash_alert_ends(journal_path(self._state_dir, w.process.pid))
+        if not events:
+            return
+        import anyio
+
+        from .sinks import ServerSinks
+
+        if self._sinks is None:
+            self._sinks = ServerSinks(self.spec.jsonl, self.spec.stdout, self.spec.webhook)
+        for event in events:
+            anyio.run(self._sinks.emit, event)
+        log.warning(
+            "worker %d: ended %d open alert(s) in the sinks (reason %s)",
+            w.index,
+            len(events),
+            events[0]["reason"],
+        )
 
     def _drain(self) -> None:
         live = [w for w in self._workers if w is not None and w.process.is_alive()]
@@ -370,6 +398,7 @@ def build_worker_server(
     from .app import WebSocketServer
     from .batcher import BatchScorer
     from .context import ServerContext
+    from .journal import AlertJournal, journal_path
     from .load import CALIBRATION_BATCH, LoadMonitor
     from .sinks import ServerSinks
 
@@ -411,6 +440,7 @@ def build_worker_server(
         load=load,
         stream_id_prefix=f"w{index}-{os.getpid()}-",
         model=spec.model,
+        journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
     )
     return WebSocketServer(ctx, sock=sock)
 
