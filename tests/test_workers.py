@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,6 +51,15 @@ def test_absurd_worker_counts_fail_before_the_model_loads(
 def test_more_workers_than_streams_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--workers", "2", "--max-streams", "1"]) == 2
     assert "--workers 2 exceeds --max-streams 1" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_a_clear_error(
+    onnx_aasist_l: Path, sw_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--workers", "1", "--device", "cpu"]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 class ServerProcess:

@@ -75,7 +75,7 @@ class AlertJournal:
             log.warning("cannot write the open-alert journal %s: %s", self.path, exc)
 
 
-def crash_alert_ends(path: Path) -> list[dict[str, Any]]:
+def crash_alert_ends(path: Path, reason: str = CRASH_REASON) -> list[dict[str, Any]]:
     """``alert_end`` events for the open alerts a dead worker left in ``path`` (which is removed)."""
     try:
         entries = json.loads(path.read_text())
@@ -92,7 +92,7 @@ def crash_alert_ends(path: Path) -> list[dict[str, Any]]:
             "t": e["t"],
             "smoothed": e["smoothed"],
             "threshold": e["threshold"],
-            "reason": CRASH_REASON,
+            "reason": reason,
             **{k: e[k] for k in STREAM_TAGS if k in e},
         }
         for e in entries

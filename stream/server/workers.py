@@ -42,6 +42,7 @@ from typing import Any
 from spoofwatch.errors import InputError, SpoofwatchError
 
 from .context import ServerConfig
+from .journal import CRASH_REASON, crash_alert_ends, journal_path
 from .load import SharedSlots, reset_worker_cells, shared_cells
 from .metrics import MULTIPROC_ENV
 
@@ -132,7 +133,6 @@ class Supervisor:
         self._workers: list[_Worker | None] = [None] * workers
         self._early_deaths = [0] * workers
         self._restart_at: dict[int, float] = {}
-        self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = False
         self.port: int | None = None
         self._state_dir = ""
@@ -147,14 +147,18 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; the exit status (0 after a drain)."""
         config = self.spec.config
         config.validate()
+        try:
+            self.sock = listen_socket(config.host, config.port)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        self.port = int(self.sock.getsockname()[1])
         own_dir = MULTIPROC_ENV not in os.environ
         metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="spoofwatch-metrics-")
         for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
             stale.unlink()
         os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
         self._state_dir = metrics_dir  # also holds each worker's open-alert journal
-        self.sock = listen_socket(config.host, config.port)
-        self.port = int(self.sock.getsockname()[1])
+        self._wake_r, self._wake_w = socket.socketpair()  # a signal wakes the supervision loop
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for i in range(self.n_workers):
@@ -165,6 +169,8 @@ class Supervisor:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
             if self._sinks is not None:
                 self._sinks.close()
             if own_dir:
@@ -251,7 +257,7 @@ class Supervisor:
             w.conn.close()
         _forget_worker_metrics(w.process.pid)
         reset_worker_cells(self._cells, self._lock, self.n_workers, w.index)
-        self._close_open_alerts(w)
+        self._close_open_alerts(w, "shutdown" if self._stopping else CRASH_REASON)
         if self._stopping:
             return None
         if w.ready:
@@ -276,11 +282,9 @@ class Supervisor:
         self._restart_at[w.index] = time.monotonic() + delay
         return None
 
-    def _close_open_alerts(self, w: _Worker) -> None:
-        """The sinks must not show the dead worker's calls under alert forever."""
-        from .journal import crash_alert_ends, journal_path
-
-        events = crash_alert_ends(journal_path(self._state_dir, w.process.pid))
+    def _close_open_alerts(self, w: _Worker, reason: str) -> None:
+        """The sinks must not show a dead worker's calls under alert forever."""
+        events = crash_alert_ends(journal_path(self._state_dir, w.process.pid), reason)
         if not events:
             return
         import anyio
@@ -313,6 +317,7 @@ class Supervisor:
                 w.process.kill()
                 w.process.join()
             _forget_worker_metrics(w.process.pid)
+            self._close_open_alerts(w, "shutdown")  # streams a worker could not end itself
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -398,7 +403,7 @@ def build_worker_server(
     from .app import WebSocketServer
     from .batcher import BatchScorer
     from .context import ServerContext
-    from .journal import AlertJournal, journal_path
+    from .journal import AlertJournal
     from .load import CALIBRATION_BATCH, LoadMonitor
     from .sinks import ServerSinks
 
