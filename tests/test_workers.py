@@ -31,6 +31,7 @@ from spoofwatch.cli import main
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.stream.client import send_audio
 from spoofwatch.stream.server import health
+from spoofwatch.stream.server.workers import cpu_count, default_workers
 
 #: Generous: two workers load the model on a busy 2-core machine.
 STARTUP_S = 300.0
@@ -51,6 +52,9 @@ def test_absurd_worker_counts_fail_before_the_model_loads(
 def test_more_workers_than_streams_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--workers", "2", "--max-streams", "1"]) == 2
     assert "--workers 2 exceeds --max-streams 1" in capsys.readouterr().err
+    # The default fits whatever --max-streams says.
+    assert default_workers(1) == 1
+    assert default_workers(10**6) == max(1, cpu_count() // 2)
 
 
 def test_a_port_in_use_is_a_clear_error(

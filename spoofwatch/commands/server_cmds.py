@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, shedding=None)
     # Before any worker loads the model: a refused config fails fast.
     config.validate()
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(config.max_streams) if args.workers is None else args.workers
     validate_workers(workers, config.max_streams)
     # Export the ONNX file and check the calibration once here, not racing in every worker.
     from spoofwatch.calibration.calfile import calibration_for

@@ -67,9 +67,10 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """One worker per two cores: each uses about two (event loop plus ingest and scoring threads)."""
-    return max(1, cpu_count() // 2)
+def default_workers(max_streams: int) -> int:
+    """One worker per two cores (each uses about two: event loop plus ingest and
+    scoring threads), and no more workers than streams."""
+    return max(1, min(cpu_count() // 2, max_streams))
 
 
 def validate_workers(workers: int, max_streams: int) -> None:
