@@ -68,7 +68,7 @@ async def _one_stream(url: str, audio: np.ndarray, start_at: float, frame: int) 
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-    from spoofwatch.stream.server.codecs import encode
+    from spoofwatch.stream.codecs import encode
 
     await asyncio.sleep(max(0.0, start_at - time.time()))
     out: dict[str, Any] = {"close_code": None, "close_reason": "", "delays": [], "summary": None}

@@ -21,8 +21,8 @@ import numpy as np
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import AudioError
-from spoofwatch.model.detector import iter_windows
 from spoofwatch.stream.engine import Scorer
+from spoofwatch.stream.windower import iter_windows
 
 from .dataset import Dataset
 from .protocol import Trial

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import official_window, read_audio
+from spoofwatch.calibration.calfile import Calibration
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
+from spoofwatch.stream.windower import iter_windows
 
+from .config import load_model_config
 from .export import ensure_onnx
 from .runtime import Device, OnnxScorer
 
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
+log = logging.getLogger(__name__)
 
 #: Windows scored per ONNX Runtime call when scoring a long file.
 FILE_BATCH_WINDOWS = 8
@@ -51,29 +53,25 @@ class FileScore:
         }
 
 
-def window_starts(n_samples: int, hop_samples: int) -> list[int]:
-    """Start offsets of the windows covering a clip of ``n_samples``.
+def calibration_for(model: str, path: Path | None, weights: Path | None) -> Calibration:
+    """The calibration to use with ``model`` and (optionally custom) ``weights``.
 
-    A clip no longer than one window gets a single window at 0 (padded by
-    repetition, the official convention). Longer clips get a window every
-    hop plus, when the hops stop short of the end, one ending at the last sample.
+    An explicit file must match the weights in use (the pinned official ones
+    unless ``weights`` is given). With custom weights and no file, the shipped
+    default is used with a warning, re-stamped with the custom weights' hash,
+    so files written from it (``calibrate fit``) fit them.
     """
-    if hop_samples < 1:
-        raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
-    if n_samples <= WINDOW_SAMPLES:
-        return [0]
-    starts = list(range(0, n_samples - WINDOW_SAMPLES + 1, hop_samples))
-    if starts[-1] + WINDOW_SAMPLES < n_samples:
-        starts.append(n_samples - WINDOW_SAMPLES)
-    return starts
+    from spoofwatch.calibration.calfile import load_calibration
 
+    from .weights import sha256_file
 
-def iter_windows(
-    audio: npt.NDArray[np.float32], hop_samples: int
-) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
-    """``(start, window)`` pairs; the first window follows the official convention."""
-    for start in window_starts(audio.size, hop_samples):
-        yield start, official_window(audio[start:])
+    if weights is None:
+        return load_calibration(path, model=model, weights_sha256=load_model_config(model).weights_sha256)
+    digest = sha256_file(weights)
+    if path is None:
+        log.warning("using the default calibration with custom weights; calibrate for these weights")
+        return dataclasses.replace(load_calibration(None, model=model), weights_sha256=digest)
+    return load_calibration(path, model=model, weights_sha256=digest)
 
 
 class Detector:
@@ -91,21 +89,23 @@ class Detector:
         device: Device = "auto",
         threads: int | None = None,
         weights: Path | None = None,
-        calibration: Path | None = None,
+        calibration: Path | Calibration | None = None,
     ) -> Detector:
         """Load cached weights (exporting to ONNX on first use) and a calibration.
 
         ``calibration`` defaults to the shipped ``configs/calibration/<model>.toml``.
         """
-        from spoofwatch.calibration.calfile import calibration_for
-
-        cal = calibration_for(model, calibration, weights)
+        cal = (
+            calibration
+            if isinstance(calibration, Calibration)
+            else calibration_for(model, calibration, weights)
+        )
         scorer = OnnxScorer(ensure_onnx(model, weights), device=device, threads=threads)
         return cls(model, scorer, cal)
 
     @property
     def threshold(self) -> float:
-        return self.calibration.threshold
+        return self.calibration.verdict_threshold
 
     def verdict(self, score: float) -> str:
         return "bonafide" if score >= self.threshold else "spoof"

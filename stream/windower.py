@@ -9,6 +9,7 @@ gets one window on ``flush()``: the audio it has, repeated to full length
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,3 +87,31 @@ class Windower:
         window = Window(self._emitted, start, self.total_samples, samples)
         self._emitted += 1
         return window
+
+
+# ---- whole-file windowing (``score``, ``calibrate score``) ----------------
+
+
+def window_starts(n_samples: int, hop_samples: int) -> list[int]:
+    """Start offsets of the windows covering a clip of ``n_samples``.
+
+    A clip no longer than one window gets a single window at 0 (padded by
+    repetition, the official convention). Longer clips get a window every
+    hop plus, when the hops stop short of the end, one ending at the last sample.
+    """
+    if hop_samples < 1:
+        raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
+    if n_samples <= WINDOW_SAMPLES:
+        return [0]
+    starts = list(range(0, n_samples - WINDOW_SAMPLES + 1, hop_samples))
+    if starts[-1] + WINDOW_SAMPLES < n_samples:
+        starts.append(n_samples - WINDOW_SAMPLES)
+    return starts
+
+
+def iter_windows(
+    audio: npt.NDArray[np.float32], hop_samples: int
+) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """``(start, window)`` pairs; the first window follows the official convention."""
+    for start in window_starts(audio.size, hop_samples):
+        yield start, official_window(audio[start:])

@@ -1,5 +1,6 @@
-"""Serving at scale: admission control, stream slots, health and metrics on
-loopback, load shedding under a fake slow scorer (injected clock)."""
+"""Serving at scale: admission control, stream slots, the session's window
+observer, health and metrics on loopback, load shedding under a fake slow
+scorer (injected clock)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
-from helpers import BONAFIDE_UTT, la_clip
+from helpers import BONAFIDE_UTT, FakeScorer, fake_engine, la_clip, offset_audio
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -20,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.stream.client import send_audio
+from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.server import health
 from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer
@@ -33,6 +35,7 @@ from spoofwatch.stream.server.load import (
     reset_worker_cells,
     shared_cells,
 )
+from spoofwatch.stream.server.session import StreamSession
 from spoofwatch.stream.server.sinks import ServerSinks
 
 pytestmark = pytest.mark.anyio
@@ -194,6 +197,107 @@ def test_dead_worker_holding_the_admission_lock_is_freed() -> None:
     assert w1.try_acquire() and w1.total() == 1
 
 
+# ---- the session's window observer (fake scorer and VAD, no sockets) ---------------
+
+
+class RecordingObserver:
+    """A :class:`WindowObserver` that keeps what it hears, on a clock the test sets."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.windows: list[tuple[str, float | None]] = []
+        self.seen: list[dict[str, Any]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def window_done(self, outcome: str, arrived_at: float | None) -> None:
+        self.windows.append((outcome, arrived_at))
+
+    def events(self, events: list[dict[str, Any]]) -> None:
+        self.seen += events
+
+
+class StallingScorer(FakeScorer):
+    """Scores ``free`` calls, then blocks (in the batcher's thread) until released."""
+
+    def __init__(self, free: int) -> None:
+        super().__init__()
+        self.free = free
+        self.stalled, self.release = threading.Event(), threading.Event()
+
+    def scores(self, windows: Any) -> Any:
+        if self.calls >= self.free:
+            self.stalled.set()
+            self.release.wait(timeout=120)
+        return super().scores(windows)
+
+
+async def observed_stream(
+    driver: StreamDriver, stall_after: int | None = None
+) -> tuple[RecordingObserver, list[dict[str, Any]]]:
+    """16 s of fake speech pushed in 1 s messages (message i arrives at observer time i);
+    with ``stall_after``, the scorer stalls after that many calls and the stream is aborted."""
+    observer, got = RecordingObserver(), []
+
+    async def emit(event: dict[str, Any]) -> None:
+        got.append(event)
+
+    audio = np.concatenate([offset_audio(8.0, 0.05, 1), offset_audio(8.0, -0.05, 2)])
+    scorer = StallingScorer(10**6 if stall_after is None else stall_after)
+    batcher = BatchScorer(scorer)
+    session = StreamSession(driver, batcher, emit, tags={"stream_id": "t"}, observer=observer)
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(batcher.serve)
+        for i in range(16):
+            observer.t = float(i)
+            await session.push(audio[i * 16000 : (i + 1) * 16000])
+        if stall_after is None:
+            session.close_input()  # before serve: the whole stream is one ingest batch
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.serve)
+            await session.finish()
+        else:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(session.serve)
+                    await anyio.to_thread.run_sync(scorer.stalled.wait, 120)
+                    scope.cancel()
+            await session.abort("disconnect")
+            scorer.release.set()
+        batcher.close()
+    return observer, got
+
+
+async def test_a_live_session_reports_every_window_with_its_arrival() -> None:
+    observer, got = await observed_stream(StreamDriver(fake_engine(), drop_stale=True))
+    summary = got[-1]
+    assert summary["type"] == "summary" and summary["dropped_windows"] > 0
+    outcomes = [o for o, _ in observer.windows]
+    assert len(outcomes) == summary["windows"]  # every window once
+    assert outcomes.count("dropped") == summary["dropped_windows"]
+    assert outcomes.count("scored") == summary["scored_windows"]
+    # One ingest batch: each window's audio began arriving with the first message.
+    assert {arrived for _, arrived in observer.windows} == {0.0}
+    assert observer.seen == got  # the observer sees each event before it is sent
+
+
+async def test_an_upload_reports_no_lag_and_an_abort_drops_without_lag() -> None:
+    clock = FakeClock()  # never moves: 16 s of audio arrive at once, far ahead of it
+    driver = StreamDriver(fake_engine(), drop_stale=True, clock=clock)
+    observer, got = await observed_stream(driver, stall_after=3)
+    assert driver.upload
+    summary = got[-1]
+    assert summary["type"] == "summary" and summary["scored_windows"] == 3
+    # An upload is never dropped from and waits by design: its lag says nothing about load.
+    assert observer.windows[:3] == [("scored", None)] * 3
+    # The abort dropped what was still queued (the window stuck in the scorer is
+    # neither): counted, but without a lag either.
+    dropped = observer.windows[3:]
+    assert dropped == [("dropped", None)] * summary["dropped_windows"]
+    assert summary["dropped_windows"] == summary["windows"] - 4
+
+
 # ---- the server on loopback -------------------------------------------------------
 
 
@@ -209,10 +313,11 @@ def make_ctx(
     return ServerContext(
         config,
         BatchScorer(scorer),
-        load_calibration(model="aasist-l"),
+        load_calibration(model="aasist-l").live,
         vad,
         ServerSinks(jsonl=tmp_path / "events.jsonl"),
         load=load,
+        model="aasist-l",
     )
 
 
@@ -336,6 +441,35 @@ async def test_overloaded_worker_refuses_new_streams_with_1013(
         assert page[("spoofwatch_batch_size_windows_count", ())] == summary["scored_windows"]
         tg.cancel_scope.cancel()
     ctx.sinks.close()
+
+
+async def test_a_drain_ends_an_open_alert_with_reason_shutdown(
+    spoof_stream: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """A worker's drain (SIGTERM -> ``request_shutdown``) closes its streams with
+    1001; their open alerts end with ``shutdown``, not ``disconnect``."""
+    ctx = make_ctx(scorer, vad, tmp_path, shedding=None)
+    server = WebSocketServer(ctx)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.run)
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            await ws.send(spoof_stream.astype("<f4").tobytes())  # no stop: the stream stays open
+            while json.loads(await ws.recv())["type"] != "alert_start":
+                pass
+            server.request_shutdown()
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 1001
+        # run() returned by itself: the task group exits without a cancel.
+    ctx.sinks.close()
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    ends = [e for e in logged if e["type"] == "alert_end"]
+    assert len(ends) == 1 and ends[0]["reason"] == "shutdown"
+    assert [e["type"] for e in logged].count("summary") == 1 and logged[-1]["type"] == "summary"
 
 
 class BlockedScorer:

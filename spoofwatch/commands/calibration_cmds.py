@@ -117,11 +117,12 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
-    from spoofwatch.calibration.calfile import calibration_for, save_calibration
+    from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import threshold_for, with_threshold
     from spoofwatch.calibration.metrics import evaluate
     from spoofwatch.calibration.protocol import read_asv_scores, read_scores
     from spoofwatch.calibration.report import write_report
+    from spoofwatch.model.detector import calibration_for
 
     table = read_scores(args.scores, args.protocol)
     threshold = threshold_for(table, args.target, args.rate)
@@ -179,14 +180,14 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
     from spoofwatch.errors import InputError
     from spoofwatch.model.export import ensure_onnx
     from spoofwatch.model.runtime import OnnxScorer
+    from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
 
     if args.protocol is None:
         raise InputError("--audio-dir needs --protocol (labels and speakers for the simulated conversations)")
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)
     scorer = OnnxScorer(ensure_onnx(args.model, args.weights), args.device, args.threads)
-    engine = build_engine(cal, SileroVad())
+    engine = build_engine(cal.live, SileroVad())
     conversations = build_conversations(dataset, args.conversations, args.conversation_s)
     traces = [trace(c, engine, scorer) for c in conversations]
     policy, metrics = fit_policy(traces, cal.policy, args.target_false_alerts_per_hour)
@@ -205,8 +206,8 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
     from spoofwatch.errors import DatasetError
     from spoofwatch.model.detector import Detector
+    from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
 
     files = sorted(
         p for p in args.audio_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3")
@@ -214,7 +215,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     if not files:
         raise DatasetError(f"{args.audio_dir}: no audio files (.wav, .flac, .ogg, .mp3) found")
     detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    engine = build_engine(detector.calibration, SileroVad())
+    engine = build_engine(detector.calibration.live, SileroVad())
     traces = [trace_file(p, engine, detector.scorer) for p in files]
     threshold, rate = bonafide_threshold(
         traces, detector.calibration.policy, args.target_false_alerts_per_hour

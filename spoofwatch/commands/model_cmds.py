@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
     )
     fetch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     fetch.set_defaults(func=cmd_weights_fetch)
-    lst = wsub.add_parser("list", help="show installed weights with their hashes")
+    lst = wsub.add_parser(
+        "list", help="show where each model's weights come from (packaged / cache / custom), with hashes"
+    )
     lst.set_defaults(func=cmd_weights_list)
 
     export = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
@@ -41,6 +43,13 @@ def register(sub: Any) -> None:
     add_model_args(score)
     score.add_argument("--hop-s", type=float, default=1.0, help="seconds between window starts (default 1.0)")
     score.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    score.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also draw each file's window scores and threshold to DIR/<file name>.png",
+    )
     score.add_argument("files", nargs="+", type=Path, metavar="FILE")
     score.set_defaults(func=cmd_score)
 
@@ -56,9 +65,16 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 def cmd_weights_list(args: argparse.Namespace) -> int:
     from spoofwatch.model.weights import list_weights
 
+    # One line per place a file is looked for; "*" marks the file loads use.
     for row in list_weights():
-        state = "ok" if row.ok else ("MISMATCH" if row.sha256 else "missing")
-        sys.stdout.write(f"{row.model:9s} {state:8s} {row.sha256 or '-':64s} {row.path}\n")
+        if row.source == "custom":
+            state = "custom"
+        else:
+            state = "ok" if row.ok else ("MISMATCH" if row.sha256 else "missing")
+        mark = "*" if row.in_use else " "
+        sys.stdout.write(
+            f"{mark} {row.model or '-':9s} {row.source:8s} {state:8s} {row.sha256 or '-':64s} {row.path}\n"
+        )
     return 0
 
 
@@ -97,4 +113,15 @@ def cmd_score(args: argparse.Namespace) -> int:
             print_json(result.to_json())
         else:
             _print_table(result)
+        if args.plot:
+            _plot_file(result.to_json(), path, args.plot)
     return 1 if failed else 0
+
+
+def _plot_file(result: dict[str, Any], path: Path, out_dir: Path) -> None:
+    from spoofwatch.plots import plot_file_score
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{path.name}.png"
+    plot_file_score(result, target)
+    log.info("wrote %s", target)

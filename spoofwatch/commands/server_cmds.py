@@ -6,16 +6,20 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import add_model_args, print_json
+
+if TYPE_CHECKING:
+    from spoofwatch.stream.engine import LiveConfig
+    from spoofwatch.stream.server.workers import WorkerSpec
 
 #: Environment variable holding the server token (keeps it out of the process list).
 TOKEN_ENV = "SPOOFWATCH_TOKEN"
 
 
 def register(sub: Any) -> None:
-    from spoofwatch.stream.server.codecs import ENCODINGS
+    from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
 
     d = ServerConfig()
@@ -86,37 +90,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = default_workers(config.max_streams) if args.workers is None else args.workers
     validate_workers(workers, config.max_streams)
     # Export the ONNX file and check the calibration once here, not racing in every worker.
-    from spoofwatch.calibration.calfile import calibration_for
+    from spoofwatch.model.detector import calibration_for
     from spoofwatch.model.export import ensure_onnx
 
     ensure_onnx(args.model, args.weights)
     calibration_for(args.model, args.calibration, args.weights)
     spec = WorkerSpec(
         config,
-        args.model,
-        args.device,
-        args.threads,
-        args.weights,
-        args.calibration,
-        args.jsonl,
-        args.stdout,
-        args.webhook,
-        logging.getLogger("spoofwatch").getEffectiveLevel(),
+        load_worker_model,
+        model=args.model,
+        device=args.device,
+        threads=args.threads,
+        weights=args.weights,
+        calibration=args.calibration,
+        jsonl=args.jsonl,
+        stdout=args.stdout,
+        webhook=args.webhook,
+        log_level=logging.getLogger("spoofwatch").getEffectiveLevel(),
     )
     return Supervisor(spec, workers).run()
+
+
+def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig]:
+    """Run in each worker process (``WorkerSpec.load_model``): its own scorer and the live config."""
+    from spoofwatch.model.detector import Detector
+
+    detector = Detector.load(spec.model, spec.device, threads, spec.weights, spec.calibration)  # type: ignore[arg-type]
+    return detector.scorer, detector.calibration.live
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     import anyio
 
     from spoofwatch.audio import read_audio
+    from spoofwatch.errors import CloseCode
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
     result = anyio.run(
         lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json)
     )
-    if result.close_code != 1000:
+    if result.close_code != CloseCode.NORMAL:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
         return 6
     return 0

@@ -1,11 +1,13 @@
 """The WebSocket server: auth, limits, routing, and per-connection isolation.
 
 A connection that breaks the protocol is closed with a code and a reason
-naming what was expected; no other connection notices. Close codes:
-1000 done, 1001 idle timeout, 1002 protocol order, 1003 unsupported format,
-1007 bad payload, 1008 duration limit, 1009 message too big, 1011 server
-error, 1013 too many streams. Bad or missing tokens get HTTP 401 before the
-WebSocket upgrade.
+naming what was expected; no other connection notices. The codes are the
+:class:`~spoofwatch.errors.CloseCode` members: 1000 done, 1001 idle timeout,
+1002 protocol order, 1003 unsupported format, 1007 bad payload, 1008 duration
+limit, 1009 message too big, 1011 server error, 1013 too many streams or an
+overloaded worker (load shedding). Bad or missing tokens get HTTP 401 before
+the WebSocket upgrade. ``GET /healthz``, ``/readyz`` and ``/metrics`` share the
+port (:mod:`.health`).
 """
 
 from __future__ import annotations
@@ -23,18 +25,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from spoofwatch.errors import ProtocolError
+from spoofwatch.errors import CloseCode, ProtocolError
 
 from . import health
+from .connection import ROUTES, first_leaf
 from .context import ServerConfig, ServerContext
-from .native import handle_native
-from .twilio import handle_twilio
+from .static import page_response, page_url
 
 log = logging.getLogger(__name__)
-ROUTES = {"/": handle_native, "/twilio": handle_twilio}
-IDLE_TIMEOUT = 1001
-SERVER_ERROR = 1011
-TRY_AGAIN_LATER = 1013
 #: Seconds between refreshes of the load gauges and the shared shedding flag.
 LOAD_REFRESH_S = 1.0
 
@@ -47,13 +45,6 @@ def _token_from(request: Request) -> str | None:
     return values[0] if values else None
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) task-group exception groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 class WebSocketServer:
     def __init__(self, ctx: ServerContext, sock: socket.socket | None = None) -> None:
         self.ctx = ctx
@@ -63,9 +54,14 @@ class WebSocketServer:
 
     def request_shutdown(self) -> None:
         """Stop accepting, close every connection (1001), then return from ``run``."""
+        self.ctx.shutting_down = True
         self._shutdown.set()
 
     async def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Browser client (static.py): a plain GET of the page or its files; upgrades go on.
+        page = page_response(request, self.ctx)
+        if page is not None:
+            return page
         path = urlsplit(request.path).path
         if path not in ROUTES and path not in health.HEALTH_PATHS:
             return connection.respond(
@@ -99,15 +95,15 @@ class WebSocketServer:
         handler = ROUTES[urlsplit(ws.request.path).path]
         refused = self._admission()
         if refused is not None:
-            self.ctx.metrics.refused.labels(str(TRY_AGAIN_LATER), refused[0]).inc()
-            await self._close(ws, TRY_AGAIN_LATER, refused[1])
+            self.ctx.metrics.refused.labels(str(int(CloseCode.TRY_AGAIN_LATER)), refused[0]).inc()
+            await self._close(ws, CloseCode.TRY_AGAIN_LATER, refused[1])
             return
         self.ctx.active_streams += 1
         self.ctx.metrics.active_streams.inc()
         try:
             await handler(ws, self.ctx)
         except Exception as raised:
-            await self._fail(ws, _first_leaf(raised))
+            await self._fail(ws, first_leaf(raised))
         finally:
             self.ctx.active_streams -= 1
             self.ctx.metrics.active_streams.dec()
@@ -128,12 +124,12 @@ class WebSocketServer:
         if isinstance(exc, ProtocolError):
             await self._close(ws, exc.close_code, str(exc))
         elif isinstance(exc, TimeoutError):
-            await self._close(ws, IDLE_TIMEOUT, f"idle for {self.ctx.config.idle_timeout_s:g} s")
+            await self._close(ws, CloseCode.GOING_AWAY, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
             log.info("client went away")
         else:
             log.error("stream handler failed", exc_info=exc)
-            await self._close(ws, SERVER_ERROR, "internal error")
+            await self._close(ws, CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
         log.info("closing stream with %d: %s", code, reason)
@@ -165,6 +161,9 @@ class WebSocketServer:
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
+                # The token itself is never logged: the user knows it, logs may travel.
+                hint = " (add ?token=YOUR_TOKEN)" if config.token else ""
+                log.info("browser page at %s%s", page_url(config.host, port), hint)
                 task_status.started(port)
                 await self._shutdown.wait()
                 log.info("shutting down: closing %d streams", self.ctx.active_streams)

@@ -35,9 +35,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spoofwatch.errors import InputError, SpoofwatchError
 
@@ -45,6 +46,9 @@ from .context import ServerConfig
 from .journal import CRASH_REASON, crash_alert_ends, journal_path
 from .load import SharedSlots, reset_worker_cells, shared_cells
 from .metrics import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from ..engine import LiveConfig, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +91,19 @@ def validate_workers(workers: int, max_streams: int) -> None:
         )
 
 
+#: Loads the model in a worker process: ``(spec, threads) -> (scorer, live config)``.
+#: The scorer has ``scores(windows)`` and ``device``. It is a module-level
+#: function of the commands layer (the stream layer never imports the model),
+#: pickled by reference for ``spawn``.
+ModelLoader = Callable[["WorkerSpec", int], "tuple[Scorer, LiveConfig]"]
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker needs to build its server (picklable)."""
 
     config: ServerConfig
+    load_model: ModelLoader
     model: str = "aasist-l"
     device: str = "auto"
     threads: int | None = None
@@ -398,7 +410,6 @@ def build_worker_server(
     import numpy as np
 
     from spoofwatch.constants import WINDOW_SAMPLES
-    from spoofwatch.model.detector import Detector
 
     from ..gate import SileroVad
     from .app import WebSocketServer
@@ -414,12 +425,12 @@ def build_worker_server(
         threads = max(
             1, cpu_count() // workers
         )  # the workers share the cores (CPU kernels, or a CPU fallback)
-    detector = Detector.load(spec.model, spec.device, threads, spec.weights, spec.calibration)  # type: ignore[arg-type]
+    scorer, live = spec.load_model(spec, threads)
     # All workers score on the one GPU; on CPU each has its own share of the cores.
-    on_gpu = detector.scorer.device == "cuda"
+    on_gpu = getattr(scorer, "device", None) == "cuda"
     load = LoadMonitor(
         config.shedding,
-        detector.calibration.stream.hop_s,
+        live.stream.hop_s,
         config.max_batch_windows,
         device_workers=workers if on_gpu else 1,
     )
@@ -428,7 +439,7 @@ def build_worker_server(
         locked = on_gpu and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
         try:
             load.calibrate(
-                detector.scorer.scores,
+                scorer.scores,
                 lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32),
                 # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
                 largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH,
@@ -438,8 +449,8 @@ def build_worker_server(
                 calibration_lock.release()
     ctx = ServerContext(
         config,
-        BatchScorer(detector.scorer, config.max_batch_windows),
-        detector.calibration,
+        BatchScorer(scorer, config.max_batch_windows),
+        live,
         SileroVad(),
         ServerSinks(spec.jsonl, spec.stdout, spec.webhook),
         slots=SharedSlots(cells, lock, workers, index, config.max_streams),
