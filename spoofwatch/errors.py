@@ -31,7 +31,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008  # a limit such as the maximum stream duration
     MESSAGE_TOO_BIG = 1009  # a message over --max-message-bytes
     INTERNAL_ERROR = 1011  # a server bug or failure
-    TRY_AGAIN_LATER = 1013  # at capacity (--max-streams)
+    TRY_AGAIN_LATER = 1013  # at capacity (--max-streams) or overloaded (load shedding)
 
 
 class SpoofwatchError(Exception):

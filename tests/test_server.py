@@ -44,7 +44,8 @@ def concat(spoof_stream: np.ndarray) -> np.ndarray:
 def make_ctx(
     scorer: Any, vad: Any, tmp_path: Path, webhook: str | None = None, **limits: Any
 ) -> ServerContext:
-    config = ServerConfig(host="127.0.0.1", port=0, **limits)
+    # No load shedding: these tests must not depend on this machine's speed.
+    config = ServerConfig(host="127.0.0.1", port=0, **{"shedding": None, **limits})
     sinks = ServerSinks(jsonl=tmp_path / "events.jsonl", webhook=webhook)
     return ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l").live, vad, sinks)
 

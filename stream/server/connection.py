@@ -84,6 +84,7 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                             emit,
                             ctx.config.max_stream_duration_s,
                             {**tags, **event.tags},
+                            observer=ctx.stats,  # load shedding and metrics (issue 11)
                         )
                         sessions[event.track] = session
                         tg.start_soon(session.serve)
@@ -95,6 +96,8 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                 session.close_input()
     except BaseException as exc:
         reason = end_reason(exc)
+        if reason == DISCONNECT and ctx.shutting_down:  # closed by a worker's drain (issue 11)
+            reason = SHUTDOWN
         with anyio.move_on_after(ABORT_GRACE_S, shield=True):
             for session in sessions.values():
                 await session.abort(reason)

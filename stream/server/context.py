@@ -6,7 +6,7 @@ import ipaddress
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spoofwatch.errors import ConfigError
 
@@ -14,6 +14,9 @@ from ..driver import StreamDriver
 from ..engine import Engine, LiveConfig, build_engine
 from ..gate import SileroVad
 from .batcher import BatchScorer
+from .journal import AlertJournal
+from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedScorer
+from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
 
 
@@ -33,6 +36,8 @@ class ServerConfig:
     max_stream_duration_s: float = 4 * 3600.0
     #: Windows scored per ONNX Runtime call at most.
     max_batch_windows: int = 16
+    #: When a worker counts as overloaded (new streams then get 1013); ``None``: never.
+    shedding: SheddingConfig | None = field(default_factory=SheddingConfig)
 
     def validate(self) -> None:
         if not self.token and not is_loopback(self.host):
@@ -71,6 +76,12 @@ class ServerContext:
         live: LiveConfig,
         vad: SileroVad,
         sinks: ServerSinks,
+        *,
+        slots: StreamSlots | None = None,
+        load: LoadMonitor | None = None,
+        stream_id_prefix: str = "",
+        model: str | None = None,
+        journal: AlertJournal | None = None,
     ) -> None:
         self.config = config
         self.batcher = batcher
@@ -79,9 +90,21 @@ class ServerContext:
         self.sinks = sinks
         self.active_streams = 0
         self._ids = itertools.count(1)
+        # ---- capacity, load shedding and metrics (issue 11) ----
+        #: The model name reported by /readyz (``None`` when the caller did not say).
+        self.model = model
+        self.provider = str(getattr(batcher.scorer, "device", "unknown"))
+        self.slots: StreamSlots = slots or LocalSlots(config.max_streams)
+        self.load = load or LoadMonitor(config.shedding, live.stream.hop_s, config.max_batch_windows)
+        self.metrics = ServerMetrics(self.provider, config.max_streams)
+        self.stats = StreamStats(self.load, self.metrics, journal)
+        batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
+        self.stream_id_prefix = stream_id_prefix
+        #: Set by ``WebSocketServer.request_shutdown``: a stream closed now ends for ``shutdown``.
+        self.shutting_down = False
 
     def new_stream_id(self) -> str:
-        return f"s{next(self._ids)}"
+        return f"{self.stream_id_prefix}s{next(self._ids)}"
 
     def new_engine(self) -> Engine:
         return build_engine(self.live, self.vad)

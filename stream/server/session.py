@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
@@ -23,6 +24,9 @@ from spoofwatch.errors import CloseCode, ProtocolError
 from ..driver import StreamDriver
 from ..events import END_OF_STREAM, Event
 from .batcher import BatchScorer
+
+if TYPE_CHECKING:
+    from .load import WindowObserver
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 #: Messages of audio received but not yet through the VAD before the reader waits.
@@ -53,6 +57,9 @@ class StreamSession:
     A live stream never waits for a stale score (the driver drops stale
     windows); a client sending faster than real time (an upload) is slowed
     down instead: the ingest task waits for ``room`` while the driver is backlogged.
+
+    An ``observer`` (load shedding and metrics, issue 11) hears of every
+    window: scored, gated or dropped, with the time its audio arrived.
     """
 
     def __init__(
@@ -62,30 +69,38 @@ class StreamSession:
         emit: Emit,
         max_duration_s: float = math.inf,
         tags: dict[str, Any] | None = None,
+        observer: WindowObserver | None = None,
     ) -> None:
         self.driver = driver
         self.batcher = batcher
         self.emit = emit
         self.tags = tags or {}
         self.max_duration_s = max_duration_s
-        self._audio_send: MemoryObjectSendStream[npt.NDArray[np.float32]]
-        self._audio_recv: MemoryObjectReceiveStream[npt.NDArray[np.float32]]
-        self._audio_send, self._audio_recv = anyio.create_memory_object_stream[npt.NDArray[np.float32]](
-            INBOX_MESSAGES
-        )
+        # Each message with the (observer clock) time it arrived.
+        self._audio_send: MemoryObjectSendStream[tuple[npt.NDArray[np.float32], float]]
+        self._audio_recv: MemoryObjectReceiveStream[tuple[npt.NDArray[np.float32], float]]
+        self._audio_send, self._audio_recv = anyio.create_memory_object_stream[
+            tuple[npt.NDArray[np.float32], float]
+        ](INBOX_MESSAGES)
+        # ---- load and metrics hooks (issue 11) ----
+        self._observer = observer
+        #: Arrival time of each window in the driver's queue, oldest first. The
+        #: driver only ever drops from the front, so the two stay in step.
+        self._arrivals: deque[float] = deque()
         self._ready_send, self._ready_recv = anyio.create_memory_object_stream[None](1)
         self._room_send, self._room_recv = anyio.create_memory_object_stream[None](1)
 
     # ---- reader side -------------------------------------------------------
 
     async def push(self, audio: npt.NDArray[np.float32]) -> None:
+        arrived = self._now()
         self.driver.arrived(audio.shape[0])
         if self.driver.received_s > self.max_duration_s:
             raise ProtocolError(
                 f"stream exceeded the maximum duration of {self.max_duration_s:g} s",
                 CloseCode.POLICY_VIOLATION,
             )
-        await self._audio_send.send(audio)
+        await self._audio_send.send((audio, arrived))
 
     def close_input(self) -> None:
         """No more audio: the ingest task flushes the resampler and the windower."""
@@ -107,6 +122,8 @@ class StreamSession:
                     chunks = [await self._audio_recv.receive()]
                 except anyio.EndOfStream:
                     chunks, ended = [], True
+                # The oldest audio in the batch bounds its windows' arrival from below.
+                arrived = chunks[0][1] if chunks else self._now()
                 while not ended:
                     try:
                         chunks.append(self._audio_recv.receive_nowait())
@@ -116,9 +133,11 @@ class StreamSession:
                         ended = True
                 while self.driver.backlogged():
                     await self._room_recv.receive()
-                audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+                audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
                 pending = await anyio.to_thread.run_sync(self.driver.cut, audio, ended)
+                self._arrivals.extend([arrived] * len(pending))
                 self.driver.enqueue(pending, last=ended)
+                self._dropped_to(self.driver.queued)
                 _ring(self._ready_send)
 
     async def _score_loop(self) -> None:
@@ -127,14 +146,36 @@ class StreamSession:
                 async for _ in self._ready_recv:
                     while (pending := self.driver.next_window()) is not None:
                         _ring(self._room_send)
+                        self._dropped_to(self.driver.queued + 1)
+                        arrived = self._arrivals.popleft()
                         score = (
                             await self.batcher.score(pending.window.samples) if pending.gate.speech else None
                         )
+                        if self._observer is not None:
+                            # A sender ahead of real time (an upload) waits by design: no lag to report.
+                            live = arrived if self.driver.is_live() else None
+                            self._observer.window_done("scored" if pending.gate.speech else "gated", live)
                         await self._send(self.driver.resolve(pending, score))
 
     async def _send(self, events: list[Event]) -> None:
-        for event in events:
-            await self.emit({**event.to_json(), **self.tags})
+        tagged = [{**event.to_json(), **self.tags} for event in events]
+        if self._observer is not None:
+            self._observer.events(tagged)
+        for event in tagged:
+            await self.emit(event)
+
+    # ---- load and metrics hooks (issue 11) ---------------------------------
+
+    def _now(self) -> float:
+        return self._observer.now() if self._observer is not None else 0.0
+
+    def _dropped_to(self, queued: int, lag: bool = True) -> None:
+        """The driver dropped windows from the front of its queue until ``queued``
+        were left: report each (a dropped window waited at least this long)."""
+        while len(self._arrivals) > queued:
+            arrived = self._arrivals.popleft()
+            if self._observer is not None:
+                self._observer.window_done("dropped", arrived if lag else None)
 
     # ---- end of stream -----------------------------------------------------
 
@@ -158,4 +199,6 @@ class StreamSession:
         """The stream ended abnormally (``serve`` was cancelled): unscored windows
         are dropped, an open alert ends with ``reason``, and the summary follows."""
         self._close_streams()
-        await self._send(self.driver.abort(reason))
+        events = self.driver.abort(reason)
+        self._dropped_to(0, lag=False)  # dropped for the abnormal end, not for load
+        await self._send(events)
