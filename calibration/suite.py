@@ -89,13 +89,22 @@ def corpus_family(name: str) -> str:
 def select_utterances(corpus: Path, cfg: SuiteConfig) -> list[Utterance]:
     from spoofwatch.model.corpus import read_metadata
 
-    rows = [r for r in read_metadata(corpus) if r["split"] == cfg.split and (cfg.copies == "all" or r["copy"] == "0")]
+    rows = [
+        r
+        for r in read_metadata(corpus)
+        if r["split"] == cfg.split and (cfg.copies == "all" or r["copy"] == "0")
+    ]
     if not rows:
         raise DatasetError(f"{corpus}: no {cfg.split} utterances in metadata.tsv")
     groups: dict[str, list[Utterance]] = defaultdict(list)
     for r in rows:
         u = Utterance(
-            r["utt"], corpus / "flac" / f"{r['utt']}.flac", r["label"], r["kind"], r["system"], corpus_family(r["corpus"])
+            r["utt"],
+            corpus / "flac" / f"{r['utt']}.flac",
+            r["label"],
+            r["kind"],
+            r["system"],
+            corpus_family(r["corpus"]),
         )
         groups[u.system if u.label == "spoof" else f"genuine:{u.corpus}"].append(u)
     rng = np.random.default_rng(cfg.seed)
@@ -108,12 +117,14 @@ def select_utterances(corpus: Path, cfg: SuiteConfig) -> list[Utterance]:
     return chosen
 
 
-def genuine_streams(utts: list[Utterance], seconds: float) -> list[tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]]:
+def genuine_streams(
+    utts: list[Utterance], seconds: float
+) -> list[tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]]:
     """Per genuine corpus, its utterances back to back in streams of about ``seconds``; with (utt, start, end) spans."""
     by_corpus: dict[str, list[Utterance]] = defaultdict(list)
     for u in utts:
         by_corpus[u.corpus].append(u)
-    streams = []
+    streams: list[tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]] = []
     limit = int(seconds * SAMPLE_RATE_HZ)
     for corpus in sorted(by_corpus):
         parts: list[npt.NDArray[np.float32]] = []
@@ -191,7 +202,12 @@ def operating_point(
 ) -> dict[str, Any]:
     """Highest enter threshold meeting the false-alert target; detection there, overall and per system."""
     margin = base.exit_threshold - base.enter_threshold
-    windows = [s for tr in [*result.genuine_traces, *result.spoof_traces.values()] for _, s in tr.windows if s is not None]
+    windows = [
+        s
+        for tr in [*result.genuine_traces, *result.spoof_traces.values()]
+        for _, s in tr.windows
+        if s is not None
+    ]
     if not windows:
         raise CalibrationError(f"{result.name}: no window passed the speech gate")
     candidates = sorted({float(q) for q in np.quantile(windows, np.linspace(0.0, 1.0, 121))}, reverse=True)
@@ -204,7 +220,9 @@ def operating_point(
             chosen = policy
             break
     if chosen is None:  # even the lowest candidate alerts too often: nothing meets the target
-        chosen = dataclasses.replace(base, enter_threshold=min(windows) - 1.0, exit_threshold=min(windows) - 1.0 + margin)
+        chosen = dataclasses.replace(
+            base, enter_threshold=min(windows) - 1.0, exit_threshold=min(windows) - 1.0 + margin
+        )
         fa = false_alerts_per_hour(result.genuine_traces, chosen)
     return {
         "enter_threshold": chosen.enter_threshold,
@@ -213,7 +231,9 @@ def operating_point(
     }
 
 
-def _detection(result: VariantResult, policy: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig) -> dict[str, Any]:
+def _detection(
+    result: VariantResult, policy: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig
+) -> dict[str, Any]:
     by_system: dict[str, list[bool]] = defaultdict(list)
     for u in utts:
         if u.label == "spoof":
@@ -225,7 +245,9 @@ def _detection(result: VariantResult, policy: PolicyConfig, utts: list[Utterance
     }
 
 
-def summarise(result: VariantResult, utts: list[Utterance], policy: PolicyConfig, cfg: SuiteConfig) -> dict[str, Any]:
+def summarise(
+    result: VariantResult, utts: list[Utterance], policy: PolicyConfig, cfg: SuiteConfig
+) -> dict[str, Any]:
     gen = list(result.genuine.values())
     spoof_by: dict[str, list[float]] = defaultdict(list)
     kind_by: dict[str, list[float]] = defaultdict(list)
@@ -249,9 +271,15 @@ def summarise(result: VariantResult, utts: list[Utterance], policy: PolicyConfig
         "n_unscored": len(result.unscored),
         "genuine_stream_hours": sum(tr.duration_s for tr in result.genuine_traces) / 3600,
         "pooled_eer_percent": _eer_percent(gen, spoof),
-        "eer_by_system": {s: {"n": len(v), "eer_percent": _eer_percent(gen, v)} for s, v in sorted(spoof_by.items())},
-        "eer_by_kind": {k: {"n": len(v), "eer_percent": _eer_percent(gen, v)} for k, v in sorted(kind_by.items())},
-        "eer_by_genuine_corpus": {c: {"n": len(v), "eer_percent": _eer_percent(v, spoof)} for c, v in sorted(gen_by.items())},
+        "eer_by_system": {
+            s: {"n": len(v), "eer_percent": _eer_percent(gen, v)} for s, v in sorted(spoof_by.items())
+        },
+        "eer_by_kind": {
+            k: {"n": len(v), "eer_percent": _eer_percent(gen, v)} for k, v in sorted(kind_by.items())
+        },
+        "eer_by_genuine_corpus": {
+            c: {"n": len(v), "eer_percent": _eer_percent(v, spoof)} for c, v in sorted(gen_by.items())
+        },
         "at_target": operating_point(result, policy, utts, cfg),
         "at_shipped_threshold": shipped,
     }
@@ -260,7 +288,13 @@ def summarise(result: VariantResult, utts: list[Utterance], policy: PolicyConfig
 def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
     """One table: rows are pooled, each kind, each system and each genuine corpus; a column per model."""
     names = [s["model"] for s in summaries]
-    head = "| | n | " + " | ".join(f"{n} EER %" for n in names) + " | " + " | ".join(f"{n} detected" for n in names) + " |"
+    head = (
+        "| | n | "
+        + " | ".join(f"{n} EER %" for n in names)
+        + " | "
+        + " | ".join(f"{n} detected" for n in names)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (2 + 2 * len(names))]
 
     def fmt(v: float | None, pct: bool = False) -> str:
@@ -275,7 +309,13 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         + " |"
     )
     for kind, v in first["eer_by_kind"].items():
-        lines.append(f"| kind {kind} | {v['n']} | " + " | ".join(fmt(s["eer_by_kind"][kind]["eer_percent"]) for s in summaries) + " | " + " | ".join("" for _ in summaries) + " |")
+        lines.append(
+            f"| kind {kind} | {v['n']} | "
+            + " | ".join(fmt(s["eer_by_kind"][kind]["eer_percent"]) for s in summaries)
+            + " | "
+            + " | ".join("" for _ in summaries)
+            + " |"
+        )
     for system, v in first["eer_by_system"].items():
         lines.append(
             f"| {system} | {v['n']} | "
@@ -285,7 +325,13 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
             + " |"
         )
     for corpus, v in first["eer_by_genuine_corpus"].items():
-        lines.append(f"| genuine: {corpus} | {v['n']} | " + " | ".join(fmt(s["eer_by_genuine_corpus"][corpus]["eer_percent"]) for s in summaries) + " | " + " | ".join("" for _ in summaries) + " |")
+        lines.append(
+            f"| genuine: {corpus} | {v['n']} | "
+            + " | ".join(fmt(s["eer_by_genuine_corpus"][corpus]["eer_percent"]) for s in summaries)
+            + " | "
+            + " | ".join("" for _ in summaries)
+            + " |"
+        )
     lines.append("")
     lines.append(
         f"Live engine, threshold for ≤ {cfg.target_false_alerts_per_hour:g} false alert/hour on the genuine streams; "
@@ -307,8 +353,9 @@ def plot_det(results: list[VariantResult], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from statistics import NormalDist
+
+    import matplotlib.pyplot as plt
 
     probit = np.vectorize(lambda p: NormalDist().inv_cdf(min(max(p, 1e-4), 1 - 1e-4)))
     fig, ax = plt.subplots(figsize=(5.5, 5.5))

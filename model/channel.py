@@ -50,7 +50,9 @@ class ChannelConfig:
     def __post_init__(self) -> None:
         unknown = [c for c in self.codecs if c not in FFMPEG_CODECS]
         if unknown:
-            raise ConfigError(f"unknown codec(s) {', '.join(unknown)}: expected some of {', '.join(FFMPEG_CODECS)}")
+            raise ConfigError(
+                f"unknown codec(s) {', '.join(unknown)}: expected some of {', '.join(FFMPEG_CODECS)}"
+            )
         if self.max_ops < 1:
             raise ConfigError(f"channel max_ops must be >= 1, got {self.max_ops}")
 
@@ -61,8 +63,12 @@ def ffmpeg_encoders() -> frozenset[str]:
     exe = shutil.which("ffmpeg")
     if exe is None:
         return frozenset()
-    out = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True, check=False).stdout
-    return frozenset(line.split()[1] for line in out.splitlines() if len(line.split()) > 1 and line.startswith(" "))
+    out = subprocess.run(
+        [exe, "-hide_banner", "-encoders"], capture_output=True, text=True, check=False
+    ).stdout
+    return frozenset(
+        line.split()[1] for line in out.splitlines() if len(line.split()) > 1 and line.startswith(" ")
+    )
 
 
 def available_codecs(wanted: tuple[str, ...]) -> tuple[str, ...]:
@@ -123,8 +129,13 @@ def silence(x: Wave, rng: np.random.Generator, cfg: ChannelConfig) -> tuple[Wave
     lead = int(rng.uniform(*cfg.silence_s) * SAMPLE_RATE_HZ)
     trail = int(rng.uniform(*cfg.silence_s) * SAMPLE_RATE_HZ)
     floor = 10 ** (float(rng.uniform(-80, -55)) / 20)
-    pad = lambda k: rng.standard_normal(k) * floor  # noqa: E731
-    return _finish(np.concatenate([pad(lead), x, pad(trail)])), f"silence{lead / SAMPLE_RATE_HZ:.1f}+{trail / SAMPLE_RATE_HZ:.1f}s"
+
+    def pad(k: int) -> npt.NDArray[np.float64]:
+        return rng.standard_normal(k) * floor
+
+    return _finish(
+        np.concatenate([pad(lead), x, pad(trail)])
+    ), f"silence{lead / SAMPLE_RATE_HZ:.1f}+{trail / SAMPLE_RATE_HZ:.1f}s"
 
 
 def ffmpeg_round_trip(x: Wave, codec: str) -> Wave:
@@ -155,7 +166,9 @@ Op = Callable[[Wave, np.random.Generator, ChannelConfig], tuple[Wave, str]]
 OPS: dict[str, Op] = {"gain": gain, "noise": noise, "reverb": reverb, "silence": silence}
 
 
-def random_channel(x: Wave, rng: np.random.Generator, cfg: ChannelConfig, codecs: tuple[str, ...]) -> tuple[Wave, list[str]]:
+def random_channel(
+    x: Wave, rng: np.random.Generator, cfg: ChannelConfig, codecs: tuple[str, ...]
+) -> tuple[Wave, list[str]]:
     """Apply 1..max_ops distinct operations in a random order; the codec, if drawn, goes last (as on a real line)."""
     names = [*OPS, *(["codec"] if codecs else [])]
     k = int(rng.integers(1, min(cfg.max_ops, len(names)) + 1))

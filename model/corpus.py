@@ -42,9 +42,20 @@ Wave = npt.NDArray[np.float32]
 SPLITS = ("train", "dev", "test")
 KINDS = ("genuine", "tts", "vc", "vocoder", "codec")
 METADATA_COLUMNS = (
-    "utt", "split", "label", "kind", "system", "corpus", "speaker",
-    "source_repo", "generator", "source", "copy", "channel", "seconds",
-)  # fmt: skip
+    "utt",
+    "split",
+    "label",
+    "kind",
+    "system",
+    "corpus",
+    "speaker",
+    "source_repo",
+    "generator",
+    "source",
+    "copy",
+    "channel",
+    "seconds",
+)
 SHARED_REPO = "shared/speech"
 LA_REPO = "shared/asvspoof2019_la"
 MIN_SECONDS = 0.5
@@ -85,7 +96,10 @@ class CorpusConfig:
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v for k, v in data.items()}
+    return {
+        k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+        for k, v in data.items()
+    }
 
 
 def load_corpus_config(path: Path) -> CorpusConfig:
@@ -166,18 +180,58 @@ def _demo_items(root: Path) -> list[Item]:
 def _speech_items(root: Path) -> list[Item]:
     specs: list[tuple[str, str, str, str, str, Callable[[Path], str]]] = [
         # (folder, label, kind, system, corpus, speaker of a file)
-        ("bonafide/librispeech_test-other", "bonafide", "genuine", "-", "LibriSpeech test-other", lambda p: "LS" + p.name.split("-")[0]),
+        (
+            "bonafide/librispeech_test-other",
+            "bonafide",
+            "genuine",
+            "-",
+            "LibriSpeech test-other",
+            lambda p: "LS" + p.name.split("-")[0],
+        ),
         ("bonafide/ljspeech", "bonafide", "genuine", "-", "LJSpeech", lambda p: "LJ"),
         ("bonafide/vctk", "bonafide", "genuine", "-", "VCTK", lambda p: p.name.split("_")[0]),
-        ("spoof/nii_nsf", "spoof", "vocoder", "NII-NSF", "CMU ARCTIC", lambda p: "arctic-" + p.stem.split("_")[-2]),
-        ("pairs/nii_wave_replacement/real", "bonafide", "genuine", "-", "NII-NSF-source", lambda p: "nsfpair"),
-        ("pairs/nii_wave_replacement/vocoded", "spoof", "vocoder", "NII-NSF", "NII-NSF-source", lambda p: "nsfpair"),
-    ]  # fmt: skip
+        (
+            "spoof/nii_nsf",
+            "spoof",
+            "vocoder",
+            "NII-NSF",
+            "CMU ARCTIC",
+            lambda p: "arctic-" + p.stem.split("_")[-2],
+        ),
+        (
+            "pairs/nii_wave_replacement/real",
+            "bonafide",
+            "genuine",
+            "-",
+            "NII-NSF-source",
+            lambda p: "nsfpair",
+        ),
+        (
+            "pairs/nii_wave_replacement/vocoded",
+            "spoof",
+            "vocoder",
+            "NII-NSF",
+            "NII-NSF-source",
+            lambda p: "nsfpair",
+        ),
+    ]
     items = []
     for folder, label, kind, system, corpus, speaker in specs:
         for p in sorted((root / folder).glob("*")):
             if p.suffix.lower() in (".flac", ".wav"):
-                items.append(Item(f"speech/{folder}/{p.name}", label, kind, system, corpus, speaker(p), SHARED_REPO, "", str(p)))
+                items.append(
+                    Item(
+                        f"speech/{folder}/{p.name}",
+                        label,
+                        kind,
+                        system,
+                        corpus,
+                        speaker(p),
+                        SHARED_REPO,
+                        "",
+                        str(p),
+                    )
+                )
     return items
 
 
@@ -188,10 +242,16 @@ def _la_items(root: Path) -> list[Item]:
             genuine = row["label"] == "bonafide"
             items.append(
                 Item(
-                    f"la/{row['file']}", row["label"], "genuine" if genuine else "tts",
-                    "-" if genuine else f"LA-{row['attack_id']}", "ASVspoof2019 LA", row["speaker"],
-                    LA_REPO, "", str(root / row["file"]),
-                )  # fmt: skip
+                    f"la/{row['file']}",
+                    row["label"],
+                    "genuine" if genuine else "tts",
+                    "-" if genuine else f"LA-{row['attack_id']}",
+                    "ASVspoof2019 LA",
+                    row["speaker"],
+                    LA_REPO,
+                    "",
+                    str(root / row["file"]),
+                )
             )
     return items
 
@@ -219,24 +279,71 @@ def _tts_items(gen: GenerateConfig) -> list[Item]:
     items = []
     for i, text in enumerate(gen.sentences):
         for voice in gen.espeak_voices:
-            items.append(Item(f"espeak/{voice}/{i}", "spoof", "tts", f"espeak-ng-{voice}", "espeak-ng", _clean(f"espeak-{voice}"), "local", "espeak-ng", f"espeak:{voice}", params=(text, voice)))
+            items.append(
+                Item(
+                    f"espeak/{voice}/{i}",
+                    "spoof",
+                    "tts",
+                    f"espeak-ng-{voice}",
+                    "espeak-ng",
+                    _clean(f"espeak-{voice}"),
+                    "local",
+                    "espeak-ng",
+                    f"espeak:{voice}",
+                    params=(text, voice),
+                )
+            )
         for voice in gen.festival_voices:
             name = festival_name(voice)
-            items.append(Item(f"festival/{voice}/{i}", "spoof", "tts", name, "festival", name, "local", name, f"festival:{voice}", params=(text, voice)))
+            items.append(
+                Item(
+                    f"festival/{voice}/{i}",
+                    "spoof",
+                    "tts",
+                    name,
+                    "festival",
+                    name,
+                    "local",
+                    name,
+                    f"festival:{voice}",
+                    params=(text, voice),
+                )
+            )
         for package in gen.piper_voices:
             name = piper_name(package)
             for j, (length, noise) in enumerate(gen.piper_settings):
-                items.append(Item(f"piper/{package}/{i}/{j}", "spoof", "tts", name, "piper", name, "local", name, f"piper:{package}", params=(text, package, length, noise)))  # fmt: skip
+                items.append(
+                    Item(
+                        f"piper/{package}/{i}/{j}",
+                        "spoof",
+                        "tts",
+                        name,
+                        "piper",
+                        name,
+                        "local",
+                        name,
+                        f"piper:{package}",
+                        params=(text, package, length, noise),
+                    )
+                )
     return items
 
 
 def plan_corpus(cfg: CorpusConfig) -> list[Item]:
     """Every clean item with its split; resynthesis sources are drawn from genuine items of the split they land in."""
     shared = cfg.shared / "data"
-    for need in (shared / "tts_demos" / "manifest.tsv", shared / "speech", shared / "asvspoof2019_la" / "clips.tsv"):
+    for need in (
+        shared / "tts_demos" / "manifest.tsv",
+        shared / "speech",
+        shared / "asvspoof2019_la" / "clips.tsv",
+    ):
         if not need.exists():
             raise DatasetError(f"{need}: not found (expected the shared data folder; set SPOOFWATCH_SHARED)")
-    base = _demo_items(shared / "tts_demos") + _speech_items(shared / "speech") + _la_items(shared / "asvspoof2019_la")
+    base = (
+        _demo_items(shared / "tts_demos")
+        + _speech_items(shared / "speech")
+        + _la_items(shared / "asvspoof2019_la")
+    )
     test_systems = set(cfg.splits.test_systems) | {
         i.system for i in base if i.label == "spoof" and i.source_repo in cfg.splits.test_repos
     }
@@ -244,7 +351,10 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
     items = [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in base]
     tts = [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in _tts_items(gen)]
     # Locally made TTS that is not held out: every sixth sentence goes to dev.
-    tts = [replace(i, split="dev") if i.split == "train" and int(i.key.split("/")[2]) % 6 == 5 else i for i in tts]
+    tts = [
+        replace(i, split="dev") if i.split == "train" and int(i.key.split("/")[2]) % 6 == 5 else i
+        for i in tts
+    ]
     items += tts
     rng = np.random.default_rng(cfg.seed)
     for name, per_split, kind_args in (
@@ -258,9 +368,18 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
             for src in chosen:
                 items.append(
                     Item(
-                        f"{name}/{src.key}", "spoof", "vocoder", name, src.corpus, src.speaker,
-                        "local", name, f"{name}:{src.source}", split, (src.source, *kind_args),
-                    )  # fmt: skip
+                        f"{name}/{src.key}",
+                        "spoof",
+                        "vocoder",
+                        name,
+                        src.corpus,
+                        src.speaker,
+                        "local",
+                        name,
+                        f"{name}:{src.source}",
+                        split,
+                        (src.source, *kind_args),
+                    )
                 )
     return items
 
@@ -279,9 +398,20 @@ class Row:
     def to_tsv(self) -> list[str]:
         i = self.item
         return [
-            self.utt, i.split, i.label, i.kind, i.system, i.corpus, i.speaker, i.source_repo,
-            i.generator, i.source, str(self.copy), self.channel, f"{self.seconds:.3f}",
-        ]  # fmt: skip
+            self.utt,
+            i.split,
+            i.label,
+            i.kind,
+            i.system,
+            i.corpus,
+            i.speaker,
+            i.source_repo,
+            i.generator,
+            i.source,
+            str(self.copy),
+            self.channel,
+            f"{self.seconds:.3f}",
+        ]
 
 
 class Generators:
@@ -328,7 +458,9 @@ def _sidecar(flac_dir: Path, utt: str) -> Path:
     return flac_dir / f"{utt}.json"
 
 
-def build_item(cfg: CorpusConfig, item: Item, flac_dir: Path, gens: Generators, codecs: tuple[str, ...]) -> list[Row]:
+def build_item(
+    cfg: CorpusConfig, item: Item, flac_dir: Path, gens: Generators, codecs: tuple[str, ...]
+) -> list[Row]:
     """Write the clean copy and the channel copies of ``item`` (skipping those already written)."""
     utts = [f"{item.base_id}_c{k}" for k in range(cfg.augmented_copies + 1)]
     done = [_sidecar(flac_dir, u) for u in utts]
@@ -349,7 +481,9 @@ def build_item(cfg: CorpusConfig, item: Item, flac_dir: Path, gens: Generators, 
         _write_flac(flac_dir / f"{utt}.flac", audio)
         row = Row(item, utt, k, "+".join(tags), audio.size / SAMPLE_RATE_HZ)
         # The sidecar is written last: its presence marks the utterance complete.
-        _sidecar(flac_dir, utt).write_text(json.dumps({"copy": k, "channel": row.channel, "seconds": row.seconds}))
+        _sidecar(flac_dir, utt).write_text(
+            json.dumps({"copy": k, "channel": row.channel, "seconds": row.seconds})
+        )
         rows.append(row)
     return rows
 
@@ -396,7 +530,9 @@ def balanced_subset(rows: list[Row], n: int, seed: int) -> list[Row]:
 def write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, Any]:
     (out / "protocols").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        (out / "protocols" / f"{split}.txt").write_text("\n".join(protocol_lines(rows, split)) + "\n", "utf-8")
+        (out / "protocols" / f"{split}.txt").write_text(
+            "\n".join(protocol_lines(rows, split)) + "\n", "utf-8"
+        )
     for name, (split, n) in cfg.subsets.items():
         chosen = {r.utt for r in balanced_subset([r for r in rows if r.item.split == split], n, cfg.seed)}
         lines = [line for line in protocol_lines(rows, split) if line.split()[1] in chosen]
@@ -411,8 +547,12 @@ def write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, An
             "utterances": sum(v for (s, _), v in counts.items() if s == split),
             "hours": round(sum(r.seconds for r in rows if r.item.split == split) / 3600, 3),
             "by_kind": {k: counts[(split, k)] for k in KINDS if counts[(split, k)]},
-            "systems": sorted({r.item.system for r in rows if r.item.split == split and r.item.label == "spoof"}),
-            "genuine_corpora": sorted({r.item.corpus for r in rows if r.item.split == split and r.item.label == "bonafide"}),
+            "systems": sorted(
+                {r.item.system for r in rows if r.item.split == split and r.item.label == "spoof"}
+            ),
+            "genuine_corpora": sorted(
+                {r.item.corpus for r in rows if r.item.split == split and r.item.label == "bonafide"}
+            ),
         }
         for split in SPLITS
     }
@@ -424,14 +564,19 @@ def write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, An
 
 def _check_disjoint(rows: list[Row], cfg: SplitConfig) -> None:
     """The leave-systems-out promise: no test system, repository or genuine corpus in train."""
+
     def of(split: str, attr: str) -> set[str]:
         return {getattr(r.item, attr) for r in rows if r.item.split == split}
 
-    spoof_sys = lambda s: {r.item.system for r in rows if r.item.split == s and r.item.label == "spoof"}  # noqa: E731
+    def spoof_sys(split: str) -> set[str]:
+        return {r.item.system for r in rows if r.item.split == split and r.item.label == "spoof"}
+
     leaks = spoof_sys("test") & spoof_sys("train")
     repos = (of("train", "source_repo") | of("dev", "source_repo")) & set(cfg.test_repos)
     if leaks or repos:
-        raise DatasetError(f"corpus split leaks test systems {sorted(leaks)} or repositories {sorted(repos)} into train")
+        raise DatasetError(
+            f"corpus split leaks test systems {sorted(leaks)} or repositories {sorted(repos)} into train"
+        )
 
 
 def read_metadata(corpus: Path) -> list[dict[str, str]]:

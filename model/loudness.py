@@ -26,7 +26,9 @@ class WindowScorer(Protocol):
 
 
 def normalise_windows(
-    windows: npt.NDArray[np.float32], target_dbfs: float = DEFAULT_TARGET_DBFS, max_gain_db: float = MAX_GAIN_DB
+    windows: npt.NDArray[np.float32],
+    target_dbfs: float = DEFAULT_TARGET_DBFS,
+    max_gain_db: float = MAX_GAIN_DB,
 ) -> npt.NDArray[np.float32]:
     """Scale each row (B, T) to ``target_dbfs`` RMS (gain capped at ``max_gain_db``), clipped to [-1, 1]."""
     if windows.ndim != 2:

@@ -84,7 +84,9 @@ def espeak(text: str, voice: str) -> Wave:
 def festival(text: str, voice: str) -> Wave:
     exe = shutil.which("text2wave")
     if exe is None:
-        raise ModelError("festival is not installed (apt-get install festival festvox-kallpc16k festvox-us-slt-hts)")
+        raise ModelError(
+            "festival is not installed (apt-get install festival festvox-kallpc16k festvox-us-slt-hts)"
+        )
     with tempfile.TemporaryDirectory(prefix="sw-festival-") as tmp:
         out = Path(tmp, "out.wav")
         return _run_to_wav([exe, "-o", str(out), "-eval", f"(voice_{voice})"], out, text)
@@ -98,7 +100,9 @@ class PiperSynth:
             module = importlib.import_module(package)
             from piper import PiperVoice
         except ImportError as exc:
-            raise ModelError(f"piper voice package {package!r} or piper-tts is not installed: {exc}") from None
+            raise ModelError(
+                f"piper voice package {package!r} or piper-tts is not installed: {exc}"
+            ) from None
         model, config = Path(module.model_path()), Path(module.config_path())
         if not model.is_file() or not config.is_file():
             raise ModelError(f"{package}: the wheel does not contain its voice ({model})")

@@ -141,11 +141,15 @@ def test_world_resynthesis_keeps_length_and_is_not_a_copy(shared: Path) -> None:
     from spoofwatch.audio import read_audio
     from spoofwatch.model.synth import world_resynth
 
-    x = read_audio(next((shared / "data" / "speech" / "bonafide" / "vctk").glob("*.flac")))[: 2 * SAMPLE_RATE_HZ]
+    x = read_audio(next((shared / "data" / "speech" / "bonafide" / "vctk").glob("*.flac")))[
+        : 2 * SAMPLE_RATE_HZ
+    ]
     y = world_resynth(x)
     assert y.shape == x.shape and y.dtype == np.float32
     assert not np.allclose(x, y, atol=1e-3)
-    assert np.corrcoef(np.abs(np.fft.rfft(x)), np.abs(np.fft.rfft(y)))[0, 1] > 0.5  # same speech, new waveform
+    assert (
+        np.corrcoef(np.abs(np.fft.rfft(x)), np.abs(np.fft.rfft(y)))[0, 1] > 0.5
+    )  # same speech, new waveform
 
 
 def test_loudness_normalisation() -> None:
@@ -170,8 +174,8 @@ def test_evaluate_suite_official_and_candidate(
 ) -> None:
     from spoofwatch.calibration.suite import corpus_family
     from spoofwatch.cli import main
-    from spoofwatch.model.weights import weights_path
     from spoofwatch.model.config import load_model_config
+    from spoofwatch.model.weights import weights_path
 
     assert corpus_family("VCTK p225") == "VCTK"
     assert corpus_family("celebrity/in-the-wild clip (tom)") == "celebrity/in-the-wild clip"

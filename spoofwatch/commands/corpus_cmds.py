@@ -19,14 +19,32 @@ def register(sub: Any) -> None:
         "evaluate-suite",
         help="held-out EER per system and genuine corpus, and live false alerts/detection, vs the official model",
     )
-    suite.add_argument("--model", default="aasist-l", choices=MODEL_NAMES, help="architecture (default aasist-l)")
-    suite.add_argument("--weights", type=Path, default=None, help="candidate weights (.pth); omit to evaluate the official model only")
-    suite.add_argument("--calibration", type=Path, default=None, help="candidate calibration (stream/gate/policy)")
+    suite.add_argument(
+        "--model", default="aasist-l", choices=MODEL_NAMES, help="architecture (default aasist-l)"
+    )
+    suite.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="candidate weights (.pth); omit to evaluate the official model only",
+    )
+    suite.add_argument(
+        "--calibration", type=Path, default=None, help="candidate calibration (stream/gate/policy)"
+    )
     suite.add_argument("--name", default="fine-tuned", help="label of the candidate in the tables")
-    suite.add_argument("--corpus", type=Path, required=True, help="a corpus built by `spoofwatch data build-corpus`")
+    suite.add_argument(
+        "--corpus", type=Path, required=True, help="a corpus built by `spoofwatch data build-corpus`"
+    )
     suite.add_argument("--split", default="test")
-    suite.add_argument("--copies", choices=("all", "clean"), default="all", help="include the channel copies (default) or not")
-    suite.add_argument("--limit-per-group", type=int, default=0, help="at most N utterances per system / genuine corpus")
+    suite.add_argument(
+        "--copies",
+        choices=("all", "clean"),
+        default="all",
+        help="include the channel copies (default) or not",
+    )
+    suite.add_argument(
+        "--limit-per-group", type=int, default=0, help="at most N utterances per system / genuine corpus"
+    )
     suite.add_argument("--hop-s", type=float, default=None, help="window hop (default: the calibration's)")
     suite.add_argument(
         "--loudness",
@@ -43,12 +61,13 @@ def register(sub: Any) -> None:
 
 
 def register_data(dsub: Any) -> None:
-    build = dsub.add_parser(
-        "build-corpus", help="build the open-data leave-systems-out corpus (resumable)"
-    )
+    build = dsub.add_parser("build-corpus", help="build the open-data leave-systems-out corpus (resumable)")
     build.add_argument("--out", type=Path, required=True, help="output folder (outside the repository)")
     build.add_argument(
-        "--config", type=Path, default=DEFAULT_CORPUS_CONFIG, help="corpus TOML (default configs/data/open.toml)"
+        "--config",
+        type=Path,
+        default=DEFAULT_CORPUS_CONFIG,
+        help="corpus TOML (default configs/data/open.toml)",
     )
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=cmd_build_corpus)
@@ -62,13 +81,23 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
     cfg = load_corpus_config(args.config)
     items = plan_corpus(cfg)
     rows = []
-    bar = tqdm(total=len(items), desc="corpus", unit="clip", disable=args.no_progress or not sys.stderr.isatty())
+    bar = tqdm(
+        total=len(items), desc="corpus", unit="clip", disable=args.no_progress or not sys.stderr.isatty()
+    )
     for built in iter_build(cfg, args.out, items):
         rows += built
         bar.update(1)
     bar.close()
     summary = write_outputs(cfg, args.out, rows)
-    sys.stdout.write(json.dumps({s: {k: summary[s][k] for k in ("utterances", "hours", "by_kind")} for s in ("train", "dev", "test")}) + "\n")
+    sys.stdout.write(
+        json.dumps(
+            {
+                s: {k: summary[s][k] for k in ("utterances", "hours", "by_kind")}
+                for s in ("train", "dev", "test")
+            }
+        )
+        + "\n"
+    )
     return 0
 
 
@@ -98,11 +127,14 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     )
     utts = select_utterances(args.corpus, cfg)
     # (label, model, weights, calibration, loudness): the official model always, in the same run.
-    variants: list[tuple[str, str, Path | None, Path | None, bool]] = [("official", args.model, None, None, False)]
+    variants: list[tuple[str, str, Path | None, Path | None, bool]] = [
+        ("official", args.model, None, None, False)
+    ]
     if args.weights is not None:
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.loudness]
         variants += [
-            (args.name + ("+loudness" if on else ""), args.model, args.weights, args.calibration, on) for on in modes
+            (args.name + ("+loudness" if on else ""), args.model, args.weights, args.calibration, on)
+            for on in modes
         ]
     elif args.loudness != "off":
         variants.append(("official+loudness", args.model, None, None, True))
@@ -113,7 +145,9 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         base: Any = OnnxScorer(ensure_onnx(model, weights), device="cpu", threads=args.threads)
         scorer = LoudnessNormalisedScorer(base) if loud else base
         engine = build_engine(cal, vad, args.hop_s)
-        bar = tqdm(total=len(utts), desc=label, unit="utt", disable=args.no_progress or not sys.stderr.isatty())
+        bar = tqdm(
+            total=len(utts), desc=label, unit="utt", disable=args.no_progress or not sys.stderr.isatty()
+        )
         result = run_variant(label, utts, engine, scorer, cfg, on_progress=bar.update)
         bar.close()
         results.append(result)
