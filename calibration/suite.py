@@ -182,6 +182,34 @@ def run_variant(
     return result
 
 
+def cached_variant(
+    cache: Path | None, key: dict[str, Any], compute: Callable[[], VariantResult]
+) -> VariantResult:
+    """``compute()``, or its earlier result for the same ``key`` (model file hash, utterances,
+    engine settings) from ``cache``: the baseline need not be re-scored on every run."""
+    import hashlib
+    import json
+    import pickle
+
+    if cache is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = cache / f"variant-{digest}.pkl"
+    if path.is_file():
+        log.info("%s: traces reused from %s", key.get("name"), path)
+        with path.open("rb") as fh:
+            result: VariantResult = pickle.load(fh)
+        result.name = str(key.get("name", result.name))
+        return result
+    result = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    with tmp.open("wb") as fh:
+        pickle.dump(result, fh)
+    tmp.replace(path)
+    return result
+
+
 def _eer_percent(genuine: list[float], spoof: list[float]) -> float | None:
     if not genuine or not spoof:
         return None

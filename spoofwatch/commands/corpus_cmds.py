@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -54,6 +55,9 @@ def register(sub: Any) -> None:
     )
     suite.add_argument("--target-false-alerts-per-hour", type=float, default=1.0)
     suite.add_argument("--out", type=Path, default=None, help="folder for suite.json, suite.md and det.png")
+    suite.add_argument(
+        "--cache", type=Path, default=None, help="reuse traces of an unchanged model variant from this folder"
+    )
     suite.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     suite.add_argument("--json", action="store_true", help="print the full JSON result on stdout")
     suite.add_argument("--no-progress", action="store_true")
@@ -107,6 +111,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.calfile import calibration_for
     from spoofwatch.calibration.suite import (
         SuiteConfig,
+        cached_variant,
         markdown,
         plot_det,
         run_variant,
@@ -116,6 +121,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     from spoofwatch.model.export import ensure_onnx
     from spoofwatch.model.loudness import LoudnessNormalisedScorer
     from spoofwatch.model.runtime import OnnxScorer
+    from spoofwatch.model.weights import sha256_file
     from spoofwatch.stream.gate import SileroVad
     from spoofwatch.stream.runner import build_engine
 
@@ -142,13 +148,24 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     results, summaries = [], []
     for label, model, weights, cal_path, loud in variants:
         cal = calibration_for(model, cal_path, weights)
-        base: Any = OnnxScorer(ensure_onnx(model, weights), device="cpu", threads=args.threads)
+        onnx = ensure_onnx(model, weights)
+        base: Any = OnnxScorer(onnx, device="cpu", threads=args.threads)
         scorer = LoudnessNormalisedScorer(base) if loud else base
         engine = build_engine(cal, vad, args.hop_s)
         bar = tqdm(
             total=len(utts), desc=label, unit="utt", disable=args.no_progress or not sys.stderr.isatty()
         )
-        result = run_variant(label, utts, engine, scorer, cfg, on_progress=bar.update)
+        key = {
+            "name": label,
+            "onnx_sha256": sha256_file(onnx),
+            "loudness": loud,
+            "utts": [u.utt for u in utts],
+            "stream": engine.config,
+            "gate": cal.gate,
+            "config": cfg,
+        }
+        compute = functools.partial(run_variant, label, utts, engine, scorer, cfg, on_progress=bar.update)
+        result = cached_variant(args.cache, key, compute)
         bar.close()
         results.append(result)
         summaries.append(summarise(result, utts, cal.policy, cfg))
