@@ -52,6 +52,9 @@ class SuiteConfig:
     copies: str = "all"
     #: At most this many utterances per spoof system and per genuine corpus (0: all).
     limit_per_group: int = 0
+    #: At most this many utterances per genuine corpus (None: limit_per_group); more genuine audio
+    #: makes the false-alerts-per-hour figure less coarse.
+    limit_genuine_per_corpus: int | None = None
     stream_seconds: float = 60.0
     target_false_alerts_per_hour: float = 1.0
     detect_within_s: float = 5.0
@@ -111,8 +114,11 @@ def select_utterances(corpus: Path, cfg: SuiteConfig) -> list[Utterance]:
     chosen: list[Utterance] = []
     for key in sorted(groups):
         members = groups[key]
-        if cfg.limit_per_group and len(members) > cfg.limit_per_group:
-            members = [members[i] for i in sorted(rng.permutation(len(members))[: cfg.limit_per_group])]
+        limit = cfg.limit_per_group
+        if key.startswith("genuine:") and cfg.limit_genuine_per_corpus is not None:
+            limit = cfg.limit_genuine_per_corpus
+        if limit and len(members) > limit:
+            members = [members[i] for i in sorted(rng.permutation(len(members))[:limit])]
         chosen += members
     return chosen
 

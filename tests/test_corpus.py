@@ -184,8 +184,13 @@ def test_evaluate_suite_official_and_candidate(
     shutil.copy(weights_path(load_model_config("aasist-l")), candidate)
     out = tmp_path / "suite"
     args = ["evaluate-suite", "--corpus", str(tiny_corpus), "--weights", str(candidate), "--copies", "clean"]
-    assert main([*args, "--hop-s", "1.0", "--out", str(out), "--json", "--no-progress"]) == 0
+    args += ["--hop-s", "1.0", "--json", "--no-progress", "--cache", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
+    # A second run reuses both variants' traces from the cache and reports the same.
+    assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 2
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["models"] == report["models"]
     official, cand = report["models"]
     assert official["model"] == "official" and cand["model"] == "fine-tuned"
     assert official["pooled_eer_percent"] == pytest.approx(cand["pooled_eer_percent"])

@@ -46,6 +46,12 @@ def register(sub: Any) -> None:
     suite.add_argument(
         "--limit-per-group", type=int, default=0, help="at most N utterances per system / genuine corpus"
     )
+    suite.add_argument(
+        "--limit-genuine-per-corpus",
+        type=int,
+        default=None,
+        help="at most N per genuine corpus (default: --limit-per-group)",
+    )
     suite.add_argument("--hop-s", type=float, default=None, help="window hop (default: the calibration's)")
     suite.add_argument(
         "--loudness",
@@ -129,6 +135,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         split=args.split,
         copies=args.copies,
         limit_per_group=args.limit_per_group,
+        limit_genuine_per_corpus=args.limit_genuine_per_corpus,
         target_false_alerts_per_hour=args.target_false_alerts_per_hour,
     )
     utts = select_utterances(args.corpus, cfg)
