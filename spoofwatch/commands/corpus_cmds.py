@@ -64,6 +64,11 @@ def register(sub: Any) -> None:
     suite.add_argument(
         "--cache", type=Path, default=None, help="reuse traces of an unchanged model variant from this folder"
     )
+    suite.add_argument(
+        "--skip-official",
+        action="store_true",
+        help="score only the candidate (e.g. to fill --cache in parallel); the table then lacks the baseline",
+    )
     suite.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     suite.add_argument("--json", action="store_true", help="print the full JSON result on stdout")
     suite.add_argument("--no-progress", action="store_true")
@@ -151,6 +156,8 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         ]
     elif args.loudness != "off":
         variants.append(("official+loudness", args.model, None, None, True))
+    if args.skip_official and len(variants) > 1:
+        variants = variants[1:]
     vad = SileroVad()
     results, summaries = [], []
     for label, model, weights, cal_path, loud in variants:
