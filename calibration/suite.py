@@ -269,13 +269,21 @@ def _detection(
     result: VariantResult, policy: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig
 ) -> dict[str, Any]:
     by_system: dict[str, list[bool]] = defaultdict(list)
+    by_system_any: dict[str, list[bool]] = defaultdict(list)
     for u in utts:
         if u.label == "spoof":
-            by_system[u.system].append(detected(result.spoof_traces[u.utt], policy, cfg.detect_within_s))
+            tr = result.spoof_traces[u.utt]
+            by_system[u.system].append(detected(tr, policy, cfg.detect_within_s))
+            by_system_any[u.system].append(detected(tr, policy, np.inf))
     every = [d for v in by_system.values() for d in v]
+    every_any = [d for v in by_system_any.values() for d in v]
     return {
         "detection_rate": float(np.mean(every)) if every else None,
         "detection_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system.items())},
+        # Alerted at any time in the utterance (its stream ends with it): with 4.04 s windows
+        # and a 2-window minimum, an alert cannot come before 4.04 s + one hop.
+        "detection_rate_any": float(np.mean(every_any)) if every_any else None,
+        "detection_any_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system_any.items())},
     }
 
 
@@ -375,9 +383,11 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         t, sh = s["at_target"], s["at_shipped_threshold"]
         lines.append(
             f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; at threshold {t['enter_threshold']:.3f}: "
-            f"{t['false_alerts_per_hour']:.1f} false alerts/h, {fmt(t['detection_rate'], True)} detected; "
+            f"{t['false_alerts_per_hour']:.1f} false alerts/h, {fmt(t['detection_rate'], True)} detected "
+            f"({fmt(t['detection_rate_any'], True)} at any time in the utterance); "
             f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "
-            f"{fmt(sh['detection_rate'], True)} detected; {s['n_unscored']} utterances had no window past the gate."
+            f"{fmt(sh['detection_rate'], True)} detected ({fmt(sh['detection_rate_any'], True)} at any time); "
+            f"{s['n_unscored']} utterances had no window past the gate."
         )
     return "\n".join(lines) + "\n"
 
