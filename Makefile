@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	# Editable: the checkout is the package (spoofwatch/{model,stream,...} link
 	# to the top-level folders), so tools and the interpreter see one tree.
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,corpus]"
+	$(PY) -m pip install -q --no-deps piper-tts==1.8.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "spoofwatch.commands.calibration_cmds",
     "spoofwatch.commands.training_cmds",
     "spoofwatch.commands.run_cmds",
+    "spoofwatch.commands.corpus_cmds",
 )
 
 
