@@ -67,8 +67,14 @@ def _providers_for(device: Device) -> list[str]:
     return [_CUDA, _CPU]
 
 
-def make_session(path: Path, device: Device = "auto", threads: int | None = None) -> Any:
-    """Open an InferenceSession on ``device`` and verify which provider it really got."""
+def make_session(
+    path: Path, device: Device = "auto", threads: int | None = None, allow_spinning: bool = True
+) -> Any:
+    """Open an InferenceSession on ``device`` and verify which provider it really got.
+
+    ``allow_spinning=False`` stops idle intra-op threads from busy-waiting: many
+    small calls (incremental steps of many streams) otherwise burn the cores.
+    """
     import onnxruntime as ort
 
     if device not in DEVICES:
@@ -80,6 +86,8 @@ def make_session(path: Path, device: Device = "auto", threads: int | None = None
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if _CUDA in providers and hasattr(ort, "preload_dlls"):
         try:  # lets onnxruntime-gpu find CUDA/cuDNN shipped in pip wheels (e.g. torch's)
             ort.preload_dlls()

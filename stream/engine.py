@@ -11,7 +11,7 @@ them run this one implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -45,9 +45,27 @@ class EngineConfig:
 
 
 class Scorer(Protocol):
-    """What the engine's drivers need from a model: bona fide logits per window."""
+    """A model: bona fide logits for a batch of windows, each scored from scratch."""
 
     def scores(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+@runtime_checkable
+class WindowScorer(Protocol):
+    """What a driver calls to score ONE stream's windows, in stream order.
+
+    Windows may be skipped (gated, dropped): the scorer sees the jump in
+    ``start_sample``. Implementations: ``spoofwatch.stream.scoring``
+    (incremental, or full windows through a ``Scorer``).
+    """
+
+    def score_window(self, window: Window) -> float:
+        """Bona fide logit of ``window``, equal to scoring its samples from scratch."""
+        ...
+
+    def reset(self) -> None:
+        """The stream restarted: forget anything cached."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -169,14 +187,14 @@ class Engine:
         )
 
 
-def run_windows(engine: Engine, scorer: Scorer, pending: list[PendingWindow]) -> list[Event]:
-    """Score pending windows inline, one per call, and resolve them in order.
+def run_windows(engine: Engine, scorer: WindowScorer, pending: list[PendingWindow]) -> list[Event]:
+    """Score pending speech windows inline, one per call, and resolve them in order.
 
     One window per call keeps scores bit-identical however the audio was
     chunked (ONNX Runtime's batched kernels may round differently).
     """
     events: list[Event] = []
     for p in pending:
-        score = float(scorer.scores(p.window.samples[np.newaxis, :])[0]) if p.gate.speech else None
+        score = scorer.score_window(p.window) if p.gate.speech else None
         events += engine.resolve(p, score)
     return events

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from .engine import Engine, PendingWindow, Scorer, run_windows
+from .engine import Engine, PendingWindow, Scorer, WindowScorer, run_windows
 from .events import Event
 from .gate import SileroVad
+from .scoring import as_window_scorer
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -34,11 +35,15 @@ def keep_fresh(engine: Engine, pending: list[PendingWindow]) -> list[PendingWind
 
 
 class InlineRunner:
-    """Drives one engine, scoring windows in the caller's thread."""
+    """Drives one engine, scoring windows in the caller's thread.
 
-    def __init__(self, engine: Engine, scorer: Scorer, drop_stale: bool = False) -> None:
+    ``scorer`` is the stream's ``WindowScorer`` (incremental or full), or a
+    plain ``Scorer``, which then scores every window from scratch.
+    """
+
+    def __init__(self, engine: Engine, scorer: Scorer | WindowScorer, drop_stale: bool = False) -> None:
         self.engine = engine
-        self.scorer = scorer
+        self.scorer = as_window_scorer(scorer)
         self.drop_stale = drop_stale
 
     def feed(self, chunk: npt.NDArray[np.float32]) -> list[Event]:

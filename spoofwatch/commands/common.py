@@ -39,3 +39,28 @@ def add_model_args(
 def print_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    """``--full-windows``: the live commands score incrementally unless told otherwise."""
+    parser.add_argument(
+        "--full-windows",
+        action="store_true",
+        help="recompute every window from scratch instead of the exact incremental encoder "
+        "(which needs a hop that is a multiple of 729 samples; other hops use full windows anyway)",
+    )
+
+
+def load_live_scoring(args: argparse.Namespace, detector: Any, hop_samples: int) -> Any:
+    """The per-stream scorer factory of a live command (``LiveScoring``)."""
+    from spoofwatch.stream.scoring import live_scoring
+
+    return live_scoring(
+        detector.scorer,
+        args.model,
+        hop_samples,
+        args.device,
+        args.threads,
+        args.weights,
+        incremental=not args.full_windows,
+    )

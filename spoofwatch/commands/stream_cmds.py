@@ -11,7 +11,7 @@ from typing import Any
 
 from spoofwatch.stream.events import Event
 
-from .common import add_model_args, print_json
+from .common import add_model_args, add_scoring_args, load_live_scoring, print_json
 
 
 def register(sub: Any) -> None:
@@ -22,6 +22,7 @@ def register(sub: Any) -> None:
         "--realtime", action="store_true", help="pace the file at 1x instead of as fast as possible"
     )
     stream.add_argument("--json", action="store_true", help="events as JSON lines")
+    add_scoring_args(stream)
     stream.add_argument("file", type=Path, metavar="FILE")
     stream.set_defaults(func=cmd_stream)
 
@@ -37,17 +38,20 @@ def register(sub: Any) -> None:
     monitor.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     monitor.add_argument("--jsonl", type=Path, default=None, help="append events to this JSON-lines file")
     monitor.add_argument("--hop-s", type=float, default=None, help="override the calibration's hop")
+    add_scoring_args(monitor)
     monitor.set_defaults(func=cmd_monitor)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Detector, engine and the stream's window scorer (incremental when the hop allows)."""
     from spoofwatch.model.detector import Detector
     from spoofwatch.stream.gate import SileroVad
     from spoofwatch.stream.runner import build_engine
 
     detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
     engine = build_engine(detector.calibration, SileroVad(), args.hop_s)
-    return detector, engine
+    scoring = load_live_scoring(args, detector, engine.config.hop_samples)
+    return detector, engine, scoring.new_stream()
 
 
 def _emit(events: list[Event], as_json: bool) -> None:
@@ -68,8 +72,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     chunks = file_chunks(
         args.file, realtime=args.realtime
     )  # decodes now: bad files fail before loading the model
-    detector, engine = _load(args)
-    runner = InlineRunner(engine, detector.scorer)
+    _, engine, scorer = _load(args)
+    runner = InlineRunner(engine, scorer)
     for chunk in chunks:
         _emit(runner.feed(chunk), args.json)
     _emit(runner.close(), args.json)
@@ -96,14 +100,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return 0
     device = parse_device(args.input_device)
     name, rate = input_device_info(device)  # fails fast, before the model loads
-    detector, engine = _load(args)
+    detector, engine, scorer = _load(args)
     source = MicrophoneSource(rate, device)
-    runner = InlineRunner(engine, detector.scorer, drop_stale=True)
+    runner = InlineRunner(engine, scorer, drop_stale=True)
     sink = JsonlSink(args.jsonl) if args.jsonl else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     sys.stderr.write(
-        f"monitoring {name!r} at {rate} Hz with {args.model} on {detector.scorer.device}; Ctrl-C stops\n"
+        f"monitoring {name!r} at {rate} Hz with {args.model} on {detector.scorer.device} "
+        f"({getattr(scorer, 'mode', 'full')} windows); Ctrl-C stops\n"
     )
 
     def on_events(events: list[Event]) -> None:
