@@ -142,11 +142,9 @@ class IncrementalPlan:
         s = self.spectral
         inner = self.levels[:-1]
         last = self.levels[-1]
-        return (
-            [(lv.slots, lv.channels, s, HEAD_FRAMES - 1) for lv in inner]
-            + [(lv.channels, s, lv.context) for lv in inner]
-            + [(last.channels, s, last.frames)]
-        )
+        shapes: list[tuple[int, ...]] = [(lv.slots, lv.channels, s, HEAD_FRAMES - 1) for lv in inner]
+        shapes += [(lv.channels, s, lv.context) for lv in inner]
+        return [*shapes, (last.channels, s, last.frames)]
 
     def state_bytes(self) -> int:
         """float32 bytes of one stream's graph state."""
@@ -209,13 +207,22 @@ def hop_incompatibility(hop_samples: int, n_blocks: int = 6) -> str | None:
 
 def plan_for(config: ModelConfig, hop_samples: int, window_samples: int = WINDOW_SAMPLES) -> IncrementalPlan:
     """The incremental geometry of ``config`` at ``hop_samples``; InputError if the hop does not allow it."""
-    stages = [config.filts[0], config.filts[1], config.filts[2], config.filts[3], config.filts[3], config.filts[3]]
+    stages = [
+        config.filts[0],
+        config.filts[1],
+        config.filts[2],
+        config.filts[3],
+        config.filts[3],
+        config.filts[3],
+    ]
     n_blocks = len(stages)
     reason = hop_incompatibility(hop_samples, n_blocks)
     if reason is not None:
         raise InputError(f"incremental scoring: {reason}")
     if not 0 < hop_samples < window_samples:
-        raise InputError(f"incremental scoring: expected 0 < hop < {window_samples} samples, got {hop_samples}")
+        raise InputError(
+            f"incremental scoring: expected 0 < hop < {window_samples} samples, got {hop_samples}"
+        )
     taps = config.first_conv + 1 if config.first_conv % 2 == 0 else config.first_conv
     spectral = config.sinc_channels // POOL
     level1 = (window_samples - taps + 1) // POOL
@@ -247,8 +254,9 @@ def plan_for(config: ModelConfig, hop_samples: int, window_samples: int = WINDOW
         needed_by_tail = lv.frames - above.tail_input_start - lv.tail_frames
         needed_by_slot = lv.clean_end - (lv.slots + 1) * lv.shift - 1
         context = max(needed_by_tail, needed_by_slot, 0)
-        levels[i] = Level(lv.index, lv.frames, lv.channels, lv.right_dirty, lv.shift,
-                          lv.tail_input_start, lv.slots, context)
+        levels[i] = Level(
+            lv.index, lv.frames, lv.channels, lv.right_dirty, lv.shift, lv.tail_input_start, lv.slots, context
+        )
     for lv in levels:
         problems = []
         if lv.tail_input_start < 1:
@@ -449,7 +457,9 @@ def _export(
         )
 
 
-def export_incremental(model: str, hop_samples: int, paths: IncrementalPaths, weights: Path | None = None) -> float:
+def export_incremental(
+    model: str, hop_samples: int, paths: IncrementalPaths, weights: Path | None = None
+) -> float:
     """Export both graphs; install them only if the PyTorch chain matches the full model.
 
     Returns the max |incremental - full| logit difference of the parity probe.

@@ -153,7 +153,9 @@ class IncrementalModel:
 
     # ---- scoring ----------------------------------------------------------------
 
-    def score(self, streams: Sequence[IncrementalScorer], windows: Sequence[tuple[int, Array]]) -> list[float]:
+    def score(
+        self, streams: Sequence[IncrementalScorer], windows: Sequence[tuple[int, Array]]
+    ) -> list[float]:
         """Score one window ``(start_sample, samples)`` for each stream; returns bona fide logits.
 
         Every stream appears at most once. Full passes and final steps are
@@ -174,7 +176,9 @@ class IncrementalModel:
                 end = plan.window_samples - (lag - j) * plan.hop_samples
                 assert stream.state is not None
                 _, stream.state.graph = self.run_step(
-                    stream.state.heads[j - 1 : j], samples[np.newaxis, end - plan.tail_samples : end], stream.state.graph
+                    stream.state.heads[j - 1 : j],
+                    samples[np.newaxis, end - plan.tail_samples : end],
+                    stream.state.graph,
                 )
                 stream.catch_up_steps += 1
             step.append(i)
@@ -201,7 +205,9 @@ class IncrementalModel:
         head = np.ascontiguousarray(batch[:, : self.plan.head_samples])
         tail = np.ascontiguousarray(batch[:, self._tail_from :])
         states = [s.state.graph for s in streams if s.state is not None]
-        stacked = states[0] if len(states) == 1 else [np.concatenate(parts) for parts in zip(*states, strict=True)]
+        stacked = (
+            states[0] if len(states) == 1 else [np.concatenate(parts) for parts in zip(*states, strict=True)]
+        )
         for stream in streams:
             stream.steps += 1
         return self.run_step(head, tail, stacked)
@@ -243,7 +249,9 @@ class IncrementalScorer:
             return None
         w = plan.window_samples
         same_end = np.array_equal(samples[w - GUARD_SAMPLES - offset : w - offset], state.guard)
-        same_head = lag > len(state.heads) or np.array_equal(samples[: plan.head_samples], state.heads[lag - 1])
+        same_head = lag > len(state.heads) or np.array_equal(
+            samples[: plan.head_samples], state.heads[lag - 1]
+        )
         if not (same_end and same_head):
             log.debug("window at %d does not continue the cached audio: full pass", start_sample)
             return None
@@ -276,4 +284,3 @@ def load_incremental(
         log.warning("scoring full windows, not incrementally: %s", reason)
         return None
     return IncrementalModel.load(model, hop_samples, device, threads, weights, batch_streams)
-

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
 from .events import Event, ScoreEvent, StatusEvent, SummaryEvent
@@ -27,8 +27,9 @@ from .windower import Window, Windower
 
 @dataclass(frozen=True)
 class EngineConfig:
-    #: Seconds between the starts of consecutive windows.
-    hop_s: float = 0.5
+    #: Seconds between the starts of consecutive windows, rounded to whole samples.
+    #: Incremental scoring needs a multiple of 729 samples; the default is 8,019.
+    hop_s: float = LIVE_HOP_SAMPLES / SAMPLE_RATE_HZ
     #: Windows a server stream may queue for scoring; a live stream drops the oldest beyond it.
     max_pending_windows: int = 4
 

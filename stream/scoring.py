@@ -89,6 +89,8 @@ def live_scoring(
     """Scoring for a live engine at ``hop_samples``: incremental unless the hop rules it
     out (a hop that is not a multiple of 729 samples; the reason is logged) or
     ``incremental`` is off."""
-    inc = load_incremental(model, hop_samples, device, threads, weights, batch_streams) if incremental else None
+    inc = (
+        load_incremental(model, hop_samples, device, threads, weights, batch_streams) if incremental else None
+    )
     log.info("live scoring: %s windows at a hop of %d samples", "incremental" if inc else "full", hop_samples)
     return LiveScoring(full, inc)

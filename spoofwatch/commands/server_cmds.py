@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, print_json
+from .common import add_model_args, add_scoring_args, load_live_scoring, print_json
 
 
 def register(sub: Any) -> None:
@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     serve.add_argument("--max-stream-duration-s", type=float, default=d.max_stream_duration_s)
+    add_scoring_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser("send", help="stream a file to a spoofwatch server and print its events")
@@ -65,16 +66,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     config.validate()  # before loading the model: a refused config fails fast
     detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    scoring = load_live_scoring(args, detector, detector.calibration.stream.hop_samples)
     sinks = ServerSinks(args.jsonl, args.stdout, args.webhook)
     ctx = ServerContext(
         config,
-        BatchScorer(detector.scorer, config.max_batch_windows),
+        BatchScorer(detector.scorer, config.max_batch_windows, incremental=scoring.incremental),
         detector.calibration,
         SileroVad(),
         sinks,
     )
     sys.stderr.write(
-        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio ({detector.scorer.device}); Ctrl-C stops\n"
+        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio "
+        f"({detector.scorer.device}, {scoring.mode} windows); Ctrl-C stops\n"
     )
     try:
         anyio.run(WebSocketServer(ctx).run)

@@ -1,34 +1,52 @@
 """One scorer shared by every connection: windows that are ready together
-are scored in one ONNX Runtime call, off the event loop."""
+are scored in one ONNX Runtime call, off the event loop.
+
+With an incremental model, each stream holds an ``IncrementalScorer``
+(``open_stream``) and passes it with its windows; the steps of the streams
+that are ready together share one ONNX Runtime call (their states stacked),
+and first windows share another.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
-import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..engine import Scorer
+from ..windower import Window
+
+if TYPE_CHECKING:
+    from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Request:
-    window: npt.NDArray[np.float32]
+    window: Window
+    stream: IncrementalScorer | None
     done: anyio.Event = field(default_factory=anyio.Event)
     score: float | None = None
     error: BaseException | None = None
 
 
 class BatchScorer:
-    """``await score(window)``; run ``serve()`` in a task group for its lifetime."""
+    """``await score(window, stream)``; run ``serve()`` in a task group for its lifetime."""
 
-    def __init__(self, scorer: Scorer, max_batch_windows: int = 16, queue_windows: int = 256) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        max_batch_windows: int = 16,
+        queue_windows: int = 256,
+        incremental: IncrementalModel | None = None,
+    ) -> None:
         self.scorer = scorer
+        self.incremental = incremental
         self.max_batch_windows = max_batch_windows
         self._send: MemoryObjectSendStream[_Request]
         self._receive: MemoryObjectReceiveStream[_Request]
@@ -36,8 +54,15 @@ class BatchScorer:
         self.batches = 0
         self.windows = 0
 
-    async def score(self, window: npt.NDArray[np.float32]) -> float:
-        request = _Request(window)
+    def open_stream(self) -> IncrementalScorer | None:
+        """A new stream's incremental state (``None``: its windows are scored from scratch)."""
+        from spoofwatch.model.incremental_runtime import IncrementalScorer
+
+        return None if self.incremental is None else IncrementalScorer(self.incremental)
+
+    async def score(self, window: Window, stream: IncrementalScorer | None = None) -> float:
+        """Score one window of a stream; windows of one stream must come in stream order."""
+        request = _Request(window, stream)
         await self._send.send(request)
         await request.done.wait()
         if request.error is not None:
@@ -60,10 +85,26 @@ class BatchScorer:
                         break
                 await self._run(batch)
 
+    def _score_batch(self, batch: list[_Request]) -> list[float]:
+        scores = [0.0] * len(batch)
+        full = [i for i, r in enumerate(batch) if r.stream is None]
+        inc = [i for i, r in enumerate(batch) if r.stream is not None]
+        if full:
+            values = self.scorer.scores(np.stack([batch[i].window.samples for i in full])).tolist()
+            for i, v in zip(full, values, strict=True):
+                scores[i] = float(v)
+        if inc:
+            assert self.incremental is not None
+            streams = [batch[i].stream for i in inc]
+            windows = [(batch[i].window.start_sample, batch[i].window.samples) for i in inc]
+            values = self.incremental.score(streams, windows)  # type: ignore[arg-type]
+            for i, v in zip(inc, values, strict=True):
+                scores[i] = v
+        return scores
+
     async def _run(self, batch: list[_Request]) -> None:
-        windows = np.stack([r.window for r in batch])
         try:
-            scores = await anyio.to_thread.run_sync(self.scorer.scores, windows)
+            scores = await anyio.to_thread.run_sync(self._score_batch, batch)
         except Exception as exc:  # reported to every waiting stream
             log.exception("scoring a batch of %d windows failed", len(batch))
             for r in batch:
@@ -72,6 +113,6 @@ class BatchScorer:
             return
         self.batches += 1
         self.windows += len(batch)
-        for r, s in zip(batch, scores.tolist(), strict=True):
-            r.score = float(s)
+        for r, s in zip(batch, scores, strict=True):
+            r.score = s
             r.done.set()

@@ -53,6 +53,7 @@ class StreamSession:
     ) -> None:
         self.engine = engine
         self.batcher = batcher
+        self._scorer = batcher.open_stream()  # this stream's incremental state, if any
         self.emit = emit
         self.tags = tags or {}
         self.rate_hz = rate_hz
@@ -143,7 +144,9 @@ class StreamSession:
                 if self._superseded():
                     self.engine.drop(pending)
                     continue
-                score = await self.batcher.score(pending.window.samples) if pending.gate.speech else None
+                score = (
+                    await self.batcher.score(pending.window, self._scorer) if pending.gate.speech else None
+                )
                 for event in self.engine.resolve(pending, score):
                     await self.emit({**event.to_json(), **self.tags})
             elif self._closed:
