@@ -101,7 +101,7 @@ class IncrementalModel:
         plan: IncrementalPlan,
         device: Device = "auto",
         threads: int | None = None,
-        batch_streams: bool = True,
+        batch_streams: bool | None = None,
         allow_spinning: bool = False,
     ) -> None:
         self.plan = plan
@@ -109,7 +109,10 @@ class IncrementalModel:
         self.init_session = make_session(paths.init, device, threads, allow_spinning)
         self.step_session = make_session(paths.step, device, threads, allow_spinning)
         self.providers: list[str] = list(self.step_session.get_providers())
-        self.batch_streams = batch_streams
+        # On CPU one call per stream costs less than one stacked call (measured in
+        # benchmarks/bench_stream.py: bigger intermediates, no parallelism gained);
+        # a GPU is expected to gain from stacking, so auto (None) batches only there.
+        self.batch_streams = self.device == "cuda" if batch_streams is None else batch_streams
         self.catch_up_limit = catch_up_limit(plan)
         # Where the tail and the head of each window are read from.
         self._tail_from = plan.window_samples - plan.tail_samples
@@ -122,7 +125,7 @@ class IncrementalModel:
         device: Device = "auto",
         threads: int | None = None,
         weights: Path | None = None,
-        batch_streams: bool = True,
+        batch_streams: bool | None = None,
     ) -> IncrementalModel:
         """Load (exporting on first use) the graphs of ``model`` at ``hop_samples``."""
         plan = plan_for(load_model_config(model), hop_samples)
@@ -271,7 +274,7 @@ def load_incremental(
     device: Device = "auto",
     threads: int | None = None,
     weights: Path | None = None,
-    batch_streams: bool = True,
+    batch_streams: bool | None = None,
 ) -> IncrementalModel | None:
     """The incremental graphs for ``hop_samples``, or ``None`` (logged) when that hop needs full windows."""
     reason = hop_incompatibility(hop_samples)

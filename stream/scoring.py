@@ -84,7 +84,7 @@ def live_scoring(
     threads: int | None = None,
     weights: Path | None = None,
     incremental: bool = True,
-    batch_streams: bool = True,
+    batch_streams: bool | None = None,
 ) -> LiveScoring:
     """Scoring for a live engine at ``hop_samples``: incremental unless the hop rules it
     out (a hop that is not a multiple of 729 samples; the reason is logged) or

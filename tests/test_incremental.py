@@ -1,0 +1,360 @@
+"""The exact incremental encoder against full-window scoring, on real speech.
+
+Every comparison runs the real ONNX Runtime graphs: the incremental ``init``
+and ``step`` exports against the full-window export, window by window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+import soundfile
+
+from spoofwatch.audio import read_audio
+from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.cli import main
+from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.errors import InputError
+from spoofwatch.model.config import load_model_config
+from spoofwatch.model.export import ensure_onnx
+from spoofwatch.model.incremental import (
+    cached_incremental_paths,
+    ensure_incremental_onnx,
+    hop_incompatibility,
+    plan_for,
+)
+from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer, catch_up_limit
+from spoofwatch.model.runtime import OnnxScorer
+from spoofwatch.stream.runner import InlineRunner, build_engine
+from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer, live_scoring
+
+#: |incremental - full| allowed for one window's bona fide logit (the issue's bound).
+EXACT = 1e-4
+#: ``stream`` against ``score`` CLI: different batch sizes, same windows.
+CLI_TOL = 1e-3
+
+_models: dict[tuple[str, int, bool], IncrementalModel] = {}
+_full: dict[str, OnnxScorer] = {}
+
+
+@pytest.fixture(scope="module")
+def incremental(sw_home: Path) -> Callable[[str, int, bool], IncrementalModel]:
+    """``incremental(model, hop, batch_streams)``: the real exported graphs, loaded once."""
+
+    def get(model: str, hop: int, batch_streams: bool = False) -> IncrementalModel:
+        key = (model, hop, batch_streams)
+        if key not in _models:
+            _models[key] = IncrementalModel.load(model, hop, "cpu", 2, batch_streams=batch_streams)
+        return _models[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def full_scorer(sw_home: Path) -> Callable[[str], OnnxScorer]:
+    def get(model: str) -> OnnxScorer:
+        if model not in _full:
+            _full[model] = OnnxScorer(ensure_onnx(model), device="cpu", threads=2)
+        return _full[model]
+
+    return get
+
+
+def librispeech(shared: Path, seconds: float, first: int) -> np.ndarray:
+    """Real read speech: LibriSpeech test-other clips from ``first`` on, end to end."""
+    paths = sorted((shared / "data" / "speech" / "bonafide" / "librispeech_test-other").glob("*.flac"))
+    n = int(seconds * SAMPLE_RATE_HZ)
+    clips: list[np.ndarray] = []
+    for path in paths[first:]:
+        clips.append(read_audio(path))
+        if sum(c.size for c in clips) >= n:
+            return np.concatenate(clips)[:n]
+    raise AssertionError("not enough LibriSpeech audio")
+
+
+def windows_of(audio: np.ndarray, hop: int) -> list[int]:
+    return list(range(0, audio.size - WINDOW_SAMPLES + 1, hop))
+
+
+# ---- geometry (no model run) ------------------------------------------------------
+
+
+def test_geometry_at_the_default_hop() -> None:
+    plan = plan_for(load_model_config("aasist-l"), LIVE_HOP_SAMPLES)
+    assert LIVE_HOP_SAMPLES == 11 * 729
+    # Each level moves by hop / 3**level frames and has one padded frame at the right.
+    assert [lv.shift for lv in plan.levels] == [891, 297, 99, 33, 11]
+    assert [lv.right_dirty for lv in plan.levels] == [1, 1, 1, 1, 1]
+    assert plan.head_samples == 143 and plan.tail_samples > LIVE_HOP_SAMPLES
+    # A step recomputes about the new hop's share of the window, not the window.
+    ratio = plan.step_macs() / plan.full_macs()
+    assert LIVE_HOP_SAMPLES / WINDOW_SAMPLES < ratio < 0.15
+    assert catch_up_limit(plan) == int(plan.full_macs() // plan.step_macs())
+    for model in ("aasist-l", "aasist"):
+        assert plan_for(load_model_config(model), LIVE_HOP_SAMPLES).state_bytes() < 2 * 2**20
+
+
+@pytest.mark.parametrize("hop", [8000, 8001, 2187 * 4 + 1, 243])
+def test_hops_that_are_not_multiples_of_729_are_refused_with_a_reason(hop: int) -> None:
+    reason = hop_incompatibility(hop)
+    assert reason is not None and "multiple of 729" in reason
+    with pytest.raises(InputError, match="729"):
+        plan_for(load_model_config("aasist-l"), hop)
+
+
+def test_live_scoring_falls_back_to_full_windows_with_a_logged_reason(
+    scorer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="spoofwatch"):
+        scoring = live_scoring(scorer, "aasist-l", 8000, "cpu")
+    assert scoring.mode == "full" and scoring.incremental is None
+    assert isinstance(scoring.new_stream(), FullWindowScorer)
+    assert any("8000" in r.getMessage() and "729" in r.getMessage() for r in caplog.records)
+
+
+# ---- exactness on real speech --------------------------------------------------------
+
+
+def run_schedule(
+    model: IncrementalModel, audios: list[np.ndarray], foreign: np.ndarray
+) -> tuple[list[IncrementalScorer], list[list[tuple[int, np.ndarray, float]]]]:
+    """Three streams in lock step, every window time scored in one ``IncrementalModel.score`` call:
+
+    * stream 0: every window;
+    * stream 1: skips two windows (a short gap: caught up by steps) and then
+      ``catch_up_limit`` windows (a long gap: rebuilt by a full pass);
+    * stream 2: ``reset()`` before window 5, and window ``n - 3`` is another
+      stream's audio at the expected start (its overlap check forces full passes).
+    """
+    hop, limit = model.hop_samples, model.catch_up_limit
+    n = len(windows_of(audios[0], hop))
+    skip1 = {3, 4, *range(6, 6 + limit)}
+    assert 6 + limit < n, "stream too short for the long gap"
+    streams = [IncrementalScorer(model) for _ in audios]
+    scored: list[list[tuple[int, np.ndarray, float]]] = [[] for _ in audios]
+    for i in range(n):
+        start = i * hop
+        batch: list[tuple[int, np.ndarray]] = []
+        who: list[int] = []
+        for k, audio in enumerate(audios):
+            if k == 1 and i in skip1:
+                continue
+            if k == 2 and i == 5:
+                streams[2].reset()
+            source = foreign if (k == 2 and i == n - 3) else audio
+            batch.append((start, source[start : start + WINDOW_SAMPLES]))
+            who.append(k)
+        scores = model.score([streams[k] for k in who], batch)
+        for k, (s, w), score in zip(who, batch, scores, strict=True):
+            scored[k].append((s, w, score))
+    return streams, scored
+
+
+def max_diff_against_full(full: OnnxScorer, scored: list[list[tuple[int, np.ndarray, float]]]) -> float:
+    worst = 0.0
+    for stream in scored:
+        for start in range(0, len(stream), 8):
+            part = stream[start : start + 8]
+            reference = full.scores(np.stack([w for _, w, _ in part]))
+            worst = max(worst, float(np.max(np.abs(reference - np.array([s for _, _, s in part])))))
+    return worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "hop", "seconds"),
+    [
+        ("aasist-l", LIVE_HOP_SAMPLES, 30.0),  # 11 x 729: not a multiple of 2,187
+        ("aasist", LIVE_HOP_SAMPLES, 30.0),
+        ("aasist-l", 4 * 2187, 12.0),  # a multiple of 2,187
+        ("aasist-l", 7 * 729, 12.0),
+        ("aasist", 22 * 729, 16.0),
+    ],
+)
+@pytest.mark.parametrize("batch_streams", [True, False])
+def test_every_window_equals_full_window_scoring(
+    model: str,
+    hop: int,
+    seconds: float,
+    batch_streams: bool,
+    shared: Path,
+    incremental: Callable[[str, int, bool], IncrementalModel],
+    full_scorer: Callable[[str], OnnxScorer],
+) -> None:
+    if not batch_streams and hop != LIVE_HOP_SAMPLES:
+        pytest.skip("one-call-per-stream is covered at the default hop")
+    audios = [librispeech(shared, seconds, first=10 * k) for k in range(3)]
+    foreign = librispeech(shared, seconds, first=40)
+    inc = incremental(model, hop, batch_streams)
+    streams, scored = run_schedule(inc, audios, foreign)
+
+    assert max_diff_against_full(full_scorer(model), scored) <= EXACT
+    # The schedule really exercised every path.
+    assert [s.full_passes for s in streams] == [1, 2, 4]
+    assert streams[1].catch_up_steps == 2
+    assert streams[0].steps == len(scored[0]) - 1
+    assert all(0 < s.state_bytes < 2 * 2**20 for s in streams)
+
+
+@pytest.mark.slow
+def test_engine_with_speech_gate_matches_full_windows(
+    shared: Path, scorer: Any, vad: Any, incremental: Callable[[str, int, bool], IncrementalModel]
+) -> None:
+    """Speech with pauses: gated windows are not scored, and every scored window
+    equals full-window scoring, however the gate skipped windows before it."""
+    parts = []
+    for k, pause_s in enumerate((2.5, 6.0, 1.0)):
+        parts.append(librispeech(shared, 7.0, first=50 + 5 * k))
+        parts.append(np.zeros(int(pause_s * SAMPLE_RATE_HZ), dtype=np.float32))
+    audio = np.concatenate(parts)
+    cal = load_calibration(model="aasist-l")
+    inc_scorer = IncrementalWindowScorer(incremental("aasist-l", LIVE_HOP_SAMPLES, False))
+    runs = []
+    for window_scorer, chunk in ((FullWindowScorer(scorer), 320), (inc_scorer, 1234)):
+        runner = InlineRunner(build_engine(cal, vad), window_scorer)
+        events = [e for p in range(0, audio.size, chunk) for e in runner.feed(audio[p : p + chunk])]
+        runs.append([e.to_json() for e in [*events, *runner.close()]])
+    full_events, inc_events = runs
+    assert [e["type"] for e in full_events] == [e["type"] for e in inc_events]
+    scores = [(a, b) for a, b in zip(full_events, inc_events, strict=True) if a["type"] == "score"]
+    assert all(a["speech"] == b["speech"] and a["t_start"] == b["t_start"] for a, b in scores)
+    gated = [a for a, _ in scores if not a["speech"]]
+    assert gated, "the pauses must gate some windows"
+    assert max(abs(a["score"] - b["score"]) for a, b in scores if a["speech"]) <= EXACT
+    # Windows after a pause were reached by catch-up steps or a rebuild, never by guesswork.
+    stream = inc_scorer.stream
+    assert stream.full_passes + stream.steps == sum(1 for a, _ in scores if a["speech"])
+    assert stream.full_passes > 1 or stream.catch_up_steps > 0
+
+
+# ---- end to end: the CLI, the server ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech_wav(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("incremental") / "librispeech_30s.wav"
+    soundfile.write(path, librispeech(shared, 30.0, first=20), SAMPLE_RATE_HZ, subtype="FLOAT")
+    return path
+
+
+def cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> list[Any]:
+    assert main(args) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.mark.slow
+def test_stream_cli_scores_equal_score_cli_windows(
+    sw_home: Path, speech_wav: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    hop_s = load_calibration(model="aasist-l").stream.hop_s
+    with caplog.at_level(logging.INFO, logger="spoofwatch"):
+        events = cli_json(["stream", "--json", "--device", "cpu", str(speech_wav)], capsys)
+    assert any("incremental" in r.getMessage() for r in caplog.records if r.name == "spoofwatch.stream.scoring")
+    [result] = cli_json(["score", "--json", "--device", "cpu", "--hop-s", str(hop_s), str(speech_wav)], capsys)
+    by_start = {round(w["start_s"] * SAMPLE_RATE_HZ): w["score"] for w in result["windows"]}
+    scored = [e for e in events if e["type"] == "score" and e["score"] is not None]
+    assert len(scored) >= 40
+    for e in scored:
+        assert abs(e["score"] - by_start[round(e["t_start"] * SAMPLE_RATE_HZ)]) <= CLI_TOL
+
+
+@pytest.mark.slow
+def test_stream_cli_hop_not_multiple_of_729_falls_back_and_still_matches(
+    sw_home: Path, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "short.wav"
+    soundfile.write(path, librispeech(shared, 7.0, first=30), SAMPLE_RATE_HZ, subtype="FLOAT")
+    with caplog.at_level(logging.INFO, logger="spoofwatch"):
+        events = cli_json(["stream", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
+    assert any("not a multiple of 729" in r.getMessage() for r in caplog.records)
+    [result] = cli_json(["score", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
+    by_start = {round(w["start_s"] * SAMPLE_RATE_HZ): w["score"] for w in result["windows"]}
+    scored = [e for e in events if e["type"] == "score" and e["score"] is not None]
+    assert len(scored) == 6
+    for e in scored:
+        assert abs(e["score"] - by_start[round(e["t_start"] * SAMPLE_RATE_HZ)]) <= CLI_TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_streams", [True, False])
+def test_server_streams_score_incrementally_and_exactly(
+    batch_streams: bool,
+    shared: Path,
+    scorer: Any,
+    vad: Any,
+    tmp_path: Path,
+    incremental: Callable[[str, int, bool], IncrementalModel],
+) -> None:
+    from spoofwatch.stream.client import send_audio
+    from spoofwatch.stream.server.app import WebSocketServer
+    from spoofwatch.stream.server.batcher import BatchScorer
+    from spoofwatch.stream.server.context import ServerConfig, ServerContext
+    from spoofwatch.stream.server.sinks import ServerSinks
+
+    audios = [librispeech(shared, 10.0, first=60 + 5 * k) for k in range(3)]
+    batcher = BatchScorer(scorer, incremental=incremental("aasist-l", LIVE_HOP_SAMPLES, batch_streams))
+    sinks = ServerSinks(jsonl=tmp_path / "events.jsonl")
+    ctx = ServerContext(
+        ServerConfig(host="127.0.0.1", port=0), batcher, load_calibration(model="aasist-l"), vad, sinks
+    )
+    results: list[Any] = [None] * len(audios)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(WebSocketServer(ctx).run)
+
+            async def one(k: int) -> None:
+                results[k] = await send_audio(audios[k], f"ws://127.0.0.1:{port}/", encoding="f32le")
+
+            async with anyio.create_task_group() as clients:
+                for k in range(len(audios)):
+                    clients.start_soon(one, k)
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(run)
+    finally:
+        sinks.close()
+    for audio, result in zip(audios, results, strict=True):
+        assert result.close_code == 1000
+        scored = [e for e in result.events if e["type"] == "score" and e["score"] is not None]
+        assert len(scored) == len(windows_of(audio, LIVE_HOP_SAMPLES))
+        starts = [round(e["t_start"] * SAMPLE_RATE_HZ) for e in scored]
+        reference = scorer.scores(np.stack([audio[s : s + WINDOW_SAMPLES] for s in starts]))
+        assert np.max(np.abs(reference - np.array([e["score"] for e in scored]))) <= EXACT
+
+
+# ---- cache and input checks ------------------------------------------------------------
+
+
+def test_export_is_cached_per_weights_and_hop(
+    sw_home: Path, incremental: Callable[[str, int, bool], IncrementalModel]
+) -> None:
+    incremental("aasist-l", LIVE_HOP_SAMPLES, False)
+    paths = cached_incremental_paths("aasist-l", LIVE_HOP_SAMPLES)
+    assert paths.init.is_file() and paths.step.is_file()
+    assert paths.step.is_relative_to(sw_home) and f"inc{LIVE_HOP_SAMPLES}" in paths.step.name
+    stamp = paths.step.stat().st_mtime_ns
+    assert ensure_incremental_onnx("aasist-l", LIVE_HOP_SAMPLES) == paths
+    assert paths.step.stat().st_mtime_ns == stamp  # reused, not exported again
+    assert cached_incremental_paths("aasist-l", 8748).step != paths.step
+
+
+def test_scorer_rejects_bad_windows(incremental: Callable[[str, int, bool], IncrementalModel]) -> None:
+    stream = IncrementalScorer(incremental("aasist-l", LIVE_HOP_SAMPLES, False))
+    with pytest.raises(InputError, match="64600"):
+        stream.score(0, np.zeros(1000, dtype=np.float32))
+    with pytest.raises(InputError, match="float32"):
+        stream.score(0, np.zeros(WINDOW_SAMPLES, dtype=np.float64))  # type: ignore[arg-type]
+    bad = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
+    bad[5] = np.nan
+    with pytest.raises(InputError, match="finite"):
+        stream.score(0, bad)
+    assert stream.state is None
