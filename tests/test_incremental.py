@@ -244,20 +244,23 @@ def speech_wav(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> list[Any]:
+def cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[list[Any], str]:
+    """JSON lines on stdout, and stderr (where the CLI logs)."""
     assert main(args) == 0
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr()
+    return [json.loads(line) for line in out.out.splitlines()], out.err
 
 
 @pytest.mark.slow
 def test_stream_cli_scores_equal_score_cli_windows(
-    sw_home: Path, speech_wav: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    sw_home: Path, speech_wav: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hop_s = load_calibration(model="aasist-l").stream.hop_s
-    with caplog.at_level(logging.INFO, logger="spoofwatch"):
-        events = cli_json(["stream", "--json", "--device", "cpu", str(speech_wav)], capsys)
-    assert any("incremental" in r.getMessage() for r in caplog.records if r.name == "spoofwatch.stream.scoring")
-    [result] = cli_json(["score", "--json", "--device", "cpu", "--hop-s", str(hop_s), str(speech_wav)], capsys)
+    events, log = cli_json(["stream", "--json", "--device", "cpu", str(speech_wav)], capsys)
+    assert "live scoring: incremental windows at a hop of 8019 samples" in log
+    [result], _ = cli_json(
+        ["score", "--json", "--device", "cpu", "--hop-s", str(hop_s), str(speech_wav)], capsys
+    )
     by_start = {round(w["start_s"] * SAMPLE_RATE_HZ): w["score"] for w in result["windows"]}
     scored = [e for e in events if e["type"] == "score" and e["score"] is not None]
     assert len(scored) >= 40
@@ -267,14 +270,13 @@ def test_stream_cli_scores_equal_score_cli_windows(
 
 @pytest.mark.slow
 def test_stream_cli_hop_not_multiple_of_729_falls_back_and_still_matches(
-    sw_home: Path, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    sw_home: Path, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "short.wav"
     soundfile.write(path, librispeech(shared, 7.0, first=30), SAMPLE_RATE_HZ, subtype="FLOAT")
-    with caplog.at_level(logging.INFO, logger="spoofwatch"):
-        events = cli_json(["stream", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
-    assert any("not a multiple of 729" in r.getMessage() for r in caplog.records)
-    [result] = cli_json(["score", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
+    events, log = cli_json(["stream", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
+    assert "not a multiple of 729" in log and "live scoring: full windows" in log
+    [result], _ = cli_json(["score", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
     by_start = {round(w["start_s"] * SAMPLE_RATE_HZ): w["score"] for w in result["windows"]}
     scored = [e for e in events if e["type"] == "score" and e["score"] is not None]
     assert len(scored) == 6
