@@ -166,8 +166,17 @@ class IncrementalModel:
         """
         if len(streams) != len(windows) or len({id(s) for s in streams}) != len(streams):
             raise InputError("expected one window per stream and each stream once")
-        plan = self.plan
         cut = [(start, validate_windows(samples)[0]) for start, samples in windows]
+        try:
+            return self._score(streams, cut)
+        except BaseException:
+            # A failed call may leave a cache half advanced: never reuse it.
+            for stream in streams:
+                stream.reset()
+            raise
+
+    def _score(self, streams: Sequence[IncrementalScorer], cut: list[tuple[int, Array]]) -> list[float]:
+        plan = self.plan
         full: list[int] = []
         step: list[int] = []
         for i, (stream, (start, samples)) in enumerate(zip(streams, cut, strict=True)):
