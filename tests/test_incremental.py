@@ -46,13 +46,18 @@ _full: dict[str, OnnxScorer] = {}
 
 @pytest.fixture(scope="module")
 def incremental(sw_home: Path) -> Callable[[str, int, bool], IncrementalModel]:
-    """``incremental(model, hop, batch_streams)``: the real exported graphs, loaded once."""
+    """``incremental(model, hop, batch_streams)``: the real exported graphs (exported once per
+    session). Sessions at the default hop are kept for the module; others are not, since
+    each holds ONNX Runtime memory arenas sized by its largest call."""
 
     def get(model: str, hop: int, batch_streams: bool = False) -> IncrementalModel:
         key = (model, hop, batch_streams)
-        if key not in _models:
-            _models[key] = IncrementalModel.load(model, hop, "cpu", 2, batch_streams=batch_streams)
-        return _models[key]
+        if key in _models:
+            return _models[key]
+        loaded = IncrementalModel.load(model, hop, "cpu", 2, batch_streams=batch_streams)
+        if hop == LIVE_HOP_SAMPLES:
+            _models[key] = loaded
+        return loaded
 
     return get
 
