@@ -204,9 +204,12 @@ def main() -> None:
         ("incremental_batched", "incremental_per_stream"),
         key=lambda k: out["multi_stream"][k]["realtime_streams_wall"],
     )
+    # "wall": what the run delivered (other load on the machine lowers it);
+    # "cpu": what the cores sustain at the CPU time measured per round.
+    ms = out["multi_stream"]
     out["sustained_realtime_streams"] = {
-        "full": out["multi_stream"]["full"]["realtime_streams_wall"],
-        "incremental": out["multi_stream"][best]["realtime_streams_wall"],
+        "full": {"wall": ms["full"]["realtime_streams_wall"], "cpu": ms["full"]["realtime_streams_cpu"]},
+        "incremental": {"wall": ms[best]["realtime_streams_wall"], "cpu": ms[best]["realtime_streams_cpu"]},
         "incremental_mode": best,
     }
 
@@ -292,8 +295,9 @@ def report(o: dict[str, Any]) -> None:
         )
     sus = o["sustained_realtime_streams"]
     lines.append(
-        f"sustained real-time streams on this machine: full {sus['full']:.1f}, incremental {sus['incremental']:.1f} "
-        f"({sus['incremental_mode']})"
+        f"sustained real-time streams on {o['cores']} cores: full {sus['full']['cpu']:.1f}, incremental "
+        f"{sus['incremental']['cpu']:.1f} ({sus['incremental_mode']}) from CPU time; "
+        f"delivered in this run (wall, lowered by other load): {sus['full']['wall']:.1f} and {sus['incremental']['wall']:.1f}"
     )
     c = o["catch_up"]
     lines += [
