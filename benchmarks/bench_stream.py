@@ -40,9 +40,9 @@ from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.model.export import ensure_onnx
 from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer
 from spoofwatch.model.runtime import OnnxScorer, make_session
-from spoofwatch.stream.engine import Engine, PendingWindow
+from spoofwatch.stream.driver import StreamDriver
+from spoofwatch.stream.engine import Engine, PendingWindow, build_engine
 from spoofwatch.stream.gate import SileroVad
-from spoofwatch.stream.runner import InlineRunner, build_engine
 from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer
 
 SHARED = Path(os.environ.get("SPOOFWATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -77,9 +77,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 def one_stream(
     audio: np.ndarray, engine: Engine, scorer: Any
 ) -> tuple[list[float | None], float, float, int]:
-    runner = InlineRunner(engine, scorer)
+    driver = StreamDriver(engine)
     events, wall, cpu = timed(
-        lambda: [e for p in range(0, audio.size, CHUNK) for e in runner.feed(audio[p : p + CHUNK])]
+        lambda: [e for p in range(0, audio.size, CHUNK) for e in driver.feed(audio[p : p + CHUNK], scorer)]
     )
     scores = [e.score for e in events if e.type == "score"]
     return scores, wall, cpu, engine.windows
@@ -145,10 +145,10 @@ def main() -> None:
     # 1. one stream through the engine
     audio = speech(args.seconds)
     f_scores, f_wall, f_cpu, windows = one_stream(
-        audio, build_engine(cal, vad, hop_s), FullWindowScorer(full)
+        audio, build_engine(cal.live, vad, hop_s), FullWindowScorer(full)
     )
     inc = IncrementalWindowScorer(single)
-    i_scores, i_wall, i_cpu, _ = one_stream(audio, build_engine(cal, vad, hop_s), inc)
+    i_scores, i_wall, i_cpu, _ = one_stream(audio, build_engine(cal.live, vad, hop_s), inc)
     diffs = [abs(a - b) for a, b in zip(f_scores, i_scores, strict=True) if a is not None and b is not None]
     out["one_stream"] = {
         "windows": windows,
@@ -169,7 +169,7 @@ def main() -> None:
     ]
 
     def run(kind: str, n_rounds: int) -> dict[str, float]:
-        engines = [build_engine(cal, vad, hop_s) for _ in audios]
+        engines = [build_engine(cal.live, vad, hop_s) for _ in audios]
         model = batched if kind == "incremental_batched" else single
         streams = [IncrementalScorer(model) for _ in engines]
 
@@ -253,9 +253,12 @@ def detection_delay(cal: Any, vad: SileroVad, hop_s: float, model: IncrementalMo
         for bona_s in (6.0, 7.3, 8.0, 9.1, 10.6):
             onset = int(bona_s * SAMPLE_RATE_HZ)
             stream = np.concatenate([repeat_to(bona, onset), repeat_to(spoof, 10 * SAMPLE_RATE_HZ)])
-            runner = InlineRunner(build_engine(cal, vad, hop_s), IncrementalWindowScorer(model))
-            events = [e for p in range(0, stream.size, CHUNK) for e in runner.feed(stream[p : p + CHUNK])]
-            starts = [e.t for e in [*events, *runner.close()] if e.type == "alert_start"]  # type: ignore[attr-defined]
+            driver = StreamDriver(build_engine(cal.live, vad, hop_s))
+            scorer = IncrementalWindowScorer(model)
+            events = [
+                e for p in range(0, stream.size, CHUNK) for e in driver.feed(stream[p : p + CHUNK], scorer)
+            ]
+            starts = [e.t for e in [*events, *driver.close(scorer)] if e.type == "alert_start"]  # type: ignore[attr-defined]
             early += any(t <= bona_s for t in starts)
             late = [t for t in starts if t > bona_s]
             if late:

@@ -106,8 +106,8 @@ class IncrementalModel:
     ) -> None:
         self.plan = plan
         self.names = plan.state_names()
-        self.init_session = make_session(paths.init, device, threads, allow_spinning)
-        self.step_session = make_session(paths.step, device, threads, allow_spinning)
+        self.init_session = make_session(paths.init, device, threads, allow_spinning=allow_spinning)
+        self.step_session = make_session(paths.step, device, threads, allow_spinning=allow_spinning)
         self.providers: list[str] = list(self.step_session.get_providers())
         # On CPU one call per stream costs less than one stacked call (measured in
         # benchmarks/bench_stream.py: bigger intermediates, no parallelism gained);
@@ -139,6 +139,10 @@ class IncrementalModel:
     @property
     def hop_samples(self) -> int:
         return self.plan.hop_samples
+
+    def open_stream(self) -> IncrementalScorer:
+        """A new stream's (empty) cache."""
+        return IncrementalScorer(self)
 
     # ---- raw graph calls ------------------------------------------------------
 
@@ -277,6 +281,17 @@ class IncrementalScorer:
         self.state = StreamState(start_sample, graph, heads, samples[-GUARD_SAMPLES:].copy())
 
 
+def incremental_unavailable(model: str, hop_samples: int) -> str | None:
+    """Why ``model`` cannot be scored incrementally at ``hop_samples`` (``None``: it can)."""
+    reason = hop_incompatibility(hop_samples)
+    if reason is None:
+        try:
+            plan_for(load_model_config(model), hop_samples)
+        except InputError as exc:
+            reason = str(exc)
+    return reason
+
+
 def load_incremental(
     model: str,
     hop_samples: int,
@@ -286,12 +301,7 @@ def load_incremental(
     batch_streams: bool | None = None,
 ) -> IncrementalModel | None:
     """The incremental graphs for ``hop_samples``, or ``None`` (logged) when that hop needs full windows."""
-    reason = hop_incompatibility(hop_samples)
-    if reason is None:
-        try:
-            plan_for(load_model_config(model), hop_samples)
-        except InputError as exc:
-            reason = str(exc)
+    reason = incremental_unavailable(model, hop_samples)
     if reason is not None:
         log.warning("scoring full windows, not incrementally: %s", reason)
         return None

@@ -16,7 +16,8 @@ from websockets.exceptions import ConnectionClosed
 
 from spoofwatch.constants import SAMPLE_RATE_HZ
 
-from .server.codecs import encode
+from .codecs import encode
+from .sources.file import due_in_s
 
 #: Audio per binary frame: 20 ms, like most telephony stacks.
 FRAME_MS = 20
@@ -65,11 +66,13 @@ async def send_audio(
                 await ws.send(json.dumps(start))
                 result.started_at = time.monotonic()
                 for pos in range(0, audio.size, frame):
-                    if realtime:
-                        delay = result.started_at + (pos + frame) / SAMPLE_RATE_HZ - time.monotonic()
-                        if delay > 0:
-                            await anyio.sleep(delay)
-                    await ws.send(encode(audio[pos : pos + frame], encoding))
+                    chunk = audio[pos : pos + frame]
+                    if (
+                        realtime
+                        and (delay := due_in_s(result.started_at, pos + chunk.size, time.monotonic())) > 0
+                    ):
+                        await anyio.sleep(delay)
+                    await ws.send(encode(chunk, encoding))
                 await ws.send(json.dumps({"type": "stop"}))
             except ConnectionClosed:
                 pass  # the server closed early; its close code says why

@@ -1,14 +1,13 @@
-"""The live-monitor loop: ring buffer -> resampler -> engine, on one consumer thread."""
+"""The live-monitor loop: ring buffer -> driver (resampler, engine), on one consumer thread."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-from spoofwatch.audio import StreamResampler
-
+from .driver import StreamDriver
+from .engine import Scorer, WindowScorer
 from .events import Event
-from .runner import InlineRunner
 from .sources.mic import MicrophoneSource
 
 #: How long the consumer waits for audio before polling the ring again.
@@ -19,7 +18,8 @@ STATUS_EVERY_S = 30.0
 
 def run_monitor(
     source: MicrophoneSource,
-    runner: InlineRunner,
+    driver: StreamDriver,
+    scorer: Scorer | WindowScorer,
     on_events: Callable[[list[Event]], None],
     stop: threading.Event,
     status_every_s: float = STATUS_EVERY_S,
@@ -27,10 +27,10 @@ def run_monitor(
     """Consume audio until ``stop`` is set; returns the closing events.
 
     The capture callback only writes the ring; this loop resamples, gates
-    and scores. If scoring falls behind, audio waits in the ring and the
-    runner drops stale windows (``drop_stale``), so detection stays live.
+    and scores through ``driver`` (built at the source's rate with
+    ``drop_stale``). If scoring falls behind, audio waits in the ring and the
+    driver drops stale windows, so detection stays live.
     """
-    resampler = StreamResampler(source.rate_hz)
     next_status_s = status_every_s
     source.start()
     try:
@@ -39,20 +39,30 @@ def run_monitor(
             if chunk.size == 0:
                 stop.wait(POLL_S)
                 continue
-            events = runner.feed(resampler(chunk))
-            if runner.engine.duration_s >= next_status_s:
-                events.append(capture_status(source, runner))
+            events = driver.feed(chunk, scorer)
+            if driver.engine.duration_s >= next_status_s:
+                events.append(capture_status(source, driver))
                 next_status_s += status_every_s
             on_events(events)
     finally:
         source.stop()
-    events = runner.feed(resampler(source.ring.read(), last=True))
-    return [*events, *runner.close(), capture_status(source, runner)]
+    return close_monitor(source, driver, scorer)
 
 
-def capture_status(source: MicrophoneSource, runner: InlineRunner) -> Event:
+def close_monitor(
+    source: MicrophoneSource, driver: StreamDriver, scorer: Scorer | WindowScorer
+) -> list[Event]:
+    """End of a capture (stop or Ctrl-C): what is left in the ring, the
+    resampler's tail, the closing events and a final ``status``."""
+    if driver.finished:
+        return []
+    events = driver.feed(source.ring.read(), scorer)
+    return [*events, *driver.close(scorer), capture_status(source, driver)]
+
+
+def capture_status(source: MicrophoneSource, driver: StreamDriver) -> Event:
     """Capture health: ring overruns, PortAudio overflows, dropped windows."""
-    return runner.engine.status(
+    return driver.engine.status(
         source.ring.overruns,
         source.ring.lost_samples,
         source.input_overflows,

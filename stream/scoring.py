@@ -6,22 +6,48 @@ and windows a driver drops are simply not passed; the incremental scorer
 notices the jump from the window's ``start_sample`` and either catches up
 with cheap steps or rebuilds its cache with a full pass, whichever costs
 less, so every score equals full-window scoring of the same samples.
+
+The stream layer never imports the model: the command layer loads the
+incremental model (``spoofwatch.model.incremental_runtime.IncrementalModel``)
+and injects it as an ``IncrementalBackend``.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
-
-from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer, load_incremental
-from spoofwatch.model.runtime import Device
+import numpy.typing as npt
 
 from .engine import Scorer, WindowScorer
 from .windower import Window
 
 log = logging.getLogger(__name__)
+
+Array = npt.NDArray[np.float32]
+
+
+class StreamCache(Protocol):
+    """One stream's incremental state (``IncrementalScorer``)."""
+
+    def score(self, start_sample: int, samples: Array) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+class IncrementalBackend(Protocol):
+    """The incremental graphs of one model at one hop, shared by all streams (``IncrementalModel``)."""
+
+    @property
+    def device(self) -> str: ...
+
+    def open_stream(self) -> StreamCache: ...
+
+    def score(self, streams: Sequence[Any], windows: Sequence[tuple[int, Array]]) -> list[float]:
+        """One window ``(start_sample, samples)`` per stream, each stream once: bona fide logits."""
+        ...
 
 
 class FullWindowScorer:
@@ -44,8 +70,8 @@ class IncrementalWindowScorer:
 
     mode = "incremental"
 
-    def __init__(self, model: IncrementalModel) -> None:
-        self.stream = IncrementalScorer(model)
+    def __init__(self, model: IncrementalBackend) -> None:
+        self.stream = model.open_stream()
 
     def score_window(self, window: Window) -> float:
         return self.stream.score(window.start_sample, window.samples)
@@ -60,11 +86,20 @@ def as_window_scorer(scorer: Scorer | WindowScorer) -> WindowScorer:
 
 
 class LiveScoring:
-    """Makes one ``WindowScorer`` per stream; incremental when a model for the hop is loaded."""
+    """Makes one ``WindowScorer`` per stream; incremental when a model for the hop was injected."""
 
-    def __init__(self, full: Scorer, incremental: IncrementalModel | None) -> None:
+    def __init__(
+        self, full: Scorer, incremental: IncrementalBackend | None, reason: str | None = None
+    ) -> None:
         self.full = full
         self.incremental = incremental
+        #: Why full windows are scored (``None`` when incremental).
+        self.reason = reason
+        log.info(
+            "live scoring: %s windows%s",
+            self.mode,
+            "" if reason is None else f" ({reason})",
+        )
 
     @property
     def mode(self) -> str:
@@ -74,23 +109,3 @@ class LiveScoring:
         if self.incremental is not None:
             return IncrementalWindowScorer(self.incremental)
         return FullWindowScorer(self.full)
-
-
-def live_scoring(
-    full: Scorer,
-    model: str,
-    hop_samples: int,
-    device: Device = "auto",
-    threads: int | None = None,
-    weights: Path | None = None,
-    incremental: bool = True,
-    batch_streams: bool | None = None,
-) -> LiveScoring:
-    """Scoring for a live engine at ``hop_samples``: incremental unless the hop rules it
-    out (a hop that is not a multiple of 729 samples; the reason is logged) or
-    ``incremental`` is off."""
-    inc = (
-        load_incremental(model, hop_samples, device, threads, weights, batch_streams) if incremental else None
-    )
-    log.info("live scoring: %s windows at a hop of %d samples", "incremental" if inc else "full", hop_samples)
-    return LiveScoring(full, inc)

@@ -9,6 +9,7 @@ gets one window on ``flush()``: the audio it has, repeated to full length
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,3 +87,34 @@ class Windower:
         window = Window(self._emitted, start, self.total_samples, samples)
         self._emitted += 1
         return window
+
+
+# ---- whole-file windowing (``score``, ``calibrate score``) ----------------
+
+
+def window_starts(n_samples: int, hop_samples: int, window_samples: int = WINDOW_SAMPLES) -> list[int]:
+    """Start offsets of the windows of ``window_samples`` covering a clip of ``n_samples``.
+
+    A clip no longer than one window gets a single window at 0 (padded by
+    repetition, the official convention). Longer clips get a window every
+    hop plus, when the hops stop short of the end, one ending at the last sample.
+    """
+    if hop_samples < 1:
+        raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
+    if n_samples <= window_samples:
+        return [0]
+    starts = list(range(0, n_samples - window_samples + 1, hop_samples))
+    if starts[-1] + window_samples < n_samples:
+        starts.append(n_samples - window_samples)
+    return starts
+
+
+def iter_windows(
+    audio: npt.NDArray[np.float32], hop_samples: int, window_samples: int = WINDOW_SAMPLES
+) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """``(start, window)`` pairs; the first window follows the official convention.
+
+    ``window_samples`` is the model's input length (a model card may declare its own).
+    """
+    for start in window_starts(audio.size, hop_samples, window_samples):
+        yield start, official_window(audio[start:], window_samples)

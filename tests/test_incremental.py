@@ -2,13 +2,20 @@
 
 Every comparison runs the real ONNX Runtime graphs: the incremental ``init``
 and ``step`` exports against the full-window export, window by window.
+
+Cost (CI has 2 cores): each (model, hop) is exported and loaded once for the
+module (``incremental``) and the sessions are closed at its end; the same
+sessions serve both stream-batching modes (``batch_streams`` is only how
+calls are grouped); one long run (3 streams x 30 s, AASIST-L, default hop),
+shorter ones for the other hops and for AASIST.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ import soundfile
 from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
+from spoofwatch.commands.common import load_live_scoring
 from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 from spoofwatch.model.config import load_model_config
@@ -32,44 +40,47 @@ from spoofwatch.model.incremental import (
 )
 from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer, catch_up_limit
 from spoofwatch.model.runtime import OnnxScorer
-from spoofwatch.stream.runner import InlineRunner, build_engine
-from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer, live_scoring
+from spoofwatch.stream.driver import StreamDriver
+from spoofwatch.stream.engine import build_engine
+from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer
 
 #: |incremental - full| allowed for one window's bona fide logit (the issue's bound).
 EXACT = 1e-4
 #: ``stream`` against ``score`` CLI: different batch sizes, same windows.
 CLI_TOL = 1e-3
 
-_models: dict[tuple[str, int, bool], IncrementalModel] = {}
-_full: dict[str, OnnxScorer] = {}
-
 
 @pytest.fixture(scope="module")
-def incremental(sw_home: Path) -> Callable[[str, int, bool], IncrementalModel]:
-    """``incremental(model, hop, batch_streams)``: the real exported graphs (exported once per
-    session). Sessions at the default hop are kept for the module; others are not, since
-    each holds ONNX Runtime memory arenas sized by its largest call."""
+def incremental(sw_home: Path) -> Iterator[Callable[[str, int, bool], IncrementalModel]]:
+    """``incremental(model, hop, batch_streams)``: the real exported graphs, exported and
+    loaded once per (model, hop) for the module and released at its end. ``batch_streams``
+    only groups calls, so both modes share one pair of sessions."""
+    models: dict[tuple[str, int], IncrementalModel] = {}
 
     def get(model: str, hop: int, batch_streams: bool = False) -> IncrementalModel:
-        key = (model, hop, batch_streams)
-        if key in _models:
-            return _models[key]
-        loaded = IncrementalModel.load(model, hop, "cpu", 2, batch_streams=batch_streams)
-        if hop == LIVE_HOP_SAMPLES:
-            _models[key] = loaded
-        return loaded
+        key = (model, hop)
+        if key not in models:
+            models[key] = IncrementalModel.load(model, hop, "cpu", 2)
+        models[key].batch_streams = batch_streams
+        return models[key]
 
-    return get
+    yield get
+    models.clear()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
-def full_scorer(sw_home: Path) -> Callable[[str], OnnxScorer]:
-    def get(model: str) -> OnnxScorer:
-        if model not in _full:
-            _full[model] = OnnxScorer(ensure_onnx(model), device="cpu", threads=2)
-        return _full[model]
+def full_scorer(sw_home: Path) -> Iterator[Callable[[str], OnnxScorer]]:
+    scorers: dict[str, OnnxScorer] = {}
 
-    return get
+    def get(model: str) -> OnnxScorer:
+        if model not in scorers:
+            scorers[model] = OnnxScorer(ensure_onnx(model), device="cpu", threads=2)
+        return scorers[model]
+
+    yield get
+    scorers.clear()
+    gc.collect()
 
 
 def librispeech(shared: Path, seconds: float, first: int) -> np.ndarray:
@@ -114,14 +125,36 @@ def test_hops_that_are_not_multiples_of_729_are_refused_with_a_reason(hop: int) 
         plan_for(load_model_config("aasist-l"), hop)
 
 
+@pytest.mark.parametrize(
+    ("hop", "precision", "full_windows", "reason"),
+    [
+        (8000, "fp32", False, "729"),
+        (LIVE_HOP_SAMPLES, "int8", False, "fp32 only"),
+        (LIVE_HOP_SAMPLES, "fp32", True, "--full-windows"),
+    ],
+)
 def test_live_scoring_falls_back_to_full_windows_with_a_logged_reason(
-    scorer: Any, caplog: pytest.LogCaptureFixture
+    hop: int, precision: str, full_windows: bool, reason: str, scorer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="spoofwatch"):
-        scoring = live_scoring(scorer, "aasist-l", 8000, "cpu")
-    assert scoring.mode == "full" and scoring.incremental is None
+    with caplog.at_level(logging.INFO, logger="spoofwatch"):
+        scoring = load_live_scoring(
+            scorer,
+            "aasist-l",
+            hop,
+            WINDOW_SAMPLES,
+            device="cpu",
+            precision=precision,
+            full_windows=full_windows,
+        )
+    assert scoring.mode == "full" and scoring.incremental is None and reason in scoring.reason
     assert isinstance(scoring.new_stream(), FullWindowScorer)
-    assert any("8000" in r.getMessage() and "729" in r.getMessage() for r in caplog.records)
+    assert any(reason in r.getMessage() for r in caplog.records)
+
+
+def test_model_cards_score_full_windows(scorer: Any) -> None:
+    """A model card may cut windows of another length: the encoder's geometry does not apply."""
+    scoring = load_live_scoring(scorer, "cards/other.toml", LIVE_HOP_SAMPLES, 48_000, device="cpu")
+    assert scoring.mode == "full" and "model card" in scoring.reason
 
 
 # ---- exactness on real speech --------------------------------------------------------
@@ -174,16 +207,16 @@ def max_diff_against_full(full: OnnxScorer, scored: list[list[tuple[int, np.ndar
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("model", "hop", "seconds"),
+    ("model", "hop", "seconds", "batch_streams"),
     [
-        ("aasist-l", LIVE_HOP_SAMPLES, 30.0),  # 11 x 729: not a multiple of 2,187
-        ("aasist", LIVE_HOP_SAMPLES, 30.0),
-        ("aasist-l", 4 * 2187, 12.0),  # a multiple of 2,187
-        ("aasist-l", 7 * 729, 12.0),
-        ("aasist", 22 * 729, 16.0),
+        # 11 x 729: not a multiple of 2,187; the issue's 3 streams x 30 s, both batching modes.
+        ("aasist-l", LIVE_HOP_SAMPLES, 30.0, True),
+        ("aasist-l", LIVE_HOP_SAMPLES, 30.0, False),
+        ("aasist", LIVE_HOP_SAMPLES, 12.0, True),
+        ("aasist-l", 4 * 2187, 12.0, True),  # a multiple of 2,187
+        ("aasist-l", 7 * 729, 12.0, True),  # neither a multiple of 2,187 nor of the default
     ],
 )
-@pytest.mark.parametrize("batch_streams", [True, False])
 def test_every_window_equals_full_window_scoring(
     model: str,
     hop: int,
@@ -193,8 +226,6 @@ def test_every_window_equals_full_window_scoring(
     incremental: Callable[[str, int, bool], IncrementalModel],
     full_scorer: Callable[[str], OnnxScorer],
 ) -> None:
-    if not batch_streams and hop != LIVE_HOP_SAMPLES:
-        pytest.skip("one-call-per-stream is covered at the default hop")
     audios = [librispeech(shared, seconds, first=10 * k) for k in range(3)]
     foreign = librispeech(shared, seconds, first=40)
     inc = incremental(model, hop, batch_streams)
@@ -223,9 +254,11 @@ def test_engine_with_speech_gate_matches_full_windows(
     inc_scorer = IncrementalWindowScorer(incremental("aasist-l", LIVE_HOP_SAMPLES, False))
     runs = []
     for window_scorer, chunk in ((FullWindowScorer(scorer), 320), (inc_scorer, 1234)):
-        runner = InlineRunner(build_engine(cal, vad), window_scorer)
-        events = [e for p in range(0, audio.size, chunk) for e in runner.feed(audio[p : p + chunk])]
-        runs.append([e.to_json() for e in [*events, *runner.close()]])
+        driver = StreamDriver(build_engine(cal.live, vad))
+        events = [
+            e for p in range(0, audio.size, chunk) for e in driver.feed(audio[p : p + chunk], window_scorer)
+        ]
+        runs.append([e.to_json() for e in [*events, *driver.close(window_scorer)]])
     full_events, inc_events = runs
     assert [e["type"] for e in full_events] == [e["type"] for e in inc_events]
     scores = [(a, b) for a, b in zip(full_events, inc_events, strict=True) if a["type"] == "score"]
@@ -262,7 +295,7 @@ def test_stream_cli_scores_equal_score_cli_windows(
 ) -> None:
     hop_s = load_calibration(model="aasist-l").stream.hop_s
     events, log = cli_json(["stream", "--json", "--device", "cpu", str(speech_wav)], capsys)
-    assert "live scoring: incremental windows at a hop of 8019 samples" in log
+    assert "live scoring: incremental windows" in log
     [result], _ = cli_json(
         ["score", "--json", "--device", "cpu", "--hop-s", str(hop_s), str(speech_wav)], capsys
     )
@@ -280,7 +313,7 @@ def test_stream_cli_hop_not_multiple_of_729_falls_back_and_still_matches(
     path = tmp_path / "short.wav"
     soundfile.write(path, librispeech(shared, 7.0, first=30), SAMPLE_RATE_HZ, subtype="FLOAT")
     events, log = cli_json(["stream", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
-    assert "not a multiple of 729" in log and "live scoring: full windows" in log
+    assert "multiple of 729" in log and "live scoring: full windows" in log
     [result], _ = cli_json(["score", "--json", "--device", "cpu", "--hop-s", "0.5", str(path)], capsys)
     by_start = {round(w["start_s"] * SAMPLE_RATE_HZ): w["score"] for w in result["windows"]}
     scored = [e for e in events if e["type"] == "score" and e["score"] is not None]
@@ -290,9 +323,7 @@ def test_stream_cli_hop_not_multiple_of_729_falls_back_and_still_matches(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch_streams", [True, False])
 def test_server_streams_score_incrementally_and_exactly(
-    batch_streams: bool,
     shared: Path,
     scorer: Any,
     vad: Any,
@@ -306,10 +337,11 @@ def test_server_streams_score_incrementally_and_exactly(
     from spoofwatch.stream.server.sinks import ServerSinks
 
     audios = [librispeech(shared, 10.0, first=60 + 5 * k) for k in range(3)]
-    batcher = BatchScorer(scorer, incremental=incremental("aasist-l", LIVE_HOP_SAMPLES, batch_streams))
+    # Stacked steps: the server groups the streams that are ready together.
+    batcher = BatchScorer(scorer, incremental=incremental("aasist-l", LIVE_HOP_SAMPLES, True))
     sinks = ServerSinks(jsonl=tmp_path / "events.jsonl")
     ctx = ServerContext(
-        ServerConfig(host="127.0.0.1", port=0), batcher, load_calibration(model="aasist-l"), vad, sinks
+        ServerConfig(host="127.0.0.1", port=0), batcher, load_calibration(model="aasist-l").live, vad, sinks
     )
     results: list[Any] = [None] * len(audios)
 
@@ -336,6 +368,21 @@ def test_server_streams_score_incrementally_and_exactly(
         starts = [round(e["t_start"] * SAMPLE_RATE_HZ) for e in scored]
         reference = scorer.scores(np.stack([audio[s : s + WINDOW_SAMPLES] for s in starts]))
         assert np.max(np.abs(reference - np.array([e["score"] for e in scored]))) <= EXACT
+
+
+def test_server_workers_load_the_incremental_model(sw_home: Path) -> None:
+    """``serve``'s per-worker loader builds the incremental graphs unless ``--full-windows``."""
+    from spoofwatch.commands.server_cmds import load_worker_model
+    from spoofwatch.stream.server.context import ServerConfig
+    from spoofwatch.stream.server.workers import WorkerSpec
+
+    spec = WorkerSpec(ServerConfig(), load_worker_model, model="aasist-l", device="cpu")
+    scorer, live, inc = load_worker_model(spec, 1)
+    assert inc is not None and inc.hop_samples == live.stream.hop_samples == LIVE_HOP_SAMPLES
+    assert inc.open_stream().state is None
+    del scorer, inc
+    _, _, none = load_worker_model(WorkerSpec(ServerConfig(), load_worker_model, full_windows=True), 1)
+    assert none is None
 
 
 # ---- cache and input checks ------------------------------------------------------------

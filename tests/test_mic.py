@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import BONAFIDE_UTT, la_clip
 
-from spoofwatch.audio import read_audio, resample
-from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.audio import resample
 from spoofwatch.cli import main
 from spoofwatch.errors import DeviceError
+from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.events import Event
 from spoofwatch.stream.monitor import run_monitor
-from spoofwatch.stream.runner import InlineRunner, build_engine
 from spoofwatch.stream.sources.mic import MicrophoneSource, parse_device
 
 NATIVE_HZ = 48_000
@@ -69,12 +68,10 @@ class FakeInputStream:
         pass
 
 
-def test_monitor_with_injected_stream(sw_home: Path, la_dir: Path, scorer: Any, vad: Any) -> None:
-    bona = read_audio(la_clip(la_dir, BONAFIDE_UTT))
-    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
-    n = 8 * 16000
-    audio16 = np.concatenate([np.tile(bona, 4)[:n], np.tile(spoof, 4)[:n]])
-    audio48 = resample(audio16, 16000, NATIVE_HZ)
+def test_monitor_with_injected_stream(
+    sw_home: Path, spoof_stream: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
+) -> None:
+    audio48 = resample(spoof_stream, 16000, NATIVE_HZ)
     streams: list[FakeInputStream] = []
 
     def factory(**kwargs: Any) -> FakeInputStream:
@@ -82,13 +79,15 @@ def test_monitor_with_injected_stream(sw_home: Path, la_dir: Path, scorer: Any, 
         return streams[-1]
 
     source = MicrophoneSource(NATIVE_HZ, device=None, stream_factory=factory)
-    engine = build_engine(load_calibration(model="aasist-l"), vad)
-    runner = InlineRunner(engine, scorer, drop_stale=True)
+    engine = make_engine()
+    driver = StreamDriver(engine, NATIVE_HZ, drop_stale=True)
     seen: list[Event] = []
     stop = threading.Event()
     result: list[Event] = []
     consumer = threading.Thread(
-        target=lambda: result.extend(run_monitor(source, runner, seen.extend, stop, status_every_s=5.0))
+        target=lambda: result.extend(
+            run_monitor(source, driver, scorer, seen.extend, stop, status_every_s=5.0)
+        )
     )
     consumer.start()
     deadline = time.monotonic() + 60

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from spoofwatch.constants import MODEL_NAMES
+from spoofwatch.constants import DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
 from spoofwatch.model.runtime import DEVICES
+
+log = logging.getLogger(__name__)
 
 
 def add_model_args(
     parser: argparse.ArgumentParser, calibration: bool = True, device_flag: str = "--device"
 ) -> None:
-    parser.add_argument("--model", default="aasist-l", choices=MODEL_NAMES, help="model (default aasist-l)")
+    parser.add_argument(
+        "--model",
+        default="aasist-l",
+        help=f"built-in model ({', '.join(MODEL_NAMES)}; default aasist-l) or the path of a model card TOML",
+    )
     parser.add_argument(
         "--weights", type=Path, default=None, help="custom weights (.pth), e.g. a fine-tuned model"
     )
@@ -27,6 +34,7 @@ def add_model_args(
         help="compute device; auto: CUDA when it really starts, else CPU",
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_precision_arg(parser)
     if calibration:
         parser.add_argument(
             "--calibration",
@@ -34,6 +42,15 @@ def add_model_args(
             default=None,
             help="calibration TOML (default: configs/calibration/<model>.toml)",
         )
+
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default=DEFAULT_PRECISION,
+        choices=PRECISIONS,
+        help="numeric precision: fp32 (default), int8 (CPU; built on first use), fp16 (CUDA only)",
+    )
 
 
 def print_json(obj: dict[str, Any]) -> None:
@@ -51,16 +68,45 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_live_scoring(args: argparse.Namespace, detector: Any, hop_samples: int) -> Any:
-    """The per-stream scorer factory of a live command (``LiveScoring``)."""
-    from spoofwatch.stream.scoring import live_scoring
+def load_live_scoring(
+    full: Any,
+    model: str,
+    hop_samples: int,
+    window_samples: int,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    weights: Path | None = None,
+    precision: str = DEFAULT_PRECISION,
+    full_windows: bool = False,
+) -> Any:
+    """The per-stream scorer factory of a live command (``LiveScoring``): the
+    exact incremental encoder unless something rules it out (logged with the
+    reason), else full windows through ``full`` (the detector's batch scorer)."""
+    from spoofwatch.model.incremental_runtime import IncrementalModel
+    from spoofwatch.stream.scoring import LiveScoring
 
-    return live_scoring(
-        detector.scorer,
-        args.model,
-        hop_samples,
-        args.device,
-        args.threads,
-        args.weights,
-        incremental=not args.full_windows,
-    )
+    reason = incremental_reason(model, hop_samples, window_samples, precision, full_windows)
+    if reason is not None:
+        if not full_windows:
+            log.warning("scoring full windows, not incrementally: %s", reason)
+        return LiveScoring(full, None, reason)
+    inc = IncrementalModel.load(model, hop_samples, device, threads, weights)  # type: ignore[arg-type]
+    return LiveScoring(full, inc)
+
+
+def incremental_reason(
+    model: str, hop_samples: int, window_samples: int, precision: str, full_windows: bool
+) -> str | None:
+    """Why a live command must score full windows (``None``: incremental it is)."""
+    from spoofwatch.constants import WINDOW_SAMPLES
+    from spoofwatch.model.card import is_card_reference
+    from spoofwatch.model.incremental_runtime import incremental_unavailable
+
+    if full_windows:
+        return "--full-windows"
+    if precision != "fp32":
+        return f"the incremental encoder runs at fp32 only (--precision {precision})"
+    if is_card_reference(model) or window_samples != WINDOW_SAMPLES:
+        return f"model card {model}: the incremental encoder covers the built-in AASIST models only"
+    return incremental_unavailable(model, hop_samples)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, add_scoring_args, load_live_scoring, print_json
+from .common import add_model_args, add_scoring_args, incremental_reason, load_live_scoring, print_json
+
+if TYPE_CHECKING:
+    from spoofwatch.stream.engine import LiveConfig
+    from spoofwatch.stream.server.workers import WorkerSpec
+
+#: Environment variable holding the server token (keeps it out of the process list).
+TOKEN_ENV = "SPOOFWATCH_TOKEN"
 
 
 def register(sub: Any) -> None:
-    from spoofwatch.stream.server.codecs import ENCODINGS
+    from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
 
     d = ServerConfig()
@@ -21,7 +29,11 @@ def register(sub: Any) -> None:
     add_model_args(serve)
     serve.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; others need --token)")
     serve.add_argument("--port", type=int, default=d.port)
-    serve.add_argument("--token", default=None, help="require 'Authorization: Bearer T' or ?token=T")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"require 'Authorization: Bearer T' or ?token=T (default: ${TOKEN_ENV})",
+    )
     serve.add_argument(
         "--jsonl", type=Path, default=None, help="append every event (all streams) to this file"
     )
@@ -33,6 +45,17 @@ def register(sub: Any) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     serve.add_argument("--max-stream-duration-s", type=float, default=d.max_stream_duration_s)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: one per 2 CPU cores); --max-streams is their total",
+    )
+    serve.add_argument(
+        "--no-load-shedding",
+        action="store_true",
+        help="admit streams up to --max-streams even when scoring cannot keep up (default: refuse with 1013)",
+    )
     add_scoring_args(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -46,14 +69,11 @@ def register(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import anyio
+    import dataclasses
+    import logging
 
-    from spoofwatch.model.detector import Detector
-    from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.server.app import WebSocketServer
-    from spoofwatch.stream.server.batcher import BatchScorer
-    from spoofwatch.stream.server.context import ServerConfig, ServerContext
-    from spoofwatch.stream.server.sinks import ServerSinks
+    from spoofwatch.stream.server.context import ServerConfig
+    from spoofwatch.stream.server.workers import Supervisor, WorkerSpec, default_workers, validate_workers
 
     config = ServerConfig(
         host=args.host,
@@ -64,39 +84,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,
     )
-    config.validate()  # before loading the model: a refused config fails fast
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    scoring = load_live_scoring(args, detector, detector.calibration.stream.hop_samples)
-    sinks = ServerSinks(args.jsonl, args.stdout, args.webhook)
-    ctx = ServerContext(
+    if args.no_load_shedding:
+        config = dataclasses.replace(config, shedding=None)
+    # Before any worker loads the model: a refused config fails fast.
+    config.validate()
+    workers = default_workers(config.max_streams) if args.workers is None else args.workers
+    validate_workers(workers, config.max_streams)
+    # Export the ONNX file and check the calibration once here, not racing in every worker.
+    from spoofwatch.model.card import is_card_reference
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.export import ensure_onnx
+    from spoofwatch.model.runtime import preflight
+
+    preflight(args.model, args.precision, args.device, args.weights)
+    if not is_card_reference(args.model):
+        ensure_onnx(args.model, args.weights, args.precision)
+    from spoofwatch.constants import WINDOW_SAMPLES
+
+    cal = calibration_for(args.model, args.calibration, args.weights, args.precision)
+    hop_samples = cal.live.stream.hop_samples
+    if incremental_reason(args.model, hop_samples, WINDOW_SAMPLES, args.precision, args.full_windows) is None:
+        from spoofwatch.model.incremental import ensure_incremental_onnx
+
+        ensure_incremental_onnx(args.model, hop_samples, args.weights)
+    spec = WorkerSpec(
         config,
-        BatchScorer(detector.scorer, config.max_batch_windows, incremental=scoring.incremental),
-        detector.calibration,
-        SileroVad(),
-        sinks,
+        load_worker_model,
+        model=args.model,
+        device=args.device,
+        threads=args.threads,
+        weights=args.weights,
+        calibration=args.calibration,
+        precision=args.precision,
+        jsonl=args.jsonl,
+        stdout=args.stdout,
+        webhook=args.webhook,
+        log_level=logging.getLogger("spoofwatch").getEffectiveLevel(),
+        full_windows=args.full_windows,
     )
-    sys.stderr.write(
-        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio "
-        f"({detector.scorer.device}, {scoring.mode} windows); Ctrl-C stops\n"
+    return Supervisor(spec, workers).run()
+
+
+def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig, Any]:
+    """Run in each worker process (``WorkerSpec.load_model``): its own scorer, the live
+    config and the incremental model (``None``: full windows, the reason logged)."""
+    from spoofwatch.model.detector import Detector
+
+    device: Any = spec.device  # validated by serve's argument parser
+    detector = Detector.load(spec.model, device, threads, spec.weights, spec.calibration, spec.precision)
+    live = detector.live
+    scoring = load_live_scoring(
+        detector.scorer,
+        spec.model,
+        live.stream.hop_samples,
+        detector.scorer.window_samples,
+        device=spec.device,
+        threads=threads,
+        weights=spec.weights,
+        precision=spec.precision,
+        full_windows=spec.full_windows,
     )
-    try:
-        anyio.run(WebSocketServer(ctx).run)
-    finally:
-        sinks.close()
-    return 0
+    return detector.scorer, live, scoring.incremental
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     import anyio
 
     from spoofwatch.audio import read_audio
+    from spoofwatch.errors import CloseCode
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
     result = anyio.run(
         lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json)
     )
-    if result.close_code != 1000:
+    if result.close_code != CloseCode.NORMAL:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
         return 6
     return 0

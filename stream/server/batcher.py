@@ -1,49 +1,47 @@
 """One scorer shared by every connection: windows that are ready together
 are scored in one ONNX Runtime call, off the event loop.
 
-With an incremental model, each stream holds an ``IncrementalScorer``
-(``open_stream``) and passes it with its windows; the steps of the streams
-that are ready together share one ONNX Runtime call (their states stacked),
-and first windows share another.
+With an incremental model, each stream holds its own cache (``open_stream``)
+and passes it with its windows; the steps of the streams that are ready
+together share one ONNX Runtime call (their states stacked, where the model
+batches streams), and first windows share another.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
+import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..engine import Scorer
-from ..windower import Window
-
-if TYPE_CHECKING:
-    from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer
+from ..scoring import IncrementalBackend, StreamCache
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Request:
-    window: Window
-    stream: IncrementalScorer | None
+    window: npt.NDArray[np.float32]
+    stream: StreamCache | None
+    start_sample: int
     done: anyio.Event = field(default_factory=anyio.Event)
     score: float | None = None
     error: BaseException | None = None
 
 
 class BatchScorer:
-    """``await score(window, stream)``; run ``serve()`` in a task group for its lifetime."""
+    """``await score(window, stream, start_sample)``; run ``serve()`` in a task group for its lifetime."""
 
     def __init__(
         self,
         scorer: Scorer,
         max_batch_windows: int = 16,
         queue_windows: int = 256,
-        incremental: IncrementalModel | None = None,
+        incremental: IncrementalBackend | None = None,
     ) -> None:
         self.scorer = scorer
         self.incremental = incremental
@@ -53,16 +51,23 @@ class BatchScorer:
         self._send, self._receive = anyio.create_memory_object_stream[_Request](queue_windows)
         self.batches = 0
         self.windows = 0
+        # Its own thread: a batch never queues behind the streams' ingest calls
+        # in anyio's shared thread pool (one batch runs at a time anyway).
+        self._limiter = anyio.CapacityLimiter(1)
 
-    def open_stream(self) -> IncrementalScorer | None:
+    @property
+    def mode(self) -> str:
+        return "full" if self.incremental is None else "incremental"
+
+    def open_stream(self) -> StreamCache | None:
         """A new stream's incremental state (``None``: its windows are scored from scratch)."""
-        from spoofwatch.model.incremental_runtime import IncrementalScorer
+        return None if self.incremental is None else self.incremental.open_stream()
 
-        return None if self.incremental is None else IncrementalScorer(self.incremental)
-
-    async def score(self, window: Window, stream: IncrementalScorer | None = None) -> float:
-        """Score one window of a stream; windows of one stream must come in stream order."""
-        request = _Request(window, stream)
+    async def score(
+        self, window: npt.NDArray[np.float32], stream: StreamCache | None = None, start_sample: int = 0
+    ) -> float:
+        """Score one window; a stream's windows (with its cache) must come in stream order."""
+        request = _Request(window, stream, start_sample)
         await self._send.send(request)
         await request.done.wait()
         if request.error is not None:
@@ -90,21 +95,20 @@ class BatchScorer:
         full = [i for i, r in enumerate(batch) if r.stream is None]
         inc = [i for i, r in enumerate(batch) if r.stream is not None]
         if full:
-            values = self.scorer.scores(np.stack([batch[i].window.samples for i in full])).tolist()
+            values = self.scorer.scores(np.stack([batch[i].window for i in full])).tolist()
             for i, v in zip(full, values, strict=True):
                 scores[i] = float(v)
         if inc:
             assert self.incremental is not None
             streams = [batch[i].stream for i in inc]
-            windows = [(batch[i].window.start_sample, batch[i].window.samples) for i in inc]
-            values = self.incremental.score(streams, windows)  # type: ignore[arg-type]
-            for i, v in zip(inc, values, strict=True):
+            windows = [(batch[i].start_sample, batch[i].window) for i in inc]
+            for i, v in zip(inc, self.incremental.score(streams, windows), strict=True):
                 scores[i] = v
         return scores
 
     async def _run(self, batch: list[_Request]) -> None:
         try:
-            scores = await anyio.to_thread.run_sync(self._score_batch, batch)
+            scores = await anyio.to_thread.run_sync(self._score_batch, batch, limiter=self._limiter)
         except Exception as exc:  # reported to every waiting stream
             log.exception("scoring a batch of %d windows failed", len(batch))
             for r in batch:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import math
+import time
+from dataclasses import dataclass, field
 
 from spoofwatch.errors import ConfigError
 
-from ..engine import Engine
+from ..driver import StreamDriver
+from ..engine import Engine, LiveConfig, build_engine
 from ..gate import SileroVad
-from ..runner import build_engine
 from .batcher import BatchScorer
+from .journal import AlertJournal
+from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedScorer
+from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
-
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
 
 
 @dataclass(frozen=True)
@@ -35,19 +36,25 @@ class ServerConfig:
     max_stream_duration_s: float = 4 * 3600.0
     #: Windows scored per ONNX Runtime call at most.
     max_batch_windows: int = 16
+    #: When a worker counts as overloaded (new streams then get 1013); ``None``: never.
+    shedding: SheddingConfig | None = field(default_factory=SheddingConfig)
 
     def validate(self) -> None:
         if not self.token and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host} without --token: auth is required off loopback"
             )
-        if (
-            self.max_message_bytes < 1024
-            or self.max_streams < 1
-            or self.idle_timeout_s <= 0
-            or self.max_stream_duration_s <= 0
-        ):
-            raise ConfigError("server limits must be positive (max_message_bytes >= 1024)")
+        checks = (
+            ("port", 0 <= self.port <= 65535, "an integer in [0, 65535]"),
+            ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
+            ("max_streams", self.max_streams >= 1, ">= 1"),
+            ("idle_timeout_s", 0 < self.idle_timeout_s < math.inf, "a finite number > 0"),
+            ("max_stream_duration_s", 0 < self.max_stream_duration_s < math.inf, "a finite number > 0"),
+            ("max_batch_windows", self.max_batch_windows >= 1, ">= 1"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"server {name}: expected {expected}, got {getattr(self, name)!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -60,26 +67,49 @@ def is_loopback(host: str) -> bool:
 
 
 class ServerContext:
-    """Shared by all connections: the batch scorer, VAD, calibration, sinks, counters."""
+    """Shared by all connections: the batch scorer, VAD, engine settings, sinks, counters."""
 
     def __init__(
         self,
         config: ServerConfig,
         batcher: BatchScorer,
-        calibration: Calibration,
+        live: LiveConfig,
         vad: SileroVad,
         sinks: ServerSinks,
+        *,
+        slots: StreamSlots | None = None,
+        load: LoadMonitor | None = None,
+        stream_id_prefix: str = "",
+        model: str | None = None,
+        journal: AlertJournal | None = None,
     ) -> None:
         self.config = config
         self.batcher = batcher
-        self.calibration = calibration
+        self.live = live
         self.vad = vad
         self.sinks = sinks
         self.active_streams = 0
         self._ids = itertools.count(1)
+        # ---- capacity, load shedding and metrics (issue 11) ----
+        #: The model name reported by /readyz (``None`` when the caller did not say).
+        self.model = model
+        self.provider = str(getattr(batcher.scorer, "device", "unknown"))
+        self.slots: StreamSlots = slots or LocalSlots(config.max_streams)
+        self.load = load or LoadMonitor(config.shedding, live.stream.hop_s, config.max_batch_windows)
+        self.metrics = ServerMetrics(self.provider, config.max_streams)
+        self.stats = StreamStats(self.load, self.metrics, journal)
+        batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
+        self.stream_id_prefix = stream_id_prefix
+        #: Set by ``WebSocketServer.request_shutdown``: a stream closed now ends for ``shutdown``.
+        self.shutting_down = False
 
     def new_stream_id(self) -> str:
-        return f"s{next(self._ids)}"
+        return f"{self.stream_id_prefix}s{next(self._ids)}"
 
     def new_engine(self) -> Engine:
-        return build_engine(self.calibration, self.vad)
+        return build_engine(self.live, self.vad)
+
+    def new_driver(self, rate_hz: int) -> StreamDriver:
+        """A live stream's driver: stale windows dropped unless the client sends
+        faster than real time (by the wall clock)."""
+        return StreamDriver(self.new_engine(), rate_hz, drop_stale=True, clock=time.monotonic)

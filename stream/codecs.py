@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.errors import ProtocolError
+from spoofwatch.errors import CloseCode, ProtocolError
 
 ENCODINGS = ("pcm_s16le", "f32le", "mulaw")
-#: WebSocket close code for a payload that does not match its declared format.
-INVALID_PAYLOAD = 1007
+INVALID_PAYLOAD = CloseCode.INVALID_PAYLOAD
 
 
 def _mulaw_table() -> npt.NDArray[np.float32]:
@@ -68,7 +67,9 @@ def decode(payload: bytes, encoding: str, channels: int) -> npt.NDArray[np.float
             )
         audio = MULAW_TO_FLOAT[np.frombuffer(payload, dtype=np.uint8)]
     else:
-        raise ProtocolError(f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", 1003)
+        raise ProtocolError(
+            f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", CloseCode.UNSUPPORTED
+        )
     if channels == 2:
         audio = audio.reshape(-1, 2).mean(axis=1, dtype=np.float32)
     return audio
@@ -82,4 +83,6 @@ def encode(audio: npt.NDArray[np.float32], encoding: str) -> bytes:
         return audio.astype("<f4").tobytes()
     if encoding == "mulaw":
         return mulaw_encode(audio)
-    raise ProtocolError(f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", 1003)
+    raise ProtocolError(
+        f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", CloseCode.UNSUPPORTED
+    )
