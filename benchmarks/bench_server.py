@@ -1,7 +1,7 @@
 """Real-time streams against a real ``spoofwatch serve``: what one box holds.
 
     python benchmarks/bench_server.py --streams 64 --clients 4 --seconds 20 \\
-        [--workers W] [--device cpu|cuda] [--json]
+        [--workers W] [--device cpu|cuda] [--full-windows] [--json]
 
 Starts ``python -m spoofwatch serve --port 0`` (its own process tree), then
 K client processes open N WebSocket streams between them, each sending real
@@ -155,6 +155,8 @@ class Server:
             cmd += ["--workers", str(args.workers)]
         if args.no_load_shedding:
             cmd.append("--no-load-shedding")
+        if args.full_windows:
+            cmd.append("--full-windows")
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -274,6 +276,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--max-streams", type=int, default=None, help="default: --streams")
     parser.add_argument("--no-load-shedding", action="store_true")
+    parser.add_argument(
+        "--full-windows", action="store_true", help="serve with --full-windows (default: incremental)"
+    )
     parser.add_argument("--frame-ms", type=int, default=20)
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
     parser.add_argument(
@@ -344,6 +349,7 @@ def summarise(
         "seconds": args.seconds,
         "workers": int(metrics.get("spoofwatch_workers", 0)),
         "device": args.device,
+        "scoring": "full" if args.full_windows else "incremental",
         "provider": next(
             (k.split("=")[1].rstrip("]") for k in metrics if k.startswith("spoofwatch_provider[")), None
         ),

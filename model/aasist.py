@@ -113,11 +113,16 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: (B, C_in, S, T) -> (B, C_out, S, T // 3)
+        return cast(Tensor, self.mp(self.pre_pool(x)))
+
+    def pre_pool(self, x: Tensor) -> Tensor:
+        """The block before its max pooling (the incremental encoder pools slices of it)."""
+        # x: (B, C_in, S, T) -> (B, C_out, S, T)
         out = self.conv1(x)  # (B, C_out, S + 1, T)
         out = self.selu(self.bn2(out))
         out = self.conv2(out)  # (B, C_out, S, T)
         identity = self.conv_downsample(x) if self.downsample else x
-        return cast(Tensor, self.mp(out + identity))
+        return cast(Tensor, out + identity)
 
 
 def _pairwise_products(x: Tensor) -> Tensor:
@@ -290,11 +295,19 @@ class AASIST(nn.Module):
         self, waveform: Tensor, band_mask: tuple[int, int] | None = None
     ) -> tuple[Tensor, Tensor]:
         """Return ``(embedding (B, 5 * gat_dims[1]), logits (B, 2))``."""
+        e = self.encoder(self.front_end(waveform, band_mask))  # (B, 24, 23, 29)
+        return self.classify(e)
+
+    def front_end(self, waveform: Tensor, band_mask: tuple[int, int] | None = None) -> Tensor:
+        """Sinc filterbank, |.|, (3, 3) max pooling, BN, SELU: the encoder input."""
+        # waveform: (B, T) -> (B, 1, 23, (T - 128) // 3); (B, 1, 23, 21490) for one window
         x = self.conv_time(waveform.unsqueeze(1), band_mask)  # (B, 70, 64472)
         x = F.max_pool2d(torch.abs(x.unsqueeze(1)), (3, 3))  # (B, 1, 23, 21490)
-        x = self.selu(self.first_bn(x))
-        e = self.encoder(x)  # (B, 24, 23, 29)
+        return cast(Tensor, self.selu(self.first_bn(x)))
 
+    def classify(self, e: Tensor) -> tuple[Tensor, Tensor]:
+        """Graph back end on the encoder output: ``(embedding, logits)``."""
+        # e: (B, 24, 23, 29) -> (B, 160), (B, 2)
         # Spectral graph: one node per sub-band, max over time.
         e_s = torch.amax(torch.abs(e), dim=3).transpose(1, 2) + self.pos_S  # (B, 23, 24)
         out_s = self.pool_S(self.GAT_layer_S(e_s))  # (B, 9, 24)

@@ -138,9 +138,17 @@ class SessionLimits:
 
 
 def make_session(
-    path: Path, device: Device = "auto", threads: int | None = None, limits: SessionLimits | None = None
+    path: Path,
+    device: Device = "auto",
+    threads: int | None = None,
+    limits: SessionLimits | None = None,
+    allow_spinning: bool = True,
 ) -> Any:
-    """Open an InferenceSession on ``device`` and verify which provider it really got."""
+    """Open an InferenceSession on ``device`` and verify which provider it really got.
+
+    ``allow_spinning=False`` stops idle intra-op threads from busy-waiting: many
+    small calls (incremental steps of many streams) otherwise burn the cores.
+    """
     import onnxruntime as ort
 
     if device not in DEVICES:
@@ -155,6 +163,8 @@ def make_session(
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if wants_cuda and hasattr(ort, "preload_dlls"):
         try:  # lets onnxruntime-gpu find CUDA/cuDNN shipped in pip wheels (e.g. torch's)
             ort.preload_dlls()

@@ -10,6 +10,14 @@ SAMPLE_RATE_HZ = 16_000
 #: Samples per model window: the official AASIST input length (about 4.04 s).
 WINDOW_SAMPLES = 64_600
 
+#: Default hop of the live engine in samples: 8,019 = 11 x 729 (about 0.501 s).
+#: The exact incremental encoder reuses the previous window's encoder frames
+#: only when the hop is a multiple of 729 = 3^6 samples (the stride of the
+#: encoder's sixth level), so the default is the multiple of 729 nearest 0.5 s.
+#: Calibration files give the hop in seconds (``hop_s = 0.5011875``); it is
+#: rounded to whole samples.
+LIVE_HOP_SAMPLES = 8_019
+
 #: Column of the model output that is the score (the bona fide logit; higher
 #: means more genuine). Column 0 is the spoof logit.
 SCORE_COLUMN = 1

@@ -35,8 +35,9 @@ import numpy.typing as npt
 from spoofwatch.audio import StreamResampler
 from spoofwatch.constants import SAMPLE_RATE_HZ
 
-from .engine import Engine, PendingWindow, Scorer
+from .engine import Engine, PendingWindow, Scorer, WindowScorer
 from .events import END_OF_STREAM, Event
+from .scoring import as_window_scorer
 
 #: How far (s) a stream's audio may run ahead of the clock and still count as live.
 REALTIME_SLACK_S = 1.0
@@ -46,7 +47,8 @@ _EMPTY = np.zeros(0, dtype=np.float32)
 
 
 class StreamDriver:
-    """Drives one engine: ``feed(chunk, scorer)`` / ``close(scorer)`` inline, or
+    """Drives one engine: ``feed(chunk, scorer)`` / ``close(scorer)`` inline (``scorer``
+    the stream's ``WindowScorer``, or a ``Scorer`` for full windows), or
     ``cut`` + ``enqueue`` + ``next_window`` + ``resolve`` when scoring happens elsewhere."""
 
     def __init__(
@@ -129,14 +131,17 @@ class StreamDriver:
     def resolve(self, pending: PendingWindow, score: float | None) -> list[Event]:
         return self.engine.resolve(pending, score)
 
-    def score_due(self, scorer: Scorer) -> list[Event]:
+    def score_due(self, scorer: Scorer | WindowScorer) -> list[Event]:
         """Score every due window inline, one per model call (so scores do not
-        depend on how the audio was chunked), and resolve them in order."""
+        depend on how the audio was chunked), and resolve them in order.
+
+        ``scorer`` is the stream's own ``WindowScorer`` (incremental or full:
+        pass the same object for every call of one stream), or a plain
+        ``Scorer``, which then scores every window from scratch."""
+        window_scorer = as_window_scorer(scorer)
         events: list[Event] = []
         while (pending := self.next_window()) is not None:
-            score = None
-            if pending.gate.speech:
-                score = float(scorer.scores(pending.window.samples[np.newaxis, :])[0])
+            score = window_scorer.score_window(pending.window) if pending.gate.speech else None
             events += self.resolve(pending, score)
         return events
 
@@ -146,14 +151,14 @@ class StreamDriver:
         self.arrived(audio.shape[0])
         self.enqueue(self.cut(audio, last), last)
 
-    def feed(self, audio: npt.NDArray[np.float32], scorer: Scorer) -> list[Event]:
+    def feed(self, audio: npt.NDArray[np.float32], scorer: Scorer | WindowScorer) -> list[Event]:
         """Input-rate mono float32 in; the events it completes out."""
         self.ingest(audio)
         return self.score_due(scorer)
 
     # ---- end of stream ------------------------------------------------------
 
-    def close(self, scorer: Scorer, reason: str = END_OF_STREAM) -> list[Event]:
+    def close(self, scorer: Scorer | WindowScorer, reason: str = END_OF_STREAM) -> list[Event]:
         """Normal end: flush the resampler and windower, score the rest, finish."""
         if self.finished:
             return []

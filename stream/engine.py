@@ -11,12 +11,12 @@ them run this one implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
 from .events import END_OF_STREAM, Event, ScoreEvent, StatusEvent, SummaryEvent
@@ -33,8 +33,9 @@ MAX_HOP_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 
 @dataclass(frozen=True)
 class EngineConfig:
-    #: Seconds between the starts of consecutive windows.
-    hop_s: float = 0.5
+    #: Seconds between the starts of consecutive windows, rounded to whole samples.
+    #: Incremental scoring needs a multiple of 729 samples; the default is 8,019.
+    hop_s: float = LIVE_HOP_SAMPLES / SAMPLE_RATE_HZ
     #: Windows a live stream may queue for scoring; beyond it the oldest is dropped.
     max_pending_windows: int = 4
 
@@ -53,9 +54,27 @@ class EngineConfig:
 
 
 class Scorer(Protocol):
-    """What the engine's drivers need from a model: bona fide logits per window."""
+    """A model: bona fide logits for a batch of windows, each scored from scratch."""
 
     def scores(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+@runtime_checkable
+class WindowScorer(Protocol):
+    """What a driver calls to score ONE stream's windows, in stream order.
+
+    Windows may be skipped (gated, dropped): the scorer sees the jump in
+    ``start_sample``. Implementations: ``spoofwatch.stream.scoring``
+    (incremental, or full windows through a ``Scorer``).
+    """
+
+    def score_window(self, window: Window) -> float:
+        """Bona fide logit of ``window``, equal to scoring its samples from scratch."""
+        ...
+
+    def reset(self) -> None:
+        """The stream restarted: forget anything cached."""
+        ...
 
 
 @dataclass(frozen=True)

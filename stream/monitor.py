@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 
 from .driver import StreamDriver
-from .engine import Scorer
+from .engine import Scorer, WindowScorer
 from .events import Event
 from .sources.mic import MicrophoneSource
 
@@ -19,7 +19,7 @@ STATUS_EVERY_S = 30.0
 def run_monitor(
     source: MicrophoneSource,
     driver: StreamDriver,
-    scorer: Scorer,
+    scorer: Scorer | WindowScorer,
     on_events: Callable[[list[Event]], None],
     stop: threading.Event,
     status_every_s: float = STATUS_EVERY_S,
@@ -49,7 +49,9 @@ def run_monitor(
     return close_monitor(source, driver, scorer)
 
 
-def close_monitor(source: MicrophoneSource, driver: StreamDriver, scorer: Scorer) -> list[Event]:
+def close_monitor(
+    source: MicrophoneSource, driver: StreamDriver, scorer: Scorer | WindowScorer
+) -> list[Event]:
     """End of a capture (stop or Ctrl-C): what is left in the ring, the
     resampler's tail, the closing events and a final ``status``."""
     if driver.finished:

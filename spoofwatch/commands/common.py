@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from spoofwatch.constants import DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
 from spoofwatch.model.runtime import DEVICES
+
+log = logging.getLogger(__name__)
 
 
 def add_model_args(
@@ -53,3 +56,57 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
 def print_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    """``--full-windows``: the live commands score incrementally unless told otherwise."""
+    parser.add_argument(
+        "--full-windows",
+        action="store_true",
+        help="recompute every window from scratch instead of the exact incremental encoder "
+        "(which needs a hop that is a multiple of 729 samples; other hops use full windows anyway)",
+    )
+
+
+def load_live_scoring(
+    full: Any,
+    model: str,
+    hop_samples: int,
+    window_samples: int,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    weights: Path | None = None,
+    precision: str = DEFAULT_PRECISION,
+    full_windows: bool = False,
+) -> Any:
+    """The per-stream scorer factory of a live command (``LiveScoring``): the
+    exact incremental encoder unless something rules it out (logged with the
+    reason), else full windows through ``full`` (the detector's batch scorer)."""
+    from spoofwatch.model.incremental_runtime import IncrementalModel
+    from spoofwatch.stream.scoring import LiveScoring
+
+    reason = incremental_reason(model, hop_samples, window_samples, precision, full_windows)
+    if reason is not None:
+        if not full_windows:
+            log.warning("scoring full windows, not incrementally: %s", reason)
+        return LiveScoring(full, None, reason)
+    inc = IncrementalModel.load(model, hop_samples, device, threads, weights)  # type: ignore[arg-type]
+    return LiveScoring(full, inc)
+
+
+def incremental_reason(
+    model: str, hop_samples: int, window_samples: int, precision: str, full_windows: bool
+) -> str | None:
+    """Why a live command must score full windows (``None``: incremental it is)."""
+    from spoofwatch.constants import WINDOW_SAMPLES
+    from spoofwatch.model.card import is_card_reference
+    from spoofwatch.model.incremental_runtime import incremental_unavailable
+
+    if full_windows:
+        return "--full-windows"
+    if precision != "fp32":
+        return f"the incremental encoder runs at fp32 only (--precision {precision})"
+    if is_card_reference(model) or window_samples != WINDOW_SAMPLES:
+        return f"model card {model}: the incremental encoder covers the built-in AASIST models only"
+    return incremental_unavailable(model, hop_samples)

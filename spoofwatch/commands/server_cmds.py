@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, print_json
+from .common import add_model_args, add_scoring_args, incremental_reason, load_live_scoring, print_json
 
 if TYPE_CHECKING:
     from spoofwatch.stream.engine import LiveConfig
@@ -56,6 +56,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="admit streams up to --max-streams even when scoring cannot keep up (default: refuse with 1013)",
     )
+    add_scoring_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser("send", help="stream a file to a spoofwatch server and print its events")
@@ -98,7 +99,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     preflight(args.model, args.precision, args.device, args.weights)
     if not is_card_reference(args.model):
         ensure_onnx(args.model, args.weights, args.precision)
-    calibration_for(args.model, args.calibration, args.weights, args.precision)
+    from spoofwatch.constants import WINDOW_SAMPLES
+
+    cal = calibration_for(args.model, args.calibration, args.weights, args.precision)
+    hop_samples = cal.live.stream.hop_samples
+    if incremental_reason(args.model, hop_samples, WINDOW_SAMPLES, args.precision, args.full_windows) is None:
+        from spoofwatch.model.incremental import ensure_incremental_onnx
+
+        ensure_incremental_onnx(args.model, hop_samples, args.weights)
     spec = WorkerSpec(
         config,
         load_worker_model,
@@ -112,18 +120,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stdout=args.stdout,
         webhook=args.webhook,
         log_level=logging.getLogger("spoofwatch").getEffectiveLevel(),
+        full_windows=args.full_windows,
     )
     return Supervisor(spec, workers).run()
 
 
-def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig]:
-    """Run in each worker process (``WorkerSpec.load_model``): its own scorer and the live config."""
+def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig, Any]:
+    """Run in each worker process (``WorkerSpec.load_model``): its own scorer, the live
+    config and the incremental model (``None``: full windows, the reason logged)."""
     from spoofwatch.model.detector import Detector
 
-    detector = Detector.load(
-        spec.model, spec.device, threads, spec.weights, spec.calibration, spec.precision  # type: ignore[arg-type]
+    device: Any = spec.device  # validated by serve's argument parser
+    detector = Detector.load(spec.model, device, threads, spec.weights, spec.calibration, spec.precision)
+    live = detector.live
+    scoring = load_live_scoring(
+        detector.scorer,
+        spec.model,
+        live.stream.hop_samples,
+        detector.scorer.window_samples,
+        device=spec.device,
+        threads=threads,
+        weights=spec.weights,
+        precision=spec.precision,
+        full_windows=spec.full_windows,
     )
-    return detector.scorer, detector.live
+    return detector.scorer, live, scoring.incremental
 
 
 def cmd_send(args: argparse.Namespace) -> int:

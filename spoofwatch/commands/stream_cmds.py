@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from spoofwatch.stream.events import Event
 
-from .common import add_model_args, print_json
+from .common import add_model_args, add_scoring_args, load_live_scoring, print_json
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -26,6 +26,7 @@ def register(sub: Any) -> None:
         "--realtime", action="store_true", help="pace the file at 1x instead of as fast as possible"
     )
     stream.add_argument("--json", action="store_true", help="events as JSON lines")
+    add_scoring_args(stream)
     stream.add_argument(
         "--plot",
         type=Path,
@@ -48,6 +49,7 @@ def register(sub: Any) -> None:
     monitor.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     monitor.add_argument("--jsonl", type=Path, default=None, help="append events to this JSON-lines file")
     monitor.add_argument("--hop-s", type=float, default=None, help="override the calibration's hop")
+    add_scoring_args(monitor)
     monitor.set_defaults(func=cmd_monitor)
 
 
@@ -65,7 +67,8 @@ def _settings(args: argparse.Namespace) -> tuple[Calibration, LiveConfig]:
     return cal, LiveConfig(stream, cal.gate, cal.policy)
 
 
-def _load(args: argparse.Namespace, cal: Calibration, live: LiveConfig) -> tuple[Any, Any]:
+def _load(args: argparse.Namespace, cal: Calibration, live: LiveConfig) -> tuple[Any, Any, Any]:
+    """Detector, engine and the stream's window scorer (incremental unless ruled out)."""
     from dataclasses import replace
 
     from spoofwatch.model.detector import Detector
@@ -74,7 +77,19 @@ def _load(args: argparse.Namespace, cal: Calibration, live: LiveConfig) -> tuple
 
     detector = Detector.load(args.model, args.device, args.threads, args.weights, cal, args.precision)
     # The engine cuts windows of the model's own length (a model card may declare its own).
-    return detector, build_engine(replace(live, window_samples=detector.scorer.window_samples), SileroVad())
+    engine = build_engine(replace(live, window_samples=detector.scorer.window_samples), SileroVad())
+    scoring = load_live_scoring(
+        detector.scorer,
+        args.model,
+        engine.config.hop_samples,
+        detector.scorer.window_samples,
+        device=args.device,
+        threads=args.threads,
+        weights=args.weights,
+        precision=args.precision,
+        full_windows=args.full_windows,
+    )
+    return detector, engine, scoring.new_stream()
 
 
 def _emit(events: list[Event], as_json: bool) -> None:
@@ -97,7 +112,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     chunks = file_chunks(
         args.file, realtime=args.realtime
     )  # decodes now: bad files fail before loading the model
-    detector, engine = _load(args, cal, live)
+    _, engine, scorer = _load(args, cal, live)
     driver = StreamDriver(engine)
     drawn: list[Event] = []
 
@@ -107,10 +122,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     try:
         for chunk in chunks:
-            emit(driver.feed(chunk, detector.scorer))
-        emit(driver.close(detector.scorer))
+            emit(driver.feed(chunk, scorer))
+        emit(driver.close(scorer))
     except KeyboardInterrupt:  # Ctrl-C: flush and summarise what was heard, then exit 130
-        emit(driver.close(detector.scorer, SHUTDOWN))
+        emit(driver.close(scorer, SHUTDOWN))
         raise
     finally:
         if args.plot:
@@ -150,14 +165,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     cal, live = _settings(args)
     device = parse_device(args.input_device)
     name, rate = input_device_info(device)  # fails fast, before the model loads
-    detector, engine = _load(args, cal, live)
+    detector, engine, scorer = _load(args, cal, live)
     source = MicrophoneSource(rate, device)
     driver = StreamDriver(engine, rate, drop_stale=True)
     sink = JsonlSink(args.jsonl) if args.jsonl else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     sys.stderr.write(
-        f"monitoring {name!r} at {rate} Hz with {args.model} on {detector.scorer.device}; Ctrl-C stops\n"
+        f"monitoring {name!r} at {rate} Hz with {args.model} on {detector.scorer.device} "
+        f"({getattr(scorer, 'mode', 'full')} windows); Ctrl-C stops\n"
     )
 
     def on_events(events: list[Event]) -> None:
@@ -172,10 +188,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     try:
-        closing = run_monitor(source, driver, detector.scorer, on_events, stop)
+        closing = run_monitor(source, driver, scorer, on_events, stop)
     except KeyboardInterrupt:  # Ctrl-C: the capture is already stopped; flush and summarise
         stop.set()
-        closing = close_monitor(source, driver, detector.scorer)
+        closing = close_monitor(source, driver, scorer)
     on_events(closing)
     if sink:
         sink.close()

@@ -1,5 +1,11 @@
 """One scorer shared by every connection: windows that are ready together
-are scored in one ONNX Runtime call, off the event loop."""
+are scored in one ONNX Runtime call, off the event loop.
+
+With an incremental model, each stream holds its own cache (``open_stream``)
+and passes it with its windows; the steps of the streams that are ready
+together share one ONNX Runtime call (their states stacked, where the model
+batches streams), and first windows share another.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..engine import Scorer
+from ..scoring import IncrementalBackend, StreamCache
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +26,25 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Request:
     window: npt.NDArray[np.float32]
+    stream: StreamCache | None
+    start_sample: int
     done: anyio.Event = field(default_factory=anyio.Event)
     score: float | None = None
     error: BaseException | None = None
 
 
 class BatchScorer:
-    """``await score(window)``; run ``serve()`` in a task group for its lifetime."""
+    """``await score(window, stream, start_sample)``; run ``serve()`` in a task group for its lifetime."""
 
-    def __init__(self, scorer: Scorer, max_batch_windows: int = 16, queue_windows: int = 256) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        max_batch_windows: int = 16,
+        queue_windows: int = 256,
+        incremental: IncrementalBackend | None = None,
+    ) -> None:
         self.scorer = scorer
+        self.incremental = incremental
         self.max_batch_windows = max_batch_windows
         self._send: MemoryObjectSendStream[_Request]
         self._receive: MemoryObjectReceiveStream[_Request]
@@ -39,8 +55,19 @@ class BatchScorer:
         # in anyio's shared thread pool (one batch runs at a time anyway).
         self._limiter = anyio.CapacityLimiter(1)
 
-    async def score(self, window: npt.NDArray[np.float32]) -> float:
-        request = _Request(window)
+    @property
+    def mode(self) -> str:
+        return "full" if self.incremental is None else "incremental"
+
+    def open_stream(self) -> StreamCache | None:
+        """A new stream's incremental state (``None``: its windows are scored from scratch)."""
+        return None if self.incremental is None else self.incremental.open_stream()
+
+    async def score(
+        self, window: npt.NDArray[np.float32], stream: StreamCache | None = None, start_sample: int = 0
+    ) -> float:
+        """Score one window; a stream's windows (with its cache) must come in stream order."""
+        request = _Request(window, stream, start_sample)
         await self._send.send(request)
         await request.done.wait()
         if request.error is not None:
@@ -63,10 +90,25 @@ class BatchScorer:
                         break
                 await self._run(batch)
 
+    def _score_batch(self, batch: list[_Request]) -> list[float]:
+        scores = [0.0] * len(batch)
+        full = [i for i, r in enumerate(batch) if r.stream is None]
+        inc = [i for i, r in enumerate(batch) if r.stream is not None]
+        if full:
+            values = self.scorer.scores(np.stack([batch[i].window for i in full])).tolist()
+            for i, v in zip(full, values, strict=True):
+                scores[i] = float(v)
+        if inc:
+            assert self.incremental is not None
+            streams = [batch[i].stream for i in inc]
+            windows = [(batch[i].start_sample, batch[i].window) for i in inc]
+            for i, v in zip(inc, self.incremental.score(streams, windows), strict=True):
+                scores[i] = v
+        return scores
+
     async def _run(self, batch: list[_Request]) -> None:
-        windows = np.stack([r.window for r in batch])
         try:
-            scores = await anyio.to_thread.run_sync(self.scorer.scores, windows, limiter=self._limiter)
+            scores = await anyio.to_thread.run_sync(self._score_batch, batch, limiter=self._limiter)
         except Exception as exc:  # reported to every waiting stream
             log.exception("scoring a batch of %d windows failed", len(batch))
             for r in batch:
@@ -75,6 +117,6 @@ class BatchScorer:
             return
         self.batches += 1
         self.windows += len(batch)
-        for r, s in zip(batch, scores.tolist(), strict=True):
-            r.score = float(s)
+        for r, s in zip(batch, scores, strict=True):
+            r.score = s
             r.done.set()

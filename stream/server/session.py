@@ -73,6 +73,7 @@ class StreamSession:
     ) -> None:
         self.driver = driver
         self.batcher = batcher
+        self._cache = batcher.open_stream()  # this stream's incremental state, if any
         self.emit = emit
         self.tags = tags or {}
         self.max_duration_s = max_duration_s
@@ -149,7 +150,11 @@ class StreamSession:
                         self._dropped_to(self.driver.queued + 1)
                         arrived = self._arrivals.popleft()
                         score = (
-                            await self.batcher.score(pending.window.samples) if pending.gate.speech else None
+                            await self.batcher.score(
+                                pending.window.samples, self._cache, pending.window.start_sample
+                            )
+                            if pending.gate.speech
+                            else None
                         )
                         if self._observer is not None:
                             # A sender ahead of real time (an upload) waits by design: no lag to report.

@@ -50,6 +50,7 @@ from .metrics import MULTIPROC_ENV
 
 if TYPE_CHECKING:
     from ..engine import LiveConfig, Scorer
+    from ..scoring import IncrementalBackend
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,13 @@ def validate_workers(workers: int, max_streams: int) -> None:
         )
 
 
-#: Loads the model in a worker process: ``(spec, threads) -> (scorer, live config)``.
-#: The scorer has ``scores(windows)`` and ``device``. It is a module-level
+#: Loads the model in a worker process: ``(spec, threads) -> (scorer, live config,
+#: incremental model or None)``. The scorer has ``scores(windows)`` and ``device``;
+#: the incremental model (``IncrementalBackend``) scores each stream's windows
+#: from its cache (``None``: full windows). It is a module-level
 #: function of the commands layer (the stream layer never imports the model),
 #: pickled by reference for ``spawn``.
-ModelLoader = Callable[["WorkerSpec", int], "tuple[Scorer, LiveConfig]"]
+ModelLoader = Callable[["WorkerSpec", int], "tuple[Scorer, LiveConfig, IncrementalBackend | None]"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class WorkerSpec:
     stdout: bool = False
     webhook: str | None = None
     log_level: int = logging.INFO
+    #: Score every window from scratch (``--full-windows``) instead of incrementally.
+    full_windows: bool = False
 
 
 @dataclass
@@ -427,7 +432,7 @@ def build_worker_server(
         threads = max(
             1, cpu_count() // workers
         )  # the workers share the cores (CPU kernels, or a CPU fallback)
-    scorer, live = spec.load_model(spec, threads)
+    scorer, live, incremental = spec.load_model(spec, threads)
     # All workers score on the one GPU; on CPU each has its own share of the cores.
     on_gpu = getattr(scorer, "device", None) == "cuda"
     load = LoadMonitor(
@@ -451,7 +456,7 @@ def build_worker_server(
                 calibration_lock.release()
     ctx = ServerContext(
         config,
-        BatchScorer(scorer, config.max_batch_windows),
+        BatchScorer(scorer, config.max_batch_windows, incremental=incremental),
         live,
         SileroVad(),
         ServerSinks(spec.jsonl, spec.stdout, spec.webhook),

@@ -1,0 +1,308 @@
+"""Incremental scoring on ONNX Runtime: the shared graphs and the per-stream state.
+
+``IncrementalModel`` holds the two ONNX Runtime sessions of one model at one
+hop (``init``: a full pass that also returns the state; ``step``: the next
+window from the state); every stream shares it. ``IncrementalScorer`` is one
+stream's state and the only thing a driver needs::
+
+    scorer = IncrementalScorer(model)
+    score = scorer.score(window.start_sample, window.samples)   # in stream order
+
+Each call decides between a full pass and steps by itself, from the window's
+start and its samples:
+
+* the first window, a window after ``reset()``, or one that does not follow
+  the cached one by a whole number of hops gets a full pass;
+* a window ``k`` hops after the cached one (windows skipped by the speech
+  gate, or dropped by a driver that fell behind) is reached by ``k`` steps
+  when that costs fewer convolution MACs than a full pass and the skipped
+  windows' inputs still lie inside this window; otherwise a full pass;
+* the samples the cache was built from must match the window's overlap
+  (a cheap check of ``GUARD_SAMPLES`` and the head samples), so a driver that
+  forgets ``reset()`` between two streams gets a full pass, never a wrong score.
+
+``IncrementalModel.score`` does the same for several streams at once and can
+stack their steps into one ONNX Runtime call (``batch_streams``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.constants import SCORE_COLUMN
+from spoofwatch.errors import InputError
+
+from .config import load_model_config
+from .incremental import (
+    INIT_INPUT,
+    LOGITS,
+    STEP_INPUTS,
+    IncrementalPaths,
+    IncrementalPlan,
+    ensure_incremental_onnx,
+    hop_incompatibility,
+    plan_for,
+)
+from .runtime import Device, make_session, validate_windows
+
+log = logging.getLogger(__name__)
+
+#: Last samples of a window kept to check that the next window continues the same audio.
+GUARD_SAMPLES = 256
+
+Array = npt.NDArray[np.float32]
+
+
+@dataclass
+class StreamState:
+    """What one stream keeps between windows (all of it is float32)."""
+
+    #: Stream sample at which the cached window starts.
+    start_sample: int
+    #: The step graph's state, each with a batch axis of 1 (``IncrementalPlan.state_names``).
+    graph: list[Array]
+    #: ``(sample_slots, head_samples)``: the first samples of each of the next windows.
+    heads: Array
+    #: The cached window's last ``GUARD_SAMPLES`` samples.
+    guard: Array
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.graph) + self.heads.nbytes + self.guard.nbytes
+
+
+def catch_up_limit(plan: IncrementalPlan) -> int:
+    """Most hops a stream may lag and still be brought up to date by steps.
+
+    Steps are taken only while they cost fewer convolution MACs than one full
+    pass, and only while the skipped windows' heads are cached and their tails
+    lie inside the newest window.
+    """
+    w, hop = plan.window_samples, plan.hop_samples
+    by_cost = plan.full_macs() // plan.step_macs()
+    by_heads = plan.sample_slots + 1
+    by_tails = 1 + (w - plan.tail_samples) // hop
+    by_guard = (w - GUARD_SAMPLES) // hop
+    return max(0, min(by_cost, by_heads, by_tails, by_guard))
+
+
+class IncrementalModel:
+    """The ``init`` and ``step`` sessions of one model at one hop, shared by all streams."""
+
+    def __init__(
+        self,
+        paths: IncrementalPaths,
+        plan: IncrementalPlan,
+        device: Device = "auto",
+        threads: int | None = None,
+        batch_streams: bool | None = None,
+        allow_spinning: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.names = plan.state_names()
+        self.init_session = make_session(paths.init, device, threads, allow_spinning=allow_spinning)
+        self.step_session = make_session(paths.step, device, threads, allow_spinning=allow_spinning)
+        self.providers: list[str] = list(self.step_session.get_providers())
+        # On CPU one call per stream costs less than one stacked call (measured in
+        # benchmarks/bench_stream.py: bigger intermediates, no parallelism gained);
+        # a GPU is expected to gain from stacking, so auto (None) batches only there.
+        self.batch_streams = self.device == "cuda" if batch_streams is None else batch_streams
+        self.catch_up_limit = catch_up_limit(plan)
+        # Where the tail and the head of each window are read from.
+        self._tail_from = plan.window_samples - plan.tail_samples
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        hop_samples: int,
+        device: Device = "auto",
+        threads: int | None = None,
+        weights: Path | None = None,
+        batch_streams: bool | None = None,
+    ) -> IncrementalModel:
+        """Load (exporting on first use) the graphs of ``model`` at ``hop_samples``."""
+        plan = plan_for(load_model_config(model), hop_samples)
+        paths = ensure_incremental_onnx(model, hop_samples, weights)
+        return cls(paths, plan, device, threads, batch_streams)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def hop_samples(self) -> int:
+        return self.plan.hop_samples
+
+    def open_stream(self) -> IncrementalScorer:
+        """A new stream's (empty) cache."""
+        return IncrementalScorer(self)
+
+    # ---- raw graph calls ------------------------------------------------------
+
+    def run_init(self, windows: Array) -> tuple[Array, list[Array]]:
+        """``(B, 64600)`` -> logits ``(B, 2)`` and the state (each with batch B)."""
+        out = self.init_session.run([LOGITS, *self.names], {INIT_INPUT: windows})
+        return out[0], out[1:]
+
+    def run_step(self, head: Array, tail: Array, state: Sequence[Array]) -> tuple[Array, list[Array]]:
+        """Head ``(B, head_samples)``, tail ``(B, tail_samples)``, state -> logits ``(B, 2)``, state."""
+        feeds = dict(zip(STEP_INPUTS, (head, tail), strict=True))
+        feeds.update(zip(self.names, state, strict=True))
+        out = self.step_session.run(None, feeds)
+        return out[0], out[1:]
+
+    # ---- scoring ----------------------------------------------------------------
+
+    def score(
+        self, streams: Sequence[IncrementalScorer], windows: Sequence[tuple[int, Array]]
+    ) -> list[float]:
+        """Score one window ``(start_sample, samples)`` for each stream; returns bona fide logits.
+
+        Every stream appears at most once. Full passes and final steps are
+        stacked into one call each when ``batch_streams`` is set.
+        """
+        if len(streams) != len(windows) or len({id(s) for s in streams}) != len(streams):
+            raise InputError("expected one window per stream and each stream once")
+        cut = [(start, validate_windows(samples)[0]) for start, samples in windows]
+        try:
+            return self._score(streams, cut)
+        except BaseException:
+            # A failed call may leave a cache half advanced: never reuse it.
+            for stream in streams:
+                stream.reset()
+            raise
+
+    def _score(self, streams: Sequence[IncrementalScorer], cut: list[tuple[int, Array]]) -> list[float]:
+        plan = self.plan
+        full: list[int] = []
+        step: list[int] = []
+        for i, (stream, (start, samples)) in enumerate(zip(streams, cut, strict=True)):
+            lag = stream.lag(start, samples)
+            if lag is None:
+                full.append(i)
+                continue
+            for j in range(1, lag):  # windows skipped since the cached one, oldest first
+                end = plan.window_samples - (lag - j) * plan.hop_samples
+                assert stream.state is not None
+                _, stream.state.graph = self.run_step(
+                    stream.state.heads[j - 1 : j],
+                    samples[np.newaxis, end - plan.tail_samples : end],
+                    stream.state.graph,
+                )
+                stream.catch_up_steps += 1
+            step.append(i)
+        scores: list[float] = [0.0] * len(streams)
+        for rows, run in ((full, self._full_rows), (step, self._step_rows)):
+            groups = [rows] if self.batch_streams else [[r] for r in rows]
+            for group in groups:
+                if not group:
+                    continue
+                logits, state = run([cut[i][1] for i in group], [streams[i] for i in group])
+                for row, i in enumerate(group):
+                    start, samples = cut[i]
+                    streams[i].remember(start, samples, [a[row : row + 1] for a in state])
+                    scores[i] = float(logits[row, SCORE_COLUMN])
+        return scores
+
+    def _full_rows(self, samples: list[Array], streams: list[IncrementalScorer]) -> tuple[Array, list[Array]]:
+        for stream in streams:
+            stream.full_passes += 1
+        return self.run_init(np.stack(samples))
+
+    def _step_rows(self, samples: list[Array], streams: list[IncrementalScorer]) -> tuple[Array, list[Array]]:
+        batch = np.stack(samples)
+        head = np.ascontiguousarray(batch[:, : self.plan.head_samples])
+        tail = np.ascontiguousarray(batch[:, self._tail_from :])
+        states = [s.state.graph for s in streams if s.state is not None]
+        stacked = (
+            states[0] if len(states) == 1 else [np.concatenate(parts) for parts in zip(*states, strict=True)]
+        )
+        for stream in streams:
+            stream.steps += 1
+        return self.run_step(head, tail, stacked)
+
+
+class IncrementalScorer:
+    """One stream's incremental scoring state; ``score`` windows in stream order."""
+
+    def __init__(self, model: IncrementalModel) -> None:
+        self.model = model
+        self.state: StreamState | None = None
+        #: Counters: full passes, steps that produced a score, steps that caught up skipped windows.
+        self.full_passes = 0
+        self.steps = 0
+        self.catch_up_steps = 0
+
+    def reset(self) -> None:
+        """Forget the cache: the next window gets a full pass."""
+        self.state = None
+
+    def score(self, start_sample: int, samples: Array) -> float:
+        """Bona fide logit of the window of ``samples`` starting at stream sample ``start_sample``."""
+        return self.model.score([self], [(start_sample, samples)])[0]
+
+    @property
+    def state_bytes(self) -> int:
+        return 0 if self.state is None else self.state.nbytes
+
+    def lag(self, start_sample: int, samples: Array) -> int | None:
+        """Hops from the cached window to this one if steps can reach it, else ``None``."""
+        state, plan = self.state, self.model.plan
+        if state is None:
+            return None
+        offset = start_sample - state.start_sample
+        if offset <= 0 or offset % plan.hop_samples:
+            return None
+        lag = offset // plan.hop_samples
+        if lag > self.model.catch_up_limit:
+            return None
+        w = plan.window_samples
+        same_end = np.array_equal(samples[w - GUARD_SAMPLES - offset : w - offset], state.guard)
+        same_head = lag > len(state.heads) or np.array_equal(
+            samples[: plan.head_samples], state.heads[lag - 1]
+        )
+        if not (same_end and same_head):
+            log.debug("window at %d does not continue the cached audio: full pass", start_sample)
+            return None
+        return lag
+
+    def remember(self, start_sample: int, samples: Array, graph: list[Array]) -> None:
+        """Cache the state of the window just scored."""
+        plan = self.model.plan
+        hop, n = plan.hop_samples, plan.head_samples
+        heads = np.stack([samples[k * hop : k * hop + n] for k in range(1, plan.sample_slots + 1)])
+        self.state = StreamState(start_sample, graph, heads, samples[-GUARD_SAMPLES:].copy())
+
+
+def incremental_unavailable(model: str, hop_samples: int) -> str | None:
+    """Why ``model`` cannot be scored incrementally at ``hop_samples`` (``None``: it can)."""
+    reason = hop_incompatibility(hop_samples)
+    if reason is None:
+        try:
+            plan_for(load_model_config(model), hop_samples)
+        except InputError as exc:
+            reason = str(exc)
+    return reason
+
+
+def load_incremental(
+    model: str,
+    hop_samples: int,
+    device: Device = "auto",
+    threads: int | None = None,
+    weights: Path | None = None,
+    batch_streams: bool | None = None,
+) -> IncrementalModel | None:
+    """The incremental graphs for ``hop_samples``, or ``None`` (logged) when that hop needs full windows."""
+    reason = incremental_unavailable(model, hop_samples)
+    if reason is not None:
+        log.warning("scoring full windows, not incrementally: %s", reason)
+        return None
+    return IncrementalModel.load(model, hop_samples, device, threads, weights, batch_streams)
