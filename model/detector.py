@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.audio import official_window, read_audio
+from spoofwatch.audio import AudioFile, official_window
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.errors import InputError
+from spoofwatch.errors import InputError, ModelError
 
 from .export import ensure_onnx
 from .runtime import Device, OnnxScorer
@@ -68,12 +68,52 @@ def window_starts(n_samples: int, hop_samples: int) -> list[int]:
     return starts
 
 
+def stream_windows(
+    chunks: Iterable[npt.NDArray[np.float32]], hop_samples: int
+) -> Iterator[tuple[int, int, npt.NDArray[np.float32]]]:
+    """``(start, end, window)`` over audio arriving in chunks, exactly the
+    windows :func:`window_starts` gives for the whole signal, holding at most
+    about one window plus a hop plus a chunk in memory.
+
+    ``end`` is where the window's real audio stops (a clip shorter than one
+    window is padded by repetition, the official convention).
+    """
+    if hop_samples < 1:
+        raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
+    buf = np.zeros(0, dtype=np.float32)
+    buf_start = 0  # stream offset of buf[0]
+    n = 0  # samples received
+    next_start = 0
+    last_start = -1
+    for chunk in chunks:
+        buf = np.concatenate([buf, chunk.astype(np.float32, copy=False)])
+        n += chunk.size
+        while next_start + WINDOW_SAMPLES <= n:
+            lo = next_start - buf_start
+            yield next_start, next_start + WINDOW_SAMPLES, buf[lo : lo + WINDOW_SAMPLES].copy()
+            last_start = next_start
+            next_start += hop_samples
+        # Keep what a later window may need: from the next start, and the
+        # final window's worth for the tail window that ends at the last sample.
+        keep_from = max(0, min(next_start, n - WINDOW_SAMPLES))
+        if keep_from > buf_start:
+            buf = buf[keep_from - buf_start :].copy()
+            buf_start = keep_from
+    if n == 0:
+        raise InputError("expected a non-empty waveform, got 0 samples")
+    if n <= WINDOW_SAMPLES:
+        if last_start < 0:  # n == WINDOW_SAMPLES already yielded its window
+            yield 0, n, official_window(buf)
+    elif last_start + WINDOW_SAMPLES < n:
+        yield n - WINDOW_SAMPLES, n, buf[buf.size - WINDOW_SAMPLES :].copy()
+
+
 def iter_windows(
     audio: npt.NDArray[np.float32], hop_samples: int
 ) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
     """``(start, window)`` pairs; the first window follows the official convention."""
-    for start in window_starts(audio.size, hop_samples):
-        yield start, official_window(audio[start:])
+    for start, _, window in stream_windows([audio], hop_samples):
+        yield start, window
 
 
 class Detector:
@@ -122,14 +162,21 @@ class Detector:
         self, audio: npt.NDArray[np.float32], hop_s: float = 1.0, name: str = "<array>"
     ) -> FileScore:
         """Window scores over a whole 16 kHz waveform, the utterance score and verdict."""
+        return self.score_chunks([audio], hop_s, name)
+
+    def score_chunks(
+        self, chunks: Iterable[npt.NDArray[np.float32]], hop_s: float = 1.0, name: str = "<array>"
+    ) -> FileScore:
+        """Like :meth:`score_audio` for 16 kHz audio arriving in chunks, in
+        memory independent of its length (a window, a hop and a batch)."""
         if hop_s <= 0:
             raise InputError(f"expected hop_s > 0, got {hop_s}")
         hop = max(1, round(hop_s * SAMPLE_RATE_HZ))
-        starts: list[int] = []
+        spans: list[tuple[int, int]] = []
         scores: list[float] = []
         batch: list[npt.NDArray[np.float32]] = []
-        for start, window in iter_windows(audio, hop):
-            starts.append(start)
+        for start, end, window in stream_windows(chunks, hop):
+            spans.append((start, end))
             batch.append(window)
             if len(batch) == FILE_BATCH_WINDOWS:
                 scores.extend(self.scorer.scores(np.stack(batch)).tolist())
@@ -137,11 +184,14 @@ class Detector:
         if batch:
             scores.extend(self.scorer.scores(np.stack(batch)).tolist())
         windows = [
-            WindowScore(s / SAMPLE_RATE_HZ, min(s + WINDOW_SAMPLES, audio.size) / SAMPLE_RATE_HZ, sc)
-            for s, sc in zip(starts, scores, strict=True)
+            WindowScore(s / SAMPLE_RATE_HZ, e / SAMPLE_RATE_HZ, sc)
+            for (s, e), sc in zip(spans, scores, strict=True)
         ]
         utterance = float(np.mean(scores))
+        if not np.isfinite(utterance):  # sanitised input cannot get here; a broken model can
+            raise ModelError(f"{name}: the model returned a non-finite score")
         return FileScore(name, utterance, self.verdict(utterance), self.threshold, windows)
 
     def score_file(self, path: str | Path, hop_s: float = 1.0) -> FileScore:
-        return self.score_audio(read_audio(path), hop_s, name=str(path))
+        """Score a file decoded block by block (bounded memory for any length)."""
+        return self.score_chunks(AudioFile(path).chunks(), hop_s, name=str(path))

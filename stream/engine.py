@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from spoofwatch.audio import sample_problem
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
@@ -62,8 +63,8 @@ def validate_chunk(chunk: object) -> npt.NDArray[np.float32]:
     if not isinstance(chunk, np.ndarray) or chunk.dtype != np.float32 or chunk.ndim != 1:
         got = f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
         raise InputError(f"expected a 1-D float32 numpy chunk at 16 kHz, got {got}")
-    if not np.all(np.isfinite(chunk)):
-        raise InputError("expected finite audio samples, got NaN or Inf")
+    if (problem := sample_problem(chunk)) is not None:  # the rule every input adapter applies first
+        raise InputError(problem)
     return chunk
 
 
@@ -90,6 +91,8 @@ class Engine:
         history = (WINDOW_SAMPLES + config.hop_samples) // VAD_FRAME_SAMPLES + 2
         self.gate = SpeechGate(gate_config, vad, history_frames=history)
         self.policy = AlertPolicy(policy_config)
+        #: ``alert_end`` reason if ``finish`` closes an open alert (a server drain sets "shutdown").
+        self.end_reason = "end_of_stream"
         self.reset()
 
     def reset(self) -> None:
@@ -151,7 +154,7 @@ class Engine:
 
     def finish(self) -> list[Event]:
         """End of stream: close any open alert and summarise."""
-        return [*self.policy.finish(max(self._last_t, self.duration_s)), self.summary()]
+        return [*self.policy.finish(max(self._last_t, self.duration_s), self.end_reason), self.summary()]
 
     def status(
         self, overruns: int = 0, lost_samples: int = 0, input_overflows: int = 0, **info: object

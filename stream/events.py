@@ -6,7 +6,8 @@ Schema (times are seconds of stream audio, scores are bona fide logits):
   ``smoothed`` (null before the first scored window), ``speech`` (bool),
   ``speech_fraction``.
 - ``alert_start`` / ``alert_end``: ``t``, ``smoothed``, ``threshold``
-  (``alert_end`` also has ``reason``: ``"recovered"``, ``"silence"`` or ``"end_of_stream"``).
+  (``alert_end`` also has ``reason``: ``"recovered"``, ``"silence"``, ``"end_of_stream"``
+  or ``"shutdown"`` when a server drain ended the stream).
 - ``status``: ``overruns``, ``lost_samples``, ``dropped_windows``,
   ``input_overflows`` and an ``info`` object (device, provider, sample rate).
 - ``summary``: ``duration_s``, ``windows``, ``scored_windows``,
@@ -18,8 +19,11 @@ Adapters may add ``stream`` identifiers (``stream_id``, ``callSid``, ``track``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+
+from spoofwatch.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,17 @@ class SummaryEvent(Event):
     speech_windows: int
     alerts: int
     dropped_windows: int
+
+
+def event_json(event: dict[str, Any]) -> str:
+    """The one place events become JSON text (sinks, WebSocket replies, CLI).
+
+    ``NaN`` and ``Inf`` are not JSON: rather than write a line no parser
+    accepts, this raises :class:`ModelError` naming the event.
+    """
+    try:
+        return json.dumps(event, allow_nan=False)
+    except ValueError as exc:
+        raise ModelError(
+            f"refusing to serialise a {event.get('type', '?')!r} event with a non-finite number: {exc}"
+        ) from None

@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from spoofwatch.audio import StreamResampler
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.audio import StreamResampler, sample_problem
+from spoofwatch.errors import AudioError
 
 from .events import Event
 from .runner import InlineRunner
@@ -39,15 +43,22 @@ def run_monitor(
             if chunk.size == 0:
                 stop.wait(POLL_S)
                 continue
-            events = runner.feed(resampler(chunk))
+            events = runner.feed(resampler(checked(chunk)))
             if runner.engine.duration_s >= next_status_s:
                 events.append(capture_status(source, runner))
                 next_status_s += status_every_s
             on_events(events)
     finally:
         source.stop()
-    events = runner.feed(resampler(source.ring.read(), last=True))
+    events = runner.feed(resampler(checked(source.ring.read()), last=True))
     return [*events, *runner.close(), capture_status(source, runner)]
+
+
+def checked(chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The input rule every source applies (:func:`~spoofwatch.audio.sample_problem`)."""
+    if (problem := sample_problem(chunk)) is not None:
+        raise AudioError(f"microphone: {problem}")
+    return chunk
 
 
 def capture_status(source: MicrophoneSource, runner: InlineRunner) -> Event:

@@ -93,9 +93,9 @@ class AlertPolicy:
         self.smoothed = None
         return events
 
-    def finish(self, t: float) -> list[Event]:
+    def finish(self, t: float, reason: str = "end_of_stream") -> list[Event]:
         """End of stream: close an open alert."""
-        return [self._end(t, "end_of_stream")] if self.active else []
+        return [self._end(t, reason)] if self.active else []
 
     def _end(self, t: float, reason: str) -> AlertEnd:
         self.active = False

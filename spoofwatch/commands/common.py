@@ -39,3 +39,11 @@ def add_model_args(
 def print_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def print_event(obj: dict[str, Any]) -> None:
+    """An event or result as one JSON line; NaN or Inf raise instead of printing invalid JSON."""
+    from spoofwatch.stream.events import event_json
+
+    sys.stdout.write(event_json(obj) + "\n")
+    sys.stdout.flush()

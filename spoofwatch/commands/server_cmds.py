@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, print_json
+from spoofwatch.errors import InputError
+
+from .common import add_model_args, print_event
 
 
 def register(sub: Any) -> None:
     from spoofwatch.stream.server.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
+    from spoofwatch.stream.sinks import SINK_QUEUE_EVENTS
 
     d = ServerConfig()
     serve = sub.add_parser(
@@ -33,6 +36,19 @@ def register(sub: Any) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     serve.add_argument("--max-stream-duration-s", type=float, default=d.max_stream_duration_s)
+    serve.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=d.shutdown_grace_s,
+        help="on SIGTERM/SIGINT, seconds to let streams flush before cutting them",
+    )
+    serve.add_argument(
+        "--sink-queue-events",
+        type=int,
+        default=SINK_QUEUE_EVENTS,
+        help="events each of --jsonl/--stdout/--webhook may hold while its consumer is slow; "
+        "beyond that they are dropped and counted",
+    )
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser("send", help="stream a file to a spoofwatch server and print its events")
@@ -62,10 +78,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,
+        shutdown_grace_s=args.shutdown_grace_s,
     )
     config.validate()  # before loading the model: a refused config fails fast
     detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    sinks = ServerSinks(args.jsonl, args.stdout, args.webhook)
+    if args.sink_queue_events < 1:
+        raise InputError(f"--sink-queue-events: expected >= 1, got {args.sink_queue_events}")
+    sinks = ServerSinks(args.jsonl, args.stdout, args.webhook, args.sink_queue_events)
     ctx = ServerContext(
         config,
         BatchScorer(detector.scorer, config.max_batch_windows),
@@ -74,10 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sinks,
     )
     sys.stderr.write(
-        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio ({detector.scorer.device}); Ctrl-C stops\n"
+        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio ({detector.scorer.device}); Ctrl-C or SIGTERM drains and stops\n"
     )
     try:
-        anyio.run(WebSocketServer(ctx).run)
+        anyio.run(WebSocketServer(ctx, handle_signals=True).run)
     finally:
         sinks.close()
     return 0
@@ -91,7 +110,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     audio = read_audio(args.file)
     result = anyio.run(
-        lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json)
+        lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_event)
     )
     if result.close_code != 1000:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")

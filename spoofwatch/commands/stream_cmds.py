@@ -11,7 +11,7 @@ from typing import Any
 
 from spoofwatch.stream.events import Event
 
-from .common import add_model_args, print_json
+from .common import add_model_args, print_event
 
 
 def register(sub: Any) -> None:
@@ -56,7 +56,7 @@ def _emit(events: list[Event], as_json: bool) -> None:
     for event in events:
         data = event.to_json()
         if as_json:
-            print_json(data)
+            print_event(data)
         else:
             sys.stdout.write(format_event(data) + "\n")
 

@@ -5,14 +5,18 @@ naming what was expected; no other connection notices. Close codes:
 1000 done, 1001 idle timeout, 1002 protocol order, 1003 unsupported format,
 1007 bad payload, 1008 duration limit, 1009 message too big, 1011 server
 error, 1013 too many streams. Bad or missing tokens get HTTP 401 before the
-WebSocket upgrade.
+WebSocket upgrade (and a log line naming the peer, never the token).
+SIGTERM/SIGINT (``handle_signals``) drain: no new connections, every stream
+flushed and closed with 1001 "server shutting down" (see ``drain``).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import signal
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -23,7 +27,8 @@ from websockets.http11 import Request, Response
 
 from spoofwatch.errors import ProtocolError
 
-from .context import ServerConfig, ServerContext
+from .context import TRY_AGAIN_LATER, ServerConfig, ServerContext
+from .drain import GOING_AWAY, SHUTDOWN_REASON, DrainingConnection
 from .native import handle_native
 from .twilio import handle_twilio
 
@@ -31,7 +36,8 @@ log = logging.getLogger(__name__)
 ROUTES = {"/": handle_native, "/twilio": handle_twilio}
 IDLE_TIMEOUT = 1001
 SERVER_ERROR = 1011
-TRY_AGAIN_LATER = 1013
+#: The stop message of each route, which a drain feeds to its handler.
+STOP_MESSAGES = {"/": '{"type": "stop"}', "/twilio": '{"event": "stop"}'}
 
 
 def _token_from(request: Request) -> str | None:
@@ -50,8 +56,11 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 
 class WebSocketServer:
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, handle_signals: bool = False) -> None:
         self.ctx = ctx
+        self.handle_signals = handle_signals
+        #: Set (by a signal or a caller) to drain and stop the server.
+        self.stop_requested = anyio.Event()
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -63,6 +72,9 @@ class WebSocketServer:
         if expected:
             given = _token_from(request)
             if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+                log.warning(
+                    "refused %s from %s: %s token", path, _peer(connection), "no" if given is None else "wrong"
+                )
                 return connection.respond(
                     HTTPStatus.UNAUTHORIZED,
                     "missing or wrong token: send 'Authorization: Bearer T' or ?token=T\n",
@@ -71,7 +83,8 @@ class WebSocketServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        handler = ROUTES[urlsplit(ws.request.path).path]
+        path = urlsplit(ws.request.path).path
+        handler = ROUTES[path]
         if self.ctx.active_streams >= self.ctx.config.max_streams:
             await self._close(
                 ws, TRY_AGAIN_LATER, f"server at capacity ({self.ctx.config.max_streams} streams)"
@@ -79,7 +92,7 @@ class WebSocketServer:
             return
         self.ctx.active_streams += 1
         try:
-            await handler(ws, self.ctx)
+            await handler(DrainingConnection(ws, self.ctx.drain, STOP_MESSAGES[path]), self.ctx)
         except Exception as raised:
             await self._fail(ws, _first_leaf(raised))
         finally:
@@ -91,12 +104,17 @@ class WebSocketServer:
         elif isinstance(exc, TimeoutError):
             await self._close(ws, IDLE_TIMEOUT, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
-            log.info("client went away")
+            if exc.sent is not None and "keepalive" in exc.sent.reason:
+                log.info("dropped %s: no pong within %g s (keepalive ping timeout)", _peer(ws), self.ctx.config.ping_timeout_s)
+            else:
+                log.info("client went away")
         else:
             log.error("stream handler failed", exc_info=exc)
             await self._close(ws, SERVER_ERROR, "internal error")
 
     async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
+        if self.ctx.drain.started:
+            code, reason = GOING_AWAY, SHUTDOWN_REASON
         log.info("closing stream with %d: %s", code, reason)
         # A close reason must fit in a control frame (123 bytes).
         await ws.close(code, reason.encode()[:123].decode(errors="ignore"))
@@ -118,10 +136,47 @@ class WebSocketServer:
                 config.host,
                 config.port,
                 max_size=config.max_message_bytes,
+                max_queue=config.max_queue_messages,
+                write_limit=config.write_limit_bytes,
                 process_request=self._check_request,
-                ping_interval=20,
+                ping_interval=config.ping_interval_s,
+                ping_timeout=config.ping_timeout_s,
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
+                if self.handle_signals:
+                    tg.start_soon(self._watch_signals)
                 task_status.started(port)
-                await anyio.sleep_forever()
+                await self.stop_requested.wait()
+                await self._drain(server)
+            self.ctx.batcher.close()  # serve() ends once the queue is empty
+
+    # ---- SIGTERM / SIGINT drain (reliability) ---------------------------------
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self.stop_requested.set()
+                return
+
+    async def _drain(self, server: Any) -> None:
+        """Stop accepting, end every stream as if it sent stop, wait (bounded)."""
+        server.close(close_connections=False)
+        log.info("draining %d stream(s)", self.ctx.active_streams)
+        self.ctx.drain.begin()
+        with anyio.move_on_after(self.ctx.config.shutdown_grace_s) as scope:
+            await server.wait_closed()
+        if scope.cancelled_caught:
+            stuck = list(server.connections)
+            log.warning("%d stream(s) still open after %g s: cutting them", len(stuck), self.ctx.config.shutdown_grace_s)
+            for conn in stuck:
+                conn.transport.abort()
+
+
+def _peer(connection: ServerConnection) -> str:
+    try:
+        host, port = connection.remote_address[:2]
+    except (TypeError, ValueError):
+        return "unknown peer"
+    return f"{host}:{port}"

@@ -15,6 +15,7 @@ import anyio
 
 from spoofwatch.errors import ProtocolError
 
+from ..events import event_json
 from .codecs import ENCODINGS, INVALID_PAYLOAD, decode
 from .context import ServerContext
 from .session import StreamSession
@@ -58,7 +59,7 @@ def parse_start(message: str | bytes) -> tuple[int, str, int]:
         raise ProtocolError(
             f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", UNSUPPORTED
         )
-    if channels not in (1, 2):
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels not in (1, 2):
         raise ProtocolError(f"expected channels 1 or 2, got {channels!r}", UNSUPPORTED)
     return rate, str(encoding), int(channels)
 
@@ -71,7 +72,7 @@ async def handle_native(ws: Any, ctx: ServerContext) -> None:
 
     async def emit(event: dict[str, Any]) -> None:
         await ctx.sinks.emit(event)
-        await ws.send(json.dumps(event))
+        await ws.send(event_json(event))
 
     session = StreamSession(
         ctx.new_engine(), ctx.batcher, emit, rate, ctx.config.max_stream_duration_s, {"stream_id": stream_id}

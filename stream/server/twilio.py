@@ -52,6 +52,16 @@ def _payload(media: dict[str, Any]) -> bytes:
 
 
 async def handle_twilio(ws: Any, ctx: ServerContext) -> None:
+    # Each track is a stream against --max-streams: the app counted one, the
+    # call claims the others at ``start`` and they are released here.
+    extra_tracks = [0]
+    try:
+        await _handle_call(ws, ctx, extra_tracks)
+    finally:
+        ctx.release_streams(extra_tracks[0])
+
+
+async def _handle_call(ws: Any, ctx: ServerContext, extra_tracks: list[int]) -> None:
     idle = ctx.config.idle_timeout_s
     sessions: dict[str, StreamSession] = {}
     async with anyio.create_task_group() as tg:
@@ -63,10 +73,12 @@ async def handle_twilio(ws: Any, ctx: ServerContext) -> None:
                 start = message.get("start") or {}
                 _media_format(start)
                 tracks = [t for t in (start.get("tracks") or ["inbound"]) if t in TRACKS] or ["inbound"]
-                tags = {
-                    "callSid": start.get("callSid"),
-                    "streamSid": message.get("streamSid") or start.get("streamSid"),
-                }
+                stream_sid = message.get("streamSid") or start.get("streamSid")
+                if not isinstance(stream_sid, str) or not stream_sid:
+                    raise ProtocolError("expected a string streamSid in the start message", PROTOCOL_ERROR)
+                ctx.claim_streams(len(tracks) - 1)
+                extra_tracks[0] = len(tracks) - 1
+                tags = {"callSid": start.get("callSid"), "streamSid": stream_sid}
                 for track in tracks:
                     engine = ctx.new_engine()
                     sessions[track] = StreamSession(
