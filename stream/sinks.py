@@ -132,13 +132,15 @@ class QueuedSink:
             return
         self._closed = True
         deadline = time.monotonic() + timeout_s
+        stop_queued = False
         try:
             self._queue.put(_STOP, timeout=timeout_s)
+            stop_queued = True
             self._thread.join(max(0.0, deadline - time.monotonic()))
         except queue.Full:
             pass
         if self._thread.is_alive():
-            left = self._queue.qsize()
+            left = self._queue.qsize() - stop_queued
             self.counters.dropped += left
             log.warning("%s sink stalled: gave up on %d queued events at shutdown", self.name, left)
         if self._close is not None and not self._thread.is_alive():

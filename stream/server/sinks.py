@@ -46,6 +46,7 @@ class ServerSinks:
         webhook: str | None = None,
         max_queue_events: int = SINK_QUEUE_EVENTS,
         webhook_timeout_s: float = WEBHOOK_TIMEOUT_S,
+        webhook_queue_events: int | None = None,
     ) -> None:
         self.webhook = webhook
         self._all: list[QueuedSink] = []
@@ -54,7 +55,12 @@ class ServerSinks:
         if stdout:
             self._all.append(JsonlSink(sys.stdout, max_queue_events))
         self._webhook = (
-            QueuedSink(f"webhook {webhook}", webhook_poster(webhook, webhook_timeout_s), None, max_queue_events)
+            QueuedSink(
+                f"webhook {webhook}",
+                webhook_poster(webhook, webhook_timeout_s),
+                None,
+                webhook_queue_events or max_queue_events,
+            )
             if webhook
             else None
         )
