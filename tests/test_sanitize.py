@@ -97,7 +97,9 @@ def _wav_header(rate_hz: int, data_bytes: int) -> bytes:
     )
 
 
-def test_tiny_wav_declaring_1_hz_is_refused(sw_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_wav_declaring_1_hz_is_refused(
+    sw_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "one_hz.wav"
     path.write_bytes(_wav_header(1, 200) + bytes(200))
     assert path.stat().st_size == 244
@@ -149,7 +151,7 @@ def test_decode_error_mid_file_names_the_file(tmp_path: Path) -> None:
     audio[45_000] = np.inf
     soundfile.write(path, audio, 16000, subtype="FLOAT")
     reader = AudioFile(path)  # the header is fine
-    with pytest.raises(AudioError, match="late_bad.wav: expected finite"):
+    with pytest.raises(AudioError, match=r"late_bad\.wav: expected finite"):
         list(reader.chunks(block_frames=8192))
 
 
@@ -182,7 +184,9 @@ def test_score_file_streams_and_equals_score_audio(sw_home: Path, la_dir: Path, 
     streamed = detector.score_file(path, hop_s=2.0)
     whole = detector.score_audio(long, hop_s=2.0, name=str(path))
     assert [(w.start_s, w.end_s) for w in streamed.windows] == [(w.start_s, w.end_s) for w in whole.windows]
-    np.testing.assert_allclose([w.score for w in streamed.windows], [w.score for w in whole.windows], atol=1e-4)
+    np.testing.assert_allclose(
+        [w.score for w in streamed.windows], [w.score for w in whole.windows], atol=1e-4
+    )
 
 
 class _NanScorer:

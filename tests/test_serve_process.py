@@ -54,7 +54,19 @@ class ServerProcess:
     def __init__(self, args: list[str], stdout: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spoofwatch", "serve", "--port", "0", "--device", "cpu", "--threads", "1", *args],
+            [
+                sys.executable,
+                "-m",
+                "spoofwatch",
+                "serve",
+                "--port",
+                "0",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                *args,
+            ],
             stdout=stdout,
             stderr=subprocess.PIPE,
             env=env,

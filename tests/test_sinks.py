@@ -98,9 +98,13 @@ def test_webhook_that_never_answers_costs_only_its_own_events(tmp_path: Path) ->
     hook.listen(64)  # the kernel accepts connections; nobody ever reads or answers
     url = f"http://127.0.0.1:{hook.getsockname()[1]}/alerts"
     conn: socket.socket | None = None
-    sinks = ServerSinks(jsonl=tmp_path / "e.jsonl", webhook=url, webhook_timeout_s=3600, webhook_queue_events=2)
+    sinks = ServerSinks(
+        jsonl=tmp_path / "e.jsonl", webhook=url, webhook_timeout_s=3600, webhook_queue_events=2
+    )
     try:
-        events = [{"type": "alert_start", "t": float(i), "smoothed": -3.0, "threshold": -1.0} for i in range(6)]
+        events = [
+            {"type": "alert_start", "t": float(i), "smoothed": -3.0, "threshold": -1.0} for i in range(6)
+        ]
         sinks.submit(events[0])
         hook.settimeout(60)
         conn, _ = hook.accept()  # the first POST is now in flight, and never answered

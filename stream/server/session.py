@@ -42,6 +42,10 @@ class StreamSession:
       instead: ``push`` waits for room, and TCP pushes back on the client.
     """
 
+    #: Wall clock (monotonic seconds) that tells a live stream from an upload;
+    #: tests replace it to make that decision deterministic.
+    clock = staticmethod(time.monotonic)
+
     def __init__(
         self,
         engine: Engine,
@@ -73,7 +77,7 @@ class StreamSession:
 
     async def push(self, audio: npt.NDArray[np.float32]) -> None:
         if self._t0 is None:
-            self._t0 = time.monotonic()
+            self._t0 = self.clock()
         self._inbox.append(audio)
         self._inbox_samples += audio.shape[0]
         self._received_samples += audio.shape[0]
@@ -101,7 +105,7 @@ class StreamSession:
         if self._t0 is None:
             return False
         received_s = self._received_samples / self.rate_hz
-        return received_s > time.monotonic() - self._t0 + REALTIME_SLACK_S
+        return received_s > self.clock() - self._t0 + REALTIME_SLACK_S
 
     # ---- worker side -------------------------------------------------------
 
