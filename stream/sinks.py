@@ -118,7 +118,9 @@ class QueuedSink:
                 self.counters.failed += 1
                 if isinstance(exc, BrokenPipeError):
                     self._dead = True
-                    log.warning("%s sink: reader went away (%s); its events are dropped from now on", self.name, exc)
+                    log.warning(
+                        "%s sink: reader went away (%s); its events are dropped from now on", self.name, exc
+                    )
                 elif self.counters.failed == 1:
                     log.warning(
                         "%s sink failed: %s; further failures are counted, not logged", self.name, exc

@@ -73,7 +73,10 @@ class WebSocketServer:
             given = _token_from(request)
             if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
                 log.warning(
-                    "refused %s from %s: %s token", path, _peer(connection), "no" if given is None else "wrong"
+                    "refused %s from %s: %s token",
+                    path,
+                    _peer(connection),
+                    "no" if given is None else "wrong",
                 )
                 return connection.respond(
                     HTTPStatus.UNAUTHORIZED,
@@ -105,7 +108,11 @@ class WebSocketServer:
             await self._close(ws, IDLE_TIMEOUT, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
             if exc.sent is not None and "keepalive" in exc.sent.reason:
-                log.info("dropped %s: no pong within %g s (keepalive ping timeout)", _peer(ws), self.ctx.config.ping_timeout_s)
+                log.info(
+                    "dropped %s: no pong within %g s (keepalive ping timeout)",
+                    _peer(ws),
+                    self.ctx.config.ping_timeout_s,
+                )
             else:
                 log.info("client went away")
         else:
@@ -169,7 +176,11 @@ class WebSocketServer:
             await server.wait_closed()
         if scope.cancelled_caught:
             stuck = list(server.connections)
-            log.warning("%d stream(s) still open after %g s: cutting them", len(stuck), self.ctx.config.shutdown_grace_s)
+            log.warning(
+                "%d stream(s) still open after %g s: cutting them",
+                len(stuck),
+                self.ctx.config.shutdown_grace_s,
+            )
             for conn in stuck:
                 conn.transport.abort()
 
