@@ -38,15 +38,23 @@ def write_long(path: Path, seconds: float, rate: int) -> None:
             out.write(clip[: min(clip.size, n - pos)])
 
 
-def peak_rss_mb(args: list[str]) -> tuple[float, float, int]:
-    """(peak RSS in MiB, wall seconds, exit code) of ``spoofwatch ARGS`` in a child."""
+#: The decode and windowing alone (no model): every window of the file is cut.
+DECODE_ONLY = """
+import sys
+from spoofwatch.audio import AudioFile
+from spoofwatch.model.detector import stream_windows
+n = sum(1 for _ in stream_windows(AudioFile(sys.argv[1]).chunks(), int(sys.argv[2])))
+"""
+
+
+def peak_rss_mb(args: list[str], decode_only: bool = False) -> tuple[float, float, int]:
+    """(peak RSS in MiB, wall seconds, exit code) of ``spoofwatch ARGS`` (or the
+    decode-only snippet) in a child process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = ["-c", DECODE_ONLY] if decode_only else ["-m", "spoofwatch"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spoofwatch", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        [sys.executable, *command, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -63,20 +71,29 @@ def main() -> None:
     parser.add_argument("--hop-s", type=float, default=1.0)
     args = parser.parse_args()
     score = ["score", "--device", "cpu", "--threads", "2", "--hop-s", str(args.hop_s)]
+    hop = str(round(args.hop_s * 16000))
     with tempfile.TemporaryDirectory() as tmp:
         base_path = Path(tmp) / "base.wav"
         write_long(base_path, 5.0, args.rate)
+        dbase, _, code = peak_rss_mb([str(base_path), hop], decode_only=True)
+        assert code == 0, code
         base, base_wall, code = peak_rss_mb([*score, str(base_path)])
         assert code == 0, code
-        print(f"{'5 s (baseline)':>16s}: peak RSS {base:7.1f} MiB  wall {base_wall:6.1f} s")
+        print(
+            f"{'5 s (baseline)':>14s}: decode+windows peak RSS {dbase:6.1f} MiB; "
+            f"score peak RSS {base:7.1f} MiB (wall {base_wall:5.1f} s)"
+        )
         for minutes in args.minutes:
             path = Path(tmp) / f"{minutes:g}min.wav"
             write_long(path, minutes * 60, args.rate)
+            drss, _, code = peak_rss_mb([str(path), hop], decode_only=True)
+            assert code == 0, code
             rss, wall, code = peak_rss_mb([*score, str(path)])
             assert code == 0, code
             print(
-                f"{f'{minutes:g} min':>16s}: peak RSS {rss:7.1f} MiB  wall {wall:6.1f} s  "
-                f"RSS / baseline {rss / base:.2f}  file {path.stat().st_size / 2**20:.0f} MiB"
+                f"{f'{minutes:g} min':>14s}: decode+windows peak RSS {drss:6.1f} MiB (x{drss / dbase:.2f}); "
+                f"score peak RSS {rss:7.1f} MiB (x{rss / base:.2f}, wall {wall:5.1f} s); "
+                f"file {path.stat().st_size / 2**20:.0f} MiB"
             )
             path.unlink()
         one_hz = Path(tmp) / "one_hz.wav"
@@ -92,7 +109,9 @@ def main() -> None:
             + bytes(200)
         )
         rss, wall, code = peak_rss_mb([*score, str(one_hz)])
-        print(f"{'244 B at 1 Hz':>16s}: peak RSS {rss:7.1f} MiB  wall {wall:6.1f} s  exit {code} (refused)")
+        print(
+            f"{'244 B at 1 Hz':>14s}: score peak RSS {rss:7.1f} MiB, wall {wall:5.1f} s, exit {code} (refused)"
+        )
 
 
 if __name__ == "__main__":
