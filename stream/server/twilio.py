@@ -72,7 +72,7 @@ async def _handle_call(ws: Any, ctx: ServerContext, extra_tracks: list[int]) -> 
             if kind == "start" and not sessions:
                 start = message.get("start") or {}
                 _media_format(start)
-                tracks = [t for t in (start.get("tracks") or ["inbound"]) if t in TRACKS] or ["inbound"]
+                tracks = [t for t in TRACKS if t in (start.get("tracks") or ["inbound"])] or ["inbound"]
                 stream_sid = message.get("streamSid") or start.get("streamSid")
                 if not isinstance(stream_sid, str) or not stream_sid:
                     raise ProtocolError("expected a string streamSid in the start message", PROTOCOL_ERROR)
