@@ -188,8 +188,10 @@ async def test_signal_drains_streams_with_alert_end_and_summary(
     spoof = np.tile(read_audio(la_clip(la_dir, "LA_T_1000137")), 10)[: 24 * 16000].astype(np.float32)
     n_windows = (spoof.size - 64_600) // 8_000 + 1
     events_file = tmp_path / "events.jsonl"
-    # No idle timeout while the client waits for the alert on a slow machine.
-    with server_process(["--jsonl", str(events_file), "--idle-timeout-s", "3600"]) as server:
+    # Neither the idle timeout (the client waits for the alert) nor the drain's
+    # grace period (scoring what is queued) may race a slow machine here.
+    args = ["--jsonl", str(events_file), "--idle-timeout-s", "3600", "--shutdown-grace-s", "600"]
+    with server_process(args) as server:
         url = f"ws://127.0.0.1:{server.port()}/"
         events: list[dict[str, Any]] = []
         async with connect(url) as ws:
