@@ -211,9 +211,11 @@ async def test_signal_drains_streams_with_alert_end_and_summary(
     assert code == 0
     alert_end, summary = events[-2:]
     assert alert_end["type"] == "alert_end" and alert_end["reason"] == "shutdown"
-    # Flushed: every window of the audio sent was resolved before the close
-    # (scored, or dropped as stale if this machine could not keep up live).
-    assert summary["type"] == "summary" and summary["windows"] == n_windows
+    # Flushed: every window was resolved before the close (scored, or dropped
+    # as stale if this machine could not keep up live).
+    # The drain stops reading: audio still in the socket is not part of the
+    # stream, everything received is (its windows are all resolved).
+    assert summary["type"] == "summary" and 0 < summary["windows"] <= n_windows
     scores = [e for e in events if e["type"] == "score"]
-    assert len(scores) + summary["dropped_windows"] == n_windows
+    assert len(scores) + summary["dropped_windows"] == summary["windows"]
     assert jsonl(events_file) == events  # every sink got the same, including alert_end and summary
