@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:
-#   make run    live detection on the default microphone
+#   make run    live detection on the default microphone; without one, the
+#               server and its browser page on loopback (it prints the URL)
 #   make test   lint, type-check and the full test suite
 # Both create .venv on first use and install everything into it.
 
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 export SPOOFWATCH_SHARED ?= $(SHARED)
 
-.PHONY: install run test lint
+.PHONY: install run test lint docs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,14 +19,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	# Editable: the checkout is the package (spoofwatch/{model,stream,...} link
 	# to the top-level folders), so tools and the interpreter see one tree.
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,corpus]"
+	$(PY) -m pip install -q --no-deps piper-tts==1.8.0
 	touch $@
 
 install: $(VENV)/.installed
 
+# The official weights ship in the package: no download, works offline.
 run: install
-	$(BIN)/spoofwatch weights list | grep -q '^aasist-l  ok' || $(BIN)/spoofwatch weights fetch --model aasist-l
-	$(BIN)/spoofwatch monitor
+	$(BIN)/spoofwatch run
 
 lint: install
 	$(BIN)/ruff check spoofwatch model stream calibration configs tests benchmarks
@@ -33,3 +35,8 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# The README's pictures, built from ../shared (docs/img/ is not committed):
+# stream/score plots, the calibration report and the browser page's screenshot.
+docs: install
+	$(PY) docs/make_images.py --out docs/img

@@ -23,8 +23,9 @@ from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.model.export import ensure_onnx
 from spoofwatch.model.runtime import OnnxScorer
+from spoofwatch.stream.driver import StreamDriver
+from spoofwatch.stream.engine import build_engine
 from spoofwatch.stream.gate import SileroVad
-from spoofwatch.stream.runner import InlineRunner, build_engine
 
 SHARED = Path(os.environ.get("SPOOFWATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 LA = SHARED / "data" / "asvspoof2019_la" / "flac"
@@ -48,14 +49,14 @@ def main() -> None:
 
     # 1. capacity: process 30 s of speech in 20 ms chunks, measure CPU time per hop.
     audio = repeat_to(bona, 30 * 16000)
-    runner = InlineRunner(build_engine(cal, vad, args.hop_s), scorer)
+    driver = StreamDriver(build_engine(cal.live, vad, args.hop_s))
     t0 = time.process_time()
     w0 = time.perf_counter()
     for pos in range(0, audio.size, 320):
-        runner.feed(audio[pos : pos + 320])
+        driver.feed(audio[pos : pos + 320], scorer)
     cpu = time.process_time() - t0
     wall = time.perf_counter() - w0
-    hops = runner.engine.windows
+    hops = driver.engine.windows
     per_hop_cpu = cpu / hops
     per_hop_wall = wall / hops
     print(
@@ -75,9 +76,11 @@ def main() -> None:
         for bona_s in (6.0, 7.3, 8.0, 9.1, 10.6):
             onset = int(bona_s * 16000)
             stream = np.concatenate([repeat_to(bona, onset), repeat_to(spoof, 10 * 16000)])
-            runner = InlineRunner(build_engine(cal, vad, args.hop_s), scorer)
-            events = [e for pos in range(0, stream.size, 320) for e in runner.feed(stream[pos : pos + 320])]
-            events += runner.close()
+            driver = StreamDriver(build_engine(cal.live, vad, args.hop_s))
+            events = [
+                e for pos in range(0, stream.size, 320) for e in driver.feed(stream[pos : pos + 320], scorer)
+            ]
+            events += driver.close(scorer)
             starts = [e.t for e in events if e.type == "alert_start"]  # type: ignore[attr-defined]
             early = [t for t in starts if t <= bona_s]
             late = [t for t in starts if t > bona_s]

@@ -1,19 +1,31 @@
 """The calibration file: thresholds, smoothing, hop and gate settings, provenance.
 
-Versioned TOML (``schema_version = 1``)::
+Versioned TOML (``schema_version = 2``)::
 
-    schema_version = 1
+    schema_version = 2
     model = "aasist-l"
     weights_sha256 = "..."
-    threshold = 1.764          # bona fide logit; a file/window below it is "spoof"
-    [stream]  hop_s
+    precision = "fp32"         # optional (default fp32): the precision the scores were made at
+    verdict_threshold = 1.764  # bona fide logit; a file (``score``) below it is "spoof"
+    [stream]  hop_s, max_pending_windows
     [policy]  enter_threshold, exit_threshold, smoothing_windows,
               min_alert_windows, cooldown_s, silence_reset_s
     [gate]    vad_threshold, min_speech_fraction, energy_floor_dbfs
     [provenance]  source, dataset, protocol, created, note, [provenance.metrics]
 
-Unknown keys, wrong types and a model or weights hash other than the one in
-use are rejected with a message naming the field.
+Two thresholds, two meanings, each defined here and nowhere else (the code
+has no numeric default for either): ``verdict_threshold`` decides a file's
+verdict in ``score``; ``[policy] enter_threshold``/``exit_threshold`` are the
+live alert band on the smoothed score. Schema 1 files (whose verdict
+threshold was called ``threshold``) still load; files are written as schema 2.
+
+Unknown keys, wrong types, values out of range (``precision`` included) and
+a model, weights hash or precision other than the one in use are rejected
+at load, with a message naming the field, so every command refuses a bad
+file before it starts. For a model card (``spoofwatch.model.card``)
+``model`` is the card's name and ``weights_sha256`` the SHA-256 of its ONNX
+file; a card without a calibration file of its own starts from the shipped
+``configs/calibration/model-card.toml``.
 """
 
 from __future__ import annotations
@@ -27,27 +39,42 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spoofwatch.constants import DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
 from spoofwatch.errors import CalibrationError, ConfigError, InputError
-from spoofwatch.model.config import load_model_config
-from spoofwatch.stream.engine import EngineConfig
+from spoofwatch.stream.engine import EngineConfig, LiveConfig
 from spoofwatch.stream.gate import GateConfig
 from spoofwatch.stream.policy import PolicyConfig
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this code reads; version 1 named the verdict threshold ``threshold``.
+READABLE_VERSIONS = (1, 2)
 DEFAULT_CALIBRATION = "{model}.toml"  # one shipped default per model
+#: The shipped starting point of a model card that names no calibration file:
+#: its thresholds sit at the natural zero of a score whose sign means
+#: genuine/spoof. Calibrate before trusting it.
+CARD_CALIBRATION = "model-card.toml"
 
 
 @dataclass(frozen=True)
 class Calibration:
     model: str
     weights_sha256: str
-    threshold: float
+    #: Bona fide logit below which a file or window is called spoof (``score``).
+    verdict_threshold: float
+    #: Live alert band and smoothing; its thresholds are required in the file.
+    policy: PolicyConfig
     stream: EngineConfig = field(default_factory=EngineConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: Precision the scores behind this file were computed at (one of ``PRECISIONS``).
+    precision: str = DEFAULT_PRECISION
+
+    @property
+    def live(self) -> LiveConfig:
+        """The engine's settings, as the plain config objects the stream layer takes."""
+        return LiveConfig(self.stream, self.gate, self.policy)
 
 
 def _section(cls: type[Any], data: Any, name: str) -> Any:
@@ -59,6 +86,9 @@ def _section(cls: type[Any], data: Any, name: str) -> Any:
         raise ConfigError(
             f"calibration [{name}]: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(fields)}"
         )
+    missing = [k for k, f in fields.items() if f.default is dataclasses.MISSING and k not in data]
+    if missing:
+        raise ConfigError(f"calibration [{name}]: missing required field(s) {', '.join(missing)}")
     values: dict[str, Any] = {}
     for key, value in data.items():
         want = fields[key].type
@@ -74,94 +104,136 @@ def _section(cls: type[Any], data: Any, name: str) -> Any:
         raise ConfigError(f"calibration [{name}]: {exc}") from None
 
 
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{what}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def calibration_from_dict(data: dict[str, Any], origin: str = "<calibration>") -> Calibration:
+    version = data.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise ConfigError(
+            f"{origin}: expected schema_version {' or '.join(map(str, READABLE_VERSIONS))}, got {version!r}"
+            + (
+                " (written by a newer spoofwatch?)"
+                if isinstance(version, int) and version > SCHEMA_VERSION
+                else ""
+            )
+        )
+    verdict_key = "threshold" if version == 1 else "verdict_threshold"
     known = {
         "schema_version",
         "model",
         "weights_sha256",
-        "threshold",
+        verdict_key,
         "stream",
         "policy",
         "gate",
         "provenance",
+        "precision",
     }
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{origin}: unknown top-level field(s) {', '.join(unknown)}")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ConfigError(f"{origin}: expected schema_version = {SCHEMA_VERSION}, got {version!r}")
-    for key in ("model", "weights_sha256", "threshold"):
+        raise ConfigError(
+            f"{origin}: unknown top-level field(s) {', '.join(unknown)} for schema_version {version}"
+        )
+    for key in ("model", "weights_sha256", verdict_key, "policy"):
         if key not in data:
             raise ConfigError(f"{origin}: missing required field {key!r}")
-    threshold = data["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
-        raise ConfigError(f"{origin}: threshold: expected a finite number, got {threshold!r}")
+    threshold = _finite(data[verdict_key], f"{origin}: {verdict_key}")
     provenance = data.get("provenance", {})
     if not isinstance(provenance, dict):
         raise ConfigError(f"{origin}: [provenance] must be a table")
+    precision = data.get("precision", DEFAULT_PRECISION)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{origin}: precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     try:
         return Calibration(
             model=str(data["model"]),
             weights_sha256=str(data["weights_sha256"]).lower(),
-            threshold=float(threshold),
+            verdict_threshold=threshold,
+            policy=_section(PolicyConfig, data["policy"], "policy"),
             stream=_section(EngineConfig, data.get("stream", {}), "stream"),
-            policy=_section(PolicyConfig, data.get("policy", {}), "policy"),
             gate=_section(GateConfig, data.get("gate", {}), "gate"),
             provenance=provenance,
+            precision=str(precision),
         )
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
 
 
+def _model_key(model: str) -> str:
+    key = model.lower()
+    if key not in MODEL_NAMES:
+        raise InputError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return key
+
+
+def _parse_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+
+
+def _shipped(name: str) -> tuple[dict[str, Any], str]:
+    """A calibration file shipped in ``configs/calibration``, parsed, and its origin."""
+    text = resources.files("spoofwatch.configs").joinpath("calibration", name).read_text("utf-8")
+    origin = f"configs/calibration/{name}"
+    return _parse_toml(text, origin), origin
+
+
 def load_calibration(
-    path: Path | None = None, model: str | None = None, weights_sha256: str | None = None
+    path: Path | None = None,
+    model: str | None = None,
+    weights_sha256: str | None = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> Calibration:
-    """Load ``path`` (default: the shipped default of ``model``) and check it fits ``model``."""
+    """Load ``path`` (default: the shipped default of ``model``) and check it fits
+    ``model`` at ``precision`` and, when given, the ``weights_sha256`` in use."""
     if path is None:
-        name = DEFAULT_CALIBRATION.format(model=load_model_config(model or "aasist-l").name)
-        text = resources.files("spoofwatch.configs").joinpath("calibration", name).read_text("utf-8")
-        origin = f"configs/calibration/{name}"
+        data, origin = _shipped(DEFAULT_CALIBRATION.format(model=_model_key(model or "aasist-l")))
     else:
         try:
             text = Path(path).read_text("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read calibration file: {exc}") from None
         origin = str(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+        data = _parse_toml(text, origin)
     cal = calibration_from_dict(data, origin)
     if model is not None:
-        check_fits(cal, model, weights_sha256, origin)
+        check_fits(cal, model, weights_sha256, origin, precision)
     return cal
 
 
-def calibration_for(model: str, path: Path | None, weights: Path | None) -> Calibration:
-    """The calibration to use with ``model`` and (optionally custom) ``weights``.
-
-    An explicit file must match the weights in use. With custom weights and no
-    file, the shipped default is used with a warning, re-stamped with the
-    custom weights' hash, so files written from it (``calibrate fit``) fit them.
-    """
-    from spoofwatch.model.weights import sha256_file
-
-    digest = sha256_file(weights) if weights is not None else None
-    if path is None and digest is not None:
-        log.warning("using the default calibration with custom weights; calibrate for these weights")
-        return dataclasses.replace(load_calibration(None, model=model), weights_sha256=digest)
-    return load_calibration(path, model=model, weights_sha256=digest)
+def load_card_default(name: str, weights_sha256: str) -> Calibration:
+    """The shipped starting point of a model card without a calibration file
+    (:data:`CARD_CALIBRATION`), stamped with the card's ``name`` and ONNX hash."""
+    cal = calibration_from_dict(*_shipped(CARD_CALIBRATION))
+    return dataclasses.replace(cal, model=name, weights_sha256=weights_sha256.lower())
 
 
-def check_fits(cal: Calibration, model: str, weights_sha256: str | None, origin: str) -> None:
-    if cal.model != model.lower():
+def check_fits(
+    cal: Calibration,
+    model: str,
+    weights_sha256: str | None,
+    origin: str,
+    precision: str = DEFAULT_PRECISION,
+) -> None:
+    """The calibration must be for ``model`` (a built-in name or a card's name),
+    at ``precision``, and, when given, for the weights with ``weights_sha256``."""
+    if cal.model.lower() != model.lower():
         raise CalibrationError(f"{origin}: calibration was made for model {cal.model!r}, not {model!r}")
-    expected = weights_sha256 or load_model_config(model).weights_sha256
-    if cal.weights_sha256 != expected:
+    if weights_sha256 is not None and cal.weights_sha256 != weights_sha256.lower():
         raise CalibrationError(
             f"{origin}: calibration was made for weights {cal.weights_sha256[:16]}..., "
-            f"but {model} in use has {expected[:16]}...; recalibrate for these weights"
+            f"but {model} in use has {weights_sha256[:16]}...; recalibrate for these weights"
+        )
+    if cal.precision != precision:
+        raise CalibrationError(
+            f"{origin}: calibration was made for precision {cal.precision}, but {model} is being "
+            f"scored at {precision}; recalibrate at {precision} or pass --precision {cal.precision}"
         )
 
 
@@ -196,8 +268,10 @@ def dump_calibration(cal: Calibration) -> str:
         f"schema_version = {cal.schema_version}",
         f"model = {_toml_value(cal.model)}",
         f"weights_sha256 = {_toml_value(cal.weights_sha256)}",
-        "# Bona fide logit: a file or window scoring below it is called spoof.",
-        f"threshold = {_toml_value(cal.threshold)}",
+        f"precision = {_toml_value(cal.precision)}",
+        "# Bona fide logit: a file scoring below it is called spoof (`spoofwatch score`).",
+        "# The live alert band is [policy] enter_threshold / exit_threshold.",
+        f"verdict_threshold = {_toml_value(cal.verdict_threshold)}",
     ]
     for name in ("stream", "policy", "gate"):
         lines += ["", *_toml_table(name, dataclasses.asdict(getattr(cal, name)))]

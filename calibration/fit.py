@@ -47,11 +47,12 @@ def threshold_for(table: ScoreTable, target: str, rate: float | None = None) -> 
 
 
 def with_threshold(base: Calibration, threshold: float, provenance: dict[str, Any]) -> Calibration:
-    """``base`` with a new threshold; the alert band keeps its width."""
-    margin = base.policy.exit_threshold - base.policy.enter_threshold
-    policy = dataclasses.replace(base.policy, enter_threshold=threshold, exit_threshold=threshold + margin)
+    """``base`` with both the verdict threshold and the alert band's enter
+    threshold at ``threshold``; the band keeps its width."""
     stamp = {"created": datetime.date.today().isoformat(), **provenance}
-    return dataclasses.replace(base, threshold=threshold, policy=policy, provenance=stamp)
+    return dataclasses.replace(
+        base, verdict_threshold=threshold, policy=base.policy.with_band(threshold), provenance=stamp
+    )
 
 
 def bonafide_threshold(
@@ -62,13 +63,11 @@ def bonafide_threshold(
     scores: npt.NDArray[np.float64] = np.array([s for t in traces for _, s in t.windows if s is not None])
     if scores.size == 0:
         raise CalibrationError("no speech found in the genuine recordings: nothing to calibrate on")
-    margin = base.exit_threshold - base.enter_threshold
     # Candidates just below each observed score, most sensitive first. Below
     # the lowest score nothing can alert, so the loop always returns.
     for candidate in np.unique(np.concatenate([scores, [scores.min() - 1.0]]))[::-1]:
         threshold = float(np.nextafter(candidate, -np.inf))
-        policy = dataclasses.replace(base, enter_threshold=threshold, exit_threshold=threshold + margin)
-        rate = measure(traces, policy).false_alerts_per_hour
+        rate = measure(traces, base.with_band(threshold)).false_alerts_per_hour
         if rate <= target_per_hour:
             return threshold, rate
     raise CalibrationError("no threshold meets the target")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -19,10 +19,10 @@ from typing import IO
 import numpy as np
 
 from spoofwatch.audio import read_audio
-from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import AudioError
-from spoofwatch.model.detector import iter_windows
 from spoofwatch.stream.engine import Scorer
+from spoofwatch.stream.windower import iter_windows
 
 from .dataset import Dataset
 from .protocol import Trial
@@ -46,7 +46,13 @@ def already_scored(path: Path) -> set[str]:
 
 
 def score_dataset(
-    dataset: Dataset, scorer: Scorer, out: Path, hop_s: float, workers: int = 4, progress: bool = True
+    dataset: Dataset,
+    scorer: Scorer,
+    out: Path,
+    hop_s: float,
+    workers: int = 4,
+    progress: bool = True,
+    window_samples: int = WINDOW_SAMPLES,
 ) -> ScoreRun:
     from tqdm import tqdm
 
@@ -63,10 +69,20 @@ def score_dataset(
         ThreadPoolExecutor(workers) as pool,
     ):
         bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="scoring")
-        for i in range(0, len(todo), BATCH_FILES):
-            batch = todo[i : i + BATCH_FILES]
-            audios = list(pool.map(lambda t: _decode(dataset.paths[t.utt]), batch))
-            _score_batch(batch, audios, scorer, hop, scores_fh, windows_fh, failed)
+        batches = [todo[i : i + BATCH_FILES] for i in range(0, len(todo), BATCH_FILES)]
+
+        def submit(batch: list[Trial]) -> list[Future[np.ndarray | AudioError]]:
+            return [pool.submit(_decode, dataset.paths[t.utt]) for t in batch]
+
+        # Decoding runs one batch ahead of scoring: the decoders (soundfile,
+        # soxr) and ONNX Runtime both release the GIL, so they overlap.
+        ahead = submit(batches[0]) if batches else []
+        for k, batch in enumerate(batches):
+            current = ahead
+            if k + 1 < len(batches):
+                ahead = submit(batches[k + 1])
+            audios = [f.result() for f in current]
+            _score_batch(batch, audios, scorer, hop, window_samples, scores_fh, windows_fh, failed)
             bar.update(len(batch))
         bar.close()
     elapsed = time.perf_counter() - start
@@ -93,6 +109,7 @@ def _score_batch(
     audios: list[np.ndarray | AudioError],
     scorer: Scorer,
     hop: int,
+    window_samples: int,
     scores_fh: IO[str],
     windows_fh: IO[str],
     failed: list[str],
@@ -104,7 +121,7 @@ def _score_batch(
             log.warning("%s", audio)
             failed.append(batch[i].utt)
             continue
-        for _, window in iter_windows(audio, hop):
+        for _, window in iter_windows(audio, hop, window_samples):
             owners.append(i)
             windows.append(window)
     scores = scorer.scores(np.stack(windows)) if windows else np.zeros(0, np.float32)

@@ -22,10 +22,10 @@ import numpy.typing as npt
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError
+from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.events import ScoreEvent
 from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
-from spoofwatch.stream.runner import InlineRunner
 
 from .dataset import Dataset
 
@@ -103,10 +103,10 @@ def build_conversations(dataset: Dataset, n_each: int, seconds: float, seed: int
 def trace(conversation: Conversation, engine: Engine, scorer: Scorer) -> Trace:
     """Run one conversation through the live engine; record every window."""
     engine.reset()
-    runner = InlineRunner(engine, scorer)
+    driver = StreamDriver(engine)
     audio = conversation.audio
-    events = [e for pos in range(0, audio.size, 4096) for e in runner.feed(audio[pos : pos + 4096])]
-    events += runner.close()
+    events = [e for pos in range(0, audio.size, 4096) for e in driver.feed(audio[pos : pos + 4096], scorer)]
+    events += driver.close(scorer)
     windows = [(e.t_end, e.score) for e in events if isinstance(e, ScoreEvent)]
     return Trace(conversation.name, audio.size / SAMPLE_RATE_HZ, conversation.onset_s, windows)
 
@@ -164,12 +164,8 @@ def fit_policy(
         SMOOTHING_WINDOWS, MIN_ALERT_WINDOWS, candidate_thresholds(traces), HYSTERESIS_MARGINS
     )
     for k, m, threshold, margin in grid:
-        policy = dataclasses.replace(
-            base,
-            smoothing_windows=k,
-            min_alert_windows=m,
-            enter_threshold=threshold,
-            exit_threshold=threshold + margin,
+        policy = dataclasses.replace(base, smoothing_windows=k, min_alert_windows=m).with_band(
+            threshold, margin
         )
         metrics = measure(traces, policy)
         if metrics.false_alerts_per_hour > target_false_alerts_per_hour:
@@ -189,9 +185,4 @@ def fit_policy(
 
 def sweep_thresholds(traces: list[Trace], policy: PolicyConfig) -> list[tuple[float, StreamMetrics]]:
     """Metrics across enter thresholds with the chosen smoothing, for the report."""
-    margin = policy.exit_threshold - policy.enter_threshold
-    out = []
-    for threshold in candidate_thresholds(traces, 40):
-        p = dataclasses.replace(policy, enter_threshold=threshold, exit_threshold=threshold + margin)
-        out.append((threshold, measure(traces, p)))
-    return out
+    return [(t, measure(traces, policy.with_band(t))) for t in candidate_thresholds(traces, 40)]

@@ -51,7 +51,7 @@ def _fir_bandpass(low_hz: float, high_hz: float, taps: int, rate_hz: int) -> npt
 def telephony(x: Wave, rng: np.random.Generator) -> Wave:
     """A phone channel: 300-3400 Hz band-limit, 8 kHz resampling and a G.711 μ-law round trip."""
     from spoofwatch.audio import resample
-    from spoofwatch.stream.server.codecs import MULAW_TO_FLOAT, mulaw_encode
+    from spoofwatch.stream.codecs import MULAW_TO_FLOAT, mulaw_encode
 
     low = rng.uniform(200.0, 400.0)
     high = rng.uniform(3200.0, 3600.0)

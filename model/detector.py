@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import dataclasses
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import AudioFile, official_window
-from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.errors import InputError, ModelError
+from spoofwatch.calibration.calfile import Calibration
+from spoofwatch.constants import DEFAULT_PRECISION, SAMPLE_RATE_HZ
+from spoofwatch.errors import CalibrationError, InputError, ModelError
+from spoofwatch.stream.engine import LiveConfig
+from spoofwatch.stream.windower import stream_windows
 
-from .export import ensure_onnx
-from .runtime import Device, OnnxScorer
+from .card import ModelSpec, is_card_reference, parse_card
+from .config import load_model_config
+from .precision import check_precision_device, validate_precision
+from .runtime import Device, OnnxScorer, build_scorer, resolve_device
 
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
+log = logging.getLogger(__name__)
 
 #: Windows scored per ONNX Runtime call when scoring a long file.
 FILE_BATCH_WINDOWS = 8
@@ -51,73 +56,72 @@ class FileScore:
         }
 
 
-def window_starts(n_samples: int, hop_samples: int) -> list[int]:
-    """Start offsets of the windows covering a clip of ``n_samples``.
+def calibration_for(
+    model: str,
+    path: Path | None,
+    weights: Path | None,
+    precision: str = DEFAULT_PRECISION,
+    spec: ModelSpec | None = None,
+) -> Calibration:
+    """The calibration to use with ``model`` (a built-in name or a model card
+    path), (optionally custom) ``weights`` and ``precision``.
 
-    A clip no longer than one window gets a single window at 0 (padded by
-    repetition, the official convention). Longer clips get a window every
-    hop plus, when the hops stop short of the end, one ending at the last sample.
+    An explicit file must match the model, the weights in use (the pinned
+    official ones unless ``weights`` is given) and the precision. With custom
+    weights or a reduced precision and no file, the shipped FP32 default is
+    used with a warning, re-stamped with the weights' hash and the precision,
+    so files written from it (``calibrate fit``) fit them. For a model card
+    (``spec``, parsed from ``model`` when not given) the default is the card's
+    own ``calibration`` file, else the shipped uncalibrated card default.
     """
-    if hop_samples < 1:
-        raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
-    if n_samples <= WINDOW_SAMPLES:
-        return [0]
-    starts = list(range(0, n_samples - WINDOW_SAMPLES + 1, hop_samples))
-    if starts[-1] + WINDOW_SAMPLES < n_samples:
-        starts.append(n_samples - WINDOW_SAMPLES)
-    return starts
+    from spoofwatch.calibration.calfile import load_calibration
+
+    from .weights import sha256_file
+
+    if spec is None and is_card_reference(model):
+        spec = parse_card(Path(model))
+    if spec is not None:
+        return _card_calibration(spec, path)
+    prec = validate_precision(precision)
+    if weights is None and prec == DEFAULT_PRECISION:
+        return load_calibration(path, model=model, weights_sha256=load_model_config(model).weights_sha256)
+    digest = sha256_file(weights) if weights is not None else load_model_config(model).weights_sha256
+    if path is None:
+        log.warning(
+            "using the default (FP32, official weights) calibration with %s; calibrate for them",
+            "custom weights" if weights is not None else f"precision {prec}",
+        )
+        return dataclasses.replace(load_calibration(None, model=model), weights_sha256=digest, precision=prec)
+    return load_calibration(path, model=model, weights_sha256=digest, precision=prec)
 
 
-def stream_windows(
-    chunks: Iterable[npt.NDArray[np.float32]], hop_samples: int
-) -> Iterator[tuple[int, int, npt.NDArray[np.float32]]]:
-    """``(start, end, window)`` over audio arriving in chunks, exactly the
-    windows :func:`window_starts` gives for the whole signal, holding at most
-    about one window plus a hop plus a chunk in memory.
+def _card_calibration(spec: ModelSpec, path: Path | None) -> Calibration:
+    """A card's calibration: ``path``, else the card's own file, else the shipped
+    uncalibrated default. Cards are scored at fp32 (as their ONNX file is)."""
+    from spoofwatch.calibration.calfile import CARD_CALIBRATION, load_calibration, load_card_default
 
-    ``end`` is where the window's real audio stops (a clip shorter than one
-    window is padded by repetition, the official convention).
-    """
-    if hop_samples < 1:
-        raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
-    buf = np.zeros(0, dtype=np.float32)
-    buf_start = 0  # stream offset of buf[0]
-    n = 0  # samples received
-    next_start = 0
-    last_start = -1
-    for chunk in chunks:
-        buf = np.concatenate([buf, chunk.astype(np.float32, copy=False)])
-        n += chunk.size
-        while next_start + WINDOW_SAMPLES <= n:
-            lo = next_start - buf_start
-            yield next_start, next_start + WINDOW_SAMPLES, buf[lo : lo + WINDOW_SAMPLES].copy()
-            last_start = next_start
-            next_start += hop_samples
-        # Keep what a later window may need: from the next start, and the
-        # final window's worth for the tail window that ends at the last sample.
-        keep_from = max(0, min(next_start, n - WINDOW_SAMPLES))
-        if keep_from > buf_start:
-            buf = buf[keep_from - buf_start :].copy()
-            buf_start = keep_from
-    if n == 0:
-        raise InputError("expected a non-empty waveform, got 0 samples")
-    if n <= WINDOW_SAMPLES:
-        if last_start < 0:  # n == WINDOW_SAMPLES already yielded its window
-            yield 0, n, official_window(buf)
-    elif last_start + WINDOW_SAMPLES < n:
-        yield n - WINDOW_SAMPLES, n, buf[buf.size - WINDOW_SAMPLES :].copy()
+    origin = path or spec.calibration_path
+    if origin is None:
+        log.warning(
+            "%s: no calibration file (neither --calibration nor the card's 'calibration'); using the "
+            "uncalibrated configs/calibration/%s: run `spoofwatch calibrate` for this model",
+            spec.card_path,
+            CARD_CALIBRATION,
+        )
+        return load_card_default(spec.name, spec.sha256)
+    return load_calibration(origin, model=spec.name, weights_sha256=spec.sha256)
 
 
-def iter_windows(
-    audio: npt.NDArray[np.float32], hop_samples: int
-) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
-    """``(start, window)`` pairs; the first window follows the official convention."""
-    for start, _, window in stream_windows([audio], hop_samples):
-        yield start, window
+def _check_precision(cal: Calibration, precision: str) -> None:
+    if cal.precision != precision:
+        raise CalibrationError(
+            f"the calibration for {cal.model} was made at precision {cal.precision}, but the model is "
+            f"scored at {precision}; recalibrate at {precision} or pass --precision {cal.precision}"
+        )
 
 
 class Detector:
-    """An AASIST model on ONNX Runtime plus the active decision threshold."""
+    """An ONNX detector (AASIST or a model card) plus the active decision threshold."""
 
     def __init__(self, model: str, scorer: OnnxScorer, calibration: Calibration) -> None:
         self.model = model
@@ -131,21 +135,38 @@ class Detector:
         device: Device = "auto",
         threads: int | None = None,
         weights: Path | None = None,
-        calibration: Path | None = None,
+        calibration: Path | Calibration | None = None,
+        precision: str = DEFAULT_PRECISION,
     ) -> Detector:
         """Load cached weights (exporting to ONNX on first use) and a calibration.
 
-        ``calibration`` defaults to the shipped ``configs/calibration/<model>.toml``.
+        ``model`` is a built-in name or a model card path. ``calibration`` is a
+        file (default: the shipped ``configs/calibration/<model>.toml``; for a
+        card, the card's own file) or a :class:`Calibration` already chosen by
+        :func:`calibration_for`. The precision and device are checked before
+        any file is loaded; a calibration made at another precision is refused.
         """
-        from spoofwatch.calibration.calfile import calibration_for
-
-        cal = calibration_for(model, calibration, weights)
-        scorer = OnnxScorer(ensure_onnx(model, weights), device=device, threads=threads)
+        given = calibration if isinstance(calibration, Calibration) else None
+        path = None if isinstance(calibration, Calibration) else calibration
+        if is_card_reference(model):
+            scorer = build_scorer(model, precision, device, threads, weights)
+            cal = given or calibration_for(model, path, weights, scorer.precision, scorer.spec)
+            _check_precision(cal, scorer.precision)
+        else:  # a mismatching calibration fails before a first-use export or quantization
+            prec = check_precision_device(precision, device, resolve_device)
+            cal = given or calibration_for(model, path, weights, prec)
+            _check_precision(cal, prec)
+            scorer = build_scorer(model, prec, device, threads, weights)
         return cls(model, scorer, cal)
 
     @property
+    def live(self) -> LiveConfig:
+        """The live engine's settings: the calibration's, with this model's window length."""
+        return dataclasses.replace(self.calibration.live, window_samples=self.scorer.window_samples)
+
+    @property
     def threshold(self) -> float:
-        return self.calibration.threshold
+        return self.calibration.verdict_threshold
 
     def verdict(self, score: float) -> str:
         return "bonafide" if score >= self.threshold else "spoof"
@@ -156,7 +177,7 @@ class Detector:
             raise InputError("expected a 1-D numpy float32 waveform at 16 kHz")
         if waveform.dtype != np.float32:
             raise InputError(f"expected dtype float32, got {waveform.dtype}")
-        return float(self.scorer.scores(official_window(waveform))[0])
+        return float(self.scorer.scores(official_window(waveform, self.scorer.window_samples))[0])
 
     def score_audio(
         self, audio: npt.NDArray[np.float32], hop_s: float = 1.0, name: str = "<array>"
@@ -175,7 +196,8 @@ class Detector:
         spans: list[tuple[int, int]] = []
         scores: list[float] = []
         batch: list[npt.NDArray[np.float32]] = []
-        for start, end, window in stream_windows(chunks, hop):
+        size = self.scorer.window_samples
+        for start, end, window in stream_windows(chunks, hop, size):
             spans.append((start, end))
             batch.append(window)
             if len(batch) == FILE_BATCH_WINDOWS:

@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,13 @@ import numpy.typing as npt
 import torch
 
 from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.errors import ModelError
+from spoofwatch.errors import InputError, ModelError
 from spoofwatch.paths import onnx_dir
 
 from .aasist import AASIST
 from .config import ModelConfig, load_model_config
+from .precision import validate_precision
+from .quantize import QUANT_VERSION
 from .weights import load_torch_model, sha256_file
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ EXPORT_PARITY_TOL = 1e-3
 #: Bumped when the export recipe changes, so old cached graphs are not reused.
 EXPORT_VERSION = 1
 ONNX_OPSET = 18
+#: Environment variable naming the development data folder (``../shared``).
+SHARED_ENV = "SPOOFWATCH_SHARED"
 
 
 def parity_inputs(batch: int = 3, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -119,16 +123,74 @@ def export_onnx(
     return diff
 
 
-def cached_onnx_path(model: str, weights: Path | None = None) -> Path:
-    """Cache location of the export for these exact weights."""
+def cached_onnx_path(model: str, weights: Path | None = None, precision: str = "fp32") -> Path:
+    """Cache location of the export for these exact weights at ``precision``."""
+    prec = validate_precision(precision)
     config = load_model_config(model)
     digest = config.weights_sha256 if weights is None else sha256_file(weights)
-    return onnx_dir() / f"{config.name}-{digest[:16]}-v{EXPORT_VERSION}.onnx"
+    stem = f"{config.name}-{digest[:16]}-v{EXPORT_VERSION}"
+    if prec == "fp32":
+        return onnx_dir() / f"{stem}.onnx"
+    return onnx_dir() / f"{stem}-{prec}-q{QUANT_VERSION}.onnx"
 
 
-def ensure_onnx(model: str, weights: Path | None = None) -> Path:
-    """Return the cached ONNX export of ``model``, exporting it on first use."""
+def shared_root() -> Path | None:
+    """``$SPOOFWATCH_SHARED`` (the development data), if set and present."""
+    value = os.environ.get(SHARED_ENV)
+    return Path(value) if value and Path(value).is_dir() else None
+
+
+def export_precision(
+    model: str,
+    precision: str,
+    weights: Path | None = None,
+    calibration_audio: Sequence[Path] | None = None,
+    out: Path | None = None,
+) -> Path:
+    """Build the ``precision`` variant of ``model`` from its (cached) FP32 export.
+
+    INT8 calibrates on ``calibration_audio`` (default: the speech files of
+    :func:`~.quantize.default_calibration_files` under ``$SPOOFWATCH_SHARED``).
+    """
+    from .quantize import calibration_windows, convert_fp16, default_calibration_files, quantize_int8
+
+    prec = validate_precision(precision)
+    fp32 = ensure_onnx(model, weights)
+    if prec == "fp32":
+        return fp32
+    target = out or cached_onnx_path(model, weights, prec)
+    if prec == "int8":
+        if calibration_audio is None:
+            root = shared_root()
+            if root is None:
+                raise InputError(
+                    "INT8 calibration needs real speech: pass --calibration-audio DIR "
+                    f"or set {SHARED_ENV} to the development data folder"
+                )
+            calibration_audio = default_calibration_files(root)
+        quantize_int8(fp32, target, calibration_windows(calibration_audio))
+    else:
+        convert_fp16(fp32, target)
+    return target
+
+
+def ensure_onnx(model: str, weights: Path | None = None, precision: str = "fp32") -> Path:
+    """Return the cached ONNX export of ``model`` at ``precision``, exporting it on first use.
+
+    A cached reduced-precision file must record the hash of the FP32 export
+    in use; one that does not is refused (never silently rebuilt).
+    """
+    from .quantize import check_source
+
+    prec = validate_precision(precision)
     path = cached_onnx_path(model, weights)
     if not path.is_file():
         export_onnx(model, path, weights)
-    return path
+    if prec == "fp32":
+        return path
+    variant = cached_onnx_path(model, weights, prec)
+    if not variant.is_file():
+        log.info("no cached %s export of %s yet; building it", prec, model)
+        export_precision(model, prec, weights)
+    check_source(variant, path, prec)
+    return variant

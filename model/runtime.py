@@ -1,17 +1,29 @@
-"""ONNX Runtime scoring: device selection, thread settings, input validation."""
+"""ONNX Runtime scoring: device selection, provider options, batch caps, input validation.
+
+Every path that scores windows (files, streams, the server's batcher,
+``calibrate score``, training evaluation, ``evaluate-suite``) goes through
+:class:`OnnxScorer`, so the CUDA options and the per-call batch cap below
+apply everywhere. Build one with :func:`build_scorer`.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SCORE_COLUMN, WINDOW_SAMPLES
+from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SCORE_COLUMN, WINDOW_SAMPLES, Precision
 from spoofwatch.errors import DeviceError, InputError, ModelError
+
+from .precision import check_precision_device
+
+if TYPE_CHECKING:
+    from .card import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +34,58 @@ _CPU = "CPUExecutionProvider"
 #: ORT's default log severity (warning); it has no getter, so this is what we restore.
 _ORT_DEFAULT_SEVERITY = 2
 
+#: Elements of the largest MaxPool input AASIST builds per window (ONNX shape
+#: inference): the first encoder stage's ``(B, 32, 23, 21490)`` activation
+#: (64,472 sinc-filtered samples pooled by 3 -> 21,490 frames, 70 filters
+#: pooled by 3 -> 23 rows, 32 channels): 15.8 M.
+_MAXPOOL_ELEMENTS_PER_WINDOW = 32 * 23 * 21_490
+#: cuDNN's pooling kernels index tensors with 32-bit integers: a tensor past
+#: 2^31 elements fails with CUDNN_STATUS_NOT_SUPPORTED. 2^31 / 15.8 M = 135
+#: windows in theory, but 128 was measured to crash on an H200 (112 worked:
+#: cuDNN's intermediate layouts need headroom), so the cap is the largest
+#: power of two at or below half the theoretical limit: 64.
+CUDA_MAX_BATCH_WINDOWS = 1 << ((2**31 // (2 * _MAXPOOL_ELEMENTS_PER_WINDOW)).bit_length() - 1)
+#: Windows per ONNX Runtime call on the CPU. Peak RSS grows ~linearly with the
+#: batch (benchmarks/bench_memory.py), while windows/s is flat on the CPU, so a
+#: small cap bounds memory at no measurable cost in speed.
+CPU_MAX_BATCH_WINDOWS = 4
 
-def validate_windows(windows: object) -> npt.NDArray[np.float32]:
-    """Check a model input and return it as a C-contiguous ``(B, 64600)`` float32 array.
 
-    A single ``(64600,)`` window is accepted and given a batch axis.
+def batch_cap(device: str) -> int:
+    """Windows one forward pass may take on ``device`` (``cuda``/``cuda:N`` or ``cpu``),
+    for ONNX Runtime and for PyTorch evaluation alike."""
+    return CUDA_MAX_BATCH_WINDOWS if device.startswith("cuda") else CPU_MAX_BATCH_WINDOWS
+
+
+#: CUDA provider options. ``use_tf32=0``: TF32 tensor cores moved AASIST-L
+#: logits by up to 3.1e-2 from the official outputs on an H200 (2.7e-6
+#: without, at no measurable cost). cuDNN: an exhaustive algorithm search
+#: once per input shape (ORT's default, stated so it cannot drift), the
+#: largest workspace cuDNN asks for (faster convolution algorithms), and the
+#: default stream for copies (no cross-stream races).
+CUDA_PROVIDER_OPTIONS: dict[str, str] = {
+    "use_tf32": "0",
+    "cudnn_conv_algo_search": "EXHAUSTIVE",
+    "cudnn_conv_use_max_workspace": "1",
+    "do_copy_in_default_stream": "1",
+}
+
+
+def validate_windows(windows: object, window_samples: int = WINDOW_SAMPLES) -> npt.NDArray[np.float32]:
+    """Check a model input and return it as a C-contiguous ``(B, window_samples)`` float32 array.
+
+    A single ``(window_samples,)`` window is accepted and given a batch axis.
     """
     if not isinstance(windows, np.ndarray):
         raise InputError(
-            f"expected a numpy float32 array of shape (batch, {WINDOW_SAMPLES}), got {type(windows).__name__}"
+            f"expected a numpy float32 array of shape (batch, {window_samples}), got {type(windows).__name__}"
         )
     if windows.dtype != np.float32:
         raise InputError(f"expected dtype float32, got {windows.dtype}")
     if windows.ndim == 1:
         windows = windows[np.newaxis, :]
-    if windows.ndim != 2 or windows.shape[1] != WINDOW_SAMPLES or windows.shape[0] == 0:
-        raise InputError(f"expected shape (batch, {WINDOW_SAMPLES}) with batch >= 1, got {windows.shape}")
+    if windows.ndim != 2 or windows.shape[1] != window_samples or windows.shape[0] == 0:
+        raise InputError(f"expected shape (batch, {window_samples}) with batch >= 1, got {windows.shape}")
     if not np.all(np.isfinite(windows)):
         raise InputError("expected finite samples, got NaN or Inf")
     return np.ascontiguousarray(windows)
@@ -49,25 +97,49 @@ def _nvidia_device_present() -> bool:
     return Path("/dev/nvidiactl").exists() or sys.platform == "win32"
 
 
-def _providers_for(device: Device) -> list[str]:
+def resolve_device(device: Device) -> Literal["cpu", "cuda"]:
+    """What ``device`` will try first: ``cuda`` or ``cpu`` (no session is opened)."""
     import onnxruntime as ort
 
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
     if device == "cpu":
-        return [_CPU]
+        return "cpu"
     available = ort.get_available_providers()
-    if device == "auto" and _CUDA in available and not _nvidia_device_present():
-        log.warning("--device auto: no NVIDIA GPU found; using CPU")
-        return [_CPU]
     if _CUDA not in available:
         if device == "cuda":
             raise DeviceError(
                 f"--device cuda: this ONNX Runtime build has no CUDA provider (it offers {', '.join(available)}); install onnxruntime-gpu or use --device cpu"
             )
+        return "cpu"
+    if device == "auto" and not _nvidia_device_present():
+        # The normal case on a machine without a GPU: not worth a warning.
+        log.info("--device auto: no NVIDIA GPU found; using CPU")
+        return "cpu"
+    return "cuda"
+
+
+def _providers_for(device: Device) -> list[Any]:
+    if resolve_device(device) == "cpu":
         return [_CPU]
-    return [_CUDA, _CPU]
+    return [(_CUDA, dict(CUDA_PROVIDER_OPTIONS)), _CPU]
 
 
-def make_session(path: Path, device: Device = "auto", threads: int | None = None) -> Any:
+@dataclass(frozen=True)
+class SessionLimits:
+    """ONNX Runtime memory settings (see benchmarks/bench_memory.py).
+
+    ``cpu_arena``: ORT's CPU arena keeps the high-water mark of every call
+    allocated for the life of the session; without it, buffers go back to
+    the allocator after each call.
+    """
+
+    cpu_arena: bool = False
+
+
+def make_session(
+    path: Path, device: Device = "auto", threads: int | None = None, limits: SessionLimits | None = None
+) -> Any:
     """Open an InferenceSession on ``device`` and verify which provider it really got."""
     import onnxruntime as ort
 
@@ -75,12 +147,15 @@ def make_session(path: Path, device: Device = "auto", threads: int | None = None
         raise InputError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
     if threads is not None and threads < 1:
         raise InputError(f"expected threads >= 1, got {threads}")
+    limits = limits or SessionLimits()
     providers = _providers_for(device)
+    wants_cuda = providers[0] != _CPU
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = limits.cpu_arena
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if _CUDA in providers and hasattr(ort, "preload_dlls"):
+    if wants_cuda and hasattr(ort, "preload_dlls"):
         try:  # lets onnxruntime-gpu find CUDA/cuDNN shipped in pip wheels (e.g. torch's)
             ort.preload_dlls()
         except Exception:  # a missing library is reported by the check below
@@ -94,7 +169,7 @@ def make_session(path: Path, device: Device = "auto", threads: int | None = None
     finally:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
     got = session.get_providers()
-    if _CUDA in providers and _CUDA not in got:
+    if wants_cuda and _CUDA not in got:
         if device == "cuda":
             raise DeviceError(
                 "--device cuda: the CUDA provider failed to start (no GPU, or CUDA/cuDNN libraries missing); use --device cpu or auto"
@@ -107,23 +182,118 @@ def make_session(path: Path, device: Device = "auto", threads: int | None = None
 
 
 class OnnxScorer:
-    """Scores batches of 64,600-sample windows with an ONNX export of AASIST."""
+    """Scores batches of fixed-length windows with an ONNX detector.
 
-    def __init__(self, onnx_path: Path, device: Device = "auto", threads: int | None = None) -> None:
+    The built-in AASIST exports take ``(B, 64600)`` and return ``(B, 2)``
+    logits ``[spoof, bonafide]``; a model card (:mod:`.card`) describes any
+    other input length, tensor names and score column. A batch larger than
+    ``max_batch_windows`` is split into several ONNX Runtime calls (default:
+    :data:`CUDA_MAX_BATCH_WINDOWS` on CUDA, :data:`CPU_MAX_BATCH_WINDOWS` on
+    the CPU), so callers may pass any batch size.
+    """
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        device: Device = "auto",
+        threads: int | None = None,
+        *,
+        max_batch_windows: int | None = None,
+        precision: Precision = "fp32",
+        spec: ModelSpec | None = None,
+        limits: SessionLimits | None = None,
+    ) -> None:
+        if max_batch_windows is not None and max_batch_windows < 1:
+            raise InputError(f"expected max_batch_windows >= 1, got {max_batch_windows}")
         self.onnx_path = onnx_path
-        self.session = make_session(onnx_path, device, threads)
+        self.precision: Precision = precision
+        self.spec = spec
+        self.window_samples = spec.window_samples if spec is not None else WINDOW_SAMPLES
+        self._input = spec.input_name if spec is not None else ONNX_INPUT_NAME
+        self._output = spec.output_name if spec is not None else ONNX_OUTPUT_NAME
+        self._column = spec.bonafide_index if spec is not None else SCORE_COLUMN
+        self._sign = 1.0 if spec is None or spec.higher_is_bonafide else -1.0
+        self.session = make_session(onnx_path, device, threads, limits)
         self.providers: list[str] = list(self.session.get_providers())
+        cap = batch_cap(self.device) if max_batch_windows is None else max_batch_windows
+        self.max_batch_windows = cap
+        self.calls = 0
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == _CUDA else "cpu"
 
+    def _run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        parts = []
+        for start in range(0, batch.shape[0], self.max_batch_windows):
+            chunk = batch[start : start + self.max_batch_windows]
+            parts.append(np.asarray(self.session.run([self._output], {self._input: chunk})[0], np.float32))
+            self.calls += 1
+        return np.concatenate(parts, axis=0)
+
     def logits(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """``(B, 64600)`` (or one ``(64600,)`` window) -> ``(B, 2)`` logits ``[spoof, bonafide]``."""
-        batch = validate_windows(windows)
-        out = self.session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: batch})[0]
-        return np.asarray(out, dtype=np.float32)
+        """``(B, window_samples)`` (or one window) -> the model's raw output, batch first."""
+        return self._run(validate_windows(windows, self.window_samples))
 
     def scores(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Bona fide logits, one per window; higher means more genuine."""
-        return self.logits(windows)[:, SCORE_COLUMN]
+        """Bona fide scores, one per window; higher means more genuine."""
+        out = self.logits(windows)
+        column = out if self._column is None else out[:, self._column]
+        result: npt.NDArray[np.float32] = (self._sign * column).astype(np.float32, copy=False)
+        return result
+
+
+def build_scorer(
+    model: str = "aasist-l",
+    precision: str = "fp32",
+    device: Device = "auto",
+    threads: int | None = None,
+    weights: Path | None = None,
+    max_batch_windows: int | None = None,
+) -> OnnxScorer:
+    """The one way to get a scorer for ``--model``/``--precision``/``--device``.
+
+    ``model`` is a built-in name (``aasist-l``, ``aasist``) or the path of a
+    model card TOML. The precision/device pair is checked before anything is
+    loaded; built-in models are exported (and quantized) on first use and
+    cached by weights hash and precision.
+    """
+    from .card import is_card_reference, load_card
+    from .export import ensure_onnx
+
+    if is_card_reference(model):
+        prec = check_precision_device(precision, device, resolve_device)
+        if prec != "fp32":
+            raise InputError(
+                f"--precision {prec}: a model card describes one ONNX file, scored as it is; "
+                "quantize it yourself and describe the result by its own card"
+            )
+        if weights is not None:
+            raise InputError("--weights applies to the built-in models; a model card names its ONNX file")
+        card = load_card(Path(model))
+        return OnnxScorer(card.onnx_path, device, threads, max_batch_windows=max_batch_windows, spec=card)
+    prec = check_precision_device(precision, device, resolve_device)
+    path = ensure_onnx(model, weights, prec)
+    # INT8 QDQ graphs run their integer kernels on the CPU provider only.
+    run_on: Device = "cpu" if prec == "int8" else device
+    return OnnxScorer(path, run_on, threads, max_batch_windows=max_batch_windows, precision=prec)
+
+
+def preflight(model: str, precision: str, device: Device, weights: Path | None = None) -> None:
+    """The cheap checks of :func:`build_scorer`, for commands that read audio before
+    loading the model: the precision/device pair, a card's fields, file and hash,
+    and an already cached reduced-precision file's source hash."""
+    from .card import is_card_reference, parse_card
+    from .export import cached_onnx_path
+    from .quantize import check_source
+
+    prec = check_precision_device(precision, device, resolve_device)
+    if is_card_reference(model):
+        parse_card(Path(model))
+        if prec != "fp32":
+            raise InputError(f"--precision {prec}: a model card is scored at fp32 (as its ONNX file is)")
+        return
+    fp32 = cached_onnx_path(model, weights)
+    variant = cached_onnx_path(model, weights, prec)
+    if prec != "fp32" and fp32.is_file() and variant.is_file():
+        check_source(variant, fp32, prec)

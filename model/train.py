@@ -40,6 +40,7 @@ from spoofwatch.constants import WINDOW_SAMPLES
 from spoofwatch.errors import ModelError
 
 from .aasist import AASIST
+from .runtime import batch_cap
 from .train_config import TrainConfig
 from .weights import load_torch_model
 
@@ -228,8 +229,12 @@ class Trainer:
                 audio = list(
                     pool.map(lambda t: official_window(read_audio(self.dev_set.paths[t.utt])), batch)
                 )
-                logits = self.model(torch.from_numpy(np.stack(audio)).to(self.device))
-                scores += logits[:, 1].float().cpu().tolist()
+                windows = torch.from_numpy(np.stack(audio))
+                # cuDNN's MaxPool limit caps one forward pass on CUDA (see runtime).
+                cap = batch_cap(str(self.device))
+                for start in range(0, windows.shape[0], cap):
+                    logits = self.model(windows[start : start + cap].to(self.device))
+                    scores += logits[:, 1].float().cpu().tolist()
         s = np.array(scores)
         labels = np.array([t.label for t in trials])
         return 100 * eer(s[labels == "bonafide"], s[labels == "spoof"])[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,30 @@ def load_train_config(path: Path) -> TrainConfig:
         config = TrainConfig(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if config.epochs < 1 or config.batch_size < 1 or config.keep_checkpoints < 1:
-        raise ConfigError(f"{path}: epochs, batch_size and keep_checkpoints must be >= 1")
+    _check_ranges(config, path)
     return config
+
+
+def _check_ranges(config: TrainConfig, path: Path) -> None:
+    """Every numeric field in range, at load: a bad value fails before any data is read."""
+    finite = all(
+        math.isfinite(v) for v in (config.base_lr, config.lr_min, config.weight_decay, *config.class_weights)
+    )
+    checks = (
+        ("epochs", config.epochs >= 1, ">= 1"),
+        ("batch_size", config.batch_size >= 1, ">= 1"),
+        ("keep_checkpoints", config.keep_checkpoints >= 1, ">= 1"),
+        ("decode_workers", config.decode_workers >= 1, ">= 1"),
+        ("base_lr", finite and config.base_lr > 0, "a finite number > 0"),
+        ("lr_min", finite and 0 <= config.lr_min <= config.base_lr, "a finite number in [0, base_lr]"),
+        ("weight_decay", finite and config.weight_decay >= 0, "a finite number >= 0"),
+        (
+            "class_weights",
+            finite and len(config.class_weights) == 2 and min(config.class_weights) > 0,
+            "two positive finite numbers (spoof, bona fide)",
+        ),
+        ("device", config.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    )
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{path}: {name}: expected {expected}, got {getattr(config, name)!r}")

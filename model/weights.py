@@ -1,8 +1,12 @@
-"""Official weights: fetch, verify against the pinned SHA-256, cache, load.
+"""Official weights: packaged, fetched or cached; verified against the pinned SHA-256 at load.
 
-Only ``spoofwatch weights fetch`` touches the network. Everything else reads
-the per-user cache and re-verifies the hash, so a corrupted cache is caught
-at load time rather than producing wrong scores.
+The official files ship inside the package (``spoofwatch/weights/``, MIT,
+with their LICENSE and NOTICE), so the first run needs no network. The model
+config names the file (``weights_file``); a file of that name in the per-user
+cache (put there by ``spoofwatch weights fetch``) takes precedence over the
+packaged one. Only ``weights fetch`` touches the network. Every load
+re-verifies the hash, so a corrupted file is caught at load time rather than
+producing wrong scores.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import torch
 
@@ -40,8 +45,39 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Where a weights file was found: shipped in the package, fetched into the
+#: per-user cache, or a cached ``.pth`` that no model config names (use it with ``--weights``).
+WeightsSource = Literal["packaged", "cache", "custom"]
+
+
 def weights_path(config: ModelConfig) -> Path:
+    """Where ``weights fetch`` installs ``config``'s file (the per-user cache)."""
     return weights_dir() / config.weights_file
+
+
+def packaged_weights_dir() -> Path:
+    """The folder of weights shipped inside the package."""
+    return Path(str(resources.files("spoofwatch").joinpath("weights")))
+
+
+def weights_candidates(config: ModelConfig) -> list[tuple[WeightsSource, Path]]:
+    """Places the file of ``config`` is looked for, in order of precedence."""
+    return [
+        ("cache", weights_path(config)),
+        ("packaged", packaged_weights_dir() / config.weights_file),
+    ]
+
+
+def resolve_weights(config: ModelConfig) -> tuple[WeightsSource, Path]:
+    """The file a load of ``config``'s official weights uses (not yet verified)."""
+    candidates = weights_candidates(config)
+    for source, path in candidates:
+        if path.is_file():
+            return source, path
+    places = " or ".join(str(path) for _, path in candidates)
+    raise WeightsError(
+        f"no {config.name} weights: expected {places}; run `spoofwatch weights fetch --model {config.name}`"
+    )
 
 
 def _copy_with_progress(src: IO[bytes], dst: IO[bytes], total: int | None, label: str, progress: bool) -> int:
@@ -122,22 +158,38 @@ def fetch_weights(model: str, source: str | None = None, progress: bool = True) 
 
 @dataclass(frozen=True)
 class InstalledWeights:
-    model: str
+    #: Model name, or ``None`` for a custom file no model config names.
+    model: str | None
+    source: WeightsSource
     path: Path
+    #: ``None`` when the file is missing.
     sha256: str | None
+    #: The hash matches the model's pinned one (always False for custom files).
     ok: bool
+    #: Loads of this model use this file (the first present candidate).
+    in_use: bool
 
 
 def list_weights() -> list[InstalledWeights]:
-    """State of each known model's weights in the cache."""
+    """Every place each known model's weights are looked for, plus custom files in the cache."""
     from spoofwatch.constants import MODEL_NAMES
 
     rows = []
+    known: set[str] = set()
     for name in MODEL_NAMES:
         config = load_model_config(name)
-        path = weights_path(config)
-        digest = sha256_file(path) if path.is_file() else None
-        rows.append(InstalledWeights(name, path, digest, digest == config.weights_sha256))
+        known.add(config.weights_file)
+        chosen = False
+        for source, path in weights_candidates(config):
+            digest = sha256_file(path) if path.is_file() else None
+            in_use = digest is not None and not chosen
+            chosen = chosen or in_use
+            rows.append(InstalledWeights(name, source, path, digest, digest == config.weights_sha256, in_use))
+    cache = weights_dir()
+    if cache.is_dir():
+        for path in sorted(cache.glob("*.pth")):
+            if path.name not in known and not path.name.startswith(".partial-"):
+                rows.append(InstalledWeights(None, "custom", path, sha256_file(path), False, False))
     return rows
 
 
@@ -154,18 +206,15 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_torch_model(model: str, path: Path | None = None, config: ModelConfig | None = None) -> AASIST:
     """Build ``model`` and load verified weights strictly; returns it in eval mode.
 
-    ``path`` defaults to the cached official weights; a custom path (e.g. a
+    ``path`` defaults to the official weights (fetched into the cache, else
+    packaged), verified against the pinned hash; a custom path (e.g. a
     fine-tuned model) is loaded without the official hash check. ``config``
     overrides the shipped architecture (models trained with overrides).
     """
     config = config or load_model_config(model)
     if path is None:
-        path = weights_path(config)
-        if not path.is_file():
-            raise WeightsError(
-                f"no {config.name} weights in {path.parent}; run "
-                f"`spoofwatch weights fetch --model {config.name}` first"
-            )
+        source, path = resolve_weights(config)
+        log.debug("loading %s weights from %s (%s)", config.name, path, source)
         verify_weights_file(path, config)
     net = AASIST(config)
     try:

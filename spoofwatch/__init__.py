@@ -15,6 +15,7 @@ from .errors import SpoofwatchError
 if TYPE_CHECKING:
     from spoofwatch.model.detector import Detector
 
+
 def __getattr__(name: str) -> Any:
     # Detector pulls in ONNX Runtime; import it only when asked for.
     if name == "Detector":

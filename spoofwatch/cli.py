@@ -22,6 +22,8 @@ _COMMAND_MODULES = (
     "spoofwatch.commands.server_cmds",
     "spoofwatch.commands.calibration_cmds",
     "spoofwatch.commands.training_cmds",
+    "spoofwatch.commands.run_cmds",
+    "spoofwatch.commands.corpus_cmds",
 )
 
 

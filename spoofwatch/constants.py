@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 #: Sample rate every model input and every stream runs at, in Hz.
 SAMPLE_RATE_HZ = 16_000
 
@@ -18,3 +20,9 @@ ONNX_OUTPUT_NAME = "logits"
 
 #: Models spoofwatch ships configurations and pinned weights for.
 MODEL_NAMES = ("aasist-l", "aasist")
+
+#: Numeric precisions a model can be scored at (see ``spoofwatch.model.precision``);
+#: a calibration file records the one its scores were made at.
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
+DEFAULT_PRECISION: Precision = "fp32"

@@ -18,6 +18,22 @@ so callers can catch one type. The CLI maps each child to an exit code::
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """Every WebSocket close code spoofwatch sends (RFC 6455, section 7.4.1)."""
+
+    NORMAL = 1000  # the stream completed
+    GOING_AWAY = 1001  # idle timeout, or the server is shutting down
+    PROTOCOL_ERROR = 1002  # wrong message order, unknown control message
+    UNSUPPORTED = 1003  # unsupported format (encoding, rate, channels)
+    INVALID_PAYLOAD = 1007  # a payload that does not match its declared format
+    POLICY_VIOLATION = 1008  # a limit such as the maximum stream duration
+    MESSAGE_TOO_BIG = 1009  # a message over --max-message-bytes
+    INTERNAL_ERROR = 1011  # a server bug or failure
+    TRY_AGAIN_LATER = 1013  # at capacity (--max-streams) or overloaded (load shedding)
+
 
 class SpoofwatchError(Exception):
     """Root of every error spoofwatch raises deliberately."""
@@ -60,14 +76,16 @@ class DeviceError(SpoofwatchError):
 
 
 class ProtocolError(SpoofwatchError):
-    """A streaming client violated the wire protocol.
+    """A streaming client violated the wire protocol or a limit.
 
     ``close_code`` is the WebSocket close code the server answers with.
     """
 
     exit_code = 6
 
-    def __init__(self, message: str, close_code: int = 1003) -> None:
+    def __init__(self, message: str, close_code: CloseCode) -> None:
+        if not isinstance(close_code, CloseCode):
+            raise TypeError(f"ProtocolError needs a CloseCode, got {close_code!r}")
         super().__init__(message)
         self.close_code = close_code
 

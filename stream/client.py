@@ -15,9 +15,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from spoofwatch.constants import SAMPLE_RATE_HZ
-from spoofwatch.errors import InputError, NetworkError, ProtocolError
+from spoofwatch.errors import CloseCode, InputError, NetworkError, ProtocolError
 
-from .server.codecs import encode
+from .codecs import encode
+from .sources.file import due_in_s
 
 #: Audio per binary frame: 20 ms, like most telephony stacks.
 FRAME_MS = 20
@@ -57,9 +58,11 @@ async def send_audio(
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace").strip().splitlines() if exc.response.body else []
         detail = f": {body[0]}" if body else ""
-        raise ProtocolError(f"{url}: server refused the connection with HTTP {status}{detail}") from None
+        raise ProtocolError(
+            f"{url}: server refused the connection with HTTP {status}{detail}", CloseCode.PROTOCOL_ERROR
+        ) from None
     except InvalidHandshake as exc:
-        raise ProtocolError(f"{url}: WebSocket handshake failed: {exc}") from None
+        raise ProtocolError(f"{url}: WebSocket handshake failed: {exc}", CloseCode.PROTOCOL_ERROR) from None
     except (OSError, TimeoutError) as exc:
         raise NetworkError(f"{url}: cannot connect: {exc.strerror or exc}") from None
 
@@ -95,11 +98,13 @@ async def _send_audio(
                 await ws.send(json.dumps(start))
                 result.started_at = time.monotonic()
                 for pos in range(0, audio.size, frame):
-                    if realtime:
-                        delay = result.started_at + (pos + frame) / SAMPLE_RATE_HZ - time.monotonic()
-                        if delay > 0:
-                            await anyio.sleep(delay)
-                    await ws.send(encode(audio[pos : pos + frame], encoding))
+                    chunk = audio[pos : pos + frame]
+                    if (
+                        realtime
+                        and (delay := due_in_s(result.started_at, pos + chunk.size, time.monotonic())) > 0
+                    ):
+                        await anyio.sleep(delay)
+                    await ws.send(encode(chunk, encoding))
                 await ws.send(json.dumps({"type": "stop"}))
             except ConnectionClosed:
                 pass  # the server closed early; its close code says why

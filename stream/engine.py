@@ -20,23 +20,31 @@ from spoofwatch.audio import sample_problem
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
-from .events import Event, ScoreEvent, StatusEvent, SummaryEvent
+from .events import END_OF_STREAM, Event, ScoreEvent, StatusEvent, SummaryEvent
 from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SileroVad, SpeechGate
 from .policy import AlertPolicy, PolicyConfig
 from .windower import Window, Windower
+
+#: Shortest hop: one VAD frame (32 ms). Finer hops would only re-score windows
+#: the gate cannot tell apart, at one model call each.
+MIN_HOP_S = VAD_FRAME_SAMPLES / SAMPLE_RATE_HZ
+#: Longest hop: one window, so consecutive windows never leave audio unscored.
+MAX_HOP_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     #: Seconds between the starts of consecutive windows.
     hop_s: float = 0.5
-    #: Windows a server stream may queue for scoring; a live stream drops the oldest beyond it.
+    #: Windows a live stream may queue for scoring; beyond it the oldest is dropped.
     max_pending_windows: int = 4
 
     def __post_init__(self) -> None:
-        max_hop = WINDOW_SAMPLES / SAMPLE_RATE_HZ
-        if not 0 < self.hop_s <= max_hop:
-            raise InputError(f"hop_s: expected a value in (0, {max_hop:.4f}], got {self.hop_s}")
+        if not MIN_HOP_S <= self.hop_s <= MAX_HOP_S:
+            raise InputError(
+                f"hop_s: expected a value in [{MIN_HOP_S:g}, {MAX_HOP_S:.4f}] seconds "
+                f"(one VAD frame to one window), got {self.hop_s}"
+            )
         if self.max_pending_windows < 1:
             raise InputError(f"max_pending_windows: expected >= 1, got {self.max_pending_windows}")
 
@@ -73,8 +81,9 @@ class Engine:
 
     ``push`` touches only the windower, the gate and the window count;
     ``resolve`` and ``drop`` only the policy and the other counters. A driver
-    may therefore push from one thread while resolving on another, as long as
-    each of the two is called from one thread at a time.
+    (:class:`~spoofwatch.stream.driver.StreamDriver`) may therefore push from
+    one thread while resolving on another, as long as each of the two is
+    called from one thread at a time.
     """
 
     def __init__(
@@ -83,16 +92,16 @@ class Engine:
         gate_config: GateConfig,
         policy_config: PolicyConfig,
         vad: SileroVad,
+        window_samples: int = WINDOW_SAMPLES,
     ) -> None:
         self.config = config
-        self.windower = Windower(config.hop_samples)
+        # window_samples: the model's input length (a model card may declare its own).
+        self.windower = Windower(config.hop_samples, window_samples)
         # push() feeds the gate at most one hop ahead of the windows it assesses,
         # so one window plus one hop of VAD frames (and a frame of slack) suffices.
-        history = (WINDOW_SAMPLES + config.hop_samples) // VAD_FRAME_SAMPLES + 2
+        history = (window_samples + config.hop_samples) // VAD_FRAME_SAMPLES + 2
         self.gate = SpeechGate(gate_config, vad, history_frames=history)
         self.policy = AlertPolicy(policy_config)
-        #: ``alert_end`` reason if ``finish`` closes an open alert (a server drain sets "shutdown").
-        self.end_reason = "end_of_stream"
         self.reset()
 
     def reset(self) -> None:
@@ -101,7 +110,6 @@ class Engine:
         self.policy.reset()
         self.windows = 0
         self.scored_windows = 0
-        self.speech_windows = 0
         self.dropped_windows = 0
         self._last_t = 0.0
 
@@ -141,7 +149,6 @@ class Engine:
                 *events,
             ]
         self.scored_windows += 1
-        self.speech_windows += 1
         events = self.policy.update(w.t_end, score)
         return [
             ScoreEvent(w.t_start, w.t_end, score, self.policy.smoothed, True, gate.speech_fraction),
@@ -149,12 +156,16 @@ class Engine:
         ]
 
     def drop(self, pending: PendingWindow) -> None:
-        """The driver fell behind and discarded this window unscored."""
+        """The driver fell behind (or the stream was aborted) and discarded this
+        window unscored. Its audio was still heard: stream time moves to its end."""
+        if pending.window.index >= self.windows:
+            raise InputError(f"drop: window {pending.window.index} was not cut by this engine")
         self.dropped_windows += 1
+        self._last_t = max(self._last_t, pending.window.t_end)
 
-    def finish(self) -> list[Event]:
-        """End of stream: close any open alert and summarise."""
-        return [*self.policy.finish(max(self._last_t, self.duration_s), self.end_reason), self.summary()]
+    def finish(self, reason: str = END_OF_STREAM) -> list[Event]:
+        """End of stream: close any open alert (with ``reason``) and summarise."""
+        return [*self.policy.finish(max(self._last_t, self.duration_s), reason), self.summary()]
 
     def status(
         self, overruns: int = 0, lost_samples: int = 0, input_overflows: int = 0, **info: object
@@ -166,20 +177,27 @@ class Engine:
             round(self.duration_s, 6),
             self.windows,
             self.scored_windows,
-            self.speech_windows,
             self.policy.alerts,
             self.dropped_windows,
         )
 
 
-def run_windows(engine: Engine, scorer: Scorer, pending: list[PendingWindow]) -> list[Event]:
-    """Score pending windows inline, one per call, and resolve them in order.
+@dataclass(frozen=True)
+class LiveConfig:
+    """Everything an engine is built from: plain config objects, whatever file they came from."""
 
-    One window per call keeps scores bit-identical however the audio was
-    chunked (ONNX Runtime's batched kernels may round differently).
-    """
-    events: list[Event] = []
-    for p in pending:
-        score = float(scorer.scores(p.window.samples[np.newaxis, :])[0]) if p.gate.speech else None
-        events += engine.resolve(p, score)
-    return events
+    stream: EngineConfig
+    gate: GateConfig
+    policy: PolicyConfig
+    #: The model's input length in samples. Not a calibration setting: the
+    #: command layer sets it from the model in use (a model card may declare
+    #: its own; the built-in AASIST models take ``WINDOW_SAMPLES``).
+    window_samples: int = WINDOW_SAMPLES
+
+
+def build_engine(live: LiveConfig, vad: SileroVad, hop_s: float | None = None) -> Engine:
+    """The one way to build an engine (``hop_s`` overrides the configured hop)."""
+    from dataclasses import replace
+
+    stream = live.stream if hop_s is None else replace(live.stream, hop_s=hop_s)
+    return Engine(stream, live.gate, live.policy, vad, live.window_samples)

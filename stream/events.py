@@ -6,13 +6,12 @@ Schema (times are seconds of stream audio, scores are bona fide logits):
   ``smoothed`` (null before the first scored window), ``speech`` (bool),
   ``speech_fraction``.
 - ``alert_start`` / ``alert_end``: ``t``, ``smoothed``, ``threshold``
-  (``alert_end`` also has ``reason``: ``"recovered"``, ``"silence"``, ``"end_of_stream"``
-  or ``"shutdown"`` when a server drain ended the stream).
+  (``alert_end`` also has ``reason``: one of :data:`END_REASONS`).
 - ``status``: ``overruns``, ``lost_samples``, ``dropped_windows``,
   ``input_overflows`` and an ``info`` object (device, provider, sample rate).
-- ``summary``: ``duration_s``, ``windows``, ``scored_windows``,
-  ``speech_windows``, ``alerts``, ``dropped_windows`` (capture health such
-  as ring overruns is in ``status``, which adapters that own a capture emit).
+- ``summary``: ``duration_s``, ``windows``, ``scored_windows``, ``alerts``,
+  ``dropped_windows`` (capture health such as ring overruns is in ``status``,
+  which adapters that own a capture emit). Every stream ends with exactly one.
 
 Adapters may add ``stream`` identifiers (``stream_id``, ``callSid``, ``track``).
 """
@@ -24,6 +23,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from spoofwatch.errors import ModelError
+
+# Why an alert ended (``alert_end.reason``). The first two come from the
+# policy; the others are how the stream itself ended.
+RECOVERED = "recovered"  # the smoothed score rose above the exit threshold
+SILENCE = "silence"  # no speech for silence_reset_s
+END_OF_STREAM = "end_of_stream"  # the input ended normally (stop, end of file, monitor stopped)
+DISCONNECT = "disconnect"  # the client went away
+PROTOCOL_ERROR = "protocol_error"  # the client broke the protocol or a limit
+IDLE = "idle"  # no message within the idle timeout
+SHUTDOWN = "shutdown"  # the process is stopping (signal, Ctrl-C, server shutdown)
+ERROR = "error"  # an internal error ended the stream
+END_REASONS = (RECOVERED, SILENCE, END_OF_STREAM, DISCONNECT, PROTOCOL_ERROR, IDLE, SHUTDOWN, ERROR)
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,6 @@ class SummaryEvent(Event):
     duration_s: float
     windows: int
     scored_windows: int
-    speech_windows: int
     alerts: int
     dropped_windows: int
 

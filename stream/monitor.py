@@ -1,4 +1,4 @@
-"""The live-monitor loop: ring buffer -> resampler -> engine, on one consumer thread."""
+"""The live-monitor loop: ring buffer -> driver (resampler, engine), on one consumer thread."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.audio import StreamResampler, sample_problem
+from spoofwatch.audio import sample_problem
 from spoofwatch.errors import AudioError
 
+from .driver import StreamDriver
+from .engine import Scorer
 from .events import Event
-from .runner import InlineRunner
 from .sources.mic import MicrophoneSource
 
 #: How long the consumer waits for audio before polling the ring again.
@@ -23,7 +24,8 @@ STATUS_EVERY_S = 30.0
 
 def run_monitor(
     source: MicrophoneSource,
-    runner: InlineRunner,
+    driver: StreamDriver,
+    scorer: Scorer,
     on_events: Callable[[list[Event]], None],
     stop: threading.Event,
     status_every_s: float = STATUS_EVERY_S,
@@ -31,10 +33,10 @@ def run_monitor(
     """Consume audio until ``stop`` is set; returns the closing events.
 
     The capture callback only writes the ring; this loop resamples, gates
-    and scores. If scoring falls behind, audio waits in the ring and the
-    runner drops stale windows (``drop_stale``), so detection stays live.
+    and scores through ``driver`` (built at the source's rate with
+    ``drop_stale``). If scoring falls behind, audio waits in the ring and the
+    driver drops stale windows, so detection stays live.
     """
-    resampler = StreamResampler(source.rate_hz)
     next_status_s = status_every_s
     source.start()
     try:
@@ -43,15 +45,23 @@ def run_monitor(
             if chunk.size == 0:
                 stop.wait(POLL_S)
                 continue
-            events = runner.feed(resampler(checked(chunk)))
-            if runner.engine.duration_s >= next_status_s:
-                events.append(capture_status(source, runner))
+            events = driver.feed(checked(chunk), scorer)
+            if driver.engine.duration_s >= next_status_s:
+                events.append(capture_status(source, driver))
                 next_status_s += status_every_s
             on_events(events)
     finally:
         source.stop()
-    events = runner.feed(resampler(checked(source.ring.read()), last=True))
-    return [*events, *runner.close(), capture_status(source, runner)]
+    return close_monitor(source, driver, scorer)
+
+
+def close_monitor(source: MicrophoneSource, driver: StreamDriver, scorer: Scorer) -> list[Event]:
+    """End of a capture (stop or Ctrl-C): what is left in the ring, the
+    resampler's tail, the closing events and a final ``status``."""
+    if driver.finished:
+        return []
+    events = driver.feed(checked(source.ring.read()), scorer)
+    return [*events, *driver.close(scorer), capture_status(source, driver)]
 
 
 def checked(chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -61,9 +71,9 @@ def checked(chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return chunk
 
 
-def capture_status(source: MicrophoneSource, runner: InlineRunner) -> Event:
+def capture_status(source: MicrophoneSource, driver: StreamDriver) -> Event:
     """Capture health: ring overruns, PortAudio overflows, dropped windows."""
-    return runner.engine.status(
+    return driver.engine.status(
         source.ring.overruns,
         source.ring.lost_samples,
         source.input_overflows,

@@ -11,6 +11,8 @@ talker starts fresh.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -18,15 +20,18 @@ import numpy as np
 
 from spoofwatch.errors import InputError
 
-from .events import AlertEnd, AlertStart, Event
+from .events import END_OF_STREAM, RECOVERED, SILENCE, AlertEnd, AlertStart, Event
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
+    """The live alert band and its timing. The thresholds have no default in
+    code: they come from the calibration file, where each is defined once."""
+
     #: Smoothed score below which a window counts toward an alert.
-    enter_threshold: float = 1.764
+    enter_threshold: float
     #: Smoothed score above which an active alert ends (>= enter_threshold).
-    exit_threshold: float = 2.5
+    exit_threshold: float
     #: Smoothing: mean of the last k scored windows.
     smoothing_windows: int = 4
     #: Consecutive below-threshold smoothed windows needed to start an alert.
@@ -41,10 +46,33 @@ class PolicyConfig:
             raise InputError(
                 f"policy: expected exit_threshold >= enter_threshold, got {self.exit_threshold} < {self.enter_threshold}"
             )
+        if not (math.isfinite(self.enter_threshold) and math.isfinite(self.exit_threshold)):
+            raise InputError(
+                f"policy: expected finite thresholds, got {self.enter_threshold}, {self.exit_threshold}"
+            )
         if self.smoothing_windows < 1 or self.min_alert_windows < 1:
-            raise InputError("policy: expected smoothing_windows >= 1 and min_alert_windows >= 1")
-        if self.cooldown_s < 0 or self.silence_reset_s <= 0:
-            raise InputError("policy: expected cooldown_s >= 0 and silence_reset_s > 0")
+            raise InputError(
+                f"policy: expected smoothing_windows >= 1 and min_alert_windows >= 1, "
+                f"got {self.smoothing_windows} and {self.min_alert_windows}"
+            )
+        if not 0 <= self.cooldown_s < math.inf or not 0 < self.silence_reset_s < math.inf:
+            raise InputError(
+                f"policy: expected cooldown_s >= 0 and silence_reset_s > 0 (finite), "
+                f"got {self.cooldown_s} and {self.silence_reset_s}"
+            )
+
+    @property
+    def band_width(self) -> float:
+        """Hysteresis: exit threshold minus enter threshold."""
+        return self.exit_threshold - self.enter_threshold
+
+    def with_band(self, enter_threshold: float, width: float | None = None) -> PolicyConfig:
+        """The one way to move the alert band: enter at ``enter_threshold``, exit
+        ``width`` above it (default: keep the current width)."""
+        width = self.band_width if width is None else width
+        return dataclasses.replace(
+            self, enter_threshold=enter_threshold, exit_threshold=enter_threshold + width
+        )
 
 
 class AlertPolicy:
@@ -71,7 +99,7 @@ class AlertPolicy:
         cfg = self.config
         if self.active:
             if self.smoothed > cfg.exit_threshold:
-                return [self._end(t, "recovered")]
+                return [self._end(t, RECOVERED)]
             return []
         self._below = self._below + 1 if self.smoothed < cfg.enter_threshold else 0
         if self._below >= cfg.min_alert_windows and t >= self._cooldown_until:
@@ -87,14 +115,14 @@ class AlertPolicy:
             self._silent_since = t
         if t - self._silent_since < self.config.silence_reset_s:
             return []
-        events: list[Event] = [self._end(t, "silence")] if self.active else []
+        events: list[Event] = [self._end(t, SILENCE)] if self.active else []
         self._recent.clear()
         self._below = 0
         self.smoothed = None
         return events
 
-    def finish(self, t: float, reason: str = "end_of_stream") -> list[Event]:
-        """End of stream: close an open alert."""
+    def finish(self, t: float, reason: str = END_OF_STREAM) -> list[Event]:
+        """End of stream: close an open alert, saying why the stream ended."""
         return [self._end(t, reason)] if self.active else []
 
     def _end(self, t: float, reason: str) -> AlertEnd:

@@ -1,16 +1,20 @@
 """Fixtures: the shared data (fails loudly in CI when missing), an isolated
 SPOOFWATCH_HOME with the official weights installed through the real fetch
-code, and the ONNX exports, built once per test session."""
+code, the ONNX exports (built once per test session), the genuine-then-spoof
+test stream, real engines, and a loopback HTTP server."""
 
 from __future__ import annotations
 
+import http.server
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, genuine_then_spoof
 
 SHARED_ENV = "SPOOFWATCH_SHARED"
 
@@ -78,3 +82,41 @@ def vad():  # type: ignore[no-untyped-def]
     from spoofwatch.stream.gate import SileroVad
 
     return SileroVad()
+
+
+@pytest.fixture(scope="session")
+def spoof_stream(la_dir: Path) -> np.ndarray:
+    """16 s at 16 kHz: 8 s of bona fide LA speech, then 8 s of a spoofed LA clip (onset: ``helpers.ONSET_S``)."""
+    return genuine_then_spoof(la_dir)
+
+
+@pytest.fixture()
+def make_engine(vad: Any) -> Callable[..., Any]:
+    """Builds a real engine (silero VAD) from the shipped AASIST-L calibration."""
+    from spoofwatch.calibration.calfile import load_calibration
+    from spoofwatch.stream.engine import build_engine
+
+    def make(hop_s: float | None = None) -> Any:
+        return build_engine(load_calibration(model="aasist-l").live, vad, hop_s)
+
+    return make
+
+
+@pytest.fixture()
+def loopback_http() -> Iterator[Callable[[type[http.server.BaseHTTPRequestHandler]], str]]:
+    """Starts an HTTP server on 127.0.0.1 for a handler class and returns its base
+    URL (``http://127.0.0.1:PORT``); every server started is stopped at teardown."""
+    servers: list[tuple[http.server.ThreadingHTTPServer, threading.Thread]] = []
+
+    def start(handler: type[http.server.BaseHTTPRequestHandler]) -> str:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        servers.append((httpd, thread))
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield start
+    for httpd, thread in servers:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

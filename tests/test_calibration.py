@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import BONAFIDE_UTT, SPOOF_UTTS
+from helpers import BONAFIDE_UTT, SPOOF_UTTS, genuine_then_spoof
 
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.calibration.protocol import parse_protocol, read_scores
@@ -109,8 +109,8 @@ def test_score_fit_and_load_end_to_end(
     cal_path = tmp_path / "calibration.toml"
     assert main(["calibrate", "fit", "--scores", str(out), "--target", "eer", "--out", str(cal_path)]) == 0
     cal = load_calibration(cal_path, model="aasist-l")
-    assert max(table.by_label("spoof")) <= cal.threshold <= bona
-    assert cal.policy.enter_threshold == cal.threshold
+    assert max(table.by_label("spoof")) <= cal.verdict_threshold <= bona
+    assert cal.policy.enter_threshold == cal.verdict_threshold
     assert cal.provenance["metrics"]["eer_percent"] == 0.0
     assert (
         main(
@@ -126,7 +126,7 @@ def test_score_fit_and_load_end_to_end(
         )
         == 0
     )
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["threshold"] == cal.threshold
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["threshold"] == cal.verdict_threshold
     assert (
         main(
             [
@@ -144,7 +144,7 @@ def test_score_fit_and_load_end_to_end(
         )
         == 0
     )
-    assert load_calibration(cal_path).threshold > max(table.by_label("spoof"))
+    assert load_calibration(cal_path).verdict_threshold > max(table.by_label("spoof"))
 
 
 def test_missing_and_corrupt_files(
@@ -177,8 +177,14 @@ def test_calibration_file_validation(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
         'schema_version = 1\nmodel = "aasist-l"\nweights_sha256 = "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a"\nthreshold = "high"\n'
+        + POLICY
     )
     with pytest.raises(ConfigError, match="threshold: expected a finite number"):
+        load_calibration(path)
+    path.write_text(
+        'schema_version = 1\nmodel = "aasist-l"\nweights_sha256 = "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a"\nthreshold = 1.0\n'
+    )
+    with pytest.raises(ConfigError, match="missing required field 'policy'"):
         load_calibration(path)
     path.write_text(
         'schema_version = 1\nmodel = "aasist-l"\nweights_sha256 = "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a"\nthreshold = 1.0\n[policy]\nsmoothing = 3\n'
@@ -195,9 +201,78 @@ def test_calibration_file_validation(tmp_path: Path) -> None:
         load_calibration(path, model="aasist")
 
 
+SHA_L = "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a"
+POLICY = "[policy]\nenter_threshold = 0.5\nexit_threshold = 1.5\n"
+
+
+def test_schema_1_files_still_load_and_newer_ones_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text(
+        f'schema_version = 1\nmodel = "aasist-l"\nweights_sha256 = "{SHA_L}"\nthreshold = 0.25\n{POLICY}'
+    )
+    cal = load_calibration(path, model="aasist-l")
+    assert cal.verdict_threshold == 0.25 and (cal.policy.enter_threshold, cal.policy.exit_threshold) == (
+        0.5,
+        1.5,
+    )
+    from spoofwatch.calibration.calfile import save_calibration
+
+    save_calibration(cal, tmp_path / "new.toml")
+    text = (tmp_path / "new.toml").read_text()
+    assert "schema_version = 2" in text and "verdict_threshold = 0.25" in text
+    assert load_calibration(tmp_path / "new.toml") == cal
+    # A schema 2 file uses the new name only.
+    path.write_text(
+        f'schema_version = 2\nmodel = "aasist-l"\nweights_sha256 = "{SHA_L}"\nthreshold = 0.25\n{POLICY}'
+    )
+    with pytest.raises(ConfigError, match=r"unknown top-level field.*threshold for schema_version 2"):
+        load_calibration(path)
+    path.write_text(f'schema_version = 3\nmodel = "aasist-l"\nweights_sha256 = "{SHA_L}"\n')
+    with pytest.raises(ConfigError, match=r"expected schema_version 1 or 2, got 3 .written by a newer"):
+        load_calibration(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("[stream]\nhop_s = 0.00001\n", "hop_s", r"hop_s: expected a value in \[0.032, 4.0375\]"),
+        ("[stream]\nhop_s = 5.0\n", "hop_s", "hop_s: expected"),
+        ("[stream]\nmax_pending_windows = 0\n", "", "max_pending_windows: expected >= 1"),
+        ("[gate]\nvad_threshold = 1.5\n", "", "vad_threshold: expected a value in"),
+    ],
+)
+def test_out_of_range_fields_are_refused_at_load(
+    section: str, value: str, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'schema_version = 2\nmodel = "aasist-l"\nweights_sha256 = "{SHA_L}"\nverdict_threshold = 0.0\n{POLICY}{section}'
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_calibration(path)
+
+
+def test_every_command_refuses_a_bad_calibration_at_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``serve`` used to accept hop_s = 0.00001 and then fail every stream with 1011."""
+    path = tmp_path / "tiny_hop.toml"
+    path.write_text(
+        f'schema_version = 2\nmodel = "aasist-l"\nweights_sha256 = "{SHA_L}"\nverdict_threshold = 0.0\n{POLICY}[stream]\nhop_s = 0.00001\n'
+    )
+    wav = tmp_path / "x.wav"
+    import numpy as np
+    import soundfile
+
+    soundfile.write(wav, np.zeros(16000, np.float32), 16000)
+    for command in (["serve", "--port", "0"], ["score", str(wav)], ["stream", str(wav)], ["monitor"]):
+        assert main([*command, "--calibration", str(path)]) == ConfigError.exit_code, command
+        assert "hop_s: expected a value in" in capsys.readouterr().err, command
+
+
 def test_default_calibration_provenance() -> None:
     cal = load_calibration(model="aasist-l")
-    assert cal.threshold == pytest.approx(1.76397, abs=1e-4)
+    assert cal.verdict_threshold == pytest.approx(1.76397, abs=1e-4)
     assert "LA eval" in cal.provenance["source"] and "dev set replaces it" in cal.provenance["note"]
 
 
@@ -233,16 +308,19 @@ def test_bonafide_tuning_meets_its_target(
         assert main(["stream", "--json", "--device", "cpu", "--calibration", str(out), str(path)]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert not [e for e in events if e["type"] == "alert_start"]
-    assert cal.threshold < load_calibration(model="aasist-l").threshold  # LibriSpeech sits below LA bona fide
+    assert (
+        cal.verdict_threshold < load_calibration(model="aasist-l").verdict_threshold
+    )  # LibriSpeech sits below LA bona fide
 
 
 def test_streaming_calibration_and_report(
-    sw_home: Path, mini_la: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sw_home: Path,
+    la_dir: Path,
+    mini_la: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import numpy as np
     import soundfile
-
-    from spoofwatch.audio import read_audio
 
     protocol, flac = mini_la
     scores = tmp_path / "scores.txt"
@@ -265,9 +343,7 @@ def test_streaming_calibration_and_report(
     text = (report_dir / "report.md").read_text()
     assert "## Streaming" in text and "false alerts per hour" in text and "![DET curve](det.png)" in text
     # The fitted policy, run live on a new bona fide -> spoof stream, alerts only after the switch.
-    bona = read_audio(flac / f"{BONAFIDE_UTT}.flac")
-    spoof = read_audio(flac / f"{SPOOF_UTTS[2]}.flac")
-    stream = np.concatenate([np.tile(bona, 4)[: 9 * 16000], np.tile(spoof, 5)[: 8 * 16000]])
+    stream = genuine_then_spoof(la_dir, onset_s=9.0, spoof_s=8.0, spoof_utt=SPOOF_UTTS[2])
     soundfile.write(tmp_path / "switch.wav", stream, 16000, subtype="FLOAT")
     capsys.readouterr()
     assert (

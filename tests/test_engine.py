@@ -9,46 +9,39 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from helpers import BONAFIDE_UTT, la_clip
+from helpers import BONAFIDE_UTT, ONSET_S, la_clip
 
 from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
 from spoofwatch.errors import InputError
-from spoofwatch.stream.engine import Engine
-from spoofwatch.stream.runner import InlineRunner, build_engine
+from spoofwatch.stream.driver import StreamDriver
+from spoofwatch.stream.engine import Engine, build_engine
 
-SPOOF_ONSET_S = 8.0
-
-
-def repeat_to(audio: np.ndarray, n: int) -> np.ndarray:
-    return np.tile(audio, n // audio.size + 1)[:n]
+SPOOF_ONSET_S = ONSET_S
 
 
 @pytest.fixture(scope="module")
-def concat_wav(la_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 8 s of the bona fide LA clip, then about 8 s of a spoofed LA clip."""
-    bona = read_audio(la_clip(la_dir, BONAFIDE_UTT))
-    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
-    n = int(SPOOF_ONSET_S * 16000)
+def concat_wav(spoof_stream: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The genuine-then-spoof test stream as a WAV file."""
     path = tmp_path_factory.mktemp("audio") / "bona_then_spoof.wav"
-    soundfile.write(path, np.concatenate([repeat_to(bona, n), repeat_to(spoof, n)]), 16000, subtype="FLOAT")
+    soundfile.write(path, spoof_stream, 16000, subtype="FLOAT")
     return path
 
 
 def engine_for(vad: Any) -> Engine:
-    return build_engine(load_calibration(model="aasist-l"), vad)
+    return build_engine(load_calibration(model="aasist-l").live, vad)
 
 
 def run_chunked(audio: np.ndarray, chunks: list[int], scorer: Any, vad: Any) -> list[dict[str, Any]]:
-    runner = InlineRunner(engine_for(vad), scorer)
+    driver = StreamDriver(engine_for(vad))
     events = []
     pos = 0
     for size in chunks:
-        events += runner.feed(audio[pos : pos + size])
+        events += driver.feed(audio[pos : pos + size], scorer)
         pos += size
     assert pos >= audio.size
-    return [e.to_json() for e in [*events, *runner.close()]]
+    return [e.to_json() for e in [*events, *driver.close(scorer)]]
 
 
 def test_stream_cli_alerts_only_after_spoof_onset(
@@ -130,3 +123,32 @@ def test_stream_cli_bad_file(sw_home: Path, tmp_path: Path, capsys: pytest.Captu
     bad.write_bytes(b"RIFF0000WAVE")
     assert main(["stream", str(bad)]) == 3
     assert "cannot decode audio" in capsys.readouterr().err
+
+
+def test_stream_cli_ctrl_c_flushes_and_closes_the_alert(
+    sw_home: Path,
+    spoof_stream: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C mid-file: what was heard is flushed and scored, the open alert ends
+    with reason "shutdown", one summary follows, and the exit status is 130."""
+    import spoofwatch.stream.sources.file as file_source
+
+    heard = spoof_stream[: 13 * 16000 + 123]  # mid-alert, not on a chunk or hop boundary
+
+    def interrupted(path: object, realtime: bool = False) -> Any:
+        def chunks() -> Any:
+            yield from file_source.iter_chunks(heard)
+            raise KeyboardInterrupt
+
+        return chunks()
+
+    monkeypatch.setattr(file_source, "file_chunks", interrupted)
+    assert main(["stream", "--json", "--device", "cpu", "unused.wav"]) == 130
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["type"] for e in events].count("alert_start") == 1
+    end, summary = events[-2:]
+    assert end["type"] == "alert_end" and end["reason"] == "shutdown"
+    assert summary["type"] == "summary" and summary["duration_s"] == pytest.approx(heard.size / 16000)
+    assert [e["type"] for e in events].count("summary") == 1

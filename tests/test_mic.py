@@ -4,20 +4,19 @@ runs on its own thread with real audio (this machine has no sound card)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import BONAFIDE_UTT, la_clip
 
-from spoofwatch.audio import read_audio, resample
-from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.audio import resample
 from spoofwatch.cli import main
 from spoofwatch.errors import DeviceError
+from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.events import Event
 from spoofwatch.stream.monitor import run_monitor
-from spoofwatch.stream.runner import InlineRunner, build_engine
 from spoofwatch.stream.sources.mic import MicrophoneSource, parse_device
 
 NATIVE_HZ = 48_000
@@ -75,7 +74,7 @@ class FakeInputStream:
 
 
 def _run_monitor(
-    audio48: np.ndarray, block: int, vad: Any, scorer: Any
+    audio48: np.ndarray, block: int, make_engine: Callable[[], Any], scorer: Any
 ) -> tuple[MicrophoneSource, list[dict[str, Any]]]:
     consumed = threading.Semaphore(0)
     opened = threading.Event()
@@ -91,13 +90,12 @@ def _run_monitor(
         consumed.release()  # called once per chunk processed: the fake may deliver the next block
 
     source = MicrophoneSource(NATIVE_HZ, device=None, stream_factory=factory)
-    engine = build_engine(load_calibration(model="aasist-l"), vad)
-    runner = InlineRunner(engine, scorer, drop_stale=True)
+    driver = StreamDriver(make_engine(), NATIVE_HZ, drop_stale=True)
     seen: list[Event] = []
     stop = threading.Event()
     result: list[Event] = []
     consumer = threading.Thread(
-        target=lambda: result.extend(run_monitor(source, runner, on_events, stop, status_every_s=5.0))
+        target=lambda: result.extend(run_monitor(source, driver, scorer, on_events, stop, status_every_s=5.0))
     )
     consumer.start()
     assert opened.wait(timeout=60)
@@ -108,16 +106,15 @@ def _run_monitor(
     return source, [e.to_json() for e in [*seen, *result]]
 
 
-@pytest.fixture(scope="module")
-def audio48(la_dir: Path) -> np.ndarray:
-    bona = read_audio(la_clip(la_dir, BONAFIDE_UTT))
-    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
-    n = 8 * 16000
-    return resample(np.concatenate([np.tile(bona, 4)[:n], np.tile(spoof, 4)[:n]]), 16000, NATIVE_HZ)
+@pytest.fixture()
+def audio48(spoof_stream: np.ndarray) -> np.ndarray:
+    return resample(spoof_stream, 16000, NATIVE_HZ)
 
 
-def test_monitor_with_injected_stream(sw_home: Path, audio48: np.ndarray, scorer: Any, vad: Any) -> None:
-    source, events = _run_monitor(audio48, BLOCK, vad, scorer)
+def test_monitor_with_injected_stream(
+    sw_home: Path, audio48: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
+) -> None:
+    source, events = _run_monitor(audio48, BLOCK, make_engine, scorer)
     assert source.input_overflows == 1
     assert source.ring.overruns == 0
     starts = [e for e in events if e["type"] == "alert_start"]
@@ -134,11 +131,11 @@ def test_monitor_with_injected_stream(sw_home: Path, audio48: np.ndarray, scorer
 
 
 def test_monitor_drops_stale_windows_when_audio_arrives_in_bursts(
-    sw_home: Path, audio48: np.ndarray, scorer: Any, vad: Any
+    sw_home: Path, audio48: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
 ) -> None:
     """A consumer that fell behind reads 2 s at once (four hops): it scores
     only the freshest window of each read and counts the others as dropped."""
-    _, events = _run_monitor(audio48, 2 * NATIVE_HZ, vad, scorer)
+    _, events = _run_monitor(audio48, 2 * NATIVE_HZ, make_engine, scorer)
     scores = [e for e in events if e["type"] == "score"]
     summary = events[-2]
     assert summary["type"] == "summary" and summary["windows"] == 24

@@ -42,7 +42,15 @@ def test_wheel_layout(tmp_path: Path) -> None:
         assert expected in names, expected
     top_level = {n.split("/")[0] for n in names}
     assert top_level == {"spoofwatch", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
-    assert not any(n.endswith((".onnx", ".pth")) for n in names)
+    # The weights each model config names ship with their licence; no other model file does.
+    from spoofwatch.constants import MODEL_NAMES
+    from spoofwatch.model.config import load_model_config
+
+    packaged = {f"spoofwatch/weights/{load_model_config(m).weights_file}" for m in MODEL_NAMES}
+    assert {"spoofwatch/weights/AASIST-L.pth", "spoofwatch/weights/AASIST.pth"} <= packaged
+    assert {n for n in names if n.endswith((".onnx", ".pth"))} == packaged
+    assert {"spoofwatch/weights/LICENSE", "spoofwatch/weights/NOTICE"} <= set(names)
+    assert "spoofwatch/stream/server/web/index.html" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "spoofwatch = spoofwatch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -20,11 +20,13 @@ from spoofwatch.audio import (
     sample_problem,
 )
 from spoofwatch.cli import main
+from spoofwatch.constants import WINDOW_SAMPLES
 from spoofwatch.errors import AudioError, InputError, ModelError, ProtocolError
-from spoofwatch.model.detector import Detector, stream_windows, window_starts
+from spoofwatch.model.detector import Detector
+from spoofwatch.stream.windower import stream_windows, window_starts
 from spoofwatch.stream.events import ScoreEvent, event_json
 from spoofwatch.stream.monitor import checked
-from spoofwatch.stream.server.codecs import decode
+from spoofwatch.stream.codecs import decode
 from spoofwatch.stream.sinks import JsonlSink
 from spoofwatch.stream.sources.file import file_chunks, iter_chunks
 
@@ -190,6 +192,8 @@ def test_score_file_streams_and_equals_score_audio(sw_home: Path, la_dir: Path, 
 
 
 class _NanScorer:
+    window_samples = WINDOW_SAMPLES
+
     def scores(self, windows: np.ndarray) -> np.ndarray:
         return np.full(windows.shape[0], np.nan, dtype=np.float32)
 
@@ -227,4 +231,5 @@ def test_iter_chunks_paces_lazily_decoded_blocks() -> None:
     blocks: list[Any] = [np.zeros(500, np.float32), np.zeros(1000, np.float32), np.zeros(100, np.float32)]
     chunks = list(iter_chunks(blocks, 320, realtime=True, clock=lambda: now[0], sleep=sleep))
     assert [c.size for c in chunks] == [320, 320, 320, 320, 320]
-    assert now[0] == pytest.approx(4 * 320 / 16000)
+    # A chunk is due once all of its audio would have been captured (due_in_s).
+    assert now[0] == pytest.approx(5 * 320 / 16000)

@@ -13,7 +13,8 @@ from helpers import BONAFIDE_UTT, SPOOF_UTTS, la_clip
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.cli import main
 from spoofwatch.errors import AudioError
-from spoofwatch.model.detector import Detector, window_starts
+from spoofwatch.model.detector import Detector
+from spoofwatch.stream.windower import window_starts
 
 
 def _reference_score(reference: dict[str, np.ndarray], utt: str) -> float:

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from spoofwatch.audio import read_audio
 from spoofwatch.stream.client import send_audio
-from spoofwatch.stream.server.codecs import encode
+from spoofwatch.stream.codecs import encode
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 ONSET_S = 8.0

@@ -8,8 +8,7 @@ import http.server
 import json
 import logging
 import socket
-import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
-from helpers import BONAFIDE_UTT, la_clip
+from helpers import BONAFIDE_UTT, ONSET_S, la_clip
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -25,15 +24,13 @@ from spoofwatch.audio import read_audio, resample
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.errors import ConfigError
 from spoofwatch.stream.client import send_audio
+from spoofwatch.stream.codecs import decode, encode, mulaw_encode
 from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer
-from spoofwatch.stream.server.codecs import decode, encode, mulaw_encode
 from spoofwatch.stream.server.context import ServerConfig, ServerContext
-from spoofwatch.stream.server.session import StreamSession
 from spoofwatch.stream.server.sinks import ServerSinks
 
 pytestmark = pytest.mark.anyio
-ONSET_S = 8.0
 
 
 @pytest.fixture()
@@ -45,23 +42,21 @@ def anyio_backend() -> str:
 def frozen_session_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Streams past their first second count as uploads whatever the machine's
     speed: they are slowed down, never dropped, so window counts are exact."""
-    monkeypatch.setattr(StreamSession, "clock", staticmethod(lambda: 0.0))
+    monkeypatch.setattr(ServerContext, "clock", staticmethod(lambda: 0.0))
 
 
-@pytest.fixture(scope="module")
-def concat(la_dir: Path) -> np.ndarray:
-    bona = read_audio(la_clip(la_dir, BONAFIDE_UTT))
-    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
-    n = int(ONSET_S * 16000)
-    return np.concatenate([np.tile(bona, 4)[:n], np.tile(spoof, 4)[:n]]).astype(np.float32)
+@pytest.fixture()
+def concat(spoof_stream: np.ndarray) -> np.ndarray:
+    return spoof_stream
 
 
 def make_ctx(
     scorer: Any, vad: Any, tmp_path: Path, webhook: str | None = None, **limits: Any
 ) -> ServerContext:
-    config = ServerConfig(host="127.0.0.1", port=0, **limits)
+    # No load shedding: these tests must not depend on this machine's speed.
+    config = ServerConfig(host="127.0.0.1", port=0, **{"shedding": None, **limits})
     sinks = ServerSinks(jsonl=tmp_path / "events.jsonl", webhook=webhook)
-    return ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l"), vad, sinks)
+    return ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l").live, vad, sinks)
 
 
 @asynccontextmanager
@@ -142,7 +137,12 @@ def twilio_messages(inbound: np.ndarray, outbound: np.ndarray) -> list[str]:
 
 
 async def test_twilio_media_stream(
-    concat: np.ndarray, la_dir: Path, scorer: Any, vad: Any, tmp_path: Path
+    concat: np.ndarray,
+    la_dir: Path,
+    scorer: Any,
+    vad: Any,
+    tmp_path: Path,
+    loopback_http: Callable[[type[http.server.BaseHTTPRequestHandler]], str],
 ) -> None:
     inbound = resample(concat, 16000, 8000)
     outbound = resample(np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 4)[: 10 * 16000], 16000, 8000)
@@ -157,14 +157,8 @@ async def test_twilio_media_stream(
         def log_message(self, *args: object) -> None:
             pass
 
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    ctx = make_ctx(scorer, vad, tmp_path, webhook=f"http://127.0.0.1:{hook.server_address[1]}/alerts")
-    try:
-        await _twilio_call(ctx, inbound, outbound)
-    finally:
-        hook.shutdown()
-        hook.server_close()
+    ctx = make_ctx(scorer, vad, tmp_path, webhook=loopback_http(Hook) + "/alerts")
+    await _twilio_call(ctx, inbound, outbound)
     events = jsonl(tmp_path)
     assert all(e["callSid"] == "CA0001" and e["streamSid"] == "MZ0001" for e in events)
     check_alert_after_onset([e for e in events if e["track"] == "inbound"])
@@ -352,6 +346,10 @@ async def test_limits(scorer: Any, vad: Any, tmp_path: Path) -> None:
             await first.send(START)
             code, reason = await _bad_client(url + "/", [START])
             assert code == 1013 and "capacity" in reason
+            await anyio.sleep(0.8)  # idle past the timeout
+            (summary,) = [json.loads(m) async for m in first]  # the stream still gets its summary
+            assert summary["type"] == "summary" and summary["windows"] == 0
+            assert first.close_code == 1001
         result = await send_audio(np.zeros(3 * 16000, np.float32), url + "/")
         assert result.close_code == 1008 and "maximum duration" in result.close_reason
         with pytest.raises(InvalidStatus):
@@ -620,3 +618,43 @@ def _send_cases(port: int, wav: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert text in err, err
     assert main(["send", str(wav), base + "/", "--token", "s3cret"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["type"] == "summary"
+
+
+@pytest.mark.parametrize("how", ["protocol_error", "disconnect"])
+async def test_abnormal_end_closes_the_open_alert(
+    how: str, concat: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """An alert open when the stream breaks gets alert_end with the reason, then one summary."""
+    ctx = make_ctx(scorer, vad, tmp_path)
+    async with running(ctx) as url:
+        ws = await connect(url + "/").__aenter__()
+        await ws.send(START)
+        for frame in np.array_split(concat, 50):
+            await ws.send(encode(frame, "pcm_s16le"))
+        received = []
+        while not received or received[-1]["type"] != "alert_start":
+            received.append(json.loads(await ws.recv()))
+        if how == "disconnect":
+            ws.transport.abort()
+        else:
+            await ws.send(json.dumps({"type": "pause"}))
+            received += [json.loads(m) async for m in _until_closed(ws)]
+            assert ws.close_code == 1002
+        with anyio.fail_after(60):
+            while ctx.active_streams:  # noqa: ASYNC110 - the handler's exit is not an event we can wait on
+                await anyio.sleep(0.05)
+    logged = jsonl(tmp_path)
+    end, summary = logged[-2:]
+    assert end["type"] == "alert_end" and end["reason"] == how
+    assert summary["type"] == "summary" and summary["alerts"] == 1
+    assert [e["type"] for e in logged].count("summary") == 1
+    if how == "protocol_error":
+        assert received[-2:] == [end, summary]  # the client got them too, before the close
+
+
+async def _until_closed(ws: Any) -> AsyncIterator[str]:
+    try:
+        async for message in ws:
+            yield message
+    except ConnectionClosed:
+        return

@@ -192,6 +192,19 @@ class TestAlertPolicy:
         assert end.reason == "end_of_stream" and end.t == 9.0
         assert policy.finish(9.5) == []
 
+    def test_with_band_moves_enter_and_keeps_the_width(self) -> None:
+        moved = self.cfg.with_band(-1.0)
+        assert (moved.enter_threshold, moved.exit_threshold) == (-1.0, 1.0)
+        assert moved.smoothing_windows == self.cfg.smoothing_windows
+        wider = self.cfg.with_band(0.5, width=3.0)
+        assert (wider.enter_threshold, wider.exit_threshold, wider.band_width) == (0.5, 3.5, 3.0)
+        with pytest.raises(InputError, match="exit_threshold >= enter_threshold"):
+            self.cfg.with_band(0.0, width=-1.0)
+
+    def test_thresholds_have_no_default_in_code(self) -> None:
+        with pytest.raises(TypeError, match="enter_threshold"):
+            PolicyConfig()  # type: ignore[call-arg]
+
     def test_invalid_config(self) -> None:
         with pytest.raises(InputError, match="exit_threshold >= enter_threshold"):
             PolicyConfig(enter_threshold=1.0, exit_threshold=0.0)

@@ -10,10 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -283,14 +282,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def la_server(la_dir: Path, tmp_path: Path) -> Iterator[tuple[str, type[RangeHandler]]]:
+def la_server(
+    la_dir: Path, tmp_path: Path, loopback_http: Callable[[type[RangeHandler]], str]
+) -> tuple[str, type[RangeHandler]]:
     handler = type("H", (RangeHandler,), {"body": make_zip(la_dir, tmp_path), "ranges": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/LA.zip", handler
-    httpd.shutdown()
-    httpd.server_close()
+    return loopback_http(handler) + "/LA.zip", handler
 
 
 def test_prepare_la_downloads_resumes_and_verifies(
@@ -325,3 +321,30 @@ def test_prepare_la_reports_problems(
         zf.writestr("flac/x.flac", b"")
     with pytest.raises(DatasetError, match="expected the LA layout"):
         prepare_la(str(wrong), tmp_path / "d3", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("base_lr = 0.0", "base_lr: expected a finite number > 0"),
+        ("lr_min = 1.0", r"lr_min: expected a finite number in \[0, base_lr\]"),
+        ("weight_decay = -1.0", "weight_decay: expected"),
+        ("class_weights = [0.1, 0.0]", "class_weights: expected two positive"),
+        ("decode_workers = 0", "decode_workers: expected >= 1"),
+        ("device = 'tpu'", "device: expected auto, cpu or cuda"),
+    ],
+)
+def test_train_config_ranges_are_checked_at_load(line: str, message: str, tmp_path: Path) -> None:
+    from spoofwatch.errors import ConfigError
+    from spoofwatch.model.train_config import load_train_config
+
+    paths = "".join(
+        f'{k} = "x"\n'
+        for k in ("train_protocol", "train_audio_dir", "dev_protocol", "dev_audio_dir", "out_dir")
+    )
+    path = tmp_path / "t.toml"
+    path.write_text(paths + line + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(path)
+    path.write_text(paths)
+    assert load_train_config(path).base_lr > 0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def server(shared: Path) -> Iterator[str]:
-    handler = type("H", (_Handler,), {"weights_dir": shared / "weights"})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+def server(shared: Path, loopback_http: Callable[[type[_Handler]], str]) -> str:
+    return loopback_http(type("H", (_Handler,), {"weights_dir": shared / "weights"}))
 
 
 @pytest.fixture()
@@ -70,9 +62,12 @@ def test_fetch_good_file_over_http(server: str, home: Path) -> None:
     assert path == home / "weights" / "AASIST-L.pth"
     assert sha256_file(path) == PINNED
     assert _installed(home) == [path]  # no partial files left behind
-    rows = {r.model: r for r in list_weights()}
-    assert rows["aasist-l"].ok and rows["aasist-l"].sha256 == PINNED
-    assert not rows["aasist"].ok and rows["aasist"].sha256 is None
+    rows = {(r.model, r.source): r for r in list_weights()}
+    cached = rows[("aasist-l", "cache")]
+    assert cached.ok and cached.sha256 == PINNED and cached.in_use  # the cache wins over the package
+    assert not rows[("aasist-l", "packaged")].in_use
+    assert rows[("aasist", "cache")].sha256 is None and not rows[("aasist", "cache")].in_use
+    assert rows[("aasist", "packaged")].ok and rows[("aasist", "packaged")].in_use
 
 
 @pytest.mark.parametrize(
@@ -114,7 +109,8 @@ def test_cli_fetch_and_list(server: str, home: Path, capsys: pytest.CaptureFixtu
     assert main(["weights", "fetch", "--model", "aasist-l", "--source", f"{server}/good/AASIST-L.pth"]) == 0
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
-    assert f"aasist-l  ok       {PINNED}" in out
+    assert f"* aasist-l  cache    ok       {PINNED} {home / 'weights' / 'AASIST-L.pth'}" in out
+    assert f"  aasist-l  packaged ok       {PINNED}" in out
     assert main(["weights", "fetch", "--source", f"{server}/missing/AASIST-L.pth"]) == 4
     assert "HTTP 404" in capsys.readouterr().err
 
@@ -130,8 +126,55 @@ def test_corrupted_cache_is_caught_at_load(shared: Path, home: Path) -> None:
         load_torch_model("aasist-l")
 
 
-def test_missing_weights_say_how_to_fetch(home: Path) -> None:
-    from spoofwatch.model.weights import load_torch_model
+def test_missing_weights_say_how_to_fetch(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spoofwatch.model import weights
 
+    monkeypatch.setattr(weights, "packaged_weights_dir", lambda: tmp_path / "no-package")
     with pytest.raises(WeightsError, match="spoofwatch weights fetch --model aasist-l"):
-        load_torch_model("aasist-l")
+        weights.load_torch_model("aasist-l")
+
+
+@pytest.mark.parametrize("model", ["aasist-l", "aasist"])
+def test_packaged_weights_load_with_an_empty_cache(home: Path, model: str) -> None:
+    """The wheel's own files: no fetch, no network, verified against the pinned hash."""
+    from spoofwatch.model.config import load_model_config
+    from spoofwatch.model.weights import load_torch_model, packaged_weights_dir, resolve_weights
+
+    config = load_model_config(model)
+    source, path = resolve_weights(config)
+    assert (source, path) == ("packaged", packaged_weights_dir() / config.weights_file)
+    assert sha256_file(path) == config.weights_sha256
+    net = load_torch_model(model)
+    assert sum(p.numel() for p in net.parameters()) == config.n_parameters
+    assert _installed(home) == []  # nothing was written to the cache
+    for notice in ("LICENSE", "NOTICE"):
+        assert "NAVER" in (packaged_weights_dir() / notice).read_text()
+
+
+def test_corrupted_packaged_weights_are_caught_at_load(
+    shared: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spoofwatch.model import weights
+
+    package = tmp_path / "package"
+    package.mkdir()
+    data = bytearray((shared / "weights" / "AASIST-L.pth").read_bytes())
+    data[-100] ^= 0xFF
+    (package / "AASIST-L.pth").write_bytes(bytes(data))
+    monkeypatch.setattr(weights, "packaged_weights_dir", lambda: package)
+    with pytest.raises(WeightsError, match="does not match the pinned"):
+        weights.load_torch_model("aasist-l")
+
+
+def test_list_names_custom_files_in_the_cache(
+    shared: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (home / "weights").mkdir()
+    custom = home / "weights" / "my-finetune.pth"
+    custom.write_bytes((shared / "weights" / "AASIST-L.pth").read_bytes())
+    rows = [r for r in list_weights() if r.source == "custom"]
+    assert [(r.model, r.path, r.sha256, r.in_use) for r in rows] == [(None, custom, PINNED, False)]
+    assert main(["weights", "list"]) == 0
+    assert f"  -         custom   custom   {PINNED} {custom}" in capsys.readouterr().out

@@ -104,12 +104,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate_score(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.dataset import check_dataset
     from spoofwatch.calibration.scoreset import score_dataset
-    from spoofwatch.model.export import ensure_onnx
-    from spoofwatch.model.runtime import OnnxScorer
+    from spoofwatch.model.runtime import build_scorer, preflight
 
+    preflight(args.model, args.precision, args.device, args.weights)
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)  # before any scoring
-    scorer = OnnxScorer(ensure_onnx(args.model, args.weights), args.device, args.threads)
-    run = score_dataset(dataset, scorer, args.out, args.hop_s, args.workers, progress=sys.stderr.isatty())
+    scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
+    run = score_dataset(
+        dataset,
+        scorer,
+        args.out,
+        args.hop_s,
+        args.workers,
+        progress=sys.stderr.isatty(),
+        window_samples=scorer.window_samples,
+    )
     sys.stdout.write(
         f"scored {run.scored} files ({run.skipped} already done, {len(run.failed)} failed) at {run.files_per_s:.1f} files/s -> {args.out}\n"
     )
@@ -117,11 +125,12 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
-    from spoofwatch.calibration.calfile import calibration_for, save_calibration
+    from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import threshold_for, with_threshold
     from spoofwatch.calibration.metrics import evaluate
     from spoofwatch.calibration.protocol import read_asv_scores, read_scores
     from spoofwatch.calibration.report import write_report
+    from spoofwatch.model.detector import calibration_for
 
     table = read_scores(args.scores, args.protocol)
     threshold = threshold_for(table, args.target, args.rate)
@@ -139,7 +148,10 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     }
     if report.min_tdcf is not None:
         provenance["metrics"]["min_tdcf"] = report.min_tdcf
-    cal = with_threshold(calibration_for(args.model, args.calibration, args.weights), threshold, provenance)
+    # Stamped with the model, weights and precision the scores were made with
+    # (a card is parsed and hashed, not run).
+    start = calibration_for(args.model, args.calibration, args.weights, args.precision)
+    cal = with_threshold(start, threshold, provenance)
     section = None
     if args.audio_dir is not None:
         policy, section = _fit_streaming(args, cal)
@@ -177,16 +189,16 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
     from spoofwatch.calibration.report import StreamingSection
     from spoofwatch.calibration.streaming import build_conversations, fit_policy, sweep_thresholds, trace
     from spoofwatch.errors import InputError
-    from spoofwatch.model.export import ensure_onnx
-    from spoofwatch.model.runtime import OnnxScorer
+    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
 
     if args.protocol is None:
         raise InputError("--audio-dir needs --protocol (labels and speakers for the simulated conversations)")
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)
-    scorer = OnnxScorer(ensure_onnx(args.model, args.weights), args.device, args.threads)
-    engine = build_engine(cal, SileroVad())
+    scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
+    # The engine cuts windows of the model's own length (a model card may declare its own).
+    engine = build_engine(dataclasses.replace(cal.live, window_samples=scorer.window_samples), SileroVad())
     conversations = build_conversations(dataset, args.conversations, args.conversation_s)
     traces = [trace(c, engine, scorer) for c in conversations]
     policy, metrics = fit_policy(traces, cal.policy, args.target_false_alerts_per_hour)
@@ -205,16 +217,18 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
     from spoofwatch.errors import DatasetError
     from spoofwatch.model.detector import Detector
+    from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
 
     files = sorted(
         p for p in args.audio_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3")
     )
     if not files:
         raise DatasetError(f"{args.audio_dir}: no audio files (.wav, .flac, .ogg, .mp3) found")
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    engine = build_engine(detector.calibration, SileroVad())
+    detector = Detector.load(
+        args.model, args.device, args.threads, args.weights, args.calibration, args.precision
+    )
+    engine = build_engine(detector.live, SileroVad())
     traces = [trace_file(p, engine, detector.scorer) for p in files]
     threshold, rate = bonafide_threshold(
         traces, detector.calibration.policy, args.target_false_alerts_per_hour

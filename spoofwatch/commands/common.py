@@ -8,14 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spoofwatch.constants import MODEL_NAMES
+from spoofwatch.constants import DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
 from spoofwatch.model.runtime import DEVICES
 
 
 def add_model_args(
     parser: argparse.ArgumentParser, calibration: bool = True, device_flag: str = "--device"
 ) -> None:
-    parser.add_argument("--model", default="aasist-l", choices=MODEL_NAMES, help="model (default aasist-l)")
+    parser.add_argument(
+        "--model",
+        default="aasist-l",
+        help=f"built-in model ({', '.join(MODEL_NAMES)}; default aasist-l) or the path of a model card TOML",
+    )
     parser.add_argument(
         "--weights", type=Path, default=None, help="custom weights (.pth), e.g. a fine-tuned model"
     )
@@ -27,6 +31,7 @@ def add_model_args(
         help="compute device; auto: CUDA when it really starts, else CPU",
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_precision_arg(parser)
     if calibration:
         parser.add_argument(
             "--calibration",
@@ -34,6 +39,15 @@ def add_model_args(
             default=None,
             help="calibration TOML (default: configs/calibration/<model>.toml)",
         )
+
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default=DEFAULT_PRECISION,
+        choices=PRECISIONS,
+        help="numeric precision: fp32 (default), int8 (CPU; built on first use), fp16 (CUDA only)",
+    )
 
 
 def print_json(obj: dict[str, Any]) -> None:

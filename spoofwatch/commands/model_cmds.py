@@ -11,7 +11,7 @@ from typing import Any
 from spoofwatch.constants import MODEL_NAMES
 from spoofwatch.errors import AudioError
 
-from .common import add_model_args, print_event
+from .common import add_model_args, add_precision_arg, print_event
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +28,36 @@ def register(sub: Any) -> None:
     )
     fetch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     fetch.set_defaults(func=cmd_weights_fetch)
-    lst = wsub.add_parser("list", help="show installed weights with their hashes")
+    lst = wsub.add_parser(
+        "list", help="show where each model's weights come from (packaged / cache / custom), with hashes"
+    )
     lst.set_defaults(func=cmd_weights_list)
 
     export = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
     export.add_argument("--model", default="aasist-l", choices=MODEL_NAMES)
     export.add_argument("--weights", type=Path, default=None, help="custom weights (.pth)")
     export.add_argument("--out", type=Path, default=None, help="output path (default: the runtime cache)")
+    add_precision_arg(export)
+    export.add_argument(
+        "--calibration-audio",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="INT8: real speech to calibrate activation ranges on (default: $SPOOFWATCH_SHARED speech)",
+    )
     export.set_defaults(func=cmd_export)
 
     score = sub.add_parser("score", help="score audio files window by window")
     add_model_args(score)
     score.add_argument("--hop-s", type=float, default=1.0, help="seconds between window starts (default 1.0)")
     score.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    score.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also draw each file's window scores and threshold to DIR/<file name>.png",
+    )
     score.add_argument("files", nargs="+", type=Path, metavar="FILE")
     score.set_defaults(func=cmd_score)
 
@@ -56,15 +73,31 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 def cmd_weights_list(args: argparse.Namespace) -> int:
     from spoofwatch.model.weights import list_weights
 
+    # One line per place a file is looked for; "*" marks the file loads use.
     for row in list_weights():
-        state = "ok" if row.ok else ("MISMATCH" if row.sha256 else "missing")
-        sys.stdout.write(f"{row.model:9s} {state:8s} {row.sha256 or '-':64s} {row.path}\n")
+        if row.source == "custom":
+            state = "custom"
+        else:
+            state = "ok" if row.ok else ("MISMATCH" if row.sha256 else "missing")
+        mark = "*" if row.in_use else " "
+        sys.stdout.write(
+            f"{mark} {row.model or '-':9s} {row.source:8s} {state:8s} {row.sha256 or '-':64s} {row.path}\n"
+        )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from spoofwatch.model.export import cached_onnx_path, export_onnx
+    from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
 
+    if args.precision != "fp32":
+        audio = None
+        if args.calibration_audio is not None:
+            audio = sorted(
+                p for p in args.calibration_audio.rglob("*") if p.suffix.lower() in (".wav", ".flac")
+            )
+        out = export_precision(args.model, args.precision, args.weights, audio, args.out)
+        sys.stdout.write(f"exported {args.model} at {args.precision} to {out}\n")
+        return 0
     out = args.out or cached_onnx_path(args.model, args.weights)
     diff = export_onnx(args.model, out, args.weights)
     sys.stdout.write(f"exported {args.model} to {out} (max |ONNX - PyTorch| = {diff:.2e})\n")
@@ -82,7 +115,9 @@ def _print_table(result: Any) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     from spoofwatch.model.detector import Detector
 
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
+    detector = Detector.load(
+        args.model, args.device, args.threads, args.weights, args.calibration, args.precision
+    )
     failed = 0
     for path in args.files:
         try:
@@ -97,4 +132,15 @@ def cmd_score(args: argparse.Namespace) -> int:
             print_event(result.to_json())
         else:
             _print_table(result)
+        if args.plot:
+            _plot_file(result.to_json(), path, args.plot)
     return 1 if failed else 0
+
+
+def _plot_file(result: dict[str, Any], path: Path, out_dir: Path) -> None:
+    from spoofwatch.plots import plot_file_score
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{path.name}.png"
+    plot_file_score(result, target)
+    log.info("wrote %s", target)

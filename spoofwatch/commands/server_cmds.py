@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Any
-
-from spoofwatch.errors import InputError
+from typing import TYPE_CHECKING, Any
 
 from .common import add_model_args, print_event
 
+if TYPE_CHECKING:
+    from spoofwatch.stream.engine import LiveConfig
+    from spoofwatch.stream.server.workers import WorkerSpec
+
+#: Environment variable holding the server token (keeps it out of the process list).
+TOKEN_ENV = "SPOOFWATCH_TOKEN"
+
 
 def register(sub: Any) -> None:
-    from spoofwatch.stream.server.codecs import ENCODINGS
+    from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
-    from spoofwatch.stream.sinks import SINK_QUEUE_EVENTS
 
     d = ServerConfig()
     serve = sub.add_parser(
@@ -24,7 +29,11 @@ def register(sub: Any) -> None:
     add_model_args(serve)
     serve.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; others need --token)")
     serve.add_argument("--port", type=int, default=d.port)
-    serve.add_argument("--token", default=None, help="require 'Authorization: Bearer T' or ?token=T")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"require 'Authorization: Bearer T' or ?token=T (default: ${TOKEN_ENV})",
+    )
     serve.add_argument(
         "--jsonl", type=Path, default=None, help="append every event (all streams) to this file"
     )
@@ -45,9 +54,25 @@ def register(sub: Any) -> None:
     serve.add_argument(
         "--sink-queue-events",
         type=int,
-        default=SINK_QUEUE_EVENTS,
+        default=d.sink_queue_events,
         help="events each of --jsonl/--stdout/--webhook may hold while its consumer is slow; "
         "beyond that they are dropped and counted",
+    )
+    serve.add_argument(
+        "--keep-live-windows",
+        action="store_true",
+        help="score every window of live streams instead of dropping stale ones (scores may then lag)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: one per 2 CPU cores); --max-streams is their total",
+    )
+    serve.add_argument(
+        "--no-load-shedding",
+        action="store_true",
+        help="admit streams up to --max-streams even when scoring cannot keep up (default: refuse with 1013)",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -61,14 +86,11 @@ def register(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import anyio
+    import dataclasses
+    import logging
 
-    from spoofwatch.model.detector import Detector
-    from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.server.app import WebSocketServer
-    from spoofwatch.stream.server.batcher import BatchScorer
-    from spoofwatch.stream.server.context import ServerConfig, ServerContext
-    from spoofwatch.stream.server.sinks import ServerSinks
+    from spoofwatch.stream.server.context import ServerConfig
+    from spoofwatch.stream.server.workers import Supervisor, WorkerSpec, default_workers, validate_workers
 
     config = ServerConfig(
         host=args.host,
@@ -79,40 +101,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,
         shutdown_grace_s=args.shutdown_grace_s,
+        sink_queue_events=args.sink_queue_events,
+        keep_live_windows=args.keep_live_windows,
     )
-    config.validate()  # before loading the model: a refused config fails fast
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    if args.sink_queue_events < 1:
-        raise InputError(f"--sink-queue-events: expected >= 1, got {args.sink_queue_events}")
-    sinks = ServerSinks(args.jsonl, args.stdout, args.webhook, args.sink_queue_events)
-    ctx = ServerContext(
+    if args.no_load_shedding:
+        config = dataclasses.replace(config, shedding=None)
+    # Before any worker loads the model: a refused config fails fast.
+    config.validate()
+    workers = default_workers(config.max_streams) if args.workers is None else args.workers
+    validate_workers(workers, config.max_streams)
+    # Export the ONNX file and check the calibration once here, not racing in every worker.
+    from spoofwatch.model.card import is_card_reference
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.export import ensure_onnx
+    from spoofwatch.model.runtime import preflight
+
+    preflight(args.model, args.precision, args.device, args.weights)
+    if not is_card_reference(args.model):
+        ensure_onnx(args.model, args.weights, args.precision)
+    calibration_for(args.model, args.calibration, args.weights, args.precision)
+    spec = WorkerSpec(
         config,
-        BatchScorer(detector.scorer, config.max_batch_windows),
-        detector.calibration,
-        SileroVad(),
-        sinks,
+        load_worker_model,
+        model=args.model,
+        device=args.device,
+        threads=args.threads,
+        weights=args.weights,
+        calibration=args.calibration,
+        precision=args.precision,
+        jsonl=args.jsonl,
+        stdout=args.stdout,
+        webhook=args.webhook,
+        log_level=logging.getLogger("spoofwatch").getEffectiveLevel(),
     )
-    sys.stderr.write(
-        f"serving {args.model} on ws://{config.host}:{config.port}/ and /twilio ({detector.scorer.device}); Ctrl-C or SIGTERM drains and stops\n"
+    return Supervisor(spec, workers).run()
+
+
+def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig]:
+    """Run in each worker process (``WorkerSpec.load_model``): its own scorer and the live config."""
+    from spoofwatch.model.detector import Detector
+
+    detector = Detector.load(
+        spec.model,
+        spec.device,  # type: ignore[arg-type]
+        threads,
+        spec.weights,
+        spec.calibration,
+        spec.precision,
     )
-    try:
-        anyio.run(WebSocketServer(ctx, handle_signals=True).run)
-    finally:
-        sinks.close()
-    return 0
+    return detector.scorer, detector.live
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     import anyio
 
     from spoofwatch.audio import read_audio
+    from spoofwatch.errors import CloseCode
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
     result = anyio.run(
         lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_event)
     )
-    if result.close_code != 1000:
+    if result.close_code != CloseCode.NORMAL:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
         return 6
     return 0

@@ -7,11 +7,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spoofwatch.stream.events import Event
 
 from .common import add_model_args, print_event
+
+if TYPE_CHECKING:
+    from spoofwatch.calibration.calfile import Calibration
+    from spoofwatch.stream.engine import LiveConfig
 
 
 def register(sub: Any) -> None:
@@ -22,6 +26,13 @@ def register(sub: Any) -> None:
         "--realtime", action="store_true", help="pace the file at 1x instead of as fast as possible"
     )
     stream.add_argument("--json", action="store_true", help="events as JSON lines")
+    stream.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also draw score, smoothed score, thresholds, speech and alerts over time to this PNG",
+    )
     stream.add_argument("file", type=Path, metavar="FILE")
     stream.set_defaults(func=cmd_stream)
 
@@ -40,14 +51,30 @@ def register(sub: Any) -> None:
     monitor.set_defaults(func=cmd_monitor)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from spoofwatch.model.detector import Detector
-    from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.runner import build_engine
+def _settings(args: argparse.Namespace) -> tuple[Calibration, LiveConfig]:
+    """The calibration and engine settings, validated before any device, file or model is opened."""
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.runtime import preflight
+    from spoofwatch.stream.engine import EngineConfig, LiveConfig
 
-    detector = Detector.load(args.model, args.device, args.threads, args.weights, args.calibration)
-    engine = build_engine(detector.calibration, SileroVad(), args.hop_s)
-    return detector, engine
+    preflight(args.model, args.precision, args.device, args.weights)  # precision/device, card, cache
+    cal = calibration_for(args.model, args.calibration, args.weights, args.precision)
+    if args.hop_s is None:
+        return cal, cal.live
+    stream = EngineConfig(args.hop_s, cal.stream.max_pending_windows)
+    return cal, LiveConfig(stream, cal.gate, cal.policy)
+
+
+def _load(args: argparse.Namespace, cal: Calibration, live: LiveConfig) -> tuple[Any, Any]:
+    from dataclasses import replace
+
+    from spoofwatch.model.detector import Detector
+    from spoofwatch.stream.engine import build_engine
+    from spoofwatch.stream.gate import SileroVad
+
+    detector = Detector.load(args.model, args.device, args.threads, args.weights, cal, args.precision)
+    # The engine cuts windows of the model's own length (a model card may declare its own).
+    return detector, build_engine(replace(live, window_samples=detector.scorer.window_samples), SileroVad())
 
 
 def _emit(events: list[Event], as_json: bool) -> None:
@@ -62,23 +89,49 @@ def _emit(events: list[Event], as_json: bool) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from spoofwatch.stream.runner import InlineRunner
+    from spoofwatch.stream.driver import StreamDriver
+    from spoofwatch.stream.events import SHUTDOWN
     from spoofwatch.stream.sources.file import file_chunks
 
+    cal, live = _settings(args)  # before any audio is read
     chunks = file_chunks(
         args.file, realtime=args.realtime
     )  # decodes now: bad files fail before loading the model
-    detector, engine = _load(args)
-    runner = InlineRunner(engine, detector.scorer)
-    for chunk in chunks:
-        _emit(runner.feed(chunk), args.json)
-    _emit(runner.close(), args.json)
+    detector, engine = _load(args, cal, live)
+    driver = StreamDriver(engine)
+    drawn: list[Event] = []
+
+    def emit(events: list[Event]) -> None:
+        drawn.extend(events if args.plot else [])
+        _emit(events, args.json)
+
+    try:
+        for chunk in chunks:
+            emit(driver.feed(chunk, detector.scorer))
+        emit(driver.close(detector.scorer))
+    except KeyboardInterrupt:  # Ctrl-C: flush and summarise what was heard, then exit 130
+        emit(driver.close(detector.scorer, SHUTDOWN))
+        raise
+    finally:
+        if args.plot:
+            _plot_stream(drawn, engine, args)
     return 0
 
 
+def _plot_stream(events: list[Event], engine: Any, args: argparse.Namespace) -> None:
+    from spoofwatch.plots import plot_timeline
+
+    policy = engine.policy.config
+    title = f"{args.file.name} ({args.model})"
+    plot_timeline(
+        [e.to_json() for e in events], policy.enter_threshold, policy.exit_threshold, args.plot, title
+    )
+    sys.stderr.write(f"wrote {args.plot}\n")
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from spoofwatch.stream.monitor import capture_status, run_monitor
-    from spoofwatch.stream.runner import InlineRunner
+    from spoofwatch.stream.driver import StreamDriver
+    from spoofwatch.stream.monitor import close_monitor, run_monitor
     from spoofwatch.stream.sinks import JsonlSink, format_event, live_line
     from spoofwatch.stream.sources.mic import (
         MicrophoneSource,
@@ -94,11 +147,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if not devices:
             sys.stdout.write("no input devices found\n")
         return 0
+    cal, live = _settings(args)
     device = parse_device(args.input_device)
     name, rate = input_device_info(device)  # fails fast, before the model loads
-    detector, engine = _load(args)
+    detector, engine = _load(args, cal, live)
     source = MicrophoneSource(rate, device)
-    runner = InlineRunner(engine, detector.scorer, drop_stale=True)
+    driver = StreamDriver(engine, rate, drop_stale=True)
     sink = JsonlSink(args.jsonl) if args.jsonl else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -118,10 +172,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     try:
-        closing = run_monitor(source, runner, on_events, stop)
-    except KeyboardInterrupt:  # Ctrl-C: the capture is already stopped; summarise
+        closing = run_monitor(source, driver, detector.scorer, on_events, stop)
+    except KeyboardInterrupt:  # Ctrl-C: the capture is already stopped; flush and summarise
         stop.set()
-        closing = [*runner.close(), capture_status(source, runner)]
+        closing = close_monitor(source, driver, detector.scorer)
     on_events(closing)
     if sink:
         sink.close()

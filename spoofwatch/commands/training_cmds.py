@@ -22,6 +22,9 @@ def register(sub: Any) -> None:
     prep.add_argument("--dest", type=Path, required=True)
     prep.add_argument("--no-progress", action="store_true")
     prep.set_defaults(func=cmd_prepare_la)
+    from .corpus_cmds import register_data
+
+    register_data(dsub)
 
     train = sub.add_parser("train", help="train or fine-tune AASIST / AASIST-L")
     train.add_argument(

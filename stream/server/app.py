@@ -1,20 +1,20 @@
 """The WebSocket server: auth, limits, routing, and per-connection isolation.
 
 A connection that breaks the protocol is closed with a code and a reason
-naming what was expected; no other connection notices. Close codes:
-1000 done, 1001 idle timeout, 1002 protocol order, 1003 unsupported format,
-1007 bad payload, 1008 duration limit, 1009 message too big, 1011 server
-error, 1013 too many streams. Bad or missing tokens get HTTP 401 before the
-WebSocket upgrade (and a log line naming the peer, never the token).
-SIGTERM/SIGINT (``handle_signals``) drain: no new connections, every stream
-flushed and closed with 1001 "server shutting down" (see ``drain``).
+naming what was expected; no other connection notices. The codes are the
+:class:`~spoofwatch.errors.CloseCode` members: 1000 done, 1001 idle timeout,
+1002 protocol order, 1003 unsupported format, 1007 bad payload, 1008 duration
+limit, 1009 message too big, 1011 server error, 1013 too many streams or an
+overloaded worker (load shedding). Bad or missing tokens get HTTP 401 before
+the WebSocket upgrade. ``GET /healthz``, ``/readyz`` and ``/metrics`` share the
+port (:mod:`.health`).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import signal
+import socket
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,19 +25,17 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from spoofwatch.errors import ProtocolError
+from spoofwatch.errors import CloseCode, ProtocolError
 
-from .context import TRY_AGAIN_LATER, ServerConfig, ServerContext
-from .drain import GOING_AWAY, SHUTDOWN_REASON, DrainingConnection
-from .native import handle_native
-from .twilio import handle_twilio
+from . import health
+from .connection import ABORT_GRACE_S, ROUTES, first_leaf
+from .context import ServerConfig, ServerContext
+from .drain import GOING_AWAY, SHUTDOWN_REASON
+from .static import page_response, page_url
 
 log = logging.getLogger(__name__)
-ROUTES = {"/": handle_native, "/twilio": handle_twilio}
-IDLE_TIMEOUT = 1001
-SERVER_ERROR = 1011
-#: The stop message of each route, which a drain feeds to its handler.
-STOP_MESSAGES = {"/": '{"type": "stop"}', "/twilio": '{"event": "stop"}'}
+#: Seconds between refreshes of the load gauges and the shared shedding flag.
+LOAD_REFRESH_S = 1.0
 
 
 def _token_from(request: Request) -> str | None:
@@ -48,30 +46,34 @@ def _token_from(request: Request) -> str | None:
     return values[0] if values else None
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) task-group exception groups."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 class WebSocketServer:
-    def __init__(self, ctx: ServerContext, handle_signals: bool = False) -> None:
+    def __init__(self, ctx: ServerContext, sock: socket.socket | None = None) -> None:
         self.ctx = ctx
-        self.handle_signals = handle_signals
-        #: Set (by a signal or a caller) to drain and stop the server.
-        self.stop_requested = anyio.Event()
+        #: A listening socket to serve on (a worker process of ``serve --workers``).
+        self.sock = sock
+        self._shutdown = anyio.Event()
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def request_shutdown(self) -> None:
+        """Drain (see :mod:`.drain`), then return from ``run``. Idempotent; the
+        one shutdown path of a single-process server and of every worker."""
+        self.ctx.shutting_down = True
+        self._shutdown.set()
+
+    async def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Browser client (static.py): a plain GET of the page or its files; upgrades go on.
+        page = page_response(request, self.ctx)
+        if page is not None:
+            return page
         path = urlsplit(request.path).path
-        if path not in ROUTES:
+        if path not in ROUTES and path not in health.HEALTH_PATHS:
             return connection.respond(
                 HTTPStatus.NOT_FOUND, f"unknown path {path}: expected one of {', '.join(ROUTES)}\n"
             )
         expected = self.ctx.config.token
-        if expected:
+        if expected and path not in health.PUBLIC_PATHS:
             given = _token_from(request)
             if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+                self.ctx.metrics.refused.labels("401", "token").inc()
                 log.warning(
                     "refused %s from %s: %s token",
                     path,
@@ -82,30 +84,55 @@ class WebSocketServer:
                     HTTPStatus.UNAUTHORIZED,
                     "missing or wrong token: send 'Authorization: Bearer T' or ?token=T\n",
                 )
+        if path in health.HEALTH_PATHS:  # ---- health and metrics (issue 11) ----
+            return await health.respond(self.ctx, connection, path)
+        return None
+
+    def _admission(self) -> tuple[str, str] | None:
+        """``(reason label, close reason)`` when a new stream must get 1013."""
+        ctx = self.ctx
+        overload = ctx.load.refusal(ctx.slots.own(), ctx.slots.total())
+        if overload is not None:
+            return "overloaded", overload
+        if not ctx.slots.try_acquire():
+            return "capacity", f"server at capacity ({ctx.slots.max_streams} streams)"
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        path = urlsplit(ws.request.path).path
-        handler = ROUTES[path]
-        if self.ctx.active_streams >= self.ctx.config.max_streams:
-            await self._close(
-                ws, TRY_AGAIN_LATER, f"server at capacity ({self.ctx.config.max_streams} streams)"
-            )
+        handler = ROUTES[urlsplit(ws.request.path).path]
+        refused = self._admission()
+        if refused is not None:
+            self.ctx.metrics.refused.labels(str(int(CloseCode.TRY_AGAIN_LATER)), refused[0]).inc()
+            await self._close(ws, CloseCode.TRY_AGAIN_LATER, refused[1])
             return
         self.ctx.active_streams += 1
+        self.ctx.metrics.active_streams.inc()
         try:
-            await handler(DrainingConnection(ws, self.ctx.drain, STOP_MESSAGES[path]), self.ctx)
+            await handler(ws, self.ctx)
         except Exception as raised:
-            await self._fail(ws, _first_leaf(raised))
+            await self._fail(ws, first_leaf(raised))
         finally:
             self.ctx.active_streams -= 1
+            self.ctx.metrics.active_streams.dec()
+            self.ctx.slots.release()
+
+    async def _refresh_load(self) -> None:
+        """Publish this worker's lag, capacity and shedding state (for /metrics, /readyz)."""
+        ctx = self.ctx
+        while True:
+            ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own(), ctx.slots.total()) is not None)
+            ctx.metrics.score_lag.set(ctx.load.recent_lag_s())
+            ctx.metrics.capacity_streams.set(ctx.load.capacity_share())
+            if ctx.stats.journal is not None:
+                ctx.stats.journal.flush()
+            await anyio.sleep(LOAD_REFRESH_S)
 
     async def _fail(self, ws: ServerConnection, exc: BaseException) -> None:
         if isinstance(exc, ProtocolError):
             await self._close(ws, exc.close_code, str(exc))
         elif isinstance(exc, TimeoutError):
-            await self._close(ws, IDLE_TIMEOUT, f"idle for {self.ctx.config.idle_timeout_s:g} s")
+            await self._close(ws, CloseCode.GOING_AWAY, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
             if exc.sent is not None and "keepalive" in exc.sent.reason:
                 log.info(
@@ -117,7 +144,7 @@ class WebSocketServer:
                 log.info("client went away")
         else:
             log.error("stream handler failed", exc_info=exc)
-            await self._close(ws, SERVER_ERROR, "internal error")
+            await self._close(ws, CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
         if self.ctx.drain.started:
@@ -138,51 +165,46 @@ class WebSocketServer:
     async def _serve(self, config: ServerConfig, task_status: TaskStatus[int]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.ctx.batcher.serve)
+            tg.start_soon(self._refresh_load)
+            where: dict[str, Any] = (
+                {"sock": self.sock} if self.sock is not None else {"host": config.host, "port": config.port}
+            )
             async with serve(
                 self._handle,
-                config.host,
-                config.port,
                 max_size=config.max_message_bytes,
+                process_request=self._check_request,
                 max_queue=config.max_queue_messages,
                 write_limit=config.write_limit_bytes,
-                process_request=self._check_request,
                 ping_interval=config.ping_interval_s,
                 ping_timeout=config.ping_timeout_s,
+                **where,
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
                 log.info("listening on ws://%s:%d (paths: %s)", config.host, port, ", ".join(ROUTES))
-                if self.handle_signals:
-                    tg.start_soon(self._watch_signals)
+                # The token itself is never logged: the user knows it, logs may travel.
+                hint = " (add ?token=YOUR_TOKEN)" if config.token else ""
+                log.info("browser page at %s%s", page_url(config.host, port), hint)
                 task_status.started(port)
-                await self.stop_requested.wait()
+                await self._shutdown.wait()
                 await self._drain(server)
-            self.ctx.batcher.close()  # serve() ends once the queue is empty
-
-    # ---- SIGTERM / SIGINT drain (reliability) ---------------------------------
-
-    async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("%s: shutting down", signal.Signals(signum).name)
-                self.stop_requested.set()
-                return
+            tg.cancel_scope.cancel()
 
     async def _drain(self, server: Any) -> None:
-        """Stop accepting, end every stream as if it sent stop, wait (bounded)."""
+        """Stop accepting, end every stream as if it sent stop, wait (bounded), cut the rest."""
         server.close(close_connections=False)
-        log.info("draining %d stream(s)", self.ctx.active_streams)
+        log.info("shutting down: draining %d stream(s)", self.ctx.active_streams)
         self.ctx.drain.begin()
-        with anyio.move_on_after(self.ctx.config.shutdown_grace_s) as scope:
+        grace = self.ctx.config.shutdown_grace_s
+        with anyio.move_on_after(grace) as scope:
             await server.wait_closed()
         if scope.cancelled_caught:
             stuck = list(server.connections)
-            log.warning(
-                "%d stream(s) still open after %g s: cutting them",
-                len(stuck),
-                self.ctx.config.shutdown_grace_s,
-            )
+            log.warning("%d stream(s) still open after %g s: cutting them", len(stuck), grace)
             for conn in stuck:
                 conn.transport.abort()
+            # Their handlers end the sessions (reason shutdown), bounded by ABORT_GRACE_S.
+            with anyio.move_on_after(ABORT_GRACE_S):
+                await server.wait_closed()
 
 
 def _peer(connection: ServerConnection) -> str:

@@ -35,6 +35,9 @@ class BatchScorer:
         self._send, self._receive = anyio.create_memory_object_stream[_Request](queue_windows)
         self.batches = 0
         self.windows = 0
+        # Its own thread: a batch never queues behind the streams' ingest calls
+        # in anyio's shared thread pool (one batch runs at a time anyway).
+        self._limiter = anyio.CapacityLimiter(1)
 
     async def score(self, window: npt.NDArray[np.float32]) -> float:
         request = _Request(window)
@@ -63,7 +66,7 @@ class BatchScorer:
     async def _run(self, batch: list[_Request]) -> None:
         windows = np.stack([r.window for r in batch])
         try:
-            scores = await anyio.to_thread.run_sync(self.scorer.scores, windows)
+            scores = await anyio.to_thread.run_sync(self.scorer.scores, windows, limiter=self._limiter)
         except Exception as exc:  # reported to every waiting stream
             log.exception("scoring a batch of %d windows failed", len(batch))
             for r in batch:

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import math
+import time
+from dataclasses import dataclass, field
 
-from spoofwatch.errors import ConfigError, ProtocolError
+from spoofwatch.errors import CloseCode, ConfigError, ProtocolError
 
-from ..engine import Engine
+from ..driver import StreamDriver
+from ..engine import Engine, LiveConfig, build_engine
 from ..gate import SileroVad
-from ..runner import build_engine
+from ..sinks import SINK_QUEUE_EVENTS
 from .batcher import BatchScorer
 from .drain import Drain
+from .journal import AlertJournal
+from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedScorer
+from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
-
-if TYPE_CHECKING:
-    from spoofwatch.calibration.calfile import Calibration
-
-#: Close code for a connection (or a track) refused because the server is full.
-TRY_AGAIN_LATER = 1013
 
 
 @dataclass(frozen=True)
@@ -49,28 +48,39 @@ class ServerConfig:
     #: Seconds between keepalive pings, and to wait for the pong before dropping the client.
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
-    #: Seconds a SIGTERM/SIGINT drain waits for streams to flush before cutting them.
+    #: Seconds a shutdown drain (SIGTERM/SIGINT) lets streams flush before cutting them.
     shutdown_grace_s: float = 10.0
+    #: Events each sink (--jsonl/--stdout/--webhook) may hold while its consumer is slow.
+    sink_queue_events: int = SINK_QUEUE_EVENTS
+    #: Score every window of live streams too (never drop stale ones): scores
+    #: then lag behind on a slow machine instead of skipping ahead. For tests
+    #: and offline checks whose outcome must not depend on the machine's speed.
+    keep_live_windows: bool = False
+    #: When a worker counts as overloaded (new streams then get 1013); ``None``: never.
+    shedding: SheddingConfig | None = field(default_factory=SheddingConfig)
 
     def validate(self) -> None:
         if not self.token and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host} without --token: auth is required off loopback"
             )
-        if (
-            self.max_message_bytes < 1024
-            or self.max_streams < 1
-            or self.idle_timeout_s <= 0
-            or self.max_stream_duration_s <= 0
-            or self.max_queue_messages < 1
-            or self.write_limit_bytes < 1024
-            or self.ping_interval_s <= 0
-            or self.ping_timeout_s <= 0
-            or self.shutdown_grace_s <= 0
-        ):
-            raise ConfigError(
-                "server limits must be positive (max_message_bytes and write_limit_bytes >= 1024)"
-            )
+        checks = (
+            ("port", 0 <= self.port <= 65535, "an integer in [0, 65535]"),
+            ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
+            ("max_streams", self.max_streams >= 1, ">= 1"),
+            ("idle_timeout_s", 0 < self.idle_timeout_s < math.inf, "a finite number > 0"),
+            ("max_stream_duration_s", 0 < self.max_stream_duration_s < math.inf, "a finite number > 0"),
+            ("max_batch_windows", self.max_batch_windows >= 1, ">= 1"),
+            ("max_queue_messages", self.max_queue_messages >= 1, ">= 1"),
+            ("write_limit_bytes", self.write_limit_bytes >= 1024, ">= 1024"),
+            ("ping_interval_s", 0 < self.ping_interval_s < math.inf, "a finite number > 0"),
+            ("ping_timeout_s", 0 < self.ping_timeout_s < math.inf, "a finite number > 0"),
+            ("shutdown_grace_s", 0 < self.shutdown_grace_s < math.inf, "a finite number > 0"),
+            ("sink_queue_events", self.sink_queue_events >= 1, ">= 1"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"server {name}: expected {expected}, got {getattr(self, name)!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -83,40 +93,74 @@ def is_loopback(host: str) -> bool:
 
 
 class ServerContext:
-    """Shared by all connections: the batch scorer, VAD, calibration, sinks, counters."""
+    """Shared by all connections: the batch scorer, VAD, engine settings, sinks, counters."""
 
     def __init__(
         self,
         config: ServerConfig,
         batcher: BatchScorer,
-        calibration: Calibration,
+        live: LiveConfig,
         vad: SileroVad,
         sinks: ServerSinks,
+        *,
+        slots: StreamSlots | None = None,
+        load: LoadMonitor | None = None,
+        stream_id_prefix: str = "",
+        model: str | None = None,
+        journal: AlertJournal | None = None,
     ) -> None:
         self.config = config
         self.batcher = batcher
-        self.calibration = calibration
+        self.live = live
         self.vad = vad
         self.sinks = sinks
         self.active_streams = 0
         self._ids = itertools.count(1)
+        # ---- capacity, load shedding and metrics (issue 11) ----
+        #: The model name reported by /readyz (``None`` when the caller did not say).
+        self.model = model
+        self.provider = str(getattr(batcher.scorer, "device", "unknown"))
+        self.slots: StreamSlots = slots or LocalSlots(config.max_streams)
+        self.load = load or LoadMonitor(config.shedding, live.stream.hop_s, config.max_batch_windows)
+        self.metrics = ServerMetrics(self.provider, config.max_streams)
+        self.stats = StreamStats(self.load, self.metrics, journal)
+        batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
+        self.stream_id_prefix = stream_id_prefix
+        #: Set by ``WebSocketServer.request_shutdown``: a stream closed now ends for ``shutdown``.
+        self.shutting_down = False
+        #: The one shutdown drain (single process or worker): see :mod:`.drain`.
         self.drain = Drain()
 
     def new_stream_id(self) -> str:
-        return f"s{next(self._ids)}"
+        return f"{self.stream_id_prefix}s{next(self._ids)}"
 
     def new_engine(self) -> Engine:
-        return self.drain.track(build_engine(self.calibration, self.vad))
+        return build_engine(self.live, self.vad)
 
-    def claim_streams(self, n: int) -> None:
-        """Count ``n`` more streams for one connection (a Twilio call's second
-        track); refused with 1013 like a connection over ``max_streams``."""
-        if self.active_streams + n > self.config.max_streams:
+    #: Wall clock (monotonic seconds) that tells a live stream from an upload;
+    #: tests replace it to make that decision independent of the machine's speed.
+    clock = staticmethod(time.monotonic)
+
+    def new_driver(self, rate_hz: int) -> StreamDriver:
+        """A live stream's driver: stale windows dropped unless the client sends
+        faster than real time (by :attr:`clock`), or ``keep_live_windows`` is set."""
+        return StreamDriver(
+            self.new_engine(), rate_hz, drop_stale=not self.config.keep_live_windows, clock=self.clock
+        )
+
+    def claim_extra_stream(self) -> None:
+        """Count one more stream for a connection that already holds one (a
+        Twilio call's second track), against ``max_streams`` like a new
+        connection; refused with 1013."""
+        if not self.slots.try_acquire():
             raise ProtocolError(
-                f"server at capacity ({self.config.max_streams} streams): cannot add {n} more track(s)",
-                TRY_AGAIN_LATER,
+                f"server at capacity ({self.config.max_streams} streams): cannot add another track",
+                CloseCode.TRY_AGAIN_LATER,
             )
-        self.active_streams += n
+        self.active_streams += 1
+        self.metrics.active_streams.inc()
 
-    def release_streams(self, n: int) -> None:
-        self.active_streams -= n
+    def release_extra_stream(self) -> None:
+        self.active_streams -= 1
+        self.metrics.active_streams.dec()
+        self.slots.release()

@@ -1,111 +1,110 @@
-"""One stream behind an async boundary: audio in, events out, scoring shared."""
+"""One stream behind an async boundary: audio in, events out, scoring shared.
+
+All stream logic (resampling, the stale-window rule, end of stream) is the
+:class:`~spoofwatch.stream.driver.StreamDriver`'s; this adapter only moves
+audio and windows between the connection's reader, a worker thread and the
+shared :class:`BatchScorer`, through bounded memory object streams.
+"""
 
 from __future__ import annotations
 
-import time
+import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
 import numpy.typing as npt
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from spoofwatch.audio import StreamResampler
-from spoofwatch.errors import ProtocolError
+from spoofwatch.errors import CloseCode, ProtocolError
 
-from ..engine import Engine, PendingWindow
+from ..driver import StreamDriver
+from ..events import END_OF_STREAM, Event
 from .batcher import BatchScorer
 
+if TYPE_CHECKING:
+    from .load import WindowObserver
+
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
-#: Close code for a stream that exceeds the server's maximum duration.
-POLICY_VIOLATION = 1008
-#: How far (s) a stream's audio may run ahead of wall-clock time and still count as live.
-REALTIME_SLACK_S = 1.0
-#: Audio (s) received but not yet through the VAD before the reader waits.
-MAX_INBOX_S = 10.0
+#: Messages of audio received but not yet through the VAD before the reader waits.
+INBOX_MESSAGES = 256
+
+
+def _ring(doorbell: MemoryObjectSendStream[None]) -> None:
+    """Wake the other task; a wake-up already pending is enough (capacity 1)."""
+    with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        doorbell.send_nowait(None)
 
 
 class StreamSession:
-    """The reader calls ``push``; ``serve`` (one task) ingests, scores in order and emits.
+    """The reader calls ``push``, then ``close_input``; ``serve`` (run in a task
+    group) ingests and scores until every window is resolved; then ``finish``,
+    or ``abort`` when the stream ended abnormally.
 
-    ``push`` only appends to an inbox. An ingest task hands everything
-    accumulated to one worker-thread call (resampling, VAD, windowing), so
-    that work stays off the event loop and, under load, many messages share
-    one thread hop. Windows then wait in a queue of at most
-    ``max_pending_windows``:
+    Three bounded memory object streams connect the tasks:
 
-    * a live stream (audio not ahead of wall-clock time) never waits for a
-      stale score: ``run`` skips a window when a newer one is already queued,
-      and a full queue drops its oldest; every drop is counted, audio never is;
-    * a client sending faster than real time (a file upload) is slowed down
-      instead: ``push`` waits for room, and TCP pushes back on the client.
+    * ``audio`` (reader -> ingest, ``INBOX_MESSAGES``): the ingest task hands
+      everything waiting to one worker-thread call (resampling, VAD,
+      windowing), so that work stays off the event loop and, under load, many
+      messages share one thread hop. A full inbox makes the reader wait, and
+      TCP pushes back on the client: audio is never dropped;
+    * ``ready`` (ingest -> scorer, capacity 1): windows were queued;
+    * ``room`` (scorer -> ingest, capacity 1): a window left the queue.
+
+    A live stream never waits for a stale score (the driver drops stale
+    windows); a client sending faster than real time (an upload) is slowed
+    down instead: the ingest task waits for ``room`` while the driver is backlogged.
+
+    An ``observer`` (load shedding and metrics, issue 11) hears of every
+    window: scored, gated or dropped, with the time its audio arrived.
     """
-
-    #: Wall clock (monotonic seconds) that tells a live stream from an upload;
-    #: tests replace it to make that decision deterministic.
-    clock = staticmethod(time.monotonic)
 
     def __init__(
         self,
-        engine: Engine,
+        driver: StreamDriver,
         batcher: BatchScorer,
         emit: Emit,
-        rate_hz: int,
-        max_duration_s: float,
+        max_duration_s: float = math.inf,
         tags: dict[str, Any] | None = None,
+        observer: WindowObserver | None = None,
     ) -> None:
-        self.engine = engine
+        self.driver = driver
         self.batcher = batcher
         self.emit = emit
         self.tags = tags or {}
-        self.rate_hz = rate_hz
         self.max_duration_s = max_duration_s
-        self._resampler = StreamResampler(rate_hz)
-        self._inbox: list[npt.NDArray[np.float32]] = []
-        self._inbox_samples = 0
-        self._received_samples = 0
-        self._input_done = False
-        self._queue: deque[PendingWindow] = deque()
-        self._closed = False  # every window of the stream is queued
-        self._have_audio = anyio.Event()
-        self._have_windows = anyio.Event()
-        self._progress = anyio.Event()
-        self._t0: float | None = None
+        # Each message with the (observer clock) time it arrived.
+        self._audio_send: MemoryObjectSendStream[tuple[npt.NDArray[np.float32], float]]
+        self._audio_recv: MemoryObjectReceiveStream[tuple[npt.NDArray[np.float32], float]]
+        self._audio_send, self._audio_recv = anyio.create_memory_object_stream[
+            tuple[npt.NDArray[np.float32], float]
+        ](INBOX_MESSAGES)
+        # ---- load and metrics hooks (issue 11) ----
+        self._observer = observer
+        #: Arrival time of each window in the driver's queue, oldest first. The
+        #: driver only ever drops from the front, so the two stay in step.
+        self._arrivals: deque[float] = deque()
+        self._ready_send, self._ready_recv = anyio.create_memory_object_stream[None](1)
+        self._room_send, self._room_recv = anyio.create_memory_object_stream[None](1)
 
     # ---- reader side -------------------------------------------------------
 
     async def push(self, audio: npt.NDArray[np.float32]) -> None:
-        if self._t0 is None:
-            self._t0 = self.clock()
-        self._inbox.append(audio)
-        self._inbox_samples += audio.shape[0]
-        self._received_samples += audio.shape[0]
-        self._have_audio.set()
-        if self._received_samples / self.rate_hz > self.max_duration_s:
+        arrived = self._now()
+        self.driver.arrived(audio.shape[0])
+        if self.driver.received_s > self.max_duration_s:
             raise ProtocolError(
-                f"stream exceeded the maximum duration of {self.max_duration_s:g} s", POLICY_VIOLATION
+                f"stream exceeded the maximum duration of {self.max_duration_s:g} s",
+                CloseCode.POLICY_VIOLATION,
             )
-        while self._must_wait():
-            self._progress = anyio.Event()
-            await self._progress.wait()
-
-    def _must_wait(self) -> bool:
-        if self._inbox_samples > MAX_INBOX_S * self.rate_hz:
-            return True  # never drop audio: slow the sender instead
-        full = len(self._queue) > self.engine.config.max_pending_windows
-        return full and self._ahead_of_real_time()
+        await self._audio_send.send((audio, arrived))
 
     def close_input(self) -> None:
         """No more audio: the ingest task flushes the resampler and the windower."""
-        self._input_done = True
-        self._have_audio.set()
-
-    def _ahead_of_real_time(self) -> bool:
-        if self._t0 is None:
-            return False
-        received_s = self._received_samples / self.rate_hz
-        return received_s > self.clock() - self._t0 + REALTIME_SLACK_S
+        self._audio_send.close()
 
     # ---- worker side -------------------------------------------------------
 
@@ -115,53 +114,91 @@ class StreamSession:
             tg.start_soon(self._ingest_loop)
             tg.start_soon(self._score_loop)
 
-    def _ingest(self, audio: npt.NDArray[np.float32], last: bool) -> list[PendingWindow]:
-        # Engine.push and Engine.resolve touch disjoint state, so this may run in
-        # a worker thread while _score_loop resolves on the event loop.
-        pending = self.engine.push(self._resampler(audio, last=last))
-        return pending + self.engine.flush() if last else pending
-
     async def _ingest_loop(self) -> None:
-        while True:
-            await self._have_audio.wait()
-            self._have_audio = anyio.Event()
-            last = self._input_done  # read before taking the inbox: nothing can follow it
-            batch = np.concatenate(self._inbox) if self._inbox else np.zeros(0, dtype=np.float32)
-            self._inbox, self._inbox_samples = [], 0
-            pending = await anyio.to_thread.run_sync(self._ingest, batch, last)
-            self._queue.extend(pending)
-            if not self._ahead_of_real_time():
-                while len(self._queue) > self.engine.config.max_pending_windows:
-                    self.engine.drop(self._queue.popleft())
-            self._closed = last
-            self._have_windows.set()
-            self._progress.set()
-            if last:
-                return
+        with self._ready_send, self._room_recv, self._audio_recv:
+            ended = False
+            while not ended:
+                try:
+                    chunks = [await self._audio_recv.receive()]
+                except anyio.EndOfStream:
+                    chunks, ended = [], True
+                # The oldest audio in the batch bounds its windows' arrival from below.
+                arrived = chunks[0][1] if chunks else self._now()
+                while not ended:
+                    try:
+                        chunks.append(self._audio_recv.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                    except anyio.EndOfStream:
+                        ended = True
+                while self.driver.backlogged():
+                    await self._room_recv.receive()
+                audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
+                pending = await anyio.to_thread.run_sync(self.driver.cut, audio, ended)
+                self._arrivals.extend([arrived] * len(pending))
+                self.driver.enqueue(pending, last=ended)
+                self._dropped_to(self.driver.queued)
+                _ring(self._ready_send)
 
     async def _score_loop(self) -> None:
-        while True:
-            if self._queue:
-                pending = self._queue.popleft()
-                self._progress.set()
-                if self._superseded():
-                    self.engine.drop(pending)
-                    continue
-                score = await self.batcher.score(pending.window.samples) if pending.gate.speech else None
-                for event in self.engine.resolve(pending, score):
-                    await self.emit({**event.to_json(), **self.tags})
-            elif self._closed:
-                return
-            else:
-                await self._have_windows.wait()
-                self._have_windows = anyio.Event()
+        with self._room_send:
+            async with self._ready_recv:
+                async for _ in self._ready_recv:
+                    while (pending := self.driver.next_window()) is not None:
+                        _ring(self._room_send)
+                        self._dropped_to(self.driver.queued + 1)
+                        arrived = self._arrivals.popleft()
+                        score = (
+                            await self.batcher.score(pending.window.samples) if pending.gate.speech else None
+                        )
+                        if self._observer is not None:
+                            # A sender ahead of real time (an upload) waits by design: no lag to report.
+                            live = arrived if self.driver.is_live() else None
+                            self._observer.window_done("scored" if pending.gate.speech else "gated", live)
+                        await self._send(self.driver.resolve(pending, score))
 
-    def _superseded(self) -> bool:
-        """A live stream scores its freshest window: the one just popped is stale
-        if a newer one waits. End-of-stream flushes and uploads are never skipped."""
-        return bool(self._queue) and not self._closed and not self._ahead_of_real_time()
+    async def _send(self, events: list[Event]) -> None:
+        tagged = [{**event.to_json(), **self.tags} for event in events]
+        if self._observer is not None:
+            self._observer.events(tagged)
+        for event in tagged:
+            await self.emit(event)
 
-    async def finish(self) -> None:
+    # ---- load and metrics hooks (issue 11) ---------------------------------
+
+    def _now(self) -> float:
+        return self._observer.now() if self._observer is not None else 0.0
+
+    def _dropped_to(self, queued: int, lag: bool = True) -> None:
+        """The driver dropped windows from the front of its queue until ``queued``
+        were left: report each (a dropped window waited at least this long)."""
+        while len(self._arrivals) > queued:
+            arrived = self._arrivals.popleft()
+            if self._observer is not None:
+                self._observer.window_done("dropped", arrived if lag else None)
+
+    # ---- end of stream -----------------------------------------------------
+
+    def _close_streams(self) -> None:
+        for stream in (
+            self._audio_send,
+            self._audio_recv,
+            self._ready_send,
+            self._ready_recv,
+            self._room_send,
+            self._room_recv,
+        ):
+            stream.close()
+
+    async def finish(self, reason: str = END_OF_STREAM) -> None:
         """After ``serve`` returned: close alerts and emit the summary."""
-        for event in self.engine.finish():
-            await self.emit({**event.to_json(), **self.tags})
+        self._close_streams()
+        await self._send(self.driver.finish(reason))
+
+    async def abort(self, reason: str) -> None:
+        """The stream ended abnormally (``serve`` was cancelled): unscored windows
+        are dropped, an open alert ends with ``reason``, and the summary follows."""
+        self._close_streams()
+        events = self.driver.abort(reason)
+        self._dropped_to(0, lag=False)  # dropped for the abnormal end, not for load
+        await self._send(events)

@@ -16,6 +16,13 @@ from spoofwatch.constants import SAMPLE_RATE_HZ
 FILE_CHUNK_SAMPLES = 320
 
 
+def due_in_s(start: float, samples: int, now: float, rate_hz: int = SAMPLE_RATE_HZ) -> float:
+    """Seconds until ``samples`` of audio are due at 1x when sample 0 was due at
+    ``start`` (<= 0: already due). The one pacing rule of files and the client:
+    a chunk is due once all of its audio would have been captured."""
+    return start + samples / rate_hz - now
+
+
 def iter_chunks(
     audio: npt.NDArray[np.float32] | Iterable[npt.NDArray[np.float32]],
     chunk_samples: int = FILE_CHUNK_SAMPLES,
@@ -48,10 +55,8 @@ def _paced(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> npt.NDArray[np.float32]:
-    if realtime:
-        delay = start + pos / SAMPLE_RATE_HZ - clock()
-        if delay > 0:
-            sleep(delay)
+    if realtime and (delay := due_in_s(start, pos + chunk.size, clock())) > 0:
+        sleep(delay)
     return chunk
 
 

@@ -10,11 +10,10 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import sample_problem
-from spoofwatch.errors import ProtocolError
+from spoofwatch.errors import CloseCode, ProtocolError
 
 ENCODINGS = ("pcm_s16le", "f32le", "mulaw")
-#: WebSocket close code for a payload that does not match its declared format.
-INVALID_PAYLOAD = 1007
+INVALID_PAYLOAD = CloseCode.INVALID_PAYLOAD
 
 
 def _mulaw_table() -> npt.NDArray[np.float32]:
@@ -70,7 +69,9 @@ def decode(payload: bytes, encoding: str, channels: int) -> npt.NDArray[np.float
             )
         audio = MULAW_TO_FLOAT[np.frombuffer(payload, dtype=np.uint8)]
     else:
-        raise ProtocolError(f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", 1003)
+        raise ProtocolError(
+            f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", CloseCode.UNSUPPORTED
+        )
     if channels == 2:
         audio = audio.reshape(-1, 2).mean(axis=1, dtype=np.float32)
     return audio
@@ -84,4 +85,6 @@ def encode(audio: npt.NDArray[np.float32], encoding: str) -> bytes:
         return audio.astype("<f4").tobytes()
     if encoding == "mulaw":
         return mulaw_encode(audio)
-    raise ProtocolError(f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", 1003)
+    raise ProtocolError(
+        f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", CloseCode.UNSUPPORTED
+    )

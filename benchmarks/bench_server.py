@@ -1,0 +1,401 @@
+"""Real-time streams against a real ``spoofwatch serve``: what one box holds.
+
+    python benchmarks/bench_server.py --streams 64 --clients 4 --seconds 20 \\
+        [--workers W] [--device cpu|cuda] [--json]
+
+Starts ``python -m spoofwatch serve --port 0`` (its own process tree), then
+K client processes open N WebSocket streams between them, each sending real
+speech (LibriSpeech test-other from ../shared, a different stretch per
+stream) paced at 1x in 20 ms frames, the stream starts spread over one hop.
+Reports:
+
+* close codes (1000 done, 1013 refused: at capacity or overloaded, ...);
+* windows: scored, gated (no speech), dropped (stale, skipped to stay live), in %;
+* score delay, window end -> score event at the client, p50/p90/p99/max;
+* the server's CPU use (supervisor and workers, from /proc) in cores;
+* the server's own view from ``GET /metrics`` (mean batch, refusals).
+
+It needs no network and finishes in about ``startup + seconds + 30 s``
+(``--startup-timeout-s`` bounds the model load); meant to run unattended on
+a GPU box (see ../shared/tools/gpu/README.md for the set-up there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SPOOFWATCH_SHARED", REPO.parent / "shared"))
+SPEECH = SHARED / "data" / "speech" / "bonafide" / "librispeech_test-other"
+RATE = 16000
+HOP_S = 0.5
+
+
+def load_corpus(max_s: float) -> np.ndarray:
+    """LibriSpeech test-other utterances back to back (16 kHz float32), up to ``max_s``."""
+    from spoofwatch.audio import read_audio
+
+    parts, total = [], 0
+    for path in sorted(SPEECH.glob("*.flac")):
+        parts.append(read_audio(path))
+        total += parts[-1].size
+        if total >= max_s * RATE:
+            break
+    if not parts:
+        raise SystemExit(f"no LibriSpeech audio in {SPEECH} (set SPOOFWATCH_SHARED)")
+    return np.concatenate(parts).astype(np.float32)
+
+
+# ---- client processes ----------------------------------------------------------------
+
+
+async def _one_stream(url: str, audio: np.ndarray, start_at: float, frame: int) -> dict[str, Any]:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    from spoofwatch.stream.codecs import encode
+
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    out: dict[str, Any] = {"close_code": None, "close_reason": "", "delays": [], "summary": None}
+    try:
+        ws = await connect(url, max_size=None, open_timeout=60)
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        out["close_reason"] = f"connect failed: {exc}"
+        return out
+    started = 0.0
+
+    async def receive() -> None:
+        try:
+            async for message in ws:
+                now = time.monotonic()
+                event = json.loads(message)
+                if event["type"] == "score" and event["score"] is not None:
+                    out["delays"].append(now - (started + event["t_end"]))
+                elif event["type"] == "summary":
+                    out["summary"] = event
+        except ConnectionClosed:
+            pass
+
+    async with ws:
+        reader = asyncio.create_task(receive())
+        try:
+            await ws.send(
+                json.dumps({"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1})
+            )
+            started = time.monotonic()
+            for pos in range(0, audio.size, frame):
+                delay = started + (pos + frame) / RATE - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await ws.send(encode(audio[pos : pos + frame], "pcm_s16le"))
+            await ws.send(json.dumps({"type": "stop"}))
+        except ConnectionClosed:
+            pass
+        await reader
+    out["close_code"] = ws.close_code
+    out["close_reason"] = ws.close_reason or ""
+    return out
+
+
+def client_main(
+    url: str, offsets: list[float], seconds: float, start_at: float, frame_ms: int, results: Any
+) -> None:
+    corpus = load_corpus(max(offsets) + seconds + 1)
+    n = int(seconds * RATE)
+
+    def clip(offset: float) -> np.ndarray:
+        start = int(offset * RATE) % max(1, corpus.size - n)
+        return np.resize(corpus[start:], n)  # wraps around a short corpus
+
+    async def run() -> list[dict[str, Any]]:
+        jobs = [
+            _one_stream(
+                url, clip(off), start_at + (i * HOP_S / max(1, len(offsets))) % HOP_S, RATE * frame_ms // 1000
+            )
+            for i, off in enumerate(offsets)
+        ]
+        return list(await asyncio.gather(*jobs))
+
+    results.put(asyncio.run(run()))
+
+
+# ---- the server ------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, args: argparse.Namespace) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "spoofwatch",
+            "serve",
+            "--port",
+            "0",
+            "--device",
+            args.device,
+            "--max-streams",
+            str(args.max_streams or args.streams),
+        ]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        if args.no_load_shedding:
+            cmd.append("--no-load-shedding")
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        self.proc = subprocess.Popen(
+            cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def wait_ready(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            self.log.append(line)
+            if not line:
+                raise SystemExit("server exited during start-up:\n" + "".join(self.log))
+            m = re.search(r"serving \S+ on ws://[^:]+:(\d+)/", line)
+            if m:
+                return int(m[1])
+
+    def tree(self) -> list[int]:
+        """The supervisor and every descendant (the workers)."""
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                parents[int(stat.parent.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+        pids, frontier = [self.proc.pid], [self.proc.pid]
+        while frontier:
+            frontier = [p for p, pp in parents.items() if pp in frontier]
+            pids += frontier
+        return pids
+
+    def cpu_s(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def scrape(port: int) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        page = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            key = s.name + "".join(f"[{k}={v}]" for k, v in sorted(s.labels.items()) if k != "le")
+            if "le" not in s.labels:
+                out[key] = s.value
+    return out
+
+
+def drive(
+    url: str, n_streams: int, n_clients: int, args: argparse.Namespace, server_cpu: Any
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``n_streams`` real-time streams from ``n_clients`` processes; their results and the
+    server's CPU use meanwhile (cores)."""
+    mp = multiprocessing.get_context("spawn")
+    results: Any = mp.Queue()
+    offsets = [7.0 * i for i in range(n_streams)]  # a different stretch of speech per stream
+    start_at = time.time() + 5.0  # the clients load their audio first
+    procs = [
+        mp.Process(
+            target=client_main,
+            args=(url, offsets[k::n_clients], args.seconds, start_at, args.frame_ms, results),
+        )
+        for k in range(n_clients)
+    ]
+    for p in procs:
+        p.start()
+    cpu0, wall0 = server_cpu(), time.monotonic()
+    streams: list[dict[str, Any]] = []
+    for _ in procs:
+        streams += results.get(timeout=args.seconds + 120)
+    cores = (server_cpu() - cpu0) / (time.monotonic() - wall0)
+    for p in procs:
+        p.join()
+    return streams, cores
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=2, help="client processes sharing the streams")
+    parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream, sent at 1x")
+    parser.add_argument("--workers", type=int, default=None, help="server workers (default: serve's default)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--max-streams", type=int, default=None, help="default: --streams")
+    parser.add_argument("--no-load-shedding", action="store_true")
+    parser.add_argument("--frame-ms", type=int, default=20)
+    parser.add_argument("--startup-timeout-s", type=float, default=180.0)
+    parser.add_argument(
+        "--baseline", action="store_true", help="first run one stream alone; report delay ratios against it"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= args.streams:
+        parser.error("expected 1 <= --clients <= --streams")
+
+    server = Server(args)
+    try:
+        t_start = time.monotonic()
+        port = server.wait_ready(args.startup_timeout_s)
+        startup_s = time.monotonic() - t_start
+        url = f"ws://127.0.0.1:{port}/"
+        # The baseline: one stream alone on the same server, same audio length.
+        baseline = drive(url, 1, 1, args, server.cpu_s) if args.baseline else None
+        streams, cores = drive(url, args.streams, args.clients, args, server.cpu_s)
+        metrics = scrape(port)
+    finally:
+        server.stop()
+
+    report = summarise(args, streams, metrics, startup_s, cores)
+    if baseline is not None:
+        one = summarise(args, baseline[0], {}, startup_s, baseline[1])["score_delay_s"]
+        many = report["score_delay_s"]
+        report["baseline_1_stream_delay_s"] = one
+        report["delay_ratio_vs_1_stream"] = {
+            q: round(many[q] / one[q], 2) if many[q] and one[q] else None for q in ("p50", "p99")
+        }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+
+
+def summarise(
+    args: argparse.Namespace,
+    streams: list[dict[str, Any]],
+    metrics: dict[str, float],
+    startup_s: float,
+    cores: float,
+) -> dict[str, Any]:
+    codes: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for s in streams:
+        codes[str(s["close_code"])] = codes.get(str(s["close_code"]), 0) + 1
+        if s["close_code"] not in (1000, None) or not s["summary"]:
+            reasons[s["close_reason"][:80]] = reasons.get(s["close_reason"][:80], 0) + 1
+    summaries = [s["summary"] for s in streams if s["summary"]]
+    per_worker: dict[str, int] = {}
+    for x in summaries:  # stream ids of a worker process are "w<index>-<pid>-s<n>"
+        worker = str(x.get("stream_id", "?")).split("-")[0]
+        per_worker[worker] = per_worker.get(worker, 0) + 1
+    windows = sum(x["windows"] for x in summaries)
+    dropped = sum(x["dropped_windows"] for x in summaries)
+    scored = sum(x["scored_windows"] for x in summaries)
+    delays = np.array([d for s in streams for d in s["delays"]]) if summaries else np.zeros(0)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(delays, q)), 3) if delays.size else None
+
+    batches = metrics.get("spoofwatch_batch_size_windows_count", 0.0)
+    return {
+        "streams": args.streams,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "workers": int(metrics.get("spoofwatch_workers", 0)),
+        "device": args.device,
+        "provider": next(
+            (k.split("=")[1].rstrip("]") for k in metrics if k.startswith("spoofwatch_provider[")), None
+        ),
+        "startup_s": round(startup_s, 1),
+        "close_codes": codes,
+        "close_reasons": reasons,
+        "completed_streams": len(summaries),
+        "completed_per_worker": dict(sorted(per_worker.items())),
+        "windows": windows,
+        "scored_windows": scored,
+        "gated_windows": windows - scored - dropped,
+        "dropped_windows": dropped,
+        "dropped_pct": round(100 * dropped / windows, 2) if windows else None,
+        "score_delay_s": {
+            "p50": pct(50),
+            "p90": pct(90),
+            "p99": pct(99),
+            "max": pct(100),
+            "n": int(delays.size),
+        },
+        "server_cpu_cores": round(cores, 2),
+        "machine_cores": os.cpu_count(),
+        "server_mean_batch_windows": round(metrics.get("spoofwatch_batch_size_windows_sum", 0.0) / batches, 2)
+        if batches
+        else None,
+        "server_refused": {
+            k: v for k, v in metrics.items() if k.startswith("spoofwatch_refused_connections_total")
+        },
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    d = r["score_delay_s"]
+    print(
+        f"server: {r['workers']} worker(s), provider {r['provider']}, ready in {r['startup_s']} s\n"
+        f"streams: {r['streams']} x {r['seconds']:g} s from {r['clients']} client processes; "
+        f"close codes {r['close_codes']}; completed {r['completed_streams']} (per worker {r['completed_per_worker']})\n"
+        + (f"  other ends: {r['close_reasons']}\n" if r["close_reasons"] else "")
+        + f"windows: {r['windows']} ({r['scored_windows']} scored, {r['gated_windows']} gated, "
+        f"{r['dropped_windows']} dropped = {r['dropped_pct']} %)\n"
+        f"score delay (window end -> score event): p50 {d['p50']} s, p90 {d['p90']} s, p99 {d['p99']} s, "
+        f"max {d['max']} s over {d['n']} windows\n"
+        f"server CPU: {r['server_cpu_cores']} cores of {r['machine_cores']}; mean batch {r['server_mean_batch_windows']} windows\n"
+        f"server refusals: {r['server_refused'] or 'none'}"
+        + (
+            f"\nbaseline, 1 stream alone: delay {r['baseline_1_stream_delay_s']}; "
+            f"ratio of {r['streams']} streams to it: {r['delay_ratio_vs_1_stream']}"
+            if "baseline_1_stream_delay_s" in r
+            else ""
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

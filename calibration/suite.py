@@ -1,0 +1,428 @@
+"""The held-out evaluation suite: per system, per genuine corpus, pooled, and live.
+
+For each model variant (the official AASIST-L always, plus a candidate):
+
+* every held-out spoof utterance runs through the live engine (gate, windows,
+  model) as its own stream; its utterance score is the mean of its scored
+  windows;
+* the held-out genuine utterances of each genuine corpus are concatenated into
+  streams (``stream_seconds`` long) and run through the same engine, so false
+  alerts are counted the way a user would see them; each genuine utterance's
+  score is the mean of the windows whose midpoint falls inside it;
+* EER pooled, per spoof system (against all genuine), per genuine corpus
+  (against all spoof) and per kind;
+* the live operating point: the highest alert threshold (the calibration's
+  smoothing, hysteresis width and minimum length kept) whose false alerts per
+  hour on the genuine streams are at most ``target_false_alerts_per_hour``,
+  and the share of spoof utterances alerted within ``detect_within_s`` there,
+  overall and per system; also the same at the model's shipped threshold.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.audio import read_audio
+from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.errors import CalibrationError, DatasetError
+from spoofwatch.stream.engine import Engine, Scorer
+from spoofwatch.stream.policy import PolicyConfig
+
+from .metrics import det_curve, eer
+from .streaming import Conversation, Trace, replay, trace
+
+log = logging.getLogger(__name__)
+Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    split: str = "test"
+    #: "clean": only the clean copy of each utterance; "all": channel copies too.
+    copies: str = "all"
+    #: At most this many utterances per spoof system and per genuine corpus (0: all).
+    limit_per_group: int = 0
+    #: At most this many utterances per genuine corpus (None: limit_per_group); more genuine audio
+    #: makes the false-alerts-per-hour figure less coarse.
+    limit_genuine_per_corpus: int | None = None
+    stream_seconds: float = 60.0
+    target_false_alerts_per_hour: float = 1.0
+    detect_within_s: float = 5.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Utterance:
+    utt: str
+    path: Path
+    label: str
+    kind: str
+    system: str
+    corpus: str  # genuine corpus family (see corpus_family)
+
+
+@dataclass
+class VariantResult:
+    name: str
+    genuine: dict[str, float] = field(default_factory=dict)  # utt -> score
+    spoof: dict[str, float] = field(default_factory=dict)
+    genuine_traces: list[Trace] = field(default_factory=list)
+    spoof_traces: dict[str, Trace] = field(default_factory=dict)
+    unscored: list[str] = field(default_factory=list)  # every window gated
+
+
+def corpus_family(name: str) -> str:
+    """'VCTK p225' -> 'VCTK', 'celebrity/in-the-wild clip (tom)' -> 'celebrity/in-the-wild clip',
+    'LibriTTS 1320' -> 'LibriTTS': one genuine corpus, not one speaker."""
+    base = re.sub(r"\s*\(.*?\)", "", name).strip()
+    base = re.sub(r"\s+(p\d+|\d+)$", "", base).strip()
+    return base.rstrip("?") or name
+
+
+def read_metadata(corpus: Path) -> list[dict[str, str]]:
+    """The per-utterance rows of a corpus built by ``spoofwatch data build-corpus``."""
+    path = corpus / "metadata.tsv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: not found (expected a corpus built by `spoofwatch data build-corpus`)")
+    with path.open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def select_utterances(corpus: Path, cfg: SuiteConfig) -> list[Utterance]:
+    rows = [
+        r
+        for r in read_metadata(corpus)
+        if r["split"] == cfg.split and (cfg.copies == "all" or r["copy"] == "0")
+    ]
+    if not rows:
+        raise DatasetError(f"{corpus}: no {cfg.split} utterances in metadata.tsv")
+    groups: dict[str, list[Utterance]] = defaultdict(list)
+    for r in rows:
+        u = Utterance(
+            r["utt"],
+            corpus / "flac" / f"{r['utt']}.flac",
+            r["label"],
+            r["kind"],
+            r["system"],
+            corpus_family(r["corpus"]),
+        )
+        groups[u.system if u.label == "spoof" else f"genuine:{u.corpus}"].append(u)
+    rng = np.random.default_rng(cfg.seed)
+    chosen: list[Utterance] = []
+    for key in sorted(groups):
+        members = groups[key]
+        limit = cfg.limit_per_group
+        if key.startswith("genuine:") and cfg.limit_genuine_per_corpus is not None:
+            limit = cfg.limit_genuine_per_corpus
+        if limit and len(members) > limit:
+            members = [members[i] for i in sorted(rng.permutation(len(members))[:limit])]
+        chosen += members
+    return chosen
+
+
+def genuine_streams(
+    utts: list[Utterance], seconds: float
+) -> list[tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]]:
+    """Per genuine corpus, its utterances back to back in streams of about ``seconds``; with (utt, start, end) spans."""
+    by_corpus: dict[str, list[Utterance]] = defaultdict(list)
+    for u in utts:
+        by_corpus[u.corpus].append(u)
+    streams: list[tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]] = []
+    limit = int(seconds * SAMPLE_RATE_HZ)
+    for corpus in sorted(by_corpus):
+        parts: list[npt.NDArray[np.float32]] = []
+        spans: list[tuple[str, int, int]] = []
+        pos = 0
+        for u in by_corpus[corpus]:
+            audio = read_audio(u.path)
+            parts.append(audio)
+            spans.append((u.utt, pos, pos + audio.size))
+            pos += audio.size
+            if pos >= limit:
+                streams.append((f"{corpus}#{len(streams)}", np.concatenate(parts), spans))
+                parts, spans, pos = [], [], 0
+        if parts:
+            streams.append((f"{corpus}#{len(streams)}", np.concatenate(parts), spans))
+    return streams
+
+
+def run_variant(
+    name: str,
+    utts: list[Utterance],
+    engine: Engine,
+    scorer: Scorer,
+    cfg: SuiteConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> VariantResult:
+    """All traces and utterance scores of one model variant."""
+    window_s = WINDOW_SAMPLES / SAMPLE_RATE_HZ
+    result = VariantResult(name)
+    genuine = [u for u in utts if u.label == "bonafide"]
+    for stream_name, audio, spans in genuine_streams(genuine, cfg.stream_seconds):
+        tr = trace(Conversation(stream_name, audio, None), engine, scorer)
+        result.genuine_traces.append(tr)
+        scored = [(t_end - window_s / 2, s) for t_end, s in tr.windows if s is not None]
+        for utt, start, end in spans:
+            inside = [s for mid, s in scored if start / SAMPLE_RATE_HZ <= mid < end / SAMPLE_RATE_HZ]
+            if inside:
+                result.genuine[utt] = float(np.mean(inside))
+            else:
+                result.unscored.append(utt)
+        if on_progress:
+            on_progress(len(spans))
+    for u in utts:
+        if u.label != "spoof":
+            continue
+        tr = trace(Conversation(u.utt, read_audio(u.path), 0.0), engine, scorer)
+        result.spoof_traces[u.utt] = tr
+        scores = [s for _, s in tr.windows if s is not None]
+        if scores:
+            result.spoof[u.utt] = float(np.mean(scores))
+        else:
+            result.unscored.append(u.utt)
+        if on_progress:
+            on_progress(1)
+    return result
+
+
+def cached_variant(
+    cache: Path | None, key: dict[str, Any], compute: Callable[[], VariantResult]
+) -> VariantResult:
+    """``compute()``, or its earlier result for the same ``key`` (model file hash, utterances,
+    engine settings) from ``cache``: the baseline need not be re-scored on every run."""
+    import hashlib
+    import json
+    import pickle
+
+    if cache is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = cache / f"variant-{digest}.pkl"
+    if path.is_file():
+        log.info("%s: traces reused from %s", key.get("name"), path)
+        with path.open("rb") as fh:
+            result: VariantResult = pickle.load(fh)
+        result.name = str(key.get("name", result.name))
+        return result
+    result = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    with tmp.open("wb") as fh:
+        pickle.dump(result, fh)
+    tmp.replace(path)
+    return result
+
+
+def _eer_percent(genuine: list[float], spoof: list[float]) -> float | None:
+    if not genuine or not spoof:
+        return None
+    return 100 * eer(np.array(genuine), np.array(spoof))[0]
+
+
+def false_alerts_per_hour(traces: list[Trace], policy: PolicyConfig) -> float:
+    hours = sum(tr.duration_s for tr in traces) / 3600
+    return sum(len(replay(tr, policy)) for tr in traces) / hours if hours else 0.0
+
+
+def detected(tr: Trace, policy: PolicyConfig, within_s: float) -> bool:
+    return any(t <= within_s for t in replay(tr, policy))
+
+
+def operating_point(
+    result: VariantResult, base: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig
+) -> dict[str, Any]:
+    """Highest enter threshold meeting the false-alert target; detection there, overall and per system."""
+    windows = [
+        s
+        for tr in [*result.genuine_traces, *result.spoof_traces.values()]
+        for _, s in tr.windows
+        if s is not None
+    ]
+    if not windows:
+        raise CalibrationError(f"{result.name}: no window passed the speech gate")
+    candidates = sorted({float(q) for q in np.quantile(windows, np.linspace(0.0, 1.0, 121))}, reverse=True)
+    chosen: PolicyConfig | None = None
+    fa = 0.0
+    for threshold in candidates:
+        policy = base.with_band(threshold)
+        fa = false_alerts_per_hour(result.genuine_traces, policy)
+        if fa <= cfg.target_false_alerts_per_hour:
+            chosen = policy
+            break
+    if chosen is None:  # even the lowest candidate alerts too often: nothing meets the target
+        chosen = base.with_band(min(windows) - 1.0)
+        fa = false_alerts_per_hour(result.genuine_traces, chosen)
+    return {
+        "enter_threshold": chosen.enter_threshold,
+        **_detection(result, chosen, utts, cfg),
+        "false_alerts_per_hour": fa,
+    }
+
+
+def _detection(
+    result: VariantResult, policy: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig
+) -> dict[str, Any]:
+    by_system: dict[str, list[bool]] = defaultdict(list)
+    by_system_any: dict[str, list[bool]] = defaultdict(list)
+    for u in utts:
+        if u.label == "spoof":
+            tr = result.spoof_traces[u.utt]
+            by_system[u.system].append(detected(tr, policy, cfg.detect_within_s))
+            by_system_any[u.system].append(detected(tr, policy, np.inf))
+    every = [d for v in by_system.values() for d in v]
+    every_any = [d for v in by_system_any.values() for d in v]
+    return {
+        "detection_rate": float(np.mean(every)) if every else None,
+        "detection_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system.items())},
+        # Alerted at any time in the utterance (its stream ends with it): with 4.04 s windows
+        # and a 2-window minimum, an alert cannot come before 4.04 s + one hop.
+        "detection_rate_any": float(np.mean(every_any)) if every_any else None,
+        "detection_any_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system_any.items())},
+    }
+
+
+def summarise(
+    result: VariantResult, utts: list[Utterance], policy: PolicyConfig, cfg: SuiteConfig
+) -> dict[str, Any]:
+    gen = list(result.genuine.values())
+    spoof_by: dict[str, list[float]] = defaultdict(list)
+    kind_by: dict[str, list[float]] = defaultdict(list)
+    gen_by: dict[str, list[float]] = defaultdict(list)
+    for u in utts:
+        if u.label == "spoof" and u.utt in result.spoof:
+            spoof_by[u.system].append(result.spoof[u.utt])
+            kind_by[u.kind].append(result.spoof[u.utt])
+        elif u.label == "bonafide" and u.utt in result.genuine:
+            gen_by[u.corpus].append(result.genuine[u.utt])
+    spoof = [s for v in spoof_by.values() for s in v]
+    shipped = {
+        "enter_threshold": policy.enter_threshold,
+        "false_alerts_per_hour": false_alerts_per_hour(result.genuine_traces, policy),
+        **_detection(result, policy, utts, cfg),
+    }
+    return {
+        "model": result.name,
+        "n_genuine": len(gen),
+        "n_spoof": len(spoof),
+        "n_unscored": len(result.unscored),
+        "genuine_stream_hours": sum(tr.duration_s for tr in result.genuine_traces) / 3600,
+        "pooled_eer_percent": _eer_percent(gen, spoof),
+        "eer_by_system": {
+            s: {"n": len(v), "eer_percent": _eer_percent(gen, v)} for s, v in sorted(spoof_by.items())
+        },
+        "eer_by_kind": {
+            k: {"n": len(v), "eer_percent": _eer_percent(gen, v)} for k, v in sorted(kind_by.items())
+        },
+        "eer_by_genuine_corpus": {
+            c: {"n": len(v), "eer_percent": _eer_percent(v, spoof)} for c, v in sorted(gen_by.items())
+        },
+        "at_target": operating_point(result, policy, utts, cfg),
+        "at_shipped_threshold": shipped,
+    }
+
+
+def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
+    """One table: rows are pooled, each kind, each system and each genuine corpus; a column per model."""
+    names = [s["model"] for s in summaries]
+    head = (
+        "| | n | "
+        + " | ".join(f"{n} EER %" for n in names)
+        + " | "
+        + " | ".join(f"{n} detected" for n in names)
+        + " |"
+    )
+    lines = [head, "|" + "---|" * (2 + 2 * len(names))]
+
+    def fmt(v: float | None, pct: bool = False) -> str:
+        return "–" if v is None else f"{100 * v:.0f} %" if pct else f"{v:.1f}"
+
+    first = summaries[0]
+    lines.append(
+        f"| **pooled** | {first['n_genuine']}+{first['n_spoof']} | "
+        + " | ".join(fmt(s["pooled_eer_percent"]) for s in summaries)
+        + " | "
+        + " | ".join(fmt(s["at_target"]["detection_rate"], True) for s in summaries)
+        + " |"
+    )
+    for kind, v in first["eer_by_kind"].items():
+        lines.append(
+            f"| kind {kind} | {v['n']} | "
+            + " | ".join(fmt(s["eer_by_kind"][kind]["eer_percent"]) for s in summaries)
+            + " | "
+            + " | ".join("" for _ in summaries)
+            + " |"
+        )
+    for system, v in first["eer_by_system"].items():
+        lines.append(
+            f"| {system} | {v['n']} | "
+            + " | ".join(fmt(s["eer_by_system"][system]["eer_percent"]) for s in summaries)
+            + " | "
+            + " | ".join(fmt(s["at_target"]["detection_by_system"].get(system), True) for s in summaries)
+            + " |"
+        )
+    for corpus, v in first["eer_by_genuine_corpus"].items():
+        lines.append(
+            f"| genuine: {corpus} | {v['n']} | "
+            + " | ".join(fmt(s["eer_by_genuine_corpus"][corpus]["eer_percent"]) for s in summaries)
+            + " | "
+            + " | ".join("" for _ in summaries)
+            + " |"
+        )
+    lines.append("")
+    lines.append(
+        f"Live engine, threshold for ≤ {cfg.target_false_alerts_per_hour:g} false alert/hour on the genuine streams; "
+        f"'detected' = alerted within {cfg.detect_within_s:g} s of a spoof utterance's start."
+    )
+    for s in summaries:
+        t, sh = s["at_target"], s["at_shipped_threshold"]
+        lines.append(
+            f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; at threshold {t['enter_threshold']:.3f}: "
+            f"{t['false_alerts_per_hour']:.1f} false alerts/h, {fmt(t['detection_rate'], True)} detected "
+            f"({fmt(t['detection_rate_any'], True)} at any time in the utterance); "
+            f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "
+            f"{fmt(sh['detection_rate'], True)} detected ({fmt(sh['detection_rate_any'], True)} at any time); "
+            f"{s['n_unscored']} utterances had no window past the gate."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_det(results: list[VariantResult], path: Path) -> None:
+    """Pooled DET curves (miss vs false alarm, probit axes) of every variant in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from statistics import NormalDist
+
+    import matplotlib.pyplot as plt
+
+    probit = np.vectorize(lambda p: NormalDist().inv_cdf(min(max(p, 1e-4), 1 - 1e-4)))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for r in results:
+        if not r.genuine or not r.spoof:
+            continue
+        miss, fa, _ = det_curve(np.array(list(r.genuine.values())), np.array(list(r.spoof.values())))
+        ax.plot(probit(fa), probit(miss), label=r.name)
+    ticks = [0.01, 0.05, 0.2, 0.5, 0.8, 0.95]
+    ax.set_xticks(probit(ticks))
+    ax.set_xticklabels([f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(probit(ticks))
+    ax.set_yticklabels([f"{100 * t:g}" for t in ticks])
+    ax.set_xlabel("spoof accepted as genuine (%)")
+    ax.set_ylabel("genuine rejected (%)")
+    ax.plot(probit([0.01, 0.99]), probit([0.01, 0.99]), "k:", linewidth=0.8)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("held-out DET (utterance mean score)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,208 @@
+"""Pluggable ONNX detectors described by a model card TOML.
+
+Wherever ``--model`` is accepted, a path to a card works as well as a
+built-in name::
+
+    [model]
+    onnx = "detector.onnx"      # relative to the card
+    sample_rate_hz = 16000
+    window_samples = 32000      # the model's fixed input length
+    input = "waveform"          # float32 [batch, window_samples]
+    output = "logits"           # float32 [batch, k] or [batch]
+    bonafide_index = 1          # column read as the score (omit for a [batch] output)
+    higher_is_bonafide = true   # false: the score is negated so higher always means genuine
+    sha256 = "..."              # optional; checked at load
+    calibration = "cal.toml"    # optional; the card's default calibration file
+
+The card is checked completely at load, before any audio is read: the
+file, its hash, the declared tensor names and shapes, and one probe call
+on silence whose output shape must match the declaration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spoofwatch.constants import MODEL_NAMES, SAMPLE_RATE_HZ
+from spoofwatch.errors import ConfigError, ModelError
+
+#: Shortest and longest window a card may declare, in samples at 16 kHz
+#: (0.1 s to 60 s): outside it the engine's gate and hop make no sense.
+MIN_WINDOW_SAMPLES = SAMPLE_RATE_HZ // 10
+MAX_WINDOW_SAMPLES = 60 * SAMPLE_RATE_HZ
+_CARD_SUFFIX = ".toml"
+_REQUIRED = {
+    "onnx": str,
+    "sample_rate_hz": int,
+    "window_samples": int,
+    "input": str,
+    "output": str,
+    "higher_is_bonafide": bool,
+}
+_OPTIONAL = {"bonafide_index": int, "sha256": str, "calibration": str, "name": str}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checked model card. ``name`` identifies it in calibration files."""
+
+    name: str
+    card_path: Path
+    onnx_path: Path
+    window_samples: int
+    input_name: str
+    output_name: str
+    bonafide_index: int | None
+    higher_is_bonafide: bool
+    sha256: str
+    calibration_path: Path | None = None
+
+
+def is_card_reference(model: str) -> bool:
+    """A ``--model`` value that is not a built-in name is a card path."""
+    return model.lower() not in MODEL_NAMES
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _typed(table: dict[str, Any], key: str, want: type, origin: str) -> Any:
+    value = table[key]
+    ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{origin}: [model].{key}: expected {want.__name__}, got {value!r}")
+    return value
+
+
+def parse_card(path: Path) -> ModelSpec:
+    """Parse and check the card's fields and files (not the graph)."""
+    origin = str(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"--model {path}: neither a built-in model ({', '.join(MODEL_NAMES)}) nor a model card file"
+        )
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{origin}: cannot read the model card: {exc}") from None
+    table = data.get("model")
+    if set(data) != {"model"} or not isinstance(table, dict):
+        raise ConfigError(f"{origin}: expected exactly one [model] table, got {sorted(data)}")
+    unknown = sorted(set(table) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown [model] field(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join([*_REQUIRED, *_OPTIONAL])}"
+        )
+    missing = sorted(set(_REQUIRED) - set(table))
+    if missing:
+        raise ConfigError(f"{origin}: missing [model] field(s) {', '.join(missing)}")
+    values = {k: _typed(table, k, t, origin) for k, t in {**_REQUIRED, **_OPTIONAL}.items() if k in table}
+    if values["sample_rate_hz"] != SAMPLE_RATE_HZ:
+        raise ConfigError(
+            f"{origin}: sample_rate_hz = {values['sample_rate_hz']}: spoofwatch feeds models "
+            f"{SAMPLE_RATE_HZ} Hz audio; resample inside the model or export it for {SAMPLE_RATE_HZ} Hz"
+        )
+    window = values["window_samples"]
+    if not MIN_WINDOW_SAMPLES <= window <= MAX_WINDOW_SAMPLES:
+        raise ConfigError(
+            f"{origin}: window_samples = {window}: expected {MIN_WINDOW_SAMPLES}..{MAX_WINDOW_SAMPLES}"
+        )
+    index = values.get("bonafide_index")
+    if index is not None and index < 0:
+        raise ConfigError(f"{origin}: bonafide_index = {index}: expected >= 0")
+    onnx_path = (path.parent / values["onnx"]).resolve()
+    if not onnx_path.is_file():
+        raise ModelError(f"{origin}: the ONNX file {onnx_path} does not exist")
+    digest = _file_sha256(onnx_path)
+    if "sha256" in values and values["sha256"].lower() != digest:
+        raise ModelError(
+            f"{origin}: {onnx_path.name} has SHA-256 {digest[:16]}..., but the card pins "
+            f"{values['sha256'][:16]}...; the file was changed or is not the one the card describes"
+        )
+    cal = values.get("calibration")
+    cal_path = (path.parent / cal).resolve() if cal else None
+    if cal_path is not None and not cal_path.is_file():
+        raise ConfigError(f"{origin}: the calibration file {cal_path} does not exist")
+    return ModelSpec(
+        name=values.get("name", path.stem),
+        card_path=path.resolve(),
+        onnx_path=onnx_path,
+        window_samples=window,
+        input_name=values["input"],
+        output_name=values["output"],
+        bonafide_index=index,
+        higher_is_bonafide=values["higher_is_bonafide"],
+        sha256=digest,
+        calibration_path=cal_path,
+    )
+
+
+def _dims(value_info: Any) -> list[int | str | None]:
+    shape = getattr(value_info, "shape", None)
+    return list(shape) if shape is not None else []
+
+
+def check_graph(spec: ModelSpec) -> None:
+    """Open the graph on the CPU, check names, types and shapes, and make one probe call."""
+    from .runtime import make_session
+
+    origin = str(spec.card_path)
+    session = make_session(spec.onnx_path, "cpu", threads=1)
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if spec.input_name not in inputs or len(inputs) != 1:
+        raise ModelError(
+            f"{origin}: input = {spec.input_name!r}, but {spec.onnx_path.name} has input(s) "
+            f"{', '.join(inputs)}; expected exactly one float32 [batch, {spec.window_samples}] input"
+        )
+    tensor = inputs[spec.input_name]
+    dims = _dims(tensor)
+    # A dynamic dimension is a name (str) or None; a fixed one must match the card.
+    fits = len(dims) == 2 and (dims[1] == spec.window_samples or not isinstance(dims[1], int))
+    if tensor.type != "tensor(float)" or not fits:
+        raise ModelError(
+            f"{origin}: input {spec.input_name!r} is {tensor.type} {dims}; expected tensor(float) "
+            f"[batch, {spec.window_samples}]"
+        )
+    if spec.output_name not in outputs:
+        raise ModelError(
+            f"{origin}: output = {spec.output_name!r}, but {spec.onnx_path.name} has output(s) {', '.join(outputs)}"
+        )
+    probe = np.zeros((2, spec.window_samples), dtype=np.float32)
+    try:
+        out = np.asarray(session.run([spec.output_name], {spec.input_name: probe})[0])
+    except Exception as exc:
+        raise ModelError(
+            f"{origin}: a probe call with float32 [2, {spec.window_samples}] failed: {exc}"
+        ) from None
+    if out.dtype != np.float32 or out.ndim not in (1, 2) or out.shape[0] != 2:
+        raise ModelError(
+            f"{origin}: output {spec.output_name!r} is {out.dtype} {list(out.shape)} for a batch of 2; "
+            "expected float32 [batch] or [batch, k]"
+        )
+    if out.ndim == 1 and spec.bonafide_index is not None:
+        raise ModelError(f"{origin}: output is [batch], so omit bonafide_index (got {spec.bonafide_index})")
+    if out.ndim == 2 and (spec.bonafide_index is None or spec.bonafide_index >= out.shape[1]):
+        raise ModelError(
+            f"{origin}: output is [batch, {out.shape[1]}]: expected bonafide_index in 0..{out.shape[1] - 1}, "
+            f"got {spec.bonafide_index}"
+        )
+
+
+def load_card(path: Path) -> ModelSpec:
+    """Parse a model card and check its graph (for ``evaluate-suite`` and every command)."""
+    spec = parse_card(path)
+    check_graph(spec)
+    return spec

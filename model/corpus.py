@@ -1,0 +1,579 @@
+"""The open-data corpus: plan, leave-systems-out splits, resumable build.
+
+``build_corpus(config, out)`` writes::
+
+    out/flac/UTT.flac                       16 kHz mono, 16-bit
+    out/protocols/{train,dev,test}.txt      LA format: SPEAKER UTT - SYSTEM|- bonafide|spoof
+    out/metadata.tsv                        one row per utterance (see METADATA_COLUMNS)
+    out/corpus.json                         counts per split, label and kind; the config used
+
+The plan is a pure function of the config and the source folders, so a build
+that was interrupted resumes by skipping every utterance whose files already
+exist (each file is written to a temporary name and renamed). Every random
+choice (channel chain, resynthesis phase) is seeded by the utterance's key.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.audio import read_audio
+from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.errors import ConfigError, DatasetError
+
+from .channel import ChannelConfig, available_codecs, random_channel
+
+log = logging.getLogger(__name__)
+Wave = npt.NDArray[np.float32]
+SPLITS = ("train", "dev", "test")
+KINDS = ("genuine", "tts", "vc", "vocoder", "codec")
+METADATA_COLUMNS = (
+    "utt",
+    "split",
+    "label",
+    "kind",
+    "system",
+    "corpus",
+    "speaker",
+    "source_repo",
+    "generator",
+    "source",
+    "copy",
+    "channel",
+    "seconds",
+)
+SHARED_REPO = "shared/speech"
+LA_REPO = "shared/asvspoof2019_la"
+MIN_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_repos: tuple[str, ...] = ()
+    test_systems: tuple[str, ...] = ()
+    test_generators: tuple[str, ...] = ()
+    test_corpora: tuple[str, ...] = ()
+    dev_repos: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    world_per_split: int = 0
+    griffin_lim_per_split: int = 0
+    griffin_lim_iterations: int = 32
+    espeak_voices: tuple[str, ...] = ()
+    festival_voices: tuple[str, ...] = ()
+    piper_voices: tuple[str, ...] = ()
+    piper_settings: tuple[tuple[float, float], ...] = ((1.0, 0.667),)
+    sentences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    shared: Path
+    seed: int = 0
+    max_seconds: float = 10.0
+    augmented_copies: int = 1
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    #: Extra protocols: name -> (split, utterances), class-balanced (see balanced_subset).
+    subsets: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+def _tuples(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+        for k, v in data.items()
+    }
+
+
+def load_corpus_config(path: Path) -> CorpusConfig:
+    """Parse a corpus TOML; ``shared`` is relative to the file, and $SPOOFWATCH_SHARED overrides it."""
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read corpus config: {exc}") from None
+    env = os.environ.get("SPOOFWATCH_SHARED")
+    shared = Path(env) if env else (path.parent / str(data.pop("shared", "../shared")))
+    data.pop("shared", None)
+    try:
+        return CorpusConfig(
+            shared=shared.resolve(),
+            seed=int(data.pop("seed", 0)),
+            max_seconds=float(data.pop("max_seconds", 10.0)),
+            augmented_copies=int(data.pop("augmented_copies", 1)),
+            splits=SplitConfig(**_tuples(data.pop("splits", {}))),
+            generate=GenerateConfig(**_tuples(data.pop("generate", {}))),
+            channel=ChannelConfig(**_tuples(data.pop("channel", {}))),
+            subsets={k: (str(v[0]), int(v[1])) for k, v in data.pop("subsets", {}).items()},
+            **data,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ---- the plan ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One clean source utterance (existing file or generated), before channel copies."""
+
+    key: str  # stable identity, seeds every random choice for this item
+    label: str  # bonafide | spoof
+    kind: str  # one of KINDS
+    system: str  # "-" for genuine
+    corpus: str
+    speaker: str
+    source_repo: str
+    generator: str  # "" for existing files
+    source: str  # a path, or "generator:arguments"
+    split: str = ""
+    params: tuple[Any, ...] = ()
+
+    @property
+    def base_id(self) -> str:
+        return "OC_" + hashlib.sha1(self.key.encode()).hexdigest()[:12]
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+()-]+", "_", text.strip()) or "_"
+
+
+def _demo_items(root: Path) -> list[Item]:
+    items = []
+    with (root / "manifest.tsv").open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            genuine = row["label"] == "bonafide"
+            who = row["speaker_or_corpus"]
+            items.append(
+                Item(
+                    key=f"tts_demos/{row['path']}",
+                    label=row["label"],
+                    kind="genuine" if genuine else row["kind"],
+                    system="-" if genuine else row["system"],
+                    corpus=who,
+                    speaker=_clean(f"{row['source_repo'].split('/')[0]}-{who}"),
+                    source_repo=row["source_repo"],
+                    generator="",
+                    source=str(root / row["path"]),
+                )
+            )
+    return items
+
+
+def _speech_items(root: Path) -> list[Item]:
+    specs: list[tuple[str, str, str, str, str, Callable[[Path], str]]] = [
+        # (folder, label, kind, system, corpus, speaker of a file)
+        (
+            "bonafide/librispeech_test-other",
+            "bonafide",
+            "genuine",
+            "-",
+            "LibriSpeech test-other",
+            lambda p: "LS" + p.name.split("-")[0],
+        ),
+        ("bonafide/ljspeech", "bonafide", "genuine", "-", "LJSpeech", lambda p: "LJ"),
+        ("bonafide/vctk", "bonafide", "genuine", "-", "VCTK", lambda p: p.name.split("_")[0]),
+        (
+            "spoof/nii_nsf",
+            "spoof",
+            "vocoder",
+            "NII-NSF",
+            "CMU ARCTIC",
+            lambda p: "arctic-" + p.stem.split("_")[-2],
+        ),
+        (
+            "pairs/nii_wave_replacement/real",
+            "bonafide",
+            "genuine",
+            "-",
+            "NII-NSF-source",
+            lambda p: "nsfpair",
+        ),
+        (
+            "pairs/nii_wave_replacement/vocoded",
+            "spoof",
+            "vocoder",
+            "NII-NSF",
+            "NII-NSF-source",
+            lambda p: "nsfpair",
+        ),
+    ]
+    items = []
+    for folder, label, kind, system, corpus, speaker in specs:
+        for p in sorted((root / folder).glob("*")):
+            if p.suffix.lower() in (".flac", ".wav"):
+                items.append(
+                    Item(
+                        f"speech/{folder}/{p.name}",
+                        label,
+                        kind,
+                        system,
+                        corpus,
+                        speaker(p),
+                        SHARED_REPO,
+                        "",
+                        str(p),
+                    )
+                )
+    return items
+
+
+def _la_items(root: Path) -> list[Item]:
+    items = []
+    with (root / "clips.tsv").open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            genuine = row["label"] == "bonafide"
+            items.append(
+                Item(
+                    f"la/{row['file']}",
+                    row["label"],
+                    "genuine" if genuine else "tts",
+                    "-" if genuine else f"LA-{row['attack_id']}",
+                    "ASVspoof2019 LA",
+                    row["speaker"],
+                    LA_REPO,
+                    "",
+                    str(root / row["file"]),
+                )
+            )
+    return items
+
+
+def festival_name(voice: str) -> str:
+    return "festival-" + voice.replace("cmu_us_", "").replace("_arctic", "").replace("_", "-")
+
+
+def piper_name(package: str) -> str:
+    return "piper-" + package.split("_")[0]
+
+
+def _split_of(item: Item, cfg: SplitConfig, test_systems: set[str]) -> str:
+    if (
+        item.source_repo in cfg.test_repos
+        or item.system in test_systems
+        or item.generator in cfg.test_generators
+        or item.corpus in cfg.test_corpora
+    ):
+        return "test"
+    return "dev" if item.source_repo in cfg.dev_repos else "train"
+
+
+def _tts_items(gen: GenerateConfig) -> list[Item]:
+    items = []
+    for i, text in enumerate(gen.sentences):
+        for voice in gen.espeak_voices:
+            items.append(
+                Item(
+                    f"espeak/{voice}/{i}",
+                    "spoof",
+                    "tts",
+                    f"espeak-ng-{voice}",
+                    "espeak-ng",
+                    _clean(f"espeak-{voice}"),
+                    "local",
+                    "espeak-ng",
+                    f"espeak:{voice}",
+                    params=(text, voice),
+                )
+            )
+        for voice in gen.festival_voices:
+            name = festival_name(voice)
+            items.append(
+                Item(
+                    f"festival/{voice}/{i}",
+                    "spoof",
+                    "tts",
+                    name,
+                    "festival",
+                    name,
+                    "local",
+                    name,
+                    f"festival:{voice}",
+                    params=(text, voice),
+                )
+            )
+        for package in gen.piper_voices:
+            name = piper_name(package)
+            for j, (length, noise) in enumerate(gen.piper_settings):
+                items.append(
+                    Item(
+                        f"piper/{package}/{i}/{j}",
+                        "spoof",
+                        "tts",
+                        name,
+                        "piper",
+                        name,
+                        "local",
+                        name,
+                        f"piper:{package}",
+                        params=(text, package, length, noise),
+                    )
+                )
+    return items
+
+
+def plan_corpus(cfg: CorpusConfig) -> list[Item]:
+    """Every clean item with its split; resynthesis sources are drawn from genuine items of the split they land in."""
+    shared = cfg.shared / "data"
+    for need in (
+        shared / "tts_demos" / "manifest.tsv",
+        shared / "speech",
+        shared / "asvspoof2019_la" / "clips.tsv",
+    ):
+        if not need.exists():
+            raise DatasetError(f"{need}: not found (expected the shared data folder; set SPOOFWATCH_SHARED)")
+    base = (
+        _demo_items(shared / "tts_demos")
+        + _speech_items(shared / "speech")
+        + _la_items(shared / "asvspoof2019_la")
+    )
+    test_systems = set(cfg.splits.test_systems) | {
+        i.system for i in base if i.label == "spoof" and i.source_repo in cfg.splits.test_repos
+    }
+    gen = cfg.generate
+    items = [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in base]
+    tts = [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in _tts_items(gen)]
+    # Locally made TTS that is not held out: every sixth sentence goes to dev.
+    tts = [
+        replace(i, split="dev") if i.split == "train" and int(i.key.split("/")[2]) % 6 == 5 else i
+        for i in tts
+    ]
+    items += tts
+    rng = np.random.default_rng(cfg.seed)
+    for name, per_split, kind_args in (
+        ("world", gen.world_per_split, ()),
+        ("griffin-lim", gen.griffin_lim_per_split, (gen.griffin_lim_iterations,)),
+    ):
+        held_out = name in cfg.splits.test_generators
+        for split in ("test",) if held_out else ("train", "dev"):
+            pool = [i for i in items if i.label == "bonafide" and i.split == split]
+            chosen = [pool[k] for k in sorted(rng.permutation(len(pool))[:per_split])]
+            for src in chosen:
+                items.append(
+                    Item(
+                        f"{name}/{src.key}",
+                        "spoof",
+                        "vocoder",
+                        name,
+                        src.corpus,
+                        src.speaker,
+                        "local",
+                        name,
+                        f"{name}:{src.source}",
+                        split,
+                        (src.source, *kind_args),
+                    )
+                )
+    return items
+
+
+# ---- the build ---------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    item: Item
+    utt: str
+    copy: int
+    channel: str
+    seconds: float
+
+    def to_tsv(self) -> list[str]:
+        i = self.item
+        return [
+            self.utt,
+            i.split,
+            i.label,
+            i.kind,
+            i.system,
+            i.corpus,
+            i.speaker,
+            i.source_repo,
+            i.generator,
+            i.source,
+            str(self.copy),
+            self.channel,
+            f"{self.seconds:.3f}",
+        ]
+
+
+class Generators:
+    """Lazily loaded generators (a Piper voice takes seconds to load)."""
+
+    def __init__(self) -> None:
+        self._piper: dict[str, Any] = {}
+
+    def clean_audio(self, item: Item, seed: int) -> Wave:
+        from . import synth
+
+        if not item.generator:
+            return read_audio(item.source)
+        if item.generator == "world":
+            return synth.world_resynth(read_audio(item.params[0]))
+        if item.generator == "griffin-lim":
+            return synth.griffin_lim(read_audio(item.params[0]), int(item.params[1]), seed)
+        if item.generator == "espeak-ng":
+            return synth.espeak(item.params[0], item.params[1])
+        if item.generator.startswith("festival-"):
+            return synth.festival(item.params[0], item.params[1])
+        if item.generator.startswith("piper-"):
+            text, package, length, noise = item.params
+            if package not in self._piper:
+                self._piper[package] = synth.PiperSynth(package)
+            return self._piper[package](text, float(length), float(noise))  # type: ignore[no-any-return]
+        raise ConfigError(f"unknown generator {item.generator!r}")
+
+
+def _write_flac(path: Path, audio: Wave) -> None:
+    import soundfile
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    soundfile.write(tmp, audio, SAMPLE_RATE_HZ, subtype="PCM_16", format="FLAC")
+    tmp.replace(path)
+
+
+def _item_seed(cfg: CorpusConfig, item: Item) -> np.random.Generator:
+    digest = int(hashlib.sha1(item.key.encode()).hexdigest()[:15], 16)
+    return np.random.default_rng([cfg.seed, digest])
+
+
+def _sidecar(flac_dir: Path, utt: str) -> Path:
+    return flac_dir / f"{utt}.json"
+
+
+def build_item(
+    cfg: CorpusConfig, item: Item, flac_dir: Path, gens: Generators, codecs: tuple[str, ...]
+) -> list[Row]:
+    """Write the clean copy and the channel copies of ``item`` (skipping those already written)."""
+    utts = [f"{item.base_id}_c{k}" for k in range(cfg.augmented_copies + 1)]
+    done = [_sidecar(flac_dir, u) for u in utts]
+    if all(p.is_file() for p in done):
+        rows = []
+        for u, p in zip(utts, done, strict=True):
+            meta = json.loads(p.read_text("utf-8"))
+            rows.append(Row(item, u, int(meta["copy"]), str(meta["channel"]), float(meta["seconds"])))
+        return rows
+    rng = _item_seed(cfg, item)
+    clean = gens.clean_audio(item, int(rng.integers(2**31)))[: int(cfg.max_seconds * SAMPLE_RATE_HZ)]
+    if clean.size < MIN_SECONDS * SAMPLE_RATE_HZ or float(np.max(np.abs(clean))) == 0.0:
+        log.warning("%s: shorter than %.1f s or silent; skipped", item.key, MIN_SECONDS)
+        return []
+    rows = []
+    for k, utt in enumerate(utts):
+        audio, tags = (clean, ["clean"]) if k == 0 else random_channel(clean, rng, cfg.channel, codecs)
+        _write_flac(flac_dir / f"{utt}.flac", audio)
+        row = Row(item, utt, k, "+".join(tags), audio.size / SAMPLE_RATE_HZ)
+        # The sidecar is written last: its presence marks the utterance complete.
+        _sidecar(flac_dir, utt).write_text(
+            json.dumps({"copy": k, "channel": row.channel, "seconds": row.seconds})
+        )
+        rows.append(row)
+    return rows
+
+
+def iter_build(cfg: CorpusConfig, out: Path, items: list[Item]) -> Iterator[list[Row]]:
+    flac_dir = out / "flac"
+    flac_dir.mkdir(parents=True, exist_ok=True)
+    gens = Generators()
+    codecs = available_codecs(cfg.channel.codecs)
+    for item in items:
+        yield build_item(cfg, item, flac_dir, gens, codecs)
+
+
+def protocol_lines(rows: list[Row], split: str) -> list[str]:
+    """LA-format lines; the attack column carries the system name (no spaces)."""
+    return [
+        f"{r.item.speaker} {r.utt} - {_clean(r.item.system) if r.item.label == 'spoof' else '-'} {r.item.label}"
+        for r in rows
+        if r.item.split == split
+    ]
+
+
+def balanced_subset(rows: list[Row], n: int, seed: int) -> list[Row]:
+    """``n`` rows, half genuine and half spoof; within a class, round-robin over
+    systems (spoof) or genuine corpora, each group shuffled, so that no large
+    system or corpus dominates a small training budget."""
+    rng = np.random.default_rng([seed, n])
+    chosen: list[Row] = []
+    for label, want in (("bonafide", n // 2), ("spoof", n - n // 2)):
+        groups: dict[str, list[Row]] = {}
+        for r in rows:
+            if r.item.label == label:
+                groups.setdefault(r.item.system if label == "spoof" else r.item.corpus, []).append(r)
+        queues = [[g[i] for i in rng.permutation(len(g))] for _, g in sorted(groups.items())]
+        picked: list[Row] = []
+        while len(picked) < want and any(queues):
+            for q in queues:
+                if q and len(picked) < want:
+                    picked.append(q.pop())
+        chosen += picked
+    return chosen
+
+
+def write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, Any]:
+    (out / "protocols").mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        (out / "protocols" / f"{split}.txt").write_text(
+            "\n".join(protocol_lines(rows, split)) + "\n", "utf-8"
+        )
+    for name, (split, n) in cfg.subsets.items():
+        chosen = {r.utt for r in balanced_subset([r for r in rows if r.item.split == split], n, cfg.seed)}
+        lines = [line for line in protocol_lines(rows, split) if line.split()[1] in chosen]
+        (out / "protocols" / f"{name}.txt").write_text("\n".join(lines) + "\n", "utf-8")
+    with (out / "metadata.tsv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer.writerow(METADATA_COLUMNS)
+        writer.writerows(r.to_tsv() for r in rows)
+    counts = Counter((r.item.split, r.item.kind) for r in rows)
+    summary: dict[str, Any] = {
+        split: {
+            "utterances": sum(v for (s, _), v in counts.items() if s == split),
+            "hours": round(sum(r.seconds for r in rows if r.item.split == split) / 3600, 3),
+            "by_kind": {k: counts[(split, k)] for k in KINDS if counts[(split, k)]},
+            "systems": sorted(
+                {r.item.system for r in rows if r.item.split == split and r.item.label == "spoof"}
+            ),
+            "genuine_corpora": sorted(
+                {r.item.corpus for r in rows if r.item.split == split and r.item.label == "bonafide"}
+            ),
+        }
+        for split in SPLITS
+    }
+    summary["config"] = json.loads(json.dumps(asdict(cfg), default=str))
+    (out / "corpus.json").write_text(json.dumps(summary, indent=1), "utf-8")
+    _check_disjoint(rows, cfg.splits)
+    return summary
+
+
+def _check_disjoint(rows: list[Row], cfg: SplitConfig) -> None:
+    """The leave-systems-out promise: no test system, repository or genuine corpus in train."""
+
+    def of(split: str, attr: str) -> set[str]:
+        return {getattr(r.item, attr) for r in rows if r.item.split == split}
+
+    def spoof_sys(split: str) -> set[str]:
+        return {r.item.system for r in rows if r.item.split == split and r.item.label == "spoof"}
+
+    leaks = spoof_sys("test") & spoof_sys("train")
+    repos = (of("train", "source_repo") | of("dev", "source_repo")) & set(cfg.test_repos)
+    if leaks or repos:
+        raise DatasetError(
+            f"corpus split leaks test systems {sorted(leaks)} or repositories {sorted(repos)} into train"
+        )

@@ -1,0 +1,197 @@
+"""``spoofwatch data build-corpus`` (the open-data corpus) and ``spoofwatch evaluate-suite``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from spoofwatch.constants import MODEL_NAMES
+
+from .common import add_precision_arg
+
+DEFAULT_CORPUS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "data" / "open.toml"
+
+
+def register(sub: Any) -> None:
+    """Top-level commands (``evaluate-suite``); ``build-corpus`` is registered under ``data``."""
+    suite = sub.add_parser(
+        "evaluate-suite",
+        help="held-out EER per system and genuine corpus, and live false alerts/detection, vs the official model",
+    )
+    suite.add_argument(
+        "--model", default="aasist-l", choices=MODEL_NAMES, help="architecture (default aasist-l)"
+    )
+    suite.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="candidate weights (.pth); omit to evaluate the official model only",
+    )
+    suite.add_argument(
+        "--calibration", type=Path, default=None, help="candidate calibration (stream/gate/policy)"
+    )
+    add_precision_arg(suite)
+    suite.add_argument("--name", default="fine-tuned", help="label of the candidate in the tables")
+    suite.add_argument(
+        "--corpus", type=Path, required=True, help="a corpus built by `spoofwatch data build-corpus`"
+    )
+    suite.add_argument("--split", default="test")
+    suite.add_argument(
+        "--copies",
+        choices=("all", "clean"),
+        default="all",
+        help="include the channel copies (default) or not",
+    )
+    suite.add_argument(
+        "--limit-per-group", type=int, default=0, help="at most N utterances per system / genuine corpus"
+    )
+    suite.add_argument(
+        "--limit-genuine-per-corpus",
+        type=int,
+        default=None,
+        help="at most N per genuine corpus (default: --limit-per-group)",
+    )
+    suite.add_argument("--hop-s", type=float, default=None, help="window hop (default: the calibration's)")
+    suite.add_argument(
+        "--loudness",
+        choices=("off", "on", "both"),
+        default="off",
+        help="per-window loudness normalisation of the candidate (both: report each)",
+    )
+    suite.add_argument("--target-false-alerts-per-hour", type=float, default=1.0)
+    suite.add_argument("--out", type=Path, default=None, help="folder for suite.json, suite.md and det.png")
+    suite.add_argument(
+        "--cache", type=Path, default=None, help="reuse traces of an unchanged model variant from this folder"
+    )
+    suite.add_argument(
+        "--skip-official",
+        action="store_true",
+        help="score only the candidate (e.g. to fill --cache in parallel); the table then lacks the baseline",
+    )
+    suite.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    suite.add_argument("--json", action="store_true", help="print the full JSON result on stdout")
+    suite.add_argument("--no-progress", action="store_true")
+    suite.set_defaults(func=cmd_evaluate_suite)
+
+
+def register_data(dsub: Any) -> None:
+    build = dsub.add_parser("build-corpus", help="build the open-data leave-systems-out corpus (resumable)")
+    build.add_argument("--out", type=Path, required=True, help="output folder (outside the repository)")
+    build.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CORPUS_CONFIG,
+        help="corpus TOML (default configs/data/open.toml)",
+    )
+    build.add_argument("--no-progress", action="store_true")
+    build.set_defaults(func=cmd_build_corpus)
+
+
+def cmd_build_corpus(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from spoofwatch.model.corpus import iter_build, load_corpus_config, plan_corpus, write_outputs
+
+    cfg = load_corpus_config(args.config)
+    items = plan_corpus(cfg)
+    rows = []
+    bar = tqdm(
+        total=len(items), desc="corpus", unit="clip", disable=args.no_progress or not sys.stderr.isatty()
+    )
+    for built in iter_build(cfg, args.out, items):
+        rows += built
+        bar.update(1)
+    bar.close()
+    summary = write_outputs(cfg, args.out, rows)
+    sys.stdout.write(
+        json.dumps(
+            {
+                s: {k: summary[s][k] for k in ("utterances", "hours", "by_kind")}
+                for s in ("train", "dev", "test")
+            }
+        )
+        + "\n"
+    )
+    return 0
+
+
+def cmd_evaluate_suite(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from spoofwatch.calibration.suite import (
+        SuiteConfig,
+        cached_variant,
+        markdown,
+        plot_det,
+        run_variant,
+        select_utterances,
+        summarise,
+    )
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.export import ensure_onnx
+    from spoofwatch.model.loudness import LoudnessNormalisedScorer
+    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.model.weights import sha256_file
+    from spoofwatch.stream.engine import build_engine
+    from spoofwatch.stream.gate import SileroVad
+
+    cfg = SuiteConfig(
+        split=args.split,
+        copies=args.copies,
+        limit_per_group=args.limit_per_group,
+        limit_genuine_per_corpus=args.limit_genuine_per_corpus,
+        target_false_alerts_per_hour=args.target_false_alerts_per_hour,
+    )
+    utts = select_utterances(args.corpus, cfg)
+    # (label, model, weights, calibration, loudness): the official model always, in the same run.
+    variants: list[tuple[str, str, Path | None, Path | None, bool]] = [
+        ("official", args.model, None, None, False)
+    ]
+    if args.weights is not None:
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.loudness]
+        variants += [
+            (args.name + ("+loudness" if on else ""), args.model, args.weights, args.calibration, on)
+            for on in modes
+        ]
+    elif args.loudness != "off":
+        variants.append(("official+loudness", args.model, None, None, True))
+    if args.skip_official and len(variants) > 1:
+        variants = variants[1:]
+    vad = SileroVad()
+    results, summaries = [], []
+    for label, model, weights, cal_path, loud in variants:
+        cal = calibration_for(model, cal_path, weights, args.precision)
+        onnx = ensure_onnx(model, weights, args.precision)
+        base: Any = build_scorer(model, args.precision, "cpu", args.threads, weights)
+        scorer = LoudnessNormalisedScorer(base) if loud else base
+        engine = build_engine(cal.live, vad, args.hop_s)
+        bar = tqdm(
+            total=len(utts), desc=label, unit="utt", disable=args.no_progress or not sys.stderr.isatty()
+        )
+        key = {
+            "name": label,
+            "onnx_sha256": sha256_file(onnx),
+            "loudness": loud,
+            "utts": [u.utt for u in utts],
+            "stream": engine.config,
+            "gate": cal.gate,
+            "config": cfg,
+        }
+        compute = functools.partial(run_variant, label, utts, engine, scorer, cfg, on_progress=bar.update)
+        result = cached_variant(args.cache, key, compute)
+        bar.close()
+        results.append(result)
+        summaries.append(summarise(result, utts, cal.policy, cfg))
+    table = markdown(summaries, cfg)
+    report = {"corpus": str(args.corpus), "config": cfg.__dict__, "hop_s": args.hop_s, "models": summaries}
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "suite.json").write_text(json.dumps(report, indent=1), "utf-8")
+        (args.out / "suite.md").write_text(table, "utf-8")
+        plot_det(results, args.out / "det.png")
+    sys.stdout.write(json.dumps(report) + "\n" if args.json else table)
+    return 0

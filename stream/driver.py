@@ -1,0 +1,175 @@
+"""The one stream driver: every input (file, microphone, WebSocket, calibration
+trace, benchmark) runs its engine through this class.
+
+It owns what used to be rewritten around the engine by each adapter:
+
+* **resampling** from the input rate to 16 kHz (``cut``), flushed at the end;
+* the **stale-window rule**: a *live* stream scores its freshest window;
+  older waiting ones are dropped (never audio) and counted. A stream is live
+  when ``drop_stale`` is set and it is not an upload: a stream whose audio
+  ever arrived more than ``realtime_slack_s`` ahead of the clock is a file
+  sent faster than real time, is never dropped from, and waits instead
+  (``backlogged``). A real-time source can arrive late, never early, so the
+  decision does not depend on how fast the machine scores;
+* **end of stream**: ``close`` flushes the resampler and the windower, scores
+  what is left and finishes; ``abort`` finishes at once (protocol error,
+  disconnect, shutdown). Either way the stream gets exactly one ``summary``,
+  and an open alert gets an ``alert_end`` carrying the reason;
+* **counters**: samples received here, windows in the engine.
+
+It is synchronous and does no I/O. ``cut`` (resampler, windower, VAD) may run
+in a worker thread while the queue side (``enqueue``, ``next_window``,
+``resolve``) runs on another, as long as each side stays on one thread:
+they share no state. ``feed``/``close`` do everything inline for callers
+that score in their own thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.audio import StreamResampler
+from spoofwatch.constants import SAMPLE_RATE_HZ
+
+from .engine import Engine, PendingWindow, Scorer
+from .events import END_OF_STREAM, Event
+
+#: How far (s) a stream's audio may run ahead of the clock and still count as live.
+REALTIME_SLACK_S = 1.0
+
+Clock = Callable[[], float]
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+class StreamDriver:
+    """Drives one engine: ``feed(chunk, scorer)`` / ``close(scorer)`` inline, or
+    ``cut`` + ``enqueue`` + ``next_window`` + ``resolve`` when scoring happens elsewhere."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        rate_hz: int = SAMPLE_RATE_HZ,
+        *,
+        drop_stale: bool = False,
+        clock: Clock | None = None,
+        realtime_slack_s: float = REALTIME_SLACK_S,
+    ) -> None:
+        self.engine = engine
+        self.rate_hz = rate_hz
+        self.drop_stale = drop_stale
+        self._clock = clock
+        self._slack_s = realtime_slack_s
+        self._resampler = StreamResampler(rate_hz)
+        self._queue: deque[PendingWindow] = deque()
+        self._t0: float | None = None
+        #: The audio once ran ahead of the clock: an upload, never dropped from.
+        self.upload = False
+        #: Input samples (at ``rate_hz``) the driver has been told about.
+        self.received_samples = 0
+        #: Every window of the stream has been queued (the input ended and was flushed).
+        self.input_closed = False
+        self.finished = False
+
+    # ---- input side ---------------------------------------------------------
+
+    def arrived(self, n_samples: int) -> None:
+        """``n_samples`` of input arrived now (starts the real-time clock)."""
+        if self._t0 is None and self._clock is not None:
+            self._t0 = self._clock()
+        self.received_samples += n_samples
+        if self._clock is not None and self._t0 is not None and not self.upload:
+            self.upload = self.received_s > self._clock() - self._t0 + self._slack_s
+
+    @property
+    def received_s(self) -> float:
+        return self.received_samples / self.rate_hz
+
+    def cut(self, audio: npt.NDArray[np.float32], last: bool = False) -> list[PendingWindow]:
+        """Resample and window ``audio``; ``last`` flushes the resampler and a short stream."""
+        pending = self.engine.push(self._resampler(audio, last=last))
+        return pending + self.engine.flush() if last else pending
+
+    # ---- queue side ---------------------------------------------------------
+
+    def is_live(self) -> bool:
+        """Whether stale windows may be dropped."""
+        return self.drop_stale and not self.upload
+
+    def enqueue(self, pending: list[PendingWindow], last: bool = False) -> None:
+        """Queue windows for scoring; a live stream keeps at most ``max_pending_windows``."""
+        self._queue.extend(pending)
+        if self.is_live():
+            while len(self._queue) > self.engine.config.max_pending_windows:
+                self.engine.drop(self._queue.popleft())
+        self.input_closed = self.input_closed or last
+
+    def backlogged(self) -> bool:
+        """A stream ahead of real time with a full queue: its sender should wait."""
+        return len(self._queue) > self.engine.config.max_pending_windows and not self.is_live()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def next_window(self) -> PendingWindow | None:
+        """The next window to score, or None. A live stream skips a window when a
+        newer one already waits; the final flush of a stream is never skipped."""
+        while self._queue:
+            pending = self._queue.popleft()
+            if self._queue and not self.input_closed and self.is_live():
+                self.engine.drop(pending)
+                continue
+            return pending
+        return None
+
+    def resolve(self, pending: PendingWindow, score: float | None) -> list[Event]:
+        return self.engine.resolve(pending, score)
+
+    def score_due(self, scorer: Scorer) -> list[Event]:
+        """Score every due window inline, one per model call (so scores do not
+        depend on how the audio was chunked), and resolve them in order."""
+        events: list[Event] = []
+        while (pending := self.next_window()) is not None:
+            score = None
+            if pending.gate.speech:
+                score = float(scorer.scores(pending.window.samples[np.newaxis, :])[0])
+            events += self.resolve(pending, score)
+        return events
+
+    # ---- inline use ---------------------------------------------------------
+
+    def ingest(self, audio: npt.NDArray[np.float32], last: bool = False) -> None:
+        self.arrived(audio.shape[0])
+        self.enqueue(self.cut(audio, last), last)
+
+    def feed(self, audio: npt.NDArray[np.float32], scorer: Scorer) -> list[Event]:
+        """Input-rate mono float32 in; the events it completes out."""
+        self.ingest(audio)
+        return self.score_due(scorer)
+
+    # ---- end of stream ------------------------------------------------------
+
+    def close(self, scorer: Scorer, reason: str = END_OF_STREAM) -> list[Event]:
+        """Normal end: flush the resampler and windower, score the rest, finish."""
+        if self.finished:
+            return []
+        if not self.input_closed:
+            self.ingest(_EMPTY, last=True)
+        return [*self.score_due(scorer), *self.finish(reason)]
+
+    def abort(self, reason: str) -> list[Event]:
+        """Abnormal end: unscored windows are dropped (counted), then finish."""
+        while self._queue:
+            self.engine.drop(self._queue.popleft())
+        return self.finish(reason)
+
+    def finish(self, reason: str = END_OF_STREAM) -> list[Event]:
+        """Close an open alert with ``reason`` and summarise: once per stream."""
+        if self.finished:
+            return []
+        self.finished = True
+        return self.engine.finish(reason)

@@ -1,0 +1,218 @@
+"""Sans-I/O wire protocols: the native protocol and Twilio Media Streams.
+
+Each protocol object takes one WebSocket message at a time (``str`` for a
+text frame, ``bytes`` for a binary one) and returns what it meant: a stream
+starting, decoded audio for a track, or the end of input. It never touches a
+socket, so every rule is testable with plain values; a message that breaks a
+rule raises :class:`ProtocolError` carrying its :class:`CloseCode`. The
+server's handlers are thin adapters around these classes
+(``spoofwatch.stream.server.connection``).
+
+Native protocol (path ``/``):
+
+1. text ``{"type":"start","sample_rate":N,"encoding":"pcm_s16le"|"f32le"|"mulaw","channels":1|2}``;
+2. binary audio frames of any size (events go back to the client as JSON text);
+3. text ``{"type":"stop"}``: the server sends the remaining events and a
+   ``summary``, then closes with 1000.
+
+Twilio Media Streams (path ``/twilio``): JSON text messages ``connected``,
+``start`` (``streamSid``, ``callSid``, ``tracks``, ``mediaFormat``
+audio/x-mulaw 8000 Hz mono), ``media`` (base64 μ-law ``payload``,
+``track``), ``mark``, ``dtmf`` and ``stop``. Twilio accepts nothing back,
+so events go to the server's sinks, tagged with ``callSid``, ``streamSid``
+and ``track``; each track is its own stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.errors import CloseCode, ProtocolError
+
+from .codecs import ENCODINGS, decode
+
+MIN_SAMPLE_RATE_HZ = 4_000
+MAX_SAMPLE_RATE_HZ = 192_000
+TWILIO_RATE_HZ = 8_000
+TWILIO_TRACKS = ("inbound", "outbound")
+#: The single track of a native stream.
+NATIVE_TRACK = "audio"
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """A new stream (one per track) at ``rate_hz``, its events tagged with ``tags``."""
+
+    track: str
+    rate_hz: int
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class AudioIn:
+    """Decoded mono float32 audio at the track's rate."""
+
+    track: str
+    samples: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class StreamStop:
+    """The client ended its input normally."""
+
+
+ProtocolEvent = StreamStart | AudioIn | StreamStop
+
+
+class WireProtocol(Protocol):
+    #: Whether the client reads events back on the connection.
+    replies: bool
+
+    def receive(self, message: str | bytes) -> list[ProtocolEvent]: ...
+
+
+def parse_json(message: str | bytes, what: str, key: str = "type") -> dict[str, Any]:
+    """A JSON object with a string ``key``, from a text message."""
+    if isinstance(message, bytes):
+        raise ProtocolError(
+            f"expected a JSON text {what} message, got {len(message)} bytes of binary audio",
+            CloseCode.PROTOCOL_ERROR,
+        )
+    try:
+        data = json.loads(message)
+    except json.JSONDecodeError:
+        raise ProtocolError(
+            f"expected a JSON {what} message, got {message[:60]!r}", CloseCode.INVALID_PAYLOAD
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get(key), str):
+        raise ProtocolError(
+            f"expected a JSON object with a string {key!r} for the {what} message", CloseCode.INVALID_PAYLOAD
+        )
+    return data
+
+
+def parse_start(message: str | bytes) -> tuple[int, str, int]:
+    """``(sample_rate, encoding, channels)`` from the native start message."""
+    data = parse_json(message, "start")
+    if data["type"] != "start":
+        raise ProtocolError(
+            f"expected the first message to be type 'start', got {data['type']!r}", CloseCode.PROTOCOL_ERROR
+        )
+    rate, encoding, channels = data.get("sample_rate"), data.get("encoding"), data.get("channels", 1)
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, int)
+        or not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ
+    ):
+        raise ProtocolError(
+            f"expected an integer sample_rate in [{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}], got {rate!r}",
+            CloseCode.UNSUPPORTED,
+        )
+    if encoding not in ENCODINGS:
+        raise ProtocolError(
+            f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", CloseCode.UNSUPPORTED
+        )
+    # bool is an int (True == 1) and 1.0 == 1: neither is a channel count.
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels not in (1, 2):
+        raise ProtocolError(f"expected channels 1 or 2, got {channels!r}", CloseCode.UNSUPPORTED)
+    return rate, str(encoding), int(channels)
+
+
+class NativeProtocol:
+    """start, then binary audio, then stop."""
+
+    replies = True
+
+    def __init__(self) -> None:
+        self._format: tuple[str, int] | None = None  # (encoding, channels) once started
+        self.stopped = False
+
+    def receive(self, message: str | bytes) -> list[ProtocolEvent]:
+        if self.stopped:
+            raise ProtocolError("expected nothing after stop", CloseCode.PROTOCOL_ERROR)
+        if self._format is None:
+            rate, encoding, channels = parse_start(message)
+            self._format = (encoding, channels)
+            return [StreamStart(NATIVE_TRACK, rate)]
+        if isinstance(message, bytes):
+            return [AudioIn(NATIVE_TRACK, decode(message, *self._format))]
+        control = parse_json(message, "control")
+        if control["type"] != "stop":
+            raise ProtocolError(
+                f"unknown control message type {control['type']!r}: expected 'stop'", CloseCode.PROTOCOL_ERROR
+            )
+        self.stopped = True
+        return [StreamStop()]
+
+
+def _check_media_format(start: dict[str, Any]) -> None:
+    fmt = start.get("mediaFormat") or {}
+    if (
+        fmt.get("encoding") != "audio/x-mulaw"
+        or fmt.get("sampleRate") != TWILIO_RATE_HZ
+        or fmt.get("channels", 1) != 1
+    ):
+        raise ProtocolError(
+            f"expected mediaFormat audio/x-mulaw, 8000 Hz, 1 channel; got {fmt!r}", CloseCode.UNSUPPORTED
+        )
+
+
+def _media_payload(media: dict[str, Any]) -> bytes:
+    payload = media.get("payload")
+    if not isinstance(payload, str):
+        raise ProtocolError("expected a base64 string in media.payload", CloseCode.INVALID_PAYLOAD)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("media.payload is not valid base64", CloseCode.INVALID_PAYLOAD) from None
+
+
+class TwilioProtocol:
+    """Twilio Media Streams: one ``start``, ``media`` per announced track, ``stop``."""
+
+    replies = False
+
+    def __init__(self) -> None:
+        self.tracks: tuple[str, ...] = ()
+        self.stopped = False
+
+    def receive(self, message: str | bytes) -> list[ProtocolEvent]:
+        data = parse_json(message, "Twilio", key="event")
+        kind = data["event"]
+        if self.stopped:
+            raise ProtocolError(f"expected nothing after stop, got {kind!r}", CloseCode.PROTOCOL_ERROR)
+        if kind == "start" and not self.tracks:
+            start = data.get("start") or {}
+            _check_media_format(start)
+            stream_sid = data.get("streamSid") or start.get("streamSid")
+            if not isinstance(stream_sid, str) or not stream_sid:
+                raise ProtocolError(
+                    "expected a string streamSid in the start message", CloseCode.PROTOCOL_ERROR
+                )
+            tracks = [t for t in (start.get("tracks") or ["inbound"]) if t in TWILIO_TRACKS] or ["inbound"]
+            self.tracks = tuple(dict.fromkeys(tracks))
+            tags = {"callSid": start.get("callSid"), "streamSid": stream_sid}
+            return [StreamStart(t, TWILIO_RATE_HZ, {**tags, "track": t}) for t in self.tracks]
+        if kind == "media":
+            if not self.tracks:
+                raise ProtocolError("media arrived before start", CloseCode.PROTOCOL_ERROR)
+            media = data.get("media") or {}
+            track = media.get("track", "inbound")
+            if track not in self.tracks:
+                raise ProtocolError(
+                    f"media for track {track!r}, which start did not announce", CloseCode.PROTOCOL_ERROR
+                )
+            return [AudioIn(track, decode(_media_payload(media), "mulaw", 1))]
+        if kind == "stop":
+            self.stopped = True
+            return [StreamStop()]
+        if kind in ("connected", "mark", "dtmf"):
+            return []
+        raise ProtocolError(f"unexpected Twilio message {kind!r}", CloseCode.PROTOCOL_ERROR)

@@ -1,0 +1,136 @@
+"""The WebSocket handlers: thin adapters between a connection, a Sans-I/O wire
+protocol (:mod:`spoofwatch.stream.protocol`) and one session per track.
+
+The adapter reads messages (with the idle timeout), hands them to the
+protocol, and routes what comes out: a start opens a session, audio goes to
+its session, a stop ends input. However the connection ends, every session
+ends with exactly one ``summary``, and an open alert with an ``alert_end``
+whose ``reason`` says why (``end_of_stream``, ``protocol_error``, ``idle``,
+``disconnect``, ``shutdown`` or ``error``); the error then goes on to
+:class:`~spoofwatch.stream.server.app.WebSocketServer`, which closes the
+connection with the error's close code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from websockets.exceptions import ConnectionClosed
+
+from spoofwatch.errors import CloseCode, ProtocolError
+
+from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHUTDOWN, event_json
+from ..protocol import AudioIn, NativeProtocol, StreamStart, StreamStop, TwilioProtocol, WireProtocol
+from .context import ServerContext
+from .drain import GOING_AWAY, SHUTDOWN_REASON
+from .session import StreamSession
+
+log = logging.getLogger(__name__)
+#: Seconds an abnormal end may spend emitting its closing events (shielded
+#: from cancellation, so a shutdown still logs them; bounded, so a client
+#: that stopped reading cannot hold the shutdown).
+ABORT_GRACE_S = 5.0
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) task-group exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def end_reason(exc: BaseException) -> str:
+    """The ``alert_end`` reason for a stream ended by ``exc``."""
+    leaf = first_leaf(exc)
+    if isinstance(leaf, ProtocolError):
+        return PROTOCOL_ERROR
+    if isinstance(leaf, TimeoutError):
+        return IDLE
+    if isinstance(leaf, ConnectionClosed):
+        return DISCONNECT
+    if isinstance(leaf, anyio.get_cancelled_exc_class()):
+        return SHUTDOWN
+    return ERROR
+
+
+async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol) -> None:
+    """Serve one connection: read, parse, route to sessions, end each stream once."""
+    sessions: dict[str, StreamSession] = {}
+    # The connection already holds one of --max-streams; each further track
+    # (a Twilio call with both tracks) claims another and is released here.
+    extra_streams = 0
+
+    async def emit(event: dict[str, Any]) -> None:
+        await ctx.sinks.emit(event)
+        if protocol.replies:
+            try:
+                await ws.send(event_json(event))
+            except ConnectionClosed:
+                # The reader notices too and ends the stream; the sinks have the event.
+                log.debug("client gone; event kept in the sinks only")
+            except OSError as exc:  # a transport error other than a close: same, but say so
+                log.warning("could not send a %s event to the client: %s", event.get("type"), exc)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            stopped = False
+            while not stopped:
+                with anyio.fail_after(ctx.config.idle_timeout_s):
+                    message = await ctx.drain.recv(ws)
+                if message is None:  # a shutdown drain: end as if the client sent stop
+                    break
+                for event in protocol.receive(message):
+                    if isinstance(event, StreamStart):
+                        if sessions:
+                            ctx.claim_extra_stream()
+                            extra_streams += 1
+                        tags = {"stream_id": ctx.new_stream_id()} if protocol.replies else {}
+                        session = StreamSession(
+                            ctx.new_driver(event.rate_hz),
+                            ctx.batcher,
+                            emit,
+                            ctx.config.max_stream_duration_s,
+                            {**tags, **event.tags},
+                            observer=ctx.stats,  # load shedding and metrics (issue 11)
+                        )
+                        sessions[event.track] = session
+                        tg.start_soon(session.serve)
+                    elif isinstance(event, AudioIn):
+                        await sessions[event.track].push(event.samples)
+                    elif isinstance(event, StreamStop):
+                        stopped = True
+            for session in sessions.values():
+                session.close_input()
+    except BaseException as exc:
+        reason = end_reason(exc)
+        if reason == DISCONNECT and ctx.shutting_down:  # cut after the drain's grace
+            reason = SHUTDOWN
+        with anyio.move_on_after(ABORT_GRACE_S, shield=True):
+            for session in sessions.values():
+                await session.abort(reason)
+        raise
+    finally:
+        for _ in range(extra_streams):
+            ctx.release_extra_stream()
+    if ctx.drain.started:
+        for session in sessions.values():
+            await session.finish(SHUTDOWN)
+        await ws.close(GOING_AWAY, SHUTDOWN_REASON)
+        return
+    for session in sessions.values():
+        await session.finish(END_OF_STREAM)
+    await ws.close(CloseCode.NORMAL, "stream complete")
+
+
+def _handler(protocol: Callable[[], WireProtocol]) -> Callable[[Any, ServerContext], Any]:
+    async def handle(ws: Any, ctx: ServerContext) -> None:
+        await handle_connection(ws, ctx, protocol())
+
+    return handle
+
+
+#: Path -> handler.
+ROUTES = {"/": _handler(NativeProtocol), "/twilio": _handler(TwilioProtocol)}

@@ -1,0 +1,378 @@
+"""Admission control: how many streams this server may hold, measured, not guessed.
+
+Two independent pieces, both Sans-I/O:
+
+* :class:`LoadMonitor` (one per worker process) watches two self-measured
+  quantities and decides whether the worker can take one more stream:
+
+  - the **score lag**: seconds from the arrival of a window's last audio to
+    its score (ingest thread, session queue, batch queue, inference and the
+    event loop's own delay in resuming the stream all count). Beyond
+    ``max_score_lag_s`` a live stream starts skipping windows, so a worker
+    whose recent lag exceeds it refuses new streams;
+  - the **scoring capacity**: windows per second the scorer sustains at its
+    largest batch, fitted online from the measured duration of every batch
+    (``t(n) = a + c * n``). A new stream is refused when the streams already
+    admitted would need more than ``target_utilisation`` of it, assuming
+    every window of every stream is speech (the real-time guarantee).
+
+  The clock is injected, so the rules are tested without waiting.
+
+* The stream slots (``--max-streams``, a total across worker processes):
+  :class:`LocalSlots` in one process, :class:`SharedSlots` in shared memory
+  for a multi-process server (each worker counts its own streams in its own
+  cell; admission reads the total and increments under one lock, so the
+  total is exact; a dead worker's cell is zeroed by the supervisor).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+#: Largest batch timed at start-up (small: a CPU pays ~0.2 s per window).
+CALIBRATION_BATCH = 4
+
+
+@dataclass(frozen=True)
+class SheddingConfig:
+    #: Score lag (s) beyond which new streams are refused. ``None``: one hop,
+    #: because a live stream whose window is not scored before the next one
+    #: arrives starts skipping windows (see ``StreamSession``).
+    max_score_lag_s: float | None = None
+    #: The quantile of recent score lags compared with ``max_score_lag_s``.
+    lag_quantile: float = 0.95
+    #: Score lags older than this (s) no longer count.
+    lag_horizon_s: float = 5.0
+    #: Share of the measured scoring capacity that admitted streams may claim.
+    target_utilisation: float = 0.8
+    #: Weight of the newest batch timing in the running fit (exponential forgetting).
+    fit_weight: float = 0.05
+
+    def __post_init__(self) -> None:
+        from spoofwatch.errors import ConfigError
+
+        if not (
+            (self.max_score_lag_s is None or self.max_score_lag_s > 0)
+            and 0 < self.lag_quantile <= 1
+            and self.lag_horizon_s > 0
+            and 0 < self.target_utilisation <= 1
+            and 0 < self.fit_weight <= 1
+        ):
+            raise ConfigError(f"shedding config out of range: {self}")
+
+
+class BatchFit:
+    """Exponentially weighted least-squares fit of batch duration vs batch size."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.samples = 0
+        self._n = self._t = self._nn = self._nt = 0.0
+
+    def add(self, n_windows: int, seconds: float) -> None:
+        w = 1.0 if self.samples == 0 else self.weight
+        self.samples += 1
+        self._n += w * (n_windows - self._n)
+        self._t += w * (seconds - self._t)
+        self._nn += w * (n_windows * n_windows - self._nn)
+        self._nt += w * (n_windows * seconds - self._nt)
+
+    def windows_per_s(self, batch: int) -> float | None:
+        """Sustained throughput at ``batch`` windows per call; ``None`` before any timing."""
+        if self.samples == 0 or self._t <= 0:
+            return None
+        var = self._nn - self._n * self._n
+        observed = self._n / self._t
+        if var < 0.25:  # one batch size only: no slope to extrapolate with
+            return observed
+        slope = (self._nt - self._n * self._t) / var
+        if slope <= 0:  # noise: trust what was seen, never a guess above it
+            return observed
+        intercept = max(self._t - slope * self._n, 0.0)
+        return batch / (intercept + slope * batch)
+
+
+class LoadMonitor:
+    """Per-worker score lag and scoring capacity; ``refusal()`` says why not to admit."""
+
+    def __init__(
+        self,
+        config: SheddingConfig | None,
+        hop_s: float,
+        max_batch_windows: int,
+        clock: Clock = time.monotonic,
+        device_workers: int = 1,
+    ) -> None:
+        #: ``None``: measure, but never refuse (load shedding off).
+        self.enabled = config is not None
+        self.config = config = config or SheddingConfig()
+        self.hop_s = hop_s
+        self.max_batch_windows = max_batch_windows
+        self.clock = clock
+        self.max_score_lag_s = config.max_score_lag_s or hop_s
+        self._lags: deque[tuple[float, float]] = deque()  # (when, lag_s)
+        self._fit = BatchFit(config.fit_weight)
+        self._lock = threading.Lock()  # batches are timed in a worker thread
+        #: Workers scoring on the same device (a GPU): >1 makes the capacity a
+        #: device-wide figure, compared with the streams of every worker.
+        self.device_workers = device_workers
+        self._fit_frozen = False
+
+    # ---- measurements --------------------------------------------------------
+
+    def record_lag(self, arrived_at: float) -> float:
+        """A window whose audio arrived at ``arrived_at`` (this clock) was just scored."""
+        now = self.clock()
+        lag = max(now - arrived_at, 0.0)
+        with self._lock:
+            self._lags.append((now, lag))
+        return lag
+
+    def record_batch(self, n_windows: int, seconds: float) -> None:
+        with self._lock:
+            if not self._fit_frozen:
+                self._fit.add(n_windows, seconds)
+
+    # ---- derived -------------------------------------------------------------
+
+    def recent_lag_s(self) -> float:
+        """The configured quantile of the score lags within the horizon (0 without any)."""
+        horizon = self.clock() - self.config.lag_horizon_s
+        with self._lock:
+            while self._lags and self._lags[0][0] < horizon:
+                self._lags.popleft()
+            lags = sorted(lag for _, lag in self._lags)
+        if not lags:
+            return 0.0
+        return lags[min(len(lags) - 1, math.ceil(self.config.lag_quantile * len(lags)) - 1)]
+
+    def capacity_windows_per_s(self) -> float | None:
+        with self._lock:
+            return self._fit.windows_per_s(self.max_batch_windows)
+
+    def capacity_streams(self) -> int | None:
+        """Streams this worker can hold in real time; ``None`` before any batch was timed."""
+        capacity = self.capacity_windows_per_s()
+        if capacity is None:
+            return None
+        return int(self.config.target_utilisation * capacity * self.hop_s)
+
+    @property
+    def shared_device(self) -> bool:
+        return self.device_workers > 1
+
+    def refusal(self, own_streams: int, total_streams: int | None = None) -> str | None:
+        """Why a new stream must be refused now, or ``None`` to admit it.
+
+        ``own_streams``: this worker's; ``total_streams``: every worker's (used
+        when the scoring device is shared).
+        """
+        if not self.enabled:
+            return None
+        lag = self.recent_lag_s()
+        if lag > self.max_score_lag_s:
+            return f"overloaded: score lag {lag:.2f} s > {self.max_score_lag_s:g} s; retry later"
+        capacity = self.capacity_streams()
+        shared = self.shared_device and total_streams is not None
+        streams = total_streams if shared and total_streams is not None else own_streams
+        # A worker without streams admits one whatever its measured capacity:
+        # it has no stream to protect, and a machine too slow for one real-time
+        # stream should serve it with skipped windows rather than refuse everyone.
+        if capacity is not None and own_streams > 0 and streams + 1 > capacity:
+            where = "on the shared device" if shared else "per worker"
+            return f"overloaded: measured capacity is {capacity} real-time streams {where}; retry later"
+        return None
+
+    def calibrate(
+        self, score: Callable[[Any], Any], make_batch: Callable[[int], Any], largest: int = CALIBRATION_BATCH
+    ) -> None:
+        """Time the scorer on batches of 1 and ``largest`` windows: a seed for
+        the fit and a warm-up that takes the first-call cost out of live scoring.
+
+        On a device of its own, live batches then refine the fit. On a shared
+        device (run this while no other worker scores), live timings include
+        waiting for the other workers' batches, so the uncontended figure is
+        kept and the score lag catches any drift.
+        """
+        large = min(largest, self.max_batch_windows)
+        log.info("measuring scoring capacity (batches of 1 and %d windows)", large)
+        for n in (1, 1, large, 1, large):
+            batch = make_batch(n)
+            t0 = self.clock()
+            score(batch)
+            self.record_batch(n, self.clock() - t0)
+        self._fit_frozen = self.shared_device
+        log.info(
+            "measured scoring capacity: %.0f windows/s at batch %d (%s real-time streams %s)",
+            self.capacity_windows_per_s() or 0.0,
+            self.max_batch_windows,
+            self.capacity_streams(),
+            f"on a device shared by {self.device_workers} workers" if self.shared_device else "per worker",
+        )
+
+    def capacity_share(self) -> int:
+        """This worker's part of the capacity (summed over workers for the metrics)."""
+        capacity = self.capacity_streams() or 0
+        return capacity // self.device_workers if self.shared_device else capacity
+
+
+class TimedScorer:
+    """Wraps a scorer and reports each batch's size and duration (on the
+    monitor's clock) to the monitor."""
+
+    def __init__(
+        self, scorer: Any, monitor: LoadMonitor, on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        self.scorer = scorer
+        self.monitor = monitor
+        self.on_batch = on_batch
+
+    @property
+    def device(self) -> str:
+        return str(getattr(self.scorer, "device", "unknown"))
+
+    def scores(self, windows: Any) -> Any:
+        t0 = self.monitor.clock()
+        out = self.scorer.scores(windows)
+        self.monitor.record_batch(len(windows), self.monitor.clock() - t0)
+        if self.on_batch is not None:
+            self.on_batch(len(windows))
+        return out
+
+
+# ---- stream slots (--max-streams) ---------------------------------------------
+
+
+class WindowObserver(Protocol):
+    """What a stream session reports about each window (load and metrics)."""
+
+    def now(self) -> float: ...
+
+    def window_done(self, outcome: str, arrived_at: float | None) -> None:
+        """``outcome``: ``scored``, ``dropped`` or ``gated``; ``arrived_at`` is
+        ``None`` where the lag means nothing (a sender ahead of real time)."""
+
+    def events(self, events: list[dict[str, Any]]) -> None: ...
+
+
+class StreamSlots(Protocol):
+    max_streams: int
+
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def total(self) -> int: ...
+
+    def own(self) -> int: ...
+
+    def set_shedding(self, shedding: bool) -> None: ...
+
+    def any_worker_admitting(self) -> bool: ...
+
+
+class LocalSlots:
+    """``--max-streams`` within one process."""
+
+    def __init__(self, max_streams: int) -> None:
+        self.max_streams = max_streams
+        self.active = 0
+        self._shedding = False
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.max_streams:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+    def total(self) -> int:
+        return self.active
+
+    def own(self) -> int:
+        return self.active
+
+    def set_shedding(self, shedding: bool) -> None:
+        self._shedding = shedding
+
+    def any_worker_admitting(self) -> bool:
+        return not self._shedding
+
+
+#: Seconds a worker waits for the admission lock before refusing the stream
+#: (only a worker killed inside its few-microsecond critical section can hold it
+#: that long; the supervisor then frees it).
+SLOT_LOCK_TIMEOUT_S = 1.0
+
+
+class SharedSlots:
+    """``--max-streams`` as a total over worker processes, in shared memory.
+
+    ``cells`` holds, per worker, its active streams and (after them) whether it
+    is shedding load. Create it in the supervisor with :func:`shared_cells`
+    and hand it to each worker with its index.
+    """
+
+    def __init__(self, cells: Any, lock: Any, workers: int, index: int, max_streams: int) -> None:
+        self.cells = cells
+        self.lock = lock
+        self.workers = workers
+        self.index = index
+        self.max_streams = max_streams
+
+    def try_acquire(self) -> bool:
+        if not self.lock.acquire(timeout=SLOT_LOCK_TIMEOUT_S):
+            log.error("stream admission lock unavailable for %.1f s", SLOT_LOCK_TIMEOUT_S)
+            return False
+        try:
+            if sum(self.cells[: self.workers]) >= self.max_streams:
+                return False
+            self.cells[self.index] += 1
+            return True
+        finally:
+            self.lock.release()
+
+    def release(self) -> None:
+        with self.lock:
+            self.cells[self.index] -= 1
+
+    def total(self) -> int:
+        return int(sum(self.cells[: self.workers]))
+
+    def own(self) -> int:
+        return int(self.cells[self.index])
+
+    def set_shedding(self, shedding: bool) -> None:
+        self.cells[self.workers + self.index] = int(shedding)  # one writer per cell
+
+    def any_worker_admitting(self) -> bool:
+        return not all(self.cells[self.workers : 2 * self.workers])
+
+
+def shared_cells(ctx: Any, workers: int) -> tuple[Any, Any]:
+    """``(cells, lock)`` for :class:`SharedSlots`, from a multiprocessing context."""
+    return ctx.Array("i", 2 * workers, lock=False), ctx.Lock()
+
+
+def reset_worker_cells(cells: Any, lock: Any, workers: int, index: int) -> None:
+    """A worker died: its streams are gone and it sheds nothing (supervisor side)."""
+    if not lock.acquire(timeout=SLOT_LOCK_TIMEOUT_S):
+        # The dead worker held the admission lock: free it for the living.
+        log.warning("worker %d died holding the admission lock; releasing it", index)
+    try:
+        cells[index] = 0
+        cells[workers + index] = 0
+    finally:
+        lock.release()

@@ -1,0 +1,483 @@
+"""``serve --workers N``: N worker processes on one port, and their supervisor.
+
+One Python process is the limit of a big box (on a 16-core GPU machine one
+server process used ~2.2 cores while the GPU sat mostly idle), so the
+supervisor opens the listening socket once and starts N worker processes
+(``spawn``: nothing of the parent's state, threads or CUDA context is
+inherited) that all accept on it. A worker whose event loop is busy accepts
+later than an idle one, so new connections lean towards idle workers; the
+backlog belongs to the supervisor, so a dying worker loses no queued
+connection. Each worker has its own engines, VAD and scorer (one ONNX
+Runtime session each; on CUDA they share the GPU).
+
+Shared between the workers: ``--max-streams`` as a total (:class:`SharedSlots`)
+and the Prometheus metrics (multi-process mode, see :mod:`.metrics`).
+
+The supervisor restarts a worker that dies (and logs it); one that dies before
+it ever became ready is retried with a growing delay and, after
+``MAX_EARLY_DEATHS`` in a row, the server stops with an error (a bad model,
+device or calibration would otherwise restart forever). SIGTERM or Ctrl-C:
+every worker gets SIGTERM and drains (``WebSocketServer.request_shutdown``,
+:mod:`.drain`: queued windows scored, alerts ended with reason ``shutdown``,
+summaries sent, 1001 "server shutting down") and exits; after
+``--shutdown-grace-s`` plus ``DRAIN_MARGIN_S`` the stragglers are killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spoofwatch.constants import DEFAULT_PRECISION
+from spoofwatch.errors import InputError, SpoofwatchError
+
+from .context import ServerConfig
+from .journal import CRASH_REASON, crash_alert_ends, journal_path
+from .load import SharedSlots, reset_worker_cells, shared_cells
+from .metrics import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from ..engine import LiveConfig, Scorer
+
+log = logging.getLogger(__name__)
+
+#: Most worker processes per CPU core that ``--workers`` accepts.
+MAX_WORKERS_PER_CPU = 4
+#: Consecutive deaths before becoming ready after which the supervisor gives up.
+MAX_EARLY_DEATHS = 5
+#: Restart delay (s) after the first early death; doubles with each further one.
+RESTART_BACKOFF_S = 0.5
+#: Seconds a worker gets beyond its own drain (``--shutdown-grace-s``, then the
+#: bounded abort of streams it had to cut) before the supervisor kills it.
+DRAIN_MARGIN_S = 10.0
+#: Pending connections the kernel queues on the shared socket.
+LISTEN_BACKLOG = 2048
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(max_streams: int) -> int:
+    """One worker per two cores (each uses about two: event loop plus ingest and
+    scoring threads), and no more workers than streams."""
+    return max(1, min(cpu_count() // 2, max_streams))
+
+
+def validate_workers(workers: int, max_streams: int) -> None:
+    """Raise :class:`InputError` for a worker count that cannot make sense here."""
+    most = MAX_WORKERS_PER_CPU * cpu_count()
+    if not 1 <= workers <= most:
+        raise InputError(
+            f"--workers: expected 1 to {most} worker processes ({MAX_WORKERS_PER_CPU} per CPU core; "
+            f"this machine has {cpu_count()}), got {workers}"
+        )
+    if workers > max_streams:
+        raise InputError(
+            f"--workers {workers} exceeds --max-streams {max_streams}: every worker must be able to hold a stream"
+        )
+
+
+#: Loads the model in a worker process: ``(spec, threads) -> (scorer, live config)``.
+#: The scorer has ``scores(windows)`` and ``device``. It is a module-level
+#: function of the commands layer (the stream layer never imports the model),
+#: pickled by reference for ``spawn``.
+ModelLoader = Callable[["WorkerSpec", int], "tuple[Scorer, LiveConfig]"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build its server (picklable)."""
+
+    config: ServerConfig
+    load_model: ModelLoader
+    model: str = "aasist-l"
+    device: str = "auto"
+    threads: int | None = None
+    weights: Path | None = None
+    calibration: Path | None = None
+    precision: str = DEFAULT_PRECISION
+    jsonl: Path | None = None
+    stdout: bool = False
+    webhook: str | None = None
+    log_level: int = logging.INFO
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any  # multiprocessing.process.BaseProcess
+    conn: Any  # the supervisor's end of the worker's status pipe
+    ready: bool = False
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class Supervisor:
+    """Starts, watches, restarts and drains the worker processes; ``run()`` blocks."""
+
+    def __init__(self, spec: WorkerSpec, workers: int, drain_timeout_s: float | None = None) -> None:
+        validate_workers(workers, spec.config.max_streams)
+        self.spec = spec
+        self.n_workers = workers
+        self.drain_timeout_s = (
+            spec.config.shutdown_grace_s + DRAIN_MARGIN_S if drain_timeout_s is None else drain_timeout_s
+        )
+        self._mp = multiprocessing.get_context("spawn")
+        self._cells, self._lock = shared_cells(self._mp, workers)
+        # Workers sharing a GPU time it one at a time (see LoadMonitor.calibrate).
+        self._calibration_lock = self._mp.Lock()
+        #: ``None`` while a slot has no live process (before start, between death and restart).
+        self._workers: list[_Worker | None] = [None] * workers
+        self._early_deaths = [0] * workers
+        self._restart_at: dict[int, float] = {}
+        self._stopping = False
+        self.port: int | None = None
+        self._state_dir = ""
+        self._sinks: Any = None  # the sinks, opened when a dead worker left open alerts
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the exit status (0 after a drain)."""
+        config = self.spec.config
+        config.validate()
+        try:
+            self.sock = listen_socket(config.host, config.port)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        self.port = int(self.sock.getsockname()[1])
+        own_dir = MULTIPROC_ENV not in os.environ
+        metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="spoofwatch-metrics-")
+        for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
+            stale.unlink()
+        os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
+        self._state_dir = metrics_dir  # also holds each worker's open-alert journal
+        self._wake_r, self._wake_w = socket.socketpair()  # a signal wakes the supervision loop
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for i in range(self.n_workers):
+                self._start(i)
+            return self._supervise()
+        finally:
+            self._drain()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            if self._sinks is not None:
+                self._sinks.close()
+            if own_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+                os.environ.pop(MULTIPROC_ENV, None)
+
+    def _start(self, index: int) -> None:
+        receive, send = self._mp.Pipe(duplex=False)
+        process = self._mp.Process(
+            target=worker_main,
+            args=(
+                self.spec,
+                index,
+                self.n_workers,
+                self.sock,
+                self._cells,
+                self._lock,
+                self._calibration_lock,
+                send,
+            ),
+            name=f"spoofwatch-worker-{index}",
+            daemon=False,
+        )
+        process.start()
+        send.close()
+        self._workers[index] = _Worker(index, process, receive)
+        log.info("worker %d started (pid %d)", index, process.pid)
+
+    def _supervise(self) -> int:
+        announced = False
+        while not self._stopping:
+            live = [w for w in self._workers if w is not None]
+            waitables: list[Any] = [self._wake_r]
+            waitables += [w.process.sentinel for w in live] + [w.conn for w in live if not w.conn.closed]
+            timeout = None
+            if self._restart_at:
+                timeout = max(0.0, min(self._restart_at.values()) - time.monotonic())
+            ready = multiprocessing.connection.wait(waitables, timeout)
+            if self._wake_r in ready:
+                self._wake_r.recv(64)
+            for w in live:
+                if not w.conn.closed and w.conn in ready:
+                    self._message(w)
+                if w.process.sentinel in ready:
+                    failed = self._died(w)
+                    if failed is not None:
+                        return failed
+            now = time.monotonic()
+            for index, due in list(self._restart_at.items()):
+                if due <= now and not self._stopping:
+                    del self._restart_at[index]
+                    self._start(index)
+            if not announced and all(w is not None and w.ready for w in self._workers):
+                announced = True
+                log.info(
+                    "serving %s on ws://%s:%d/ and /twilio (GET /healthz /readyz /metrics) with %d workers "
+                    "(pids %s); Ctrl-C stops",
+                    self.spec.model,
+                    self.spec.config.host,
+                    self.port,
+                    self.n_workers,
+                    ", ".join(str(w.process.pid) for w in self._workers if w is not None),
+                )
+        return 0
+
+    def _message(self, w: _Worker) -> None:
+        try:
+            kind, *info = w.conn.recv()
+        except (EOFError, OSError):
+            w.conn.close()  # the worker is gone; its sentinel says so
+            return
+        if kind == "ready":
+            w.ready = True
+            self._early_deaths[w.index] = 0
+            log.info("worker %d ready (pid %d, provider %s)", w.index, w.process.pid, info[0])
+
+    def _died(self, w: _Worker) -> int | None:
+        """Clean up after a dead worker and schedule its restart; an exit status to give up."""
+        w.process.join()
+        code = w.process.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        self._workers[w.index] = None
+        if not w.conn.closed:
+            w.conn.close()
+        _forget_worker_metrics(w.process.pid)
+        reset_worker_cells(self._cells, self._lock, self.n_workers, w.index)
+        self._close_open_alerts(w, "shutdown" if self._stopping else CRASH_REASON)
+        if self._stopping:
+            return None
+        if w.ready:
+            log.error(
+                "worker %d (pid %d) died (%s); its streams are lost; restarting", w.index, w.process.pid, how
+            )
+            self._restart_at[w.index] = time.monotonic()
+            return None
+        self._early_deaths[w.index] += 1
+        deaths = self._early_deaths[w.index]
+        if deaths >= MAX_EARLY_DEATHS:
+            log.error("worker %d failed to start %d times in a row (%s); stopping", w.index, deaths, how)
+            return 1
+        delay = RESTART_BACKOFF_S * 2 ** (deaths - 1)
+        log.error(
+            "worker %d (pid %d) died before it was ready (%s); retrying in %.1f s",
+            w.index,
+            w.process.pid,
+            how,
+            delay,
+        )
+        self._restart_at[w.index] = time.monotonic() + delay
+        return None
+
+    def _close_open_alerts(self, w: _Worker, reason: str) -> None:
+        """The sinks must not show a dead worker's calls under alert forever."""
+        events = crash_alert_ends(journal_path(self._state_dir, w.process.pid), reason)
+        if not events:
+            return
+        import anyio
+
+        from .sinks import ServerSinks
+
+        if self._sinks is None:
+            self._sinks = ServerSinks(
+                self.spec.jsonl, self.spec.stdout, self.spec.webhook, self.spec.config.sink_queue_events
+            )
+        for event in events:
+            anyio.run(self._sinks.emit, event)
+        log.warning(
+            "worker %d: ended %d open alert(s) in the sinks (reason %s)",
+            w.index,
+            len(events),
+            events[0]["reason"],
+        )
+
+    def _drain(self) -> None:
+        live = [w for w in self._workers if w is not None and w.process.is_alive()]
+        if not live:
+            return
+        log.info("draining %d workers (up to %.0f s)", len(live), self.drain_timeout_s)
+        for w in live:
+            _signal(w.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.drain_timeout_s
+        for w in live:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                log.warning("worker %d (pid %d) did not drain in time; killing it", w.index, w.process.pid)
+                w.process.kill()
+                w.process.join()
+            _forget_worker_metrics(w.process.pid)
+            self._close_open_alerts(w, "shutdown")  # streams a worker could not end itself
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _forget_worker_metrics(pid: int | None) -> None:
+    from prometheus_client import multiprocess
+
+    if pid is not None and os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# ---- worker side -----------------------------------------------------------------
+
+
+def _exit_with_parent() -> None:
+    """A worker must not outlive its supervisor (killed with SIGKILL, say)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main(
+    spec: WorkerSpec,
+    index: int,
+    workers: int,
+    sock: socket.socket,
+    cells: Any,
+    lock: Any,
+    calibration_lock: Any,
+    conn: Any,
+) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"%(levelname)s %(name)s [worker {index}]: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("spoofwatch").setLevel(spec.log_level)
+    _exit_with_parent()
+    try:
+        server = build_worker_server(spec, index, workers, sock, cells, lock, calibration_lock)
+    except SpoofwatchError as exc:
+        log.error("worker %d cannot start: %s", index, exc)
+        sys.exit(exc.exit_code)
+    import anyio
+
+    try:
+        anyio.run(_serve_until_sigterm, server, conn)
+    finally:
+        server.ctx.sinks.close()
+
+
+#: Seconds a worker waits for another's device calibration before timing on its own.
+CALIBRATION_WAIT_S = 120.0
+
+
+def build_worker_server(
+    spec: WorkerSpec,
+    index: int,
+    workers: int,
+    sock: socket.socket,
+    cells: Any,
+    lock: Any,
+    calibration_lock: Any,
+) -> Any:
+    import numpy as np
+
+    from spoofwatch.constants import WINDOW_SAMPLES
+
+    from ..gate import SileroVad
+    from .app import WebSocketServer
+    from .batcher import BatchScorer
+    from .context import ServerContext
+    from .journal import AlertJournal
+    from .load import CALIBRATION_BATCH, LoadMonitor
+    from .sinks import ServerSinks
+
+    config = spec.config
+    threads = spec.threads
+    if threads is None:
+        threads = max(
+            1, cpu_count() // workers
+        )  # the workers share the cores (CPU kernels, or a CPU fallback)
+    scorer, live = spec.load_model(spec, threads)
+    # All workers score on the one GPU; on CPU each has its own share of the cores.
+    on_gpu = getattr(scorer, "device", None) == "cuda"
+    load = LoadMonitor(
+        config.shedding,
+        live.stream.hop_s,
+        config.max_batch_windows,
+        device_workers=workers if on_gpu else 1,
+    )
+    if load.enabled:
+        rng = np.random.default_rng(0)
+        locked = on_gpu and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
+        try:
+            load.calibrate(
+                scorer.scores,
+                lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32),
+                # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
+                largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH,
+            )
+        finally:
+            if locked:
+                calibration_lock.release()
+    ctx = ServerContext(
+        config,
+        BatchScorer(scorer, config.max_batch_windows),
+        live,
+        SileroVad(),
+        ServerSinks(spec.jsonl, spec.stdout, spec.webhook, config.sink_queue_events),
+        slots=SharedSlots(cells, lock, workers, index, config.max_streams),
+        load=load,
+        stream_id_prefix=f"w{index}-{os.getpid()}-",
+        model=spec.model,
+        journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
+    )
+    return WebSocketServer(ctx, sock=sock)
+
+
+async def _serve_until_sigterm(server: Any, conn: Any) -> None:
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.run)
+            conn.send(("ready", server.ctx.provider))
+            async for _ in signals:
+                server.request_shutdown()
+                break

@@ -1,0 +1,211 @@
+"""The open corpus (plan, splits, resumable build), channel augmentation, local
+generators, loudness normalisation and the evaluation suite, on real clips from
+../shared and the real ONNX model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import REPO_ROOT
+
+from spoofwatch.constants import SAMPLE_RATE_HZ
+
+CONFIG = REPO_ROOT / "configs" / "data" / "open.toml"
+
+
+@pytest.fixture(scope="module")
+def open_cfg(shared: Path) -> object:
+    import os
+
+    from spoofwatch.model.corpus import load_corpus_config
+
+    os.environ["SPOOFWATCH_SHARED"] = str(shared)
+    return load_corpus_config(CONFIG)
+
+
+def test_plan_is_leave_systems_out(open_cfg: object) -> None:
+    from spoofwatch.model.corpus import CorpusConfig, plan_corpus
+
+    assert isinstance(open_cfg, CorpusConfig)
+    items = plan_corpus(open_cfg)
+    by_split = {s: [i for i in items if i.split == s] for s in ("train", "dev", "test")}
+    assert all(by_split.values())
+    spoof_systems = {s: {i.system for i in v if i.label == "spoof"} for s, v in by_split.items()}
+    # No held-out system, generator, test repository or held-out genuine corpus reaches training.
+    assert not spoof_systems["test"] & spoof_systems["train"]
+    assert not spoof_systems["test"] & spoof_systems["dev"]
+    assert {"Tortoise", "FreeVC", "piper-joe", "griffin-lim", "NII-NSF"} <= spoof_systems["test"]
+    train_repos = {i.source_repo for i in by_split["train"]}
+    assert not train_repos & set(open_cfg.splits.test_repos)
+    assert not {i.corpus for i in by_split["train"]} & set(open_cfg.splits.test_corpora)
+    # Resynthesis sources come from their own split's genuine audio.
+    genuine_sources = {s: {i.source for i in v if i.label == "bonafide"} for s, v in by_split.items()}
+    for split, members in by_split.items():
+        for i in members:
+            if i.generator in ("world", "griffin-lim"):
+                assert i.params[0] in genuine_sources[split]
+    # The plan is deterministic (the resume promise rests on it).
+    assert [i.base_id for i in plan_corpus(open_cfg)] == [i.base_id for i in items]
+
+
+def _tiny(cfg: object, want: dict[str, int]) -> list[object]:
+    """A few items per (split, label, generator-or-file), in plan order."""
+    from spoofwatch.model.corpus import plan_corpus
+
+    taken: dict[tuple[str, str, str], int] = {}
+    out = []
+    for i in plan_corpus(cfg):  # type: ignore[arg-type]
+        key = (i.split, i.label, i.generator)
+        limit = want.get(i.generator or "file", 0)
+        if taken.get(key, 0) < limit:
+            taken[key] = taken.get(key, 0) + 1
+            out.append(i)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(open_cfg: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spoofwatch.model.corpus import iter_build, write_outputs
+
+    cfg = dataclasses.replace(open_cfg, subsets={"mini": ("test", 4)})  # type: ignore[type-var]
+    out = tmp_path_factory.mktemp("corpus")
+    items = _tiny(cfg, {"file": 3, "espeak-ng": 1})
+    rows = [r for built in iter_build(cfg, out, items) for r in built]  # type: ignore[arg-type]
+    write_outputs(cfg, out, rows)  # type: ignore[arg-type]
+    return out
+
+
+def test_build_writes_protocols_metadata_and_resumes(tiny_corpus: Path, open_cfg: object) -> None:
+    from spoofwatch.calibration.dataset import check_dataset
+    from spoofwatch.calibration.protocol import parse_protocol
+    from spoofwatch.calibration.suite import read_metadata
+    from spoofwatch.model.corpus import iter_build
+
+    meta = read_metadata(tiny_corpus)
+    assert {r["copy"] for r in meta} == {"0", "1"}
+    assert {r["channel"] for r in meta if r["copy"] == "0"} == {"clean"}
+    assert all(r["channel"] != "clean" for r in meta if r["copy"] == "1")
+    for split in ("train", "dev", "test"):
+        ds = check_dataset(tiny_corpus / "protocols" / f"{split}.txt", tiny_corpus / "flac")
+        assert {t.utt for t in ds.trials} == {r["utt"] for r in meta if r["split"] == split}
+        for t in ds.trials:
+            row = next(r for r in meta if r["utt"] == t.utt)
+            assert t.label == row["label"]
+            assert (t.attack == "-") == (row["label"] == "bonafide")
+    mini = parse_protocol(tiny_corpus / "protocols" / "mini.txt")
+    assert len(mini) == 4 and sorted(t.label for t in mini) == ["bonafide", "bonafide", "spoof", "spoof"]
+    summary = json.loads((tiny_corpus / "corpus.json").read_text())
+    assert summary["test"]["utterances"] == sum(r["split"] == "test" for r in meta)
+    # Resume: a deleted utterance is rebuilt identically, the others are left alone.
+    victim = next(r for r in meta if r["copy"] == "1")
+    flac = tiny_corpus / "flac" / f"{victim['utt']}.flac"
+    before = flac.read_bytes()
+    untouched = tiny_corpus / "flac" / f"{meta[0]['utt']}.flac"
+    mtime = untouched.stat().st_mtime_ns
+    flac.unlink()
+    (tiny_corpus / "flac" / f"{victim['utt']}.json").unlink()
+    items = _tiny(open_cfg, {"file": 3, "espeak-ng": 1})
+    list(iter_build(open_cfg, tiny_corpus, items))  # type: ignore[arg-type]
+    assert flac.read_bytes() == before
+    if meta[0]["utt"].split("_c")[0] != victim["utt"].split("_c")[0]:
+        assert untouched.stat().st_mtime_ns == mtime
+
+
+def test_channel_ops_are_seeded_and_change_the_audio(shared: Path) -> None:
+    from spoofwatch.audio import read_audio
+    from spoofwatch.model.channel import ChannelConfig, available_codecs, ffmpeg_round_trip, random_channel
+
+    x = read_audio(next((shared / "data" / "speech" / "bonafide" / "vctk").glob("*.flac")))
+    cfg = ChannelConfig()
+    codecs = available_codecs(cfg.codecs)
+    a, tags_a = random_channel(x, np.random.default_rng(7), cfg, codecs)
+    b, tags_b = random_channel(x, np.random.default_rng(7), cfg, codecs)
+    assert tags_a == tags_b and np.array_equal(a, b)
+    assert a.dtype == np.float32 and np.max(np.abs(a)) <= 1.0
+    if "gsm" not in codecs:
+        pytest.skip("ffmpeg without GSM")
+    y = ffmpeg_round_trip(x, "gsm")  # 8 kHz GSM 06.10: keeps the speech, loses the top band
+    assert y.shape == x.shape
+    assert np.corrcoef(x, y)[0, 1] > 0.8
+    spectrum = lambda s: np.abs(np.fft.rfft(s))  # noqa: E731
+    top = slice(int(5000 / SAMPLE_RATE_HZ * x.size), None)
+    assert spectrum(y)[top].sum() < 0.1 * spectrum(x)[top].sum()
+
+
+def test_world_resynthesis_keeps_length_and_is_not_a_copy(shared: Path) -> None:
+    pytest.importorskip("pyworld")
+    from spoofwatch.audio import read_audio
+    from spoofwatch.model.synth import world_resynth
+
+    x = read_audio(next((shared / "data" / "speech" / "bonafide" / "vctk").glob("*.flac")))[
+        : 2 * SAMPLE_RATE_HZ
+    ]
+    y = world_resynth(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert not np.allclose(x, y, atol=1e-3)
+    assert (
+        np.corrcoef(np.abs(np.fft.rfft(x)), np.abs(np.fft.rfft(y)))[0, 1] > 0.5
+    )  # same speech, new waveform
+
+
+def test_loudness_normalisation() -> None:
+    from spoofwatch.model.loudness import LoudnessNormalisedScorer, normalise_windows
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((3, 1000)) * np.array([[0.001], [0.05], [0.3]])).astype(np.float32)
+    out = normalise_windows(w, -26.0)
+    rms_db = 20 * np.log10(np.sqrt(np.mean(out.astype(np.float64) ** 2, axis=1)))
+    assert np.allclose(rms_db, -26.0, atol=0.5)
+
+    class Rms:
+        def scores(self, windows: np.ndarray) -> np.ndarray:
+            return np.sqrt(np.mean(windows**2, axis=1)).astype(np.float32)
+
+    s = LoudnessNormalisedScorer(Rms()).scores(w)
+    assert np.allclose(s, s[0], rtol=0.05)  # level no longer reaches the model
+
+
+def test_evaluate_suite_official_and_candidate(
+    sw_home: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spoofwatch.calibration.suite import corpus_family
+    from spoofwatch.cli import main
+    from spoofwatch.model.config import load_model_config
+    from spoofwatch.model.weights import weights_path
+
+    assert corpus_family("VCTK p225") == "VCTK"
+    assert corpus_family("celebrity/in-the-wild clip (tom)") == "celebrity/in-the-wild clip"
+    # The candidate is a copy of the official weights: same scores, so same numbers.
+    candidate = tmp_path / "copy.pth"
+    shutil.copy(weights_path(load_model_config("aasist-l")), candidate)
+    out = tmp_path / "suite"
+    args = ["evaluate-suite", "--corpus", str(tiny_corpus), "--weights", str(candidate), "--copies", "clean"]
+    args += ["--hop-s", "1.0", "--json", "--no-progress", "--cache", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # A second run reuses both variants' traces from the cache and reports the same.
+    assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 2
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["models"] == report["models"]
+    official, cand = report["models"]
+    assert official["model"] == "official" and cand["model"] == "fine-tuned"
+    assert official["pooled_eer_percent"] == pytest.approx(cand["pooled_eer_percent"])
+    assert official["n_genuine"] >= 2 and official["n_spoof"] >= 2
+    meta_systems = {
+        line.split("\t")[4]
+        for line in (tiny_corpus / "metadata.tsv").read_text().splitlines()[1:]
+        if "\ttest\tspoof\t" in line and "\t0\tclean\t" in line
+    }
+    assert set(official["eer_by_system"]) == meta_systems
+    for s in official["eer_by_system"].values():
+        assert 0.0 <= s["eer_percent"] <= 100.0
+    at = official["at_target"]
+    assert at["false_alerts_per_hour"] <= 1.0 or at["detection_rate"] == 0.0
+    assert 0.0 <= at["detection_rate"] <= 1.0
+    assert (out / "det.png").stat().st_size > 1000
+    assert "| **pooled** |" in (out / "suite.md").read_text()

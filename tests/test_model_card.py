@@ -1,0 +1,223 @@
+"""Pluggable ONNX detectors: a tiny synthetic model described by a model card.
+
+The model is built here with ``onnx.helper``: input ``audio`` float32
+``[batch, 32000]`` (a 2 s window), output ``scores`` float32 ``[batch, 2]`` =
+``[mean(x), 100 * mean(x^2)]``, so column 1 (the "bona fide" score) is the
+window's power and every score can be checked against numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from helpers import BONAFIDE_UTT, la_clip
+
+from spoofwatch.cli import main
+from spoofwatch.errors import ConfigError, InputError, ModelError
+from spoofwatch.model.card import load_card
+from spoofwatch.model.detector import Detector
+from spoofwatch.model.runtime import build_scorer
+
+WINDOW = 32_000
+POWER_SCALE = 100.0
+
+
+def _tiny_model(path: Path, window: int | str = WINDOW, vector_output: bool = False) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", window])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [POWER_SCALE])
+    nodes = [
+        helper.make_node("Mul", ["audio", "audio"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["power"], keepdims=1),  # (B, 1)
+        helper.make_node("Mul", ["power", "scale"], ["scaled"]),
+        helper.make_node("ReduceMean", ["audio", "axes"], ["mean"], keepdims=1),  # (B, 1)
+    ]
+    if vector_output:
+        axes0 = helper.make_tensor("axes_sq", TensorProto.INT64, [1], [1])
+        nodes.append(helper.make_node("Squeeze", ["scaled", "axes_sq"], ["scores"]))  # (B,)
+        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch"])
+        inits = [axes, scale, axes0]
+    else:
+        nodes.append(helper.make_node("Concat", ["mean", "scaled"], ["scores"], axis=1))  # (B, 2)
+        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2])
+        inits = [axes, scale]
+    graph = helper.make_graph(nodes, "tiny_power", [x], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _card(tmp_path: Path, name: str = "card.toml", **fields: object) -> Path:
+    model = {
+        "onnx": "tiny.onnx",
+        "sample_rate_hz": 16000,
+        "window_samples": WINDOW,
+        "input": "audio",
+        "output": "scores",
+        "bonafide_index": 1,
+        "higher_is_bonafide": True,
+    }
+    model.update(fields)
+    lines = ["[model]"]
+    for key, value in model.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+@pytest.fixture
+def card(tmp_path: Path) -> Path:
+    _tiny_model(tmp_path / "tiny.onnx")
+    return _card(tmp_path)
+
+
+def _power(windows: np.ndarray) -> np.ndarray:
+    return POWER_SCALE * np.mean(windows.astype(np.float64) ** 2, axis=1)
+
+
+def test_card_scores_match_numpy_and_windows_are_two_seconds(card: Path) -> None:
+    scorer = build_scorer(str(card), device="cpu", max_batch_windows=3)
+    assert scorer.window_samples == WINDOW
+    rng = np.random.default_rng(1)
+    windows = (rng.standard_normal((7, WINDOW)) * np.linspace(0.01, 0.5, 7)[:, None]).astype(np.float32)
+    np.testing.assert_allclose(scorer.scores(windows), _power(windows), rtol=1e-4)
+    assert scorer.calls == 3  # 7 windows, cap 3
+    with pytest.raises(InputError, match=r"expected shape \(batch, 32000\)"):
+        scorer.scores(np.zeros((1, 64600), np.float32))
+
+
+def test_card_negated_and_vector_outputs(tmp_path: Path) -> None:
+    _tiny_model(tmp_path / "tiny.onnx")
+    _tiny_model(tmp_path / "vec.onnx", vector_output=True)
+    neg = build_scorer(str(_card(tmp_path, "neg.toml", higher_is_bonafide=False)), device="cpu")
+    vec = build_scorer(str(_card(tmp_path, "vec.toml", onnx="vec.onnx", bonafide_index=None)), device="cpu")
+    windows = np.full((2, WINDOW), 0.1, np.float32)
+    np.testing.assert_allclose(neg.scores(windows), -_power(windows), rtol=1e-4)
+    np.testing.assert_allclose(vec.scores(windows), _power(windows), rtol=1e-4)
+
+
+def test_card_sha256_is_checked(tmp_path: Path) -> None:
+    onnx_path = _tiny_model(tmp_path / "tiny.onnx")
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert load_card(_card(tmp_path, "ok.toml", sha256=digest)).sha256 == digest
+    with pytest.raises(ModelError, match="the card pins"):
+        load_card(_card(tmp_path, "bad.toml", sha256="0" * 64))
+
+
+@pytest.mark.parametrize(
+    ("fields", "model_kw", "error", "message"),
+    [
+        ({"onnx": "missing.onnx"}, {}, ModelError, "does not exist"),
+        ({"input": "waveform"}, {}, ModelError, "input = 'waveform', but tiny.onnx has input"),
+        ({"output": "logits"}, {}, ModelError, "output = 'logits', but tiny.onnx has output"),
+        ({"window_samples": 16000}, {}, ModelError, r"expected tensor\(float\) \[batch, 16000\]"),
+        ({"window_samples": 16000, "input": "audio_in"}, {"window": "n"}, ModelError, "for a batch of 2"),
+        ({"bonafide_index": 2}, {}, ModelError, r"expected bonafide_index in 0..1"),
+        ({"bonafide_index": None}, {}, ModelError, r"expected bonafide_index in 0..1"),
+        ({"sample_rate_hz": 8000}, {}, ConfigError, "sample_rate_hz = 8000"),
+        ({"window_samples": 10}, {}, ConfigError, "window_samples = 10"),
+        ({"higher_is_bonafide": "yes"}, {}, ConfigError, "higher_is_bonafide: expected bool"),
+        ({"input": None}, {}, ConfigError, r"missing \[model\] field\(s\) input"),
+        ({"colour": "red"}, {}, ConfigError, r"unknown \[model\] field\(s\) colour"),
+    ],
+)
+def test_bad_cards_fail_clearly(
+    tmp_path: Path, fields: dict[str, object], model_kw: dict[str, object], error: type, message: str
+) -> None:
+    if model_kw.get("window") == "n":
+        # A model whose input length is dynamic but whose maths needs 32000
+        # cannot be caught by the declared shape: the probe call must catch it.
+        _tiny_model(tmp_path / "tiny.onnx")
+        _reshape_needs_window(tmp_path / "tiny.onnx")
+    else:
+        _tiny_model(tmp_path / "tiny.onnx")
+    with pytest.raises(error, match=message):
+        load_card(_card(tmp_path, **fields))
+
+
+def _reshape_needs_window(path: Path) -> None:
+    """Rewrite the tiny model so its input is dynamic but a Reshape needs 32000 samples."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[1]
+    dim.ClearField("dim_value")
+    dim.dim_param = "samples"
+    shape = helper.make_tensor("fixed", TensorProto.INT64, [2], [-1, WINDOW])
+    model.graph.initializer.append(shape)
+    model.graph.node.insert(0, helper.make_node("Reshape", ["audio_in", "fixed"], ["audio"]))
+    model.graph.input[0].name = "audio_in"
+    onnx.save(model, str(path))
+
+
+def test_card_not_a_file_and_precision_refused(tmp_path: Path, card: Path) -> None:
+    with pytest.raises(ConfigError, match="neither a built-in model"):
+        build_scorer(str(tmp_path / "nope.toml"), device="cpu")
+    with pytest.raises(InputError, match="a model card describes one ONNX file"):
+        build_scorer(str(card), precision="int8", device="cpu")
+
+
+def test_detector_windows_follow_the_card(card: Path, la_dir: Path) -> None:
+    detector = Detector.load(str(card), device="cpu")
+    # No calibration: the shipped uncalibrated card default, stamped with the card.
+    assert detector.threshold == 0.0 and detector.calibration.model == "card"
+    assert detector.calibration.weights_sha256 == load_card(card).sha256
+    audio = np.concatenate([np.full(WINDOW, 0.1, np.float32), np.full(WINDOW, 0.2, np.float32)])
+    result = detector.score_audio(audio, hop_s=1.0)
+    assert [(w.start_s, w.end_s) for w in result.windows] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)]
+    assert [round(w.score, 3) for w in result.windows] == [1.0, 2.5, 4.0]
+    assert detector.live.window_samples == WINDOW
+
+
+def test_cli_score_and_stream_with_a_card(
+    card: Path, la_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = la_clip(la_dir, BONAFIDE_UTT)
+    audio, rate = soundfile.read(str(clip), dtype="float32")
+    assert rate == 16000
+    assert main(["score", "--model", str(card), "--device", "cpu", "--json", str(clip)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    first = audio[:WINDOW] if audio.size >= WINDOW else np.tile(audio, 2 * WINDOW // audio.size)[:WINDOW]
+    assert row["windows"][0]["end_s"] == pytest.approx(min(2.0, audio.size / 16000))
+    assert row["windows"][0]["score"] == pytest.approx(float(_power(first[None, :])[0]), rel=1e-4)
+    assert main(["stream", "--model", str(card), "--device", "cpu", "--json", str(clip)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scores = [e for e in events if e["type"] == "score"]
+    assert scores and all(abs(e["t_end"] - e["t_start"] - 2.0) < 1e-9 for e in scores)
+    assert events[-1]["type"] == "summary"
+
+
+def test_card_calibration_must_match_the_card(
+    card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from spoofwatch.calibration.calfile import load_calibration, save_calibration
+
+    base = load_calibration(None, model="aasist-l")
+    spec = load_card(card)
+    good = dataclasses.replace(base, model=spec.name, weights_sha256=spec.sha256, verdict_threshold=0.7)
+    save_calibration(good, tmp_path / "good.toml")
+    detector = Detector.load(str(card), device="cpu", calibration=tmp_path / "good.toml")
+    assert detector.threshold == 0.7 and detector.live.window_samples == WINDOW
+    save_calibration(base, tmp_path / "official.toml")
+    missing = tmp_path / "nothing.wav"  # never read: the calibration is refused first
+    assert (
+        main(["score", "--model", str(card), "--calibration", str(tmp_path / "official.toml"), str(missing)])
+        == 8
+    )
+    assert "calibration was made for model 'aasist-l'" in capsys.readouterr().err

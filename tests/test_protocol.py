@@ -1,0 +1,152 @@
+"""The Sans-I/O wire protocols: messages in, stream events out, errors with
+their close code. No sockets, no server."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from spoofwatch.errors import CloseCode, ProtocolError
+from spoofwatch.stream.codecs import decode, encode, mulaw_encode
+from spoofwatch.stream.protocol import (
+    NATIVE_TRACK,
+    AudioIn,
+    NativeProtocol,
+    StreamStart,
+    StreamStop,
+    TwilioProtocol,
+)
+
+START = json.dumps({"type": "start", "sample_rate": 44100, "encoding": "pcm_s16le", "channels": 2})
+
+
+def start(**fields: object) -> str:
+    return json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", **fields})
+
+
+class TestNative:
+    def test_start_audio_stop(self) -> None:
+        proto = NativeProtocol()
+        assert proto.receive(START) == [StreamStart(NATIVE_TRACK, 44100)]
+        stereo = np.array([[0.5, -0.5], [0.25, 0.25]], np.float32)
+        (audio,) = proto.receive(encode(stereo.reshape(-1), "pcm_s16le"))
+        assert isinstance(audio, AudioIn) and audio.track == NATIVE_TRACK
+        np.testing.assert_allclose(audio.samples, [0.0, 0.25], atol=1e-4)  # mixed to mono
+        assert proto.receive(json.dumps({"type": "stop"})) == [StreamStop()]
+
+    @pytest.mark.parametrize(
+        ("messages", "code", "reason"),
+        [
+            (["start please"], CloseCode.INVALID_PAYLOAD, "expected a JSON start"),
+            ([b"\x00\x00"], CloseCode.PROTOCOL_ERROR, "binary audio"),
+            ([json.dumps({"type": "stop"})], CloseCode.PROTOCOL_ERROR, "type 'start'"),
+            ([start(encoding="opus")], CloseCode.UNSUPPORTED, "unknown encoding 'opus'"),
+            ([start(sample_rate=1)], CloseCode.UNSUPPORTED, "sample_rate in [4000, 192000]"),
+            ([start(sample_rate=True)], CloseCode.UNSUPPORTED, "integer sample_rate"),
+            ([start(channels=3)], CloseCode.UNSUPPORTED, "channels 1 or 2"),
+            ([start(), b"\x00" * 3], CloseCode.INVALID_PAYLOAD, "got 3 bytes"),
+            (
+                [start(encoding="f32le"), np.array([np.nan], "<f4").tobytes()],
+                CloseCode.INVALID_PAYLOAD,
+                "NaN or Inf",
+            ),
+            ([start(), json.dumps({"type": "pause"})], CloseCode.PROTOCOL_ERROR, "expected 'stop'"),
+            ([start(), json.dumps([1, 2])], CloseCode.INVALID_PAYLOAD, "JSON object"),
+            ([start(), json.dumps({"type": "stop"}), b"\x00\x00"], CloseCode.PROTOCOL_ERROR, "after stop"),
+        ],
+    )
+    def test_errors_carry_their_close_code(
+        self, messages: list[str | bytes], code: CloseCode, reason: str
+    ) -> None:
+        proto = NativeProtocol()
+        with pytest.raises(ProtocolError) as info:
+            for message in messages:
+                proto.receive(message)
+        assert info.value.close_code is code
+        assert reason in str(info.value)
+
+
+def twilio(event: str, **fields: object) -> str:
+    return json.dumps({"event": event, "streamSid": "MZ1", **fields})
+
+
+TWILIO_START = twilio(
+    "start",
+    start={
+        "callSid": "CA1",
+        "tracks": ["inbound", "outbound"],
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    },
+)
+
+
+def media(track: str, audio: np.ndarray) -> str:
+    return twilio("media", media={"track": track, "payload": base64.b64encode(mulaw_encode(audio)).decode()})
+
+
+class TestTwilio:
+    def test_call_with_both_tracks(self) -> None:
+        proto = TwilioProtocol()
+        assert proto.receive(twilio("connected")) == []
+        assert proto.receive(TWILIO_START) == [
+            StreamStart("inbound", 8000, {"callSid": "CA1", "streamSid": "MZ1", "track": "inbound"}),
+            StreamStart("outbound", 8000, {"callSid": "CA1", "streamSid": "MZ1", "track": "outbound"}),
+        ]
+        x = (0.3 * np.sin(np.arange(160) / 5)).astype(np.float32)
+        (audio,) = proto.receive(media("outbound", x))
+        assert isinstance(audio, AudioIn) and audio.track == "outbound"
+        np.testing.assert_array_equal(audio.samples, decode(mulaw_encode(x), "mulaw", 1))
+        assert proto.receive(twilio("mark", mark={"name": "x"})) == []
+        assert proto.receive(twilio("dtmf", dtmf={"digit": "1"})) == []
+        assert proto.receive(twilio("stop")) == [StreamStop()]
+
+    @pytest.mark.parametrize(
+        ("messages", "code", "reason"),
+        [
+            ([media("inbound", np.zeros(8, np.float32))], CloseCode.PROTOCOL_ERROR, "before start"),
+            ([b"\x00"], CloseCode.PROTOCOL_ERROR, "binary audio"),
+            (["{"], CloseCode.INVALID_PAYLOAD, "expected a JSON Twilio"),
+            ([json.dumps({"no": "event"})], CloseCode.INVALID_PAYLOAD, "string 'event'"),
+            (
+                [twilio("start", start={"mediaFormat": {"encoding": "audio/x-l16", "sampleRate": 16000}})],
+                CloseCode.UNSUPPORTED,
+                "expected mediaFormat audio/x-mulaw",
+            ),
+            (
+                [TWILIO_START, twilio("media", media={"track": "inbound", "payload": "%%%"})],
+                CloseCode.INVALID_PAYLOAD,
+                "not valid base64",
+            ),
+            (
+                [TWILIO_START, twilio("media", media={"track": "inbound", "payload": 5})],
+                CloseCode.INVALID_PAYLOAD,
+                "base64 string",
+            ),
+            (
+                [TWILIO_START, media("both", np.zeros(8, np.float32))],
+                CloseCode.PROTOCOL_ERROR,
+                "did not announce",
+            ),
+            ([TWILIO_START, TWILIO_START], CloseCode.PROTOCOL_ERROR, "unexpected Twilio message 'start'"),
+            ([TWILIO_START, twilio("stop"), twilio("mark")], CloseCode.PROTOCOL_ERROR, "after stop"),
+            ([twilio("hangup")], CloseCode.PROTOCOL_ERROR, "unexpected Twilio message 'hangup'"),
+        ],
+    )
+    def test_errors_carry_their_close_code(
+        self, messages: list[str | bytes], code: CloseCode, reason: str
+    ) -> None:
+        proto = TwilioProtocol()
+        with pytest.raises(ProtocolError) as info:
+            for message in messages:
+                proto.receive(message)
+        assert info.value.close_code is code
+        assert reason in str(info.value)
+
+
+def test_protocol_error_requires_a_close_code() -> None:
+    with pytest.raises(TypeError, match="needs a CloseCode"):
+        ProtocolError("bad", 1003)  # type: ignore[arg-type]
+    assert ProtocolError("bad", CloseCode.UNSUPPORTED).close_code == 1003

@@ -1,0 +1,537 @@
+"""Serving at scale: admission control, stream slots, the session's window
+observer, health and metrics on loopback, load shedding under a fake slow
+scorer (injected clock)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from helpers import BONAFIDE_UTT, FakeScorer, fake_engine, la_clip, offset_audio
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from spoofwatch.audio import read_audio
+from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.stream.client import send_audio
+from spoofwatch.stream.driver import StreamDriver
+from spoofwatch.stream.server import health
+from spoofwatch.stream.server.app import WebSocketServer
+from spoofwatch.stream.server.batcher import BatchScorer
+from spoofwatch.stream.server.context import ServerConfig, ServerContext
+from spoofwatch.stream.server.load import (
+    BatchFit,
+    LoadMonitor,
+    LocalSlots,
+    SharedSlots,
+    SheddingConfig,
+    reset_worker_cells,
+    shared_cells,
+)
+from spoofwatch.stream.server.session import StreamSession
+from spoofwatch.stream.server.sinks import ServerSinks
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture()
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# ---- the load monitor (Sans-I/O) -------------------------------------------------
+
+
+def monitor(clock: FakeClock, **config: Any) -> LoadMonitor:
+    return LoadMonitor(SheddingConfig(**config), hop_s=0.5, max_batch_windows=16, clock=clock)
+
+
+def test_score_lag_refuses_until_it_ages_out() -> None:
+    clock = FakeClock()
+    m = monitor(clock)
+    assert m.max_score_lag_s == 0.5  # one hop when not configured
+    assert m.refusal(0) is None  # nothing measured: admit
+    for lag in (0.1, 0.2, 0.1):
+        m.record_lag(clock.t - lag)
+    assert m.refusal(3) is None and m.recent_lag_s() == pytest.approx(0.2)
+    m.record_lag(clock.t - 1.5)  # one window scored 1.5 s after its audio arrived
+    reason = m.refusal(3)
+    assert reason is not None and "score lag 1.50 s > 0.5 s" in reason
+    clock.t += 5.01  # past the horizon: old lags no longer count
+    assert m.recent_lag_s() == 0.0 and m.refusal(3) is None
+
+
+def test_lag_quantile_ignores_a_single_outlier_among_many() -> None:
+    clock = FakeClock()
+    m = monitor(clock, lag_quantile=0.9)
+    for _ in range(19):
+        m.record_lag(clock.t - 0.1)
+    m.record_lag(clock.t - 3.0)
+    assert m.recent_lag_s() == pytest.approx(0.1) and m.refusal(0) is None
+
+
+def test_capacity_is_fitted_from_batch_timings() -> None:
+    clock = FakeClock()
+    m = monitor(clock, fit_weight=0.5)
+    assert m.capacity_streams() is None
+    for n in (1, 4, 8, 1, 16, 2):
+        m.record_batch(n, 0.01 + 0.005 * n)  # 10 ms per call + 5 ms per window
+    # At batch 16: 16 / 0.09 s = 177.8 windows/s; 80 % of it at 2 windows/s per stream.
+    assert m.capacity_windows_per_s() == pytest.approx(16 / 0.09, rel=1e-6)
+    assert m.capacity_streams() == int(0.8 * 16 / 0.09 * 0.5) == 71
+    assert m.refusal(70) is None
+    reason = m.refusal(71)
+    assert reason is not None and "measured capacity is 71 real-time streams" in reason
+
+
+def test_an_idle_worker_admits_one_stream_even_below_capacity_one() -> None:
+    clock = FakeClock()
+    m = monitor(clock)
+    m.record_batch(1, 2.0)  # 0.5 windows/s: not even one stream at 2 windows/s
+    assert m.capacity_streams() == 0
+    assert m.refusal(0) is None  # nothing to protect
+    reason = m.refusal(1)
+    assert reason is not None and "capacity is 0 real-time streams" in reason
+
+
+def test_a_shared_gpu_counts_every_workers_streams_against_its_calibrated_capacity() -> None:
+    clock = FakeClock()
+    m = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=clock, device_workers=4)
+
+    def score(batch: list[int]) -> None:
+        clock.t += 0.001 + 0.001 * len(batch)  # uncontended: 1 ms per call + 1 ms per window
+
+    m.calibrate(score, lambda n: [0] * n, largest=16)
+    capacity = int(0.8 * 16 / 0.017 * 0.5)
+    assert m.capacity_streams() == capacity == 376 and m.capacity_share() == 94
+    # Live batches wait for the other workers' batches: they must not lower the device figure.
+    for _ in range(50):
+        m.record_batch(16, 0.2)
+    assert m.capacity_streams() == capacity
+    assert m.refusal(own_streams=10, total_streams=capacity - 1) is None
+    reason = m.refusal(own_streams=10, total_streams=capacity)
+    assert reason is not None and f"capacity is {capacity} real-time streams on the shared device" in reason
+    assert m.refusal(own_streams=0, total_streams=capacity) is None  # an idle worker admits one
+
+
+def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:
+    fit = BatchFit(0.1)
+    assert fit.windows_per_s(16) is None
+    for _ in range(3):
+        fit.add(1, 0.25)
+    assert fit.windows_per_s(16) == pytest.approx(4.0)  # one batch size: no extrapolation
+    slow_big = BatchFit(1.0)
+    slow_big.add(1, 0.1)
+    slow_big.add(16, 0.05)  # noise: bigger batch faster
+    assert slow_big.windows_per_s(16) is not None
+
+
+def test_disabled_monitor_measures_but_never_refuses() -> None:
+    clock = FakeClock()
+    m = LoadMonitor(None, hop_s=0.5, max_batch_windows=16, clock=clock)
+    m.record_lag(clock.t - 100.0)
+    m.record_batch(1, 100.0)
+    assert not m.enabled and m.recent_lag_s() == 100.0 and m.refusal(1000) is None
+
+
+def test_shedding_config_is_validated() -> None:
+    from spoofwatch.errors import ConfigError
+
+    for bad in ({"max_score_lag_s": 0.0}, {"target_utilisation": 1.5}, {"lag_quantile": 0.0}):
+        with pytest.raises(ConfigError, match="shedding config"):
+            SheddingConfig(**bad)
+
+
+# ---- stream slots ------------------------------------------------------------------
+
+
+def test_local_slots() -> None:
+    slots = LocalSlots(2)
+    assert slots.try_acquire() and slots.try_acquire() and not slots.try_acquire()
+    slots.release()
+    assert slots.total() == slots.own() == 1 and slots.try_acquire()
+
+
+def test_shared_slots_count_a_total_across_workers() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    cells, lock = shared_cells(ctx, 3)
+    w0, w1, w2 = (SharedSlots(cells, lock, 3, i, max_streams=3) for i in range(3))
+    assert w0.try_acquire() and w0.try_acquire() and w1.try_acquire()
+    assert not w2.try_acquire()  # the total is 3, though worker 2 holds none
+    assert (w0.own(), w1.own(), w2.own(), w2.total()) == (2, 1, 0, 3)
+    w1.release()
+    assert w2.try_acquire() and not w0.try_acquire()
+    # Worker 0 dies: the supervisor zeroes its cells, the others can use its share.
+    w0.set_shedding(True)
+    reset_worker_cells(cells, lock, 3, 0)
+    assert w1.total() == 1 and w1.try_acquire() and w1.try_acquire() and not w1.try_acquire()
+    w1.set_shedding(True)
+    assert w1.any_worker_admitting()  # worker 0's flag was cleared with its death
+    w2.set_shedding(True)
+    w0.set_shedding(True)
+    assert not w1.any_worker_admitting()
+
+
+def test_dead_worker_holding_the_admission_lock_is_freed() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    cells, lock = shared_cells(ctx, 2)
+    w1 = SharedSlots(cells, lock, 2, 1, max_streams=2)
+    cells[0] = 1
+    assert lock.acquire()  # as if worker 0 died inside its critical section
+    reset_worker_cells(cells, lock, 2, 0)
+    assert w1.try_acquire() and w1.total() == 1
+
+
+# ---- the session's window observer (fake scorer and VAD, no sockets) ---------------
+
+
+class RecordingObserver:
+    """A :class:`WindowObserver` that keeps what it hears, on a clock the test sets."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.windows: list[tuple[str, float | None]] = []
+        self.seen: list[dict[str, Any]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def window_done(self, outcome: str, arrived_at: float | None) -> None:
+        self.windows.append((outcome, arrived_at))
+
+    def events(self, events: list[dict[str, Any]]) -> None:
+        self.seen += events
+
+
+class StallingScorer(FakeScorer):
+    """Scores ``free`` calls, then blocks (in the batcher's thread) until released."""
+
+    def __init__(self, free: int) -> None:
+        super().__init__()
+        self.free = free
+        self.stalled, self.release = threading.Event(), threading.Event()
+
+    def scores(self, windows: Any) -> Any:
+        if self.calls >= self.free:
+            self.stalled.set()
+            self.release.wait(timeout=120)
+        return super().scores(windows)
+
+
+async def observed_stream(
+    driver: StreamDriver, stall_after: int | None = None
+) -> tuple[RecordingObserver, list[dict[str, Any]]]:
+    """16 s of fake speech pushed in 1 s messages (message i arrives at observer time i);
+    with ``stall_after``, the scorer stalls after that many calls and the stream is aborted."""
+    observer, got = RecordingObserver(), []
+
+    async def emit(event: dict[str, Any]) -> None:
+        got.append(event)
+
+    audio = np.concatenate([offset_audio(8.0, 0.05, 1), offset_audio(8.0, -0.05, 2)])
+    scorer = StallingScorer(10**6 if stall_after is None else stall_after)
+    batcher = BatchScorer(scorer)
+    session = StreamSession(driver, batcher, emit, tags={"stream_id": "t"}, observer=observer)
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(batcher.serve)
+        for i in range(16):
+            observer.t = float(i)
+            await session.push(audio[i * 16000 : (i + 1) * 16000])
+        if stall_after is None:
+            session.close_input()  # before serve: the whole stream is one ingest batch
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.serve)
+            await session.finish()
+        else:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(session.serve)
+                    await anyio.to_thread.run_sync(scorer.stalled.wait, 120)
+                    scope.cancel()
+            await session.abort("disconnect")
+            scorer.release.set()
+        batcher.close()
+    return observer, got
+
+
+async def test_a_live_session_reports_every_window_with_its_arrival() -> None:
+    observer, got = await observed_stream(StreamDriver(fake_engine(), drop_stale=True))
+    summary = got[-1]
+    assert summary["type"] == "summary" and summary["dropped_windows"] > 0
+    outcomes = [o for o, _ in observer.windows]
+    assert len(outcomes) == summary["windows"]  # every window once
+    assert outcomes.count("dropped") == summary["dropped_windows"]
+    assert outcomes.count("scored") == summary["scored_windows"]
+    # One ingest batch: each window's audio began arriving with the first message.
+    assert {arrived for _, arrived in observer.windows} == {0.0}
+    assert observer.seen == got  # the observer sees each event before it is sent
+
+
+async def test_an_upload_reports_no_lag_and_an_abort_drops_without_lag() -> None:
+    clock = FakeClock()  # never moves: 16 s of audio arrive at once, far ahead of it
+    driver = StreamDriver(fake_engine(), drop_stale=True, clock=clock)
+    observer, got = await observed_stream(driver, stall_after=3)
+    assert driver.upload
+    summary = got[-1]
+    assert summary["type"] == "summary" and summary["scored_windows"] == 3
+    # An upload is never dropped from and waits by design: its lag says nothing about load.
+    assert observer.windows[:3] == [("scored", None)] * 3
+    # The abort dropped what was still queued (the window stuck in the scorer is
+    # neither): counted, but without a lag either.
+    dropped = observer.windows[3:]
+    assert dropped == [("dropped", None)] * summary["dropped_windows"]
+    assert summary["dropped_windows"] == summary["windows"] - 4
+
+
+# ---- the server on loopback -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech(la_dir: Path) -> np.ndarray:
+    return np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 3)[: 6 * 16000].astype(np.float32)
+
+
+def make_ctx(
+    scorer: Any, vad: Any, tmp_path: Path, load: LoadMonitor | None = None, **cfg: Any
+) -> ServerContext:
+    config = ServerConfig(host="127.0.0.1", port=0, **cfg)
+    return ServerContext(
+        config,
+        BatchScorer(scorer),
+        load_calibration(model="aasist-l").live,
+        vad,
+        ServerSinks(jsonl=tmp_path / "events.jsonl"),
+        load=load,
+        model="aasist-l",
+    )
+
+
+async def http_get(port: int, path: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
+    """A minimal HTTP/1.1 GET on loopback: status, headers, body."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
+        data = b""
+        try:
+            while True:
+                data += await s.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body.decode()
+
+
+def samples(page: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_health_readiness_and_metrics(
+    speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    ctx = make_ctx(scorer, vad, tmp_path, token="s3cret", max_streams=3, shedding=None)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        assert (await http_get(port, health.HEALTHZ))[0] == 200  # liveness needs no token
+        for path in (health.READYZ, health.METRICS):
+            assert (await http_get(port, path))[0] == 401
+            assert (await http_get(port, path, "wrong"))[0] == 401
+        status, headers, body = await http_get(port, health.READYZ, "s3cret")
+        ready = json.loads(body)
+        assert status == 200 and headers["content-type"] == "application/json"
+        assert ready["ready"] and ready["provider"] == "cpu" and ready["model"] == "aasist-l"
+        assert ready["capacity_left"] == 3 and ready["active_streams"] == 0 and ready["shedding"] is None
+
+        result = await send_audio(speech, f"ws://127.0.0.1:{port}/", token="s3cret")
+        assert result.close_code == 1000
+        summary = result.events[-1]
+
+        status, headers, page = await http_get(port, health.METRICS, "s3cret")
+        assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+        m = samples(page)
+        assert m[("spoofwatch_windows_total", (("outcome", "scored"),))] == summary["scored_windows"] > 0
+        gated = summary["windows"] - summary["scored_windows"] - summary["dropped_windows"]
+        assert m[("spoofwatch_windows_total", (("outcome", "gated"),))] == gated
+        assert m[("spoofwatch_windows_total", (("outcome", "dropped"),))] == summary["dropped_windows"]
+        assert m[("spoofwatch_batch_size_windows_sum", ())] == summary["scored_windows"]
+        assert m[("spoofwatch_batch_size_windows_count", ())] == ctx.batcher.batches
+        assert m[("spoofwatch_active_streams", ())] == 0
+        assert m[("spoofwatch_provider", (("provider", "cpu"),))] == 1
+        assert m[("spoofwatch_max_streams", ())] == 3
+        assert m[("spoofwatch_alerts_total", ())] == summary["alerts"]
+        assert m[("spoofwatch_refused_connections_total", (("code", "401"), ("reason", "token")))] == 4
+        # Only windows scored while the stream was not ahead of real time have a delay.
+        assert m[("spoofwatch_score_delay_seconds_count", ())] <= summary["scored_windows"]
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
+class SlowScorer:
+    """The real scorer, but every call takes ``seconds`` on the injected clock."""
+
+    def __init__(self, scorer: Any, clock: FakeClock, seconds: float) -> None:
+        self.scorer, self.clock, self.seconds = scorer, clock, seconds
+        self.device = scorer.device
+
+    def scores(self, windows: np.ndarray) -> np.ndarray:
+        out = self.scorer.scores(windows)
+        self.clock.t += self.seconds
+        return out  # type: ignore[no-any-return]
+
+
+async def test_overloaded_worker_refuses_new_streams_with_1013(
+    speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """A scorer that needs 2 s per window sustains no real-time stream: once that
+    is measured, a new stream gets 1013 with the reason, and the stream already
+    admitted carries on to its summary."""
+    clock = FakeClock()
+    load = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=clock)
+    ctx = make_ctx(SlowScorer(scorer, clock, 2.0), vad, tmp_path, load=load, max_streams=8)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        url = f"ws://127.0.0.1:{port}/"
+        async with connect(url) as first:
+            await first.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            await first.send(speech.astype("<f4").tobytes())
+            event = json.loads(await first.recv())  # a window was scored (and timed)
+            assert event["type"] == "score" and event["score"] is not None
+
+            refused = await send_audio(speech, url)
+            assert refused.close_code == 1013 and refused.events == []
+            assert "overloaded: measured capacity is 0 real-time streams" in refused.close_reason
+
+            status, _, body = await http_get(port, health.READYZ)
+            assert status == 503 and json.loads(body)["shedding"] == refused.close_reason
+
+            await first.send(json.dumps({"type": "stop"}))
+            events = [event]
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    events.append(json.loads(await first.recv()))
+            assert first.close_code == 1000
+        summary = events[-1]
+        assert summary["type"] == "summary" and summary["scored_windows"] > 0
+        page = samples((await http_get(port, health.METRICS))[2])
+        assert (
+            page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "overloaded")))] == 1
+        )
+        assert page[("spoofwatch_batch_size_windows_count", ())] == summary["scored_windows"]
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
+async def test_a_drain_ends_an_open_alert_with_reason_shutdown(
+    spoof_stream: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """A worker's drain (SIGTERM -> ``request_shutdown``) closes its streams with
+    1001; their open alerts end with ``shutdown``, not ``disconnect``."""
+    ctx = make_ctx(scorer, vad, tmp_path, shedding=None)
+    server = WebSocketServer(ctx)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(server.run)
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            await ws.send(spoof_stream.astype("<f4").tobytes())  # no stop: the stream stays open
+            while json.loads(await ws.recv())["type"] != "alert_start":
+                pass
+            server.request_shutdown()
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 1001
+        # run() returned by itself: the task group exits without a cancel.
+    ctx.sinks.close()
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    ends = [e for e in logged if e["type"] == "alert_end"]
+    assert len(ends) == 1 and ends[0]["reason"] == "shutdown"
+    assert [e["type"] for e in logged].count("summary") == 1 and logged[-1]["type"] == "summary"
+
+
+class BlockedScorer:
+    """The real scorer behind a gate the test opens: scoring that takes as long as the test wants."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer, self.device = scorer, scorer.device
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def scores(self, windows: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        self.release.wait(timeout=120)
+        return self.scorer.scores(windows)  # type: ignore[no-any-return]
+
+
+async def test_keepalive_and_health_answer_while_scoring_is_stuck(
+    speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """Scoring runs off the event loop: while a batch is stuck in the scorer,
+    the server still answers WebSocket pings and /healthz, then finishes the stream."""
+    blocked = BlockedScorer(scorer)
+    ctx = make_ctx(blocked, vad, tmp_path, shedding=None)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            await ws.send(speech.astype("<f4").tobytes())
+            await anyio.to_thread.run_sync(blocked.entered.wait, 120)
+            try:
+                pong = await ws.ping()
+                with anyio.fail_after(60):  # a guard against hanging, not a speed bound
+                    await pong
+                    assert (await http_get(port, health.HEALTHZ))[0] == 200
+                assert not blocked.release.is_set()  # the scorer was still stuck throughout
+            finally:
+                blocked.release.set()
+            await ws.send(json.dumps({"type": "stop"}))
+            events = [json.loads(m) async for m in ws]
+        assert ws.close_code == 1000 and events[-1]["type"] == "summary"
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
+def test_alert_journal_keeps_only_open_alerts_and_the_supervisor_closes_them(tmp_path: Path) -> None:
+    from spoofwatch.stream.server.journal import AlertJournal, crash_alert_ends, journal_path
+
+    path = journal_path(tmp_path, 1234)
+    journal = AlertJournal(path)
+    a, b = {"stream_id": "w0-1234-s1"}, {"callSid": "CA1", "streamSid": "MZ1", "track": "inbound"}
+    journal.update([{"type": "alert_start", "t": 9.0, "smoothed": -3.0, "threshold": 1.7, **a}])
+    journal.update([{"type": "alert_start", "t": 5.0, "smoothed": -2.0, "threshold": 1.7, **b}])
+    journal.update(
+        [{"type": "alert_end", "t": 7.0, "smoothed": 2.0, "threshold": 1.7, "reason": "recovered", **b}]
+    )
+    journal.update([{"type": "score", "t_start": 6.0, "t_end": 10.0, "score": -4.0, "smoothed": -3.5, **a}])
+    journal.flush()  # the score moved the open alert's time on
+    ends = crash_alert_ends(path)
+    assert ends == [
+        {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 1.7, "reason": "worker_crash", **a}
+    ]
+    assert not path.exists() and crash_alert_ends(path) == []
+    journal.update([{"type": "summary", **a}])  # a stream that ended leaves nothing open
+    assert json.loads(path.read_text()) == []

@@ -1,0 +1,237 @@
+"""``spoofwatch serve --workers N`` as a real process tree on loopback: the
+supervisor, a shared ``--max-streams``, metrics summed over workers, a killed
+worker restarted, and a drain on SIGTERM. Synchronised on the supervisor's
+log lines and on protocol events, never on sleeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+from helpers import BONAFIDE_UTT, REPO_ROOT, la_clip
+from test_serving import http_get, samples
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from spoofwatch.audio import read_audio
+from spoofwatch.cli import main
+from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.stream.client import send_audio
+from spoofwatch.stream.server import health
+from spoofwatch.stream.server.workers import cpu_count, default_workers
+
+#: Generous: two workers load the model on a busy 2-core machine.
+STARTUP_S = 300.0
+START = json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "100000"])
+def test_absurd_worker_counts_fail_before_the_model_loads(
+    workers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPOOFWATCH_HOME", str(tmp_path))  # no weights here: loading would fail differently
+    assert main(["serve", "--workers", workers]) == 2
+    err = capsys.readouterr().err
+    assert "--workers: expected 1 to" in err and f"got {workers}" in err
+    assert not any(tmp_path.iterdir())  # nothing was exported or fetched
+
+
+def test_more_workers_than_streams_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--workers", "2", "--max-streams", "1"]) == 2
+    assert "--workers 2 exceeds --max-streams 1" in capsys.readouterr().err
+    # The default fits whatever --max-streams says.
+    assert default_workers(1) == 1
+    assert default_workers(10**6) == max(1, cpu_count() // 2)
+
+
+def test_a_port_in_use_is_a_clear_error(
+    onnx_aasist_l: Path, sw_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--workers", "1", "--device", "cpu"]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+class ServerProcess:
+    """``python -m spoofwatch serve`` with its stderr read line by line."""
+
+    def __init__(self, args: list[str], home: Path) -> None:
+        env = {**os.environ, "SPOOFWATCH_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spoofwatch", "serve", "--port", "0", *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put("")  # EOF
+
+    def expect(
+        self, pattern: str, timeout_s: float = STARTUP_S, accept: Callable[[re.Match[str]], bool] = bool
+    ) -> re.Match[str]:
+        """The first log line so far, or to come, that matches and is accepted
+        (blocks on the server's own report, not on a timer)."""
+        seen = 0
+        while True:
+            for line in self.log[seen:]:
+                match = re.search(pattern, line)
+                if match and accept(match):
+                    return match
+            seen = len(self.log)
+            line = self.lines.get(timeout=timeout_s)
+            if not line:
+                raise AssertionError(f"server exited before logging {pattern!r}:\n{''.join(self.log)}")
+            self.log.append(line)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=60)  # it ends at EOF, once every holder of the pipe exited
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture()
+def two_workers(
+    onnx_aasist_l: Path, sw_home: Path, tmp_path: Path
+) -> Iterator[tuple[ServerProcess, int, dict[int, int]]]:
+    server = ServerProcess(
+        [
+            *("--workers", "2", "--max-streams", "2", "--device", "cpu", "--threads", "1"),
+            *("--no-load-shedding", "--idle-timeout-s", "600", "--jsonl", str(tmp_path / "events.jsonl")),
+        ],
+        sw_home,
+    )
+    try:
+        pids = {i: int(server.expect(rf"worker {i} ready \(pid (\d+)")[1]) for i in range(2)}
+        port = int(server.expect(r"serving aasist-l on ws://127\.0\.0\.1:(\d+)/")[1])
+        yield server, port, pids
+    finally:
+        server.close()
+
+
+async def open_alert_stream(url: str, audio: np.ndarray) -> tuple[ClientConnection, str]:
+    """A stream that holds a slot with an open alert: genuine then spoofed speech, no stop."""
+    ws = await connect(url, max_size=None)
+    await ws.send(START)
+    await ws.send(audio.astype("<f4").tobytes())
+    while True:
+        event = json.loads(await ws.recv())
+        if event["type"] == "alert_start":
+            return ws, event["stream_id"]
+
+
+async def open_stream(url: str) -> tuple[ClientConnection, str]:
+    """A stream that holds a slot: one window of silence, answered by a (gated) score event."""
+    ws = await connect(url)
+    await ws.send(START)
+    await ws.send(np.zeros(WINDOW_SAMPLES + SAMPLE_RATE_HZ // 10, "<f4").tobytes())
+    event = json.loads(await ws.recv())
+    assert event["type"] == "score" and event["speech"] is False
+    return ws, event["stream_id"]
+
+
+def worker_pid(stream_id: str) -> int:
+    """Stream ids of a worker are ``w<index>-<pid>-s<n>``."""
+    return int(stream_id.split("-")[1])
+
+
+def test_workers_share_max_streams_restart_after_a_crash_and_drain(
+    two_workers: tuple[ServerProcess, int, dict[int, int]], la_dir: Path, tmp_path: Path
+) -> None:
+    server, port, pids = two_workers
+    speech = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    spoof = read_audio(la_clip(la_dir, "LA_T_1000137"))
+    n = 8 * SAMPLE_RATE_HZ
+    genuine_then_spoof = np.concatenate([np.tile(speech, 4)[:n], np.tile(spoof, 4)[:n]])
+    url = f"ws://127.0.0.1:{port}/"
+
+    async def scenario() -> None:
+        first, id1 = await open_alert_stream(url, genuine_then_spoof)
+        second, id2 = await open_stream(url)
+        assert id1 != id2
+        refused = await send_audio(np.zeros(16000, np.float32), url)
+        assert refused.close_code == 1013 and "at capacity (2 streams)" in refused.close_reason
+
+        status, _, body = await http_get(port, health.READYZ)
+        ready = json.loads(body)
+        assert status == 503 and ready["active_streams"] == 2 and ready["capacity_left"] == 0
+        page = samples((await http_get(port, health.METRICS))[2])
+        assert page[("spoofwatch_workers", ())] == 2  # summed over both processes
+        assert page[("spoofwatch_active_streams", ())] == 2
+        assert page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "capacity")))] == 1
+
+        # Kill both workers (one or both hold the streams); each comes back as a new process.
+        assert {worker_pid(id1), worker_pid(id2)} <= set(pids.values())
+        old = dict(pids)
+        for pid in old.values():
+            os.kill(pid, signal.SIGKILL)
+        for ws in (first, second):
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 1006  # the process vanished: no close frame
+        for index, pid in old.items():
+            await anyio.to_thread.run_sync(
+                server.expect,
+                rf"worker {index} \(pid {pid}\) died \(signal 9\); its streams are lost; restarting",
+            )
+            new = partial(
+                server.expect, rf"worker {index} ready \(pid (\d+)", accept=lambda m, p=pid: int(m[1]) != p
+            )
+            pids[index] = int((await anyio.to_thread.run_sync(new))[1])
+        # The sinks got an alert_end for the alert the crash left open.
+        await anyio.to_thread.run_sync(
+            server.expect, r"ended 1 open alert\(s\) in the sinks \(reason worker_crash\)"
+        )
+        logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+        mine = [e for e in logged if e.get("stream_id") == id1]
+        assert [e["type"] for e in mine].count("alert_start") == 1
+        assert mine[-1]["type"] == "alert_end" and mine[-1]["reason"] == "worker_crash"
+        assert mine[-1]["t"] >= next(e["t"] for e in mine if e["type"] == "alert_start")
+        # The dead workers' slots were freed: a new stream is served in full, by a new worker.
+        result = await send_audio(speech, url)
+        assert result.close_code == 1000 and result.events[-1]["type"] == "summary"
+        assert result.events[-1]["scored_windows"] > 0
+        assert worker_pid(result.events[-1]["stream_id"]) in set(pids.values()) - set(old.values())
+        _, _, body = await http_get(port, health.READYZ)
+        assert json.loads(body)["active_streams"] == 0
+        await first.close()
+        await second.close()
+
+    anyio.run(scenario)
+    assert server.stop() == 0
+    server.expect(r"draining 2 workers", timeout_s=60)
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # every worker exited and was reaped
