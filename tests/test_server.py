@@ -381,8 +381,9 @@ async def test_idle_timeout(scorer: Any, vad: Any, tmp_path: Path) -> None:
     ctx = make_ctx(scorer, vad, tmp_path, idle_timeout_s=0.5)
     async with running(ctx) as url, connect(url + "/") as ws:
         await ws.send(START)
-        with pytest.raises(ConnectionClosed), anyio.fail_after(60):
-            await ws.recv()
+        with anyio.fail_after(60):
+            received = [json.loads(m) async for m in _until_closed(ws)]
+        assert [e["type"] for e in received] == ["summary"]  # the stream still gets its summary
         assert (ws.close_code, ws.close_reason) == (1001, "idle for 0.5 s")
 
 
@@ -422,7 +423,7 @@ async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tm
         async with connect(url + "/") as native:
             await native.send(START)  # one of the two slots
             code, reason = await _bad_client(url + "/twilio", [twilio_start(["inbound", "outbound"])])
-            assert code == 1013 and "cannot add 1 more track" in reason
+            assert code == 1013 and "cannot add another track" in reason
             await streams_settle(ctx, 1)  # the refused call released its slot
             # One track still fits beside the native stream.
             async with connect(url + "/twilio") as call:
@@ -439,7 +440,7 @@ async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tm
                 await call.recv()
             assert call.close_code == 1000
         await streams_settle(ctx, 0)
-    summaries = [e for e in jsonl(tmp_path) if e["type"] == "summary"]
+    summaries = [e for e in jsonl(tmp_path) if e["type"] == "summary" and "callSid" in e]  # not the native one
     assert sorted(e["track"] for e in summaries) == ["inbound", "inbound", "outbound"]
     assert all(e["streamSid"] == "MZ7" for e in summaries)
 
@@ -516,7 +517,7 @@ async def test_webhook_that_never_answers_does_not_delay_the_stream(
     url_hook = f"http://127.0.0.1:{hook.getsockname()[1]}/alerts"
     config = ServerConfig(host="127.0.0.1", port=0)
     sinks = ServerSinks(jsonl=tmp_path / "events.jsonl", webhook=url_hook, webhook_timeout_s=3600)
-    ctx = ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l"), vad, sinks)
+    ctx = ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l").live, vad, sinks)
     try:
         async with running(ctx, close_timeout_s=0.2) as url:
             with anyio.fail_after(300):
