@@ -82,11 +82,15 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                     message = await ctx.drain.recv(ws)
                 if message is None:  # a shutdown drain: end as if the client sent stop
                     break
-                for event in protocol.receive(message):
+                events = protocol.receive(message)
+                # Claim every further track before any of them starts, so a
+                # refused call (1013) starts no stream at all.
+                starts = sum(isinstance(e, StreamStart) for e in events)
+                for _ in range(starts - (0 if sessions else min(starts, 1))):
+                    ctx.claim_extra_stream()
+                    extra_streams += 1
+                for event in events:
                     if isinstance(event, StreamStart):
-                        if sessions:
-                            ctx.claim_extra_stream()
-                            extra_streams += 1
                         tags = {"stream_id": ctx.new_stream_id()} if protocol.replies else {}
                         session = StreamSession(
                             ctx.new_driver(event.rate_hz),
