@@ -23,12 +23,12 @@ from spoofwatch.cli import main
 from spoofwatch.constants import WINDOW_SAMPLES
 from spoofwatch.errors import AudioError, InputError, ModelError, ProtocolError
 from spoofwatch.model.detector import Detector
-from spoofwatch.stream.windower import stream_windows, window_starts
+from spoofwatch.stream.codecs import decode
 from spoofwatch.stream.events import ScoreEvent, event_json
 from spoofwatch.stream.monitor import checked
-from spoofwatch.stream.codecs import decode
 from spoofwatch.stream.sinks import JsonlSink
 from spoofwatch.stream.sources.file import file_chunks, iter_chunks
+from spoofwatch.stream.windower import stream_windows, window_starts
 
 
 def test_sample_rule() -> None:

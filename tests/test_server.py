@@ -440,7 +440,9 @@ async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tm
                 await call.recv()
             assert call.close_code == 1000
         await streams_settle(ctx, 0)
-    summaries = [e for e in jsonl(tmp_path) if e["type"] == "summary" and "callSid" in e]  # not the native one
+    summaries = [
+        e for e in jsonl(tmp_path) if e["type"] == "summary" and "callSid" in e
+    ]  # not the native one
     assert sorted(e["track"] for e in summaries) == ["inbound", "inbound", "outbound"]
     assert all(e["streamSid"] == "MZ7" for e in summaries)
 
