@@ -124,3 +124,18 @@ def test_webhook_that_never_answers_costs_only_its_own_events(tmp_path: Path) ->
         if conn is not None:
             conn.close()
         hook.close()
+
+
+def test_sink_counters_feed_the_metrics_once(tmp_path: Path) -> None:
+    from spoofwatch.stream.server.metrics import ServerMetrics
+
+    sinks = ServerSinks(jsonl=tmp_path / "events.jsonl")
+    for i in range(3):
+        sinks.submit({"type": "score", "i": i})
+    sinks.close()
+    metrics = ServerMetrics("cpu", 4)
+    for _ in range(2):  # the refresh loop calls it again and again: totals are not re-added
+        metrics.observe_sinks(sinks.stats())
+    page = metrics.exposition().decode()
+    assert 'spoofwatch_sink_events_total{outcome="written",sink="jsonl"} 3.0' in page
+    assert str(tmp_path) not in page  # paths and URLs stay out of the labels

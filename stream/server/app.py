@@ -124,6 +124,7 @@ class WebSocketServer:
             ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own(), ctx.slots.total()) is not None)
             ctx.metrics.score_lag.set(ctx.load.recent_lag_s())
             ctx.metrics.capacity_streams.set(ctx.load.capacity_share())
+            ctx.metrics.observe_sinks(ctx.sinks.stats())
             if ctx.stats.journal is not None:
                 ctx.stats.journal.flush()
             await anyio.sleep(LOAD_REFRESH_S)
