@@ -42,7 +42,7 @@ def write_long(path: Path, seconds: float, rate: int) -> None:
 DECODE_ONLY = """
 import sys
 from spoofwatch.audio import AudioFile
-from spoofwatch.model.detector import stream_windows
+from spoofwatch.stream.windower import stream_windows
 n = sum(1 for _ in stream_windows(AudioFile(sys.argv[1]).chunks(), int(sys.argv[2])))
 """
 

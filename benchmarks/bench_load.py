@@ -42,7 +42,7 @@ async def run_load(
     ctx = ServerContext(
         ServerConfig(host="127.0.0.1", port=0),
         BatchScorer(scorer),
-        load_calibration(model="aasist-l"),
+        load_calibration(model="aasist-l").live,
         vad,
         ServerSinks(jsonl=sinks_dir / f"events_{n_streams}.jsonl"),
     )
