@@ -577,5 +577,3 @@ def _check_disjoint(rows: list[Row], cfg: SplitConfig) -> None:
         raise DatasetError(
             f"corpus split leaks test systems {sorted(leaks)} or repositories {sorted(repos)} into train"
         )
-
-

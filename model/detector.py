@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.audio import official_window, read_audio
+from spoofwatch.audio import AudioFile, official_window
 from spoofwatch.calibration.calfile import Calibration
 from spoofwatch.constants import DEFAULT_PRECISION, SAMPLE_RATE_HZ
-from spoofwatch.errors import CalibrationError, InputError
+from spoofwatch.errors import CalibrationError, InputError, ModelError
 from spoofwatch.stream.engine import LiveConfig
-from spoofwatch.stream.windower import iter_windows
+from spoofwatch.stream.windower import stream_windows
 
 from .card import ModelSpec, is_card_reference, parse_card
 from .config import load_model_config
@@ -182,15 +183,22 @@ class Detector:
         self, audio: npt.NDArray[np.float32], hop_s: float = 1.0, name: str = "<array>"
     ) -> FileScore:
         """Window scores over a whole 16 kHz waveform, the utterance score and verdict."""
+        return self.score_chunks([audio], hop_s, name)
+
+    def score_chunks(
+        self, chunks: Iterable[npt.NDArray[np.float32]], hop_s: float = 1.0, name: str = "<array>"
+    ) -> FileScore:
+        """Like :meth:`score_audio` for 16 kHz audio arriving in chunks, in
+        memory independent of its length (a window, a hop and a batch)."""
         if hop_s <= 0:
             raise InputError(f"expected hop_s > 0, got {hop_s}")
         hop = max(1, round(hop_s * SAMPLE_RATE_HZ))
-        starts: list[int] = []
+        spans: list[tuple[int, int]] = []
         scores: list[float] = []
         batch: list[npt.NDArray[np.float32]] = []
         size = self.scorer.window_samples
-        for start, window in iter_windows(audio, hop, size):
-            starts.append(start)
+        for start, end, window in stream_windows(chunks, hop, size):
+            spans.append((start, end))
             batch.append(window)
             if len(batch) == FILE_BATCH_WINDOWS:
                 scores.extend(self.scorer.scores(np.stack(batch)).tolist())
@@ -198,11 +206,14 @@ class Detector:
         if batch:
             scores.extend(self.scorer.scores(np.stack(batch)).tolist())
         windows = [
-            WindowScore(s / SAMPLE_RATE_HZ, min(s + size, audio.size) / SAMPLE_RATE_HZ, sc)
-            for s, sc in zip(starts, scores, strict=True)
+            WindowScore(s / SAMPLE_RATE_HZ, e / SAMPLE_RATE_HZ, sc)
+            for (s, e), sc in zip(spans, scores, strict=True)
         ]
         utterance = float(np.mean(scores))
+        if not np.isfinite(utterance):  # sanitised input cannot get here; a broken model can
+            raise ModelError(f"{name}: the model returned a non-finite score")
         return FileScore(name, utterance, self.verdict(utterance), self.threshold, windows)
 
     def score_file(self, path: str | Path, hop_s: float = 1.0) -> FileScore:
-        return self.score_audio(read_audio(path), hop_s, name=str(path))
+        """Score a file decoded block by block (bounded memory for any length)."""
+        return self.score_chunks(AudioFile(path).chunks(), hop_s, name=str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,29 +65,124 @@ class StreamResampler:
         return np.asarray(out, dtype=np.float32)
 
 
+#: Sample rates (Hz) accepted from files and streams: below 4 kHz is not speech
+#: audio, and a header declaring 1 Hz would turn a few bytes into hours of samples.
+MIN_SAMPLE_RATE_HZ = 4_000
+MAX_SAMPLE_RATE_HZ = 192_000
+#: Largest |sample| accepted in float audio. Audio is nominally within ±1;
+#: beyond ±100 (40 dB over full scale) a value is a scaling bug, not sound,
+#: and it would overflow float32 in mixing, resampling or the model.
+MAX_ABS_SAMPLE = 100.0
+#: Native-rate frames decoded at a time when streaming a file.
+DECODE_BLOCK_FRAMES = 1 << 16
+
+
+def sample_problem(samples: npt.NDArray[np.floating]) -> str | None:
+    """Why ``samples`` (any shape) cannot be treated as audio, or ``None``.
+
+    The one rule for every input (files, WebSocket frames, the microphone),
+    applied to the raw samples before channel mixing or resampling, where
+    huge finite values would overflow to Inf and then NaN.
+    """
+    if samples.size == 0:
+        return None
+    peak = float(np.max(np.abs(samples)))  # NaN propagates through max
+    if not np.isfinite(peak):
+        return "expected finite audio samples, got NaN or Inf"
+    if peak > MAX_ABS_SAMPLE:
+        return f"expected audio samples within ±{MAX_ABS_SAMPLE:g}, got a magnitude of {peak:.3g}"
+    return None
+
+
+def check_sample_rate(rate_hz: int, what: str) -> None:
+    if not MIN_SAMPLE_RATE_HZ <= rate_hz <= MAX_SAMPLE_RATE_HZ:
+        raise AudioError(
+            f"{what}: expected a sample rate in [{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}] Hz, got {rate_hz} Hz"
+        )
+
+
+def _decode_error(path: Path, exc: Exception) -> AudioError:
+    return AudioError(
+        f"{path}: cannot decode audio (expected a format libsndfile reads: wav, flac, ogg, mp3): {exc}"
+    )
+
+
+_DECODE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, TypeError, ValueError)
+
+
+class AudioFile:
+    """An audio file opened for decoding: the header is checked now (rate,
+    emptiness), the samples are decoded block by block by :meth:`chunks`,
+    so memory does not grow with the file's length."""
+
+    def __init__(self, path: str | Path) -> None:
+        import soundfile
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AudioError(f"{self.path}: no such audio file")
+        try:
+            info = soundfile.info(str(self.path))
+        except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
+            raise _decode_error(self.path, exc) from None
+        self.rate_hz = int(info.samplerate)
+        self.channels = int(info.channels)
+        self.frames = int(info.frames)
+        check_sample_rate(self.rate_hz, str(self.path))
+        if self.frames == 0:
+            raise AudioError(f"{self.path}: audio is empty (0 samples)")
+
+    def chunks(
+        self, target_hz: int = SAMPLE_RATE_HZ, block_frames: int = DECODE_BLOCK_FRAMES
+    ) -> Iterator[FloatArray]:
+        """Mono float32 at ``target_hz``, one decoded block at a time.
+
+        Raises :class:`AudioError` for undecodable data or samples that fail
+        :func:`sample_problem`, as soon as the offending block is read.
+        """
+        import soundfile
+
+        resampler = StreamResampler(self.rate_hz, target_hz)
+        total = 0
+        try:
+            blocks = soundfile.blocks(str(self.path), blocksize=block_frames, dtype="float32", always_2d=True)
+            for block in blocks:
+                if (problem := sample_problem(block)) is not None:
+                    raise AudioError(f"{self.path}: {problem}")
+                total += block.shape[0]
+                out = resampler(to_mono(block))
+                if out.size:
+                    yield out
+        except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
+            raise _decode_error(self.path, exc) from None
+        if total == 0:
+            raise AudioError(f"{self.path}: audio is empty (0 samples)")
+        tail = resampler(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+
+
 def read_audio(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
     """Decode any format libsndfile reads, mix to mono and resample to ``target_hz``.
 
-    Raises :class:`AudioError` naming the file for unreadable, empty or
-    non-finite audio.
+    Decodes the whole file at once (for clips; stream long files with
+    :class:`AudioFile`). Raises :class:`AudioError` naming the file for
+    unreadable, empty or non-finite audio, absurd magnitudes and sample
+    rates outside [4, 192] kHz.
     """
     import soundfile
 
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file")
+    AudioFile(path)  # checks existence, header and sample rate before decoding
     try:
         frames, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(
-            f"{path}: cannot decode audio (expected a format libsndfile reads: wav, flac, ogg, mp3): {exc}"
-        ) from None
+    except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
+        raise _decode_error(path, exc) from None
     if frames.shape[0] == 0:
         raise AudioError(f"{path}: audio is empty (0 samples)")
-    mono = to_mono(frames)
-    if not np.all(np.isfinite(mono)):
-        raise AudioError(f"{path}: audio contains NaN or Inf samples")
-    return resample(mono, int(rate), target_hz)
+    if (problem := sample_problem(frames)) is not None:
+        raise AudioError(f"{path}: {problem}")
+    return resample(to_mono(frames), int(rate), target_hz)
 
 
 def official_window(audio: FloatArray, window_samples: int = WINDOW_SAMPLES) -> FloatArray:

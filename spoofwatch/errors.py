@@ -12,7 +12,8 @@ so callers can catch one type. The CLI maps each child to an exit code::
     ├── DeviceError                 exit 5  no PortAudio, no input device, no CUDA
     ├── ProtocolError               exit 6  a client broke the streaming protocol
     ├── DatasetError                exit 7  missing files, malformed protocol lines
-    └── CalibrationError            exit 8  calibration made for another model, etc.
+    ├── CalibrationError            exit 8  calibration made for another model, etc.
+    └── NetworkError                exit 9  a server cannot be reached (refused, unresolvable, timeout)
 """
 
 from __future__ import annotations
@@ -99,3 +100,9 @@ class CalibrationError(SpoofwatchError):
     """A calibration cannot be computed or does not fit the model in use."""
 
     exit_code = 8
+
+
+class NetworkError(SpoofwatchError):
+    """A server could not be reached: connection refused, unknown host, timeout."""
+
+    exit_code = 9

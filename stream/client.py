@@ -12,9 +12,10 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.errors import CloseCode, InputError, NetworkError, ProtocolError
 
 from .codecs import encode
 from .sources.file import due_in_s
@@ -42,7 +43,38 @@ async def send_audio(
     token: str | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> SendResult:
-    """Stream 16 kHz mono audio to ``url``; returns every event and how the server closed."""
+    """Stream 16 kHz mono audio to ``url``; returns every event and how the server closed.
+
+    A connection that cannot be made raises one clear error: :class:`InputError`
+    for a URL that is not ``ws://``/``wss://``, :class:`ProtocolError` when the
+    server refuses the upgrade (401 wrong token, 404 path), :class:`NetworkError`
+    when nothing answers.
+    """
+    try:
+        return await _send_audio(audio, url, encoding, realtime, token, on_event)
+    except InvalidURI as exc:
+        raise InputError(f"expected a ws:// or wss:// URL, got {url!r} ({exc})") from None
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = exc.response.body.decode(errors="replace").strip().splitlines() if exc.response.body else []
+        detail = f": {body[0]}" if body else ""
+        raise ProtocolError(
+            f"{url}: server refused the connection with HTTP {status}{detail}", CloseCode.PROTOCOL_ERROR
+        ) from None
+    except InvalidHandshake as exc:
+        raise ProtocolError(f"{url}: WebSocket handshake failed: {exc}", CloseCode.PROTOCOL_ERROR) from None
+    except (OSError, TimeoutError) as exc:
+        raise NetworkError(f"{url}: cannot connect: {exc.strerror or exc}") from None
+
+
+async def _send_audio(
+    audio: npt.NDArray[np.float32],
+    url: str,
+    encoding: str,
+    realtime: bool,
+    token: str | None,
+    on_event: Callable[[dict[str, Any]], None] | None,
+) -> SendResult:
     result = SendResult()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     frame = SAMPLE_RATE_HZ * FRAME_MS // 1000

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from spoofwatch.audio import sample_problem
 from spoofwatch.errors import CloseCode, ProtocolError
 
 ENCODINGS = ("pcm_s16le", "f32le", "mulaw")
@@ -58,8 +59,9 @@ def decode(payload: bytes, encoding: str, channels: int) -> npt.NDArray[np.float
                 INVALID_PAYLOAD,
             )
         audio = np.frombuffer(payload, dtype="<f4").astype(np.float32)
-        if not np.all(np.isfinite(audio)):
-            raise ProtocolError("expected finite f32le samples, got NaN or Inf", INVALID_PAYLOAD)
+        # Before mixing: two huge finite channels would sum to Inf.
+        if (problem := sample_problem(audio)) is not None:
+            raise ProtocolError(f"f32le: {problem}", INVALID_PAYLOAD)
     elif encoding == "mulaw":
         if len(payload) % channels:
             raise ProtocolError(

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from spoofwatch.audio import sample_problem
 from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
 
@@ -89,8 +90,8 @@ def validate_chunk(chunk: object) -> npt.NDArray[np.float32]:
     if not isinstance(chunk, np.ndarray) or chunk.dtype != np.float32 or chunk.ndim != 1:
         got = f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
         raise InputError(f"expected a 1-D float32 numpy chunk at 16 kHz, got {got}")
-    if not np.all(np.isfinite(chunk)):
-        raise InputError("expected finite audio samples, got NaN or Inf")
+    if (problem := sample_problem(chunk)) is not None:  # the rule every input adapter applies first
+        raise InputError(problem)
     return chunk
 
 

@@ -18,8 +18,11 @@ Adapters may add ``stream`` identifiers (``stream_id``, ``callSid``, ``track``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+
+from spoofwatch.errors import ModelError
 
 # Why an alert ended (``alert_end.reason``). The first two come from the
 # policy; the others are how the stream itself ended.
@@ -88,3 +91,17 @@ class SummaryEvent(Event):
     scored_windows: int
     alerts: int
     dropped_windows: int
+
+
+def event_json(event: dict[str, Any]) -> str:
+    """The one place events become JSON text (sinks, WebSocket replies, CLI).
+
+    ``NaN`` and ``Inf`` are not JSON: rather than write a line no parser
+    accepts, this raises :class:`ModelError` naming the event.
+    """
+    try:
+        return json.dumps(event, allow_nan=False)
+    except ValueError as exc:
+        raise ModelError(
+            f"refusing to serialise a {event.get('type', '?')!r} event with a non-finite number: {exc}"
+        ) from None

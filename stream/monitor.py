@@ -5,6 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import numpy as np
+import numpy.typing as npt
+
+from spoofwatch.audio import sample_problem
+from spoofwatch.errors import AudioError
+
 from .driver import StreamDriver
 from .engine import Scorer, WindowScorer
 from .events import Event
@@ -39,7 +45,7 @@ def run_monitor(
             if chunk.size == 0:
                 stop.wait(POLL_S)
                 continue
-            events = driver.feed(chunk, scorer)
+            events = driver.feed(checked(chunk), scorer)
             if driver.engine.duration_s >= next_status_s:
                 events.append(capture_status(source, driver))
                 next_status_s += status_every_s
@@ -56,8 +62,15 @@ def close_monitor(
     resampler's tail, the closing events and a final ``status``."""
     if driver.finished:
         return []
-    events = driver.feed(source.ring.read(), scorer)
+    events = driver.feed(checked(source.ring.read()), scorer)
     return [*events, *driver.close(scorer), capture_status(source, driver)]
+
+
+def checked(chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The input rule every source applies (:func:`~spoofwatch.audio.sample_problem`)."""
+    if (problem := sample_problem(chunk)) is not None:
+        raise AudioError(f"microphone: {problem}")
+    return chunk
 
 
 def capture_status(source: MicrophoneSource, driver: StreamDriver) -> Event:

@@ -119,7 +119,8 @@ def parse_start(message: str | bytes) -> tuple[int, str, int]:
         raise ProtocolError(
             f"unknown encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}", CloseCode.UNSUPPORTED
         )
-    if channels not in (1, 2):
+    # bool is an int (True == 1) and 1.0 == 1: neither is a channel count.
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels not in (1, 2):
         raise ProtocolError(f"expected channels 1 or 2, got {channels!r}", CloseCode.UNSUPPORTED)
     return rate, str(encoding), int(channels)
 
@@ -190,12 +191,14 @@ class TwilioProtocol:
         if kind == "start" and not self.tracks:
             start = data.get("start") or {}
             _check_media_format(start)
+            stream_sid = data.get("streamSid") or start.get("streamSid")
+            if not isinstance(stream_sid, str) or not stream_sid:
+                raise ProtocolError(
+                    "expected a string streamSid in the start message", CloseCode.PROTOCOL_ERROR
+                )
             tracks = [t for t in (start.get("tracks") or ["inbound"]) if t in TWILIO_TRACKS] or ["inbound"]
             self.tracks = tuple(dict.fromkeys(tracks))
-            tags = {
-                "callSid": start.get("callSid"),
-                "streamSid": data.get("streamSid") or start.get("streamSid"),
-            }
+            tags = {"callSid": start.get("callSid"), "streamSid": stream_sid}
             return [StreamStart(t, TWILIO_RATE_HZ, {**tags, "track": t}) for t in self.tracks]
         if kind == "media":
             if not self.tracks:

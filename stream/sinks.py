@@ -1,30 +1,209 @@
-"""Event sinks: JSON lines to a file or stdout, and a readable terminal line."""
+"""Event sinks: JSON lines to a file, stdout or a webhook, and readable terminal lines.
+
+Every sink that does I/O sits behind a bounded queue drained by its own
+thread (:class:`QueuedSink`). ``submit`` never blocks: a consumer that is
+slow, stalled (a pipe nobody reads) or dead costs only its own events,
+which are counted as dropped, never the caller (the event loop, the
+microphone consumer). A write failure is logged once per sink; later ones
+are only counted. Events are serialised by the caller through
+:func:`spoofwatch.stream.events.event_json`, so a non-finite number fails
+loudly where it was produced instead of becoming an invalid line.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+import os
+import queue
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .events import event_json
 
-class JsonlSink:
-    """Appends one JSON object per line; safe to share between threads."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, target: Path | IO[str]) -> None:
-        self._own = isinstance(target, Path)
-        self._fh: IO[str] = target.open("a", encoding="utf-8") if isinstance(target, Path) else target
-        self._lock = threading.Lock()
+#: Events a sink may hold while its consumer is slow; more are dropped and counted.
+SINK_QUEUE_EVENTS = 1024
+#: Seconds ``close`` waits for a sink to write what it holds before giving up on it.
+SINK_CLOSE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class SinkCounters:
+    """What happened to the events submitted to one sink."""
+
+    #: Written (or POSTed) successfully.
+    written: int = 0
+    #: Never attempted: the queue was full (slow consumer) or the sink was dead or closed.
+    dropped: int = 0
+    #: Attempted and failed (write error, webhook timeout or error status).
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Stop:
+    """Queue sentinel: the writer thread ends when it sees this."""
+
+
+_STOP = _Stop()
+
+
+class QueuedSink:
+    """A line writer behind a bounded queue, drained by a daemon thread.
+
+    ``write_line`` runs on that thread only. It may block (a full pipe, a
+    webhook that never answers): the queue then fills and further lines are
+    dropped and counted. A ``BrokenPipeError`` (the reader went away) kills
+    the sink: nothing more is attempted, everything later counts as dropped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        write_line: Callable[[str], None],
+        close: Callable[[], None] | None = None,
+        max_queue_events: int = SINK_QUEUE_EVENTS,
+    ) -> None:
+        if max_queue_events < 1:
+            raise ValueError(f"max_queue_events: expected >= 1, got {max_queue_events}")
+        self.name = name
+        self.counters = SinkCounters()
+        self._write_line = write_line
+        self._close = close
+        self._queue: queue.Queue[str | _Stop] = queue.Queue(max_queue_events)
+        self._dead = False
+        self._closed = False
+        self._drop_logged = False
+        self._thread = threading.Thread(target=self._drain, name=f"sink-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, event: dict[str, Any]) -> None:
+        """Queue one event (serialised here, on the caller's thread); never blocks."""
+        self.submit_line(event_json(event))
+
+    def submit_line(self, line: str) -> None:
+        if self._dead or self._closed:
+            self.counters.dropped += 1
+            return
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self.counters.dropped += 1
+            if not self._drop_logged:
+                self._drop_logged = True
+                log.warning(
+                    "%s sink is not keeping up (%d events queued): dropping its events; "
+                    "further drops are counted, not logged",
+                    self.name,
+                    self._queue.maxsize,
+                )
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _Stop):
+                return
+            if self._dead:
+                self.counters.dropped += 1
+                continue
+            try:
+                self._write_line(item)
+            except Exception as exc:  # any failure of the consumer; the caller never sees it
+                self.counters.failed += 1
+                if isinstance(exc, BrokenPipeError):
+                    self._dead = True
+                    log.warning(
+                        "%s sink: reader went away (%s); its events are dropped from now on", self.name, exc
+                    )
+                elif self.counters.failed == 1:
+                    log.warning(
+                        "%s sink failed: %s; further failures are counted, not logged", self.name, exc
+                    )
+            else:
+                self.counters.written += 1
+
+    def close(self, timeout_s: float = SINK_CLOSE_TIMEOUT_S) -> None:
+        """Write what is queued, waiting at most ``timeout_s`` for a stalled consumer."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        stop_queued = False
+        try:
+            self._queue.put(_STOP, timeout=timeout_s)
+            stop_queued = True
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            pass
+        if self._thread.is_alive():
+            left = self._queue.qsize() - stop_queued
+            self.counters.dropped += left
+            log.warning("%s sink stalled: gave up on %d queued events at shutdown", self.name, left)
+        if self._close is not None and not self._thread.is_alive():
+            try:
+                self._close()
+            except OSError as exc:
+                log.warning("%s sink: closing failed: %s", self.name, exc)
+        log.info("%s sink: %s", self.name, ", ".join(f"{k} {v}" for k, v in self.counters.as_dict().items()))
+
+
+def file_writer(path: Path) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """Append lines to ``path`` (opened now, so a bad path fails at start-up)."""
+    fh = path.open("a", encoding="utf-8")
+
+    def write(line: str) -> None:
+        fh.write(line + "\n")
+        fh.flush()
+
+    return write, fh.close
+
+
+def stream_writer(stream: IO[str]) -> Callable[[str], None]:
+    """Write lines to a text stream such as ``sys.stdout``.
+
+    When the stream has a file descriptor the lines go straight to it with
+    ``os.write``: a stalled reader then blocks only the sink's thread, and
+    the stream's own buffer (flushed at interpreter exit) stays empty.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd < 0:
+
+        def write_text(line: str) -> None:
+            stream.write(line + "\n")
+            stream.flush()
+
+        return write_text
+    stream.flush()
+
+    def write_fd(line: str) -> None:
+        data = memoryview((line + "\n").encode())
+        while data:
+            data = data[os.write(fd, data) :]
+
+    return write_fd
+
+
+class JsonlSink(QueuedSink):
+    """Appends one JSON object per line to a file or a text stream; thread-safe, never blocks."""
+
+    def __init__(self, target: Path | IO[str], max_queue_events: int = SINK_QUEUE_EVENTS) -> None:
+        if isinstance(target, Path):
+            write, close = file_writer(target)
+            super().__init__(f"jsonl {target}", write, close, max_queue_events)
+        else:
+            super().__init__(getattr(target, "name", "stream"), stream_writer(target), None, max_queue_events)
 
     def write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(", ", ": ")) + "\n"
-        with self._lock:
-            self._fh.write(line)
-            self._fh.flush()
-
-    def close(self) -> None:
-        if self._own:
-            self._fh.close()
+        self.submit(event)
 
 
 def _num(value: float | None) -> str:

@@ -9,7 +9,7 @@ gets one window on ``flush()``: the audio it has, repeated to full length
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,3 +118,43 @@ def iter_windows(
     """
     for start in window_starts(audio.size, hop_samples, window_samples):
         yield start, official_window(audio[start:], window_samples)
+
+
+def stream_windows(
+    chunks: Iterable[npt.NDArray[np.float32]], hop_samples: int, window_samples: int = WINDOW_SAMPLES
+) -> Iterator[tuple[int, int, npt.NDArray[np.float32]]]:
+    """``(start, end, window)`` over audio arriving in chunks, exactly the
+    windows :func:`window_starts` gives for the whole signal, holding at most
+    about one window plus a hop plus a chunk in memory.
+
+    ``end`` is where the window's real audio stops (a clip shorter than one
+    window is padded by repetition, the official convention).
+    """
+    if hop_samples < 1:
+        raise InputError(f"expected a hop of at least one sample, got {hop_samples}")
+    buf = np.zeros(0, dtype=np.float32)
+    buf_start = 0  # stream offset of buf[0]
+    n = 0  # samples received
+    next_start = 0
+    last_start = -1
+    for chunk in chunks:
+        buf = np.concatenate([buf, chunk.astype(np.float32, copy=False)])
+        n += chunk.size
+        while next_start + window_samples <= n:
+            lo = next_start - buf_start
+            yield next_start, next_start + window_samples, buf[lo : lo + window_samples].copy()
+            last_start = next_start
+            next_start += hop_samples
+        # Keep what a later window may need: from the next start, and the
+        # final window's worth for the tail window that ends at the last sample.
+        keep_from = max(0, min(next_start, n - window_samples))
+        if keep_from > buf_start:
+            buf = buf[keep_from - buf_start :].copy()
+            buf_start = keep_from
+    if n == 0:
+        raise InputError("expected a non-empty waveform, got 0 samples")
+    if n <= window_samples:
+        if last_start < 0:  # n == window_samples already yielded its window
+            yield 0, n, official_window(buf, window_samples)
+    elif last_start + window_samples < n:
+        yield n - window_samples, n, buf[buf.size - window_samples :].copy()

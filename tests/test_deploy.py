@@ -19,7 +19,7 @@ from spoofwatch.commands.server_cmds import TOKEN_ENV
 from spoofwatch.stream.server import health
 from spoofwatch.stream.server.context import ServerConfig
 from spoofwatch.stream.server.metrics import ACTIVE_STREAMS
-from spoofwatch.stream.server.workers import DRAIN_TIMEOUT_S, validate_workers
+from spoofwatch.stream.server.workers import DRAIN_MARGIN_S, validate_workers
 
 K8S = REPO_ROOT / "deploy" / "kubernetes"
 PORT = ServerConfig().port
@@ -70,7 +70,7 @@ def test_deployment_runs_a_valid_serve_command_on_the_server_port(docs: dict[str
     token = next(e for e in c["env"] if e["name"] == TOKEN_ENV)
     assert token["valueFrom"]["secretKeyRef"]["name"] == "spoofwatch-token"
     grace = docs["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > DRAIN_TIMEOUT_S  # Kubernetes waits for the drain before SIGKILL
+    assert grace > args.shutdown_grace_s + DRAIN_MARGIN_S  # Kubernetes waits for the drain before SIGKILL
 
 
 def test_probes_use_the_real_routes(docs: dict[str, dict[str, Any]]) -> None:

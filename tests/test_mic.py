@@ -4,7 +4,6 @@ runs on its own thread with real audio (this machine has no sound card)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,28 +32,34 @@ class _Status:
 
 
 class FakeInputStream:
-    """Stands in for sounddevice.InputStream: calls back from a thread at ``speed`` x real time."""
+    """Stands in for sounddevice.InputStream: calls back from its own thread.
 
-    def __init__(self, audio: np.ndarray, speed: float, **kwargs: Any) -> None:
+    It delivers ``block`` frames per callback in lockstep with the consumer
+    (the next block only after the consumer has processed the previous one,
+    signalled through ``consumed``), so what the monitor sees per read does
+    not depend on the machine's speed.
+    """
+
+    def __init__(self, audio: np.ndarray, block: int, consumed: threading.Semaphore, **kwargs: Any) -> None:
         assert kwargs["channels"] == 1 and kwargs["dtype"] == "float32"
         self.rate = kwargs["samplerate"]
         self.callback = kwargs["callback"]
         self.audio = audio
-        self.speed = speed
+        self.block = block
+        self.consumed = consumed
         self.finished = threading.Event()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:
-        start = time.monotonic()
-        for i, pos in enumerate(range(0, self.audio.size - BLOCK + 1, BLOCK)):
+        for i, pos in enumerate(range(0, self.audio.size - self.block + 1, self.block)):
             if self._halt.is_set():
                 break
-            due = start + pos / self.rate / self.speed
-            if (delay := due - time.monotonic()) > 0:
-                time.sleep(delay)
-            block = self.audio[pos : pos + BLOCK].reshape(-1, 1)
-            self.callback(block, BLOCK, None, _Status(overflow=i == 100))
+            block = self.audio[pos : pos + self.block].reshape(-1, 1)
+            self.callback(block, self.block, None, _Status(overflow=i == 3))
+            while not self.consumed.acquire(timeout=0.5):
+                if self._halt.is_set():
+                    return
         self.finished.set()
 
     def start(self) -> None:
@@ -68,37 +73,48 @@ class FakeInputStream:
         pass
 
 
-def test_monitor_with_injected_stream(
-    sw_home: Path, spoof_stream: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
-) -> None:
-    audio48 = resample(spoof_stream, 16000, NATIVE_HZ)
+def _run_monitor(
+    audio48: np.ndarray, block: int, make_engine: Callable[[], Any], scorer: Any
+) -> tuple[MicrophoneSource, list[dict[str, Any]]]:
+    consumed = threading.Semaphore(0)
+    opened = threading.Event()
     streams: list[FakeInputStream] = []
 
     def factory(**kwargs: Any) -> FakeInputStream:
-        streams.append(FakeInputStream(audio48, speed=2.0, **kwargs))
+        streams.append(FakeInputStream(audio48, block, consumed, **kwargs))
+        opened.set()
         return streams[-1]
 
+    def on_events(events: list[Event]) -> None:
+        seen.extend(events)
+        consumed.release()  # called once per chunk processed: the fake may deliver the next block
+
     source = MicrophoneSource(NATIVE_HZ, device=None, stream_factory=factory)
-    engine = make_engine()
-    driver = StreamDriver(engine, NATIVE_HZ, drop_stale=True)
+    driver = StreamDriver(make_engine(), NATIVE_HZ, drop_stale=True)
     seen: list[Event] = []
     stop = threading.Event()
     result: list[Event] = []
     consumer = threading.Thread(
-        target=lambda: result.extend(
-            run_monitor(source, driver, scorer, seen.extend, stop, status_every_s=5.0)
-        )
+        target=lambda: result.extend(run_monitor(source, driver, scorer, on_events, stop, status_every_s=5.0))
     )
     consumer.start()
-    deadline = time.monotonic() + 60
-    while not streams and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert streams[0].finished.wait(timeout=60)
+    assert opened.wait(timeout=60)
+    assert streams[0].finished.wait(timeout=600)
     stop.set()
-    consumer.join(timeout=60)
+    consumer.join(timeout=600)
     assert not consumer.is_alive()
+    return source, [e.to_json() for e in [*seen, *result]]
 
-    events = [e.to_json() for e in [*seen, *result]]
+
+@pytest.fixture()
+def audio48(spoof_stream: np.ndarray) -> np.ndarray:
+    return resample(spoof_stream, 16000, NATIVE_HZ)
+
+
+def test_monitor_with_injected_stream(
+    sw_home: Path, audio48: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
+) -> None:
+    source, events = _run_monitor(audio48, BLOCK, make_engine, scorer)
     assert source.input_overflows == 1
     assert source.ring.overruns == 0
     starts = [e for e in events if e["type"] == "alert_start"]
@@ -110,8 +126,22 @@ def test_monitor_with_injected_stream(
     summary = events[-2]
     assert summary["type"] == "summary"
     assert summary["duration_s"] == pytest.approx(16.0, abs=0.02)
-    # At 2x real time scoring keeps up: every window arrives, none is dropped.
+    # 10 ms per read never holds two windows: none is stale, none is dropped.
     assert summary["windows"] == 24 and summary["dropped_windows"] == 0
+
+
+def test_monitor_drops_stale_windows_when_audio_arrives_in_bursts(
+    sw_home: Path, audio48: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
+) -> None:
+    """A consumer that fell behind reads 2 s at once (four hops): it scores
+    only the freshest window of each read and counts the others as dropped."""
+    _, events = _run_monitor(audio48, 2 * NATIVE_HZ, make_engine, scorer)
+    scores = [e for e in events if e["type"] == "score"]
+    summary = events[-2]
+    assert summary["type"] == "summary" and summary["windows"] == 24
+    assert summary["dropped_windows"] >= 12  # at least 3 of each 4 windows of a full read
+    assert len(scores) == summary["windows"] - summary["dropped_windows"]
+    assert events[-1]["type"] == "status" and events[-1]["dropped_windows"] == summary["dropped_windows"]
 
 
 def test_missing_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,7 +34,9 @@ async def running(
     scorer: Any, vad: Any, token: str | None = None
 ) -> AsyncIterator[tuple[str, ServerContext]]:
     config = ServerConfig(host="127.0.0.1", port=0, token=token)
-    ctx = ServerContext(config, BatchScorer(scorer), load_calibration(model="aasist-l").live, vad, ServerSinks())
+    ctx = ServerContext(
+        config, BatchScorer(scorer), load_calibration(model="aasist-l").live, vad, ServerSinks()
+    )
     try:
         async with anyio.create_task_group() as tg:
             port = await tg.start(WebSocketServer(ctx).run)

@@ -224,8 +224,12 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         assert result.close_code == 1000 and result.events[-1]["type"] == "summary"
         assert result.events[-1]["scored_windows"] > 0
         assert worker_pid(result.events[-1]["stream_id"]) in set(pids.values()) - set(old.values())
-        _, _, body = await http_get(port, health.READYZ)
-        assert json.loads(body)["active_streams"] == 0
+        # The client has the close frame before the worker's handler returns and
+        # frees the slot (how much before depends on the machine's load): wait
+        # for the release, bounded, rather than race it.
+        with anyio.fail_after(60):
+            while json.loads((await http_get(port, health.READYZ))[2])["active_streams"] != 0:  # noqa: ASYNC110 - another process
+                await anyio.sleep(0.05)
         await first.close()
         await second.close()
 

@@ -110,3 +110,11 @@ def incremental_reason(
     if is_card_reference(model) or window_samples != WINDOW_SAMPLES:
         return f"model card {model}: the incremental encoder covers the built-in AASIST models only"
     return incremental_unavailable(model, hop_samples)
+
+
+def print_event(obj: dict[str, Any]) -> None:
+    """An event or result as one JSON line; NaN or Inf raise instead of printing invalid JSON."""
+    from spoofwatch.stream.events import event_json
+
+    sys.stdout.write(event_json(obj) + "\n")
+    sys.stdout.flush()

@@ -11,7 +11,7 @@ from typing import Any
 from spoofwatch.constants import MODEL_NAMES
 from spoofwatch.errors import AudioError
 
-from .common import add_model_args, add_precision_arg, print_json
+from .common import add_model_args, add_precision_arg, print_event
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             failed += 1
             sys.stderr.write(f"spoofwatch score: {exc}\n")
             if args.json:
-                print_json({"file": str(path), "error": str(exc)})
+                print_event({"file": str(path), "error": str(exc)})
             continue
         if args.json:
-            print_json(result.to_json())
+            print_event(result.to_json())
         else:
             _print_table(result)
         if args.plot:

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, add_scoring_args, incremental_reason, load_live_scoring, print_json
+from .common import (
+    add_model_args,
+    add_scoring_args,
+    incremental_reason,
+    load_live_scoring,
+    print_event,
+)
 
 if TYPE_CHECKING:
     from spoofwatch.stream.engine import LiveConfig
@@ -45,6 +51,24 @@ def register(sub: Any) -> None:
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     serve.add_argument("--max-stream-duration-s", type=float, default=d.max_stream_duration_s)
+    serve.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=d.shutdown_grace_s,
+        help="on SIGTERM/SIGINT, seconds to let streams flush before cutting them",
+    )
+    serve.add_argument(
+        "--sink-queue-events",
+        type=int,
+        default=d.sink_queue_events,
+        help="events each of --jsonl/--stdout/--webhook may hold while its consumer is slow; "
+        "beyond that they are dropped and counted",
+    )
+    serve.add_argument(
+        "--keep-live-windows",
+        action="store_true",
+        help="score every window of live streams instead of dropping stale ones (scores may then lag)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -83,6 +107,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,
+        shutdown_grace_s=args.shutdown_grace_s,
+        sink_queue_events=args.sink_queue_events,
+        keep_live_windows=args.keep_live_windows,
     )
     if args.no_load_shedding:
         config = dataclasses.replace(config, shedding=None)
@@ -156,7 +183,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     audio = read_audio(args.file)
     result = anyio.run(
-        lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_json)
+        lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_event)
     )
     if result.close_code != CloseCode.NORMAL:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from spoofwatch.stream.events import Event
 
-from .common import add_model_args, add_scoring_args, load_live_scoring, print_json
+from .common import add_model_args, add_scoring_args, load_live_scoring, print_event
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -98,7 +98,7 @@ def _emit(events: list[Event], as_json: bool) -> None:
     for event in events:
         data = event.to_json()
         if as_json:
-            print_json(data)
+            print_event(data)
         else:
             sys.stdout.write(format_event(data) + "\n")
 

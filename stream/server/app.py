@@ -28,8 +28,9 @@ from websockets.http11 import Request, Response
 from spoofwatch.errors import CloseCode, ProtocolError
 
 from . import health
-from .connection import ROUTES, first_leaf
+from .connection import ABORT_GRACE_S, ROUTES, first_leaf
 from .context import ServerConfig, ServerContext
+from .drain import GOING_AWAY, SHUTDOWN_REASON
 from .static import page_response, page_url
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class WebSocketServer:
         self._shutdown = anyio.Event()
 
     def request_shutdown(self) -> None:
-        """Stop accepting, close every connection (1001), then return from ``run``."""
+        """Drain (see :mod:`.drain`), then return from ``run``. Idempotent; the
+        one shutdown path of a single-process server and of every worker."""
         self.ctx.shutting_down = True
         self._shutdown.set()
 
@@ -72,6 +74,12 @@ class WebSocketServer:
             given = _token_from(request)
             if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
                 self.ctx.metrics.refused.labels("401", "token").inc()
+                log.warning(
+                    "refused %s from %s: %s token",
+                    path,
+                    _peer(connection),
+                    "no" if given is None else "wrong",
+                )
                 return connection.respond(
                     HTTPStatus.UNAUTHORIZED,
                     "missing or wrong token: send 'Authorization: Bearer T' or ?token=T\n",
@@ -116,6 +124,7 @@ class WebSocketServer:
             ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own(), ctx.slots.total()) is not None)
             ctx.metrics.score_lag.set(ctx.load.recent_lag_s())
             ctx.metrics.capacity_streams.set(ctx.load.capacity_share())
+            ctx.metrics.observe_sinks(ctx.sinks.stats())
             if ctx.stats.journal is not None:
                 ctx.stats.journal.flush()
             await anyio.sleep(LOAD_REFRESH_S)
@@ -126,12 +135,21 @@ class WebSocketServer:
         elif isinstance(exc, TimeoutError):
             await self._close(ws, CloseCode.GOING_AWAY, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
-            log.info("client went away")
+            if exc.sent is not None and "keepalive" in exc.sent.reason:
+                log.info(
+                    "dropped %s: no pong within %g s (keepalive ping timeout)",
+                    _peer(ws),
+                    self.ctx.config.ping_timeout_s,
+                )
+            else:
+                log.info("client went away")
         else:
             log.error("stream handler failed", exc_info=exc)
             await self._close(ws, CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
+        if self.ctx.drain.started:
+            code, reason = GOING_AWAY, SHUTDOWN_REASON
         log.info("closing stream with %d: %s", code, reason)
         # A close reason must fit in a control frame (123 bytes).
         await ws.close(code, reason.encode()[:123].decode(errors="ignore"))
@@ -156,7 +174,10 @@ class WebSocketServer:
                 self._handle,
                 max_size=config.max_message_bytes,
                 process_request=self._check_request,
-                ping_interval=20,
+                max_queue=config.max_queue_messages,
+                write_limit=config.write_limit_bytes,
+                ping_interval=config.ping_interval_s,
+                ping_timeout=config.ping_timeout_s,
                 **where,
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])
@@ -166,5 +187,30 @@ class WebSocketServer:
                 log.info("browser page at %s%s", page_url(config.host, port), hint)
                 task_status.started(port)
                 await self._shutdown.wait()
-                log.info("shutting down: closing %d streams", self.ctx.active_streams)
+                await self._drain(server)
             tg.cancel_scope.cancel()
+
+    async def _drain(self, server: Any) -> None:
+        """Stop accepting, end every stream as if it sent stop, wait (bounded), cut the rest."""
+        server.close(close_connections=False)
+        log.info("shutting down: draining %d stream(s)", self.ctx.active_streams)
+        self.ctx.drain.begin()
+        grace = self.ctx.config.shutdown_grace_s
+        with anyio.move_on_after(grace) as scope:
+            await server.wait_closed()
+        if scope.cancelled_caught:
+            stuck = list(server.connections)
+            log.warning("%d stream(s) still open after %g s: cutting them", len(stuck), grace)
+            for conn in stuck:
+                conn.transport.abort()
+            # Their handlers end the sessions (reason shutdown), bounded by ABORT_GRACE_S.
+            with anyio.move_on_after(ABORT_GRACE_S):
+                await server.wait_closed()
+
+
+def _peer(connection: ServerConnection) -> str:
+    try:
+        host, port = connection.remote_address[:2]
+    except (TypeError, ValueError):
+        return "unknown peer"
+    return f"{host}:{port}"

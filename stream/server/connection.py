@@ -13,7 +13,6 @@ connection with the error's close code.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,9 +22,10 @@ from websockets.exceptions import ConnectionClosed
 
 from spoofwatch.errors import CloseCode, ProtocolError
 
-from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHUTDOWN
+from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHUTDOWN, event_json
 from ..protocol import AudioIn, NativeProtocol, StreamStart, StreamStop, TwilioProtocol, WireProtocol
 from .context import ServerContext
+from .drain import GOING_AWAY, SHUTDOWN_REASON
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
@@ -59,23 +59,37 @@ def end_reason(exc: BaseException) -> str:
 async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol) -> None:
     """Serve one connection: read, parse, route to sessions, end each stream once."""
     sessions: dict[str, StreamSession] = {}
+    # The connection already holds one of --max-streams; each further track
+    # (a Twilio call with both tracks) claims another and is released here.
+    extra_streams = 0
 
     async def emit(event: dict[str, Any]) -> None:
         await ctx.sinks.emit(event)
         if protocol.replies:
             try:
-                await ws.send(json.dumps(event))
+                await ws.send(event_json(event))
             except ConnectionClosed:
                 # The reader notices too and ends the stream; the sinks have the event.
                 log.debug("client gone; event kept in the sinks only")
+            except OSError as exc:  # a transport error other than a close: same, but say so
+                log.warning("could not send a %s event to the client: %s", event.get("type"), exc)
 
     try:
         async with anyio.create_task_group() as tg:
             stopped = False
             while not stopped:
                 with anyio.fail_after(ctx.config.idle_timeout_s):
-                    message = await ws.recv()
-                for event in protocol.receive(message):
+                    message = await ctx.drain.recv(ws)
+                if message is None:  # a shutdown drain: end as if the client sent stop
+                    break
+                events = protocol.receive(message)
+                # Claim every further track before any of them starts, so a
+                # refused call (1013) starts no stream at all.
+                starts = sum(isinstance(e, StreamStart) for e in events)
+                for _ in range(starts - (0 if sessions else min(starts, 1))):
+                    ctx.claim_extra_stream()
+                    extra_streams += 1
+                for event in events:
                     if isinstance(event, StreamStart):
                         tags = {"stream_id": ctx.new_stream_id()} if protocol.replies else {}
                         session = StreamSession(
@@ -96,12 +110,20 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                 session.close_input()
     except BaseException as exc:
         reason = end_reason(exc)
-        if reason == DISCONNECT and ctx.shutting_down:  # closed by a worker's drain (issue 11)
+        if reason == DISCONNECT and ctx.shutting_down:  # cut after the drain's grace
             reason = SHUTDOWN
         with anyio.move_on_after(ABORT_GRACE_S, shield=True):
             for session in sessions.values():
                 await session.abort(reason)
         raise
+    finally:
+        for _ in range(extra_streams):
+            ctx.release_extra_stream()
+    if ctx.drain.started:
+        for session in sessions.values():
+            await session.finish(SHUTDOWN)
+        await ws.close(GOING_AWAY, SHUTDOWN_REASON)
+        return
     for session in sessions.values():
         await session.finish(END_OF_STREAM)
     await ws.close(CloseCode.NORMAL, "stream complete")

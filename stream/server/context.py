@@ -8,12 +8,14 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from spoofwatch.errors import ConfigError
+from spoofwatch.errors import CloseCode, ConfigError, ProtocolError
 
 from ..driver import StreamDriver
 from ..engine import Engine, LiveConfig, build_engine
 from ..gate import SileroVad
+from ..sinks import SINK_QUEUE_EVENTS
 from .batcher import BatchScorer
+from .drain import Drain
 from .journal import AlertJournal
 from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedScorer
 from .metrics import ServerMetrics, StreamStats
@@ -36,6 +38,24 @@ class ServerConfig:
     max_stream_duration_s: float = 4 * 3600.0
     #: Windows scored per ONNX Runtime call at most.
     max_batch_windows: int = 16
+    #: Received messages websockets buffers per connection before it stops
+    #: reading the socket; with ``max_message_bytes`` it bounds a connection's
+    #: receive memory (TCP then pushes back on the client).
+    max_queue_messages: int = 4
+    #: Bytes of outgoing events buffered per connection before sending waits
+    #: (a client that never reads then stalls only its own stream).
+    write_limit_bytes: int = 1 << 15
+    #: Seconds between keepalive pings, and to wait for the pong before dropping the client.
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    #: Seconds a shutdown drain (SIGTERM/SIGINT) lets streams flush before cutting them.
+    shutdown_grace_s: float = 10.0
+    #: Events each sink (--jsonl/--stdout/--webhook) may hold while its consumer is slow.
+    sink_queue_events: int = SINK_QUEUE_EVENTS
+    #: Score every window of live streams too (never drop stale ones): scores
+    #: then lag behind on a slow machine instead of skipping ahead. For tests
+    #: and offline checks whose outcome must not depend on the machine's speed.
+    keep_live_windows: bool = False
     #: When a worker counts as overloaded (new streams then get 1013); ``None``: never.
     shedding: SheddingConfig | None = field(default_factory=SheddingConfig)
 
@@ -51,6 +71,12 @@ class ServerConfig:
             ("idle_timeout_s", 0 < self.idle_timeout_s < math.inf, "a finite number > 0"),
             ("max_stream_duration_s", 0 < self.max_stream_duration_s < math.inf, "a finite number > 0"),
             ("max_batch_windows", self.max_batch_windows >= 1, ">= 1"),
+            ("max_queue_messages", self.max_queue_messages >= 1, ">= 1"),
+            ("write_limit_bytes", self.write_limit_bytes >= 1024, ">= 1024"),
+            ("ping_interval_s", 0 < self.ping_interval_s < math.inf, "a finite number > 0"),
+            ("ping_timeout_s", 0 < self.ping_timeout_s < math.inf, "a finite number > 0"),
+            ("shutdown_grace_s", 0 < self.shutdown_grace_s < math.inf, "a finite number > 0"),
+            ("sink_queue_events", self.sink_queue_events >= 1, ">= 1"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -102,6 +128,8 @@ class ServerContext:
         self.stream_id_prefix = stream_id_prefix
         #: Set by ``WebSocketServer.request_shutdown``: a stream closed now ends for ``shutdown``.
         self.shutting_down = False
+        #: The one shutdown drain (single process or worker): see :mod:`.drain`.
+        self.drain = Drain()
 
     def new_stream_id(self) -> str:
         return f"{self.stream_id_prefix}s{next(self._ids)}"
@@ -109,7 +137,30 @@ class ServerContext:
     def new_engine(self) -> Engine:
         return build_engine(self.live, self.vad)
 
+    #: Wall clock (monotonic seconds) that tells a live stream from an upload;
+    #: tests replace it to make that decision independent of the machine's speed.
+    clock = staticmethod(time.monotonic)
+
     def new_driver(self, rate_hz: int) -> StreamDriver:
         """A live stream's driver: stale windows dropped unless the client sends
-        faster than real time (by the wall clock)."""
-        return StreamDriver(self.new_engine(), rate_hz, drop_stale=True, clock=time.monotonic)
+        faster than real time (by :attr:`clock`), or ``keep_live_windows`` is set."""
+        return StreamDriver(
+            self.new_engine(), rate_hz, drop_stale=not self.config.keep_live_windows, clock=self.clock
+        )
+
+    def claim_extra_stream(self) -> None:
+        """Count one more stream for a connection that already holds one (a
+        Twilio call's second track), against ``max_streams`` like a new
+        connection; refused with 1013."""
+        if not self.slots.try_acquire():
+            raise ProtocolError(
+                f"server at capacity ({self.config.max_streams} streams): cannot add another track",
+                CloseCode.TRY_AGAIN_LATER,
+            )
+        self.active_streams += 1
+        self.metrics.active_streams.inc()
+
+    def release_extra_stream(self) -> None:
+        self.active_streams -= 1
+        self.metrics.active_streams.dec()
+        self.slots.release()

@@ -72,6 +72,13 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.sink_events = Counter(
+            "spoofwatch_sink_events",
+            "Events per sink kind (jsonl, stdout, webhook) by outcome: written, dropped (queue full), failed",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self._sink_totals: dict[tuple[str, str], int] = {}
         self.score_lag = Gauge(
             "spoofwatch_score_lag_seconds",
             "Recent score lag (quantile) of the most loaded worker",
@@ -92,6 +99,17 @@ class ServerMetrics:
         self.provider.labels(provider).set(1)
         self.max_streams.set(max_streams)
         self.workers.set(1)
+
+    def observe_sinks(self, stats: dict[str, dict[str, int]]) -> None:
+        """Add what ``ServerSinks.stats()`` counted since the last call to ``sink_events``."""
+        for name, counters in stats.items():
+            kind = name.split(" ", 1)[0]  # "jsonl PATH", "webhook URL": no paths or URLs in labels
+            for outcome, total in counters.items():
+                key = (name, outcome)
+                delta = total - self._sink_totals.get(key, 0)
+                if delta > 0:
+                    self.sink_events.labels(kind, outcome).inc(delta)
+                    self._sink_totals[key] = total
 
     def exposition(self) -> bytes:
         """The Prometheus text page: this process, or every worker in multi-process mode."""

@@ -1,54 +1,99 @@
-"""Server-side event sinks: JSON lines, stdout, and an alert webhook."""
+"""Server-side event sinks: JSON lines, stdout, and an alert webhook.
+
+Each is a :class:`~spoofwatch.stream.sinks.QueuedSink`: its own bounded
+queue and thread, so a stalled ``--stdout`` reader, a full disk or a webhook
+that never answers costs only that sink's events (counted in
+:meth:`ServerSinks.stats`), never the event loop or a stream's scoring.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from ..sinks import JsonlSink
+from ..events import event_json
+from ..sinks import SINK_CLOSE_TIMEOUT_S, SINK_QUEUE_EVENTS, JsonlSink, QueuedSink
 
 log = logging.getLogger(__name__)
 ALERT_TYPES = ("alert_start", "alert_end")
+#: Seconds one webhook POST may take (on the webhook's own thread).
+WEBHOOK_TIMEOUT_S = 5.0
+
+
+def webhook_poster(url: str, timeout_s: float = WEBHOOK_TIMEOUT_S) -> Callable[[str], None]:
+    def post(line: str) -> None:
+        request = urllib.request.Request(
+            url, data=line.encode(), headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            response.read()
+
+    return post
 
 
 class ServerSinks:
     """Where the server logs events: every event to ``--jsonl`` (and stdout
     when asked), alerts also POSTed as JSON to ``--webhook``."""
 
-    def __init__(self, jsonl: Path | None = None, stdout: bool = False, webhook: str | None = None) -> None:
-        self._jsonl = JsonlSink(jsonl) if jsonl else None
-        self._stdout = JsonlSink(sys.stdout) if stdout else None
+    def __init__(
+        self,
+        jsonl: Path | None = None,
+        stdout: bool = False,
+        webhook: str | None = None,
+        max_queue_events: int = SINK_QUEUE_EVENTS,
+        webhook_timeout_s: float = WEBHOOK_TIMEOUT_S,
+        webhook_queue_events: int | None = None,
+    ) -> None:
         self.webhook = webhook
-        self.webhook_failures = 0
+        self._all: list[QueuedSink] = []
+        if jsonl:
+            self._all.append(JsonlSink(jsonl, max_queue_events))
+        if stdout:
+            self._all.append(JsonlSink(sys.stdout, max_queue_events))
+        self._webhook = (
+            QueuedSink(
+                f"webhook {webhook}",
+                webhook_poster(webhook, webhook_timeout_s),
+                None,
+                webhook_queue_events or max_queue_events,
+            )
+            if webhook
+            else None
+        )
+
+    @property
+    def sinks(self) -> list[QueuedSink]:
+        return self._all + ([self._webhook] if self._webhook else [])
+
+    def submit(self, event: dict[str, Any]) -> None:
+        """Queue ``event`` in every sink; never blocks, never raises for a sink's failure."""
+        line = event_json(event)
+        for sink in self._all:
+            sink.submit_line(line)
+        if self._webhook is not None and event.get("type") in ALERT_TYPES:
+            self._webhook.submit_line(line)
 
     async def emit(self, event: dict[str, Any]) -> None:
-        for sink in (self._jsonl, self._stdout):
-            if sink is not None:
-                sink.write(event)
-        if self.webhook and event.get("type") in ALERT_TYPES:
-            await anyio.to_thread.run_sync(self._post, event)
+        """Async spelling of :meth:`submit` for stream handlers (it does not wait for I/O)."""
+        self.submit(event)
 
-    def _post(self, event: dict[str, Any]) -> None:
-        assert self.webhook is not None
-        request = urllib.request.Request(
-            self.webhook,
-            data=json.dumps(event).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                response.read()
-        except OSError as exc:  # a dead webhook never breaks a stream
-            self.webhook_failures += 1
-            log.warning("webhook %s failed: %s", self.webhook, exc)
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per-sink counters (written, dropped, failed), for ``status`` events and metrics."""
+        return {sink.name: sink.counters.as_dict() for sink in self.sinks}
 
-    def close(self) -> None:
-        if self._jsonl:
-            self._jsonl.close()
+    @property
+    def dropped(self) -> int:
+        return sum(sink.counters.dropped for sink in self.sinks)
+
+    @property
+    def webhook_failures(self) -> int:
+        return self._webhook.counters.failed if self._webhook else 0
+
+    def close(self, timeout_s: float = SINK_CLOSE_TIMEOUT_S) -> None:
+        """Flush every sink (a stalled one is given up on after ``timeout_s``)."""
+        for sink in self.sinks:
+            sink.close(timeout_s)

@@ -17,8 +17,10 @@ The supervisor restarts a worker that dies (and logs it); one that dies before
 it ever became ready is retried with a growing delay and, after
 ``MAX_EARLY_DEATHS`` in a row, the server stops with an error (a bad model,
 device or calibration would otherwise restart forever). SIGTERM or Ctrl-C:
-every worker gets SIGTERM, closes its streams (1001) and exits; after
-``DRAIN_TIMEOUT_S`` the stragglers are killed.
+every worker gets SIGTERM and drains (``WebSocketServer.request_shutdown``,
+:mod:`.drain`: queued windows scored, alerts ended with reason ``shutdown``,
+summaries sent, 1001 "server shutting down") and exits; after
+``--shutdown-grace-s`` plus ``DRAIN_MARGIN_S`` the stragglers are killed.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ MAX_WORKERS_PER_CPU = 4
 MAX_EARLY_DEATHS = 5
 #: Restart delay (s) after the first early death; doubles with each further one.
 RESTART_BACKOFF_S = 0.5
-#: Seconds the workers get to close their streams after SIGTERM before they are killed.
-DRAIN_TIMEOUT_S = 10.0
+#: Seconds a worker gets beyond its own drain (``--shutdown-grace-s``, then the
+#: bounded abort of streams it had to cut) before the supervisor kills it.
+DRAIN_MARGIN_S = 10.0
 #: Pending connections the kernel queues on the shared socket.
 LISTEN_BACKLOG = 2048
 
@@ -140,11 +143,13 @@ def listen_socket(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Starts, watches, restarts and drains the worker processes; ``run()`` blocks."""
 
-    def __init__(self, spec: WorkerSpec, workers: int, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    def __init__(self, spec: WorkerSpec, workers: int, drain_timeout_s: float | None = None) -> None:
         validate_workers(workers, spec.config.max_streams)
         self.spec = spec
         self.n_workers = workers
-        self.drain_timeout_s = drain_timeout_s
+        self.drain_timeout_s = (
+            spec.config.shutdown_grace_s + DRAIN_MARGIN_S if drain_timeout_s is None else drain_timeout_s
+        )
         self._mp = multiprocessing.get_context("spawn")
         self._cells, self._lock = shared_cells(self._mp, workers)
         # Workers sharing a GPU time it one at a time (see LoadMonitor.calibrate).
@@ -312,7 +317,9 @@ class Supervisor:
         from .sinks import ServerSinks
 
         if self._sinks is None:
-            self._sinks = ServerSinks(self.spec.jsonl, self.spec.stdout, self.spec.webhook)
+            self._sinks = ServerSinks(
+                self.spec.jsonl, self.spec.stdout, self.spec.webhook, self.spec.config.sink_queue_events
+            )
         for event in events:
             anyio.run(self._sinks.emit, event)
         log.warning(
@@ -459,7 +466,7 @@ def build_worker_server(
         BatchScorer(scorer, config.max_batch_windows, incremental=incremental),
         live,
         SileroVad(),
-        ServerSinks(spec.jsonl, spec.stdout, spec.webhook),
+        ServerSinks(spec.jsonl, spec.stdout, spec.webhook, config.sink_queue_events),
         slots=SharedSlots(cells, lock, workers, index, config.max_streams),
         load=load,
         stream_id_prefix=f"w{index}-{os.getpid()}-",

@@ -1,0 +1,235 @@
+"""Audio sanitising (one rule for every input), file sample-rate limits, the
+streamed file decode, and the single event -> JSON place that refuses NaN."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+from helpers import BONAFIDE_UTT, la_clip
+
+from spoofwatch.audio import (
+    MAX_ABS_SAMPLE,
+    AudioFile,
+    read_audio,
+    sample_problem,
+)
+from spoofwatch.cli import main
+from spoofwatch.constants import WINDOW_SAMPLES
+from spoofwatch.errors import AudioError, InputError, ModelError, ProtocolError
+from spoofwatch.model.detector import Detector
+from spoofwatch.stream.codecs import decode
+from spoofwatch.stream.events import ScoreEvent, event_json
+from spoofwatch.stream.monitor import checked
+from spoofwatch.stream.sinks import JsonlSink
+from spoofwatch.stream.sources.file import file_chunks, iter_chunks
+from spoofwatch.stream.windower import stream_windows, window_starts
+
+
+def test_sample_rule() -> None:
+    assert sample_problem(np.zeros(0, np.float32)) is None
+    assert sample_problem(np.array([0.5, -1.0, MAX_ABS_SAMPLE], np.float32)) is None
+    assert "NaN or Inf" in str(sample_problem(np.array([0.0, np.inf], np.float32)))
+    assert "NaN or Inf" in str(sample_problem(np.array([[np.nan, 0.0]], np.float32)))
+    assert "magnitude of 3e+38" in str(sample_problem(np.array([0.0, 3e38], np.float32)))
+
+
+def test_extreme_f32_frames_are_1007_before_mixing() -> None:
+    huge = np.full(320, 3e38, "<f4")
+    with pytest.raises(ProtocolError) as info:
+        decode(huge.tobytes(), "f32le", 1)
+    assert info.value.close_code == 1007 and "magnitude" in str(info.value)
+    # Two finite channels that would sum to Inf in the mix.
+    stereo = np.stack([huge, huge], axis=1).reshape(-1)
+    with pytest.raises(ProtocolError) as info:
+        decode(stereo.tobytes(), "f32le", 2)
+    assert info.value.close_code == 1007
+    burst = np.zeros(1600, "<f4")
+    burst[100:110] = 1e38
+    with pytest.raises(ProtocolError, match="magnitude of 1e\\+38"):
+        decode(burst.tobytes(), "f32le", 1)
+    with pytest.raises(ProtocolError, match="NaN or Inf"):
+        decode(np.array([0.1, np.nan], "<f4").tobytes(), "f32le", 1)
+
+
+def test_microphone_chunks_pass_the_same_rule() -> None:
+    ok = np.full(480, 0.5, np.float32)
+    assert checked(ok) is ok
+    with pytest.raises(AudioError, match="microphone: expected audio samples within"):
+        checked(np.full(480, 1e38, np.float32))
+
+
+def test_float_wav_scaled_by_1e30_fails_score_with_exit_code(
+    sw_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "scaled.wav"
+    t = np.arange(3 * 16000) / 16000
+    soundfile.write(path, (1e30 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="magnitude of 1e\\+30"):
+        read_audio(path)
+    code = main(["score", "--json", "--device", "cpu", str(path)])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert "scaled.wav: expected audio samples within" in captured.err and "Traceback" not in captured.err
+    for line in captured.out.splitlines():
+        row = json.loads(line)  # valid JSON, no NaN
+        assert "score" not in row and "magnitude" in row["error"]
+    # The live path (`stream`) refuses it too, with the audio exit code.
+    assert main(["stream", "--device", "cpu", str(path)]) == AudioError.exit_code
+    assert "magnitude" in capsys.readouterr().err
+
+
+def _wav_header(rate_hz: int, data_bytes: int) -> bytes:
+    """A PCM-16 mono WAV header declaring ``rate_hz`` (soundfile refuses to write 1 Hz)."""
+    fmt = struct.pack("<HHIIHH", 1, 1, rate_hz, rate_hz * 2, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 4 + 8 + len(fmt) + 8 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
+
+
+def test_tiny_wav_declaring_1_hz_is_refused(
+    sw_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "one_hz.wav"
+    path.write_bytes(_wav_header(1, 200) + bytes(200))
+    assert path.stat().st_size == 244
+    with pytest.raises(AudioError, match=r"expected a sample rate in \[4000, 192000\] Hz, got 1 Hz"):
+        AudioFile(path)
+    with pytest.raises(AudioError, match="got 1 Hz"):
+        read_audio(path)
+    assert main(["score", "--device", "cpu", str(path)]) != 0
+    assert "got 1 Hz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("rate", "ok"), [(3999, False), (4000, True), (192_000, True), (192_001, False)])
+def test_file_rate_limits(tmp_path: Path, rate: int, ok: bool) -> None:
+    path = tmp_path / "r.wav"
+    path.write_bytes(_wav_header(rate, rate // 5 * 2) + bytes(rate // 5 * 2))
+    if ok:
+        assert AudioFile(path).rate_hz == rate
+    else:
+        with pytest.raises(AudioError, match=f"got {rate} Hz"):
+            AudioFile(path)
+
+
+def test_streamed_decode_matches_whole_decode(tmp_path: Path, la_dir: Path) -> None:
+    clip = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, clip, 16000, subtype="FLOAT")
+    blocks = list(AudioFile(path).chunks(block_frames=4096))
+    assert len(blocks) > 10 and max(b.size for b in blocks) <= 4096
+    np.testing.assert_array_equal(np.concatenate(blocks), clip)
+    # Resampled in blocks: same length and the same signal as the whole-file resampler.
+    path44 = tmp_path / "clip44.wav"
+    from spoofwatch.audio import resample
+
+    soundfile.write(path44, resample(clip, 16000, 44100), 44100, subtype="FLOAT")
+    streamed = np.concatenate(list(AudioFile(path44).chunks(block_frames=5000)))
+    whole = read_audio(path44)
+    assert abs(streamed.size - whole.size) <= 1
+    n = min(streamed.size, whole.size)
+    assert np.max(np.abs(streamed[:n] - whole[:n])) < 1e-3
+    # The file source streams too, in 20 ms chunks that add up to the file.
+    chunks = list(file_chunks(path))
+    assert {c.size for c in chunks[:-1]} == {320}
+    np.testing.assert_array_equal(np.concatenate(chunks), clip)
+
+
+def test_decode_error_mid_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "late_bad.wav"
+    audio = np.zeros(50_000, np.float32)
+    audio[45_000] = np.inf
+    soundfile.write(path, audio, 16000, subtype="FLOAT")
+    reader = AudioFile(path)  # the header is fine
+    with pytest.raises(AudioError, match=r"late_bad\.wav: expected finite"):
+        list(reader.chunks(block_frames=8192))
+
+
+@pytest.mark.parametrize(
+    ("n", "hop"),
+    [(n, hop) for n in (1, 30_000, 64_600, 64_601, 200_000) for hop in (7_919, 16_000, 70_000)]
+    + [(64_601, 1), (66_000, 1)],
+)
+def test_stream_windows_equal_whole_signal_windows(n: int, hop: int) -> None:
+    rng = np.random.default_rng(n + hop)
+    audio = rng.standard_normal(n).astype(np.float32)
+    cuts = np.sort(rng.integers(0, n, 6))
+    got = list(stream_windows(np.split(audio, cuts), hop))
+    assert [s for s, _, _ in got] == window_starts(n, hop)
+    from spoofwatch.audio import official_window
+
+    for start, end, window in got:
+        np.testing.assert_array_equal(window, official_window(audio[start:]))
+        assert end == min(start + 64_600, n)
+    with pytest.raises(InputError):
+        list(stream_windows([], hop))
+
+
+def test_score_file_streams_and_equals_score_audio(sw_home: Path, la_dir: Path, tmp_path: Path) -> None:
+    clip = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    long = np.tile(clip, 4)[: 20 * 16000]
+    path = tmp_path / "long.wav"
+    soundfile.write(path, long, 16000, subtype="FLOAT")
+    detector = Detector.load("aasist-l", device="cpu")
+    streamed = detector.score_file(path, hop_s=2.0)
+    whole = detector.score_audio(long, hop_s=2.0, name=str(path))
+    assert [(w.start_s, w.end_s) for w in streamed.windows] == [(w.start_s, w.end_s) for w in whole.windows]
+    np.testing.assert_allclose(
+        [w.score for w in streamed.windows], [w.score for w in whole.windows], atol=1e-4
+    )
+
+
+class _NanScorer:
+    window_samples = WINDOW_SAMPLES
+
+    def scores(self, windows: np.ndarray) -> np.ndarray:
+        return np.full(windows.shape[0], np.nan, dtype=np.float32)
+
+
+def test_nan_never_reaches_json(tmp_path: Path) -> None:
+    event = ScoreEvent(0.0, 4.0375, float("nan"), None, True, 1.0).to_json()
+    with pytest.raises(ModelError, match="'score' event with a non-finite number"):
+        event_json(event)
+    with pytest.raises(ModelError):
+        event_json({"type": "summary", "duration_s": float("inf")})
+    sink = JsonlSink(tmp_path / "events.jsonl")
+    with pytest.raises(ModelError):
+        sink.write(event)
+    sink.write({"type": "summary", "duration_s": 1.0})
+    sink.close()
+    assert [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()] == [
+        {"type": "summary", "duration_s": 1.0}
+    ]
+    # A model that returns NaN for a file is an error, not a NaN score.
+    from spoofwatch.calibration.calfile import load_calibration
+
+    detector = Detector("aasist-l", _NanScorer(), load_calibration(model="aasist-l"))  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="non-finite score"):
+        detector.score_audio(np.zeros(16000, np.float32))
+
+
+def test_iter_chunks_paces_lazily_decoded_blocks() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    blocks: list[Any] = [np.zeros(500, np.float32), np.zeros(1000, np.float32), np.zeros(100, np.float32)]
+    chunks = list(iter_chunks(blocks, 320, realtime=True, clock=lambda: now[0], sleep=sleep))
+    assert [c.size for c in chunks] == [320, 320, 320, 320, 320]
+    # A chunk is due once all of its audio would have been captured (due_in_s).
+    assert now[0] == pytest.approx(5 * 320 / 16000)

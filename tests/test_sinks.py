@@ -1,0 +1,141 @@
+"""Sinks behind bounded queues: a slow, stalled or dead consumer costs only
+its own events (counted), never the caller; failures are logged once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from spoofwatch.stream.server.sinks import ServerSinks
+from spoofwatch.stream.sinks import JsonlSink, QueuedSink
+
+
+class GatedWriter:
+    """A consumer that blocks until released (a pipe nobody reads)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.entered.set()
+        assert self.release.wait(60)
+        self.lines.append(line)
+
+
+def test_stalled_consumer_drops_and_counts_without_blocking(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="spoofwatch")
+    writer = GatedWriter()
+    sink = QueuedSink("slow", writer, max_queue_events=3)
+    sink.submit({"type": "score", "i": 0})
+    assert writer.entered.wait(30)  # the thread holds event 0 in a blocked write
+    for i in range(1, 11):
+        sink.submit({"type": "score", "i": i})  # returns at once: queue of 3, then drops
+    assert sink.counters.dropped == 7 and sink.counters.written == 0
+    writer.release.set()
+    sink.close(timeout_s=30)
+    assert [json.loads(x)["i"] for x in writer.lines] == [0, 1, 2, 3]
+    assert sink.counters.as_dict() == {"written": 4, "dropped": 7, "failed": 0}
+    drops = [r for r in caplog.records if "not keeping up" in r.getMessage()]
+    assert len(drops) == 1  # logged once, then counted
+
+
+def test_close_gives_up_on_a_stalled_consumer() -> None:
+    writer = GatedWriter()
+    sink = QueuedSink("stuck", writer, max_queue_events=4)
+    for i in range(3):
+        sink.submit({"type": "score", "i": i})
+    assert writer.entered.wait(30)
+    sink.close(timeout_s=0.2)  # bounded: the consumer never comes back
+    assert sink.counters.written == 0 and sink.counters.dropped == 2
+    sink.submit({"type": "score"})  # after close: dropped, not queued
+    assert sink.counters.dropped == 3
+    writer.release.set()
+
+
+def test_write_failures_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="spoofwatch")
+    calls = []
+
+    def failing(line: str) -> None:
+        calls.append(line)
+        raise OSError(28, "No space left on device")
+
+    sink = QueuedSink("disk", failing)
+    for i in range(20):
+        sink.submit({"type": "score", "i": i})
+    sink.close(timeout_s=30)
+    assert len(calls) == 20 and sink.counters.as_dict() == {"written": 0, "dropped": 0, "failed": 20}
+    assert len([r for r in caplog.records if "disk sink failed" in r.getMessage()]) == 1
+
+
+def test_dead_pipe_reader_kills_only_the_sink(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="spoofwatch")
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader died
+    with os.fdopen(write_fd, "w") as stream:
+        sink = JsonlSink(stream)
+        for i in range(50):
+            sink.write({"type": "score", "i": i})
+        sink.close(timeout_s=30)
+    c = sink.counters
+    assert c.written == 0 and c.failed == 1 and c.dropped == 49
+    assert len([r for r in caplog.records if "reader went away" in r.getMessage()]) == 1
+
+
+def test_webhook_that_never_answers_costs_only_its_own_events(tmp_path: Path) -> None:
+    """Events reach --jsonl at once while every POST hangs on a loopback
+    server that accepts and never answers."""
+    hook = socket.socket()
+    hook.bind(("127.0.0.1", 0))
+    hook.listen(64)  # the kernel accepts connections; nobody ever reads or answers
+    url = f"http://127.0.0.1:{hook.getsockname()[1]}/alerts"
+    conn: socket.socket | None = None
+    sinks = ServerSinks(
+        jsonl=tmp_path / "e.jsonl", webhook=url, webhook_timeout_s=3600, webhook_queue_events=2
+    )
+    try:
+        events = [
+            {"type": "alert_start", "t": float(i), "smoothed": -3.0, "threshold": -1.0} for i in range(6)
+        ]
+        sinks.submit(events[0])
+        hook.settimeout(60)
+        conn, _ = hook.accept()  # the first POST is now in flight, and never answered
+        for event in events[1:]:
+            sinks.submit(event)  # never waits for the webhook
+        sinks.submit({"type": "summary", "duration_s": 1.0})
+        jsonl = next(s for s in sinks.sinks if s.name.startswith("jsonl"))
+        jsonl.close(timeout_s=30)
+        lines = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+        assert lines == [*events, {"type": "summary", "duration_s": 1.0}]
+        stats = sinks.stats()[f"webhook {url}"]
+        # One POST in flight, two queued, the other three dropped; the summary is no alert.
+        assert stats == {"written": 0, "dropped": 3, "failed": 0}
+        assert sinks.dropped == 3
+    finally:
+        sinks.close(timeout_s=0.2)
+        if conn is not None:
+            conn.close()
+        hook.close()
+
+
+def test_sink_counters_feed_the_metrics_once(tmp_path: Path) -> None:
+    from spoofwatch.stream.server.metrics import ServerMetrics
+
+    sinks = ServerSinks(jsonl=tmp_path / "events.jsonl")
+    for i in range(3):
+        sinks.submit({"type": "score", "i": i})
+    sinks.close()
+    metrics = ServerMetrics("cpu", 4)
+    for _ in range(2):  # the refresh loop calls it again and again: totals are not re-added
+        metrics.observe_sinks(sinks.stats())
+    page = metrics.exposition().decode()
+    assert 'spoofwatch_sink_events_total{outcome="written",sink="jsonl"} 3.0' in page
+    assert str(tmp_path) not in page  # paths and URLs stay out of the labels
