@@ -157,6 +157,8 @@ class Server:
             cmd.append("--no-load-shedding")
         if args.full_windows:
             cmd.append("--full-windows")
+        if args.keep_live_windows:
+            cmd.append("--keep-live-windows")
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -278,6 +280,11 @@ def main() -> None:
     parser.add_argument("--no-load-shedding", action="store_true")
     parser.add_argument(
         "--full-windows", action="store_true", help="serve with --full-windows (default: incremental)"
+    )
+    parser.add_argument(
+        "--keep-live-windows",
+        action="store_true",
+        help="serve with --keep-live-windows: score every live window, drop none (delay grows if it cannot keep up)",
     )
     parser.add_argument("--frame-ms", type=int, default=20)
     parser.add_argument("--startup-timeout-s", type=float, default=180.0)
