@@ -4,8 +4,16 @@ trace, benchmark) runs its engine through this class.
 It owns what used to be rewritten around the engine by each adapter:
 
 * **resampling** from the input rate to 16 kHz (``cut``), flushed at the end;
-* the **stale-window rule**: a *live* stream scores its freshest window;
-  older waiting ones are dropped (never audio) and counted. A stream is live
+* the **stale-window rule**: a *live* stream that falls behind drops
+  waiting windows (never audio), counted. What a skipped window saves
+  decides how far behind. Scored from scratch (``incremental=False``), each
+  skipped window saves a full pass, so a stream scores its freshest window
+  and drops older waiting ones. Scored incrementally, a skipped window saves
+  nothing (the scorer steps through it to reach the next one) and jumping
+  ahead costs a full pass, about eight steps: so the stream scores every
+  window in order, catching up with cheap steps, while its backlog is
+  within ``EngineConfig.max_lag_s``, and only beyond that jumps to the
+  freshest window (a score that late no longer helps anyone). A stream is live
   when ``drop_stale`` is set and it is not an upload: a stream whose audio
   ever arrived more than ``realtime_slack_s`` ahead of the clock is a file
   sent faster than real time, is never dropped from, and waits instead
@@ -59,12 +67,20 @@ class StreamDriver:
         drop_stale: bool = False,
         clock: Clock | None = None,
         realtime_slack_s: float = REALTIME_SLACK_S,
+        incremental: bool = False,
     ) -> None:
         self.engine = engine
         self.rate_hz = rate_hz
         self.drop_stale = drop_stale
         self._clock = clock
         self._slack_s = realtime_slack_s
+        config = engine.config
+        #: Windows a live stream may have waiting and still score them all, in order.
+        self.in_order_windows = config.max_lag_windows if incremental else 1
+        #: Most windows a live stream keeps queued; beyond it the oldest is dropped.
+        #: One more than ``in_order_windows``, so that ``next_window`` sees the
+        #: stream fall out of reach and jumps to the freshest window.
+        self.max_queued = max(config.max_pending_windows, self.in_order_windows + 1)
         self._resampler = StreamResampler(rate_hz)
         self._queue: deque[PendingWindow] = deque()
         self._t0: float | None = None
@@ -102,31 +118,29 @@ class StreamDriver:
         return self.drop_stale and not self.upload
 
     def enqueue(self, pending: list[PendingWindow], last: bool = False) -> None:
-        """Queue windows for scoring; a live stream keeps at most ``max_pending_windows``."""
+        """Queue windows for scoring; a live stream keeps at most ``max_queued``."""
         self._queue.extend(pending)
         if self.is_live():
-            while len(self._queue) > self.engine.config.max_pending_windows:
+            while len(self._queue) > self.max_queued:
                 self.engine.drop(self._queue.popleft())
         self.input_closed = self.input_closed or last
 
     def backlogged(self) -> bool:
         """A stream ahead of real time with a full queue: its sender should wait."""
-        return len(self._queue) > self.engine.config.max_pending_windows and not self.is_live()
+        return len(self._queue) > self.max_queued and not self.is_live()
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
     def next_window(self) -> PendingWindow | None:
-        """The next window to score, or None. A live stream skips a window when a
-        newer one already waits; the final flush of a stream is never skipped."""
-        while self._queue:
-            pending = self._queue.popleft()
-            if self._queue and not self.input_closed and self.is_live():
-                self.engine.drop(pending)
-                continue
-            return pending
-        return None
+        """The next window to score, or None. A live stream with more than
+        ``in_order_windows`` waiting skips to the freshest; the final flush of
+        a stream is never skipped."""
+        if self.is_live() and not self.input_closed and len(self._queue) > self.in_order_windows:
+            while len(self._queue) > 1:
+                self.engine.drop(self._queue.popleft())
+        return self._queue.popleft() if self._queue else None
 
     def resolve(self, pending: PendingWindow, score: float | None) -> list[Event]:
         return self.engine.resolve(pending, score)

@@ -39,6 +39,10 @@ class EngineConfig:
     hop_s: float = LIVE_HOP_SAMPLES / SAMPLE_RATE_HZ
     #: Windows a live stream may queue for scoring; beyond it the oldest is dropped.
     max_pending_windows: int = 4
+    #: Backlog (s of hops) within which a live stream scored incrementally
+    #: still scores every window, in order; beyond it, it jumps to its freshest
+    #: window. Streams scored from scratch always jump (see ``StreamDriver``).
+    max_lag_s: float = 8.0
 
     def __post_init__(self) -> None:
         if not MIN_HOP_S <= self.hop_s <= MAX_HOP_S:
@@ -48,10 +52,17 @@ class EngineConfig:
             )
         if self.max_pending_windows < 1:
             raise InputError(f"max_pending_windows: expected >= 1, got {self.max_pending_windows}")
+        if not self.max_lag_s > 0:
+            raise InputError(f"max_lag_s: expected > 0 seconds, got {self.max_lag_s}")
 
     @property
     def hop_samples(self) -> int:
         return round(self.hop_s * SAMPLE_RATE_HZ)
+
+    @property
+    def max_lag_windows(self) -> int:
+        """``max_lag_s`` in windows (at least one)."""
+        return max(1, int(self.max_lag_s * SAMPLE_RATE_HZ // self.hop_samples))
 
 
 class Scorer(Protocol):
@@ -68,6 +79,10 @@ class WindowScorer(Protocol):
     ``start_sample``. Implementations: ``spoofwatch.stream.scoring``
     (incremental, or full windows through a ``Scorer``).
     """
+
+    #: ``"incremental"`` (skipping a window saves nothing) or ``"full"`` (it
+    #: saves a full pass): decides the stale-window rule of ``StreamDriver``.
+    mode: str
 
     def score_window(self, window: Window) -> float:
         """Bona fide logit of ``window``, equal to scoring its samples from scratch."""

@@ -144,6 +144,26 @@ class TestDriver:
         assert driver.engine.dropped_windows == 4
         assert not driver.backlogged()
 
+    def test_incremental_stream_scores_every_window_within_its_lag_budget(self) -> None:
+        # Scored incrementally, a skipped window saves nothing (the scorer steps
+        # through it anyway): a live stream with up to max_lag_s of windows
+        # waiting scores every one of them, in order.
+        driver = StreamDriver(fake_engine(), drop_stale=True, incremental=True)  # no clock: live
+        assert driver.in_order_windows == 16  # 8 s at a 0.5 s hop
+        driver.ingest(offset_audio(11.5375, GENUINE))  # 16 windows waiting
+        assert driver.queued == 16
+        assert [driver.next_window().window.index for _ in range(16)] == list(range(16))  # type: ignore[union-attr]
+        assert driver.engine.dropped_windows == 0
+
+    def test_incremental_stream_beyond_its_lag_budget_jumps_to_its_freshest_window(self) -> None:
+        driver = StreamDriver(fake_engine(), drop_stale=True, incremental=True)
+        driver.ingest(offset_audio(4.0375, GENUINE))  # 1 window
+        driver.ingest(offset_audio(9.0, GENUINE))  # 18 more: 19, the queue holds 16 + 1
+        assert driver.queued == 17 and driver.engine.dropped_windows == 2
+        fresh = driver.next_window()  # more than 16 waiting: a score that late helps nobody
+        assert fresh is not None and fresh.window.index == 18
+        assert driver.next_window() is None and driver.engine.dropped_windows == 18
+
     def test_upload_ahead_of_real_time_is_never_dropped_but_backlogged(self) -> None:
         clock = FakeClock()
         driver = StreamDriver(fake_engine(), drop_stale=True, clock=clock)

@@ -129,6 +129,55 @@ def test_a_shared_gpu_counts_every_workers_streams_against_its_calibrated_capaci
     assert m.refusal(own_streams=0, total_streams=capacity) is None  # an idle worker admits one
 
 
+def test_incremental_lag_limit_is_where_streams_start_skipping() -> None:
+    from spoofwatch.stream.server.context import skip_lag_s
+
+    live = load_calibration(None).live  # the packaged AASIST-L calibration
+    assert skip_lag_s(live, incremental=False) == live.stream.hop_s
+    assert skip_lag_s(live, incremental=True) == live.stream.max_lag_s == 8.0
+    m = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=FakeClock(), skip_lag_s=8.0)
+    assert m.max_score_lag_s == 8.0
+
+
+class FakeIncremental:
+    """An incremental backend whose steps cost 2 ms each and first passes 20 ms, on a fake clock."""
+
+    device = "cpu"
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[list[int]] = []
+
+    def open_stream(self) -> dict[str, int]:
+        return {}
+
+    def score(self, streams: list[dict[str, int]], windows: list[tuple[int, Any]]) -> list[float]:
+        self.calls.append([start for start, _ in windows])
+        for stream, (start, _) in zip(streams, windows, strict=True):
+            self.clock.t += 0.002 if "last" in stream else 0.020
+            stream["last"] = start
+        return [1.0] * len(windows)
+
+
+def test_incremental_capacity_is_calibrated_on_steps_and_refined_live() -> None:
+    from spoofwatch.stream.server.load import TimedIncremental, step_batches
+
+    clock = FakeClock()
+    m = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=4, clock=clock)
+    backend = FakeIncremental(clock)
+    m.calibrate(lambda batch: backend.score(*batch), step_batches(backend, 64600, 8019), largest=4)
+    # Each calibration batch: its first passes untimed (window 0), then the timed steps (window 1).
+    assert backend.calls[:2] == [[0], [8019]] and backend.calls[4:6] == [[0] * 4, [8019] * 4]
+    assert m.capacity_windows_per_s() == pytest.approx(500.0)  # 2 ms per step, not 20 ms per pass
+    assert m.capacity_streams() == int(0.8 * 500 * 0.5) == 200
+    sizes: list[int] = []
+    timed = TimedIncremental(backend, m, sizes.append)
+    assert timed.device == "cpu"
+    streams = [timed.open_stream() for _ in range(3)]
+    timed.score(streams, [(0, None)] * 3)  # three first passes: 60 ms for 3 windows, timed live
+    assert sizes == [3] and m.capacity_windows_per_s() < 500.0
+
+
 def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:
     fit = BatchFit(0.1)
     assert fit.windows_per_s(16) is None

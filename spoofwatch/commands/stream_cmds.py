@@ -55,16 +55,17 @@ def register(sub: Any) -> None:
 
 def _settings(args: argparse.Namespace) -> tuple[Calibration, LiveConfig]:
     """The calibration and engine settings, validated before any device, file or model is opened."""
+    from dataclasses import replace
+
     from spoofwatch.model.detector import calibration_for
     from spoofwatch.model.runtime import preflight
-    from spoofwatch.stream.engine import EngineConfig, LiveConfig
+    from spoofwatch.stream.engine import LiveConfig
 
     preflight(args.model, args.precision, args.device, args.weights)  # precision/device, card, cache
     cal = calibration_for(args.model, args.calibration, args.weights, args.precision)
     if args.hop_s is None:
         return cal, cal.live
-    stream = EngineConfig(args.hop_s, cal.stream.max_pending_windows)
-    return cal, LiveConfig(stream, cal.gate, cal.policy)
+    return cal, LiveConfig(replace(cal.stream, hop_s=args.hop_s), cal.gate, cal.policy)
 
 
 def _load(args: argparse.Namespace, cal: Calibration, live: LiveConfig) -> tuple[Any, Any, Any]:
@@ -167,13 +168,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     name, rate = input_device_info(device)  # fails fast, before the model loads
     detector, engine, scorer = _load(args, cal, live)
     source = MicrophoneSource(rate, device)
-    driver = StreamDriver(engine, rate, drop_stale=True)
+    driver = StreamDriver(engine, rate, drop_stale=True, incremental=scorer.mode == "incremental")
     sink = JsonlSink(args.jsonl) if args.jsonl else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     sys.stderr.write(
         f"monitoring {name!r} at {rate} Hz with {args.model} on {detector.scorer.device} "
-        f"({getattr(scorer, 'mode', 'full')} windows); Ctrl-C stops\n"
+        f"({scorer.mode} windows); Ctrl-C stops\n"
     )
 
     def on_events(events: list[Event]) -> None:

@@ -17,9 +17,14 @@ from ..sinks import SINK_QUEUE_EVENTS
 from .batcher import BatchScorer
 from .drain import Drain
 from .journal import AlertJournal
-from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedScorer
+from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedIncremental, TimedScorer
 from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
+
+
+def skip_lag_s(live: LiveConfig, incremental: bool) -> float:
+    """The score lag at which a live stream starts skipping windows (``StreamDriver``)."""
+    return live.stream.max_lag_s if incremental else live.stream.hop_s
 
 
 @dataclass(frozen=True)
@@ -121,10 +126,21 @@ class ServerContext:
         self.model = model
         self.provider = str(getattr(batcher.scorer, "device", "unknown"))
         self.slots: StreamSlots = slots or LocalSlots(config.max_streams)
-        self.load = load or LoadMonitor(config.shedding, live.stream.hop_s, config.max_batch_windows)
+        self.load = load or LoadMonitor(
+            config.shedding,
+            live.stream.hop_s,
+            config.max_batch_windows,
+            skip_lag_s=skip_lag_s(live, batcher.incremental is not None),
+        )
         self.metrics = ServerMetrics(self.provider, config.max_streams)
         self.stats = StreamStats(self.load, self.metrics, journal)
-        batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
+        # Time whichever scores live windows: the capacity is measured in its units.
+        if batcher.incremental is None:
+            batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
+        else:
+            batcher.incremental = TimedIncremental(
+                batcher.incremental, self.load, self.metrics.batch_size.observe
+            )
         self.stream_id_prefix = stream_id_prefix
         #: Set by ``WebSocketServer.request_shutdown``: a stream closed now ends for ``shutdown``.
         self.shutting_down = False
@@ -145,7 +161,11 @@ class ServerContext:
         """A live stream's driver: stale windows dropped unless the client sends
         faster than real time (by :attr:`clock`), or ``keep_live_windows`` is set."""
         return StreamDriver(
-            self.new_engine(), rate_hz, drop_stale=not self.config.keep_live_windows, clock=self.clock
+            self.new_engine(),
+            rate_hz,
+            drop_stale=not self.config.keep_live_windows,
+            clock=self.clock,
+            incremental=self.batcher.incremental is not None,
         )
 
     def claim_extra_stream(self) -> None:

@@ -12,9 +12,11 @@ Two independent pieces, both Sans-I/O:
     whose recent lag exceeds it refuses new streams;
   - the **scoring capacity**: windows per second the scorer sustains at its
     largest batch, fitted online from the measured duration of every batch
-    (``t(n) = a + c * n``). A new stream is refused when the streams already
-    admitted would need more than ``target_utilisation`` of it, assuming
-    every window of every stream is speech (the real-time guarantee).
+    (``t(n) = a + c * n``); with incremental scoring a window is one step of
+    a stream's cache, and steps are what is timed. A new stream is refused
+    when the streams already admitted would need more than
+    ``target_utilisation`` of it, assuming every window of every stream is
+    speech (the real-time guarantee).
 
   The clock is injected, so the rules are tested without waiting.
 
@@ -36,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
@@ -45,9 +49,10 @@ CALIBRATION_BATCH = 4
 
 @dataclass(frozen=True)
 class SheddingConfig:
-    #: Score lag (s) beyond which new streams are refused. ``None``: one hop,
-    #: because a live stream whose window is not scored before the next one
-    #: arrives starts skipping windows (see ``StreamSession``).
+    #: Score lag (s) beyond which new streams are refused. ``None``: the lag at
+    #: which a live stream starts skipping windows (the stale-window rule of
+    #: ``StreamDriver``): one hop when windows are scored from scratch,
+    #: ``EngineConfig.max_lag_s`` when they are scored incrementally.
     max_score_lag_s: float | None = None
     #: The quantile of recent score lags compared with ``max_score_lag_s``.
     lag_quantile: float = 0.95
@@ -112,6 +117,7 @@ class LoadMonitor:
         max_batch_windows: int,
         clock: Clock = time.monotonic,
         device_workers: int = 1,
+        skip_lag_s: float | None = None,
     ) -> None:
         #: ``None``: measure, but never refuse (load shedding off).
         self.enabled = config is not None
@@ -119,7 +125,8 @@ class LoadMonitor:
         self.hop_s = hop_s
         self.max_batch_windows = max_batch_windows
         self.clock = clock
-        self.max_score_lag_s = config.max_score_lag_s or hop_s
+        # ``skip_lag_s``: where live streams start skipping windows (default one hop).
+        self.max_score_lag_s = config.max_score_lag_s or skip_lag_s or hop_s
         self._lags: deque[tuple[float, float]] = deque()  # (when, lag_s)
         self._fit = BatchFit(config.fit_weight)
         self._lock = threading.Lock()  # batches are timed in a worker thread
@@ -248,6 +255,49 @@ class TimedScorer:
         if self.on_batch is not None:
             self.on_batch(len(windows))
         return out
+
+
+class TimedIncremental:
+    """Wraps an incremental backend (``IncrementalBackend``) the way
+    :class:`TimedScorer` wraps a batch scorer: every call's windows (steps,
+    and the occasional first pass) and duration go to the monitor."""
+
+    def __init__(
+        self, backend: Any, monitor: LoadMonitor, on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        self.backend = backend
+        self.monitor = monitor
+        self.on_batch = on_batch
+
+    @property
+    def device(self) -> str:
+        return str(self.backend.device)
+
+    def open_stream(self) -> Any:
+        return self.backend.open_stream()
+
+    def score(self, streams: Any, windows: Any) -> list[float]:
+        t0 = self.monitor.clock()
+        out: list[float] = self.backend.score(streams, windows)
+        self.monitor.record_batch(len(windows), self.monitor.clock() - t0)
+        if self.on_batch is not None:
+            self.on_batch(len(windows))
+        return out
+
+
+def step_batches(backend: Any, window_samples: int, hop_samples: int) -> Callable[[int], Any]:
+    """``make_batch`` for :meth:`LoadMonitor.calibrate` with an incremental
+    backend: ``n`` fresh streams whose first pass is done here (untimed) and
+    their next window, so that ``calibrate`` times the steps live streams pay."""
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[list[Any], list[tuple[int, Any]]]:
+        audio = (0.1 * rng.standard_normal((n, window_samples + hop_samples))).astype(np.float32)
+        streams = [backend.open_stream() for _ in range(n)]
+        backend.score(streams, [(0, a[:window_samples]) for a in audio])
+        return streams, [(hop_samples, a[hop_samples:]) for a in audio]
+
+    return make
 
 
 # ---- stream slots (--max-streams) ---------------------------------------------

@@ -428,9 +428,9 @@ def build_worker_server(
     from ..gate import SileroVad
     from .app import WebSocketServer
     from .batcher import BatchScorer
-    from .context import ServerContext
+    from .context import ServerContext, skip_lag_s
     from .journal import AlertJournal
-    from .load import CALIBRATION_BATCH, LoadMonitor
+    from .load import CALIBRATION_BATCH, LoadMonitor, step_batches
     from .sinks import ServerSinks
 
     config = spec.config
@@ -447,14 +447,22 @@ def build_worker_server(
         live.stream.hop_s,
         config.max_batch_windows,
         device_workers=workers if on_gpu else 1,
+        skip_lag_s=skip_lag_s(live, incremental is not None),
     )
     if load.enabled:
         rng = np.random.default_rng(0)
         locked = on_gpu and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
+        # Time what live streams pay per window: a full pass, or one incremental step.
+        if incremental is None:
+            score: Any = scorer.scores
+            make_batch: Any = lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32)  # noqa: E731
+        else:
+            score = lambda batch: incremental.score(*batch)  # noqa: E731
+            make_batch = step_batches(incremental, WINDOW_SAMPLES, live.stream.hop_samples)
         try:
             load.calibrate(
-                scorer.scores,
-                lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32),
+                score,
+                make_batch,
                 # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
                 largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH,
             )
