@@ -4,7 +4,8 @@
 # Here, once (network for PyPI; see ../shared/tools/gpu/README.md):
 #   benchmarks/gpu_serving.sh prepare       # builds .devcarry/ (~45 MB; add .devcarry/ to .git/info/exclude)
 # On the GPU host, from the checkout root, with .devcarry carried along:
-#   benchmarks/gpu_serving.sh run [STREAMS...]   # default: 256 1024; JSON lines under $OUT (or /tmp/out)
+#   benchmarks/gpu_serving.sh run [STREAMS[:FRAME_MS]...]   # default: 256 1024; JSON lines under $OUT (or /tmp/out)
+#   (first benchmarks/gpu_checks.py: CUDA parity, batch cap, FP16, incremental; SKIP_CHECKS=1 skips it)
 #
 # Each run: `serve --device cuda --workers 8` and bench_server.py with 20 s real-time
 # streams of LibriSpeech speech from 6 client processes (about 60-90 s per run).
@@ -14,18 +15,24 @@ carry=.devcarry
 shared=${SPOOFWATCH_SHARED:-$(cd .. && pwd)/shared}
 
 prepare() {
-    mkdir -p "$carry/whl" "$carry/home" "$carry/site/silero_vad/data" "$carry/shared/data/speech/bonafide"
+    mkdir -p "$carry/whl" "$carry/home" "$carry/site/silero_vad/data" "$carry/shared/data/speech/bonafide" "$carry/shared/reference"
     [[ -f "$carry/ort-gpu-sm90.tar.xz" ]] || "$shared/tools/gpu/build_ort_gpu_slim.sh" "$carry"
-    python3 -m pip download -q --python-version 3.12 --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    python3 -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$carry/whl" \
         soundfile soxr websockets cffi pycparser prometheus-client
     vad=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('silero_vad').origin).parent / 'data' / 'silero_vad.onnx')")
     cp "$vad" "$carry/site/silero_vad/data/"
     : > "$carry/site/silero_vad/__init__.py"
     cp -r "$shared/data/speech/bonafide/librispeech_test-other" "$carry/shared/data/speech/bonafide/"
-    # Weights and the ONNX export, made here (the host's PyTorch differs).
+    cp "$shared/reference/official_outputs.npz" "$carry/shared/reference/"
+    # Weights and the ONNX exports (FP32, FP16, incremental at the live hop), made
+    # here: the host's PyTorch differs.
     SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch weights fetch --source "$shared/weights" --no-progress
-    SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch export --model aasist-l
+    for model in aasist-l aasist; do
+        SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch export --model $model
+        SPOOFWATCH_HOME=$carry/home python3 -c "from spoofwatch.constants import LIVE_HOP_SAMPLES as h; from spoofwatch.model.incremental import ensure_incremental_onnx as e; e('$model', h)"
+    done
+    SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch export --model aasist-l --precision fp16
     du -sh "$carry"
 }
 
@@ -39,13 +46,19 @@ run() {
     export LD_LIBRARY_PATH CUDA_MODULE_LOADING=LAZY
     export SPOOFWATCH_HOME=$PWD/$carry/home SPOOFWATCH_SHARED=$PWD/$carry/shared
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
+    if [[ -z "${SKIP_CHECKS:-}" ]]; then  # CUDA parity, batch cap, FP16, incremental (about a minute)
+        timeout 240 python3 benchmarks/gpu_checks.py --json | tee "$out/gpu_checks.jsonl" || echo "gpu_checks failed: $?"
+    fi
     local extra=--baseline  # the first run also measures one stream alone, as the reference
-    for n in "${@:-256 1024}"; do
-        for streams in $n; do
-            timeout 150 python3 benchmarks/bench_server.py --device cuda --workers 8 --clients 6 \
-                --streams "$streams" --seconds 20 $extra --json | tee -a "$out/bench_server.jsonl" || echo "run $streams failed: $?"
-            extra=
-        done
+    # Each run: STREAMS or STREAMS:FRAME_MS (default 20 ms frames); one client process per 128 streams (2-8).
+    for spec in ${@:-256 1024}; do
+        local streams=${spec%%:*} frame=20
+        [[ $spec == *:* ]] && frame=${spec#*:}
+        local clients=$(( streams / 128 )); (( clients < 2 )) && clients=2; (( clients > 8 )) && clients=8
+        timeout 150 python3 benchmarks/bench_server.py --device cuda --workers 8 --clients $clients \
+            --streams "$streams" --frame-ms "$frame" --seconds 20 $extra --json | tee -a "$out/bench_server.jsonl" \
+            || echo "run $spec failed: $?"
+        extra=
     done
 }
 
