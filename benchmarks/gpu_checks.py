@@ -73,7 +73,7 @@ def main() -> None:
         "--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the script"
     )
     parser.add_argument(
-        "--step-batches", default="1,16,64,256", help="streams per call in the step throughput check"
+        "--step-batches", default="1,16,64", help="streams per call in the step throughput check"
     )
     args = parser.parse_args()
     shared = Path(os.environ.get("SPOOFWATCH_SHARED", "../shared"))

@@ -49,14 +49,15 @@ run() {
     if [[ -z "${SKIP_CHECKS:-}" ]]; then  # CUDA parity, batch cap, FP16, incremental (about a minute)
         timeout 240 python3 benchmarks/gpu_checks.py --json | tee "$out/gpu_checks.jsonl" || echo "gpu_checks failed: $?"
     fi
-    local extra=--baseline  # the first run also measures one stream alone, as the reference
+    local extra=--baseline  # the first run also measures one stream alone, as the reference (NO_BASELINE=1: not)
+    [[ -n ${NO_BASELINE:-} ]] && extra=
     # Each run: STREAMS or STREAMS:FRAME_MS (default 20 ms frames); one client process per 128 streams (2-8).
     for spec in ${@:-256 1024}; do
         local streams=${spec%%:*} frame=20
         [[ $spec == *:* ]] && frame=${spec#*:}
         local clients=$(( streams / 128 )); (( clients < 2 )) && clients=2; (( clients > 8 )) && clients=8
-        timeout 150 python3 benchmarks/bench_server.py --device cuda --workers 8 --clients $clients \
-            --streams "$streams" --frame-ms "$frame" --seconds 20 $extra --json | tee -a "$out/bench_server.jsonl" \
+        timeout 150 python3 benchmarks/bench_server.py --device cuda --workers "${WORKERS:-8}" --clients $clients \
+            --streams "$streams" --frame-ms "$frame" --seconds 20 $extra ${BENCH_ARGS:-} --json | tee -a "$out/bench_server.jsonl" \
             || echo "run $spec failed: $?"
         extra=
     done

@@ -59,14 +59,20 @@ def batch_cap(device: str) -> int:
 
 #: CUDA provider options. ``use_tf32=0``: TF32 tensor cores moved AASIST-L
 #: logits by up to 3.1e-2 from the official outputs on an H200 (2.7e-6
-#: without, at no measurable cost). cuDNN: an exhaustive algorithm search
-#: once per input shape (ORT's default, stated so it cannot drift), the
-#: largest workspace cuDNN asks for (faster convolution algorithms), and the
-#: default stream for copies (no cross-stream races).
+#: without, at no measurable cost). cuDNN: heuristic algorithm choice and
+#: the default workspace. ORT's defaults (an exhaustive search with the
+#: largest workspace cuDNN asks for) failed on an H100: every new input shape
+#: (a server's batches vary from 1 to 64 windows, times two incremental
+#: graphs) ran a search that counted as scoring time (a worker measured
+#: 3 windows/s) and grew each session's arena by workspaces of 1-4.6 GB until
+#: 8 workers ran the GPU out of memory. The arena grows by what is asked
+#: (ORT's default doubles it: 8 workers each reserving 16 GB for 4 GB of
+#: batch-64 activations). Copies in the default stream (no cross-stream races).
 CUDA_PROVIDER_OPTIONS: dict[str, str] = {
     "use_tf32": "0",
-    "cudnn_conv_algo_search": "EXHAUSTIVE",
-    "cudnn_conv_use_max_workspace": "1",
+    "arena_extend_strategy": "kSameAsRequested",
+    "cudnn_conv_algo_search": "HEURISTIC",
+    "cudnn_conv_use_max_workspace": "0",
     "do_copy_in_default_stream": "1",
 }
 

@@ -166,8 +166,10 @@ def test_incremental_capacity_is_calibrated_on_steps_and_refined_live() -> None:
     m = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=4, clock=clock)
     backend = FakeIncremental(clock)
     m.calibrate(lambda batch: backend.score(*batch), step_batches(backend, 64600, 8019), largest=4)
-    # Each calibration batch: its first passes untimed (window 0), then the timed steps (window 1).
-    assert backend.calls[:2] == [[0], [8019]] and backend.calls[4:6] == [[0] * 4, [8019] * 4]
+    # Each batch size is warmed up untimed; then each batch's first passes are untimed
+    # (window 0) and its steps timed (window 1).
+    assert backend.calls[:4] == [[0], [8019], [0] * 4, [8019] * 4]
+    assert backend.calls[4:8] == [[0], [8019], [0] * 4, [8019] * 4]
     assert m.capacity_windows_per_s() == pytest.approx(500.0)  # 2 ms per step, not 20 ms per pass
     assert m.capacity_streams() == int(0.8 * 500 * 0.5) == 200
     sizes: list[int] = []
