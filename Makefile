@@ -31,6 +31,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check spoofwatch model stream calibration configs tests benchmarks
+	$(BIN)/ruff format --check spoofwatch model stream calibration configs tests benchmarks
 	$(BIN)/mypy -p spoofwatch
 
 test: lint

@@ -47,6 +47,10 @@ class SinkCounters:
         return asdict(self)
 
 
+#: How often (s) an idle sink thread checks whether its sink was closed.
+DRAIN_POLL_S = 0.5
+
+
 class _Stop:
     """Queue sentinel: the writer thread ends when it sees this."""
 
@@ -106,7 +110,12 @@ class QueuedSink:
 
     def _drain(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=DRAIN_POLL_S)
+            except queue.Empty:
+                if self._closed:  # closed while the queue was full: no _STOP could be queued
+                    return
+                continue
             if isinstance(item, _Stop):
                 return
             if self._dead:
@@ -127,6 +136,12 @@ class QueuedSink:
                     )
             else:
                 self.counters.written += 1
+
+    def join(self, timeout_s: float) -> bool:
+        """After ``close``: wait up to ``timeout_s`` for a consumer that was given
+        up on to return (its last failure is logged first). True when it ended."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def close(self, timeout_s: float = SINK_CLOSE_TIMEOUT_S) -> None:
         """Write what is queued, waiting at most ``timeout_s`` for a stalled consumer."""
