@@ -32,6 +32,10 @@ MIN_HOP_S = VAD_FRAME_SAMPLES / SAMPLE_RATE_HZ
 MAX_HOP_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 
 
+#: Longest backlog a live stream may keep (its waiting windows are held in memory).
+MAX_LAG_S = 60.0
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     #: Seconds between the starts of consecutive windows, rounded to whole samples.
@@ -52,8 +56,10 @@ class EngineConfig:
             )
         if self.max_pending_windows < 1:
             raise InputError(f"max_pending_windows: expected >= 1, got {self.max_pending_windows}")
-        if not self.max_lag_s > 0:
-            raise InputError(f"max_lag_s: expected > 0 seconds, got {self.max_lag_s}")
+        if not 0 < self.max_lag_s <= MAX_LAG_S:  # also refuses NaN
+            raise InputError(
+                f"max_lag_s: expected a value in (0, {MAX_LAG_S:g}] seconds, got {self.max_lag_s}"
+            )
 
     @property
     def hop_samples(self) -> int:

@@ -238,6 +238,8 @@ def test_schema_1_files_still_load_and_newer_ones_are_refused(tmp_path: Path) ->
         ("[stream]\nhop_s = 0.00001\n", "hop_s", r"hop_s: expected a value in \[0.032, 4.0375\]"),
         ("[stream]\nhop_s = 5.0\n", "hop_s", "hop_s: expected"),
         ("[stream]\nmax_pending_windows = 0\n", "", "max_pending_windows: expected >= 1"),
+        ("[stream]\nmax_lag_s = 600.0\n", "", r"max_lag_s: expected a value in \(0, 60\] seconds"),
+        ("[stream]\nmax_lag_s = 0.0\n", "", "max_lag_s: expected"),
         ("[gate]\nvad_threshold = 1.5\n", "", "vad_threshold: expected a value in"),
     ],
 )
