@@ -7,7 +7,7 @@ Versioned TOML (``schema_version = 2``)::
     weights_sha256 = "..."
     precision = "fp32"         # optional (default fp32): the precision the scores were made at
     verdict_threshold = 1.764  # bona fide logit; a file (``score``) below it is "spoof"
-    [stream]  hop_s, max_pending_windows
+    [stream]  hop_s, max_pending_windows, max_lag_s
     [policy]  enter_threshold, exit_threshold, smoothing_windows,
               min_alert_windows, cooldown_s, silence_reset_s
     [gate]    vad_threshold, min_speech_fraction, energy_floor_dbfs
