@@ -235,41 +235,49 @@ class LoadMonitor:
         return capacity // self.device_workers if self.shared_device else capacity
 
 
-class TimedScorer:
-    """Wraps a scorer and reports each batch's size and duration (on the
-    monitor's clock) to the monitor."""
+class _Timed:
+    """Reports the size and duration (on the monitor's clock) of every call it
+    makes to the monitor, and the size to ``on_batch`` (the metrics)."""
+
+    def __init__(self, monitor: LoadMonitor, on_batch: Callable[[int], None] | None) -> None:
+        self.monitor = monitor
+        self.on_batch = on_batch
+
+    def _timed(self, n_windows: int, call: Callable[[], Any]) -> Any:
+        t0 = self.monitor.clock()
+        out = call()
+        self.monitor.record_batch(n_windows, self.monitor.clock() - t0)
+        if self.on_batch is not None:
+            self.on_batch(n_windows)
+        return out
+
+
+class TimedScorer(_Timed):
+    """A batch scorer (full windows), timed."""
 
     def __init__(
         self, scorer: Any, monitor: LoadMonitor, on_batch: Callable[[int], None] | None = None
     ) -> None:
+        super().__init__(monitor, on_batch)
         self.scorer = scorer
-        self.monitor = monitor
-        self.on_batch = on_batch
 
     @property
     def device(self) -> str:
         return str(getattr(self.scorer, "device", "unknown"))
 
     def scores(self, windows: Any) -> Any:
-        t0 = self.monitor.clock()
-        out = self.scorer.scores(windows)
-        self.monitor.record_batch(len(windows), self.monitor.clock() - t0)
-        if self.on_batch is not None:
-            self.on_batch(len(windows))
-        return out
+        return self._timed(len(windows), lambda: self.scorer.scores(windows))
 
 
-class TimedIncremental:
-    """Wraps an incremental backend (``IncrementalBackend``) the way
-    :class:`TimedScorer` wraps a batch scorer: every call's windows (steps,
-    and the occasional first pass) and duration go to the monitor."""
+class TimedIncremental(_Timed):
+    """An incremental backend (``IncrementalBackend``), timed: every call's
+    windows (steps, and the occasional first pass) and duration."""
 
     def __init__(
         self, backend: Any, monitor: LoadMonitor, on_batch: Callable[[int], None] | None = None
     ) -> None:
+        super().__init__(monitor, on_batch)
         self.backend = backend
-        self.monitor = monitor
-        self.on_batch = on_batch
 
     @property
     def device(self) -> str:
@@ -279,11 +287,7 @@ class TimedIncremental:
         return self.backend.open_stream()
 
     def score(self, streams: Any, windows: Any) -> list[float]:
-        t0 = self.monitor.clock()
-        out: list[float] = self.backend.score(streams, windows)
-        self.monitor.record_batch(len(windows), self.monitor.clock() - t0)
-        if self.on_batch is not None:
-            self.on_batch(len(windows))
+        out: list[float] = self._timed(len(windows), lambda: self.backend.score(streams, windows))
         return out
 
 
