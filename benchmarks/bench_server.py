@@ -1,7 +1,7 @@
 """Real-time streams against a real ``spoofwatch serve``: what one box holds.
 
     python benchmarks/bench_server.py --streams 64 --clients 4 --seconds 20 \\
-        [--workers W] [--device cpu|cuda] [--full-windows] [--json]
+        [--workers W] [--device cpu|cuda] [--precision fp32|fp16] [--full-windows] [--json]
 
 Starts ``python -m spoofwatch serve --port 0`` (its own process tree), then
 K client processes open N WebSocket streams between them, each sending real
@@ -150,6 +150,8 @@ class Server:
             args.device,
             "--max-streams",
             str(args.max_streams or args.streams),
+            "--precision",
+            args.precision,
         ]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
@@ -276,6 +278,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream, sent at 1x")
     parser.add_argument("--workers", type=int, default=None, help="server workers (default: serve's default)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument(
+        "--precision", default="fp32", choices=("fp32", "int8", "fp16"), help="serve --precision (fp16: CUDA)"
+    )
     parser.add_argument("--max-streams", type=int, default=None, help="default: --streams")
     parser.add_argument("--no-load-shedding", action="store_true")
     parser.add_argument(
@@ -356,6 +361,7 @@ def summarise(
         "seconds": args.seconds,
         "workers": int(metrics.get("spoofwatch_workers", 0)),
         "device": args.device,
+        "precision": args.precision,
         "scoring": "full" if args.full_windows else "incremental",
         "provider": next(
             (k.split("=")[1].rstrip("]") for k in metrics if k.startswith("spoofwatch_provider[")), None

@@ -15,7 +15,11 @@ Prints one JSON object per check (``--json``) or a line each:
   decision flips at the default threshold on real speech, and its speed;
 * ``incremental``: the exact incremental encoder on CUDA: every window of
   several streams of real speech against full-window scoring of the same
-  samples, and steps/s with the streams' states stacked into one call.
+  samples;
+* ``fp16_incremental``: the FP16 incremental graphs against FP32 incremental
+  scoring of the same windows (max / median |Δ logit|, decision flips);
+* ``incremental_throughput``: steps/s per precision with the streams'
+  states stacked into one call.
 """
 
 from __future__ import annotations
@@ -161,24 +165,49 @@ def main() -> None:
             full_passes=sum(c.full_passes for c in caches),
             steps=sum(c.steps for c in caches),
         )
-    # Step throughput: B streams stacked into one call, steady state.
+    # FP16 incremental graphs against FP32 incremental scoring of the same windows.
     inc = IncrementalModel.load("aasist-l", LIVE_HOP_SAMPLES, args.device, 1)
+    half = IncrementalModel.load("aasist-l", LIVE_HOP_SAMPLES, args.device, 1, precision="fp16")
+    a, b32 = [half.open_stream() for _ in streams], [inc.open_stream() for _ in streams]
+    per_stream = [windows_of(s, LIVE_HOP_SAMPLES) for s in streams]
+    got16: list[float] = []
+    got32: list[float] = []
+    for step in range(len(per_stream[0])):
+        windows = [w[step] for w in per_stream]
+        got16 += half.score(a, windows)
+        got32 += inc.score(b32, windows)
+    d = np.abs(np.subtract(got16, got32))
+    report(
+        out,
+        args.json,
+        check="fp16_incremental",
+        provider=half.device,
+        windows=len(d),
+        max_abs_vs_fp32=float(d.max()),
+        median_abs_vs_fp32=float(np.median(d)),
+        flips=int(np.sum((np.array(got16) >= threshold) != (np.array(got32) >= threshold))),
+    )
+    # Step throughput: B streams stacked into one call, steady state, per precision.
     long = np.concatenate(streams)
-    for b in (int(v) for v in args.step_batches.split(",")):
-        caches = [inc.open_stream() for _ in range(b)]
+    batches = [int(v) for v in args.step_batches.split(",")]
+    for precision, model_at, b in [(p, m, b) for p, m in (("fp32", inc), ("fp16", half)) for b in batches]:
+        caches = [model_at.open_stream() for _ in range(b)]
         offsets = [(i * 7919) % max(1, long.size - 3 * WINDOW_SAMPLES) for i in range(b)]
         k = [0]
 
-        def advance(caches: list[Any] = caches, offsets: list[int] = offsets, k: list[int] = k) -> None:
+        def advance(
+            caches: list[Any] = caches, offsets: list[int] = offsets, k: list[int] = k, m: Any = model_at
+        ) -> None:
             start = k[0] * LIVE_HOP_SAMPLES
             k[0] += 1
-            inc.score(caches, [(start, long[o + start : o + start + WINDOW_SAMPLES]) for o in offsets])
+            m.score(caches, [(start, long[o + start : o + start + WINDOW_SAMPLES]) for o in offsets])
 
         advance()  # first passes
         report(
             out,
             args.json,
             check="incremental_throughput",
+            precision=precision,
             streams_per_call=b,
             steps_per_s=b / timed(advance, rounds=6),
         )

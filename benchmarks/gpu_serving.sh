@@ -6,6 +6,7 @@
 # On the GPU host, from the checkout root, with .devcarry carried along:
 #   benchmarks/gpu_serving.sh run [STREAMS[:FRAME_MS]...]   # default: 256 1024; JSON lines under $OUT (or /tmp/out)
 #   (first benchmarks/gpu_checks.py: CUDA parity, batch cap, FP16, incremental; SKIP_CHECKS=1 skips it)
+#   BENCH_ARGS="--precision fp16": serve with the FP16 graphs (incremental steps at FP16)
 #
 # Each run: `serve --device cuda --workers 8` and bench_server.py with 20 s real-time
 # streams of LibriSpeech speech from 6 client processes (about 60-90 s per run).
@@ -33,6 +34,7 @@ prepare() {
         SPOOFWATCH_HOME=$carry/home python3 -c "from spoofwatch.constants import LIVE_HOP_SAMPLES as h; from spoofwatch.model.incremental import ensure_incremental_onnx as e; e('$model', h)"
     done
     SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch export --model aasist-l --precision fp16
+    SPOOFWATCH_HOME=$carry/home python3 -c "from spoofwatch.constants import LIVE_HOP_SAMPLES as h; from spoofwatch.model.incremental import ensure_incremental_onnx as e; e('aasist-l', h, precision='fp16')"
     du -sh "$carry"
 }
 

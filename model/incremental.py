@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the incremental graphs change, so old cached graphs are not reused.
 INCREMENTAL_VERSION = 1
+#: Precisions the incremental graphs are built at: INT8 is slower than FP32 on
+#: the CPU it targets (see ``quantize``), so it has no incremental variant.
+INCREMENTAL_PRECISIONS = ("fp32", "fp16")
 #: Largest |incremental - full| logit difference (PyTorch, float32) an export may show.
 INCREMENTAL_PARITY_TOL = 1e-4
 #: Time pooling factor of the front end and of every residual block.
@@ -420,11 +423,18 @@ class IncrementalPaths:
     step: Path
 
 
-def cached_incremental_paths(model: str, hop_samples: int, weights: Path | None = None) -> IncrementalPaths:
-    """Cache location of the incremental graphs for these exact weights and hop."""
+def cached_incremental_paths(
+    model: str, hop_samples: int, weights: Path | None = None, precision: str = "fp32"
+) -> IncrementalPaths:
+    """Cache location of the incremental graphs for these exact weights, hop and precision."""
+    from .quantize import QUANT_VERSION
+
+    prec = _incremental_precision(precision)
     config = load_model_config(model)
     digest = config.weights_sha256 if weights is None else sha256_file(weights)
     stem = f"{config.name}-{digest[:16]}-inc{hop_samples}-v{INCREMENTAL_VERSION}"
+    if prec != "fp32":
+        stem += f"-{prec}-q{QUANT_VERSION}"
     return IncrementalPaths(onnx_dir() / f"{stem}-init.onnx", onnx_dir() / f"{stem}-step.onnx")
 
 
@@ -509,9 +519,38 @@ def export_incremental(
     return diff
 
 
-def ensure_incremental_onnx(model: str, hop_samples: int, weights: Path | None = None) -> IncrementalPaths:
-    """The cached incremental graphs of ``model`` at ``hop_samples``, exported on first use."""
+def _incremental_precision(precision: str) -> str:
+    from .precision import validate_precision
+
+    prec = validate_precision(precision)
+    if prec not in INCREMENTAL_PRECISIONS:
+        raise InputError(f"the incremental encoder runs at {' or '.join(INCREMENTAL_PRECISIONS)}, not {prec}")
+    return prec
+
+
+def ensure_incremental_onnx(
+    model: str, hop_samples: int, weights: Path | None = None, precision: str = "fp32"
+) -> IncrementalPaths:
+    """The cached incremental graphs of ``model`` at ``hop_samples``, exported on first use.
+
+    FP16 graphs (for the CUDA provider) are converted from the FP32 pair like
+    the full model's (``convert_fp16``: FP32 inputs, outputs and state, the
+    sinc front end kept FP32) and, like it, refused when they were not made
+    from the FP32 files in use. FP16 steps are not exact against FP32: they
+    round like the FP16 full-window graph does.
+    """
+    from .quantize import check_source, convert_fp16
+
+    prec = _incremental_precision(precision)
     paths = cached_incremental_paths(model, hop_samples, weights)
     if not (paths.init.is_file() and paths.step.is_file()):
         export_incremental(model, hop_samples, paths, weights)
-    return paths
+    if prec == "fp32":
+        return paths
+    variant = cached_incremental_paths(model, hop_samples, weights, prec)
+    for source, target in ((paths.init, variant.init), (paths.step, variant.step)):
+        if not target.is_file():
+            log.info("no cached %s incremental graph %s yet; building it", prec, target.name)
+            convert_fp16(source, target)
+        check_source(target, source, "fp16")
+    return variant

@@ -126,10 +126,11 @@ class IncrementalModel:
         threads: int | None = None,
         weights: Path | None = None,
         batch_streams: bool | None = None,
+        precision: str = "fp32",
     ) -> IncrementalModel:
-        """Load (exporting on first use) the graphs of ``model`` at ``hop_samples``."""
+        """Load (exporting on first use) the graphs of ``model`` at ``hop_samples`` and ``precision``."""
         plan = plan_for(load_model_config(model), hop_samples)
-        paths = ensure_incremental_onnx(model, hop_samples, weights)
+        paths = ensure_incremental_onnx(model, hop_samples, weights, precision)
         return cls(paths, plan, device, threads, batch_streams)
 
     @property
@@ -299,10 +300,11 @@ def load_incremental(
     threads: int | None = None,
     weights: Path | None = None,
     batch_streams: bool | None = None,
+    precision: str = "fp32",
 ) -> IncrementalModel | None:
     """The incremental graphs for ``hop_samples``, or ``None`` (logged) when that hop needs full windows."""
     reason = incremental_unavailable(model, hop_samples)
     if reason is not None:
         log.warning("scoring full windows, not incrementally: %s", reason)
         return None
-    return IncrementalModel.load(model, hop_samples, device, threads, weights, batch_streams)
+    return IncrementalModel.load(model, hop_samples, device, threads, weights, batch_streams, precision)

@@ -128,10 +128,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Prefix of the model's parameter names in the incremental graphs, which wrap it as ``net``.
+_WRAPPED_PREFIX = "net."
+
+
 def _conv_nodes(model: Any) -> list[tuple[str, str]]:
-    """``(node name, weight initializer name)`` of every Conv with a constant weight."""
+    """``(node name, layer name)`` of every Conv with a constant weight; the layer
+    name is the weight initializer's, as in the model (``conv_time.filters``)
+    whether the graph is the whole model or an incremental graph wrapping it."""
     inits = {i.name for i in model.graph.initializer}
-    return [(n.name, n.input[1]) for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits]
+    return [
+        (n.name, n.input[1].removeprefix(_WRAPPED_PREFIX))
+        for n in model.graph.node
+        if n.op_type == "Conv" and n.input[1] in inits
+    ]
 
 
 def _stamp(model: Any, precision: Precision, source_sha256: str, fp32_layers: Sequence[str]) -> None:

@@ -129,7 +129,7 @@ def test_hops_that_are_not_multiples_of_729_are_refused_with_a_reason(hop: int) 
     ("hop", "precision", "full_windows", "reason"),
     [
         (8000, "fp32", False, "729"),
-        (LIVE_HOP_SAMPLES, "int8", False, "fp32 only"),
+        (LIVE_HOP_SAMPLES, "int8", False, "fp32 or fp16 (--precision int8)"),
         (LIVE_HOP_SAMPLES, "fp32", True, "--full-windows"),
     ],
 )
@@ -412,3 +412,61 @@ def test_scorer_rejects_bad_windows(incremental: Callable[[str, int, bool], Incr
     with pytest.raises(InputError, match="finite"):
         stream.score(0, bad)
     assert stream.state is None
+
+
+# ---- FP16 graphs (for CUDA) ---------------------------------------------------------------
+
+#: |FP16 - FP32| allowed for one bona fide logit: the full-window FP16 graph's bound.
+FP16_TOL = 5e-2
+
+
+def test_fp16_graphs_are_stamped_reused_and_close_to_fp32(
+    sw_home: Path, shared: Path, incremental: Callable[[str, int, bool], IncrementalModel]
+) -> None:
+    """FP16 targets CUDA; here the pair runs on the CPU provider (which upcasts
+    between FP16 tensors), so this bounds rounding, not GPU arithmetic."""
+    from spoofwatch.model.quantize import META_FP32_LAYERS, META_PRECISION, read_metadata, sha256_of
+
+    fp32 = incremental("aasist-l", LIVE_HOP_SAMPLES, True)
+    paths = ensure_incremental_onnx("aasist-l", LIVE_HOP_SAMPLES, precision="fp16")
+    source = cached_incremental_paths("aasist-l", LIVE_HOP_SAMPLES)
+    assert paths == cached_incremental_paths("aasist-l", LIVE_HOP_SAMPLES, precision="fp16")
+    assert paths.step != source.step and "fp16" in paths.step.name
+    for half, full in ((paths.init, source.init), (paths.step, source.step)):
+        meta = read_metadata(half)
+        assert meta[META_PRECISION] == "fp16" and meta["spoofwatch.source_sha256"] == sha256_of(full)
+        assert "node_Conv" in meta[META_FP32_LAYERS]  # the sinc front end, found inside the wrapper
+    stamp = paths.step.stat().st_mtime_ns
+    assert ensure_incremental_onnx("aasist-l", LIVE_HOP_SAMPLES, precision="fp16") == paths
+    assert paths.step.stat().st_mtime_ns == stamp  # reused, not converted again
+
+    half_model = IncrementalModel(paths, fp32.plan, "cpu", 2, batch_streams=True)
+    audios = [librispeech(shared, 8.0, first=10 * k) for k in range(2)]
+    a, b = [half_model.open_stream() for _ in audios], [fp32.open_stream() for _ in audios]
+    worst = 0.0
+    for start in windows_of(audios[0], LIVE_HOP_SAMPLES):
+        windows = [(start, x[start : start + WINDOW_SAMPLES]) for x in audios]
+        worst = max(worst, *np.abs(np.subtract(half_model.score(a, windows), fp32.score(b, windows))))
+    assert 0 < worst <= FP16_TOL  # rounded (not the FP32 graph by mistake), within the bound
+    assert [s.full_passes for s in a] == [1, 1] and all(s.steps > 0 for s in a)
+
+
+def test_fp16_graph_from_another_fp32_source_and_int8_are_refused(sw_home: Path) -> None:
+    import onnx
+
+    from spoofwatch.errors import ModelError
+    from spoofwatch.model.quantize import META_SOURCE_SHA256, _atomic_save
+
+    paths = ensure_incremental_onnx("aasist-l", LIVE_HOP_SAMPLES, precision="fp16")
+    step = onnx.load(str(paths.step))
+    for prop in step.metadata_props:
+        if prop.key == META_SOURCE_SHA256:
+            prop.value = "f" * 64
+    _atomic_save(step, paths.step)
+    try:
+        with pytest.raises(ModelError, match="made from an FP32 graph with SHA-256 ffff"):
+            ensure_incremental_onnx("aasist-l", LIVE_HOP_SAMPLES, precision="fp16")
+    finally:
+        paths.step.unlink()
+    with pytest.raises(InputError, match="runs at fp32 or fp16, not int8"):
+        ensure_incremental_onnx("aasist-l", LIVE_HOP_SAMPLES, precision="int8")

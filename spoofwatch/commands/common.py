@@ -91,7 +91,7 @@ def load_live_scoring(
         if not full_windows:
             log.warning("scoring full windows, not incrementally: %s", reason)
         return LiveScoring(full, None, reason)
-    inc = IncrementalModel.load(model, hop_samples, device, threads, weights)  # type: ignore[arg-type]
+    inc = IncrementalModel.load(model, hop_samples, device, threads, weights, precision=precision)  # type: ignore[arg-type]
     return LiveScoring(full, inc)
 
 
@@ -101,12 +101,15 @@ def incremental_reason(
     """Why a live command must score full windows (``None``: incremental it is)."""
     from spoofwatch.constants import WINDOW_SAMPLES
     from spoofwatch.model.card import is_card_reference
+    from spoofwatch.model.incremental import INCREMENTAL_PRECISIONS
     from spoofwatch.model.incremental_runtime import incremental_unavailable
 
     if full_windows:
         return "--full-windows"
-    if precision != "fp32":
-        return f"the incremental encoder runs at fp32 only (--precision {precision})"
+    if precision not in INCREMENTAL_PRECISIONS:
+        return (
+            f"the incremental encoder runs at {' or '.join(INCREMENTAL_PRECISIONS)} (--precision {precision})"
+        )
     if is_card_reference(model) or window_samples != WINDOW_SAMPLES:
         return f"model card {model}: the incremental encoder covers the built-in AASIST models only"
     return incremental_unavailable(model, hop_samples)

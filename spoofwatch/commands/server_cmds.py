@@ -133,7 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if incremental_reason(args.model, hop_samples, WINDOW_SAMPLES, args.precision, args.full_windows) is None:
         from spoofwatch.model.incremental import ensure_incremental_onnx
 
-        ensure_incremental_onnx(args.model, hop_samples, args.weights)
+        ensure_incremental_onnx(args.model, hop_samples, args.weights, args.precision)
     spec = WorkerSpec(
         config,
         load_worker_model,
