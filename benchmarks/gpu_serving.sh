@@ -28,13 +28,13 @@ prepare() {
     cp "$shared/reference/official_outputs.npz" "$carry/shared/reference/"
     # Weights and the ONNX exports (FP32, FP16, incremental at the live hop), made
     # here: the host's PyTorch differs.
-    SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch weights fetch --source "$shared/weights" --no-progress
-    for model in aasist-l aasist; do
-        SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch export --model $model
-        SPOOFWATCH_HOME=$carry/home python3 -c "from spoofwatch.constants import LIVE_HOP_SAMPLES as h; from spoofwatch.model.incremental import ensure_incremental_onnx as e; e('$model', h)"
+    export SPOOFWATCH_HOME=$carry/home
+    python3 -m spoofwatch weights fetch --source "$shared/weights" --no-progress
+    for spec in aasist-l:fp32 aasist:fp32 aasist-l:fp16; do
+        local model=${spec%%:*} precision=${spec#*:}
+        python3 -m spoofwatch export --model "$model" --precision "$precision"
+        python3 -c "from spoofwatch.constants import LIVE_HOP_SAMPLES as h; from spoofwatch.model.incremental import ensure_incremental_onnx as e; e('$model', h, precision='$precision')"
     done
-    SPOOFWATCH_HOME=$carry/home python3 -m spoofwatch export --model aasist-l --precision fp16
-    SPOOFWATCH_HOME=$carry/home python3 -c "from spoofwatch.constants import LIVE_HOP_SAMPLES as h; from spoofwatch.model.incremental import ensure_incremental_onnx as e; e('aasist-l', h, precision='fp16')"
     du -sh "$carry"
 }
 

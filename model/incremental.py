@@ -53,6 +53,8 @@ from spoofwatch.paths import onnx_dir
 from .aasist import AASIST, ResidualBlock
 from .config import ModelConfig, load_model_config
 from .export import ONNX_OPSET, _quiet_exporter
+from .precision import validate_precision
+from .quantize import QUANT_VERSION, check_source, convert_fp16
 from .weights import load_torch_model, sha256_file
 
 log = logging.getLogger(__name__)
@@ -427,8 +429,6 @@ def cached_incremental_paths(
     model: str, hop_samples: int, weights: Path | None = None, precision: str = "fp32"
 ) -> IncrementalPaths:
     """Cache location of the incremental graphs for these exact weights, hop and precision."""
-    from .quantize import QUANT_VERSION
-
     prec = _incremental_precision(precision)
     config = load_model_config(model)
     digest = config.weights_sha256 if weights is None else sha256_file(weights)
@@ -519,12 +519,18 @@ def export_incremental(
     return diff
 
 
-def _incremental_precision(precision: str) -> str:
-    from .precision import validate_precision
+def precision_unsupported(precision: str) -> str | None:
+    """Why the incremental graphs cannot be built at ``precision`` (``None``: they can)."""
+    if precision in INCREMENTAL_PRECISIONS:
+        return None
+    return f"the incremental encoder runs at {' or '.join(INCREMENTAL_PRECISIONS)}, not {precision}"
 
+
+def _incremental_precision(precision: str) -> str:
     prec = validate_precision(precision)
-    if prec not in INCREMENTAL_PRECISIONS:
-        raise InputError(f"the incremental encoder runs at {' or '.join(INCREMENTAL_PRECISIONS)}, not {prec}")
+    reason = precision_unsupported(prec)
+    if reason is not None:
+        raise InputError(reason)
     return prec
 
 
@@ -539,8 +545,6 @@ def ensure_incremental_onnx(
     from the FP32 files in use. FP16 steps are not exact against FP32: they
     round like the FP16 full-window graph does.
     """
-    from .quantize import check_source, convert_fp16
-
     prec = _incremental_precision(precision)
     paths = cached_incremental_paths(model, hop_samples, weights)
     if not (paths.init.is_file() and paths.step.is_file()):

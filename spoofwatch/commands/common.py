@@ -101,15 +101,13 @@ def incremental_reason(
     """Why a live command must score full windows (``None``: incremental it is)."""
     from spoofwatch.constants import WINDOW_SAMPLES
     from spoofwatch.model.card import is_card_reference
-    from spoofwatch.model.incremental import INCREMENTAL_PRECISIONS
+    from spoofwatch.model.incremental import precision_unsupported
     from spoofwatch.model.incremental_runtime import incremental_unavailable
 
     if full_windows:
         return "--full-windows"
-    if precision not in INCREMENTAL_PRECISIONS:
-        return (
-            f"the incremental encoder runs at {' or '.join(INCREMENTAL_PRECISIONS)} (--precision {precision})"
-        )
+    if (reason := precision_unsupported(precision)) is not None:
+        return reason
     if is_card_reference(model) or window_samples != WINDOW_SAMPLES:
         return f"model card {model}: the incremental encoder covers the built-in AASIST models only"
     return incremental_unavailable(model, hop_samples)
