@@ -59,6 +59,8 @@ METADATA_COLUMNS = (
 SHARED_REPO = "shared/speech"
 LA_REPO = "shared/asvspoof2019_la"
 MIN_SECONDS = 0.5
+#: Columns a source manifest (``tts_demos/manifest.tsv``, ``extra_manifests``) must fill.
+MANIFEST_COLUMNS = ("path", "label", "system", "kind", "speaker_or_corpus", "source_repo")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class CorpusConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     #: Extra protocols: name -> (split, utterances), class-balanced (see balanced_subset).
     subsets: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: More audio in the ``tts_demos`` manifest format (your own genuine recordings,
+    #: harvested demo pages); each manifest's paths are relative to its folder.
+    extra_manifests: tuple[Path, ...] = ()
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +116,9 @@ def load_corpus_config(path: Path) -> CorpusConfig:
     env = os.environ.get("SPOOFWATCH_SHARED")
     shared = Path(env) if env else (path.parent / str(data.pop("shared", "../shared")))
     data.pop("shared", None)
+    extra = data.pop("extra_manifests", [])
+    if not isinstance(extra, list) or not all(isinstance(e, str) for e in extra):
+        raise ConfigError(f"{path}: extra_manifests must be a list of paths (got {extra!r})")
     try:
         return CorpusConfig(
             shared=shared.resolve(),
@@ -121,6 +129,7 @@ def load_corpus_config(path: Path) -> CorpusConfig:
             generate=GenerateConfig(**_tuples(data.pop("generate", {}))),
             channel=ChannelConfig(**_tuples(data.pop("channel", {}))),
             subsets={k: (str(v[0]), int(v[1])) for k, v in data.pop("subsets", {}).items()},
+            extra_manifests=tuple((path.parent / e).resolve() for e in extra),
             **data,
         )
     except (TypeError, ValueError) as exc:
@@ -155,25 +164,41 @@ def _clean(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+()-]+", "_", text.strip()) or "_"
 
 
-def _demo_items(root: Path) -> list[Item]:
+def _demo_items(manifest: Path, key_prefix: str = "tts_demos") -> list[Item]:
+    """Items of a manifest in the ``tts_demos`` format (paths relative to its folder)."""
     items = []
-    with (root / "manifest.tsv").open(encoding="utf-8") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            genuine = row["label"] == "bonafide"
-            who = row["speaker_or_corpus"]
-            items.append(
-                Item(
-                    key=f"tts_demos/{row['path']}",
-                    label=row["label"],
-                    kind="genuine" if genuine else row["kind"],
-                    system="-" if genuine else row["system"],
-                    corpus=who,
-                    speaker=_clean(f"{row['source_repo'].split('/')[0]}-{who}"),
-                    source_repo=row["source_repo"],
-                    generator="",
-                    source=str(root / row["path"]),
-                )
+    root = manifest.parent
+    try:
+        with manifest.open(encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except OSError as exc:
+        raise DatasetError(f"{manifest}: cannot read the manifest: {exc}") from None
+    for n, row in enumerate(rows, start=2):
+        missing = [c for c in MANIFEST_COLUMNS if not row.get(c)]
+        if missing:
+            raise DatasetError(
+                f"{manifest}:{n}: empty or missing column(s) {missing}; expected {MANIFEST_COLUMNS}"
             )
+        genuine = row["label"] == "bonafide"
+        if row["label"] not in ("bonafide", "spoof") or not (genuine or row["kind"] in KINDS[1:]):
+            raise DatasetError(
+                f"{manifest}:{n}: label {row['label']!r} / kind {row['kind']!r}; expected label "
+                f"bonafide, or spoof with a kind in {KINDS[1:]}"
+            )
+        who = row["speaker_or_corpus"]
+        items.append(
+            Item(
+                key=f"{key_prefix}/{row['path']}",
+                label=row["label"],
+                kind="genuine" if genuine else row["kind"],
+                system="-" if genuine else row["system"],
+                corpus=who,
+                speaker=_clean(f"{row['source_repo'].split('/')[0]}-{who}"),
+                source_repo=row["source_repo"],
+                generator="",
+                source=str(root / row["path"]),
+            )
+        )
     return items
 
 
@@ -339,13 +364,21 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
     ):
         if not need.exists():
             raise DatasetError(f"{need}: not found (expected the shared data folder; set SPOOFWATCH_SHARED)")
+    for manifest in cfg.extra_manifests:
+        if not manifest.is_file():
+            raise DatasetError(f"{manifest}: not found (an extra_manifests entry of the corpus config)")
     base = (
-        _demo_items(shared / "tts_demos")
+        _demo_items(shared / "tts_demos" / "manifest.tsv")
         + _speech_items(shared / "speech")
         + _la_items(shared / "asvspoof2019_la")
     )
+    extra = [
+        i
+        for manifest in cfg.extra_manifests
+        for i in _demo_items(manifest, key_prefix=f"extra/{manifest.parent.name}")
+    ]
     test_systems = set(cfg.splits.test_systems) | {
-        i.system for i in base if i.label == "spoof" and i.source_repo in cfg.splits.test_repos
+        i.system for i in base + extra if i.label == "spoof" and i.source_repo in cfg.splits.test_repos
     }
     gen = cfg.generate
     items = [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in base]
@@ -381,6 +414,14 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
                         (src.source, *kind_args),
                     )
                 )
+    # Appended after the resynthesis draws, so that adding a manifest never
+    # reshuffles the items (and the test split) of an existing plan.
+    items += [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in extra]
+    seen: set[str] = set()
+    for i in items:
+        if i.key in seen:
+            raise DatasetError(f"{i.key}: listed twice (two extra manifests in folders of the same name?)")
+        seen.add(i.key)
     return items
 
 

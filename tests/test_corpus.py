@@ -209,3 +209,83 @@ def test_evaluate_suite_official_and_candidate(
     assert 0.0 <= at["detection_rate"] <= 1.0
     assert (out / "det.png").stat().st_size > 1000
     assert "| **pooled** |" in (out / "suite.md").read_text()
+
+
+def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> Path:
+    header = (
+        "path\tlabel\tsystem\tkind\tspeaker_or_corpus\tsource_repo\tlicence\toriginal_format\toriginal_rate"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *("\t".join(r) for r in rows)]) + "\n", "utf-8")
+    return path
+
+
+def test_extra_manifests_are_appended_and_follow_the_split_rules(
+    open_cfg: object, shared: Path, tmp_path: Path
+) -> None:
+    from spoofwatch.errors import DatasetError
+    from spoofwatch.model.corpus import iter_build, plan_corpus
+
+    speech = shared / "data" / "speech"
+    genuine, other = sorted((speech / "bonafide" / "ljspeech").glob("*"))[:2]
+    vocoded = sorted((speech / "spoof" / "nii_nsf").glob("*"))[0]
+    test_repo = open_cfg.splits.test_repos[0]  # type: ignore[attr-defined]
+    manifest = _write_manifest(
+        tmp_path / "mine" / "manifest.tsv",
+        [
+            (str(genuine), "bonafide", "GT", "gt", "my-call-centre", "me/recordings", "mine", "WAV", "8000"),
+            (
+                str(vocoded),
+                "spoof",
+                "MyVocoder",
+                "vocoder",
+                "agent-7",
+                "me/recordings",
+                "mine",
+                "WAV",
+                "8000",
+            ),
+            (str(other), "bonafide", "GT", "gt", "held-out-spk", test_repo, "mine", "WAV", "8000"),
+        ],
+    )
+    base = plan_corpus(open_cfg)  # type: ignore[arg-type]
+    cfg = dataclasses.replace(open_cfg, extra_manifests=(manifest,))  # type: ignore[type-var]
+    items = plan_corpus(cfg)  # type: ignore[arg-type]
+    # Adding a source never reshuffles an existing plan (or its test split).
+    assert [(i.base_id, i.split) for i in items[: len(base)]] == [(i.base_id, i.split) for i in base]
+    added = items[len(base) :]
+    assert [(i.label, i.kind, i.system, i.split) for i in added] == [
+        ("bonafide", "genuine", "-", "train"),
+        ("spoof", "vocoder", "MyVocoder", "train"),
+        ("bonafide", "genuine", "-", "test"),  # its repository is held out
+    ]
+    assert added[0].speaker == "me-my-call-centre" and added[0].source == str(genuine)
+    # They are built like any other clip (real audio, clean + channel copy).
+    rows = [r for built in iter_build(cfg, tmp_path / "corpus", added[:1]) for r in built]  # type: ignore[arg-type]
+    assert [r.copy for r in rows] == [0, 1] and all(r.seconds > 1 for r in rows)
+
+    bad = _write_manifest(
+        tmp_path / "bad" / "manifest.tsv",
+        [(str(vocoded), "spoof", "X", "deepfake", "spk", "me/x", "", "", "")],
+    )
+    with pytest.raises(DatasetError, match=r"manifest.tsv:2: .*kind 'deepfake'.*expected"):
+        plan_corpus(dataclasses.replace(open_cfg, extra_manifests=(bad,)))  # type: ignore[type-var]
+    with pytest.raises(DatasetError, match="not found"):
+        plan_corpus(dataclasses.replace(open_cfg, extra_manifests=(tmp_path / "nope.tsv",)))  # type: ignore[type-var]
+    with pytest.raises(DatasetError, match="listed twice"):
+        plan_corpus(dataclasses.replace(open_cfg, extra_manifests=(manifest, manifest)))  # type: ignore[type-var]
+
+
+def test_extra_manifests_config_is_relative_to_the_file(shared: Path, tmp_path: Path) -> None:
+    import os
+
+    from spoofwatch.errors import ConfigError
+    from spoofwatch.model.corpus import load_corpus_config
+
+    os.environ["SPOOFWATCH_SHARED"] = str(shared)
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('extra_manifests = ["mine/manifest.tsv"]\n')
+    assert load_corpus_config(cfg_file).extra_manifests == ((tmp_path / "mine" / "manifest.tsv").resolve(),)
+    cfg_file.write_text('extra_manifests = "mine/manifest.tsv"\n')
+    with pytest.raises(ConfigError, match="extra_manifests must be a list"):
+        load_corpus_config(cfg_file)
