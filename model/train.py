@@ -85,6 +85,7 @@ class Trainer:
         config: TrainConfig,
         init: str | None = None,
         resume: bool = False,
+        init_weights: Path | None = None,
         progress_bar: bool = True,
         on_metrics: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -100,7 +101,7 @@ class Trainer:
         self.dev_set = check_dataset(config.dev_protocol, config.dev_audio_dir)
         torch.manual_seed(config.seed)
         self.model_config = config.model_config()
-        self.model = self._build_model(init).to(self.device)
+        self.model = self._build_model(init, init_weights).to(self.device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.base_lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
         )
@@ -120,7 +121,14 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------
 
-    def _build_model(self, init: str | None) -> AASIST:
+    def _build_model(self, init: str | None, init_weights: Path | None) -> AASIST:
+        if init is not None and init_weights is not None:
+            raise ModelError("--init and --init-weights are exclusive: start from one set of weights")
+        if init_weights is not None:
+            # Your own weights (e.g. an earlier fine-tune's best.pth), loaded strictly
+            # into this config's architecture, overrides included.
+            log.info("fine-tuning from %s", init_weights)
+            return load_torch_model(self.config.model, init_weights, self.model_config).train()
         if init is None:
             return AASIST(self.model_config)
         if self.config.model_overrides:

@@ -348,3 +348,26 @@ def test_train_config_ranges_are_checked_at_load(line: str, message: str, tmp_pa
         load_train_config(path)
     path.write_text(paths)
     assert load_train_config(path).base_lr > 0
+
+
+def test_init_weights_continues_from_a_previous_run(tiny_la: Path, tmp_path: Path) -> None:
+    from spoofwatch.errors import ModelError, WeightsError
+
+    first = load_train_config(write_config(tmp_path / "a.toml", tiny_la, tmp_path / "a", epochs=1))
+    best = Trainer(first, progress_bar=False).run().best_weights
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    config = load_train_config(write_config(tmp_path / "b.toml", tiny_la, tmp_path / "b", epochs=1))
+    trainer = Trainer(config, init_weights=best, progress_bar=False)
+    start = trainer.model.state_dict()
+    assert saved.keys() == start.keys() and all(torch.equal(saved[k], start[k]) for k in saved)
+    assert trainer.model.training
+    # A fresh model differs from those weights (the test above is not vacuous).
+    fresh = Trainer(config, progress_bar=False).model.state_dict()
+    assert any(not torch.equal(fresh[k], saved[k]) for k in saved if saved[k].is_floating_point())
+    with pytest.raises(ModelError, match="exclusive"):
+        Trainer(config, init="aasist-l", init_weights=best, progress_bar=False)
+    official_shape = load_train_config(
+        write_config(tmp_path / "c.toml", tiny_la, tmp_path / "c", tiny=False, epochs=1)
+    )
+    with pytest.raises(WeightsError, match="does not fit"):
+        Trainer(official_shape, init_weights=best, progress_bar=False)

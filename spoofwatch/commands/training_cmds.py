@@ -34,6 +34,13 @@ def register(sub: Any) -> None:
     train.add_argument(
         "--init", choices=MODEL_NAMES, default=None, help="start from the official weights (fine-tuning)"
     )
+    train.add_argument(
+        "--init-weights",
+        type=Path,
+        default=None,
+        metavar="PTH",
+        help="start from your own weights instead (e.g. an earlier run's best.pth)",
+    )
     train.set_defaults(func=cmd_train)
 
 
@@ -56,7 +63,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.config)
     trainer = Trainer(
-        config, init=args.init, resume=args.resume, progress_bar=sys.stderr.isatty(), on_metrics=_print_epoch
+        config,
+        init=args.init,
+        init_weights=args.init_weights,
+        resume=args.resume,
+        progress_bar=sys.stderr.isatty(),
+        on_metrics=_print_epoch,
     )
     result = trainer.run()
     if result.interrupted:
