@@ -36,11 +36,12 @@ from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import ConfigError, DatasetError
 
 from .channel import ChannelConfig, available_codecs, random_channel
+from .manifest import MANIFEST_COLUMNS, SPOOF_KINDS
 
 log = logging.getLogger(__name__)
 Wave = npt.NDArray[np.float32]
 SPLITS = ("train", "dev", "test")
-KINDS = ("genuine", "tts", "vc", "vocoder", "codec")
+KINDS = ("genuine", *SPOOF_KINDS)
 METADATA_COLUMNS = (
     "utt",
     "split",
@@ -59,8 +60,6 @@ METADATA_COLUMNS = (
 SHARED_REPO = "shared/speech"
 LA_REPO = "shared/asvspoof2019_la"
 MIN_SECONDS = 0.5
-#: Columns a source manifest (``tts_demos/manifest.tsv``, ``extra_manifests``) must fill.
-MANIFEST_COLUMNS = ("path", "label", "system", "kind", "speaker_or_corpus", "source_repo")
 
 
 @dataclass(frozen=True)
@@ -180,10 +179,10 @@ def _demo_items(manifest: Path, key_prefix: str = "tts_demos") -> list[Item]:
                 f"{manifest}:{n}: empty or missing column(s) {missing}; expected {MANIFEST_COLUMNS}"
             )
         genuine = row["label"] == "bonafide"
-        if row["label"] not in ("bonafide", "spoof") or not (genuine or row["kind"] in KINDS[1:]):
+        if row["label"] not in ("bonafide", "spoof") or not (genuine or row["kind"] in SPOOF_KINDS):
             raise DatasetError(
                 f"{manifest}:{n}: label {row['label']!r} / kind {row['kind']!r}; expected label "
-                f"bonafide, or spoof with a kind in {KINDS[1:]}"
+                f"bonafide, or spoof with a kind in {SPOOF_KINDS}"
             )
         who = row["speaker_or_corpus"]
         items.append(

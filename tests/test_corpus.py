@@ -289,3 +289,65 @@ def test_extra_manifests_config_is_relative_to_the_file(shared: Path, tmp_path: 
     cfg_file.write_text('extra_manifests = "mine/manifest.tsv"\n')
     with pytest.raises(ConfigError, match="extra_manifests must be a list"):
         load_corpus_config(cfg_file)
+
+
+def test_data_manifest_describes_a_folder_for_the_corpus(
+    open_cfg: object, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    import soundfile
+
+    from spoofwatch.audio import read_audio
+    from spoofwatch.cli import main
+    from spoofwatch.model.corpus import iter_build, plan_corpus
+
+    speech = sorted((shared / "data" / "speech" / "bonafide" / "vctk").glob("*"))[:2]
+    calls = tmp_path / "calls"
+    for k, src in enumerate(speech):
+        (calls / f"agent{k}").mkdir(parents=True)
+        # Real speech, resampled to a telephone rate and stored as FLAC and WAV.
+        soundfile.write(calls / f"agent{k}" / f"c{k}.{'flac' if k else 'wav'}", read_audio(src, 8000), 8000)
+    (calls / "agent0" / "broken.wav").write_bytes(b"RIFF not really audio")
+    (calls / "notes.txt").write_text("not audio")
+    out = tmp_path / "man" / "manifest.tsv"
+    rc = main(
+        ["data", "manifest", str(calls), "--out", str(out), "--label", "bonafide", "--corpus", "Our calls"]
+    )
+    assert rc == 0
+    assert "2 files, 2 speaker(s), 1 skipped" in capsys.readouterr().out
+    rows = list(csv.DictReader(out.read_text().splitlines(), delimiter="\t"))
+    assert [(r["path"], r["speaker_or_corpus"], r["original_rate"]) for r in rows] == [
+        ("../calls/agent0/c0.wav", "Our calls (agent0)", "8000"),
+        ("../calls/agent1/c1.flac", "Our calls (agent1)", "8000"),
+    ]
+    # build-corpus takes it as it is: genuine training items, built from the real files.
+    cfg = dataclasses.replace(open_cfg, extra_manifests=(out,))  # type: ignore[type-var]
+    added = plan_corpus(cfg)[-2:]  # type: ignore[arg-type]
+    assert [(i.label, i.split, i.source) for i in added] == [
+        ("bonafide", "train", str(out.parent / rows[0]["path"])),
+        ("bonafide", "train", str(out.parent / rows[1]["path"])),
+    ]
+    built = [r for b in iter_build(cfg, tmp_path / "corpus", added) for r in b]  # type: ignore[arg-type]
+    assert len(built) == 4 and all(r.seconds > 1 for r in built)
+    # Spoof folders must say what made them; nothing readable is an error.
+    assert main(["data", "manifest", str(calls), "--out", str(out), "--label", "spoof", "--corpus", "x"]) == 2
+    assert "--system NAME and --kind" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert (
+        main(
+            [
+                "data",
+                "manifest",
+                str(tmp_path / "empty"),
+                "--out",
+                str(out),
+                "--label",
+                "bonafide",
+                "--corpus",
+                "x",
+            ]
+        )
+        == 2
+    )
+    assert "no readable audio files" in capsys.readouterr().err

@@ -90,6 +90,57 @@ def register_data(dsub: Any) -> None:
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=cmd_build_corpus)
 
+    man = dsub.add_parser(
+        "manifest",
+        help="describe a folder of your own audio for build-corpus (extra_manifests)",
+        description="Write a manifest (tts_demos format) for every readable audio file under FOLDER; "
+        "list it in the corpus TOML's extra_manifests.",
+    )
+    man.add_argument("folder", type=Path, help="folder scanned recursively for audio files")
+    man.add_argument("--out", type=Path, required=True, help="manifest.tsv to write (paths relative to it)")
+    man.add_argument("--label", choices=("bonafide", "spoof"), required=True)
+    man.add_argument("--corpus", required=True, help="name of the recordings, e.g. 'our call centre'")
+    man.add_argument("--source", default="local", help="where the audio came from (source_repo column)")
+    man.add_argument("--system", default="GT", help="synthesis system (spoof folders)")
+    man.add_argument("--kind", default="gt", help="tts, vc, vocoder or codec (spoof folders)")
+    man.add_argument(
+        "--speaker-from",
+        choices=("folder", "corpus"),
+        default="folder",
+        help="folder: each file's parent folder names its speaker (default); corpus: one speaker",
+    )
+    man.add_argument("--licence", default="unknown")
+    man.set_defaults(func=cmd_manifest)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    import logging
+
+    from spoofwatch.errors import InputError
+    from spoofwatch.model.manifest import FolderSource, scan_folder, write_manifest
+
+    spec = FolderSource(
+        label=args.label,
+        corpus=args.corpus,
+        source=args.source,
+        system=args.system,
+        kind=args.kind,
+        speaker_from=args.speaker_from,
+        licence=args.licence,
+    )
+    rows, skipped = scan_folder(args.folder, spec, args.out.parent)
+    for message in skipped:
+        logging.getLogger(__name__).warning("skipped %s", message)
+    if not rows:
+        raise InputError(f"{args.folder}: no readable audio files ({len(skipped)} skipped)")
+    write_manifest(args.out, rows)
+    speakers = len({r[4] for r in rows})
+    sys.stdout.write(
+        f"{args.out}: {len(rows)} files, {speakers} speaker(s), {len(skipped)} skipped; "
+        "add it to extra_manifests in the corpus TOML\n"
+    )
+    return 0
+
 
 def cmd_build_corpus(args: argparse.Namespace) -> int:
     from tqdm import tqdm
