@@ -414,7 +414,9 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
                     )
                 )
     # Appended after the resynthesis draws, so that adding a manifest never
-    # reshuffles the items (and the test split) of an existing plan.
+    # reshuffles the items (and the test split) of an existing plan. (The one
+    # exception is deliberate: a manifest holding out a test repository's system
+    # sends that system to test wherever it appears.)
     items += [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in extra]
     seen: set[str] = set()
     for i in items:
