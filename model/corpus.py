@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import read_audio
+from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import ConfigError, DatasetError
 
@@ -179,7 +180,7 @@ def _demo_items(manifest: Path, key_prefix: str = "tts_demos") -> list[Item]:
                 f"{manifest}:{n}: empty or missing column(s) {missing}; expected {MANIFEST_COLUMNS}"
             )
         genuine = row["label"] == "bonafide"
-        if row["label"] not in ("bonafide", "spoof") or not (genuine or row["kind"] in SPOOF_KINDS):
+        if row["label"] not in LABELS or not (genuine or row["kind"] in SPOOF_KINDS):
             raise DatasetError(
                 f"{manifest}:{n}: label {row['label']!r} / kind {row['kind']!r}; expected label "
                 f"bonafide, or spoof with a kind in {SPOOF_KINDS}"

@@ -10,15 +10,14 @@ system ``GT`` and kind ``gt``; spoofed rows name their system and one of
 from __future__ import annotations
 
 import csv
-import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from spoofwatch.audio import AudioFile
+from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.errors import AudioError, InputError
-
-log = logging.getLogger(__name__)
 
 MANIFEST_HEADER = (
     "path",
@@ -52,8 +51,8 @@ class FolderSource:
     licence: str = "unknown"
 
     def __post_init__(self) -> None:
-        if self.label not in ("bonafide", "spoof"):
-            raise InputError(f"label {self.label!r}: expected bonafide or spoof")
+        if self.label not in LABELS:
+            raise InputError(f"label {self.label!r}: expected one of {LABELS}")
         if self.label == "spoof" and (self.kind not in SPOOF_KINDS or self.system in ("", "GT")):
             raise InputError(f"a spoof folder needs --system NAME and --kind one of {SPOOF_KINDS}")
         if self.speaker_from not in SPEAKER_FROM:
@@ -101,8 +100,6 @@ def scan_folder(root: Path, spec: FolderSource, out_dir: Path) -> tuple[list[lis
 
 
 def _relative(path: Path, out_dir: Path) -> str:
-    import os
-
     return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
 
 

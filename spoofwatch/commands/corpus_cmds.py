@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.constants import MODEL_NAMES
 
 from .common import add_precision_arg
@@ -98,7 +99,7 @@ def register_data(dsub: Any) -> None:
     )
     man.add_argument("folder", type=Path, help="folder scanned recursively for audio files")
     man.add_argument("--out", type=Path, required=True, help="manifest.tsv to write (paths relative to it)")
-    man.add_argument("--label", choices=("bonafide", "spoof"), required=True)
+    man.add_argument("--label", choices=LABELS, required=True)
     man.add_argument("--corpus", required=True, help="name of the recordings, e.g. 'our call centre'")
     man.add_argument("--source", default="local", help="where the audio came from (source_repo column)")
     man.add_argument("--system", default="GT", help="synthesis system (spoof folders)")
