@@ -155,6 +155,8 @@ class Server:
         ]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
+        if args.max_batch_windows:
+            cmd += ["--max-batch-windows", str(args.max_batch_windows)]
         if args.no_load_shedding:
             cmd.append("--no-load-shedding")
         if args.full_windows:
@@ -282,6 +284,9 @@ def main() -> None:
         "--precision", default="fp32", choices=("fp32", "int8", "fp16"), help="serve --precision (fp16: CUDA)"
     )
     parser.add_argument("--max-streams", type=int, default=None, help="default: --streams")
+    parser.add_argument(
+        "--max-batch-windows", type=int, default=None, help="serve --max-batch-windows (default: serve's)"
+    )
     parser.add_argument("--no-load-shedding", action="store_true")
     parser.add_argument(
         "--full-windows", action="store_true", help="serve with --full-windows (default: incremental)"
@@ -362,6 +367,7 @@ def summarise(
         "workers": int(metrics.get("spoofwatch_workers", 0)),
         "device": args.device,
         "precision": args.precision,
+        "max_batch_windows": args.max_batch_windows,
         "scoring": "full" if args.full_windows else "incremental",
         "provider": next(
             (k.split("=")[1].rstrip("]") for k in metrics if k.startswith("spoofwatch_provider[")), None

@@ -4,8 +4,11 @@
 # Here, once (network for PyPI; see ../shared/tools/gpu/README.md):
 #   benchmarks/gpu_serving.sh prepare       # builds .devcarry/ (~45 MB; add .devcarry/ to .git/info/exclude)
 # On the GPU host, from the checkout root, with .devcarry carried along:
-#   benchmarks/gpu_serving.sh run [STREAMS[:FRAME_MS]...]   # default: 256 1024; JSON lines under $OUT (or /tmp/out)
-#   (first benchmarks/gpu_checks.py: CUDA parity, batch cap, FP16, incremental; SKIP_CHECKS=1 skips it)
+#   benchmarks/gpu_serving.sh run [STEP...]   # default: checks 256 1024; JSON lines under $OUT (or /tmp/out)
+#   STEP: `checks` (benchmarks/gpu_checks.py: CUDA parity, batch cap, FP16, incremental),
+#         `profile` (benchmarks/gpu_step_profile.py: where a step's time goes) or a serving run,
+#         STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:noshed], e.g. 1024:100:w4:b32
+#   (SKIP_CHECKS=1: the default steps without `checks`)
 #   BENCH_ARGS="--precision fp16": serve with the FP16 graphs (incremental steps at FP16)
 #
 # Each run: `serve --device cuda --workers 8` and bench_server.py with 20 s real-time
@@ -48,19 +51,38 @@ run() {
     export LD_LIBRARY_PATH CUDA_MODULE_LOADING=LAZY
     export SPOOFWATCH_HOME=$PWD/$carry/home SPOOFWATCH_SHARED=$PWD/$carry/shared
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
-    if [[ -z "${SKIP_CHECKS:-}" ]]; then  # CUDA parity, batch cap, FP16, incremental (about a minute)
-        timeout 240 python3 benchmarks/gpu_checks.py --json | tee "$out/gpu_checks.jsonl" || echo "gpu_checks failed: $?"
-    fi
     local extra=--baseline  # the first run also measures one stream alone, as the reference (NO_BASELINE=1: not)
     [[ -n ${NO_BASELINE:-} ]] && extra=
-    # Each run: STREAMS or STREAMS:FRAME_MS (default 20 ms frames); one client process per 128 streams (2-8).
-    for spec in ${@:-256 1024}; do
-        local streams=${spec%%:*} frame=20
-        [[ $spec == *:* ]] && frame=${spec#*:}
+    local specs=("$@")
+    if (( ${#specs[@]} == 0 )); then
+        specs=(256 1024)
+        [[ -z "${SKIP_CHECKS:-}" ]] && specs=(checks "${specs[@]}")
+    fi
+    for spec in "${specs[@]}"; do
+        case $spec in
+            checks)  # CUDA parity, batch cap, FP16, incremental (about a minute)
+                timeout 240 python3 benchmarks/gpu_checks.py --json | tee -a "$out/gpu_checks.jsonl" || echo "gpu_checks failed: $?"
+                continue ;;
+            profile)  # where a step's time goes: copies, cuDNN search, processes sharing the GPU
+                timeout 200 python3 benchmarks/gpu_step_profile.py --json | tee -a "$out/gpu_step_profile.jsonl" || echo "profile failed: $?"
+                continue ;;
+        esac
+        # STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:noshed]; one client process per 128 streams (2-8).
+        local streams=${spec%%:*} frame=20 workers=${WORKERS:-8} args=()
+        IFS=: read -r -a fields <<< "${spec#"$streams"}"
+        for f in "${fields[@]}"; do
+            case $f in
+                '') ;;
+                w*) workers=${f#w} ;;
+                b*) args+=(--max-batch-windows "${f#b}") ;;
+                noshed) args+=(--no-load-shedding) ;;
+                *) frame=$f ;;
+            esac
+        done
         local clients=$(( streams / 128 )); (( clients < 2 )) && clients=2; (( clients > 8 )) && clients=8
-        timeout 150 python3 benchmarks/bench_server.py --device cuda --workers "${WORKERS:-8}" --clients $clients \
-            --streams "$streams" --frame-ms "$frame" --seconds 20 $extra ${BENCH_ARGS:-} --json | tee -a "$out/bench_server.jsonl" \
-            || echo "run $spec failed: $?"
+        timeout 150 python3 benchmarks/bench_server.py --device cuda --workers "$workers" --clients $clients \
+            --streams "$streams" --frame-ms "$frame" --seconds 20 $extra "${args[@]}" ${BENCH_ARGS:-} --json \
+            | tee -a "$out/bench_server.jsonl" || echo "run $spec failed: $?"
         extra=
     done
 }

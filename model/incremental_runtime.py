@@ -49,7 +49,7 @@ from .incremental import (
     hop_incompatibility,
     plan_for,
 )
-from .runtime import Device, make_session, validate_windows
+from .runtime import Device, batch_cap, make_session, validate_windows
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,9 @@ class IncrementalModel:
             step.append(i)
         scores: list[float] = [0.0] * len(streams)
         for rows, run in ((full, self._full_rows), (step, self._step_rows)):
-            groups = [rows] if self.batch_streams else [[r] for r in rows]
+            # Stacked calls stay under the device's batch cap (cuDNN's MaxPool limit on CUDA).
+            size = batch_cap(self.device) if self.batch_streams else 1
+            groups = [rows[k : k + size] for k in range(0, len(rows), size)]
             for group in groups:
                 if not group:
                     continue

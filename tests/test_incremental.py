@@ -39,7 +39,7 @@ from spoofwatch.model.incremental import (
     plan_for,
 )
 from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer, catch_up_limit
-from spoofwatch.model.runtime import OnnxScorer
+from spoofwatch.model.runtime import OnnxScorer, batch_cap
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import build_engine
 from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer
@@ -237,6 +237,46 @@ def test_every_window_equals_full_window_scoring(
     assert streams[1].catch_up_steps == 2
     assert streams[0].steps == len(scored[0]) - 1
     assert all(0 < s.state_bytes < 2 * 2**20 for s in streams)
+
+
+def test_stacked_calls_are_split_at_the_device_batch_cap(
+    shared: Path,
+    incremental: Callable[[str, int, bool], IncrementalModel],
+    full_scorer: Callable[[str], OnnxScorer],
+) -> None:
+    """More streams than one call may take (the CPU cap, 4; 64 on CUDA): full
+    passes and steps go out in calls of at most the cap, and every score still
+    equals full-window scoring."""
+    inc = incremental("aasist-l", LIVE_HOP_SAMPLES, True)
+    cap = batch_cap(inc.device)
+    audios = [librispeech(shared, 6.0, first=3 * k) for k in range(cap + 2)]
+    calls: list[tuple[str, int]] = []
+    run_init, run_step = inc.run_init, inc.run_step
+
+    def init(windows: np.ndarray) -> Any:
+        calls.append(("init", len(windows)))
+        return run_init(windows)
+
+    def step(head: np.ndarray, tail: np.ndarray, state: Any) -> Any:
+        calls.append(("step", len(head)))
+        return run_step(head, tail, state)
+
+    inc.run_init, inc.run_step = init, step  # type: ignore[method-assign]
+    try:
+        streams = [inc.open_stream() for _ in audios]
+        starts = range(0, audios[0].size - WINDOW_SAMPLES + 1, LIVE_HOP_SAMPLES)
+        worst = 0.0
+        for start in starts:
+            windows = [(start, a[start : start + WINDOW_SAMPLES]) for a in audios]
+            got = inc.score(streams, windows)
+            want = full_scorer("aasist-l").scores(np.stack([w for _, w in windows]))
+            worst = max(worst, float(np.abs(np.array(got) - want).max()))
+    finally:
+        del inc.run_init, inc.run_step
+    assert worst <= EXACT
+    assert len(starts) >= 3
+    # Each window of the len(audios) streams: one call of `cap` rows and one of the rest.
+    assert calls == [(kind, n) for kind in ["init"] + ["step"] * (len(starts) - 1) for n in (cap, 2)]
 
 
 @pytest.mark.slow

@@ -49,6 +49,13 @@ def register(sub: Any) -> None:
     )
     serve.add_argument("--max-streams", type=int, default=d.max_streams)
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    serve.add_argument(
+        "--max-batch-windows",
+        type=int,
+        default=d.max_batch_windows,
+        help=f"windows (or incremental steps) of ready streams scored per ONNX Runtime call at most "
+        f"(default {d.max_batch_windows}; calls on CUDA are split at the MaxPool cap)",
+    )
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     serve.add_argument("--max-stream-duration-s", type=float, default=d.max_stream_duration_s)
     serve.add_argument(
@@ -104,6 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         token=args.token,
         max_message_bytes=args.max_message_bytes,
+        max_batch_windows=args.max_batch_windows,
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,
