@@ -155,6 +155,8 @@ class Server:
         ]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
+        if args.ingest_threads:
+            cmd += ["--ingest-threads", str(args.ingest_threads)]
         if args.max_batch_windows:
             cmd += ["--max-batch-windows", str(args.max_batch_windows)]
         if args.no_load_shedding:
@@ -284,6 +286,7 @@ def main() -> None:
         "--precision", default="fp32", choices=("fp32", "int8", "fp16"), help="serve --precision (fp16: CUDA)"
     )
     parser.add_argument("--max-streams", type=int, default=None, help="default: --streams")
+    parser.add_argument("--ingest-threads", type=int, default=None, help="serve --ingest-threads")
     parser.add_argument(
         "--max-batch-windows", type=int, default=None, help="serve --max-batch-windows (default: serve's)"
     )
@@ -320,6 +323,12 @@ def main() -> None:
         server.stop()
 
     report = summarise(args, streams, metrics, startup_s, cores)
+    # Each worker's start-up timing, as it logged it (windows/s at its largest batch).
+    report["calibrated_windows_per_s"] = [
+        float(m[1])
+        for m in re.finditer(r"measured scoring capacity: ([\d.]+) windows/s", "".join(server.log))
+    ]
+    report["capacity_streams_metric"] = metrics.get("spoofwatch_capacity_streams")
     if baseline is not None:
         one = summarise(args, baseline[0], {}, startup_s, baseline[1])["score_delay_s"]
         many = report["score_delay_s"]
@@ -368,6 +377,7 @@ def summarise(
         "device": args.device,
         "precision": args.precision,
         "max_batch_windows": args.max_batch_windows,
+        "ingest_threads": args.ingest_threads,
         "scoring": "full" if args.full_windows else "incremental",
         "provider": next(
             (k.split("=")[1].rstrip("]") for k in metrics if k.startswith("spoofwatch_provider[")), None

@@ -7,7 +7,7 @@
 #   benchmarks/gpu_serving.sh run [STEP...]   # default: checks 256 1024; JSON lines under $OUT (or /tmp/out)
 #   STEP: `checks` (benchmarks/gpu_checks.py: CUDA parity, batch cap, FP16, incremental),
 #         `profile` (benchmarks/gpu_step_profile.py: where a step's time goes) or a serving run,
-#         STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:noshed], e.g. 1024:100:w4:b32
+#         STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:iINGEST_THREADS][:noshed], e.g. 1024:100:w4:b32
 #   (SKIP_CHECKS=1: the default steps without `checks`)
 #   BENCH_ARGS="--precision fp16": serve with the FP16 graphs (incremental steps at FP16)
 #
@@ -67,7 +67,7 @@ run() {
                 timeout 200 python3 benchmarks/gpu_step_profile.py --json | tee -a "$out/gpu_step_profile.jsonl" || echo "profile failed: $?"
                 continue ;;
         esac
-        # STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:noshed]; one client process per 128 streams (2-8).
+        # STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:iINGEST_THREADS][:noshed]; one client process per 128 streams (2-8).
         local streams=${spec%%:*} frame=20 workers=${WORKERS:-8} args=()
         IFS=: read -r -a fields <<< "${spec#"$streams"}"
         for f in "${fields[@]}"; do
@@ -75,6 +75,7 @@ run() {
                 '') ;;
                 w*) workers=${f#w} ;;
                 b*) args+=(--max-batch-windows "${f#b}") ;;
+                i*) args+=(--ingest-threads "${f#i}") ;;
                 noshed) args+=(--no-load-shedding) ;;
                 *) frame=$f ;;
             esac

@@ -663,3 +663,38 @@ async def _until_closed(ws: Any) -> AsyncIterator[str]:
             yield message
     except ConnectionClosed:
         return
+
+
+async def test_ingest_threads_bound_the_workers_ingest(
+    scorer: Any, vad: Any, tmp_path: Path, concat: np.ndarray
+) -> None:
+    """``ingest_threads``: every stream's resampling, VAD and windowing share that
+    many threads; concurrent streams still each get every window and a summary."""
+    with pytest.raises(ConfigError, match="ingest_threads: expected >= 1, got 0"):
+        ServerConfig(ingest_threads=0).validate()
+    ctx = make_ctx(scorer, vad, tmp_path, ingest_threads=1)
+    seen: list[int] = []
+    limiter = ctx.ingest_limiter
+    assert limiter is not None and limiter.total_tokens == 1 and ctx.ingest_limiter is limiter
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def run_sync(fn: Any, *args: Any, limiter: Any = None, **kw: Any) -> Any:
+        seen.append(id(limiter))
+        return await real_run_sync(fn, *args, limiter=limiter, **kw)
+
+    audio = concat[: 6 * 16000]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(anyio.to_thread, "run_sync", run_sync)
+        async with running(ctx) as url:
+            results: list[Any] = []
+
+            async def one() -> None:
+                results.append(await send_audio(audio, url + "/"))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(one)
+    assert [r.close_code for r in results] == [1000] * 3
+    summaries = [e for r in results for e in r.events if e["type"] == "summary"]
+    assert len(summaries) == 3 and {s["windows"] for s in summaries} == {4}
+    assert seen and set(seen) >= {id(limiter)}

@@ -27,6 +27,7 @@ from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer
 from spoofwatch.stream.server.context import ServerConfig, ServerContext
 from spoofwatch.stream.server.load import (
+    CALIBRATION_ROUNDS,
     BatchFit,
     LoadMonitor,
     LocalSlots,
@@ -127,6 +128,22 @@ def test_a_shared_gpu_counts_every_workers_streams_against_its_calibrated_capaci
     reason = m.refusal(own_streams=10, total_streams=capacity)
     assert reason is not None and f"capacity is {capacity} real-time streams on the shared device" in reason
     assert m.refusal(own_streams=0, total_streams=capacity) is None  # an idle worker admits one
+
+
+def test_one_slow_call_during_calibration_does_not_set_the_capacity() -> None:
+    """Each size is timed several times and the median kept: a driver hiccup
+    or another process's set-up during one call changes nothing."""
+    clock = FakeClock()
+    m = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=clock, device_workers=4)
+    sizes: list[int] = []
+
+    def score(batch: list[int]) -> None:
+        sizes.append(len(batch))
+        clock.t += 0.001 + 0.001 * len(batch) + (2.0 if len(sizes) == 4 else 0.0)
+
+    m.calibrate(score, lambda n: [0] * n, largest=16)
+    assert sizes == [1, 16] + [1, 16] * CALIBRATION_ROUNDS  # warm-ups, then timed rounds
+    assert CALIBRATION_ROUNDS >= 3 and m.capacity_streams() == int(0.8 * 16 / 0.017 * 0.5)
 
 
 def test_incremental_lag_limit_is_where_streams_start_skipping() -> None:

@@ -48,6 +48,12 @@ def register(sub: Any) -> None:
         "--webhook", default=None, metavar="URL", help="POST each alert event as JSON to this URL"
     )
     serve.add_argument("--max-streams", type=int, default=d.max_streams)
+    serve.add_argument(
+        "--ingest-threads",
+        type=int,
+        default=d.ingest_threads,
+        help="threads per worker for resampling, VAD and windowing (default: anyio's shared pool of 40)",
+    )
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument(
         "--max-batch-windows",
@@ -112,6 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         max_message_bytes=args.max_message_bytes,
         max_batch_windows=args.max_batch_windows,
+        ingest_threads=args.ingest_threads,
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,

@@ -99,6 +99,7 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                             ctx.config.max_stream_duration_s,
                             {**tags, **event.tags},
                             observer=ctx.stats,  # load shedding and metrics (issue 11)
+                            ingest_limiter=ctx.ingest_limiter,
                         )
                         sessions[event.track] = session
                         tg.start_soon(session.serve)

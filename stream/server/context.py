@@ -8,6 +8,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import anyio
+
 from spoofwatch.errors import CloseCode, ConfigError, ProtocolError
 
 from ..driver import StreamDriver
@@ -43,6 +45,10 @@ class ServerConfig:
     max_stream_duration_s: float = 4 * 3600.0
     #: Windows scored per ONNX Runtime call at most.
     max_batch_windows: int = 16
+    #: Threads per worker that run the streams' ingest (resampling, VAD,
+    #: windowing). ``None``: anyio's shared default pool (40). Fewer threads
+    #: contend less for the one GIL when hundreds of streams share a worker.
+    ingest_threads: int | None = None
     #: Received messages websockets buffers per connection before it stops
     #: reading the socket; with ``max_message_bytes`` it bounds a connection's
     #: receive memory (TCP then pushes back on the client).
@@ -76,6 +82,7 @@ class ServerConfig:
             ("idle_timeout_s", 0 < self.idle_timeout_s < math.inf, "a finite number > 0"),
             ("max_stream_duration_s", 0 < self.max_stream_duration_s < math.inf, "a finite number > 0"),
             ("max_batch_windows", self.max_batch_windows >= 1, ">= 1"),
+            ("ingest_threads", self.ingest_threads is None or self.ingest_threads >= 1, ">= 1"),
             ("max_queue_messages", self.max_queue_messages >= 1, ">= 1"),
             ("write_limit_bytes", self.write_limit_bytes >= 1024, ">= 1024"),
             ("ping_interval_s", 0 < self.ping_interval_s < math.inf, "a finite number > 0"),
@@ -134,6 +141,7 @@ class ServerContext:
         )
         self.metrics = ServerMetrics(self.provider, config.max_streams)
         self.stats = StreamStats(self.load, self.metrics, journal)
+        self._ingest_limiter: anyio.CapacityLimiter | None = None
         # Time whichever scores live windows: the capacity is measured in its units.
         if batcher.incremental is None:
             batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)
@@ -146,6 +154,13 @@ class ServerContext:
         self.shutting_down = False
         #: The one shutdown drain (single process or worker): see :mod:`.drain`.
         self.drain = Drain()
+
+    @property
+    def ingest_limiter(self) -> anyio.CapacityLimiter | None:
+        """The worker's ingest thread limit (made in the event loop, on first use)."""
+        if self._ingest_limiter is None and self.config.ingest_threads is not None:
+            self._ingest_limiter = anyio.CapacityLimiter(self.config.ingest_threads)
+        return self._ingest_limiter
 
     def new_stream_id(self) -> str:
         return f"{self.stream_id_prefix}s{next(self._ids)}"

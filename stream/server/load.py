@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 #: Largest batch timed at start-up (small: a CPU pays ~0.2 s per window).
 CALIBRATION_BATCH = 4
+#: Timings per batch size at start-up; their median is kept (robust to one slow call).
+CALIBRATION_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,18 @@ class LoadMonitor:
         return None
 
     def calibrate(
-        self, score: Callable[[Any], Any], make_batch: Callable[[int], Any], largest: int = CALIBRATION_BATCH
+        self,
+        score: Callable[[Any], Any],
+        make_batch: Callable[[int], Any],
+        largest: int = CALIBRATION_BATCH,
+        rounds: int = CALIBRATION_ROUNDS,
     ) -> None:
         """Time the scorer on batches of 1 and ``largest`` windows: a seed for
         the fit and a warm-up that takes the first-call cost out of live scoring.
+
+        Each size is timed ``rounds`` times and its median is what the fit
+        gets: one slow call (a driver hiccup, another process's set-up) would
+        otherwise set a capacity for the life of the worker.
 
         On a device of its own, live batches then refine the fit. On a shared
         device (run this while no other worker scores), live timings include
@@ -212,14 +222,23 @@ class LoadMonitor:
         kept and the score lag catches any drift.
         """
         large = min(largest, self.max_batch_windows)
-        log.info("measuring scoring capacity (batches of 1 and %d windows)", large)
-        for n in (1, large):  # untimed: a provider's first call at a shape sets it up (cuDNN plans)
+        sizes = (1, large) if large > 1 else (1,)
+        log.info(
+            "measuring scoring capacity (batches of %s windows, %d rounds)",
+            " and ".join(map(str, sizes)),
+            rounds,
+        )
+        for n in sizes:  # untimed: a provider's first call at a shape sets it up (cuDNN plans)
             score(make_batch(n))
-        for n in (1, large, 1, large):
-            batch = make_batch(n)
-            t0 = self.clock()
-            score(batch)
-            self.record_batch(n, self.clock() - t0)
+        timings: dict[int, list[float]] = {n: [] for n in sizes}
+        for _ in range(rounds):
+            for n in sizes:
+                batch = make_batch(n)
+                t0 = self.clock()
+                score(batch)
+                timings[n].append(self.clock() - t0)
+        for n in sizes:
+            self.record_batch(n, float(np.median(timings[n])))
         self._fit_frozen = self.shared_device
         log.info(
             "measured scoring capacity: %.0f windows/s at batch %d (%s real-time streams %s)",

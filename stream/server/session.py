@@ -70,6 +70,7 @@ class StreamSession:
         max_duration_s: float = math.inf,
         tags: dict[str, Any] | None = None,
         observer: WindowObserver | None = None,
+        ingest_limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.driver = driver
         self.batcher = batcher
@@ -77,6 +78,7 @@ class StreamSession:
         self.emit = emit
         self.tags = tags or {}
         self.max_duration_s = max_duration_s
+        self._ingest_limiter = ingest_limiter
         # Each message with the (observer clock) time it arrived.
         self._audio_send: MemoryObjectSendStream[tuple[npt.NDArray[np.float32], float]]
         self._audio_recv: MemoryObjectReceiveStream[tuple[npt.NDArray[np.float32], float]]
@@ -135,7 +137,9 @@ class StreamSession:
                 while self.driver.backlogged():
                     await self._room_recv.receive()
                 audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
-                pending = await anyio.to_thread.run_sync(self.driver.cut, audio, ended)
+                pending = await anyio.to_thread.run_sync(
+                    self.driver.cut, audio, ended, limiter=self._ingest_limiter
+                )
                 self._arrivals.extend([arrived] * len(pending))
                 self.driver.enqueue(pending, last=ended)
                 self._dropped_to(self.driver.queued)

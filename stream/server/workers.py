@@ -421,16 +421,12 @@ def build_worker_server(
     lock: Any,
     calibration_lock: Any,
 ) -> Any:
-    import numpy as np
-
-    from spoofwatch.constants import WINDOW_SAMPLES
 
     from ..gate import SileroVad
     from .app import WebSocketServer
     from .batcher import BatchScorer
-    from .context import ServerContext, skip_lag_s
+    from .context import ServerContext
     from .journal import AlertJournal
-    from .load import CALIBRATION_BATCH, LoadMonitor, step_batches
     from .sinks import ServerSinks
 
     config = spec.config
@@ -439,36 +435,17 @@ def build_worker_server(
         threads = max(
             1, cpu_count() // workers
         )  # the workers share the cores (CPU kernels, or a CPU fallback)
-    scorer, live, incremental = spec.load_model(spec, threads)
-    # All workers score on the one GPU; on CPU each has its own share of the cores.
-    on_gpu = getattr(scorer, "device", None) == "cuda"
-    load = LoadMonitor(
-        config.shedding,
-        live.stream.hop_s,
-        config.max_batch_windows,
-        device_workers=workers if on_gpu else 1,
-        skip_lag_s=skip_lag_s(live, incremental is not None),
-    )
-    if load.enabled:
-        rng = np.random.default_rng(0)
-        locked = on_gpu and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
-        # Time what live streams pay per window: a full pass, or one incremental step.
-        if incremental is None:
-            score: Any = scorer.scores
-            make_batch: Any = lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32)  # noqa: E731
-        else:
-            score = lambda batch: incremental.score(*batch)  # noqa: E731
-            make_batch = step_batches(incremental, WINDOW_SAMPLES, live.stream.hop_samples)
-        try:
-            load.calibrate(
-                score,
-                make_batch,
-                # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
-                largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH,
-            )
-        finally:
-            if locked:
-                calibration_lock.release()
+    # Workers that may share a GPU load and time their models one at a time:
+    # a CUDA session's set-up (cuDNN handles, lazily loaded kernels) in one
+    # worker would otherwise slow another's start-up timing, and with it the
+    # capacity that worker admits streams against for its whole life.
+    locked = spec.device != "cpu" and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
+    try:
+        scorer, live, incremental = spec.load_model(spec, threads)
+        load = _measured_load(spec, config, workers, scorer, live, incremental)
+    finally:
+        if locked:
+            calibration_lock.release()
     ctx = ServerContext(
         config,
         BatchScorer(scorer, config.max_batch_windows, incremental=incremental),
@@ -482,6 +459,41 @@ def build_worker_server(
         journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
     )
     return WebSocketServer(ctx, sock=sock)
+
+
+def _measured_load(
+    spec: WorkerSpec, config: Any, workers: int, scorer: Any, live: Any, incremental: Any
+) -> Any:
+    """This worker's :class:`LoadMonitor`, its scoring capacity timed on the loaded model."""
+    import numpy as np
+
+    from spoofwatch.constants import WINDOW_SAMPLES
+
+    from .context import skip_lag_s
+    from .load import CALIBRATION_BATCH, LoadMonitor, step_batches
+
+    # All workers score on the one GPU; on CPU each has its own share of the cores.
+    on_gpu = getattr(scorer, "device", None) == "cuda"
+    load = LoadMonitor(
+        config.shedding,
+        live.stream.hop_s,
+        config.max_batch_windows,
+        device_workers=workers if on_gpu else 1,
+        skip_lag_s=skip_lag_s(live, incremental is not None),
+    )
+    if not load.enabled:
+        return load
+    rng = np.random.default_rng(0)
+    # Time what live streams pay per window: a full pass, or one incremental step.
+    if incremental is None:
+        score: Any = scorer.scores
+        make_batch: Any = lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32)  # noqa: E731
+    else:
+        score = lambda batch: incremental.score(*batch)  # noqa: E731
+        make_batch = step_batches(incremental, WINDOW_SAMPLES, live.stream.hop_samples)
+    # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
+    load.calibrate(score, make_batch, largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH)
+    return load
 
 
 async def _serve_until_sigterm(server: Any, conn: Any) -> None:
