@@ -181,30 +181,20 @@ class IncrementalModel:
             raise
 
     def _score(self, streams: Sequence[IncrementalScorer], cut: list[tuple[int, Array]]) -> list[float]:
-        plan = self.plan
         full: list[int] = []
         step: list[int] = []
+        lags: dict[int, int] = {}
         for i, (stream, (start, samples)) in enumerate(zip(streams, cut, strict=True)):
             lag = stream.lag(start, samples)
             if lag is None:
                 full.append(i)
                 continue
-            for j in range(1, lag):  # windows skipped since the cached one, oldest first
-                end = plan.window_samples - (lag - j) * plan.hop_samples
-                assert stream.state is not None
-                _, stream.state.graph = self.run_step(
-                    stream.state.heads[j - 1 : j],
-                    samples[np.newaxis, end - plan.tail_samples : end],
-                    stream.state.graph,
-                )
-                stream.catch_up_steps += 1
+            lags[i] = lag
             step.append(i)
+        self._catch_up(streams, cut, lags)
         scores: list[float] = [0.0] * len(streams)
         for rows, run in ((full, self._full_rows), (step, self._step_rows)):
-            # Stacked calls stay under the device's batch cap (cuDNN's MaxPool limit on CUDA).
-            size = batch_cap(self.device) if self.batch_streams else 1
-            groups = [rows[k : k + size] for k in range(0, len(rows), size)]
-            for group in groups:
+            for group in self._groups(rows):
                 if not group:
                     continue
                 logits, state = run([cut[i][1] for i in group], [streams[i] for i in group])
@@ -213,6 +203,43 @@ class IncrementalModel:
                     streams[i].remember(start, samples, [a[row : row + 1] for a in state])
                     scores[i] = float(logits[row, SCORE_COLUMN])
         return scores
+
+    def _groups(self, rows: list[int]) -> list[list[int]]:
+        """Rows per ONNX Runtime call: all of them stacked (under the device's
+        batch cap: cuDNN's MaxPool limit on CUDA), or one each."""
+        size = batch_cap(self.device) if self.batch_streams else 1
+        return [rows[k : k + size] for k in range(0, len(rows), size)]
+
+    def _catch_up(
+        self, streams: Sequence[IncrementalScorer], cut: list[tuple[int, Array]], lags: dict[int, int]
+    ) -> None:
+        """Step every lagging stream through the windows it skipped, oldest first.
+
+        Round ``j`` takes the ``j``-th skipped window of every stream that
+        skipped at least ``j``, stacked like the final steps: streams that fall
+        behind together (a loaded server drops their stale windows) catch up in
+        a few calls, not one call per window per stream.
+        """
+        plan = self.plan
+        for j in range(1, max(lags.values(), default=1)):
+            for group in self._groups([i for i, lag in lags.items() if lag > j]):
+                heads, tails, states = [], [], []
+                for i in group:
+                    state = streams[i].state
+                    assert state is not None
+                    end = plan.window_samples - (lags[i] - j) * plan.hop_samples
+                    heads.append(state.heads[j - 1 : j])
+                    tails.append(cut[i][1][np.newaxis, end - plan.tail_samples : end])
+                    states.append(state.graph)
+                stacked = (
+                    states[0] if len(states) == 1 else [np.concatenate(p) for p in zip(*states, strict=True)]
+                )
+                _, graph = self.run_step(np.concatenate(heads), np.concatenate(tails), stacked)
+                for row, i in enumerate(group):
+                    state = streams[i].state
+                    assert state is not None
+                    state.graph = [a[row : row + 1] for a in graph]
+                    streams[i].catch_up_steps += 1
 
     def _full_rows(self, samples: list[Array], streams: list[IncrementalScorer]) -> tuple[Array, list[Array]]:
         for stream in streams:

@@ -245,8 +245,9 @@ def test_stacked_calls_are_split_at_the_device_batch_cap(
     full_scorer: Callable[[str], OnnxScorer],
 ) -> None:
     """More streams than one call may take (the CPU cap, 4; 64 on CUDA): full
-    passes and steps go out in calls of at most the cap, and every score still
-    equals full-window scoring."""
+    passes, steps and the catch-up steps of streams that skipped windows
+    together go out in stacked calls of at most the cap, and every score
+    still equals full-window scoring."""
     inc = incremental("aasist-l", LIVE_HOP_SAMPLES, True)
     cap = batch_cap(inc.device)
     audios = [librispeech(shared, 6.0, first=3 * k) for k in range(cap + 2)]
@@ -262,9 +263,10 @@ def test_stacked_calls_are_split_at_the_device_batch_cap(
         return run_step(head, tail, state)
 
     inc.run_init, inc.run_step = init, step  # type: ignore[method-assign]
+    # The third window comes two hops after the second: every stream skipped one.
+    starts = [0, LIVE_HOP_SAMPLES, 3 * LIVE_HOP_SAMPLES]
     try:
         streams = [inc.open_stream() for _ in audios]
-        starts = range(0, audios[0].size - WINDOW_SAMPLES + 1, LIVE_HOP_SAMPLES)
         worst = 0.0
         for start in starts:
             windows = [(start, a[start : start + WINDOW_SAMPLES]) for a in audios]
@@ -274,9 +276,10 @@ def test_stacked_calls_are_split_at_the_device_batch_cap(
     finally:
         del inc.run_init, inc.run_step
     assert worst <= EXACT
-    assert len(starts) >= 3
-    # Each window of the len(audios) streams: one call of `cap` rows and one of the rest.
-    assert calls == [(kind, n) for kind in ["init"] + ["step"] * (len(starts) - 1) for n in (cap, 2)]
+    assert [(s.full_passes, s.steps, s.catch_up_steps) for s in streams] == [(1, 2, 1)] * len(audios)
+    # Per window, one call of `cap` rows and one of the rest: the first passes,
+    # the second window's steps, the skipped window's catch-up steps, the third's steps.
+    assert calls == [(kind, n) for kind in ("init", "step", "step", "step") for n in (cap, 2)]
 
 
 @pytest.mark.slow
