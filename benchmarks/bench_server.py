@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -220,12 +222,21 @@ class Server:
         return total
 
     def stop(self) -> None:
+        """Stop the server and every worker: a worker left behind would keep
+        its GPU memory and cores from the next run on the same machine."""
+        pids = self.tree()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for pid in pids[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids[1:]):
+            time.sleep(0.1)  # killed children of another parent linger until reaped
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -29,12 +29,14 @@ from spoofwatch.stream.server.context import ServerConfig, ServerContext
 from spoofwatch.stream.server.load import (
     CALIBRATION_ROUNDS,
     BatchFit,
+    DeviceRates,
     LoadMonitor,
     LocalSlots,
     SharedSlots,
     SheddingConfig,
     reset_worker_cells,
     shared_cells,
+    shared_rates,
 )
 from spoofwatch.stream.server.session import StreamSession
 from spoofwatch.stream.server.sinks import ServerSinks
@@ -144,6 +146,41 @@ def test_one_slow_call_during_calibration_does_not_set_the_capacity() -> None:
     m.calibrate(score, lambda n: [0] * n, largest=16)
     assert sizes == [1, 16] + [1, 16] * CALIBRATION_ROUNDS  # warm-ups, then timed rounds
     assert CALIBRATION_ROUNDS >= 3 and m.capacity_streams() == int(0.8 * 16 / 0.017 * 0.5)
+
+
+def test_workers_on_a_shared_gpu_admit_against_the_fastest_workers_timing() -> None:
+    """A worker whose start-up timing was slowed (another process's set-up, a
+    driver hiccup in every round) admits against the fastest worker's figure:
+    contention only ever slows a timing down."""
+    import multiprocessing
+
+    rates = DeviceRates(shared_rates(multiprocessing.get_context("spawn"), 3))
+    assert rates.best() is None
+    clock = FakeClock()
+    monitors = []
+    for per_window_s in (0.001, 0.010, 0.002):  # worker 1 timed 10x slower
+
+        def score(batch: list[int], per_window_s: float = per_window_s) -> None:
+            clock.t += 0.001 + per_window_s * len(batch)
+
+        m = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=clock, device_workers=3)
+        m.calibrate(score, lambda n: [0] * n, largest=16)
+        monitors.append(m)
+    own = [m.capacity_streams() for m in monitors]
+    assert own == [int(0.8 * 16 / 0.017 * 0.5), int(0.8 * 16 / 0.161 * 0.5), int(0.8 * 16 / 0.033 * 0.5)]
+    for i, m in enumerate(monitors):
+        rate = m.capacity_windows_per_s()
+        assert rate is not None
+        m.device_rates = rates
+        rates.publish(i, rate)
+    assert [m.capacity_streams() for m in monitors] == [own[0]] * 3
+    reason = monitors[1].refusal(own_streams=5, total_streams=own[0])
+    assert reason is not None and f"capacity is {own[0]} real-time streams on the shared device" in reason
+    # A worker of its own device (a CPU worker) keeps its own figure.
+    alone = LoadMonitor(SheddingConfig(), hop_s=0.5, max_batch_windows=16, clock=clock)
+    alone.record_batch(16, 0.161)
+    alone.device_rates = rates
+    assert alone.capacity_streams() == own[1]
 
 
 def test_incremental_lag_limit_is_where_streams_start_skipping() -> None:

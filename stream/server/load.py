@@ -136,6 +136,8 @@ class LoadMonitor:
         #: device-wide figure, compared with the streams of every worker.
         self.device_workers = device_workers
         self._fit_frozen = False
+        #: On a shared device, every worker's start-up rate (see :class:`DeviceRates`).
+        self.device_rates: DeviceRates | None = None
 
     # ---- measurements --------------------------------------------------------
 
@@ -167,7 +169,11 @@ class LoadMonitor:
 
     def capacity_windows_per_s(self) -> float | None:
         with self._lock:
-            return self._fit.windows_per_s(self.max_batch_windows)
+            own = self._fit.windows_per_s(self.max_batch_windows)
+        best = self.device_rates.best() if self.shared_device and self.device_rates is not None else None
+        if best is not None and (own is None or best > own):
+            return best
+        return own
 
     def capacity_streams(self) -> int | None:
         """Streams this worker can hold in real time; ``None`` before any batch was timed."""
@@ -434,6 +440,33 @@ class SharedSlots:
 
     def any_worker_admitting(self) -> bool:
         return not all(self.cells[self.workers : 2 * self.workers])
+
+
+class DeviceRates:
+    """Each worker's start-up scoring rate (windows/s at its largest batch) on
+    a shared device, in shared memory; the fastest is the device's figure.
+
+    Every worker times the same graphs on the same GPU, and contention or a
+    hiccup can only slow a timing down, never speed it up: the fastest median
+    is the closest to what the device sustains. Create the cells in the
+    supervisor with :func:`shared_rates`.
+    """
+
+    def __init__(self, cells: Any) -> None:
+        self.cells = cells
+
+    def publish(self, index: int, windows_per_s: float) -> None:
+        self.cells[index] = windows_per_s
+
+    def best(self) -> float | None:
+        """The fastest published rate; ``None`` before any worker published one."""
+        fastest = max(self.cells[:], default=0.0)
+        return float(fastest) if fastest > 0 else None
+
+
+def shared_rates(ctx: Any, workers: int) -> Any:
+    """Cells for :class:`DeviceRates`, from a multiprocessing context."""
+    return ctx.Array("d", workers, lock=False)
 
 
 def shared_cells(ctx: Any, workers: int) -> tuple[Any, Any]:

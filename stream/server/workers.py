@@ -47,7 +47,7 @@ from spoofwatch.errors import InputError, SpoofwatchError
 
 from .context import ServerConfig
 from .journal import CRASH_REASON, crash_alert_ends, journal_path
-from .load import SharedSlots, reset_worker_cells, shared_cells
+from .load import DeviceRates, SharedSlots, reset_worker_cells, shared_cells, shared_rates
 from .metrics import MULTIPROC_ENV
 
 if TYPE_CHECKING:
@@ -154,6 +154,7 @@ class Supervisor:
         self._cells, self._lock = shared_cells(self._mp, workers)
         # Workers sharing a GPU time it one at a time (see LoadMonitor.calibrate).
         self._calibration_lock = self._mp.Lock()
+        self._rates = shared_rates(self._mp, workers)
         #: ``None`` while a slot has no live process (before start, between death and restart).
         self._workers: list[_Worker | None] = [None] * workers
         self._early_deaths = [0] * workers
@@ -214,6 +215,7 @@ class Supervisor:
                 self._cells,
                 self._lock,
                 self._calibration_lock,
+                self._rates,
                 send,
             ),
             name=f"spoofwatch-worker-{index}",
@@ -383,6 +385,7 @@ def worker_main(
     cells: Any,
     lock: Any,
     calibration_lock: Any,
+    rates: Any,
     conn: Any,
 ) -> None:
     """Entry point of a worker process."""
@@ -396,7 +399,7 @@ def worker_main(
     logging.getLogger("spoofwatch").setLevel(spec.log_level)
     _exit_with_parent()
     try:
-        server = build_worker_server(spec, index, workers, sock, cells, lock, calibration_lock)
+        server = build_worker_server(spec, index, workers, sock, cells, lock, calibration_lock, rates)
     except SpoofwatchError as exc:
         log.error("worker %d cannot start: %s", index, exc)
         sys.exit(exc.exit_code)
@@ -420,6 +423,7 @@ def build_worker_server(
     cells: Any,
     lock: Any,
     calibration_lock: Any,
+    rates: Any = None,
 ) -> Any:
 
     from ..gate import SileroVad
@@ -443,6 +447,11 @@ def build_worker_server(
     try:
         scorer, live, incremental = spec.load_model(spec, threads)
         load = _measured_load(spec, config, workers, scorer, live, incremental)
+        if load.shared_device and rates is not None:
+            # Admit against the fastest worker's timing (see DeviceRates).
+            own = load.capacity_windows_per_s() or 0.0
+            load.device_rates = DeviceRates(rates)
+            load.device_rates.publish(index, own)
     finally:
         if locked:
             calibration_lock.release()
