@@ -31,7 +31,7 @@ from spoofwatch.cli import main
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.stream.client import send_audio
 from spoofwatch.stream.server import health
-from spoofwatch.stream.server.workers import cpu_count, default_workers
+from spoofwatch.stream.server.workers import cpu_count, default_workers, worker_threads
 
 #: Generous: two workers load the model on a busy 2-core machine.
 STARTUP_S = 300.0
@@ -55,6 +55,13 @@ def test_more_workers_than_streams_is_refused(capsys: pytest.CaptureFixture[str]
     # The default fits whatever --max-streams says.
     assert default_workers(1) == 1
     assert default_workers(10**6) == max(1, cpu_count() // 2)
+
+
+def test_worker_sessions_use_one_thread_on_a_gpu_and_share_the_cores_on_a_cpu() -> None:
+    assert worker_threads(None, on_gpu=True, cores=16, workers=4) == 1
+    assert worker_threads(None, on_gpu=False, cores=16, workers=4) == 4
+    assert worker_threads(None, on_gpu=False, cores=2, workers=4) == 1
+    assert worker_threads(3, on_gpu=True, cores=16, workers=4) == 3  # --threads wins
 
 
 def test_a_port_in_use_is_a_clear_error(

@@ -110,7 +110,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from spoofwatch.stream.server.context import ServerConfig
-    from spoofwatch.stream.server.workers import Supervisor, WorkerSpec, default_workers, validate_workers
+    from spoofwatch.stream.server.workers import (
+        Supervisor,
+        WorkerSpec,
+        cpu_count,
+        default_workers,
+        validate_workers,
+        worker_threads,
+    )
 
     config = ServerConfig(
         host=args.host,
@@ -136,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from spoofwatch.model.card import is_card_reference
     from spoofwatch.model.detector import calibration_for
     from spoofwatch.model.export import ensure_onnx
-    from spoofwatch.model.runtime import preflight
+    from spoofwatch.model.runtime import preflight, resolve_device
 
     preflight(args.model, args.precision, args.device, args.weights)
     if not is_card_reference(args.model):
@@ -154,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_worker_model,
         model=args.model,
         device=args.device,
-        threads=args.threads,
+        threads=worker_threads(args.threads, resolve_device(args.device) == "cuda", cpu_count(), workers),
         weights=args.weights,
         calibration=args.calibration,
         precision=args.precision,

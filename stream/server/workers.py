@@ -434,11 +434,8 @@ def build_worker_server(
     from .sinks import ServerSinks
 
     config = spec.config
-    threads = spec.threads
-    if threads is None:
-        threads = max(
-            1, cpu_count() // workers
-        )  # the workers share the cores (CPU kernels, or a CPU fallback)
+    # `serve` asks for one thread on a GPU (see worker_threads); else the workers share the cores.
+    threads = worker_threads(spec.threads, False, cpu_count(), workers)
     # Workers that may share a GPU load and time their models one at a time:
     # a CUDA session's set-up (cuDNN handles, lazily loaded kernels) in one
     # worker would otherwise slow another's start-up timing, and with it the
@@ -468,6 +465,19 @@ def build_worker_server(
         journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
     )
     return WebSocketServer(ctx, sock=sock)
+
+
+def worker_threads(requested: int | None, on_gpu: bool, cores: int, workers: int) -> int:
+    """ONNX Runtime intra-op threads per worker session.
+
+    On a GPU, one: the graphs run on the device, and the few nodes left on
+    the CPU (shape arithmetic) only pay a thread pool's wake-ups. Every GPU
+    rate in docs/scaling.md was measured with one thread. On the CPU the
+    workers share the cores.
+    """
+    if requested is not None:
+        return requested
+    return 1 if on_gpu else max(1, cores // workers)
 
 
 def _measured_load(
