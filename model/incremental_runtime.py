@@ -77,6 +77,21 @@ class StreamState:
         return sum(a.nbytes for a in self.graph) + self.heads.nbytes + self.guard.nbytes
 
 
+#: Full passes (first windows, resets) stacked per CUDA call at most. Measured
+#: on an H100 (80 GB, docs/scaling.md): 8 server workers whose full passes
+#: took 32 windows per call ran the GPU out of memory at start-up (each
+#: worker's arena keeps its largest activations); at 16 they did not.
+CUDA_MAX_FULL_PASS_STREAMS = 16
+
+
+def stack_cap(device: str, full_pass: bool) -> int:
+    """Streams one stacked call may take on ``device``: the device's batch cap
+    (cuDNN's MaxPool limit on CUDA, memory on the CPU), and for full passes on
+    CUDA at most :data:`CUDA_MAX_FULL_PASS_STREAMS`."""
+    cap = batch_cap(device)
+    return min(cap, CUDA_MAX_FULL_PASS_STREAMS) if full_pass and device.startswith("cuda") else cap
+
+
 def catch_up_limit(plan: IncrementalPlan) -> int:
     """Most hops a stream may lag and still be brought up to date by steps.
 
@@ -193,8 +208,8 @@ class IncrementalModel:
             step.append(i)
         self._catch_up(streams, cut, lags)
         scores: list[float] = [0.0] * len(streams)
-        for rows, run in ((full, self._full_rows), (step, self._step_rows)):
-            for group in self._groups(rows):
+        for rows, run, full_pass in ((full, self._full_rows, True), (step, self._step_rows, False)):
+            for group in self._groups(rows, full_pass):
                 if not group:
                     continue
                 logits, state = run([cut[i][1] for i in group], [streams[i] for i in group])
@@ -204,10 +219,9 @@ class IncrementalModel:
                     scores[i] = float(logits[row, SCORE_COLUMN])
         return scores
 
-    def _groups(self, rows: list[int]) -> list[list[int]]:
-        """Rows per ONNX Runtime call: all of them stacked (under the device's
-        batch cap: cuDNN's MaxPool limit on CUDA), or one each."""
-        size = batch_cap(self.device) if self.batch_streams else 1
+    def _groups(self, rows: list[int], full_pass: bool = False) -> list[list[int]]:
+        """Rows per ONNX Runtime call: all of them stacked (under :func:`stack_cap`), or one each."""
+        size = stack_cap(self.device, full_pass) if self.batch_streams else 1
         return [rows[k : k + size] for k in range(0, len(rows), size)]
 
     def _catch_up(

@@ -38,8 +38,14 @@ from spoofwatch.model.incremental import (
     hop_incompatibility,
     plan_for,
 )
-from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalScorer, catch_up_limit
-from spoofwatch.model.runtime import OnnxScorer, batch_cap
+from spoofwatch.model.incremental_runtime import (
+    CUDA_MAX_FULL_PASS_STREAMS,
+    IncrementalModel,
+    IncrementalScorer,
+    catch_up_limit,
+    stack_cap,
+)
+from spoofwatch.model.runtime import CUDA_MAX_BATCH_WINDOWS, OnnxScorer, batch_cap
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import build_engine
 from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer
@@ -237,6 +243,14 @@ def test_every_window_equals_full_window_scoring(
     assert streams[1].catch_up_steps == 2
     assert streams[0].steps == len(scored[0]) - 1
     assert all(0 < s.state_bytes < 2 * 2**20 for s in streams)
+
+
+def test_stack_caps_per_device() -> None:
+    """Steps on CUDA stack up to the MaxPool cap; full passes (a whole window's
+    activations each) only up to 16, which 8 workers' memory held on an H100."""
+    assert stack_cap("cuda", full_pass=False) == CUDA_MAX_BATCH_WINDOWS == 64
+    assert stack_cap("cuda", full_pass=True) == CUDA_MAX_FULL_PASS_STREAMS == 16
+    assert stack_cap("cpu", full_pass=False) == stack_cap("cpu", full_pass=True) == batch_cap("cpu") == 4
 
 
 def test_stacked_calls_are_split_at_the_device_batch_cap(
