@@ -171,8 +171,9 @@ class Server:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
+        # Its own process group: stop() can then kill every worker, restarted ones included.
         self.proc = subprocess.Popen(
-            cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+            cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, start_new_session=True
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
@@ -224,19 +225,18 @@ class Server:
     def stop(self) -> None:
         """Stop the server and every worker: a worker left behind would keep
         its GPU memory and cores from the next run on the same machine."""
-        pids = self.tree()
-        self.proc.terminate()
+        self.proc.terminate()  # the supervisor drains its workers
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        for pid in pids[1:]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids[1:]):
-            time.sleep(0.1)  # killed children of another parent linger until reaped
+        deadline = time.monotonic() + 10
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # any worker left behind
+            while time.monotonic() < deadline:
+                os.killpg(self.proc.pid, 0)  # raises once the group is gone
+                time.sleep(0.1)
 
 
 def scrape(port: int) -> dict[str, float]:

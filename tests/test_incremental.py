@@ -296,6 +296,36 @@ def test_stacked_calls_are_split_at_the_device_batch_cap(
     assert calls == [(kind, n) for kind in ("init", "step", "step", "step") for n in (cap, 2)]
 
 
+def test_streams_lagging_by_different_hops_catch_up_together_exactly(
+    shared: Path,
+    incremental: Callable[[str, int, bool], IncrementalModel],
+    full_scorer: Callable[[str], OnnxScorer],
+) -> None:
+    """In one call, streams that skipped 0, 1 and 2 windows: the stacked
+    catch-up rounds give every stream the scores (and counters) of full-window
+    scoring and of one call per stream."""
+    audios = [librispeech(shared, 8.0, first=3 * k) for k in range(6)]
+    hops = [[0, 1, 4], [0, 1, 2], [0, 1, 3], [0, 1, 4], [0, 1, 3], [0, 1, 2]]  # per stream, in hops
+    runs = []
+    for batch_streams in (True, False):
+        inc = incremental("aasist-l", LIVE_HOP_SAMPLES, batch_streams)
+        streams = [inc.open_stream() for _ in audios]
+        scores = []
+        for r in range(3):
+            windows = [
+                (h[r] * LIVE_HOP_SAMPLES, a[h[r] * LIVE_HOP_SAMPLES :][:WINDOW_SAMPLES])
+                for h, a in zip(hops, audios, strict=True)
+            ]
+            scores.append(inc.score(streams, windows))
+            if batch_streams:
+                want = full_scorer("aasist-l").scores(np.stack([w for _, w in windows]))
+                assert np.abs(np.array(scores[-1]) - want).max() <= EXACT
+        runs.append((np.array(scores), [(s.full_passes, s.steps, s.catch_up_steps) for s in streams]))
+    (stacked, counts), (one_each, counts_one_each) = runs
+    assert np.abs(stacked - one_each).max() <= EXACT
+    assert counts == counts_one_each == [(1, 2, h[2] - 2) for h in hops]
+
+
 @pytest.mark.slow
 def test_engine_with_speech_gate_matches_full_windows(
     shared: Path, scorer: Any, vad: Any, incremental: Callable[[str, int, bool], IncrementalModel]

@@ -156,12 +156,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from spoofwatch.model.incremental import ensure_incremental_onnx
 
         ensure_incremental_onnx(args.model, hop_samples, args.weights, args.precision)
+    on_gpu = resolve_device(args.device) == "cuda"
     spec = WorkerSpec(
         config,
         load_worker_model,
         model=args.model,
         device=args.device,
-        threads=worker_threads(args.threads, resolve_device(args.device) == "cuda", cpu_count(), workers),
+        gpu=on_gpu,
+        threads=worker_threads(args.threads, on_gpu, cpu_count(), workers),
         weights=args.weights,
         calibration=args.calibration,
         precision=args.precision,

@@ -113,6 +113,10 @@ class WorkerSpec:
     load_model: ModelLoader
     model: str = "aasist-l"
     device: str = "auto"
+    #: Whether ``device`` resolves to a GPU that every worker shares (set by
+    #: ``serve``, which may import the model layer): models then load and are
+    #: timed one worker at a time, with one ONNX Runtime thread each.
+    gpu: bool = False
     threads: int | None = None
     weights: Path | None = None
     calibration: Path | None = None
@@ -434,13 +438,18 @@ def build_worker_server(
     from .sinks import ServerSinks
 
     config = spec.config
-    # `serve` asks for one thread on a GPU (see worker_threads); else the workers share the cores.
-    threads = worker_threads(spec.threads, False, cpu_count(), workers)
+    threads = worker_threads(spec.threads, spec.gpu, cpu_count(), workers)
     # Workers that may share a GPU load and time their models one at a time:
     # a CUDA session's set-up (cuDNN handles, lazily loaded kernels) in one
     # worker would otherwise slow another's start-up timing, and with it the
     # capacity that worker admits streams against for its whole life.
-    locked = spec.device != "cpu" and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
+    locked = spec.gpu and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
+    if spec.gpu and not locked:  # e.g. a worker killed while holding it: time on our own
+        log.warning(
+            "worker %d: no other worker finished loading within %g s; loading and timing alongside",
+            index,
+            CALIBRATION_WAIT_S,
+        )
     try:
         scorer, live, incremental = spec.load_model(spec, threads)
         load = _measured_load(spec, config, workers, scorer, live, incremental)
