@@ -10,6 +10,7 @@
 #         STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:iINGEST_THREADS][:noshed], e.g. 1024:100:w4:b32
 #   (SKIP_CHECKS=1: the default steps without `checks`)
 #   BENCH_ARGS="--precision fp16": serve with the FP16 graphs (incremental steps at FP16)
+#   PROFILE_ARGS="--only worker_like": which parts of gpu_step_profile.py the `profile` step runs
 #
 # Each run: `serve --device cuda --workers 8` and bench_server.py with 20 s real-time
 # streams of LibriSpeech speech from 6 client processes (about 60-90 s per run).
@@ -64,7 +65,7 @@ run() {
                 timeout 240 python3 benchmarks/gpu_checks.py --json | tee -a "$out/gpu_checks.jsonl" || echo "gpu_checks failed: $?"
                 continue ;;
             profile)  # where a step's time goes: copies, cuDNN search, processes sharing the GPU
-                timeout 200 python3 benchmarks/gpu_step_profile.py --json | tee -a "$out/gpu_step_profile.jsonl" || echo "profile failed: $?"
+                timeout 200 python3 benchmarks/gpu_step_profile.py ${PROFILE_ARGS:-} --json | tee -a "$out/gpu_step_profile.jsonl" || echo "profile failed: $?"
                 continue ;;
         esac
         # STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:iINGEST_THREADS][:noshed]; one client process per 128 streams (2-8).

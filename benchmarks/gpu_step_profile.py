@@ -17,6 +17,12 @@ Then ``processes``: P processes (1, 2, 4, ...) each calling ``run_numpy`` at
 the shipped options in a loop on the same GPU for a fixed time; the total
 steps/s says whether worker processes add or split the GPU's step rate.
 
+And ``worker_like``: fresh processes one after another, each loading the
+FP16 incremental graphs with 1 or 4 ONNX Runtime threads and timing steps
+the way a ``serve`` worker does at start-up (``LoadMonitor.calibrate``):
+do the timings agree between processes (on an H100 some workers timed 10x
+slower than others), and does the thread count matter?
+
 Speeds are ratios within this one run; nothing here is a test.
 """
 
@@ -157,6 +163,41 @@ def processes(args: argparse.Namespace) -> None:
             )
 
 
+def _worker_like(device: Device, precision: str, threads: int, batch: int, out: Any, slot: int) -> None:
+    """What a `serve` worker does at start-up, in a fresh process: load the
+    incremental graphs with ``threads`` and time steps like ``LoadMonitor.calibrate``."""
+    from spoofwatch.stream.server.load import LoadMonitor, SheddingConfig, step_batches
+
+    inc = IncrementalModel.load(MODEL, LIVE_HOP_SAMPLES, device, threads, precision=precision)
+    monitor = LoadMonitor(SheddingConfig(), LIVE_HOP_SAMPLES / 16000, batch)
+    monitor.calibrate(
+        lambda b: inc.score(*b), step_batches(inc, WINDOW_SAMPLES, LIVE_HOP_SAMPLES), largest=batch
+    )
+    out[slot] = monitor.capacity_windows_per_s() or 0.0
+
+
+def worker_like(args: argparse.Namespace) -> None:
+    """Fresh processes one after another, as `serve` workers start on a GPU:
+    do their start-up timings agree, and does the thread count matter?"""
+    ctx = mp.get_context("spawn")
+    for threads in (1, 4):
+        rates = ctx.Array("d", args.fresh)
+        for k in range(args.fresh):
+            p = ctx.Process(
+                target=_worker_like, args=(args.device, "fp16", threads, args.process_batch, rates, k)
+            )
+            p.start()
+            p.join()
+        emit(
+            args.json,
+            check="worker_like",
+            precision="fp16",
+            threads=threads,
+            streams_per_call=args.process_batch,
+            windows_per_s=[round(r, 1) for r in rates[:]],
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run")
@@ -165,10 +206,18 @@ def main() -> None:
     parser.add_argument("--processes", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4])
     parser.add_argument("--process-batch", type=int, default=32)
     parser.add_argument("--process-seconds", type=float, default=4.0)
+    parser.add_argument("--fresh", type=int, default=4, help="fresh processes per thread count (worker_like)")
+    parser.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        default=["profile", "processes", "worker_like"],
+        help="comma-separated: profile, processes, worker_like",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    profile(args)
-    processes(args)
+    for name, check in (("profile", profile), ("processes", processes), ("worker_like", worker_like)):
+        if name in args.only:
+            check(args)
 
 
 if __name__ == "__main__":
