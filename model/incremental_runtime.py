@@ -92,6 +92,11 @@ def stack_cap(device: str, full_pass: bool) -> int:
     return min(cap, CUDA_MAX_FULL_PASS_STREAMS) if full_pass and device.startswith("cuda") else cap
 
 
+def _stack_states(states: list[list[Array]]) -> list[Array]:
+    """Several streams' graph states as one batch (each state tensor stacked on axis 0)."""
+    return states[0] if len(states) == 1 else [np.concatenate(parts) for parts in zip(*states, strict=True)]
+
+
 def catch_up_limit(plan: IncrementalPlan) -> int:
     """Most hops a stream may lag and still be brought up to date by steps.
 
@@ -245,10 +250,7 @@ class IncrementalModel:
                     heads.append(state.heads[j - 1 : j])
                     tails.append(cut[i][1][np.newaxis, end - plan.tail_samples : end])
                     states.append(state.graph)
-                stacked = (
-                    states[0] if len(states) == 1 else [np.concatenate(p) for p in zip(*states, strict=True)]
-                )
-                _, graph = self.run_step(np.concatenate(heads), np.concatenate(tails), stacked)
+                _, graph = self.run_step(np.concatenate(heads), np.concatenate(tails), _stack_states(states))
                 for row, i in enumerate(group):
                     state = streams[i].state
                     assert state is not None
@@ -264,13 +266,11 @@ class IncrementalModel:
         batch = np.stack(samples)
         head = np.ascontiguousarray(batch[:, : self.plan.head_samples])
         tail = np.ascontiguousarray(batch[:, self._tail_from :])
-        states = [s.state.graph for s in streams if s.state is not None]
-        stacked = (
-            states[0] if len(states) == 1 else [np.concatenate(parts) for parts in zip(*states, strict=True)]
-        )
         for stream in streams:
             stream.steps += 1
-        return self.run_step(head, tail, stacked)
+        return self.run_step(
+            head, tail, _stack_states([s.state.graph for s in streams if s.state is not None])
+        )
 
 
 class IncrementalScorer:

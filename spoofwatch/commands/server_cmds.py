@@ -110,14 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from spoofwatch.stream.server.context import ServerConfig
-    from spoofwatch.stream.server.workers import (
-        Supervisor,
-        WorkerSpec,
-        cpu_count,
-        default_workers,
-        validate_workers,
-        worker_threads,
-    )
+    from spoofwatch.stream.server.workers import Supervisor, WorkerSpec, default_workers, validate_workers
 
     config = ServerConfig(
         host=args.host,
@@ -156,14 +149,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from spoofwatch.model.incremental import ensure_incremental_onnx
 
         ensure_incremental_onnx(args.model, hop_samples, args.weights, args.precision)
-    on_gpu = resolve_device(args.device) == "cuda"
     spec = WorkerSpec(
         config,
         load_worker_model,
         model=args.model,
         device=args.device,
-        gpu=on_gpu,
-        threads=worker_threads(args.threads, on_gpu, cpu_count(), workers),
+        gpu=resolve_device(args.device) == "cuda",
+        threads=args.threads,
         weights=args.weights,
         calibration=args.calibration,
         precision=args.precision,

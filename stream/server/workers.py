@@ -427,9 +427,8 @@ def build_worker_server(
     cells: Any,
     lock: Any,
     calibration_lock: Any,
-    rates: Any = None,
+    rates: Any,
 ) -> Any:
-
     from ..gate import SileroVad
     from .app import WebSocketServer
     from .batcher import BatchScorer
@@ -452,12 +451,7 @@ def build_worker_server(
         )
     try:
         scorer, live, incremental = spec.load_model(spec, threads)
-        load = _measured_load(spec, config, workers, scorer, live, incremental)
-        if load.shared_device and rates is not None:
-            # Admit against the fastest worker's timing (see DeviceRates).
-            own = load.capacity_windows_per_s() or 0.0
-            load.device_rates = DeviceRates(rates)
-            load.device_rates.publish(index, own)
+        load = _measured_load(spec, config, workers, index, rates, scorer, live, incremental)
     finally:
         if locked:
             calibration_lock.release()
@@ -490,9 +484,18 @@ def worker_threads(requested: int | None, on_gpu: bool, cores: int, workers: int
 
 
 def _measured_load(
-    spec: WorkerSpec, config: Any, workers: int, scorer: Any, live: Any, incremental: Any
+    spec: WorkerSpec,
+    config: Any,
+    workers: int,
+    index: int,
+    rates: Any,
+    scorer: Any,
+    live: Any,
+    incremental: Any,
 ) -> Any:
-    """This worker's :class:`LoadMonitor`, its scoring capacity timed on the loaded model."""
+    """This worker's :class:`LoadMonitor`, its scoring capacity timed on the
+    loaded model; on a shared GPU it admits against the fastest worker's
+    timing (see :class:`DeviceRates`)."""
     import numpy as np
 
     from spoofwatch.constants import WINDOW_SAMPLES
@@ -521,6 +524,10 @@ def _measured_load(
         make_batch = step_batches(incremental, WINDOW_SAMPLES, live.stream.hop_samples)
     # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
     load.calibrate(score, make_batch, largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH)
+    if load.shared_device:
+        own = load.capacity_windows_per_s() or 0.0
+        load.device_rates = DeviceRates(rates)
+        load.device_rates.publish(index, own)
     return load
 
 
