@@ -23,6 +23,13 @@ the way a ``serve`` worker does at start-up (``LoadMonitor.calibrate``):
 do the timings agree between processes (on an H100 some workers timed 10x
 slower than others), and does the thread count matter?
 
+And ``shape_churn``: the step graph called with a changing number of streams
+per call (as a server calls it), through one plain session and through the
+shipped batch buckets (model/shapes.py, one session per bucket), against one
+fixed size. ONNX Runtime's CUDA convolutions rebuild their cuDNN plans at
+every change of input shape; the buckets should bring the changing sizes
+close to the fixed-size rate.
+
 Speeds are ratios within this one run; nothing here is a test.
 """
 
@@ -40,7 +47,7 @@ from spoofwatch.constants import LIVE_HOP_SAMPLES, WINDOW_SAMPLES
 from spoofwatch.model.config import load_model_config
 from spoofwatch.model.incremental import STEP_INPUTS, ensure_incremental_onnx, plan_for
 from spoofwatch.model.incremental_runtime import IncrementalModel
-from spoofwatch.model.runtime import CUDA_PROVIDER_OPTIONS, Device
+from spoofwatch.model.runtime import CUDA_PROVIDER_OPTIONS, Device, open_graph
 
 MODEL = "aasist-l"
 
@@ -198,6 +205,34 @@ def worker_like(args: argparse.Namespace) -> None:
         )
 
 
+#: Streams per call in ``shape_churn``: what a server's batcher sends as streams
+#: become ready unevenly (fixed, so that every run calls the same sizes).
+CHURN_SIZES = (32, 5, 32, 17, 32, 1, 29, 32, 12, 32, 3, 24)
+
+
+def shape_churn(args: argparse.Namespace) -> None:
+    """Changing call sizes, plain session vs batch buckets, against one fixed size."""
+    for precision in ("fp32", "fp16"):
+        path = ensure_incremental_onnx(MODEL, LIVE_HOP_SAMPLES, precision=precision).step
+        x = feeds(max(CHURN_SIZES), args.device)
+        row: dict[str, Any] = {}
+        for label, buckets, sizes in (
+            ("fixed_32", False, [32] * len(CHURN_SIZES)),
+            ("churn_plain", False, list(CHURN_SIZES)),
+            ("churn_buckets", True, list(CHURN_SIZES)),
+        ):
+            sess = open_graph(path, args.device, 1, allow_spinning=False, cap=64, buckets=buckets)
+            calls = [{k: v[:n] for k, v in x.items()} for n in sizes]
+            for call in calls:  # warm-up: each session's first call of a size
+                sess.run(None, call)
+            t0 = time.perf_counter()
+            for _ in range(args.rounds):
+                for call in calls:
+                    sess.run(None, call)
+            row[f"{label}_steps_per_s"] = round(args.rounds * sum(sizes) / (time.perf_counter() - t0), 1)
+        emit(args.json, check="shape_churn", precision=precision, sizes=list(CHURN_SIZES), **row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run")
@@ -210,12 +245,18 @@ def main() -> None:
     parser.add_argument(
         "--only",
         type=lambda s: s.split(","),
-        default=["profile", "processes", "worker_like"],
-        help="comma-separated: profile, processes, worker_like",
+        default=["shape_churn", "profile", "processes", "worker_like"],
+        help="comma-separated: shape_churn, profile, processes, worker_like",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    for name, check in (("profile", profile), ("processes", processes), ("worker_like", worker_like)):
+    checks = (
+        ("shape_churn", shape_churn),
+        ("profile", profile),
+        ("processes", processes),
+        ("worker_like", worker_like),
+    )
+    for name, check in checks:
         if name in args.only:
             check(args)
 

@@ -49,7 +49,8 @@ from .incremental import (
     hop_incompatibility,
     plan_for,
 )
-from .runtime import Device, batch_cap, make_session, validate_windows
+from .runtime import CUDA_MAX_BATCH_WINDOWS, Device, batch_cap, open_graph, validate_windows
+from .shapes import BucketedSession
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,11 @@ class StreamState:
 #: Full passes (first windows, resets) stacked per CUDA call at most. Measured
 #: on an H100 (80 GB, docs/scaling.md): 8 server workers whose full passes
 #: took 32 windows per call ran the GPU out of memory at start-up (each
-#: worker's arena keeps its largest activations); at 16 they did not.
-CUDA_MAX_FULL_PASS_STREAMS = 16
+#: worker's arena keeps its largest activations); at 16 they did not. On CUDA
+#: each batch bucket has its own session and arena (model/shapes.py): buckets
+#: of 1, 2, 4 and 8 hold 15 windows' activations together, about what one
+#: session of 16 held.
+CUDA_MAX_FULL_PASS_STREAMS = 8
 
 
 def stack_cap(device: str, full_pass: bool) -> int:
@@ -123,11 +127,28 @@ class IncrementalModel:
         threads: int | None = None,
         batch_streams: bool | None = None,
         allow_spinning: bool = False,
+        shape_buckets: bool | None = None,
     ) -> None:
         self.plan = plan
         self.names = plan.state_names()
-        self.init_session = make_session(paths.init, device, threads, allow_spinning=allow_spinning)
-        self.step_session = make_session(paths.step, device, threads, allow_spinning=allow_spinning)
+        # On CUDA one session per batch bucket (model/shapes.py): stacked calls
+        # change size from call to call, and each change would rebuild cuDNN plans.
+        self.init_session = open_graph(
+            paths.init,
+            device,
+            threads,
+            allow_spinning=allow_spinning,
+            cap=CUDA_MAX_FULL_PASS_STREAMS,
+            buckets=shape_buckets,
+        )
+        self.step_session = open_graph(
+            paths.step,
+            device,
+            threads,
+            allow_spinning=allow_spinning,
+            cap=CUDA_MAX_BATCH_WINDOWS,
+            buckets=shape_buckets,
+        )
         self.providers: list[str] = list(self.step_session.get_providers())
         # On CPU one call per stream costs less than one stacked call (measured in
         # benchmarks/bench_stream.py: bigger intermediates, no parallelism gained);
@@ -160,6 +181,19 @@ class IncrementalModel:
     @property
     def hop_samples(self) -> int:
         return self.plan.hop_samples
+
+    def warm(self, up_to: int) -> dict[str, list[int]]:
+        """Open and run once the batch buckets of both graphs up to ``up_to``
+        streams per call (CUDA; see :mod:`.shapes`), so that live calls never
+        pay a session's set-up or a first plan build. Returns the buckets warmed."""
+        warmed: dict[str, list[int]] = {}
+        for name, session, full_pass in (
+            ("init", self.init_session, True),
+            ("step", self.step_session, False),
+        ):
+            if isinstance(session, BucketedSession):
+                warmed[name] = session.warm(min(up_to, stack_cap(self.device, full_pass)))
+        return warmed
 
     def open_stream(self) -> IncrementalScorer:
         """A new stream's (empty) cache."""

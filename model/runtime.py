@@ -21,6 +21,7 @@ from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SCORE_COLUMN
 from spoofwatch.errors import DeviceError, InputError, ModelError
 
 from .precision import check_precision_device
+from .shapes import BucketedSession, wants_buckets
 
 if TYPE_CHECKING:
     from .card import ModelSpec
@@ -197,6 +198,29 @@ def make_session(
     return session
 
 
+def open_graph(
+    path: Path,
+    device: Device = "auto",
+    threads: int | None = None,
+    limits: SessionLimits | None = None,
+    allow_spinning: bool = True,
+    *,
+    cap: int,
+    buckets: bool | None = None,
+) -> Any:
+    """A session of the graph at ``path`` for calls of up to ``cap`` rows.
+
+    On the CUDA provider (or wherever ``buckets`` is true) it is a
+    :class:`~.shapes.BucketedSession`: one session per batch bucket, so that
+    no call changes a session's input shape (see :mod:`.shapes`). Otherwise
+    a plain session.
+    """
+    first = make_session(path, device, threads, limits, allow_spinning)
+    if not wants_buckets(first, buckets):
+        return first
+    return BucketedSession(lambda: make_session(path, device, threads, limits, allow_spinning), cap, first)
+
+
 class OnnxScorer:
     """Scores batches of fixed-length windows with an ONNX detector.
 
@@ -205,7 +229,8 @@ class OnnxScorer:
     other input length, tensor names and score column. A batch larger than
     ``max_batch_windows`` is split into several ONNX Runtime calls (default:
     :data:`CUDA_MAX_BATCH_WINDOWS` on CUDA, :data:`CPU_MAX_BATCH_WINDOWS` on
-    the CPU), so callers may pass any batch size.
+    the CPU), so callers may pass any batch size. On CUDA every call is padded
+    to a batch bucket with a session of its own (:mod:`.shapes`).
     """
 
     def __init__(
@@ -218,6 +243,7 @@ class OnnxScorer:
         precision: Precision = "fp32",
         spec: ModelSpec | None = None,
         limits: SessionLimits | None = None,
+        shape_buckets: bool | None = None,
     ) -> None:
         if max_batch_windows is not None and max_batch_windows < 1:
             raise InputError(f"expected max_batch_windows >= 1, got {max_batch_windows}")
@@ -229,7 +255,8 @@ class OnnxScorer:
         self._output = spec.output_name if spec is not None else ONNX_OUTPUT_NAME
         self._column = spec.bonafide_index if spec is not None else SCORE_COLUMN
         self._sign = 1.0 if spec is None or spec.higher_is_bonafide else -1.0
-        self.session = make_session(onnx_path, device, threads, limits)
+        bucket_cap = CUDA_MAX_BATCH_WINDOWS if max_batch_windows is None else max_batch_windows
+        self.session = open_graph(onnx_path, device, threads, limits, cap=bucket_cap, buckets=shape_buckets)
         self.providers: list[str] = list(self.session.get_providers())
         cap = batch_cap(self.device) if max_batch_windows is None else max_batch_windows
         self.max_batch_windows = cap
@@ -238,6 +265,13 @@ class OnnxScorer:
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == _CUDA else "cpu"
+
+    def warm(self, up_to: int) -> list[int]:
+        """Open and run once every batch bucket up to ``up_to`` windows (CUDA; see
+        :mod:`.shapes`); returns the buckets warmed (none for a plain session)."""
+        if not isinstance(self.session, BucketedSession):
+            return []
+        return self.session.warm(min(up_to, self.max_batch_windows))
 
     def _run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         parts = []

@@ -46,6 +46,7 @@ from spoofwatch.model.incremental_runtime import (
     stack_cap,
 )
 from spoofwatch.model.runtime import CUDA_MAX_BATCH_WINDOWS, OnnxScorer, batch_cap
+from spoofwatch.model.shapes import batch_buckets
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import build_engine
 from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer
@@ -247,9 +248,11 @@ def test_every_window_equals_full_window_scoring(
 
 def test_stack_caps_per_device() -> None:
     """Steps on CUDA stack up to the MaxPool cap; full passes (a whole window's
-    activations each) only up to 16, which 8 workers' memory held on an H100."""
+    activations each) only up to 8: their buckets 1-8 (one session each) hold
+    15 windows' activations, about the 16 that 8 workers' memory held on an H100."""
     assert stack_cap("cuda", full_pass=False) == CUDA_MAX_BATCH_WINDOWS == 64
-    assert stack_cap("cuda", full_pass=True) == CUDA_MAX_FULL_PASS_STREAMS == 16
+    assert stack_cap("cuda", full_pass=True) == CUDA_MAX_FULL_PASS_STREAMS == 8
+    assert sum(batch_buckets(CUDA_MAX_FULL_PASS_STREAMS)) == 15
     assert stack_cap("cpu", full_pass=False) == stack_cap("cpu", full_pass=True) == batch_cap("cpu") == 4
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from .common import (
 if TYPE_CHECKING:
     from spoofwatch.stream.engine import LiveConfig
     from spoofwatch.stream.server.workers import WorkerSpec
+
+log = logging.getLogger(__name__)
 
 #: Environment variable holding the server token (keeps it out of the process list).
 TOKEN_ENV = "SPOOFWATCH_TOKEN"
@@ -107,7 +110,6 @@ def register(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
-    import logging
 
     from spoofwatch.stream.server.context import ServerConfig
     from spoofwatch.stream.server.workers import Supervisor, WorkerSpec, default_workers, validate_workers
@@ -187,6 +189,17 @@ def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig, 
         precision=spec.precision,
         full_windows=spec.full_windows,
     )
+    # On a GPU, open and run every batch bucket that live calls can use
+    # (model/shapes.py) before the worker times itself: a live call must not
+    # pay a session's set-up or a cuDNN plan build. Only the graphs that score
+    # live windows: each warmed bucket keeps an arena. A no-op on the CPU.
+    up_to = spec.config.max_batch_windows
+    if scoring.incremental is not None:
+        warmed: Any = scoring.incremental.warm(up_to)
+    else:
+        warmed = detector.scorer.warm(up_to)
+    if warmed:
+        log.info("batch buckets opened and run once: %s", warmed)
     return detector.scorer, live, scoring.incremental
 
 
