@@ -2,7 +2,9 @@
 
 Writes ``UTT ATTACK KEY SCORE`` lines (the official first-window score) to
 the score file, flushed after every batch, and window scores at the stream
-hop to ``<scores>.windows.jsonl`` beside it. A rerun skips utterances
+hop to ``<scores>.windows.jsonl`` beside it (``hop_s=0``: the first window
+only, which is all that EER, min t-DCF and ``calibrate fit`` read: files
+longer than one window then cost one window, not one per hop). A rerun skips utterances
 already in the score file, so a killed run loses at most the batch in flight.
 """
 
@@ -18,9 +20,9 @@ from typing import IO
 
 import numpy as np
 
-from spoofwatch.audio import read_audio
+from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.errors import AudioError
+from spoofwatch.errors import AudioError, InputError
 from spoofwatch.stream.engine import Scorer
 from spoofwatch.stream.windower import iter_windows
 
@@ -56,9 +58,11 @@ def score_dataset(
 ) -> ScoreRun:
     from tqdm import tqdm
 
+    if hop_s < 0:
+        raise InputError(f"expected a hop of 0 s (first window only) or more, got {hop_s:g} s")
     done = already_scored(out)
     todo = [t for t in dataset.trials if t.utt not in done]
-    hop = max(1, round(hop_s * SAMPLE_RATE_HZ))
+    hop = max(1, round(hop_s * SAMPLE_RATE_HZ)) if hop_s > 0 else None
     failed: list[str] = []
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +112,7 @@ def _score_batch(
     batch: list[Trial],
     audios: list[np.ndarray | AudioError],
     scorer: Scorer,
-    hop: int,
+    hop: int | None,
     window_samples: int,
     scores_fh: IO[str],
     windows_fh: IO[str],
@@ -120,6 +124,10 @@ def _score_batch(
         if isinstance(audio, AudioError):
             log.warning("%s", audio)
             failed.append(batch[i].utt)
+            continue
+        if hop is None:  # the official first window only
+            owners.append(i)
+            windows.append(official_window(audio, window_samples))
             continue
         for _, window in iter_windows(audio, hop, window_samples):
             owners.append(i)
@@ -133,7 +141,7 @@ def _score_batch(
         # The first window is the official evaluation input.
         scores_fh.write(f"{t.utt} {t.attack} {t.label} {file_scores[0]:.6f}\n")
         windows_fh.write(
-            json.dumps({"utt": t.utt, "hop_s": hop / SAMPLE_RATE_HZ, "scores": file_scores}) + "\n"
+            json.dumps({"utt": t.utt, "hop_s": (hop or 0) / SAMPLE_RATE_HZ, "scores": file_scores}) + "\n"
         )
     scores_fh.flush()
     windows_fh.flush()

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import BONAFIDE_UTT, SPOOF_UTTS, genuine_then_spoof
 
@@ -145,6 +146,35 @@ def test_score_fit_and_load_end_to_end(
         == 0
     )
     assert load_calibration(cal_path).verdict_threshold > max(table.by_label("spoof"))
+
+
+def test_first_window_only_scores_long_files_once_with_the_same_scores(
+    sw_home: Path, mini_la: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--hop-s 0`` (the fast path for EER/min t-DCF): the score file is what
+    the default writes, and a file longer than one window is scored once, not
+    once per hop. Every LA clip here is shorter than a window, so a 7.2 s file
+    is made by joining three of them."""
+    import soundfile
+
+    from spoofwatch.audio import read_audio
+
+    protocol, flac = mini_la
+    joined = np.concatenate([read_audio(flac / f"{u}.flac") for u in (BONAFIDE_UTT, *SPOOF_UTTS[:2])])
+    assert joined.size > 64_600 + 8_000 * 2  # at least three windows at the default hop
+    soundfile.write(str(flac / "LA_D_9999999.flac"), joined, 16_000)
+    protocol.write_text(protocol.read_text() + "LA_0000 LA_D_9999999 - A01 spoof\n")
+    runs = {}
+    for hop in ("0.5", "0"):
+        out = tmp_path / f"hop{hop}.txt"
+        assert main([*score_command(mini_la, out), "--hop-s", hop]) == 0
+        windows = [json.loads(x) for x in out.with_name(out.name + ".windows.jsonl").read_text().splitlines()]
+        runs[hop] = (out.read_text(), {w["utt"]: len(w["scores"]) for w in windows})
+    assert runs["0"][0] == runs["0.5"][0]
+    assert runs["0.5"][1]["LA_D_9999999"] >= 3
+    assert set(runs["0"][1].values()) == {1}
+    assert main([*score_command(mini_la, tmp_path / "neg.txt"), "--hop-s", "-1"]) != 0
+    assert "expected a hop of 0 s (first window only) or more, got -1 s" in capsys.readouterr().err
 
 
 def test_missing_and_corrupt_files(

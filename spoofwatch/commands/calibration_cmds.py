@@ -39,7 +39,11 @@ def register(sub: Any) -> None:
     sc.add_argument("--audio-dir", type=Path, required=True)
     sc.add_argument("--out", type=Path, required=True)
     sc.add_argument(
-        "--hop-s", type=float, default=0.5, help="hop of the window scores kept beside the score file"
+        "--hop-s",
+        type=float,
+        default=0.5,
+        help="hop of the window scores kept beside the score file (0: the official first window only, "
+        "the fastest way to get EER/min t-DCF and a threshold)",
     )
     sc.add_argument("--workers", type=int, default=4, help="parallel audio decoders")
     sc.add_argument("--skip-missing", action="store_true", help="continue without missing or empty files")
