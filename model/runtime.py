@@ -255,7 +255,8 @@ class OnnxScorer:
         self._output = spec.output_name if spec is not None else ONNX_OUTPUT_NAME
         self._column = spec.bonafide_index if spec is not None else SCORE_COLUMN
         self._sign = 1.0 if spec is None or spec.higher_is_bonafide else -1.0
-        bucket_cap = CUDA_MAX_BATCH_WINDOWS if max_batch_windows is None else max_batch_windows
+        # Buckets never past the MaxPool-safe cap; larger calls are split by the session.
+        bucket_cap = min(max_batch_windows or CUDA_MAX_BATCH_WINDOWS, CUDA_MAX_BATCH_WINDOWS)
         self.session = open_graph(onnx_path, device, threads, limits, cap=bucket_cap, buckets=shape_buckets)
         self.providers: list[str] = list(self.session.get_providers())
         cap = batch_cap(self.device) if max_batch_windows is None else max_batch_windows

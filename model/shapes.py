@@ -19,14 +19,18 @@ time goes"): the step graph ran ~3,000 steps/s in a loop of one batch size,
 and a serve worker timed ~300/s at start-up.
 
 So on CUDA a graph is opened once per *bucket*: the powers of two up to the
-call cap, and the cap itself. A call is padded to the smallest bucket that
-holds it, with copies of its last row (a valid input for any model), and the
-padding rows' outputs are dropped. Each session then sees one shape for
+call cap, the cap itself, and the largest call a server makes
+(``--max-batch-windows``, added by :meth:`BucketedSession.warm`). A call is
+padded to the smallest bucket that holds it, with copies of its last row (a
+valid input for any model), and the padding rows' outputs are dropped; a
+call larger than the cap is split. Each session then sees one shape for
 life and builds its plans once. The price: up to twice the rows in a call
 (the GPU has time to spare when calls are not full; a loaded server's calls
-are), and one session (weights and arena) per bucket in use. Sessions open
-at their first call, or all at once with :meth:`BucketedSession.warm`
-(a server worker does this at start-up, before it times itself).
+are full, and a full call is a bucket of its own), and one session (weights
+and arena) per bucket in use: the arenas together hold up to twice the
+activations of the largest bucket. Sessions open at their first call, or
+all at once with :meth:`BucketedSession.warm` (a server worker does this at
+start-up, before it times itself).
 
 On the CPU a shape change costs nothing measurable and padding would cost
 arithmetic, so CPU sessions are not bucketed (:func:`wants_buckets`).
@@ -35,6 +39,7 @@ arithmetic, so CPU sessions are not bucketed (:func:`wants_buckets`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -84,7 +89,10 @@ class BucketedSession:
 
     def __init__(self, open_session: Callable[[], Any], cap: int, first: Any | None = None) -> None:
         self.buckets = batch_buckets(cap)
+        self.cap = cap
         self._open = open_session
+        # Sessions open lazily; two threads must not both open one (an extra CUDA arena).
+        self._lock = threading.Lock()
         self._sessions: dict[int, Any] = {self.buckets[0]: first if first is not None else open_session()}
         #: Rows added by padding, over the session's life.
         self.padded_rows = 0
@@ -110,24 +118,45 @@ class BucketedSession:
         return tuple(sorted(self._sessions))
 
     def bucket(self, rows: int) -> int:
-        """The smallest bucket that holds ``rows`` rows."""
+        """The smallest bucket that holds ``rows`` rows (1 <= ``rows`` <= the cap)."""
         for size in self.buckets:
             if size >= rows:
                 return size
-        raise InputError(f"expected at most {self.buckets[-1]} rows per call, got {rows} (split the batch)")
+        raise InputError(f"expected at most {self.cap} rows per bucket, got {rows}")
+
+    def add_bucket(self, size: int) -> None:
+        """Make ``size`` (at most the cap) a bucket of its own, e.g. the largest call a server makes."""
+        if not 1 <= size <= self.cap:
+            raise InputError(f"expected a bucket of 1 to {self.cap} rows, got {size}")
+        if size not in self.buckets:
+            self.buckets = tuple(sorted((*self.buckets, size)))
+            self.calls[size] = 0
 
     def _session(self, size: int) -> Any:
-        if size not in self._sessions:
-            log.debug("opening the session for batches of %d", size)
-            self._sessions[size] = self._open()
-        return self._sessions[size]
+        with self._lock:
+            if size not in self._sessions:
+                log.debug("opening the session for batches of %d", size)
+                self._sessions[size] = self._open()
+            return self._sessions[size]
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[Any]:
-        """Run ``feeds`` (all with the same number of rows) padded to their bucket; outputs trimmed back."""
+        """Run ``feeds`` (all with the same number of rows) padded to their bucket
+        and outputs trimmed back; more rows than the cap go in several calls."""
         rows = {len(v) for v in feeds.values()}
-        if len(rows) != 1:
-            raise InputError(f"expected every input to have the same number of rows, got {sorted(rows)}")
+        if len(rows) != 1 or 0 in rows:
+            raise InputError(
+                f"expected every input to have the same number (>= 1) of rows, got {sorted(rows)}"
+            )
         (n,) = rows
+        if n <= self.cap:
+            return self._run_bucket(output_names, feeds, n)
+        parts = []
+        for start in range(0, n, self.cap):
+            chunk = {k: v[start : start + self.cap] for k, v in feeds.items()}
+            parts.append(self._run_bucket(output_names, chunk, min(self.cap, n - start)))
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+    def _run_bucket(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any], n: int) -> list[Any]:
         size = self.bucket(n)
         if size > n:
             feeds = {name: _pad_rows(value, size) for name, value in feeds.items()}
@@ -137,17 +166,19 @@ class BucketedSession:
         return [o[:n] for o in out] if size > n else list(out)
 
     def warm(self, up_to: int) -> list[int]:
-        """Open the sessions of every bucket up to the one holding ``up_to`` rows
-        and run each once on zeros, so that no live call pays a session's set-up
-        or its first plan build. Returns the buckets warmed (none when an input
-        has a dimension other than the batch that is not fixed)."""
+        """Make ``up_to`` rows (the largest call to come; at most the cap) a
+        bucket, open the sessions of every bucket up to it and run each once on
+        zeros, so that no live call pays a session's set-up or its first plan
+        build. Returns the buckets warmed (none when an input has a dimension
+        other than the batch that is not fixed)."""
+        largest = min(up_to, self.cap)
+        self.add_bucket(largest)
         inputs = self.get_inputs()
         if any(not isinstance(d, int) for i in inputs for d in i.shape[1:]):
-            log.info(
-                "not warming %s: an input has a free dimension besides the batch", [i.name for i in inputs]
-            )
+            names = [i.name for i in inputs]
+            log.info("not warming %s: an input has a free dimension besides the batch", names)
             return []
-        warmed = [size for size in self.buckets if size <= self.bucket(min(up_to, self.buckets[-1]))]
+        warmed = [size for size in self.buckets if size <= largest]
         for size in warmed:
             feeds = {i.name: np.zeros((size, *i.shape[1:]), _numpy_type(i.type)) for i in inputs}
             self._session(size).run(None, feeds)

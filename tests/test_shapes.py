@@ -24,8 +24,8 @@ from spoofwatch.errors import InputError
 from spoofwatch.model.config import load_model_config
 from spoofwatch.model.export import ensure_onnx
 from spoofwatch.model.incremental import ensure_incremental_onnx, plan_for
-from spoofwatch.model.incremental_runtime import IncrementalModel
-from spoofwatch.model.runtime import OnnxScorer, make_session, open_graph
+from spoofwatch.model.incremental_runtime import IncrementalModel, stack_cap
+from spoofwatch.model.runtime import CUDA_MAX_BATCH_WINDOWS, OnnxScorer, make_session, open_graph
 from spoofwatch.model.shapes import BucketedSession, batch_buckets, wants_buckets
 
 #: An IR version the installed ONNX Runtime reads (onnx's newest may be ahead of it).
@@ -117,20 +117,36 @@ def test_every_session_sees_one_batch_size_and_outputs_are_trimmed(tiny: Path) -
     assert bucketed.padded_rows == 1 + 3 + 1 + 1  # 3->4, 5->8, 3->4, 7->8
 
 
+def test_calls_larger_than_the_cap_are_split_into_buckets(tiny: Path) -> None:
+    bucketed, spies = spied(tiny, cap=4)
+    a = np.arange(30, dtype=np.float32).reshape(10, 3)
+    b = np.arange(20, dtype=np.float32).reshape(10, 2)
+    (y,) = bucketed.run(None, {"a": a, "b": b})
+    np.testing.assert_array_equal(y, np.concatenate([2 * a, b], axis=1))
+    assert rows_seen(bucketed, spies) == {1: set(), 2: {2}, 4: {4}}  # 4 + 4 + 2; bucket 1 unused
+    assert bucketed.calls == {1: 0, 2: 1, 4: 2} and bucketed.padded_rows == 0
+
+
 def test_bad_calls_are_refused_with_what_was_expected(tiny: Path) -> None:
     bucketed, _ = spied(tiny, cap=4)
     a, b = np.zeros((5, 3), np.float32), np.zeros((5, 2), np.float32)
-    with pytest.raises(InputError, match="at most 4 rows"):
-        bucketed.run(None, {"a": a, "b": b})
-    with pytest.raises(InputError, match="same number of rows"):
+    with pytest.raises(InputError, match="same number"):
         bucketed.run(None, {"a": a[:2], "b": b[:3]})
+    with pytest.raises(InputError, match=r"same number \(>= 1\) of rows, got \[0\]"):
+        bucketed.run(None, {"a": a[:0], "b": b[:0]})
+    with pytest.raises(InputError, match="a bucket of 1 to 4 rows, got 5"):
+        bucketed.add_bucket(5)
 
 
-def test_warm_opens_and_runs_the_buckets_up_to_the_one_needed(tiny: Path) -> None:
-    bucketed, spies = spied(tiny, cap=16)
-    assert bucketed.warm(5) == [1, 2, 4, 8]
-    assert rows_seen(bucketed, spies) == {1: {1}, 2: {2}, 4: {4}, 8: {8}}
-    assert bucketed.warm(100) == [1, 2, 4, 8, 16]  # past the cap: every bucket
+def test_warm_makes_the_largest_call_a_bucket_and_runs_every_bucket_up_to_it(tiny: Path) -> None:
+    """A server's largest call (``--max-batch-windows`` 24) gets a session of
+    its own, so a full call is never padded to the next power of two."""
+    bucketed, spies = spied(tiny, cap=64)
+    assert bucketed.warm(24) == [1, 2, 4, 8, 16, 24]
+    a, b = np.zeros((20, 3), np.float32), np.zeros((20, 2), np.float32)
+    bucketed.run(None, {"a": a, "b": b})
+    assert rows_seen(bucketed, spies) == {1: {1}, 2: {2}, 4: {4}, 8: {8}, 16: {16}, 24: {24}}
+    assert bucketed.warm(100) == [1, 2, 4, 8, 16, 24, 32, 64]  # past the cap: every bucket
 
 
 def test_a_graph_with_a_free_dimension_besides_the_batch_is_not_warmed(tmp_path: Path) -> None:
@@ -148,11 +164,31 @@ def test_a_graph_with_a_free_dimension_besides_the_batch_is_not_warmed(tmp_path:
     assert bucketed.warm(8) == [] and bucketed.opened == (1,)
 
 
+class _OnCuda:
+    """What ``wants_buckets`` reads of a session that got the CUDA provider."""
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def test_only_cuda_sessions_are_bucketed_unless_forced(tiny: Path) -> None:
     plain = open_graph(tiny, "cpu", 1, cap=8)
     assert not isinstance(plain, BucketedSession) and not wants_buckets(plain, None)
+    assert wants_buckets(_OnCuda(), None) and not wants_buckets(_OnCuda(), False)
     assert isinstance(open_graph(tiny, "cpu", 1, cap=8, buckets=True), BucketedSession)
     assert OnnxScorer(tiny, "cpu", 1, spec=None).warm(8) == []  # a plain session: nothing to warm
+
+
+def test_bucket_caps_match_the_cuda_call_caps(sw_home: Path) -> None:
+    """The buckets end where stacked calls are split on CUDA (steps 64, full
+    passes 8), and never past the MaxPool-safe 64 whatever a caller asks."""
+    hop = LIVE_HOP_SAMPLES
+    paths = ensure_incremental_onnx("aasist-l", hop, None, "fp32")
+    inc = IncrementalModel(paths, plan_for(load_model_config("aasist-l"), hop), "cpu", 1, shape_buckets=True)
+    assert inc.init_session.cap == stack_cap("cuda", full_pass=True) == 8
+    assert inc.step_session.cap == stack_cap("cuda", full_pass=False) == CUDA_MAX_BATCH_WINDOWS
+    scorer = OnnxScorer(ensure_onnx("aasist-l"), "cpu", 1, max_batch_windows=200, shape_buckets=True)
+    assert scorer.session.cap == CUDA_MAX_BATCH_WINDOWS
 
 
 def test_full_window_scores_through_buckets_equal_unpadded_scores(shared: Path, sw_home: Path) -> None:
@@ -203,3 +239,10 @@ def test_incremental_calls_of_changing_size_through_buckets_stay_exact(shared: P
     assert bucketed.step_session.padded_rows == 1
     assert isinstance(bucketed.init_session, BucketedSession)
     assert bucketed.init_session.calls[4] == 1  # the first pass of 3, padded to 4
+    # More first passes than one call takes on CUDA (8): split, and still exact.
+    windows = np.stack([a[k * hop :][:WINDOW_SAMPLES] for a in audios for k in range(4)][:10])
+    got_logits, got_state = bucketed.run_init(windows)
+    want_logits, want_state = plain.run_init(windows)
+    assert np.abs(got_logits - want_logits).max() <= 1e-6
+    assert all(g.shape == w.shape for g, w in zip(got_state, want_state, strict=True))
+    assert bucketed.init_session.calls[8] == 1 and bucketed.init_session.calls[2] == 1

@@ -31,7 +31,7 @@ from spoofwatch.cli import main
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.stream.client import send_audio
 from spoofwatch.stream.server import health
-from spoofwatch.stream.server.workers import cpu_count, default_workers, worker_threads
+from spoofwatch.stream.server.workers import calibration_wait_s, cpu_count, default_workers, worker_threads
 
 #: Generous: two workers load the model on a busy 2-core machine.
 STARTUP_S = 300.0
@@ -62,6 +62,12 @@ def test_worker_sessions_use_one_thread_on_a_gpu_and_share_the_cores_on_a_cpu() 
     assert worker_threads(None, on_gpu=False, cores=16, workers=4) == 4
     assert worker_threads(None, on_gpu=False, cores=2, workers=4) == 1
     assert worker_threads(3, on_gpu=True, cores=16, workers=4) == 3  # --threads wins
+
+
+def test_gpu_workers_wait_longer_for_the_lock_when_there_are_more_of_them() -> None:
+    """GPU workers load, warm and time one at a time: the last waits for all the others."""
+    assert calibration_wait_s(1) == calibration_wait_s(4) == 120.0
+    assert calibration_wait_s(8) == 240.0
 
 
 def test_a_port_in_use_is_a_clear_error(

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,12 +195,13 @@ def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig, 
     # pay a session's set-up or a cuDNN plan build. Only the graphs that score
     # live windows: each warmed bucket keeps an arena. A no-op on the CPU.
     up_to = spec.config.max_batch_windows
+    t0 = time.monotonic()
     if scoring.incremental is not None:
         warmed: Any = scoring.incremental.warm(up_to)
     else:
         warmed = detector.scorer.warm(up_to)
     if warmed:
-        log.info("batch buckets opened and run once: %s", warmed)
+        log.info("batch buckets opened and run once in %.1f s: %s", time.monotonic() - t0, warmed)
     return detector.scorer, live, scoring.incremental
 
 

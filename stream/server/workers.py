@@ -417,6 +417,8 @@ def worker_main(
 
 #: Seconds a worker waits for another's device calibration before timing on its own.
 CALIBRATION_WAIT_S = 120.0
+#: ... or this much per worker, when more (each opens and warms its batch buckets: model/shapes.py).
+CALIBRATION_WAIT_PER_WORKER_S = 30.0
 
 
 def build_worker_server(
@@ -442,12 +444,13 @@ def build_worker_server(
     # a CUDA session's set-up (cuDNN handles, lazily loaded kernels) in one
     # worker would otherwise slow another's start-up timing, and with it the
     # capacity that worker admits streams against for its whole life.
-    locked = spec.gpu and calibration_lock.acquire(timeout=CALIBRATION_WAIT_S)
+    wait_s = calibration_wait_s(workers)
+    locked = spec.gpu and calibration_lock.acquire(timeout=wait_s)
     if spec.gpu and not locked:  # e.g. a worker killed while holding it: time on our own
         log.warning(
             "worker %d: no other worker finished loading within %g s; loading and timing alongside",
             index,
-            CALIBRATION_WAIT_S,
+            wait_s,
         )
     try:
         scorer, live, incremental = spec.load_model(spec, threads)
@@ -468,6 +471,12 @@ def build_worker_server(
         journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
     )
     return WebSocketServer(ctx, sock=sock)
+
+
+def calibration_wait_s(workers: int) -> float:
+    """How long a GPU worker waits for the others to load and time their models:
+    they go one at a time, so the last waits for all the others."""
+    return max(CALIBRATION_WAIT_S, CALIBRATION_WAIT_PER_WORKER_S * workers)
 
 
 def worker_threads(requested: int | None, on_gpu: bool, cores: int, workers: int) -> int:
