@@ -325,10 +325,12 @@ def main() -> None:
         t_start = time.monotonic()
         port = server.wait_ready(args.startup_timeout_s)
         startup_s = time.monotonic() - t_start
+        gpu_mb = {"after_startup": gpu_memory_used_mb()}
         url = f"ws://127.0.0.1:{port}/"
         # The baseline: one stream alone on the same server, same audio length.
         baseline = drive(url, 1, 1, args, server.cpu_s) if args.baseline else None
         streams, cores = drive(url, args.streams, args.clients, args, server.cpu_s)
+        gpu_mb["after_streams"] = gpu_memory_used_mb()
         metrics = scrape(port)
     finally:
         server.stop()
@@ -340,6 +342,12 @@ def main() -> None:
         for m in re.finditer(r"measured scoring capacity: ([\d.]+) windows/s", "".join(server.log))
     ]
     report["capacity_streams_metric"] = metrics.get("spoofwatch_capacity_streams")
+    # Each worker's bucket warm-up (model/shapes.py), and the GPU's memory in use (all processes).
+    report["warmup_s"] = [
+        float(m[1])
+        for m in re.finditer(r"batch buckets opened and run once in ([\d.]+) s", "".join(server.log))
+    ]
+    report["gpu_memory_used_mb"] = gpu_mb
     if baseline is not None:
         one = summarise(args, baseline[0], {}, startup_s, baseline[1])["score_delay_s"]
         many = report["score_delay_s"]
@@ -351,6 +359,26 @@ def main() -> None:
         print(json.dumps(report))
     else:
         print_report(report)
+
+
+def gpu_memory_used_mb() -> int | None:
+    """Memory in use on GPU 0 (``nvidia-smi``), or ``None`` without one."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 def summarise(
@@ -433,7 +461,9 @@ def print_report(r: dict[str, Any]) -> None:
         f"score delay (window end -> score event): p50 {d['p50']} s, p90 {d['p90']} s, p99 {d['p99']} s, "
         f"max {d['max']} s over {d['n']} windows\n"
         f"server CPU: {r['server_cpu_cores']} cores of {r['machine_cores']}; mean batch {r['server_mean_batch_windows']} windows\n"
-        f"server refusals: {r['server_refused'] or 'none'}"
+        f"server refusals: {r['server_refused'] or 'none'}\n"
+        f"workers' start-up timing (windows/s): {r['calibrated_windows_per_s']}; "
+        f"bucket warm-up (s): {r['warmup_s'] or 'none'}; GPU memory used (MB): {r['gpu_memory_used_mb']}"
         + (
             f"\nbaseline, 1 stream alone: delay {r['baseline_1_stream_delay_s']}; "
             f"ratio of {r['streams']} streams to it: {r['delay_ratio_vs_1_stream']}"
