@@ -297,9 +297,10 @@ class IncrementalModel:
         return self.run_init(np.stack(samples))
 
     def _step_rows(self, samples: list[Array], streams: list[IncrementalScorer]) -> tuple[Array, list[Array]]:
-        batch = np.stack(samples)
-        head = np.ascontiguousarray(batch[:, : self.plan.head_samples])
-        tail = np.ascontiguousarray(batch[:, self._tail_from :])
+        # Only the head and the tail of each window enter a step: stacking whole
+        # windows first copied 258 KB per stream for 33 KB used.
+        head = np.stack([s[: self.plan.head_samples] for s in samples])
+        tail = np.stack([s[self._tail_from :] for s in samples])
         for stream in streams:
             stream.steps += 1
         return self.run_step(
