@@ -188,7 +188,10 @@ class Server:
     def wait_ready(self, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
         while True:
-            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise StartupTimeout(f"the server was not ready within {timeout_s:g} s") from None
             self.log.append(line)
             if not line:
                 raise SystemExit("server exited during start-up:\n" + "".join(self.log))
@@ -320,10 +323,23 @@ def main() -> None:
     if not 1 <= args.clients <= args.streams:
         parser.error("expected 1 <= --clients <= --streams")
 
+    # `timeout` (gpu_serving.sh) sends SIGTERM: exit through the `finally` below,
+    # so that the server (its own process group) is stopped with us.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     server = Server(args)
     try:
         t_start = time.monotonic()
-        port = server.wait_ready(args.startup_timeout_s)
+        try:
+            port = server.wait_ready(args.startup_timeout_s)
+        except StartupTimeout as exc:
+            # What the workers logged so far (warm-up, timings) is the measurement.
+            failed = {
+                "error": str(exc),
+                **log_figures(server.log),
+                "gpu_memory_used_mb": gpu_memory_used_mb(),
+            }
+            print(json.dumps(failed) if args.json else failed)
+            raise SystemExit(3) from None
         startup_s = time.monotonic() - t_start
         gpu_mb = {"after_startup": gpu_memory_used_mb()}
         url = f"ws://127.0.0.1:{port}/"
@@ -336,17 +352,9 @@ def main() -> None:
         server.stop()
 
     report = summarise(args, streams, metrics, startup_s, cores)
-    # Each worker's start-up timing, as it logged it (windows/s at its largest batch).
-    report["calibrated_windows_per_s"] = [
-        float(m[1])
-        for m in re.finditer(r"measured scoring capacity: ([\d.]+) windows/s", "".join(server.log))
-    ]
+    report.update(log_figures(server.log))
     report["capacity_streams_metric"] = metrics.get("spoofwatch_capacity_streams")
-    # Each worker's bucket warm-up (model/shapes.py), and the GPU's memory in use (all processes).
-    report["warmup_s"] = [
-        float(m[1])
-        for m in re.finditer(r"batch buckets opened and run once in ([\d.]+) s", "".join(server.log))
-    ]
+    # The GPU's memory in use (all processes).
     report["gpu_memory_used_mb"] = gpu_mb
     if baseline is not None:
         one = summarise(args, baseline[0], {}, startup_s, baseline[1])["score_delay_s"]
@@ -359,6 +367,28 @@ def main() -> None:
         print(json.dumps(report))
     else:
         print_report(report)
+
+
+class StartupTimeout(Exception):
+    pass
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def log_figures(log: list[str]) -> dict[str, list[float]]:
+    """What the workers logged at start-up: their scoring-rate timing (windows/s
+    at the largest batch) and how long their batch buckets took to warm (model/shapes.py)."""
+    text = "".join(log)
+    return {
+        "calibrated_windows_per_s": [
+            float(m[1]) for m in re.finditer(r"measured scoring capacity: ([\d.]+) windows/s", text)
+        ],
+        "warmup_s": [
+            float(m[1]) for m in re.finditer(r"batch buckets opened and run once in ([\d.]+) s", text)
+        ],
+    }
 
 
 def gpu_memory_used_mb() -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def score_dataset(
 ) -> ScoreRun:
     from tqdm import tqdm
 
-    if hop_s < 0:
+    if not (hop_s == 0 or (math.isfinite(hop_s) and hop_s > 0)):
         raise InputError(f"expected a hop of 0 s (first window only) or more, got {hop_s:g} s")
     done = already_scored(out)
     todo = [t for t in dataset.trials if t.utt not in done]

@@ -27,8 +27,9 @@ call larger than the cap is split. Each session then sees one shape for
 life and builds its plans once. The price: up to twice the rows in a call
 (the GPU has time to spare when calls are not full; a loaded server's calls
 are full, and a full call is a bucket of its own), and one session (weights
-and arena) per bucket in use: the arenas together hold up to twice the
-activations of the largest bucket. Sessions open at their first call, or
+and arena) per bucket in use: the arenas together hold the sum of the
+buckets in use, 2x the largest for a power of two (1 + ... + 32 = 63) and
+up to ~3x for a largest call just above one (1 + ... + 32 + 33 = 96). Sessions open at their first call, or
 all at once with :meth:`BucketedSession.warm` (a server worker does this at
 start-up, before it times itself).
 
@@ -173,6 +174,8 @@ class BucketedSession:
         other than the batch that is not fixed)."""
         largest = min(up_to, self.cap)
         self.add_bucket(largest)
+        if up_to > self.cap and up_to % self.cap:  # a full call is split: its last part too
+            self.add_bucket(up_to % self.cap)
         inputs = self.get_inputs()
         if any(not isinstance(d, int) for i in inputs for d in i.shape[1:]):
             names = [i.name for i in inputs]

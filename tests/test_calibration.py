@@ -173,8 +173,12 @@ def test_first_window_only_scores_long_files_once_with_the_same_scores(
     assert runs["0"][0] == runs["0.5"][0]
     assert runs["0.5"][1]["LA_D_9999999"] >= 3
     assert set(runs["0"][1].values()) == {1}
-    assert main([*score_command(mini_la, tmp_path / "neg.txt"), "--hop-s", "-1"]) != 0
-    assert "expected a hop of 0 s (first window only) or more, got -1 s" in capsys.readouterr().err
+    for bad in ("-1", "nan", "inf", "1e-5", "x"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*score_command(mini_la, tmp_path / "bad.txt"), "--hop-s", bad])
+        assert exit_info.value.code == 2, bad
+        assert "--hop-s: expected" in capsys.readouterr().err, bad
+    assert not (tmp_path / "bad.txt").exists()  # refused before anything was scored
 
 
 def test_missing_and_corrupt_files(

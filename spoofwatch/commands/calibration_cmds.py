@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
     sc.add_argument("--out", type=Path, required=True)
     sc.add_argument(
         "--hop-s",
-        type=float,
+        type=score_hop_s,
         default=0.5,
         help="hop of the window scores kept beside the score file (0: the official first window only, "
         "the fastest way to get EER/min t-DCF and a threshold)",
@@ -103,6 +103,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.to_text())
     return 0
+
+
+def score_hop_s(text: str) -> float:
+    """``--hop-s`` of ``calibrate score``: 0 (first windows only) or a finite hop
+    of at least the smallest live hop (a near-zero hop would score every sample)."""
+    import math
+
+    from spoofwatch.stream.engine import MIN_HOP_S as smallest
+
+    try:
+        hop_s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (hop_s == 0 or (math.isfinite(hop_s) and hop_s >= smallest)):
+        raise argparse.ArgumentTypeError(
+            f"expected 0 (the first window only) or a hop of at least {smallest:g} s, got {text}"
+        )
+    return hop_s
 
 
 def cmd_calibrate_score(args: argparse.Namespace) -> int:

@@ -64,7 +64,8 @@ def register(sub: Any) -> None:
         type=int,
         default=d.max_batch_windows,
         help=f"windows (or incremental steps) of ready streams scored per ONNX Runtime call at most "
-        f"(default {d.max_batch_windows}; calls on CUDA are split at the MaxPool cap)",
+        f"(default {d.max_batch_windows}; calls on CUDA are split at the MaxPool cap; on CUDA a power "
+        f"of two keeps the batch buckets' memory lowest)",
     )
     serve.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     serve.add_argument("--max-stream-duration-s", type=float, default=d.max_stream_duration_s)
