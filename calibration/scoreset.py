@@ -24,7 +24,7 @@ import numpy as np
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import AudioError, InputError
-from spoofwatch.stream.engine import Scorer
+from spoofwatch.stream.engine import MIN_HOP_S, Scorer
 from spoofwatch.stream.windower import iter_windows
 
 from .dataset import Dataset
@@ -48,6 +48,15 @@ def already_scored(path: Path) -> set[str]:
     return {line.split()[0] for line in path.read_text("utf-8").splitlines() if len(line.split()) == 4}
 
 
+def check_hop_s(hop_s: float) -> None:
+    """A window-score hop: 0 (the official first window only) or a finite hop of
+    at least the shortest live hop (a near-zero hop would score every sample)."""
+    if not (hop_s == 0 or (math.isfinite(hop_s) and hop_s >= MIN_HOP_S)):
+        raise InputError(
+            f"expected 0 (the first window only) or a hop of at least {MIN_HOP_S:g} s, got {hop_s:g}"
+        )
+
+
 def score_dataset(
     dataset: Dataset,
     scorer: Scorer,
@@ -59,8 +68,7 @@ def score_dataset(
 ) -> ScoreRun:
     from tqdm import tqdm
 
-    if not (hop_s == 0 or (math.isfinite(hop_s) and hop_s > 0)):
-        raise InputError(f"expected a hop of 0 s (first window only) or more, got {hop_s:g} s")
+    check_hop_s(hop_s)
     done = already_scored(out)
     todo = [t for t in dataset.trials if t.utt not in done]
     hop = max(1, round(hop_s * SAMPLE_RATE_HZ)) if hop_s > 0 else None

@@ -186,14 +186,9 @@ class IncrementalModel:
         """Open and run once the batch buckets of both graphs up to ``up_to``
         streams per call (CUDA; see :mod:`.shapes`), so that live calls never
         pay a session's set-up or a first plan build. Returns the buckets warmed."""
-        warmed: dict[str, list[int]] = {}
-        for name, session, full_pass in (
-            ("init", self.init_session, True),
-            ("step", self.step_session, False),
-        ):
-            if isinstance(session, BucketedSession):
-                warmed[name] = session.warm(min(up_to, stack_cap(self.device, full_pass)))
-        return warmed
+        sessions = {"init": self.init_session, "step": self.step_session}
+        # Each session's cap is its call cap on CUDA: calls past it are split, and so is the warm-up.
+        return {name: s.warm(up_to) for name, s in sessions.items() if isinstance(s, BucketedSession)}
 
     def open_stream(self) -> IncrementalScorer:
         """A new stream's (empty) cache."""

@@ -106,20 +106,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def score_hop_s(text: str) -> float:
-    """``--hop-s`` of ``calibrate score``: 0 (first windows only) or a finite hop
-    of at least the smallest live hop (a near-zero hop would score every sample)."""
-    import math
-
-    from spoofwatch.stream.engine import MIN_HOP_S as smallest
+    """``--hop-s`` of ``calibrate score``, checked before anything loads (see ``check_hop_s``)."""
+    from spoofwatch.calibration.scoreset import check_hop_s
+    from spoofwatch.errors import InputError
 
     try:
         hop_s = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not (hop_s == 0 or (math.isfinite(hop_s) and hop_s >= smallest)):
-        raise argparse.ArgumentTypeError(
-            f"expected 0 (the first window only) or a hop of at least {smallest:g} s, got {text}"
-        )
+        check_hop_s(hop_s)
+    except ValueError as exc:  # InputError is a ValueError
+        message = str(exc) if isinstance(exc, InputError) else f"expected seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
     return hop_s
 
 
