@@ -23,8 +23,15 @@ the same 4 s chunks in the same run:
   epoch, random gain of ±12 dB (Whisper's log-mel has a fixed offset, so level
   is a confound), class-weighted BCE.
 
+Both also fuse the dev-chosen model with the official one (each z-scored by
+its own dev scores, the official model's weight chosen on dev) and write
+every per-utterance score next to the report.
+
 An utterance's score is the mean over its first three 4 s chunks (a short
-clip is tiled to 4 s), as ``evaluate-suite`` averages windows. The encoder is
+clip is tiled to 4 s), as ``evaluate-suite`` averages windows. Whisper was
+trained on 30 s inputs padded with silence; here the encoder sees 4 s
+(200 positions), a shift the fine-tune can adapt to and the frozen probes
+cannot. The encoder is
 reimplemented in PyTorch from the CTranslate2 file (no ``ctranslate2``
 needed); it matched CTranslate2's own encoder to 2.7e-4 on outputs of
 magnitude 18 (the weights are float16). Nothing here ships: see the README
@@ -59,6 +66,7 @@ CHUNK_SAMPLES = 64_000  # 4 s at 16 kHz: 400 mel frames, 200 encoder frames
 MAX_CHUNKS = 3
 KINDS = ("tts", "vc", "vocoder", "codec")
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+_CT2_FLOATS = (np.float32, np.float16)
 
 
 def read_ct2(path: Path) -> dict[str, np.ndarray]:
@@ -81,16 +89,31 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
 
     version = take("<I")
     if version != 6:
-        raise SystemExit(f"{path}: CTranslate2 model format {version}, expected 6")
+        raise ValueError(f"{path}: CTranslate2 model format {version}, expected 6")
     text()  # spec name
     take("<I")  # spec revision
     out: dict[str, np.ndarray] = {}
     for _ in range(take("<I")):
         name = text()
         dims = [take("<I") for _ in range(take("<B"))]
-        dtype = _CT2_DTYPES[take("<B")]
+        code = take("<B")
+        if code not in _CT2_DTYPES:
+            raise ValueError(
+                f"{path}: {name} has CTranslate2 dtype code {code}; expected float32 or float16 weights"
+            )
+        dtype = _CT2_DTYPES[code]
         nbytes = take("<I")
-        out[name] = np.frombuffer(data, dtype, int(np.prod(dims)), pos).reshape(dims)
+        count = int(np.prod(dims))
+        if nbytes != count * np.dtype(dtype).itemsize:
+            raise ValueError(
+                f"{path}: {name} holds {nbytes} bytes, expected {count} x {np.dtype(dtype).name}"
+            )
+        if name.startswith("encoder/") and name.endswith("weight") and dtype not in _CT2_FLOATS:
+            # a quantised model.bin keeps scales in other variables; reading its int8 weights as floats would be wrong
+            raise ValueError(
+                f"{path}: {name} is {np.dtype(dtype).name}; convert Whisper with float16 or float32 weights"
+            )
+        out[name] = np.frombuffer(data, dtype, count, pos).reshape(dims)
         pos += nbytes
     return out
 
@@ -208,8 +231,16 @@ class Corpus:
         self.root = root
         with (root / "metadata.tsv").open(encoding="utf-8") as fh:
             self.meta = {r["utt"]: r for r in csv.DictReader(fh, delimiter="\t")}
+        if train in ("dev", "test"):
+            raise ValueError(f"--train-split {train}: expected a training protocol, not the {train} split")
         self.splits = {s: self._protocol(s) for s in (train, "dev", "test")}
         self.train = train
+        for split, utts in self.splits.items():
+            labels = {self.meta[u]["label"] for u in utts}
+            if labels != {"bonafide", "spoof"}:
+                raise ValueError(
+                    f"{root}/protocols/{split}.txt: expected bona fide and spoof utterances, found {labels or 'none'}"
+                )
 
     def _protocol(self, split: str) -> list[str]:
         return [
@@ -282,17 +313,22 @@ def fit_probe(x: np.ndarray, y: np.ndarray, hidden: int, weight_decay: float) ->
     return net.eval()
 
 
-def frozen(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> dict[str, Any]:
+Scores = dict[str, dict[str, float]]  # split -> utterance -> score
+
+
+def frozen(corpus: Corpus, net: WhisperDetector) -> tuple[dict[str, Any], Scores]:
     feats = {s: layer_features(net, corpus, s) for s in corpus.splits}
     xtr, otr = feats[corpus.train]
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6  # training statistics only
+    feats = {s: (((x - mu) / sd).astype(np.float32), owners) for s, (x, owners) in feats.items()}
+    xtr = feats[corpus.train][0]
     y = np.array([corpus.genuine(u) for u in otr], np.float32)
     layer_sets = [[i] for i in range(net.layers + 1)] + [list(range(net.layers + 1))]
     results = []
     for layers in layer_sets:
 
         def pick(x: np.ndarray, layers: list[int] = layers) -> np.ndarray:
-            return np.ascontiguousarray(((x - mu) / sd)[:, layers].reshape(len(x), -1), dtype=np.float32)
+            return np.ascontiguousarray(x[:, layers].reshape(len(x), -1))
 
         for hidden in (0, 64):
             for wd in (1e-2, 1.0):
@@ -312,14 +348,13 @@ def frozen(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> di
                     "test": corpus.report(sc["test"]),
                 }
                 log.info("%s", json.dumps(row))
-                results.append(row)
-    chosen = min(results, key=lambda r: r["dev"]["pooled"])
-    return {"probes": results, "chosen_on_dev": chosen}
+                results.append((row, sc))
+    chosen, scores = min(results, key=lambda r: r[0]["dev"]["pooled"])
+    return {"probes": [r for r, _ in results], "chosen_on_dev": chosen}, scores
 
 
-def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    torch.manual_seed(0)
+def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> tuple[dict[str, Any], Scores]:
+    rng = np.random.default_rng(0)  # torch was seeded before the head was built
     train = [(corpus.audio(u), float(corpus.genuine(u))) for u in corpus.splits[corpus.train]]
     labels = np.array([y for _, y in train])
     pos_weight = torch.tensor((1 - labels).sum() / labels.sum())
@@ -366,9 +401,34 @@ def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> 
             "minutes": (time.monotonic() - start) / 60,
         }
         log.info("%s", json.dumps(row))
-        epochs.append(row)
+        epochs.append((row, sc))
         torch.save(net.state_dict(), args.out / f"epoch{epoch}.pt")
-    return {"epochs": epochs, "chosen_on_dev": min(epochs, key=lambda r: r["dev"]["pooled"])}
+    chosen, scores = min(epochs, key=lambda r: r[0]["dev"]["pooled"])
+    return {"epochs": [r for r, _ in epochs], "chosen_on_dev": chosen}, scores
+
+
+def fuse(corpus: Corpus, ours: Scores, official: Scores) -> dict[str, Any]:
+    """Each model's scores z-scored by its dev statistics, mixed with the official model's weight chosen on dev."""
+
+    def z(scores: Scores) -> Scores:
+        dev = np.array(list(scores["dev"].values()))
+        return {s: {u: (v - dev.mean()) / dev.std() for u, v in sc.items()} for s, sc in scores.items()}
+
+    a, b = z(ours), z(official)
+
+    def mixed(weight: float) -> dict[str, dict[str, float]]:
+        return {
+            s: corpus.report({u: weight * b[s][u] + (1 - weight) * a[s][u] for u in a[s]})
+            for s in ("dev", "test")
+        }
+
+    by_weight = {round(w, 1): mixed(w) for w in np.linspace(0, 1, 11)}
+    weight = min(by_weight, key=lambda w: by_weight[w]["dev"]["pooled"])
+    return {
+        "official_weight_chosen_on_dev": weight,
+        "chosen": by_weight[weight],
+        "by_official_weight": by_weight,
+    }
 
 
 def main() -> None:
@@ -387,11 +447,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(args.corpus, args.train_split)
+    torch.manual_seed(0)  # before the model: its head is initialised at random
     net = WhisperDetector(args.whisper)
-    result = frozen(args, corpus, net) if args.mode == "frozen" else finetune(args, corpus, net)
-    official = {s: corpus.report(official_scores(corpus, s)) for s in ("dev", "test")}
-    report = {"mode": args.mode, "corpus": str(args.corpus), "official_aasist_l": official, **result}
+    result, ours = frozen(corpus, net) if args.mode == "frozen" else finetune(args, corpus, net)
+    official_sc = {s: official_scores(corpus, s) for s in ("dev", "test")}
+    official = {s: corpus.report(sc) for s, sc in official_sc.items()}
+    fusion = fuse(corpus, ours, official_sc)
+    report = {
+        "mode": args.mode,
+        "corpus": str(args.corpus),
+        "official_aasist_l": official,
+        **result,
+        "fusion": fusion,
+    }
     (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{args.mode}-scores.json").write_text(json.dumps({"whisper": ours, "official": official_sc}))
     chosen = result["chosen_on_dev"]
     log.info(
         "official AASIST-L: dev %.1f %%, test %.1f %% pooled",
@@ -403,6 +473,12 @@ def main() -> None:
         args.mode,
         chosen["dev"]["pooled"],
         json.dumps({k: round(v, 1) for k, v in chosen["test"].items()}),
+    )
+    log.info(
+        "fused (official weight %.1f, chosen on dev): dev %.1f %%, test %.1f %%",
+        fusion["official_weight_chosen_on_dev"],
+        fusion["chosen"]["dev"]["pooled"],
+        fusion["chosen"]["test"]["pooled"],
     )
 
 
