@@ -41,7 +41,6 @@ magnitude 18 (the weights are float16). Nothing here ships: see the README
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import struct
@@ -55,9 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spoofwatch.audio import read_audio
+from spoofwatch.audio import official_window, read_audio
 from spoofwatch.calibration.metrics import eer
-from spoofwatch.constants import WINDOW_SAMPLES
+from spoofwatch.calibration.protocol import parse_protocol
+from spoofwatch.calibration.suite import read_metadata
 from spoofwatch.model.detector import Detector
 
 log = logging.getLogger("probe_whisper")
@@ -213,27 +213,21 @@ class WhisperDetector(nn.Module):
 
 
 def chunks(audio: np.ndarray) -> np.ndarray:
-    """The first MAX_CHUNKS 4 s chunks of a clip; a clip shorter than 4 s is tiled."""
+    """The first MAX_CHUNKS 4 s chunks of a clip; a clip shorter than 4 s is tiled (as official windows are)."""
     n = max(1, min(MAX_CHUNKS, audio.size // CHUNK_SAMPLES))
-    return np.stack(
-        [
-            np.resize(
-                audio[k * CHUNK_SAMPLES : (k + 1) * CHUNK_SAMPLES] if audio.size >= CHUNK_SAMPLES else audio,
-                CHUNK_SAMPLES,
-            )
-            for k in range(n)
-        ]
-    ).astype(np.float32)
+    return np.stack([official_window(audio[k * CHUNK_SAMPLES :], CHUNK_SAMPLES) for k in range(n)])
 
 
 class Corpus:
     def __init__(self, root: Path, train: str) -> None:
         self.root = root
-        with (root / "metadata.tsv").open(encoding="utf-8") as fh:
-            self.meta = {r["utt"]: r for r in csv.DictReader(fh, delimiter="\t")}
+        self.meta = {r["utt"]: r for r in read_metadata(root)}
         if train in ("dev", "test"):
             raise ValueError(f"--train-split {train}: expected a training protocol, not the {train} split")
-        self.splits = {s: self._protocol(s) for s in (train, "dev", "test")}
+        self.splits = {
+            s: [t.utt for t in parse_protocol(root / "protocols" / f"{s}.txt")]
+            for s in (train, "dev", "test")
+        }
         self.train = train
         for split, utts in self.splits.items():
             labels = {self.meta[u]["label"] for u in utts}
@@ -241,13 +235,6 @@ class Corpus:
                 raise ValueError(
                     f"{root}/protocols/{split}.txt: expected bona fide and spoof utterances, found {labels or 'none'}"
                 )
-
-    def _protocol(self, split: str) -> list[str]:
-        return [
-            line.split()[1]
-            for line in (self.root / "protocols" / f"{split}.txt").read_text().splitlines()
-            if line.strip()
-        ]
 
     def audio(self, utt: str) -> np.ndarray:
         return read_audio(self.root / "flac" / f"{utt}.flac")
@@ -271,7 +258,7 @@ def official_scores(corpus: Corpus, split: str) -> dict[str, float]:
     scorer = Detector.load("aasist-l", device="cpu").scorer
     out = {}
     for utt in corpus.splits[split]:
-        windows = np.stack([np.resize(c, WINDOW_SAMPLES) for c in chunks(corpus.audio(utt))])
+        windows = np.stack([official_window(c) for c in chunks(corpus.audio(utt))])
         out[utt] = float(np.mean(scorer.scores(windows)))
     return out
 
@@ -375,7 +362,7 @@ def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> 
                 offset = (
                     int(rng.integers(0, audio.size - CHUNK_SAMPLES + 1)) if audio.size > CHUNK_SAMPLES else 0
                 )
-                crop = np.resize(audio[offset : offset + CHUNK_SAMPLES], CHUNK_SAMPLES)
+                crop = official_window(audio[offset:], CHUNK_SAMPLES)
                 xs.append(np.clip(crop * 10 ** (rng.uniform(-12, 12) / 20), -1, 1))
                 ys.append(y)
             loss = F.binary_cross_entropy_with_logits(
