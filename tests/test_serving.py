@@ -374,6 +374,43 @@ async def observed_stream(
     return observer, got
 
 
+class ThreadRecordingScorer(FakeScorer):
+    """Records the thread of every model call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def scores(self, windows: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        return super().scores(windows)
+
+
+async def test_every_model_call_of_a_batcher_runs_on_one_thread_of_its_own() -> None:
+    """ONNX Runtime's CUDA provider keeps a context per session and calling
+    thread, so the batcher must not wander over anyio's pool (which the
+    streams' ingest keeps busy with other work meanwhile)."""
+    scorer = ThreadRecordingScorer()
+    batcher = BatchScorer(scorer, max_batch_windows=2)
+    window = offset_audio(4.0375, 0.05)
+    pool_threads: set[int] = set()
+
+    def ingest_like() -> None:
+        pool_threads.add(threading.get_ident())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.serve)
+        for _ in range(10):
+            async with anyio.create_task_group() as callers:
+                for _ in range(4):
+                    callers.start_soon(batcher.score, window)
+                    callers.start_soon(anyio.to_thread.run_sync, ingest_like)
+        batcher.close()
+    assert scorer.calls >= 20  # at most 2 windows per call
+    assert len(set(scorer.threads)) == 1
+    assert scorer.threads[0] != threading.get_ident() and scorer.threads[0] not in pool_threads
+
+
 async def test_a_live_session_reports_every_window_with_its_arrival() -> None:
     observer, got = await observed_stream(StreamDriver(fake_engine(), drop_stale=True))
     summary = got[-1]

@@ -5,14 +5,22 @@ With an incremental model, each stream holds its own cache (``open_stream``)
 and passes it with its windows; the steps of the streams that are ready
 together share one ONNX Runtime call (their states stacked, where the model
 batches streams), and first windows share another.
+
+Every model call of a worker runs on one long-lived thread of its own
+(:class:`ScoringThread`), never on anyio's shared pool.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import numpy as np
 import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -21,6 +29,51 @@ from ..engine import Scorer
 from ..scoring import IncrementalBackend, StreamCache
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ScoringThread:
+    """One long-lived thread that runs every model call of a worker.
+
+    Why not anyio's thread pool: the pool hands each call to whichever of its
+    threads is idle, and with many streams ingesting there are dozens. ONNX
+    Runtime's CUDA provider keeps a context per session *and per calling
+    thread* (cuDNN and cuBLAS handles, with their workspaces), so calls that
+    wander over threads build new contexts in every bucket's session
+    (model/shapes.py) and the GPU memory of a worker grows with the number of
+    threads that ever scored. One thread: one context per session.
+    """
+
+    def __init__(self, name: str = "spoofwatch-scorer") -> None:
+        self.name = name
+        self._executor: ThreadPoolExecutor | None = None  # started on first use, again after close
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the thread; like ``anyio.to_thread.run_sync``, a
+        cancelled caller still waits for the call (its result is then dropped)."""
+        token = anyio.lowlevel.current_token()
+        done = anyio.Event()
+
+        def wake(_: Future[T]) -> None:
+            try:
+                anyio.from_thread.run_sync(done.set, token=token)
+            except RuntimeError:  # the event loop has ended: nobody is waiting
+                log.debug("scoring call finished after its event loop")
+
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(wake)
+        with anyio.CancelScope(shield=True):
+            await done.wait()
+        return future.result()
+
+    def close(self) -> None:
+        """Let the thread end once its call (if any) is done."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 @dataclass
@@ -52,8 +105,8 @@ class BatchScorer:
         self.batches = 0
         self.windows = 0
         # Its own thread: a batch never queues behind the streams' ingest calls
-        # in anyio's shared thread pool (one batch runs at a time anyway).
-        self._limiter = anyio.CapacityLimiter(1)
+        # in anyio's shared pool, and always calls the model from the same thread.
+        self._thread = ScoringThread()
 
     @property
     def mode(self) -> str:
@@ -80,15 +133,18 @@ class BatchScorer:
         self._send.close()
 
     async def serve(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < self.max_batch_windows:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                await self._run(batch)
+        try:
+            async with self._receive:
+                async for first in self._receive:
+                    batch = [first]
+                    while len(batch) < self.max_batch_windows:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    await self._run(batch)
+        finally:
+            self._thread.close()
 
     def _score_batch(self, batch: list[_Request]) -> list[float]:
         scores = [0.0] * len(batch)
@@ -108,7 +164,7 @@ class BatchScorer:
 
     async def _run(self, batch: list[_Request]) -> None:
         try:
-            scores = await anyio.to_thread.run_sync(self._score_batch, batch, limiter=self._limiter)
+            scores = await self._thread.run(self._score_batch, batch)
         except Exception as exc:  # reported to every waiting stream
             log.exception("scoring a batch of %d windows failed", len(batch))
             for r in batch:
