@@ -193,6 +193,12 @@ async def test_signal_drains_streams_with_alert_end_and_summary(
     args = ["--jsonl", str(events_file), "--idle-timeout-s", "3600", "--shutdown-grace-s", "600"]
     with server_process(args) as server:
         url = f"ws://127.0.0.1:{server.port()}/"
+        # The worker timed one stream's ingest before it admitted any (admission control).
+        host = server.wait_for_line(
+            r"measured host cost: ([\d.]+) ms CPU per second of audio \((\d+) real-time streams per worker\)",
+            STARTUP_TIMEOUT_S,
+        )
+        assert float(host[1]) > 0 and int(host[2]) >= 1
         events: list[dict[str, Any]] = []
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"}))

@@ -30,10 +30,12 @@ from spoofwatch.stream.server.load import (
     CALIBRATION_ROUNDS,
     BatchFit,
     DeviceRates,
+    HostCost,
     LoadMonitor,
     LocalSlots,
     SharedSlots,
     SheddingConfig,
+    measure_ingest_cost,
     reset_worker_cells,
     shared_cells,
     shared_rates,
@@ -234,6 +236,77 @@ def test_incremental_capacity_is_calibrated_on_steps_and_refined_live() -> None:
     assert sizes == [3] and m.capacity_windows_per_s() < 500.0
 
 
+def test_host_cost_refuses_past_what_one_core_of_the_worker_handles() -> None:
+    m = monitor(FakeClock())
+    assert m.host_capacity_streams() is None and m.refusal(500) is None  # nothing measured: no bound
+    m.host.seed(0.01)  # 10 ms of CPU per second of audio: 100 streams per core
+    assert m.host_capacity_streams() == 80  # target_utilisation 0.8 of host_cores 1
+    assert m.refusal(79) is None
+    assert (
+        m.refusal(80) == "overloaded: measured host capacity is 80 real-time streams per worker; retry later"
+    )
+    assert m.refusal(0) is None  # an idle worker admits one stream whatever it measured
+    assert m.capacity_share() == 0  # no scoring capacity timed yet bounds it first
+    m.record_batch(16, 0.016)  # 1,000 windows/s: 400 streams at a 0.5 s hop
+    assert m.capacity_share() == 80  # the host bound, not the model's
+    assert LoadMonitor(SheddingConfig(host_cores=2.0), 0.5, 16).host_capacity_streams() is None
+    two = LoadMonitor(SheddingConfig(host_cores=2.0), 0.5, 16)
+    two.host.seed(0.01)
+    assert two.host_capacity_streams() == 160
+
+
+def test_host_cost_is_measured_per_second_of_audio_from_the_workers_threads() -> None:
+    host = HostCost(weight=0.5)
+    host.sample(10.0)  # the event loop's first report: a reference only
+    assert host.cpu_s_per_audio_s is None
+    host.add_ingest(0.1, 2.0)
+    host.add_ingest(0.1, 2.0)
+    host.sample(10.2)  # loop 0.2 + ingest 0.2 CPU s for 4 s of audio
+    assert host.cpu_s_per_audio_s == pytest.approx(0.1)
+    host.add_ingest(0.0, 0.5)
+    host.sample(11.0)  # under a second of audio since: not a measurement yet, keep counting
+    assert host.cpu_s_per_audio_s == pytest.approx(0.1)
+    host.add_ingest(0.0, 0.5)
+    host.sample(11.0)  # 1 s of audio for 0.8 s of loop CPU, weighed in at 0.5
+    assert host.cpu_s_per_audio_s == pytest.approx(0.45)
+    # An upload sends 60 s of audio in a second: charged per second of audio, not per stream.
+    host.add_ingest(0.3, 60.0)
+    host.sample(11.0)
+    assert host.cpu_s_per_audio_s == pytest.approx(0.5 * 0.45 + 0.5 * 0.005)
+
+
+class CuttingDriver(StreamDriver):
+    """A real driver that records the size of every cut."""
+
+    def __init__(self) -> None:
+        super().__init__(fake_engine(), drop_stale=True)
+        self.cuts: list[int] = []
+        self.resolved = 0
+
+    def cut(self, audio: Any, last: bool = False) -> Any:
+        self.cuts.append(audio.shape[0])
+        return super().cut(audio, last)
+
+    def resolve(self, pending: Any, score: float | None) -> Any:
+        self.resolved += 1
+        return super().resolve(pending, score)
+
+
+def test_ingest_cost_is_timed_on_a_fresh_driver_in_telephony_frames() -> None:
+    drivers: list[CuttingDriver] = []
+
+    def new_driver() -> CuttingDriver:
+        drivers.append(CuttingDriver())
+        return drivers[-1]
+
+    readings = iter([5.0, 5.3])  # the thread's CPU clock before and after
+    cost = measure_ingest_cost(new_driver, 16000, cpu_clock=lambda: next(readings), audio_s=6.0)
+    assert cost == pytest.approx(0.3 / 6.0)
+    (driver,) = drivers
+    assert set(driver.cuts) == {320} and sum(driver.cuts) == 6 * 16000  # 20 ms frames
+    assert driver.resolved == (6 * 16000 - 64600) // 8000 + 1  # every window became events
+
+
 def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:
     fit = BatchFit(0.1)
     assert fit.windows_per_s(16) is None
@@ -312,6 +385,7 @@ class RecordingObserver:
         self.t = 0.0
         self.windows: list[tuple[str, float | None]] = []
         self.seen: list[dict[str, Any]] = []
+        self.ingests: list[tuple[float, float]] = []
 
     def now(self) -> float:
         return self.t
@@ -321,6 +395,9 @@ class RecordingObserver:
 
     def events(self, events: list[dict[str, Any]]) -> None:
         self.seen += events
+
+    def ingested(self, cpu_s: float, audio_s: float) -> None:
+        self.ingests.append((cpu_s, audio_s))
 
 
 class StallingScorer(FakeScorer):
@@ -422,6 +499,9 @@ async def test_a_live_session_reports_every_window_with_its_arrival() -> None:
     # One ingest batch: each window's audio began arriving with the first message.
     assert {arrived for _, arrived in observer.windows} == {0.0}
     assert observer.seen == got  # the observer sees each event before it is sent
+    # The one ingest call reported its CPU time and its 16 s of audio (host cost).
+    assert len(observer.ingests) == 1 and observer.ingests[0][0] >= 0
+    assert observer.ingests[0][1] == pytest.approx(16.0)
 
 
 async def test_an_upload_reports_no_lag_and_an_abort_drops_without_lag() -> None:
@@ -581,6 +661,47 @@ async def test_overloaded_worker_refuses_new_streams_with_1013(
             page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "overloaded")))] == 1
         )
         assert page[("spoofwatch_batch_size_windows_count", ())] == summary["scored_windows"]
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
+async def test_a_worker_whose_cpu_is_spent_refuses_with_1013_and_keeps_its_stream(
+    speech: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """Host cost: 0.5 s of CPU per second of audio leaves room for one real-time
+    stream (0.8 of a core); the second gets 1013 with the reason, the first
+    carries on to its summary."""
+    load = LoadMonitor(SheddingConfig(host_cost_weight=1e-9), hop_s=0.5, max_batch_windows=16)
+    load.host.seed(0.5)
+    ctx = make_ctx(scorer, vad, tmp_path, load=load, max_streams=8)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        url = f"ws://127.0.0.1:{port}/"
+        async with connect(url) as first:
+            await first.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            await first.send(speech.astype("<f4").tobytes())
+            events = [json.loads(await first.recv())]
+            assert events[0]["type"] == "score"
+
+            refused = await send_audio(speech, url)
+            assert refused.close_code == 1013 and refused.events == []
+            assert refused.close_reason == (
+                "overloaded: measured host capacity is 1 real-time streams per worker; retry later"
+            )
+            status, _, body = await http_get(port, health.READYZ)
+            ready = json.loads(body)
+            assert status == 503 and ready["host_capacity_streams"] == 1
+            assert ready["shedding"] == refused.close_reason
+
+            await first.send(json.dumps({"type": "stop"}))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    events.append(json.loads(await first.recv()))
+            assert first.close_code == 1000 and events[-1]["type"] == "summary"
+        page = samples((await http_get(port, health.METRICS))[2])
+        assert page[("spoofwatch_capacity_streams", ())] <= 1
         tg.cancel_scope.cancel()
     ctx.sinks.close()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import time
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -121,6 +122,8 @@ class WebSocketServer:
         """Publish this worker's lag, capacity and shedding state (for /metrics, /readyz)."""
         ctx = self.ctx
         while True:
+            # The event loop's own CPU time, for the host cost (its thread: this one).
+            ctx.load.host.sample(time.thread_time())
             ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own(), ctx.slots.total()) is not None)
             ctx.metrics.score_lag.set(ctx.load.recent_lag_s())
             ctx.metrics.capacity_streams.set(ctx.load.capacity_share())

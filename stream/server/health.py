@@ -50,6 +50,7 @@ def readiness(ctx: ServerContext) -> tuple[bool, dict[str, Any]]:
         "capacity_left": capacity_left,
         "measured_capacity_streams": ctx.load.capacity_streams(),
         "capacity_scope": "device" if ctx.load.shared_device else "worker",
+        "host_capacity_streams": ctx.load.host_capacity_streams(),
         "score_lag_s": round(ctx.load.recent_lag_s(), 4),
         "shedding": refusal,
     }

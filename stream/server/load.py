@@ -64,6 +64,11 @@ class SheddingConfig:
     target_utilisation: float = 0.8
     #: Weight of the newest batch timing in the running fit (exponential forgetting).
     fit_weight: float = 0.05
+    #: CPU a worker's stream handling may use, in cores. One: the Python part
+    #: of a worker (event loop, ingest threads) runs one thread at a time.
+    host_cores: float = 1.0
+    #: Weight of the newest once-a-second host cost measurement.
+    host_cost_weight: float = 0.2
 
     def __post_init__(self) -> None:
         from spoofwatch.errors import ConfigError
@@ -74,6 +79,8 @@ class SheddingConfig:
             and self.lag_horizon_s > 0
             and 0 < self.target_utilisation <= 1
             and 0 < self.fit_weight <= 1
+            and self.host_cores > 0
+            and 0 < self.host_cost_weight <= 1
         ):
             raise ConfigError(f"shedding config out of range: {self}")
 
@@ -109,6 +116,93 @@ class BatchFit:
         return batch / (intercept + slope * batch)
 
 
+#: Audio per start-up host timing (s) and the frames it is cut in: the smallest
+#: a telephony client sends (Twilio: 20 ms), so per-frame costs are not understated.
+HOST_CALIBRATION_AUDIO_S = 6.0
+HOST_CALIBRATION_FRAME_S = 0.02
+
+
+class HostCost:
+    """CPU seconds a worker spends per second of stream audio outside the
+    model, as an exponentially weighted running figure. Its inverse is the
+    number of real-time streams one core handles.
+
+    Seeded at start-up (:func:`measure_ingest_cost`), then measured while the
+    worker serves: the ingest threads report the CPU time and the audio of
+    each cut (:meth:`add_ingest`) and, once a second, the event loop reports
+    its own thread's CPU time (:meth:`sample`); the CPU of both per second of
+    audio received is the cost. Per second of *audio*, not per stream and
+    second: an upload sent faster than real time costs what its audio costs.
+    Thread CPU time, not wall time: waiting for the GIL or the GPU costs
+    nothing here. Fixed costs (metrics, refused handshakes) are charged to the
+    audio, which errs on the side of refusing.
+    """
+
+    #: Audio (s) a running measurement needs before it counts: a second with
+    #: little audio says more about fixed costs than about streams.
+    MIN_AUDIO_S = 1.0
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        #: The running cost (CPU s per second of audio); ``None`` before any measurement.
+        self.cpu_s_per_audio_s: float | None = None
+        self._lock = threading.Lock()  # ingest threads add, the event loop samples
+        self._ingest_cpu_s = 0.0
+        self._audio_s = 0.0
+        self._last: tuple[float, float, float] | None = (
+            None  # (loop CPU, ingest CPU, audio) at the last count
+        )
+
+    def seed(self, cpu_s_per_audio_s: float) -> None:
+        self.cpu_s_per_audio_s = cpu_s_per_audio_s
+
+    def add_ingest(self, cpu_s: float, audio_s: float) -> None:
+        with self._lock:
+            self._ingest_cpu_s += cpu_s
+            self._audio_s += audio_s
+
+    def sample(self, loop_cpu_s: float) -> None:
+        """The event loop's thread CPU time now (call it from that thread)."""
+        with self._lock:
+            now = (loop_cpu_s, self._ingest_cpu_s, self._audio_s)
+        if self._last is None:
+            self._last = now
+            return
+        audio_s = now[2] - self._last[2]
+        if audio_s < self.MIN_AUDIO_S:
+            return  # keep counting from the last reference
+        cost = ((now[0] - self._last[0]) + (now[1] - self._last[1])) / audio_s
+        self._last = now
+        if self.cpu_s_per_audio_s is None:
+            self.cpu_s_per_audio_s = cost
+        else:
+            self.cpu_s_per_audio_s += self.weight * (cost - self.cpu_s_per_audio_s)
+
+
+def measure_ingest_cost(
+    new_driver: Callable[[], Any],
+    sample_rate_hz: int,
+    cpu_clock: Clock = time.thread_time,
+    audio_s: float = HOST_CALIBRATION_AUDIO_S,
+    frame_s: float = HOST_CALIBRATION_FRAME_S,
+) -> float:
+    """CPU seconds per second of audio that one stream's ingest costs: a fresh
+    driver (``StreamDriver``) cuts ``audio_s`` of noise in ``frame_s`` frames
+    and resolves its windows into events. The VAD runs on every 32 ms frame
+    whatever the audio holds, so noise costs what speech does."""
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(round(audio_s * sample_rate_hz))).astype(np.float32)
+    frame = max(1, round(frame_s * sample_rate_hz))
+    driver = new_driver()
+    t0 = cpu_clock()
+    for start in range(0, audio.shape[0], frame):
+        driver.enqueue(driver.cut(audio[start : start + frame]))
+        while (pending := driver.next_window()) is not None:
+            for event in driver.resolve(pending, 0.0 if pending.gate.speech else None):
+                event.to_json()
+    return (cpu_clock() - t0) / audio_s
+
+
 class LoadMonitor:
     """Per-worker score lag and scoring capacity; ``refusal()`` says why not to admit."""
 
@@ -131,6 +225,8 @@ class LoadMonitor:
         self.max_score_lag_s = config.max_score_lag_s or skip_lag_s or hop_s
         self._lags: deque[tuple[float, float]] = deque()  # (when, lag_s)
         self._fit = BatchFit(config.fit_weight)
+        #: CPU per stream-second outside the model (see :class:`HostCost`).
+        self.host = HostCost(config.host_cost_weight)
         self._lock = threading.Lock()  # batches are timed in a worker thread
         #: Workers scoring on the same device (a GPU): >1 makes the capacity a
         #: device-wide figure, compared with the streams of every worker.
@@ -182,6 +278,13 @@ class LoadMonitor:
             return None
         return int(self.config.target_utilisation * capacity * self.hop_s)
 
+    def host_capacity_streams(self) -> int | None:
+        """Streams this worker's CPU can handle in real time; ``None`` before any measurement."""
+        cost = self.host.cpu_s_per_audio_s
+        if cost is None or cost <= 0:  # not measured yet, or below the clock's resolution
+            return None
+        return int(self.config.target_utilisation * self.config.host_cores / cost)
+
     @property
     def shared_device(self) -> bool:
         return self.device_workers > 1
@@ -206,6 +309,9 @@ class LoadMonitor:
         if capacity is not None and own_streams > 0 and streams + 1 > capacity:
             where = "on the shared device" if shared else "per worker"
             return f"overloaded: measured capacity is {capacity} real-time streams {where}; retry later"
+        host = self.host_capacity_streams()
+        if host is not None and own_streams > 0 and own_streams + 1 > host:
+            return f"overloaded: measured host capacity is {host} real-time streams per worker; retry later"
         return None
 
     def calibrate(
@@ -255,9 +361,12 @@ class LoadMonitor:
         )
 
     def capacity_share(self) -> int:
-        """This worker's part of the capacity (summed over workers for the metrics)."""
+        """This worker's part of the capacity (summed over workers for the metrics):
+        its share of the scoring capacity, bounded by its host capacity."""
         capacity = self.capacity_streams() or 0
-        return capacity // self.device_workers if self.shared_device else capacity
+        share = capacity // self.device_workers if self.shared_device else capacity
+        host = self.host_capacity_streams()
+        return share if host is None else min(share, host)
 
 
 class _Timed:
@@ -344,6 +453,10 @@ class WindowObserver(Protocol):
         ``None`` where the lag means nothing (a sender ahead of real time)."""
 
     def events(self, events: list[dict[str, Any]]) -> None: ...
+
+    def ingested(self, cpu_s: float, audio_s: float) -> None:
+        """An ingest call (resampling, VAD, windowing) of ``audio_s`` of audio took
+        ``cpu_s`` of its thread's CPU time."""
 
 
 class StreamSlots(Protocol):

@@ -139,6 +139,9 @@ class StreamStats:
         if outcome == "scored":
             self.metrics.score_delay.observe(lag)
 
+    def ingested(self, cpu_s: float, audio_s: float) -> None:
+        self.monitor.host.add_ingest(cpu_s, audio_s)
+
     def events(self, events: list[dict[str, Any]]) -> None:
         alerts = sum(e.get("type") == "alert_start" for e in events)
         if alerts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from spoofwatch.errors import CloseCode, ProtocolError
 
 from ..driver import StreamDriver
+from ..engine import PendingWindow
 from ..events import END_OF_STREAM, Event
 from .batcher import BatchScorer
 
@@ -138,12 +140,20 @@ class StreamSession:
                     await self._room_recv.receive()
                 audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
                 pending = await anyio.to_thread.run_sync(
-                    self.driver.cut, audio, ended, limiter=self._ingest_limiter
+                    self._cut, audio, ended, limiter=self._ingest_limiter
                 )
                 self._arrivals.extend([arrived] * len(pending))
                 self.driver.enqueue(pending, last=ended)
                 self._dropped_to(self.driver.queued)
                 _ring(self._ready_send)
+
+    def _cut(self, audio: npt.NDArray[np.float32], ended: bool) -> list[PendingWindow]:
+        """The driver's cut (in an ingest thread), its CPU time reported for admission control."""
+        t0 = time.thread_time()
+        pending = self.driver.cut(audio, ended)
+        if self._observer is not None:
+            self._observer.ingested(time.thread_time() - t0, audio.shape[0] / self.driver.rate_hz)
+        return pending
 
     async def _score_loop(self) -> None:
         with self._room_send:

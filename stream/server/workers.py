@@ -470,7 +470,24 @@ def build_worker_server(
         model=spec.model,
         journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
     )
+    if ctx.load.enabled:
+        _seed_host_cost(ctx)
     return WebSocketServer(ctx, sock=sock)
+
+
+def _seed_host_cost(ctx: Any) -> None:
+    """Time one stream's ingest on this worker before it admits any (see :class:`HostCost`)."""
+    from spoofwatch.constants import SAMPLE_RATE_HZ
+
+    from .load import measure_ingest_cost
+
+    cost = measure_ingest_cost(lambda: ctx.new_driver(SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
+    ctx.load.host.seed(cost)
+    log.info(
+        "measured host cost: %.2f ms CPU per second of audio (%s real-time streams per worker)",
+        cost * 1e3,
+        ctx.load.host_capacity_streams(),
+    )
 
 
 def calibration_wait_s(workers: int) -> float:
