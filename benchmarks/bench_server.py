@@ -199,6 +199,17 @@ class Server:
             if m:
                 return int(m[1])
 
+    def drain_log(self) -> list[str]:
+        """Every line the server logged, including those after start-up (call once it stopped)."""
+        while True:
+            try:
+                line = self.lines.get(timeout=5)
+            except queue.Empty:
+                return self.log
+            if not line:
+                return self.log
+            self.log.append(line)
+
     def tree(self) -> list[int]:
         """The supervisor and every descendant (the workers)."""
         parents: dict[int, int] = {}
@@ -319,6 +330,7 @@ def main() -> None:
         "--baseline", action="store_true", help="first run one stream alone; report delay ratios against it"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    parser.add_argument("--server-log", type=Path, default=None, help="write the server's whole log here")
     args = parser.parse_args()
     if not 1 <= args.clients <= args.streams:
         parser.error("expected 1 <= --clients <= --streams")
@@ -350,10 +362,15 @@ def main() -> None:
         metrics = scrape(port)
     finally:
         server.stop()
+        if args.server_log is not None:
+            args.server_log.write_text("".join(server.drain_log()))
 
     report = summarise(args, streams, metrics, startup_s, cores)
     report.update(log_figures(server.log))
     report["capacity_streams_metric"] = metrics.get("spoofwatch_capacity_streams")
+    # The costliest worker's host cost as measured while serving (ms CPU per second of audio).
+    live_cost = metrics.get("spoofwatch_host_cpu_seconds_per_audio_second")
+    report["host_cost_live_ms_per_audio_s"] = None if live_cost is None else round(1e3 * live_cost, 2)
     # The GPU's memory in use (all processes).
     report["gpu_memory_used_mb"] = gpu_mb
     if baseline is not None:
@@ -387,6 +404,10 @@ def log_figures(log: list[str]) -> dict[str, list[float]]:
         ],
         "warmup_s": [
             float(m[1]) for m in re.finditer(r"batch buckets opened and run once in ([\d.]+) s", text)
+        ],
+        # Admission control's host cost (ms of CPU per second of audio) as each worker timed it.
+        "host_cost_ms_per_audio_s": [
+            float(m[1]) for m in re.finditer(r"measured host cost: ([\d.]+) ms CPU per second of audio", text)
         ],
     }
 
@@ -493,7 +514,8 @@ def print_report(r: dict[str, Any]) -> None:
         f"server CPU: {r['server_cpu_cores']} cores of {r['machine_cores']}; mean batch {r['server_mean_batch_windows']} windows\n"
         f"server refusals: {r['server_refused'] or 'none'}\n"
         f"workers' start-up timing (windows/s): {r['calibrated_windows_per_s']}; "
-        f"bucket warm-up (s): {r['warmup_s'] or 'none'}; GPU memory used (MB): {r['gpu_memory_used_mb']}"
+        f"bucket warm-up (s): {r['warmup_s'] or 'none'}; GPU memory used (MB): {r['gpu_memory_used_mb']}\n"
+        f"workers' host cost (ms CPU per second of audio): {r['host_cost_ms_per_audio_s'] or 'not measured'}"
         + (
             f"\nbaseline, 1 stream alone: delay {r['baseline_1_stream_delay_s']}; "
             f"ratio of {r['streams']} streams to it: {r['delay_ratio_vs_1_stream']}"

@@ -88,7 +88,8 @@ run() {
         # 210 s: up to ~150 s for the workers to load, warm their batch buckets
         # (model/shapes.py) and time themselves one at a time, then 20 s of streams.
         timeout 210 python3 benchmarks/bench_server.py --device cuda --workers "$workers" --clients $clients \
-            --streams "$streams" --frame-ms "$frame" --seconds 20 --startup-timeout-s 150 $extra "${args[@]}" ${BENCH_ARGS:-} --json \
+            --streams "$streams" --frame-ms "$frame" --seconds 20 --startup-timeout-s 150 $extra "${args[@]}" ${BENCH_ARGS:-} \
+            --server-log "$out/server-${spec//:/_}.log" --json \
             | tee -a "$out/bench_server.jsonl" || echo "run $spec failed: $?"
         extra=
     done

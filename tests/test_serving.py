@@ -702,6 +702,7 @@ async def test_a_worker_whose_cpu_is_spent_refuses_with_1013_and_keeps_its_strea
             assert first.close_code == 1000 and events[-1]["type"] == "summary"
         page = samples((await http_get(port, health.METRICS))[2])
         assert page[("spoofwatch_capacity_streams", ())] <= 1
+        assert page[("spoofwatch_host_cpu_seconds_per_audio_second", ())] == pytest.approx(0.5, rel=1e-6)
         tg.cancel_scope.cancel()
     ctx.sinks.close()
 

@@ -127,6 +127,7 @@ class WebSocketServer:
             ctx.slots.set_shedding(ctx.load.refusal(ctx.slots.own(), ctx.slots.total()) is not None)
             ctx.metrics.score_lag.set(ctx.load.recent_lag_s())
             ctx.metrics.capacity_streams.set(ctx.load.capacity_share())
+            ctx.metrics.host_cost.set(ctx.load.host.cpu_s_per_audio_s or 0.0)
             ctx.metrics.observe_sinks(ctx.sinks.stats())
             if ctx.stats.journal is not None:
                 ctx.stats.journal.flush()

@@ -91,6 +91,12 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.host_cost = Gauge(
+            "spoofwatch_host_cpu_seconds_per_audio_second",
+            "CPU a worker spends outside the model per second of stream audio (the costliest worker)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.workers = Gauge(
             "spoofwatch_workers", "Worker processes serving", registry=r, multiprocess_mode="livesum"
         )
