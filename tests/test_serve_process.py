@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +123,11 @@ def server_process(args: list[str], stdout: int = subprocess.DEVNULL) -> Iterato
             server.proc.stderr.close()
 
 
+def read_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.load(response)
+
+
 def jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -193,12 +199,15 @@ async def test_signal_drains_streams_with_alert_end_and_summary(
     args = ["--jsonl", str(events_file), "--idle-timeout-s", "3600", "--shutdown-grace-s", "600"]
     with server_process(args) as server:
         url = f"ws://127.0.0.1:{server.port()}/"
-        # The worker timed one stream's ingest before it admitted any (admission control).
+        # The supervisor's probe timed the host cost before any worker admitted a
+        # stream, and the worker starts from it (admission control).
         host = server.wait_for_line(
             r"measured host cost: ([\d.]+) ms CPU per second of audio \((\d+) real-time streams per worker\)",
             STARTUP_TIMEOUT_S,
         )
         assert float(host[1]) > 0 and int(host[2]) >= 1
+        ready = await anyio.to_thread.run_sync(read_json, url.replace("ws://", "http://") + "readyz")
+        assert ready["host_capacity_streams"] == int(host[2])
         events: list[dict[str, Any]] = []
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"}))

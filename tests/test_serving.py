@@ -35,11 +35,11 @@ from spoofwatch.stream.server.load import (
     LocalSlots,
     SharedSlots,
     SheddingConfig,
-    measure_ingest_cost,
     reset_worker_cells,
     shared_cells,
     shared_rates,
 )
+from spoofwatch.stream.server.selftest import measure_host_cost
 from spoofwatch.stream.server.session import StreamSession
 from spoofwatch.stream.server.sinks import ServerSinks
 
@@ -275,36 +275,14 @@ def test_host_cost_is_measured_per_second_of_audio_from_the_workers_threads() ->
     assert host.cpu_s_per_audio_s == pytest.approx(0.5 * 0.45 + 0.5 * 0.005)
 
 
-class CuttingDriver(StreamDriver):
-    """A real driver that records the size of every cut."""
-
-    def __init__(self) -> None:
-        super().__init__(fake_engine(), drop_stale=True)
-        self.cuts: list[int] = []
-        self.resolved = 0
-
-    def cut(self, audio: Any, last: bool = False) -> Any:
-        self.cuts.append(audio.shape[0])
-        return super().cut(audio, last)
-
-    def resolve(self, pending: Any, score: float | None) -> Any:
-        self.resolved += 1
-        return super().resolve(pending, score)
-
-
-def test_ingest_cost_is_timed_on_a_fresh_driver_in_telephony_frames() -> None:
-    drivers: list[CuttingDriver] = []
-
-    def new_driver() -> CuttingDriver:
-        drivers.append(CuttingDriver())
-        return drivers[-1]
-
-    readings = iter([5.0, 5.3])  # the thread's CPU clock before and after
-    cost = measure_ingest_cost(new_driver, 16000, cpu_clock=lambda: next(readings), audio_s=6.0)
-    assert cost == pytest.approx(0.3 / 6.0)
-    (driver,) = drivers
-    assert set(driver.cuts) == {320} and sum(driver.cuts) == 6 * 16000  # 20 ms frames
-    assert driver.resolved == (6 * 16000 - 64600) // 8000 + 1  # every window became events
+def test_the_host_cost_probe_times_real_time_streams_through_a_loopback_server(vad: Any) -> None:
+    """The supervisor's start-up figure: real streams through a throw-away copy of
+    the server (the real VAD and engine; the model an instant stand-in), whatever
+    address, token and limits the real one has."""
+    config = ServerConfig(host="0.0.0.0", port=1, token="s3cret", max_streams=1)
+    cost = measure_host_cost(load_calibration(model="aasist-l").live, vad, config, streams=2, audio_s=5.0)
+    # CPU seconds per second of audio: more than nothing, less than a core per stream.
+    assert 0 < cost < 1
 
 
 def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:

@@ -168,8 +168,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         webhook=args.webhook,
         log_level=logging.getLogger("spoofwatch").getEffectiveLevel(),
         full_windows=args.full_windows,
+        load_live=load_worker_live,
     )
     return Supervisor(spec, workers).run()
+
+
+def load_worker_live(spec: WorkerSpec) -> LiveConfig:
+    """The live settings without loading a model: for the supervisor's host-cost
+    probe (``stream/server/selftest.py``). A model card's own window length is
+    the workers' business; the probe times the calibration's."""
+    from spoofwatch.model.detector import calibration_for
+
+    return calibration_for(spec.model, spec.calibration, spec.weights, spec.precision).live
 
 
 def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig, Any]:

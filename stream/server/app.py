@@ -182,6 +182,9 @@ class WebSocketServer:
                 write_limit=config.write_limit_bytes,
                 ping_interval=config.ping_interval_s,
                 ping_timeout=config.ping_timeout_s,
+                # No permessage-deflate: PCM audio hardly compresses, and inflating
+                # every frame (and deflating every event) cost CPU that bounds a worker.
+                compression=None,
                 **where,
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])

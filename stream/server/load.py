@@ -116,18 +116,12 @@ class BatchFit:
         return batch / (intercept + slope * batch)
 
 
-#: Audio per start-up host timing (s) and the frames it is cut in: the smallest
-#: a telephony client sends (Twilio: 20 ms), so per-frame costs are not understated.
-HOST_CALIBRATION_AUDIO_S = 6.0
-HOST_CALIBRATION_FRAME_S = 0.02
-
-
 class HostCost:
     """CPU seconds a worker spends per second of stream audio outside the
     model, as an exponentially weighted running figure. Its inverse is the
     number of real-time streams one core handles.
 
-    Seeded at start-up (:func:`measure_ingest_cost`), then measured while the
+    Seeded at start-up (:func:`.selftest.measure_host_cost`), then measured while the
     worker serves: the ingest threads report the CPU time and the audio of
     each cut (:meth:`add_ingest`) and, once a second, the event loop reports
     its own thread's CPU time (:meth:`sample`); the CPU of both per second of
@@ -161,6 +155,11 @@ class HostCost:
             self._ingest_cpu_s += cpu_s
             self._audio_s += audio_s
 
+    def totals(self) -> tuple[float, float]:
+        """``(ingest CPU s, audio s)`` reported since the worker started."""
+        with self._lock:
+            return self._ingest_cpu_s, self._audio_s
+
     def sample(self, loop_cpu_s: float) -> None:
         """The event loop's thread CPU time now (call it from that thread)."""
         with self._lock:
@@ -179,28 +178,12 @@ class HostCost:
             self.cpu_s_per_audio_s += self.weight * (cost - self.cpu_s_per_audio_s)
 
 
-def measure_ingest_cost(
-    new_driver: Callable[[], Any],
-    sample_rate_hz: int,
-    cpu_clock: Clock = time.thread_time,
-    audio_s: float = HOST_CALIBRATION_AUDIO_S,
-    frame_s: float = HOST_CALIBRATION_FRAME_S,
-) -> float:
-    """CPU seconds per second of audio that one stream's ingest costs: a fresh
-    driver (``StreamDriver``) cuts ``audio_s`` of noise in ``frame_s`` frames
-    and resolves its windows into events. The VAD runs on every 32 ms frame
-    whatever the audio holds, so noise costs what speech does."""
-    rng = np.random.default_rng(0)
-    audio = (0.1 * rng.standard_normal(round(audio_s * sample_rate_hz))).astype(np.float32)
-    frame = max(1, round(frame_s * sample_rate_hz))
-    driver = new_driver()
-    t0 = cpu_clock()
-    for start in range(0, audio.shape[0], frame):
-        driver.enqueue(driver.cut(audio[start : start + frame]))
-        while (pending := driver.next_window()) is not None:
-            for event in driver.resolve(pending, 0.0 if pending.gate.speech else None):
-                event.to_json()
-    return (cpu_clock() - t0) / audio_s
+def host_capacity(config: SheddingConfig, cpu_s_per_audio_s: float | None) -> int | None:
+    """Real-time streams a worker's CPU handles at this host cost (``None``:
+    nothing measured, or a cost below the clock's resolution)."""
+    if cpu_s_per_audio_s is None or cpu_s_per_audio_s <= 0:
+        return None
+    return int(config.target_utilisation * config.host_cores / cpu_s_per_audio_s)
 
 
 class LoadMonitor:
@@ -280,10 +263,7 @@ class LoadMonitor:
 
     def host_capacity_streams(self) -> int | None:
         """Streams this worker's CPU can handle in real time; ``None`` before any measurement."""
-        cost = self.host.cpu_s_per_audio_s
-        if cost is None or cost <= 0:  # not measured yet, or below the clock's resolution
-            return None
-        return int(self.config.target_utilisation * self.config.host_cores / cost)
+        return host_capacity(self.config, self.host.cpu_s_per_audio_s)
 
     @property
     def shared_device(self) -> bool:

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 #: Messages of audio received but not yet through the VAD before the reader waits.
 INBOX_MESSAGES = 256
+#: Audio (s) the ingest task cuts on the event loop itself; more goes to a
+#: worker thread. A thread hop cost the loop about as much CPU as cutting a
+#: 20-100 ms frame (benchmarks/bench_host_cost.py), and the GIL is a worker's
+#: bound; 0.25 s is ~8 VAD frames, about a millisecond of the loop.
+INLINE_INGEST_MAX_S = 0.25
 
 
 def _ring(doorbell: MemoryObjectSendStream[None]) -> None:
@@ -48,11 +53,12 @@ class StreamSession:
 
     Three bounded memory object streams connect the tasks:
 
-    * ``audio`` (reader -> ingest, ``INBOX_MESSAGES``): the ingest task hands
-      everything waiting to one worker-thread call (resampling, VAD,
-      windowing), so that work stays off the event loop and, under load, many
-      messages share one thread hop. A full inbox makes the reader wait, and
-      TCP pushes back on the client: audio is never dropped;
+    * ``audio`` (reader -> ingest, ``INBOX_MESSAGES``): the ingest task cuts
+      everything waiting in one call (resampling, VAD, windowing): on the
+      event loop when it is a live frame or two (``INLINE_INGEST_MAX_S``),
+      else in a worker thread, so that an upload's large messages do not
+      stall the loop. A full inbox makes the reader wait, and TCP pushes
+      back on the client: audio is never dropped;
     * ``ready`` (ingest -> scorer, capacity 1): windows were queued;
     * ``room`` (scorer -> ingest, capacity 1): a window left the queue.
 
@@ -139,20 +145,25 @@ class StreamSession:
                 while self.driver.backlogged():
                     await self._room_recv.receive()
                 audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
-                pending = await anyio.to_thread.run_sync(
-                    self._cut, audio, ended, limiter=self._ingest_limiter
-                )
+                if audio.shape[0] <= INLINE_INGEST_MAX_S * self.driver.rate_hz and not ended:
+                    pending = self._cut(audio, ended, on_loop=True)
+                else:  # the final flush may hold a short stream's padding and resampler tail
+                    pending = await anyio.to_thread.run_sync(
+                        self._cut, audio, ended, limiter=self._ingest_limiter
+                    )
                 self._arrivals.extend([arrived] * len(pending))
                 self.driver.enqueue(pending, last=ended)
                 self._dropped_to(self.driver.queued)
                 _ring(self._ready_send)
 
-    def _cut(self, audio: npt.NDArray[np.float32], ended: bool) -> list[PendingWindow]:
-        """The driver's cut (in an ingest thread), its CPU time reported for admission control."""
+    def _cut(self, audio: npt.NDArray[np.float32], ended: bool, on_loop: bool = False) -> list[PendingWindow]:
+        """The driver's cut, its audio and CPU time reported for admission control
+        (on the event loop, its CPU is already part of the loop thread's)."""
         t0 = time.thread_time()
         pending = self.driver.cut(audio, ended)
         if self._observer is not None:
-            self._observer.ingested(time.thread_time() - t0, audio.shape[0] / self.driver.rate_hz)
+            cpu_s = 0.0 if on_loop else time.thread_time() - t0
+            self._observer.ingested(cpu_s, audio.shape[0] / self.driver.rate_hz)
         return pending
 
     async def _score_loop(self) -> None:

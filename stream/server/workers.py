@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,14 @@ from spoofwatch.errors import InputError, SpoofwatchError
 
 from .context import ServerConfig
 from .journal import CRASH_REASON, crash_alert_ends, journal_path
-from .load import DeviceRates, SharedSlots, reset_worker_cells, shared_cells, shared_rates
+from .load import (
+    DeviceRates,
+    SharedSlots,
+    SheddingConfig,
+    reset_worker_cells,
+    shared_cells,
+    shared_rates,
+)
 from .metrics import MULTIPROC_ENV
 
 if TYPE_CHECKING:
@@ -127,6 +134,11 @@ class WorkerSpec:
     log_level: int = logging.INFO
     #: Score every window from scratch (``--full-windows``) instead of incrementally.
     full_windows: bool = False
+    #: The live settings without a model, for the supervisor's host-cost probe
+    #: (``None``: no probe; workers then measure their host cost only live).
+    load_live: Callable[[WorkerSpec], LiveConfig] | None = None
+    #: CPU s per second of audio outside the model, set by the supervisor's probe.
+    host_cpu_s_per_audio_s: float | None = None
 
 
 @dataclass
@@ -182,6 +194,10 @@ class Supervisor:
         except OSError as exc:
             raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         self.port = int(self.sock.getsockname()[1])
+        # Before the metrics directory is cleaned: the probe's own server counts
+        # windows too, and none of them may reach the workers' totals.
+        if config.shedding is not None and self.spec.load_live is not None:
+            self.spec = replace(self.spec, host_cpu_s_per_audio_s=self._probe_host_cost())
         own_dir = MULTIPROC_ENV not in os.environ
         metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="spoofwatch-metrics-")
         for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
@@ -206,6 +222,22 @@ class Supervisor:
             if own_dir:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
                 os.environ.pop(MULTIPROC_ENV, None)
+
+    def _probe_host_cost(self) -> float:
+        """The host cost every worker starts from (see :mod:`.selftest`)."""
+        from ..gate import SileroVad
+        from .load import host_capacity
+        from .selftest import measure_host_cost
+
+        assert self.spec.load_live is not None
+        config = self.spec.config
+        cost = measure_host_cost(self.spec.load_live(self.spec), SileroVad(), config)
+        log.info(
+            "measured host cost: %.2f ms CPU per second of audio (%s real-time streams per worker)",
+            1e3 * cost,
+            host_capacity(config.shedding or SheddingConfig(), cost),
+        )
+        return cost
 
     def _start(self, index: int) -> None:
         receive, send = self._mp.Pipe(duplex=False)
@@ -470,24 +502,9 @@ def build_worker_server(
         model=spec.model,
         journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
     )
-    if ctx.load.enabled:
-        _seed_host_cost(ctx)
+    if ctx.load.enabled and spec.host_cpu_s_per_audio_s is not None:
+        ctx.load.host.seed(spec.host_cpu_s_per_audio_s)  # measured by the supervisor
     return WebSocketServer(ctx, sock=sock)
-
-
-def _seed_host_cost(ctx: Any) -> None:
-    """Time one stream's ingest on this worker before it admits any (see :class:`HostCost`)."""
-    from spoofwatch.constants import SAMPLE_RATE_HZ
-
-    from .load import measure_ingest_cost
-
-    cost = measure_ingest_cost(lambda: ctx.new_driver(SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
-    ctx.load.host.seed(cost)
-    log.info(
-        "measured host cost: %.2f ms CPU per second of audio (%s real-time streams per worker)",
-        cost * 1e3,
-        ctx.load.host_capacity_streams(),
-    )
 
 
 def calibration_wait_s(workers: int) -> float:

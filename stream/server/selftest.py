@@ -1,0 +1,136 @@
+"""A server's host cost, measured before it admits any stream.
+
+Admission control (:class:`~.load.HostCost`) bounds a worker by the CPU it
+spends outside the model per second of stream audio. Timing the ingest alone
+(resampling, VAD, windows) predicted a third to a half of what live workers
+spent (docs/scaling.md): the event loop's share (WebSocket frames, the
+protocol, tasks, events) is as large. So the start-up figure comes from the
+real thing: a throw-away copy of the server on a loopback port, its model
+replaced by an instant stand-in, takes a few real-time streams of noise in
+20 ms frames (the ``send`` client's, and telephony's) and its own threads'
+CPU time per second of audio is the cost. Real time, because frames sent
+faster share reads and cuts: 20 ms frames sent flat out cost 40 % less than
+paced ones (benchmarks/bench_host_cost.py). The smallest common frame, so
+that clients sending larger ones are admitted conservatively at first (the
+live measurement then raises the bound). The VAD runs on every 32 ms frame
+whatever the audio holds, so noise costs what speech does. It takes about
+``SELFTEST_AUDIO_S`` seconds.
+
+It runs in two threads of its own (the server's event loop, the clients'), so
+that it can be called from anywhere; the clients' CPU is not counted. Run it
+where its metrics cannot mix with a live server's: the supervisor runs it
+before any worker starts (see :mod:`.workers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+import anyio
+import numpy as np
+
+from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.errors import ModelError
+
+from ..client import send_audio
+from ..engine import LiveConfig
+from ..gate import SileroVad
+from .app import WebSocketServer
+from .batcher import BatchScorer
+from .context import ServerConfig, ServerContext
+from .sinks import ServerSinks
+
+log = logging.getLogger(__name__)
+
+#: Streams sent at once, and seconds of audio each (enough for 5 windows).
+SELFTEST_STREAMS = 4
+SELFTEST_AUDIO_S = 6.0
+
+
+class _InstantScorer:
+    """The model's place, at no cost: every window scores 0."""
+
+    device = "cpu"
+
+    def scores(self, windows: Any) -> Any:
+        return np.zeros(len(windows), dtype=np.float32)
+
+
+def measure_host_cost(
+    live: LiveConfig,
+    vad: SileroVad,
+    config: ServerConfig | None = None,
+    streams: int = SELFTEST_STREAMS,
+    audio_s: float = SELFTEST_AUDIO_S,
+) -> float:
+    """CPU seconds per second of audio that the server spends outside the model.
+
+    ``config``: the server's settings (its address, token, limits and load
+    shedding are replaced: loopback, an ephemeral port, no token, no refusals).
+    """
+    probe_config = dataclasses.replace(
+        config or ServerConfig(), host="127.0.0.1", port=0, token=None, max_streams=streams, shedding=None
+    )
+    ctx = ServerContext(probe_config, BatchScorer(_InstantScorer()), live, vad, ServerSinks())
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=_serve_probe, args=(ctx, streams, audio_s, result), name="host-probe")
+    # The throw-away server's own news ("listening on ...") would read as the real server's.
+    stream_log = logging.getLogger("spoofwatch.stream")
+    level = stream_log.level
+    stream_log.setLevel(max(logging.WARNING, stream_log.getEffectiveLevel()))
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        stream_log.setLevel(level)
+        ctx.sinks.close()
+    if "error" in result:
+        raise result["error"]
+    cost: float = result["cost"]
+    return cost
+
+
+def _serve_probe(ctx: ServerContext, streams: int, audio_s: float, result: dict[str, Any]) -> None:
+    """The probe server's thread: serve, time this thread's CPU while the clients send."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(WebSocketServer(ctx).run)
+            ingest0, audio0 = ctx.load.host.totals()
+            loop0 = time.thread_time()
+            # The clients in a thread of their own: their CPU is theirs, not the server's.
+            closes = await anyio.to_thread.run_sync(_send_streams, port, streams, audio_s)
+            loop1 = time.thread_time()
+            ingest1, audio1 = ctx.load.host.totals()
+            tg.cancel_scope.cancel()
+        if any(code != 1000 for code in closes) or audio1 <= audio0:
+            raise ModelError(f"the host-cost probe's streams did not complete: close codes {closes}")
+        result["cost"] = (loop1 - loop0 + ingest1 - ingest0) / (audio1 - audio0)
+
+    try:
+        anyio.run(main)
+    except Exception as exc:  # reported in the caller's thread
+        result["error"] = exc
+
+
+def _send_streams(port: int, streams: int, audio_s: float) -> list[int | None]:
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(round(audio_s * SAMPLE_RATE_HZ))).astype(np.float32)
+    url = f"ws://127.0.0.1:{port}/"
+
+    async def main() -> list[int | None]:
+        codes: list[int | None] = [None] * streams
+
+        async def one(k: int) -> None:
+            codes[k] = (await send_audio(audio, url, realtime=True)).close_code
+
+        async with anyio.create_task_group() as tg:
+            for k in range(streams):
+                tg.start_soon(one, k)
+        return codes
+
+    return anyio.run(main)
