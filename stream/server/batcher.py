@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -42,7 +42,8 @@ class ScoringThread:
     thread* (cuDNN and cuBLAS handles, with their workspaces), so calls that
     wander over threads build new contexts in every bucket's session
     (model/shapes.py) and the GPU memory of a worker grows with the number of
-    threads that ever scored. One thread: one context per session.
+    threads that ever scored. One thread: one live context per session (plus
+    the one of the worker's main thread, which times the model at start-up).
     """
 
     def __init__(self, name: str = "spoofwatch-scorer") -> None:
@@ -50,24 +51,36 @@ class ScoringThread:
         self._executor: ThreadPoolExecutor | None = None  # started on first use, again after close
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the thread; like ``anyio.to_thread.run_sync``, a
-        cancelled caller still waits for the call (its result is then dropped)."""
+        """``fn(*args)`` on the thread. Like ``anyio.to_thread.run_sync``, a
+        cancelled caller still waits for the call; the cancellation then takes
+        effect at its next checkpoint."""
         token = anyio.lowlevel.current_token()
         done = anyio.Event()
+        outcome: list[T] = []
+        failure: list[BaseException] = []
 
-        def wake(_: Future[T]) -> None:
+        def call() -> None:
+            # The wake-up runs here, on the scoring thread, never as a future's
+            # done-callback: a future that finished before ``add_done_callback``
+            # runs it on the event loop's thread, which then waits for itself forever.
             try:
-                anyio.from_thread.run_sync(done.set, token=token)
-            except RuntimeError:  # the event loop has ended: nobody is waiting
-                log.debug("scoring call finished after its event loop")
+                outcome.append(fn(*args))
+            except BaseException as exc:  # re-raised in the caller
+                failure.append(exc)
+            finally:
+                try:
+                    anyio.from_thread.run_sync(done.set, token=token)
+                except Exception:  # the event loop has ended: nobody is waiting
+                    log.debug("scoring call finished after its event loop")
 
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
-        future = self._executor.submit(fn, *args)
-        future.add_done_callback(wake)
+        self._executor.submit(call)
         with anyio.CancelScope(shield=True):
             await done.wait()
-        return future.result()
+        if failure:
+            raise failure[0]
+        return outcome[0]
 
     def close(self) -> None:
         """Let the thread end once its call (if any) is done."""

@@ -132,9 +132,11 @@ class HostCost:
     audio, which errs on the side of refusing.
     """
 
-    #: Audio (s) a running measurement needs before it counts: a second with
-    #: little audio says more about fixed costs than about streams.
-    MIN_AUDIO_S = 1.0
+    #: Audio (s) an interval needs to count: one with less says more about
+    #: fixed costs (scrapes, pings, idle timers) than about streams, and is
+    #: dropped, its CPU with it (else an idle night would be charged to the
+    #: first second of audio after it).
+    MIN_AUDIO_S = 0.5
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
@@ -167,11 +169,11 @@ class HostCost:
         if self._last is None:
             self._last = now
             return
-        audio_s = now[2] - self._last[2]
+        last, self._last = self._last, now
+        audio_s = now[2] - last[2]
         if audio_s < self.MIN_AUDIO_S:
-            return  # keep counting from the last reference
-        cost = ((now[0] - self._last[0]) + (now[1] - self._last[1])) / audio_s
-        self._last = now
+            return
+        cost = ((now[0] - last[0]) + (now[1] - last[1])) / audio_s
         if self.cpu_s_per_audio_s is None:
             self.cpu_s_per_audio_s = cost
         else:

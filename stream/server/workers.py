@@ -189,15 +189,16 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; the exit status (0 after a drain)."""
         config = self.spec.config
         config.validate()
+        # Before the socket opens (nobody waits on it meanwhile), and before the
+        # metrics directory is cleaned (the probe's own server counts windows
+        # too, and none of them may reach the workers' totals).
+        if config.shedding is not None and self.spec.load_live is not None:
+            self.spec = replace(self.spec, host_cpu_s_per_audio_s=self._probe_host_cost())
         try:
             self.sock = listen_socket(config.host, config.port)
         except OSError as exc:
             raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         self.port = int(self.sock.getsockname()[1])
-        # Before the metrics directory is cleaned: the probe's own server counts
-        # windows too, and none of them may reach the workers' totals.
-        if config.shedding is not None and self.spec.load_live is not None:
-            self.spec = replace(self.spec, host_cpu_s_per_audio_s=self._probe_host_cost())
         own_dir = MULTIPROC_ENV not in os.environ
         metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="spoofwatch-metrics-")
         for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
@@ -223,19 +224,25 @@ class Supervisor:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
                 os.environ.pop(MULTIPROC_ENV, None)
 
-    def _probe_host_cost(self) -> float:
-        """The host cost every worker starts from (see :mod:`.selftest`)."""
+    def _probe_host_cost(self) -> float | None:
+        """The host cost every worker starts from (see :mod:`.selftest`);
+        ``None`` when the probe failed (workers then measure it live only)."""
         from ..gate import SileroVad
         from .load import host_capacity
         from .selftest import measure_host_cost
 
         assert self.spec.load_live is not None
         config = self.spec.config
-        cost = measure_host_cost(self.spec.load_live(self.spec), SileroVad(), config)
+        try:
+            cost = measure_host_cost(self.spec.load_live(self.spec), SileroVad(), config)
+        except SpoofwatchError as exc:
+            log.warning("no start-up host cost (%s); workers measure it while they serve", exc)
+            return None
+        shedding = worker_shedding(config.shedding or SheddingConfig(), self.n_workers)
         log.info(
             "measured host cost: %.2f ms CPU per second of audio (%s real-time streams per worker)",
             1e3 * cost,
-            host_capacity(config.shedding or SheddingConfig(), cost),
+            host_capacity(shedding, cost),
         )
         return cost
 
@@ -513,6 +520,14 @@ def calibration_wait_s(workers: int) -> float:
     return max(CALIBRATION_WAIT_S, CALIBRATION_WAIT_PER_WORKER_S * workers)
 
 
+def worker_shedding(shedding: SheddingConfig, workers: int, cores: int | None = None) -> SheddingConfig:
+    """A worker's admission settings: its Python gets at most one core, and
+    less when there are more workers than cores (thread CPU time does not show
+    waiting for a core, so the host cost alone would not notice)."""
+    share = (cores or cpu_count()) / workers
+    return replace(shedding, host_cores=min(shedding.host_cores, share))
+
+
 def worker_threads(requested: int | None, on_gpu: bool, cores: int, workers: int) -> int:
     """ONNX Runtime intra-op threads per worker session.
 
@@ -549,7 +564,7 @@ def _measured_load(
     # All workers score on the one GPU; on CPU each has its own share of the cores.
     on_gpu = getattr(scorer, "device", None) == "cuda"
     load = LoadMonitor(
-        config.shedding,
+        None if config.shedding is None else worker_shedding(config.shedding, workers),
         live.stream.hop_s,
         config.max_batch_windows,
         device_workers=workers if on_gpu else 1,
