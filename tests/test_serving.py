@@ -283,9 +283,12 @@ def test_host_cost_drops_idle_intervals_with_their_cpu() -> None:
     for hour in range(1, 9):
         host.sample(0.5 * 3600 * hour)  # half a core-second of loop CPU per second, no audio
         assert host.cpu_s_per_audio_s == pytest.approx(0.02)
-    host.add_ingest(0.01, 1.0)
-    host.sample(0.5 * 3600 * 8 + 0.01)
-    assert host.cpu_s_per_audio_s == pytest.approx(0.5 * 0.02 + 0.5 * 0.02)
+    host.add_ingest(0.01, 0.3)  # a little audio: still mostly fixed costs, dropped too
+    host.sample(0.5 * 3600 * 8 + 0.05)
+    assert host.cpu_s_per_audio_s == pytest.approx(0.02)
+    host.add_ingest(0.03, 1.0)
+    host.sample(0.5 * 3600 * 8 + 0.06)  # 0.01 loop + 0.03 ingest for 1 s of audio
+    assert host.cpu_s_per_audio_s == pytest.approx(0.5 * 0.02 + 0.5 * 0.04)
 
 
 def test_the_host_cost_probe_times_real_time_streams_through_a_loopback_server(vad: Any) -> None:
@@ -303,6 +306,14 @@ def test_a_host_cost_probe_that_gets_no_audio_through_says_so(vad: Any) -> None:
     live = load_calibration(model="aasist-l").live
     with pytest.raises(NetworkError, match="probe's streams did not complete"):
         measure_host_cost(live, vad, streams=1, audio_s=0.0)
+
+
+def test_a_host_cost_probe_past_its_time_ends_itself_with_a_clear_error(vad: Any) -> None:
+    """5 s of real-time audio cannot arrive within 10 ms, however fast the machine."""
+    live = load_calibration(model="aasist-l").live
+    with pytest.raises(NetworkError, match=r"the host-cost probe did not finish within 0\.01 s"):
+        measure_host_cost(live, vad, streams=1, audio_s=5.0, timeout_s=0.01)
+    assert not [t for t in threading.enumerate() if t.name == "host-probe"]  # it ended
 
 
 def test_batch_fit_without_a_slope_trusts_what_it_saw() -> None:
@@ -486,17 +497,17 @@ async def test_every_model_call_of_a_batcher_runs_on_one_thread_of_its_own() -> 
     assert scorer.threads[0] != threading.get_ident() and scorer.threads[0] not in pool_threads
 
 
+@pytest.mark.timeout(120)  # the hang blocks the event loop itself: only pytest-timeout can end it
 async def test_a_scoring_thread_returns_instant_results_and_raises_failures() -> None:
     """Calls that finish at once: in a first version, the first call of a fresh
     thread could run its wake-up on the event loop's own thread, which then
     waited for itself forever."""
-    with anyio.fail_after(120):  # a watchdog for that hang, not a speed limit
-        for _ in range(200):
-            thread = ScoringThread()
-            assert await thread.run(int, "7") == 7
-            with pytest.raises(ValueError, match="invalid literal"):
-                await thread.run(int, "x")
-            thread.close()
+    for _ in range(200):
+        thread = ScoringThread()
+        assert await thread.run(int, "7") == 7
+        with pytest.raises(ValueError, match="invalid literal"):
+            await thread.run(int, "x")
+        thread.close()
 
 
 async def test_a_live_session_reports_every_window_with_its_arrival() -> None:
@@ -619,6 +630,22 @@ async def test_health_readiness_and_metrics(
     ctx.sinks.close()
 
 
+async def start_stream(ws: Any, audio: np.ndarray) -> dict[str, Any]:
+    """Start a stream on ``ws``, send ``audio`` in one message, return the first event."""
+    await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1}))
+    await ws.send(audio.astype("<f4").tobytes())
+    return json.loads(await ws.recv())  # type: ignore[no-any-return]
+
+
+async def stop_and_read(ws: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stop the stream on ``ws`` and read its events until the server closes."""
+    await ws.send(json.dumps({"type": "stop"}))
+    with pytest.raises(ConnectionClosed):
+        while True:
+            events.append(json.loads(await ws.recv()))
+    return events
+
+
 class SlowScorer:
     """The real scorer, but every call takes ``seconds`` on the injected clock."""
 
@@ -645,11 +672,7 @@ async def test_overloaded_worker_refuses_new_streams_with_1013(
         port = await tg.start(WebSocketServer(ctx).run)
         url = f"ws://127.0.0.1:{port}/"
         async with connect(url) as first:
-            await first.send(
-                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
-            )
-            await first.send(speech.astype("<f4").tobytes())
-            event = json.loads(await first.recv())  # a window was scored (and timed)
+            event = await start_stream(first, speech)  # a window was scored (and timed)
             assert event["type"] == "score" and event["score"] is not None
 
             refused = await send_audio(speech, url)
@@ -659,11 +682,7 @@ async def test_overloaded_worker_refuses_new_streams_with_1013(
             status, _, body = await http_get(port, health.READYZ)
             assert status == 503 and json.loads(body)["shedding"] == refused.close_reason
 
-            await first.send(json.dumps({"type": "stop"}))
-            events = [event]
-            with pytest.raises(ConnectionClosed):
-                while True:
-                    events.append(json.loads(await first.recv()))
+            events = await stop_and_read(first, [event])
             assert first.close_code == 1000
         summary = events[-1]
         assert summary["type"] == "summary" and summary["scored_windows"] > 0
@@ -683,18 +702,17 @@ async def test_a_worker_whose_cpu_is_spent_refuses_with_1013_and_keeps_its_strea
     stream (0.8 of a core); the second gets 1013 with the reason, the first
     carries on to its summary. The model is a stand-in that costs nothing, so
     that only the host bound can refuse, however fast this machine is."""
-    load = LoadMonitor(SheddingConfig(host_cost_weight=1e-9), hop_s=0.5, max_batch_windows=16)
+    # No lag bound either: the clip arrives in one message, and its VAD counts in the lag.
+    load = LoadMonitor(
+        SheddingConfig(host_cost_weight=1e-9, max_score_lag_s=3600.0), hop_s=0.5, max_batch_windows=16
+    )
     load.host.seed(0.5)
     ctx = make_ctx(FakeScorer(), vad, tmp_path, load=load, max_streams=8)
     async with anyio.create_task_group() as tg:
         port = await tg.start(WebSocketServer(ctx).run)
         url = f"ws://127.0.0.1:{port}/"
         async with connect(url) as first:
-            await first.send(
-                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
-            )
-            await first.send(speech.astype("<f4").tobytes())
-            events = [json.loads(await first.recv())]
+            events = [await start_stream(first, speech)]
             assert events[0]["type"] == "score"
 
             refused = await send_audio(speech, url)
@@ -707,10 +725,7 @@ async def test_a_worker_whose_cpu_is_spent_refuses_with_1013_and_keeps_its_strea
             assert status == 503 and ready["host_capacity_streams"] == 1
             assert ready["shedding"] == refused.close_reason
 
-            await first.send(json.dumps({"type": "stop"}))
-            with pytest.raises(ConnectionClosed):
-                while True:
-                    events.append(json.loads(await first.recv()))
+            events = await stop_and_read(first, events)
             assert first.close_code == 1000 and events[-1]["type"] == "summary"
         page = samples((await http_get(port, health.METRICS))[2])
         assert page[("spoofwatch_capacity_streams", ())] <= 1

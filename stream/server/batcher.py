@@ -70,8 +70,10 @@ class ScoringThread:
             finally:
                 try:
                     anyio.from_thread.run_sync(done.set, token=token)
-                except Exception:  # the event loop has ended: nobody is waiting
+                except RuntimeError:  # anyio.RunFinishedError: the loop has ended, nobody waits
                     log.debug("scoring call finished after its event loop")
+                except Exception:  # anything else would leave the caller waiting: say so
+                    log.exception("could not wake the task waiting for a scoring call")
 
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)

@@ -56,8 +56,10 @@ log = logging.getLogger(__name__)
 #: Streams sent at once, and seconds of audio each (enough for 5 windows).
 SELFTEST_STREAMS = 4
 SELFTEST_AUDIO_S = 6.0
-#: The probe gives up after this long (a machine far too loaded to serve anyway).
+#: The probe gives up after this long (a machine far too loaded to serve anyway),
+#: and is given this much more to end.
 SELFTEST_TIMEOUT_S = 120.0
+SELFTEST_TIMEOUT_MARGIN_S = 30.0
 
 
 class InstantScorer:
@@ -107,7 +109,7 @@ def measure_host_cost(
     result: dict[str, Any] = {}
     # A daemon: a probe that never finishes must not keep the process alive.
     thread = threading.Thread(
-        target=_serve_probe, args=(ctx, streams, audio_s, result), name="host-probe", daemon=True
+        target=_serve_probe, args=(ctx, streams, audio_s, timeout_s, result), name="host-probe", daemon=True
     )
     # The throw-away server's own news ("listening on ...") would read as the real server's.
     stream_log = logging.getLogger("spoofwatch.stream")
@@ -115,47 +117,63 @@ def measure_host_cost(
     stream_log.setLevel(max(logging.WARNING, stream_log.getEffectiveLevel()))
     try:
         thread.start()
-        thread.join(timeout_s)
+        # The probe ends itself at ``timeout_s`` (server and clients); the margin
+        # is for that ending, on a machine loaded enough to have timed out.
+        thread.join(timeout_s + SELFTEST_TIMEOUT_MARGIN_S)
     finally:
         stream_log.setLevel(level)
     if thread.is_alive():
-        raise NetworkError(f"the host-cost probe did not finish within {timeout_s:g} s")
+        raise NetworkError(f"the host-cost probe did not end within {timeout_s:g} s")
     ctx.sinks.close()
     if "error" in result:
         raise result["error"]
+    if "cost" not in result:
+        raise NetworkError("the host-cost probe ended without a result")
     cost: float = result["cost"]
     return cost
 
 
-def _serve_probe(ctx: ServerContext, streams: int, audio_s: float, result: dict[str, Any]) -> None:
+def _serve_probe(
+    ctx: ServerContext, streams: int, audio_s: float, timeout_s: float, result: dict[str, Any]
+) -> None:
     """The probe server's thread: serve, time this thread's CPU while the clients send."""
 
     async def main() -> None:
-        async with anyio.create_task_group() as tg:
-            port = await tg.start(WebSocketServer(ctx).run)
-            ingest0, audio0 = ctx.load.host.totals()
-            loop0 = time.thread_time()
-            # The clients in a thread of their own: their CPU is theirs, not the server's.
-            closes = await anyio.to_thread.run_sync(_send_streams, port, streams, audio_s)
-            loop1 = time.thread_time()
-            ingest1, audio1 = ctx.load.host.totals()
-            tg.cancel_scope.cancel()
-        if any(code != 1000 for code in closes) or audio1 <= audio0:
-            raise NetworkError(f"the host-cost probe's streams did not complete: close codes {closes}")
-        result["cost"] = (loop1 - loop0 + ingest1 - ingest0) / (audio1 - audio0)
+        with anyio.fail_after(timeout_s):
+            await _measure(ctx, streams, audio_s, timeout_s, result)
 
+    deadline = time.monotonic() + timeout_s
     try:
         anyio.run(main)
-    except Exception as exc:  # reported in the caller's thread, as one clear error
+    except BaseException as exc:  # reported in the caller's thread, as one clear error
         leaf = first_leaf(exc)
-        result["error"] = (
-            leaf
-            if isinstance(leaf, SpoofwatchError)
-            else NetworkError(f"the host-cost probe failed: {type(leaf).__name__}: {leaf}")
-        )
+        if isinstance(leaf, TimeoutError) or time.monotonic() >= deadline:
+            # Whichever side noticed first (server, clients), the deadline ended it.
+            result["error"] = NetworkError(f"the host-cost probe did not finish within {timeout_s:g} s")
+        elif isinstance(leaf, SpoofwatchError) and str(leaf).startswith("the host-cost probe"):
+            result["error"] = leaf
+        else:
+            result["error"] = NetworkError(f"the host-cost probe failed: {type(leaf).__name__}: {leaf}")
 
 
-def _send_streams(port: int, streams: int, audio_s: float) -> list[int | None]:
+async def _measure(
+    ctx: ServerContext, streams: int, audio_s: float, timeout_s: float, result: dict[str, Any]
+) -> None:
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        ingest0, audio0 = ctx.load.host.totals()
+        loop0 = time.thread_time()
+        # The clients in a thread of their own: their CPU is theirs, not the server's.
+        closes = await anyio.to_thread.run_sync(_send_streams, port, streams, audio_s, timeout_s)
+        loop1 = time.thread_time()
+        ingest1, audio1 = ctx.load.host.totals()
+        tg.cancel_scope.cancel()
+    if any(code != 1000 for code in closes) or audio1 <= audio0:
+        raise NetworkError(f"the host-cost probe's streams did not complete: close codes {closes}")
+    result["cost"] = (loop1 - loop0 + ingest1 - ingest0) / (audio1 - audio0)
+
+
+def _send_streams(port: int, streams: int, audio_s: float, timeout_s: float) -> list[int | None]:
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(round(audio_s * SAMPLE_RATE_HZ))).astype(np.float32)
     url = f"ws://127.0.0.1:{port}/"
@@ -166,9 +184,10 @@ def _send_streams(port: int, streams: int, audio_s: float) -> list[int | None]:
         async def one(k: int) -> None:
             codes[k] = (await send_audio(audio, url, realtime=True)).close_code
 
-        async with anyio.create_task_group() as tg:
-            for k in range(streams):
-                tg.start_soon(one, k)
+        with anyio.move_on_after(timeout_s):  # the server's side gives up at the same time
+            async with anyio.create_task_group() as tg:
+                for k in range(streams):
+                    tg.start_soon(one, k)
         return codes
 
     return anyio.run(main)

@@ -521,9 +521,9 @@ def calibration_wait_s(workers: int) -> float:
 
 
 def worker_shedding(shedding: SheddingConfig, workers: int, cores: int | None = None) -> SheddingConfig:
-    """A worker's admission settings: its Python gets at most one core, and
-    less when there are more workers than cores (thread CPU time does not show
-    waiting for a core, so the host cost alone would not notice)."""
+    """A worker's admission settings: its Python gets ``host_cores`` (one by
+    default), or less when there are more workers than cores (thread CPU time
+    does not show waiting for a core, so the host cost alone would not notice)."""
     share = (cores or cpu_count()) / workers
     return replace(shedding, host_cores=min(shedding.host_cores, share))
 
