@@ -159,10 +159,10 @@ class StreamSession:
     def _cut(self, audio: npt.NDArray[np.float32], ended: bool, on_loop: bool = False) -> list[PendingWindow]:
         """The driver's cut, its audio and CPU time reported for admission control
         (on the event loop, its CPU is already part of the loop thread's)."""
-        t0 = time.thread_time()
+        t0 = None if on_loop else time.thread_time()
         pending = self.driver.cut(audio, ended)
         if self._observer is not None:
-            cpu_s = 0.0 if on_loop else time.thread_time() - t0
+            cpu_s = 0.0 if t0 is None else time.thread_time() - t0
             self._observer.ingested(cpu_s, audio.shape[0] / self.driver.rate_hz)
         return pending
 

@@ -231,14 +231,14 @@ class Supervisor:
         from .load import host_capacity
         from .selftest import measure_host_cost
 
-        assert self.spec.load_live is not None
         config = self.spec.config
+        assert self.spec.load_live is not None and config.shedding is not None  # see run()
         try:
             cost = measure_host_cost(self.spec.load_live(self.spec), SileroVad(), config)
         except SpoofwatchError as exc:
             log.warning("no start-up host cost (%s); workers measure it while they serve", exc)
             return None
-        shedding = worker_shedding(config.shedding or SheddingConfig(), self.n_workers)
+        shedding = worker_shedding(config.shedding, self.n_workers)
         log.info(
             "measured host cost: %.2f ms CPU per second of audio (%s real-time streams per worker)",
             1e3 * cost,
