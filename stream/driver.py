@@ -43,7 +43,7 @@ import numpy.typing as npt
 from spoofwatch.audio import StreamResampler
 from spoofwatch.constants import SAMPLE_RATE_HZ
 
-from .engine import Engine, PendingWindow, Scorer, WindowScorer
+from .engine import Engine, PendingWindow, Scorer, WindowScorer, validate_chunk
 from .events import END_OF_STREAM, Event
 from .scoring import as_window_scorer
 
@@ -110,6 +110,11 @@ class StreamDriver:
         """Resample and window ``audio``; ``last`` flushes the resampler and a short stream."""
         pending = self.engine.push(self._resampler(audio, last=last))
         return pending + self.engine.flush() if last else pending
+
+    def resample(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``audio`` (not the last) at 16 kHz and checked, ready for ``push_many``:
+        ``cut`` in two halves, for a caller that windows many streams at once."""
+        return validate_chunk(self._resampler(audio))
 
     # ---- queue side ---------------------------------------------------------
 

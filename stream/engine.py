@@ -10,6 +10,7 @@ them run this one implementation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -21,7 +22,7 @@ from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLE
 from spoofwatch.errors import InputError
 
 from .events import END_OF_STREAM, Event, ScoreEvent, StatusEvent, SummaryEvent
-from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SileroVad, SpeechGate
+from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SileroVad, SpeechGate, run_staged
 from .policy import AlertPolicy, PolicyConfig
 from .windower import Window, Windower
 
@@ -159,16 +160,23 @@ class Engine:
 
     def push(self, chunk: npt.NDArray[np.float32]) -> list[PendingWindow]:
         """Feed 16 kHz mono float32 audio; returns windows in stream order."""
-        chunk = validate_chunk(chunk)
         pending = []
-        # Slices of at most one hop keep the gate's VAD frames at most a hop
-        # ahead of the windows it assesses, whatever the caller's chunk size.
-        step = self.config.hop_samples
-        for pos in range(0, chunk.shape[0], step):
-            part = chunk[pos : pos + step]
+        for part in self.parts(validate_chunk(chunk)):
             self.gate.push(part)
-            pending += [self._pend(w) for w in self.windower.push(part)]
+            pending += self.cut_windows(part)
         return pending
+
+    def parts(self, chunk: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        """``chunk`` in slices of at most one hop: fed one at a time, they keep
+        the gate's VAD frames at most a hop ahead of the windows it assesses
+        (its history holds a window and a hop), whatever the caller's chunk size."""
+        step = self.config.hop_samples
+        return [chunk[pos : pos + step] for pos in range(0, chunk.shape[0], step)]
+
+    def cut_windows(self, part: npt.NDArray[np.float32]) -> list[PendingWindow]:
+        """The windows ``part`` (one of :meth:`parts`) completes, assessed by the
+        gate, which must have run the VAD on the part already."""
+        return [self._pend(w) for w in self.windower.push(part)]
 
     def flush(self) -> list[PendingWindow]:
         """End of stream: a padded window if the stream was shorter than one window."""
@@ -233,6 +241,25 @@ class LiveConfig:
     #: command layer sets it from the model in use (a model card may declare
     #: its own; the built-in AASIST models take ``WINDOW_SAMPLES``).
     window_samples: int = WINDOW_SAMPLES
+
+
+def push_many(
+    engines: Sequence[Engine], chunks: Sequence[npt.NDArray[np.float32]]
+) -> list[list[PendingWindow]]:
+    """``engine.push(chunk)`` for many streams at once, their VAD frames run in
+    batches across the streams (:func:`~spoofwatch.stream.gate.run_staged`):
+    the same windows and gate decisions as pushing each alone, for about half
+    the VAD's CPU time (a server worker's ingest tick)."""
+    parts = [engine.parts(validate_chunk(chunk)) for engine, chunk in zip(engines, chunks, strict=True)]
+    pending: list[list[PendingWindow]] = [[] for _ in engines]
+    for k in range(max(map(len, parts), default=0)):
+        active = [i for i, stream_parts in enumerate(parts) if k < len(stream_parts)]
+        for i in active:
+            engines[i].gate.stage(parts[i][k])
+        run_staged([engines[i].gate for i in active])
+        for i in active:
+            pending[i] += engines[i].cut_windows(parts[i][k])
+    return pending
 
 
 def build_engine(live: LiveConfig, vad: SileroVad, hop_s: float | None = None) -> Engine:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,20 @@ class SileroVad:
         self, frame_with_context: npt.NDArray[np.float32], state: npt.NDArray[np.float32]
     ) -> tuple[float, npt.NDArray[np.float32]]:
         # (1, 64 + 512) samples, state (2, 1, 128) -> speech probability, new state
+        probs, new_state = self.step_batch(frame_with_context, state)
+        return float(probs[0]), new_state
+
+    def step_batch(
+        self, frames_with_context: npt.NDArray[np.float32], states: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        # (B, 64 + 512) samples, states (2, B, 128) -> probabilities (B,), new states (2, B, 128).
+        # Rows are independent streams: a row's result is the same in any batch
+        # (checked bit for bit by tests/test_gate.py), and one call of B frames
+        # costs about half of B calls of one (the model is tiny; the call is not).
         prob, new_state = self._session.run(
-            None, {"input": frame_with_context, "state": state, "sr": self._sr}
+            None, {"input": frames_with_context, "state": states, "sr": self._sr}
         )
-        return float(prob[0, 0]), new_state
+        return prob[:, 0], new_state
 
 
 class SpeechGate:
@@ -110,32 +121,44 @@ class SpeechGate:
 
     def reset(self) -> None:
         self._state = np.zeros(_VAD_STATE_SHAPE, dtype=np.float32)
-        self._buffer = np.zeros((1, _VAD_CONTEXT_SAMPLES + VAD_FRAME_SAMPLES), dtype=np.float32)
+        self._buffer = np.zeros(_VAD_CONTEXT_SAMPLES + VAD_FRAME_SAMPLES, dtype=np.float32)
         self._filled = 0  # samples of the current frame received so far
         self._frames_done = 0
+        # Complete frames (with their context, (576,)) waiting for the VAD, oldest first.
+        self._staged: deque[npt.NDArray[np.float32]] = deque()
         # (frame index, counts as speech) for the most recent frames
         self._frames: deque[tuple[int, bool]] = deque(maxlen=self._history_frames)
 
     def push(self, chunk: npt.NDArray[np.float32]) -> None:
+        """Buffer ``chunk`` and run the VAD on every frame it completes."""
+        self.stage(chunk)
+        while self._staged:
+            prob, state = self._vad.step(self._staged[0][None], self._state)
+            self.record(prob, state)
+
+    def stage(self, chunk: npt.NDArray[np.float32]) -> None:
+        """Buffer ``chunk``; the frames it completes wait for the VAD
+        (:func:`run_staged` runs many streams' frames in one call)."""
         pos = 0
         while pos < chunk.shape[0]:
             take = min(chunk.shape[0] - pos, VAD_FRAME_SAMPLES - self._filled)
             start = _VAD_CONTEXT_SAMPLES + self._filled
-            self._buffer[0, start : start + take] = chunk[pos : pos + take]
+            self._buffer[start : start + take] = chunk[pos : pos + take]
             self._filled += take
             pos += take
             if self._filled == VAD_FRAME_SAMPLES:
-                self._finish_frame()
+                self._staged.append(self._buffer.copy())
+                # The model wants the previous frame's last 64 samples as context.
+                self._buffer[:_VAD_CONTEXT_SAMPLES] = self._buffer[-_VAD_CONTEXT_SAMPLES:]
+                self._filled = 0
 
-    def _finish_frame(self) -> None:
-        frame = self._buffer[0, _VAD_CONTEXT_SAMPLES:]
-        prob, self._state = self._vad.step(self._buffer, self._state)
+    def record(self, prob: float, state: npt.NDArray[np.float32]) -> None:
+        """The VAD's result for the oldest staged frame: its probability and the next state."""
+        frame = self._staged.popleft()[_VAD_CONTEXT_SAMPLES:]
+        self._state = state
         loud = rms_dbfs(frame) >= self.config.energy_floor_dbfs
         self._frames.append((self._frames_done, loud and prob >= self.config.vad_threshold))
         self._frames_done += 1
-        # The model wants the previous frame's last 64 samples as context.
-        self._buffer[0, :_VAD_CONTEXT_SAMPLES] = frame[-_VAD_CONTEXT_SAMPLES:]
-        self._filled = 0
 
     def assess(self, window: Window) -> GateResult:
         """Speech decision for a window, from the VAD frames inside it."""
@@ -150,3 +173,33 @@ class SpeechGate:
             and fraction >= self.config.min_speech_fraction
         )
         return GateResult(speech, fraction, level)
+
+
+#: Most frames in one batched VAD call (past ~32 a frame costs no less).
+VAD_MAX_BATCH_FRAMES = 64
+
+
+def run_staged(gates: Sequence[SpeechGate]) -> None:
+    """Run every staged frame of many gates, batched across gates.
+
+    Each round takes the oldest staged frame of every gate that has one (a
+    gate's frames must go in order: the VAD's state is recurrent), so the
+    flags are exactly those each gate's own ``push`` would have set.
+    """
+    waiting = [gate for gate in gates if gate._staged]
+    while waiting:
+        for start in range(0, len(waiting), VAD_MAX_BATCH_FRAMES):
+            _run_round(waiting[start : start + VAD_MAX_BATCH_FRAMES])
+        waiting = [gate for gate in waiting if gate._staged]
+
+
+def _run_round(gates: Sequence[SpeechGate]) -> None:
+    by_model: dict[int, list[SpeechGate]] = {}
+    for gate in gates:
+        by_model.setdefault(id(gate._vad), []).append(gate)
+    for group in by_model.values():
+        frames = np.stack([gate._staged[0] for gate in group])  # (B, 576)
+        states = np.concatenate([gate._state for gate in group], axis=1)  # (2, B, 128)
+        probs, new_states = group[0]._vad.step_batch(frames, states)
+        for i, gate in enumerate(group):
+            gate.record(float(probs[i]), np.ascontiguousarray(new_states[:, i : i + 1]))

@@ -16,7 +16,7 @@ from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.cli import main
 from spoofwatch.errors import InputError
 from spoofwatch.stream.driver import StreamDriver
-from spoofwatch.stream.engine import Engine, build_engine
+from spoofwatch.stream.engine import Engine, build_engine, push_many
 
 SPOOF_ONSET_S = ONSET_S
 
@@ -152,3 +152,63 @@ def test_stream_cli_ctrl_c_flushes_and_closes_the_alert(
     assert end["type"] == "alert_end" and end["reason"] == "shutdown"
     assert summary["type"] == "summary" and summary["duration_s"] == pytest.approx(heard.size / 16000)
     assert [e["type"] for e in events].count("summary") == 1
+
+
+class CountingVad:
+    """The real silero VAD, counting the frames of each call."""
+
+    def __init__(self, vad: Any) -> None:
+        self._vad = vad
+        self.batch_sizes: list[int] = []
+
+    def step(self, frame: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        self.batch_sizes.append(1)
+        return self._vad.step(frame, state)  # type: ignore[no-any-return]
+
+    def step_batch(self, frames: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.batch_sizes.append(frames.shape[0])
+        return self._vad.step_batch(frames, states)  # type: ignore[no-any-return]
+
+
+def window_facts(pending: list[Any]) -> list[tuple[Any, ...]]:
+    return [(p.window.start_sample, p.window.end_sample, p.gate) for p in pending]
+
+
+@pytest.mark.parametrize("hop_s", [None, 0.032])
+def test_push_many_batches_the_vad_and_changes_nothing(
+    spoof_stream: np.ndarray, shared: Path, vad: Any, hop_s: float | None
+) -> None:
+    """Streams pushed together give exactly the windows and gate decisions
+    each gives alone, whatever the chunk sizes (and hops shorter than a chunk)."""
+    live = load_calibration(model="aasist-l").live
+    speech = sorted((shared / "data" / "speech" / "bonafide" / "librispeech_test-other").glob("*.flac"))
+    audios = [spoof_stream, read_audio(speech[0]), spoof_stream[::-1].copy(), np.zeros(40_000, np.float32)]
+    sizes = [320, 1600, 4000, 777]  # 20 ms, 100 ms, 250 ms frames and an odd size
+    alone = []
+    for audio, size in zip(audios, sizes, strict=True):
+        engine = build_engine(live, vad, hop_s)
+        alone.append(
+            window_facts(
+                [p for pos in range(0, audio.size, size) for p in engine.push(audio[pos : pos + size])]
+            )
+        )
+    counting = CountingVad(vad)
+    engines = [build_engine(live, counting, hop_s) for _ in audios]  # type: ignore[arg-type]
+    together: list[list[Any]] = [[] for _ in audios]
+    for tick in range(max(a.size // s + 1 for a, s in zip(audios, sizes, strict=True))):
+        chunks = [a[tick * s : (tick + 1) * s] for a, s in zip(audios, sizes, strict=True)]
+        for i, pending in enumerate(push_many(engines, chunks)):
+            together[i] += pending
+    assert [window_facts(t) for t in together] == alone
+    assert sum(len(a) for a in alone) > 20 and any(g.speech for a in alone for *_, g in a)
+    # Every frame ran once, in fewer calls than frames (each round batches the streams with a frame due).
+    assert sum(counting.batch_sizes) == sum(a.size // 512 for a in audios)
+    assert max(counting.batch_sizes) == len(audios) and len(counting.batch_sizes) < sum(counting.batch_sizes)
+
+
+def test_push_many_refuses_a_bad_chunk_before_touching_any_engine(vad: Any) -> None:
+    live = load_calibration(model="aasist-l").live
+    engines = [build_engine(live, vad), build_engine(live, vad)]
+    with pytest.raises(InputError, match="finite"):
+        push_many(engines, [np.zeros(1000, np.float32), np.array([np.nan], np.float32)])
+    assert [e.windower.total_samples for e in engines] == [0, 0]

@@ -170,6 +170,7 @@ class WebSocketServer:
     async def _serve(self, config: ServerConfig, task_status: TaskStatus[int]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.ctx.batcher.serve)
+            tg.start_soon(self.ctx.ingest_ticker.serve)
             tg.start_soon(self._refresh_load)
             where: dict[str, Any] = (
                 {"sock": self.sock} if self.sock is not None else {"host": config.host, "port": config.port}

@@ -100,6 +100,7 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                             {**tags, **event.tags},
                             observer=ctx.stats,  # load shedding and metrics (issue 11)
                             ingest_limiter=ctx.ingest_limiter,
+                            ticker=ctx.ingest_ticker,
                         )
                         sessions[event.track] = session
                         tg.start_soon(session.serve)

@@ -18,6 +18,7 @@ from ..gate import SileroVad
 from ..sinks import SINK_QUEUE_EVENTS
 from .batcher import BatchScorer
 from .drain import Drain
+from .ingest import DEFAULT_TICK_S, IngestTicker, check_tick_s
 from .journal import AlertJournal
 from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedIncremental, TimedScorer
 from .metrics import ServerMetrics, StreamStats
@@ -67,6 +68,10 @@ class ServerConfig:
     #: then lag behind on a slow machine instead of skipping ahead. For tests
     #: and offline checks whose outcome must not depend on the machine's speed.
     keep_live_windows: bool = False
+    #: Seconds between the cuts of a worker's live streams (resampling, VAD,
+    #: windows), all streams in one pass with the VAD batched across them
+    #: (:mod:`.ingest`); windows wait up to this long before they are scored.
+    ingest_tick_s: float = DEFAULT_TICK_S
     #: When a worker counts as overloaded (new streams then get 1013); ``None``: never.
     shedding: SheddingConfig | None = field(default_factory=SheddingConfig)
 
@@ -93,6 +98,7 @@ class ServerConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"server {name}: expected {expected}, got {getattr(self, name)!r}")
+        check_tick_s(self.ingest_tick_s)
 
 
 def is_loopback(host: str) -> bool:
@@ -142,6 +148,8 @@ class ServerContext:
         self.metrics = ServerMetrics(self.provider, config.max_streams)
         self.stats = StreamStats(self.load, self.metrics, journal)
         self._ingest_limiter: anyio.CapacityLimiter | None = None
+        #: Cuts the live streams together (served by ``WebSocketServer``).
+        self.ingest_ticker = IngestTicker(config.ingest_tick_s)
         # Time whichever scores live windows: the capacity is measured in its units.
         if batcher.incremental is None:
             batcher.scorer = TimedScorer(batcher.scorer, self.load, self.metrics.batch_size.observe)

@@ -26,6 +26,7 @@ from ..driver import StreamDriver
 from ..engine import PendingWindow
 from ..events import END_OF_STREAM, Event
 from .batcher import BatchScorer
+from .ingest import IngestTicker
 
 if TYPE_CHECKING:
     from .load import WindowObserver
@@ -56,7 +57,8 @@ class StreamSession:
     * ``audio`` (reader -> ingest, ``INBOX_MESSAGES``): the ingest task cuts
       everything waiting in one call (resampling, VAD, windowing): on the
       event loop when it is a live frame or two (``INLINE_INGEST_MAX_S``),
-      else in a worker thread, so that an upload's large messages do not
+      at the worker's next ingest tick together with the other streams
+      (:class:`~.ingest.IngestTicker`), else in a worker thread, so that an upload's large messages do not
       stall the loop. A full inbox makes the reader wait, and TCP pushes
       back on the client: audio is never dropped;
     * ``ready`` (ingest -> scorer, capacity 1): windows were queued;
@@ -79,6 +81,7 @@ class StreamSession:
         tags: dict[str, Any] | None = None,
         observer: WindowObserver | None = None,
         ingest_limiter: anyio.CapacityLimiter | None = None,
+        ticker: IngestTicker | None = None,
     ) -> None:
         self.driver = driver
         self.batcher = batcher
@@ -87,6 +90,7 @@ class StreamSession:
         self.tags = tags or {}
         self.max_duration_s = max_duration_s
         self._ingest_limiter = ingest_limiter
+        self._ticker = ticker
         # Each message with the (observer clock) time it arrived.
         self._audio_send: MemoryObjectSendStream[tuple[npt.NDArray[np.float32], float]]
         self._audio_recv: MemoryObjectReceiveStream[tuple[npt.NDArray[np.float32], float]]
@@ -146,7 +150,7 @@ class StreamSession:
                     await self._room_recv.receive()
                 audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
                 if audio.shape[0] <= INLINE_INGEST_MAX_S * self.driver.rate_hz and not ended:
-                    pending = self._cut(audio, ended, on_loop=True)
+                    pending = await self._cut_on_loop(audio)
                 else:  # the final flush may hold a short stream's padding and resampler tail
                     pending = await anyio.to_thread.run_sync(
                         self._cut, audio, ended, limiter=self._ingest_limiter
@@ -155,6 +159,16 @@ class StreamSession:
                 self.driver.enqueue(pending, last=ended)
                 self._dropped_to(self.driver.queued)
                 _ring(self._ready_send)
+
+    async def _cut_on_loop(self, audio: npt.NDArray[np.float32]) -> list[PendingWindow]:
+        """A live frame or two: at the worker's next ingest tick, with the other
+        streams (once the ticker serves), else at once."""
+        if self._ticker is None or not self._ticker.running:
+            return self._cut(audio, False, on_loop=True)
+        pending = await self._ticker.cut(self.driver, audio)
+        if self._observer is not None:  # the tick's CPU is the loop thread's
+            self._observer.ingested(0.0, audio.shape[0] / self.driver.rate_hz)
+        return pending
 
     def _cut(self, audio: npt.NDArray[np.float32], ended: bool, on_loop: bool = False) -> list[PendingWindow]:
         """The driver's cut, its audio and CPU time reported for admission control
