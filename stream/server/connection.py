@@ -25,7 +25,7 @@ from spoofwatch.errors import CloseCode, ProtocolError
 from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHUTDOWN, event_json
 from ..protocol import AudioIn, NativeProtocol, StreamStart, StreamStop, TwilioProtocol, WireProtocol
 from .context import ServerContext
-from .drain import GOING_AWAY, SHUTDOWN_REASON
+from .drain import GOING_AWAY, SHUTDOWN_REASON, MessageReader
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
@@ -74,40 +74,43 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
             except OSError as exc:  # a transport error other than a close: same, but say so
                 log.warning("could not send a %s event to the client: %s", event.get("type"), exc)
 
+    async def handle(message: Any) -> bool:
+        """One message: route what the protocol makes of it; ``True`` on the client's stop."""
+        nonlocal extra_streams
+        events = protocol.receive(message)
+        # Claim every further track before any of them starts, so a
+        # refused call (1013) starts no stream at all.
+        starts = sum(isinstance(e, StreamStart) for e in events)
+        for _ in range(starts - (0 if sessions else min(starts, 1))):
+            ctx.claim_extra_stream()
+            extra_streams += 1
+        stopped = False
+        for event in events:
+            if isinstance(event, StreamStart):
+                tags = {"stream_id": ctx.new_stream_id()} if protocol.replies else {}
+                session = StreamSession(
+                    ctx.new_driver(event.rate_hz),
+                    ctx.batcher,
+                    emit,
+                    ctx.config.max_stream_duration_s,
+                    {**tags, **event.tags},
+                    observer=ctx.stats,  # load shedding and metrics (issue 11)
+                    ingest_limiter=ctx.ingest_limiter,
+                    ticker=ctx.ingest_ticker,
+                )
+                sessions[event.track] = session
+                tg.start_soon(session.serve)
+            elif isinstance(event, AudioIn):
+                await sessions[event.track].push(event.samples)
+            elif isinstance(event, StreamStop):
+                stopped = True
+        return stopped
+
     try:
         async with anyio.create_task_group() as tg:
-            stopped = False
-            while not stopped:
-                with anyio.fail_after(ctx.config.idle_timeout_s):
-                    message = await ctx.drain.recv(ws)
-                if message is None:  # a shutdown drain: end as if the client sent stop
-                    break
-                events = protocol.receive(message)
-                # Claim every further track before any of them starts, so a
-                # refused call (1013) starts no stream at all.
-                starts = sum(isinstance(e, StreamStart) for e in events)
-                for _ in range(starts - (0 if sessions else min(starts, 1))):
-                    ctx.claim_extra_stream()
-                    extra_streams += 1
-                for event in events:
-                    if isinstance(event, StreamStart):
-                        tags = {"stream_id": ctx.new_stream_id()} if protocol.replies else {}
-                        session = StreamSession(
-                            ctx.new_driver(event.rate_hz),
-                            ctx.batcher,
-                            emit,
-                            ctx.config.max_stream_duration_s,
-                            {**tags, **event.tags},
-                            observer=ctx.stats,  # load shedding and metrics (issue 11)
-                            ingest_limiter=ctx.ingest_limiter,
-                            ticker=ctx.ingest_ticker,
-                        )
-                        sessions[event.track] = session
-                        tg.start_soon(session.serve)
-                    elif isinstance(event, AudioIn):
-                        await sessions[event.track].push(event.samples)
-                    elif isinstance(event, StreamStop):
-                        stopped = True
+            # Until the client's stop, the idle timeout, or a shutdown drain
+            # (which ends the streams as if the client had sent stop).
+            await MessageReader(ws, ctx.drain, ctx.config.idle_timeout_s).run(handle)
             for session in sessions.values():
                 session.close_input()
     except BaseException as exc:

@@ -9,14 +9,15 @@ emits the ``summary`` to the client and every sink; the close then says
 1001 "server shutting down". Streams still open after ``shutdown_grace_s``
 are cut (their sessions abort with reason ``shutdown``).
 
-The adapter sees the drain through :meth:`Drain.recv`, which returns
-``None`` (no more messages) once the drain has begun; cancelling a pending
-``websockets`` ``recv`` is safe: no message is lost.
+The adapter reads through a :class:`MessageReader`, which stops reading
+once the drain has begun (a read then pending is cancelled; cancelling a
+pending ``websockets`` ``recv`` is safe: no message is lost).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -34,23 +35,68 @@ class Drain:
 
     def __init__(self) -> None:
         self.started = False
-        self._scopes: set[anyio.CancelScope] = set()
+        self._readers: set[MessageReader] = set()
 
     def begin(self) -> None:
         if self.started:
             return
         self.started = True
-        for scope in list(self._scopes):
-            scope.cancel()
+        for reader in list(self._readers):
+            reader.interrupt()
 
-    async def recv(self, ws: Any) -> Any:
-        """``ws.recv()``, or ``None`` once the drain has begun."""
-        if self.started:
-            return None
-        with anyio.CancelScope() as scope:
-            self._scopes.add(scope)
+
+class MessageReader:
+    """A connection's reads, ended by the drain or the idle timeout.
+
+    ``run(handle)`` reads messages and awaits ``handle(message)`` for each
+    until it returns ``True`` (the client's stop), or the drain begins
+    (returns), or no message came for ``idle_timeout_s`` (``TimeoutError``).
+    One cancel scope serves the whole connection, cancelled only while a
+    read is pending: a scope (or two) per message cost a worker's event
+    loop ~25 µs each at 50 messages a second per stream
+    (benchmarks/bench_host_cost.py). Cancelling a pending ``websockets``
+    ``recv`` is safe: no message is lost.
+    """
+
+    def __init__(self, ws: Any, drain: Drain, idle_timeout_s: float) -> None:
+        self._ws = ws
+        self._drain = drain
+        self.idle_timeout_s = idle_timeout_s
+        self._scope = anyio.CancelScope()
+        #: When the pending read began (event-loop clock), ``None`` while handling.
+        self._reading_since: float | None = None
+        self.idle = False
+
+    def interrupt(self) -> None:
+        """The drain began: end a pending read now (a handler finishes its message first)."""
+        if self._reading_since is not None:
+            self._scope.cancel()
+
+    async def run(self, handle: Callable[[Any], Awaitable[bool]]) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            self._drain._readers.add(self)
             try:
-                return await ws.recv()
+                with self._scope:
+                    while not self._drain.started:
+                        self._reading_since = anyio.current_time()
+                        message = await self._ws.recv()
+                        self._reading_since = None
+                        if await handle(message):
+                            break
             finally:
-                self._scopes.discard(scope)
-        return None  # the drain cancelled the wait
+                self._reading_since = None
+                self._drain._readers.discard(self)
+                tg.cancel_scope.cancel()  # the watch
+        if self.idle:
+            raise TimeoutError(f"no message for {self.idle_timeout_s:g} s")
+
+    async def _watch(self) -> None:
+        """Cancel a read pending for ``idle_timeout_s``: one timer per timeout, not per message."""
+        while True:
+            since, now = self._reading_since, anyio.current_time()
+            if since is not None and now >= since + self.idle_timeout_s:
+                self.idle = True
+                self._scope.cancel()
+                return
+            await anyio.sleep(self.idle_timeout_s if since is None else since + self.idle_timeout_s - now)
