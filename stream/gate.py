@@ -102,7 +102,7 @@ class SileroVad:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         # (B, 64 + 512) samples, states (2, B, 128) -> probabilities (B,), new states (2, B, 128).
         # Rows are independent streams: a row's result is the same in any batch
-        # (checked bit for bit by tests/test_gate.py), and one call of B frames
+        # (checked bit for bit by tests/test_engine.py), and one call of B frames
         # costs about half of B calls of one (the model is tiny; the call is not).
         prob, new_state = self._session.run(
             None, {"input": frames_with_context, "state": states, "sr": self._sr}

@@ -212,3 +212,15 @@ def test_push_many_refuses_a_bad_chunk_before_touching_any_engine(vad: Any) -> N
     with pytest.raises(InputError, match="finite"):
         push_many(engines, [np.zeros(1000, np.float32), np.array([np.nan], np.float32)])
     assert [e.windower.total_samples for e in engines] == [0, 0]
+
+
+def test_a_batched_vad_row_equals_its_single_call(spoof_stream: np.ndarray, vad: Any) -> None:
+    """What push_many's exactness rests on: silero's result for a row does not
+    depend on the batch around it (real speech frames, real states)."""
+    frames = np.stack([spoof_stream[i * 9000 : i * 9000 + 576] for i in range(24)]).astype(np.float32)
+    states = np.random.default_rng(3).standard_normal((2, 24, 128)).astype(np.float32) * 0.3
+    probs, new_states = vad.step_batch(frames, states)
+    for i in range(24):
+        prob, state = vad.step(frames[i : i + 1], np.ascontiguousarray(states[:, i : i + 1]))
+        assert prob == probs[i] and np.array_equal(state, new_states[:, i : i + 1])
+    assert 0.0 < probs.min() < probs.max() < 1.0

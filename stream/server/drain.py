@@ -77,13 +77,8 @@ class MessageReader:
             tg.start_soon(self._watch)
             self._drain._readers.add(self)
             try:
-                with self._scope:
-                    while not self._drain.started:
-                        self._reading_since = anyio.current_time()
-                        message = await self._ws.recv()
-                        self._reading_since = None
-                        if await handle(message):
-                            break
+                while await self._read_until_interrupted(handle):
+                    pass
             finally:
                 self._reading_since = None
                 self._drain._readers.discard(self)
@@ -91,12 +86,47 @@ class MessageReader:
         if self.idle:
             raise TimeoutError(f"no message for {self.idle_timeout_s:g} s")
 
+    async def _read_until_interrupted(self, handle: Callable[[Any], Awaitable[bool]]) -> bool:
+        """Read and handle under one cancel scope until the client's stop, the
+        drain or the idle timeout; ``True``: read on under a new scope.
+
+        A read can complete in the very loop pass in which the drain or the
+        watch cancels the scope: the message is then handled outside the
+        cancelled scope (inside it, the handler's first await would be
+        cancelled and the message lost), and it means the client was not idle.
+        """
+        self._scope = scope = anyio.CancelScope()
+        late: Any = _NOTHING
+        with scope:
+            while not self._drain.started:
+                self._reading_since = anyio.current_time()
+                message = await self._ws.recv()
+                self._reading_since = None
+                if scope.cancel_called:
+                    late = message
+                    break
+                if await handle(message):
+                    return False
+        self._reading_since = None
+        if late is _NOTHING:
+            return False  # the drain, or the idle timeout (``self.idle`` says which)
+        self.idle = False
+        return not await handle(late) and not self._drain.started
+
     async def _watch(self) -> None:
         """Cancel a read pending for ``idle_timeout_s``: one timer per timeout, not per message."""
         while True:
             since, now = self._reading_since, anyio.current_time()
-            if since is not None and now >= since + self.idle_timeout_s:
+            fired = self._scope.cancel_called
+            if since is not None and not fired and now >= since + self.idle_timeout_s:
                 self.idle = True
                 self._scope.cancel()
-                return
-            await anyio.sleep(self.idle_timeout_s if since is None else since + self.idle_timeout_s - now)
+                fired = True
+            # After a cancel, wait a whole timeout: the reader either ends or
+            # reads on under a new scope, whose read began after the cancel.
+            wait = self.idle_timeout_s if since is None or fired else since + self.idle_timeout_s - now
+            await anyio.sleep(wait)
+
+
+#: ``MessageReader``: no message arrived as the read was cancelled.
+_NOTHING = object()

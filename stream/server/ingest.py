@@ -8,12 +8,15 @@ hundreds of streams per worker that, not the model, bounded a GPU box
 :class:`IngestTicker` and waits; once per ``tick_s`` the ticker cuts every
 waiting stream in one pass, with the VAD batched across streams
 (:func:`~spoofwatch.stream.engine.push_many`). Each stream's audio is then
-cut a tick's worth at a time (a few messages), and its windows come at most
-one tick later (the default 0.1 s against a 0.5 s hop and a 1 s score-delay
-budget). What a stream is cut into does not depend on the tick: windows and
+cut a tick's worth at a time (a few messages), and its windows come up to
+two ticks later (a message that arrives just after its stream's request
+waits for that tick and the next; the default 0.1 s against a 0.5 s hop and
+a 1 s score-delay budget). What a stream is cut into does not depend on the tick: windows and
 gate decisions are the same as cutting each message alone.
 
-A bad chunk (NaN, a resampler error) fails only its own stream's request.
+A bad chunk (NaN, a resampler error) fails only its own stream's request;
+a failure past that (the VAD itself) fails the tick's requests, never the
+ticker. A ticker that stops (the worker ends) cuts what still waits.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.errors import ConfigError, SpoofwatchError
+from spoofwatch.errors import ConfigError
 
 from ..driver import StreamDriver
 from ..engine import PendingWindow, push_many
@@ -99,33 +102,38 @@ class IngestTicker:
                 self._work = work = anyio.Event()
                 self.cut_now(batch)
         finally:
+            # Stopped (the worker is ending): cut what still waits, so that no
+            # stream waits for a tick that will not come.
             self._work = None
-            for request in self._waiting:  # nobody will cut them: wake their streams with an error
-                request.error = RuntimeError("the worker's ingest tick stopped")
-                request.done.set()
+            batch, self._waiting = self._waiting, []
+            self.cut_now(batch)
 
     def cut_now(self, batch: list[_Request]) -> None:
-        """Cut every request of ``batch`` in one pass and wake their streams."""
-        live = [r for r in batch if not r.abandoned]
-        chunks: list[npt.NDArray[np.float32]] = []
-        ready: list[_Request] = []
-        for request in live:
-            try:
-                chunks.append(request.driver.resample(request.audio))
-                ready.append(request)
-            except SpoofwatchError as exc:  # this stream's audio only
-                request.error = exc
+        """Cut every request of ``batch`` in one pass and wake their streams.
+        Never raises: a failure is the failing request's (or, past the
+        per-stream part, every request's of this tick)."""
         try:
-            results = push_many([r.driver.engine for r in ready], chunks)
-        except Exception as exc:  # e.g. the VAD failed: every stream of the tick hears of it
-            log.exception("ingest tick failed for %d stream(s)", len(ready))
-            for request in ready:
-                request.error = exc
-        else:
-            for request, pending in zip(ready, results, strict=True):
-                request.pending = pending
-        if live:
-            self.ticks += 1
-            self.requests += len(live)
-        for request in batch:
-            request.done.set()
+            live = [r for r in batch if not r.abandoned]
+            chunks: list[npt.NDArray[np.float32]] = []
+            ready: list[_Request] = []
+            for request in live:
+                try:
+                    chunks.append(request.driver.resample(request.audio))
+                    ready.append(request)
+                except Exception as exc:  # this stream's audio (or resampler) only
+                    request.error = exc
+            try:
+                results = push_many([r.driver.engine for r in ready], chunks)
+            except Exception as exc:  # e.g. the VAD failed: every stream of the tick hears of it
+                log.exception("ingest tick failed for %d stream(s)", len(ready))
+                for request in ready:
+                    request.error = exc
+            else:
+                for request, pending in zip(ready, results, strict=True):
+                    request.pending = pending
+            if live:
+                self.ticks += 1
+                self.requests += len(live)
+        finally:
+            for request in batch:
+                request.done.set()

@@ -1,0 +1,133 @@
+"""A connection's reads (stream/server/drain.py, ``MessageReader``): the idle
+timeout counts only time spent waiting for a message, and a shutdown drain
+ends a pending read at once but lets a message being handled finish.
+
+The connection is a memory object stream standing in for ``websockets``'
+``recv`` (the server tests run the real thing on loopback); every outcome
+here is decided by the order of events, never by how fast the machine is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from spoofwatch.stream.server.drain import Drain, MessageReader
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.send, self._receive = anyio.create_memory_object_stream[str](10)
+        self.reads = 0
+
+    async def recv(self) -> str:
+        self.reads += 1
+        return await self._receive.receive()
+
+    def close(self) -> None:
+        self.send.close()
+        self._receive.close()
+
+
+@pytest.fixture
+def connections() -> Any:
+    made: list[FakeConnection] = []
+
+    def make() -> FakeConnection:
+        made.append(FakeConnection())
+        return made[-1]
+
+    yield make
+    for ws in made:
+        ws.close()
+
+
+async def test_time_spent_handling_is_not_idle_time(connections: Any) -> None:
+    ws, drain = connections(), Drain()
+    reader = MessageReader(ws, drain, idle_timeout_s=0.05)
+    handled: list[str] = []
+
+    async def handle(message: str) -> bool:
+        await anyio.sleep(0.3)  # six idle timeouts while handling: not idle
+        handled.append(message)
+        return False
+
+    ws.send.send_nowait("first")
+    with pytest.raises(TimeoutError, match=r"no message for 0\.05 s"):
+        await reader.run(handle)  # then nothing more comes: the pending read times out
+    assert handled == ["first"] and ws.reads == 2 and reader.idle
+
+
+async def test_a_drain_ends_a_pending_read_and_lets_a_handled_message_finish(connections: Any) -> None:
+    ws, drain = connections(), Drain()
+    reader = MessageReader(ws, drain, idle_timeout_s=3600)
+    release = anyio.Event()
+    handled: list[str] = []
+    finished: list[bool] = []
+
+    async def handle(message: str) -> bool:
+        if message == "slow":
+            await release.wait()
+        handled.append(message)
+        return False
+
+    async def run() -> None:
+        await reader.run(handle)
+        finished.append(True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        ws.send.send_nowait("fast")
+        ws.send.send_nowait("slow")
+        ws.send.send_nowait("never read")
+        await anyio.wait_all_tasks_blocked()
+        assert handled == ["fast"]  # "slow" is being handled
+        drain.begin()
+        release.set()
+        await anyio.wait_all_tasks_blocked()
+    assert handled == ["fast", "slow"] and finished == [True] and not reader.idle
+    assert ws.reads == 2  # the drain began while "slow" was handled: no further read
+
+    # A read pending when the drain begins ends at once.
+    ws2 = connections()
+    reader2 = MessageReader(ws2, drain2 := Drain(), idle_timeout_s=3600)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader2.run, _never_called)
+        await anyio.wait_all_tasks_blocked()
+        assert ws2.reads == 1
+        drain2.begin()
+    assert not reader2.idle
+
+
+async def test_a_message_arriving_as_the_drain_begins_is_still_handled(connections: Any) -> None:
+    """The read completes and the drain cancels the reader's scope in the same
+    loop pass: the message must still be handled to the end, not cancelled at
+    its handler's first await."""
+    ws, drain = connections(), Drain()
+    reader = MessageReader(ws, drain, idle_timeout_s=3600)
+    handled: list[str] = []
+
+    async def handle(message: str) -> bool:
+        await anyio.lowlevel.checkpoint()  # where a cancelled scope would strike
+        handled.append(message)
+        return False
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader.run, handle)
+        await anyio.wait_all_tasks_blocked()
+        ws.send.send_nowait("audio")  # completes the pending read...
+        drain.begin()  # ...and the drain begins before the reader resumes
+    assert handled == ["audio"] and ws.reads == 1 and not reader.idle
+
+
+async def _never_called(message: Any) -> bool:
+    raise AssertionError(f"no message was sent, got {message!r}")
