@@ -52,7 +52,7 @@ from .context import ServerConfig, ServerContext
 from .sinks import ServerSinks
 
 #: Streams sent at once, and seconds of audio each (enough for 5 windows).
-SELFTEST_STREAMS = 4
+SELFTEST_STREAMS = 8
 SELFTEST_AUDIO_S = 6.0
 #: The probe gives up after this long (a machine far too loaded to serve anyway),
 #: and is given this much more to end.
