@@ -170,6 +170,28 @@ async def test_an_unexpected_error_fails_its_stream_and_the_ticker_goes_on(
     assert good.engine.windower.total_samples > 30_000  # both good cuts (less the resampler delay)
 
 
+async def test_windows_cut_for_a_stream_cancelled_in_the_same_pass_are_dropped(vad: Any) -> None:
+    """Cancelled, then cut in the same loop pass (before the waiter could
+    withdraw): its windows count as dropped, so the stream's summary adds up."""
+    (driver,) = drivers(vad, 1)
+    ticker = IngestTicker(0.1, sleep=ManualTicks().sleep)  # never ticks by itself
+
+    async def waiter() -> None:
+        await ticker.cut(driver, np.full(5 * 8000, 0.1, np.float32))  # 5 s: windows
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker.serve)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()  # the stream is cancelled...
+                batch, ticker._waiting = ticker._waiting, []
+                ticker.cut_now(batch)  # ...and the tick cuts its audio before it could withdraw
+        tg.cancel_scope.cancel()
+    assert driver.engine.windows == driver.engine.dropped_windows >= 1
+
+
 async def _cancel_soon(scope: anyio.CancelScope) -> None:
     await anyio.wait_all_tasks_blocked()
     scope.cancel()

@@ -31,7 +31,10 @@ class FakeConnection:
 
     async def recv(self) -> str:
         self.reads += 1
-        return await self._receive.receive()
+        try:  # like websockets: a queued message returns without yielding to the loop
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            return await self._receive.receive()
 
     def close(self) -> None:
         self.send.close()
@@ -100,11 +103,19 @@ async def test_a_drain_ends_a_pending_read_and_lets_a_handled_message_finish(con
     # A read pending when the drain begins ends at once.
     ws2 = connections()
     reader2 = MessageReader(ws2, drain2 := Drain(), idle_timeout_s=3600)
+    ended: list[bool] = []
+
+    async def run2() -> None:
+        await reader2.run(_never_called)
+        ended.append(True)
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reader2.run, _never_called)
+        tg.start_soon(run2)
         await anyio.wait_all_tasks_blocked()
-        assert ws2.reads == 1
+        assert ws2.reads == 1 and not ended
         drain2.begin()
+        await anyio.wait_all_tasks_blocked()
+        assert ended == [True]  # at once: nothing else happened in between
     assert not reader2.idle
 
 
@@ -127,6 +138,41 @@ async def test_a_message_arriving_as_the_drain_begins_is_still_handled(connectio
         ws.send.send_nowait("audio")  # completes the pending read...
         drain.begin()  # ...and the drain begins before the reader resumes
     assert handled == ["audio"] and ws.reads == 1 and not reader.idle
+
+
+async def test_a_message_arriving_as_the_idle_watch_fires_is_handled_and_reading_goes_on(
+    connections: Any,
+) -> None:
+    """The watch's verdict and a message land in the same loop pass: the
+    message is handled, the connection was not idle, and the reader reads on
+    under a new scope (here until a drain ends it)."""
+    ws, drain = connections(), Drain()
+    reader = MessageReader(ws, drain, idle_timeout_s=3600)  # the test gives the verdict itself
+    handled: list[str] = []
+    ended: list[bool] = []
+
+    async def handle(message: str) -> bool:
+        await anyio.lowlevel.checkpoint()  # where a cancelled scope would strike
+        handled.append(message)
+        return False
+
+    async def run() -> None:
+        await reader.run(handle)
+        ended.append(True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.wait_all_tasks_blocked()
+        ws.send.send_nowait("late")  # completes the pending read...
+        reader.expire()  # ...and the watch's verdict comes before the reader resumes
+        await anyio.wait_all_tasks_blocked()
+        assert handled == ["late"] and not reader.idle
+        assert ws.reads == 2 and not ended  # reading on
+        ws.send.send_nowait("next")
+        await anyio.wait_all_tasks_blocked()
+        assert handled == ["late", "next"]  # under the new scope
+        drain.begin()
+    assert ended == [True] and ws.reads == 3 and not reader.idle
 
 
 async def _never_called(message: Any) -> bool:

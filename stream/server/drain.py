@@ -72,6 +72,11 @@ class MessageReader:
         if self._reading_since is not None:
             self._scope.cancel()
 
+    def expire(self) -> None:
+        """No message came in time: end the pending read as idle (the watch's verdict)."""
+        self.idle = True
+        self._scope.cancel()
+
     async def run(self, handle: Callable[[Any], Awaitable[bool]]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
@@ -119,8 +124,7 @@ class MessageReader:
             since, now = self._reading_since, anyio.current_time()
             fired = self._scope.cancel_called
             if since is not None and not fired and now >= since + self.idle_timeout_s:
-                self.idle = True
-                self._scope.cancel()
+                self.expire()
                 fired = True
             # After a cancel, wait a whole timeout: the reader either ends or
             # reads on under a new scope, whose read began after the cancel.

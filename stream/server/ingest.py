@@ -15,8 +15,8 @@ a 1 s score-delay budget). What a stream is cut into does not depend on the tick
 gate decisions are the same as cutting each message alone.
 
 A bad chunk (NaN, a resampler error) fails only its own stream's request;
-a failure past that (the VAD itself) fails the tick's requests, never the
-ticker. A ticker that stops (the worker ends) cuts what still waits.
+a failure past that (the batched VAD and windowing) fails the tick's
+requests, never the ticker. A ticker that stops (the worker ends) cuts what still waits.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class _Request:
     done: anyio.Event = field(default_factory=anyio.Event)
     pending: list[PendingWindow] = field(default_factory=list)
     error: BaseException | None = None
+    #: The tick cut it (``pending`` holds its windows).
+    cut: bool = False
     #: The waiting task was cancelled (its stream ended): cut nothing.
     abandoned: bool = False
 
@@ -85,8 +87,11 @@ class IngestTicker:
         self._work.set()
         try:
             await request.done.wait()
-        finally:
-            request.abandoned = not request.done.is_set()
+        except BaseException:
+            request.abandoned = True  # not cut, or cut in the same pass: its windows are dropped
+            for pending in request.pending:
+                driver.engine.drop(pending)
+            raise
         if request.error is not None:
             raise request.error
         return request.pending
@@ -130,10 +135,12 @@ class IngestTicker:
                     request.error = exc
             else:
                 for request, pending in zip(ready, results, strict=True):
-                    request.pending = pending
+                    request.pending, request.cut = pending, True
             if live:
                 self.ticks += 1
                 self.requests += len(live)
         finally:
             for request in batch:
+                if not (request.cut or request.abandoned or request.error is not None):
+                    request.error = RuntimeError("the ingest tick failed")
                 request.done.set()
