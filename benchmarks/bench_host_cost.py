@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_server import client_main
 
 
-def build_ctx(streams: int) -> Any:
+def build_ctx(streams: int, ingest_tick_s: float | None = None) -> Any:
     """One worker's server as serve builds it, model replaced by an instant stand-in."""
     from spoofwatch.calibration.calfile import load_calibration
     from spoofwatch.stream.gate import SileroVad
@@ -52,14 +52,15 @@ def build_ctx(streams: int) -> Any:
     from spoofwatch.stream.server.selftest import probe_context
 
     live = load_calibration(model="aasist-l").live
-    return probe_context(live, SileroVad(), ServerConfig(), streams)
+    config = ServerConfig() if ingest_tick_s is None else ServerConfig(ingest_tick_s=ingest_tick_s)
+    return probe_context(live, SileroVad(), config, streams)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from spoofwatch.stream.server.app import WebSocketServer
     from spoofwatch.stream.server.selftest import measure_host_cost
 
-    ctx = build_ctx(args.streams)
+    ctx = build_ctx(args.streams, args.ingest_tick_s)
     # What admission control starts from (the supervisor's probe), in this process.
     startup = measure_host_cost(ctx.live, ctx.vad, ctx.config)
     profiler = cProfile.Profile() if args.profile else None
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream, sent at 1x")
     parser.add_argument("--frame-ms", type=int, default=100)
+    parser.add_argument("--ingest-tick-s", type=float, default=None, help="serve --ingest-tick-s")
     parser.add_argument("--profile", action="store_true", help="the event loop's cProfile")
     parser.add_argument("--profile-lines", type=int, default=30)
     parser.add_argument("--json", action="store_true")

@@ -62,6 +62,16 @@ def test_absurd_worker_counts_fail_before_the_model_loads(
     assert not any(tmp_path.iterdir())  # nothing was exported or fetched
 
 
+@pytest.mark.parametrize("tick", ["0", "-0.1", "2", "nan"])
+def test_a_bad_ingest_tick_fails_before_the_model_loads(
+    tick: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPOOFWATCH_HOME", str(tmp_path))
+    assert main(["serve", "--ingest-tick-s", tick]) == 2
+    assert "ingest_tick_s: expected a value in (0, 1] seconds" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_more_workers_than_streams_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--workers", "2", "--max-streams", "1"]) == 2
     assert "--workers 2 exceeds --max-streams 1" in capsys.readouterr().err

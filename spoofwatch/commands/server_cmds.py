@@ -58,6 +58,13 @@ def register(sub: Any) -> None:
         default=d.ingest_threads,
         help="threads per worker for resampling, VAD and windowing (default: anyio's shared pool of 40)",
     )
+    serve.add_argument(
+        "--ingest-tick-s",
+        type=float,
+        default=d.ingest_tick_s,
+        help=f"seconds between the cuts of a worker's live streams, all at once with the VAD batched "
+        f"(default {d.ingest_tick_s:g}; windows wait up to two ticks; longer ticks cost less CPU)",
+    )
     serve.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     serve.add_argument(
         "--max-batch-windows",
@@ -123,6 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         max_batch_windows=args.max_batch_windows,
         ingest_threads=args.ingest_threads,
+        ingest_tick_s=args.ingest_tick_s,
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout_s,
         max_stream_duration_s=args.max_stream_duration_s,

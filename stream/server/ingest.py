@@ -39,8 +39,10 @@ Sleep = Callable[[float], Awaitable[None]]
 
 #: Seconds between cuts of a worker's live streams (``ServerConfig.ingest_tick_s``).
 DEFAULT_TICK_S = 0.1
-#: Longest tick accepted: windows wait up to a tick before they are scored.
+#: Longest tick accepted: windows wait up to two ticks before they are scored.
 MAX_TICK_S = 1.0
+#: Ticks' worth of audio a stream may hand one tick (``IngestTicker.max_chunk_s``).
+TICK_CHUNKS = 4
 
 
 def check_tick_s(tick_s: float) -> None:
@@ -73,6 +75,13 @@ class IngestTicker:
         #: Ticks that cut something, and the requests they cut (for the tests and benchmarks).
         self.ticks = 0
         self.requests = 0
+
+    @property
+    def max_chunk_s(self) -> float:
+        """Audio (s) a live stream may hand one tick: about a tick's worth, two
+        after a frame that just missed its tick; four allow for a late tick.
+        More is an upload's or a stream far behind, cut in a thread instead."""
+        return TICK_CHUNKS * self.tick_s
 
     @property
     def running(self) -> bool:

@@ -149,7 +149,7 @@ class StreamSession:
                 while self.driver.backlogged():
                     await self._room_recv.receive()
                 audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
-                if audio.shape[0] <= INLINE_INGEST_MAX_S * self.driver.rate_hz and not ended:
+                if audio.shape[0] <= self._on_loop_max_s() * self.driver.rate_hz and not ended:
                     pending = await self._cut_on_loop(audio)
                 else:  # the final flush may hold a short stream's padding and resampler tail
                     pending = await anyio.to_thread.run_sync(
@@ -159,6 +159,13 @@ class StreamSession:
                 self.driver.enqueue(pending, last=ended)
                 self._dropped_to(self.driver.queued)
                 _ring(self._ready_send)
+
+    def _on_loop_max_s(self) -> float:
+        """Most audio (s) cut on the event loop: a live frame or two, or what a
+        live stream gathers between ingest ticks; more is an upload's (a thread's)."""
+        if self._ticker is None or not self._ticker.running:
+            return INLINE_INGEST_MAX_S
+        return max(INLINE_INGEST_MAX_S, self._ticker.max_chunk_s)
 
     async def _cut_on_loop(self, audio: npt.NDArray[np.float32]) -> list[PendingWindow]:
         """A live frame or two: at the worker's next ingest tick, with the other
