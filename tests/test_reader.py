@@ -83,12 +83,8 @@ async def test_a_drain_ends_a_pending_read_and_lets_a_handled_message_finish(con
         handled.append(message)
         return False
 
-    async def run() -> None:
-        await reader.run(handle)
-        finished.append(True)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
+        tg.start_soon(run_then_mark, reader, handle, finished)
         ws.send.send_nowait("fast")
         ws.send.send_nowait("slow")
         ws.send.send_nowait("never read")
@@ -104,13 +100,8 @@ async def test_a_drain_ends_a_pending_read_and_lets_a_handled_message_finish(con
     ws2 = connections()
     reader2 = MessageReader(ws2, drain2 := Drain(), idle_timeout_s=3600)
     ended: list[bool] = []
-
-    async def run2() -> None:
-        await reader2.run(_never_called)
-        ended.append(True)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(run2)
+        tg.start_soon(run_then_mark, reader2, _never_called, ended)
         await anyio.wait_all_tasks_blocked()
         assert ws2.reads == 1 and not ended
         drain2.begin()
@@ -125,19 +116,14 @@ async def test_a_message_arriving_as_the_drain_begins_is_still_handled(connectio
     its handler's first await."""
     ws, drain = connections(), Drain()
     reader = MessageReader(ws, drain, idle_timeout_s=3600)
-    handled: list[str] = []
-
-    async def handle(message: str) -> bool:
-        await anyio.lowlevel.checkpoint()  # where a cancelled scope would strike
-        handled.append(message)
-        return False
+    handle = CheckpointedHandler()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader.run, handle)
         await anyio.wait_all_tasks_blocked()
         ws.send.send_nowait("audio")  # completes the pending read...
         drain.begin()  # ...and the drain begins before the reader resumes
-    assert handled == ["audio"] and ws.reads == 1 and not reader.idle
+    assert handle.handled == ["audio"] and ws.reads == 1 and not reader.idle
 
 
 async def test_a_message_arriving_as_the_idle_watch_fires_is_handled_and_reading_goes_on(
@@ -148,31 +134,40 @@ async def test_a_message_arriving_as_the_idle_watch_fires_is_handled_and_reading
     under a new scope (here until a drain ends it)."""
     ws, drain = connections(), Drain()
     reader = MessageReader(ws, drain, idle_timeout_s=3600)  # the test gives the verdict itself
-    handled: list[str] = []
+    handle = CheckpointedHandler()
     ended: list[bool] = []
 
-    async def handle(message: str) -> bool:
-        await anyio.lowlevel.checkpoint()  # where a cancelled scope would strike
-        handled.append(message)
-        return False
-
-    async def run() -> None:
-        await reader.run(handle)
-        ended.append(True)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
+        tg.start_soon(run_then_mark, reader, handle, ended)
         await anyio.wait_all_tasks_blocked()
         ws.send.send_nowait("late")  # completes the pending read...
         reader.expire()  # ...and the watch's verdict comes before the reader resumes
         await anyio.wait_all_tasks_blocked()
-        assert handled == ["late"] and not reader.idle
+        assert handle.handled == ["late"] and not reader.idle
         assert ws.reads == 2 and not ended  # reading on
         ws.send.send_nowait("next")
         await anyio.wait_all_tasks_blocked()
-        assert handled == ["late", "next"]  # under the new scope
+        assert handle.handled == ["late", "next"]  # under the new scope
         drain.begin()
     assert ended == [True] and ws.reads == 3 and not reader.idle
+
+
+class CheckpointedHandler:
+    """Records each message after a checkpoint: where a cancelled scope would strike."""
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+
+    async def __call__(self, message: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        self.handled.append(message)
+        return False
+
+
+async def run_then_mark(reader: MessageReader, handle: Any, ended: list[bool]) -> None:
+    """``reader.run(handle)``, then a mark that it returned."""
+    await reader.run(handle)
+    ended.append(True)
 
 
 async def _never_called(message: Any) -> bool:
