@@ -159,10 +159,12 @@ class Engine:
         return self.windower.total_samples / SAMPLE_RATE_HZ
 
     def push(self, chunk: npt.NDArray[np.float32]) -> list[PendingWindow]:
-        """Feed 16 kHz mono float32 audio; returns windows in stream order."""
+        """Feed 16 kHz mono float32 audio; returns windows in stream order
+        (:func:`push_many` does the same for many streams at once)."""
         pending = []
         for part in self.parts(validate_chunk(chunk)):
-            self.gate.push(part)
+            self.gate.stage(part)
+            run_staged((self.gate,))
             pending += self.cut_windows(part)
         return pending
 
@@ -246,10 +248,11 @@ class LiveConfig:
 def push_many(
     engines: Sequence[Engine], chunks: Sequence[npt.NDArray[np.float32]]
 ) -> list[list[PendingWindow]]:
-    """``engine.push(chunk)`` for many streams at once, their VAD frames run in
-    batches across the streams (:func:`~spoofwatch.stream.gate.run_staged`):
-    the same windows and gate decisions as pushing each alone, for about half
-    the VAD's CPU time (a server worker's ingest tick)."""
+    """``Engine.push`` for many streams at once, the VAD frames run in
+    batches across the streams
+    (:func:`~spoofwatch.stream.gate.run_staged`): the same windows and gate
+    decisions as pushing each alone, for about half the VAD's CPU time (a
+    server worker's ingest tick)."""
     parts = [engine.parts(validate_chunk(chunk)) for engine, chunk in zip(engines, chunks, strict=True)]
     pending: list[list[PendingWindow]] = [[] for _ in engines]
     for k in range(max(map(len, parts), default=0)):

@@ -90,13 +90,6 @@ class SileroVad:
         )
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
 
-    def step(
-        self, frame_with_context: npt.NDArray[np.float32], state: npt.NDArray[np.float32]
-    ) -> tuple[float, npt.NDArray[np.float32]]:
-        # (1, 64 + 512) samples, state (2, 1, 128) -> speech probability, new state
-        probs, new_state = self.step_batch(frame_with_context, state)
-        return float(probs[0]), new_state
-
     def step_batch(
         self, frames_with_context: npt.NDArray[np.float32], states: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -111,7 +104,8 @@ class SileroVad:
 
 
 class SpeechGate:
-    """Per-stream gate: ``push(chunk)`` as audio arrives, ``assess(window)`` per window."""
+    """Per-stream gate: ``stage(chunk)`` as audio arrives, then :func:`run_staged`;
+    ``assess(window)`` per window."""
 
     def __init__(self, config: GateConfig, vad: SileroVad, history_frames: int) -> None:
         self.config = config
@@ -129,16 +123,9 @@ class SpeechGate:
         # (frame index, counts as speech) for the most recent frames
         self._frames: deque[tuple[int, bool]] = deque(maxlen=self._history_frames)
 
-    def push(self, chunk: npt.NDArray[np.float32]) -> None:
-        """Buffer ``chunk`` and run the VAD on every frame it completes."""
-        self.stage(chunk)
-        while self._staged:
-            prob, state = self._vad.step(self._staged[0][None], self._state)
-            self.record(prob, state)
-
     def stage(self, chunk: npt.NDArray[np.float32]) -> None:
         """Buffer ``chunk``; the frames it completes wait for the VAD
-        (:func:`run_staged` runs many streams' frames in one call)."""
+        (:func:`run_staged`, for one stream or many at once)."""
         pos = 0
         while pos < chunk.shape[0]:
             take = min(chunk.shape[0] - pos, VAD_FRAME_SAMPLES - self._filled)
@@ -184,7 +171,7 @@ def run_staged(gates: Sequence[SpeechGate]) -> None:
 
     Each round takes the oldest staged frame of every gate that has one (a
     gate's frames must go in order: the VAD's state is recurrent), so the
-    flags are exactly those each gate's own ``push`` would have set.
+    flags are exactly those of running each gate's frames alone.
     """
     waiting = [gate for gate in gates if gate._staged]
     while waiting:
@@ -198,6 +185,11 @@ def _run_round(gates: Sequence[SpeechGate]) -> None:
     for gate in gates:
         by_model.setdefault(id(gate._vad), []).append(gate)
     for group in by_model.values():
+        if len(group) == 1:  # one stream (a file, the microphone): nothing to stack
+            gate = group[0]
+            probs, new_state = gate._vad.step_batch(gate._staged[0][None], gate._state)
+            gate.record(float(probs[0]), new_state)
+            continue
         frames = np.stack([gate._staged[0] for gate in group])  # (B, 576)
         states = np.concatenate([gate._state for gate in group], axis=1)  # (2, B, 128)
         probs, new_states = group[0]._vad.step_batch(frames, states)

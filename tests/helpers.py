@@ -57,10 +57,10 @@ class FakeScorer:
 class FakeVad:
     """silero's interface: every frame louder than -40 dBFS is speech."""
 
-    def step(self, frame_with_context: Any, state: Any) -> tuple[float, Any]:
-        frame = frame_with_context[0, 64:]
-        rms = float(np.sqrt(np.mean(np.square(frame, dtype=np.float64))))
-        return (0.9 if rms > 0.01 else 0.0), state
+    def step_batch(self, frames_with_context: Any, states: Any) -> tuple[Any, Any]:
+        frames = frames_with_context[:, 64:]
+        rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
+        return np.where(rms > 0.01, 0.9, 0.0).astype(np.float32), states
 
 
 def offset_audio(seconds: float, offset: float, rng_seed: int = 0) -> Any:

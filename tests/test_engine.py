@@ -161,10 +161,6 @@ class CountingVad:
         self._vad = vad
         self.batch_sizes: list[int] = []
 
-    def step(self, frame: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
-        self.batch_sizes.append(1)
-        return self._vad.step(frame, state)  # type: ignore[no-any-return]
-
     def step_batch(self, frames: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.batch_sizes.append(frames.shape[0])
         return self._vad.step_batch(frames, states)  # type: ignore[no-any-return]
@@ -221,6 +217,6 @@ def test_a_batched_vad_row_equals_its_single_call(spoof_stream: np.ndarray, vad:
     states = np.random.default_rng(3).standard_normal((2, 24, 128)).astype(np.float32) * 0.3
     probs, new_states = vad.step_batch(frames, states)
     for i in range(24):
-        prob, state = vad.step(frames[i : i + 1], np.ascontiguousarray(states[:, i : i + 1]))
-        assert prob == probs[i] and np.array_equal(state, new_states[:, i : i + 1])
+        prob, state = vad.step_batch(frames[i : i + 1], np.ascontiguousarray(states[:, i : i + 1]))
+        assert prob[0] == probs[i] and np.array_equal(state, new_states[:, i : i + 1])
     assert 0.0 < probs.min() < probs.max() < 1.0

@@ -56,10 +56,10 @@ class StreamSession:
 
     * ``audio`` (reader -> ingest, ``INBOX_MESSAGES``): the ingest task cuts
       everything waiting in one call (resampling, VAD, windowing): on the
-      event loop when it is a live frame or two (``INLINE_INGEST_MAX_S``),
-      at the worker's next ingest tick together with the other streams
-      (:class:`~.ingest.IngestTicker`), else in a worker thread, so that an upload's large messages do not
-      stall the loop. A full inbox makes the reader wait, and TCP pushes
+      event loop when it is a live frame or two (``INLINE_INGEST_MAX_S``,
+      or a few ticks' worth), at the worker's next ingest tick together with
+      the other streams (:class:`~.ingest.IngestTicker`); else in a worker
+      thread, so that an upload's large messages do not stall the loop. A full inbox makes the reader wait, and TCP pushes
       back on the client: audio is never dropped;
     * ``ready`` (ingest -> scorer, capacity 1): windows were queued;
     * ``room`` (scorer -> ingest, capacity 1): a window left the queue.
@@ -160,19 +160,23 @@ class StreamSession:
                 self._dropped_to(self.driver.queued)
                 _ring(self._ready_send)
 
+    def _live_ticker(self) -> IngestTicker | None:
+        """The worker's ingest ticker while it serves."""
+        return self._ticker if self._ticker is not None and self._ticker.running else None
+
     def _on_loop_max_s(self) -> float:
         """Most audio (s) cut on the event loop: a live frame or two, or what a
         live stream gathers between ingest ticks; more is an upload's (a thread's)."""
-        if self._ticker is None or not self._ticker.running:
-            return INLINE_INGEST_MAX_S
-        return max(INLINE_INGEST_MAX_S, self._ticker.max_chunk_s)
+        ticker = self._live_ticker()
+        return INLINE_INGEST_MAX_S if ticker is None else max(INLINE_INGEST_MAX_S, ticker.max_chunk_s)
 
     async def _cut_on_loop(self, audio: npt.NDArray[np.float32]) -> list[PendingWindow]:
         """A live frame or two: at the worker's next ingest tick, with the other
         streams (once the ticker serves), else at once."""
-        if self._ticker is None or not self._ticker.running:
+        ticker = self._live_ticker()
+        if ticker is None:
             return self._cut(audio, False, on_loop=True)
-        pending = await self._ticker.cut(self.driver, audio)
+        pending = await ticker.cut(self.driver, audio)
         if self._observer is not None:  # the tick's CPU is the loop thread's
             self._observer.ingested(0.0, audio.shape[0] / self.driver.rate_hz)
         return pending
