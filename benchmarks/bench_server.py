@@ -12,7 +12,8 @@ Reports:
 * close codes (1000 done, 1013 refused: at capacity or overloaded, ...);
 * windows: scored, gated (no speech), dropped (stale, skipped to stay live), in %;
 * score delay, window end -> score event at the client, p50/p90/p99/max;
-* the server's CPU use (supervisor and workers, from /proc) in cores;
+* the server's CPU use (supervisor and workers, from /proc) in cores, and
+  the client processes' (on a box that serves and drives itself, their share);
 * the server's own view from ``GET /metrics`` (mean batch, refusals).
 
 It needs no network and finishes in about ``startup + seconds + 30 s``
@@ -117,6 +118,9 @@ async def _one_stream(url: str, audio: np.ndarray, start_at: float, frame: int) 
 def client_main(
     url: str, offsets: list[float], seconds: float, start_at: float, frame_ms: int, results: Any
 ) -> None:
+    """Send one real-time stream per offset; put ``{"streams": [...], "cpu_s": ...}``
+    (this process's CPU time while streaming: on a box that also serves, the
+    clients' share of its cores)."""
     corpus = load_corpus(max(offsets) + seconds + 1)
     n = int(seconds * RATE)
 
@@ -133,7 +137,9 @@ def client_main(
         ]
         return list(await asyncio.gather(*jobs))
 
-    results.put(asyncio.run(run()))
+    cpu0 = time.process_time()
+    streams = asyncio.run(run())
+    results.put({"streams": streams, "cpu_s": time.process_time() - cpu0})
 
 
 # ---- the server ------------------------------------------------------------------------
@@ -269,9 +275,9 @@ def scrape(port: int) -> dict[str, float]:
 
 def drive(
     url: str, n_streams: int, n_clients: int, args: argparse.Namespace, server_cpu: Any
-) -> tuple[list[dict[str, Any]], float]:
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Run ``n_streams`` real-time streams from ``n_clients`` processes; their results and the
-    server's CPU use meanwhile (cores)."""
+    CPU used meanwhile (cores) by the server and by the client processes."""
     mp = multiprocessing.get_context("spawn")
     results: Any = mp.Queue()
     offsets = [7.0 * i for i in range(n_streams)]  # a different stretch of speech per stream
@@ -287,12 +293,16 @@ def drive(
         p.start()
     cpu0, wall0 = server_cpu(), time.monotonic()
     streams: list[dict[str, Any]] = []
+    client_cpu_s = 0.0
     for _ in procs:
-        streams += results.get(timeout=args.seconds + 120)
-    cores = (server_cpu() - cpu0) / (time.monotonic() - wall0)
+        got = results.get(timeout=args.seconds + 120)
+        streams += got["streams"]
+        client_cpu_s += got["cpu_s"]
+    wall = time.monotonic() - wall0
+    cores = (server_cpu() - cpu0) / wall
     for p in procs:
         p.join()
-    return streams, cores
+    return streams, {"server": cores, "clients": client_cpu_s / wall}
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -437,7 +447,7 @@ def summarise(
     streams: list[dict[str, Any]],
     metrics: dict[str, float],
     startup_s: float,
-    cores: float,
+    cores: dict[str, float],
 ) -> dict[str, Any]:
     codes: dict[str, int] = {}
     reasons: dict[str, int] = {}
@@ -489,7 +499,8 @@ def summarise(
             "max": pct(100),
             "n": int(delays.size),
         },
-        "server_cpu_cores": round(cores, 2),
+        "server_cpu_cores": round(cores["server"], 2),
+        "client_cpu_cores": round(cores["clients"], 2),
         "machine_cores": os.cpu_count(),
         "server_mean_batch_windows": round(metrics.get("spoofwatch_batch_size_windows_sum", 0.0) / batches, 2)
         if batches
@@ -511,7 +522,8 @@ def print_report(r: dict[str, Any]) -> None:
         f"{r['dropped_windows']} dropped = {r['dropped_pct']} %)\n"
         f"score delay (window end -> score event): p50 {d['p50']} s, p90 {d['p90']} s, p99 {d['p99']} s, "
         f"max {d['max']} s over {d['n']} windows\n"
-        f"server CPU: {r['server_cpu_cores']} cores of {r['machine_cores']}; mean batch {r['server_mean_batch_windows']} windows\n"
+        f"server CPU: {r['server_cpu_cores']} cores of {r['machine_cores']} (clients: {r['client_cpu_cores']}); "
+        f"mean batch {r['server_mean_batch_windows']} windows\n"
         f"server refusals: {r['server_refused'] or 'none'}\n"
         f"workers' start-up timing (windows/s): {r['calibrated_windows_per_s']}; "
         f"bucket warm-up (s): {r['warmup_s'] or 'none'}; GPU memory used (MB): {r['gpu_memory_used_mb']}\n"

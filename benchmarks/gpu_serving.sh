@@ -7,6 +7,7 @@
 # On the GPU host, from the checkout root, with .devcarry carried along:
 #   benchmarks/gpu_serving.sh run [STEP...]   # default: checks 256 1024; JSON lines under $OUT (or /tmp/out)
 #   STEP: `checks` (benchmarks/gpu_checks.py: CUDA parity, batch cap, FP16, incremental),
+#         `memory` (benchmarks/gpu_memory.py: a worker's GPU memory, per-session vs shared arena),
 #         `profile` (benchmarks/gpu_step_profile.py: where a step's time goes) or a serving run,
 #         STREAMS[:FRAME_MS][:wWORKERS][:bMAX_BATCH][:iINGEST_THREADS][:noshed], e.g. 1024:100:w4:b32
 #   (SKIP_CHECKS=1: the default steps without `checks`)
@@ -66,6 +67,9 @@ run() {
         case $spec in
             checks)  # CUDA parity, batch cap, FP16, incremental (about a minute)
                 timeout 240 python3 benchmarks/gpu_checks.py --json | tee -a "$out/gpu_checks.jsonl" || echo "gpu_checks failed: $?"
+                continue ;;
+            memory)  # a worker's GPU memory, per-session arenas vs one shared arena (about a minute)
+                timeout 150 python3 benchmarks/gpu_memory.py --precision "${MEMORY_PRECISION:-fp16}" --json | tee -a "$out/gpu_memory.jsonl" || echo "gpu_memory failed: $?"
                 continue ;;
             profile)  # where a step's time goes: copies, cuDNN search, processes sharing the GPU
                 timeout 150 python3 benchmarks/gpu_step_profile.py ${PROFILE_ARGS:-} --json | tee -a "$out/gpu_step_profile.jsonl" || echo "profile failed: $?"

@@ -49,7 +49,7 @@ from .incremental import (
     hop_incompatibility,
     plan_for,
 )
-from .runtime import CUDA_MAX_BATCH_WINDOWS, Device, batch_cap, open_graph, validate_windows
+from .runtime import CUDA_MAX_BATCH_WINDOWS, Device, SessionLimits, batch_cap, open_graph, validate_windows
 from .shapes import BucketedSession
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class IncrementalModel:
         batch_streams: bool | None = None,
         allow_spinning: bool = False,
         shape_buckets: bool | None = None,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.plan = plan
         self.names = plan.state_names()
@@ -137,6 +138,7 @@ class IncrementalModel:
             paths.init,
             device,
             threads,
+            limits,
             allow_spinning=allow_spinning,
             cap=CUDA_MAX_FULL_PASS_STREAMS,
             buckets=shape_buckets,
@@ -145,6 +147,7 @@ class IncrementalModel:
             paths.step,
             device,
             threads,
+            limits,
             allow_spinning=allow_spinning,
             cap=CUDA_MAX_BATCH_WINDOWS,
             buckets=shape_buckets,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,9 +48,10 @@ _MAXPOOL_ELEMENTS_PER_WINDOW = 32 * 23 * 21_490
 #: power of two at or below half the theoretical limit: 64.
 CUDA_MAX_BATCH_WINDOWS = 1 << ((2**31 // (2 * _MAXPOOL_ELEMENTS_PER_WINDOW)).bit_length() - 1)
 #: Windows per ONNX Runtime call on the CPU. Peak RSS grows ~linearly with the
-#: batch (benchmarks/bench_memory.py), while windows/s is flat on the CPU, so a
-#: small cap bounds memory at no measurable cost in speed.
-CPU_MAX_BATCH_WINDOWS = 4
+#: batch while windows/s hardly moves (benchmarks/bench_memory.py, 2 cores, arena
+#: on: 7.8 / 8.1 / 8.1 windows/s and 0.60 / 0.92 / 1.57 GB for 1 / 2 / 4), so one
+#: window per call: the least memory at nearly the best speed.
+CPU_MAX_BATCH_WINDOWS = 1
 
 
 def batch_cap(device: str) -> int:
@@ -137,11 +139,23 @@ class SessionLimits:
     """ONNX Runtime memory settings (see benchmarks/bench_memory.py).
 
     ``cpu_arena``: ORT's CPU arena keeps the high-water mark of every call
-    allocated for the life of the session; without it, buffers go back to
-    the allocator after each call.
+    allocated for the life of the session. Without it, every call takes its
+    working memory (~130 MB per AASIST-L window) from the OS afresh and pays
+    ~33,000 page faults per window: 2 cores scored 5.3 windows/s one window
+    per call without the arena, 7.8 with it (0.43 vs 0.60 GB peak RSS), so
+    it is on; the CPU batch cap (:data:`CPU_MAX_BATCH_WINDOWS`) bounds what
+    it keeps.
     """
 
-    cpu_arena: bool = False
+    cpu_arena: bool = True
+    #: Every session of the process on the same provider draws from one arena
+    #: (ONNX Runtime's environment allocator, ``session.use_env_allocators``)
+    #: instead of one arena each. The batch buckets of a CUDA worker
+    #: (model/shapes.py) run one at a time on its scoring thread, so one
+    #: arena holds the largest bucket's activations, not the sum of all of
+    #: them (2x the largest for power-of-two buckets). Off until measured on
+    #: a GPU (``benchmarks/gpu_memory.py``).
+    shared_arena: bool = False
 
 
 def make_session(
@@ -172,6 +186,8 @@ def make_session(
         options.inter_op_num_threads = 1
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if limits.shared_arena:
+        _share_arena(options, providers[0] if isinstance(providers[0], str) else providers[0][0])
     if wants_cuda and hasattr(ort, "preload_dlls"):
         try:  # lets onnxruntime-gpu find CUDA/cuDNN shipped in pip wheels (e.g. torch's)
             ort.preload_dlls()
@@ -196,6 +212,36 @@ def make_session(
         )
     log.info("ONNX Runtime providers in use: %s", ", ".join(got))
     return session
+
+
+#: Providers whose shared arena this process has registered (once each).
+_SHARED_ARENAS: set[str] = set()
+_SHARED_ARENAS_LOCK = threading.Lock()
+
+
+def _share_arena(options: Any, provider: str) -> None:
+    """Make ``options`` draw from the process's one arena for ``provider``,
+    registering that arena with ONNX Runtime's environment on first use."""
+    import onnxruntime as ort
+
+    with _SHARED_ARENAS_LOCK:
+        if provider not in _SHARED_ARENAS:
+            # Grow by what is asked, as the per-session CUDA arenas do (CUDA_PROVIDER_OPTIONS).
+            arena = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # 1: kSameAsRequested
+            kind = ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR
+            try:
+                if provider == _CUDA:
+                    info = ort.OrtMemoryInfo("Cuda", kind, 0, ort.OrtMemType.DEFAULT)
+                    ort.create_and_register_allocator_v2(_CUDA, info, dict(CUDA_PROVIDER_OPTIONS), arena)
+                else:
+                    ort.create_and_register_allocator(
+                        ort.OrtMemoryInfo("Cpu", kind, 0, ort.OrtMemType.DEFAULT), arena
+                    )
+            except Exception as exc:
+                raise DeviceError(f"ONNX Runtime could not create a shared {provider} arena: {exc}") from None
+            _SHARED_ARENAS.add(provider)
+            log.info("sessions on %s share one memory arena", provider)
+    options.add_session_config_entry("session.use_env_allocators", "1")
 
 
 def open_graph(

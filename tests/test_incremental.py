@@ -30,6 +30,7 @@ from spoofwatch.cli import main
 from spoofwatch.commands.common import load_live_scoring
 from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
+from spoofwatch.model import runtime
 from spoofwatch.model.config import load_model_config
 from spoofwatch.model.export import ensure_onnx
 from spoofwatch.model.incremental import (
@@ -253,18 +254,20 @@ def test_stack_caps_per_device() -> None:
     assert stack_cap("cuda", full_pass=False) == CUDA_MAX_BATCH_WINDOWS == 64
     assert stack_cap("cuda", full_pass=True) == CUDA_MAX_FULL_PASS_STREAMS == 8
     assert sum(batch_buckets(CUDA_MAX_FULL_PASS_STREAMS)) == 15
-    assert stack_cap("cpu", full_pass=False) == stack_cap("cpu", full_pass=True) == batch_cap("cpu") == 4
+    assert stack_cap("cpu", full_pass=False) == stack_cap("cpu", full_pass=True) == batch_cap("cpu") == 1
 
 
 def test_stacked_calls_are_split_at_the_device_batch_cap(
     shared: Path,
     incremental: Callable[[str, int, bool], IncrementalModel],
     full_scorer: Callable[[str], OnnxScorer],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """More streams than one call may take (the CPU cap, 4; 64 on CUDA): full
-    passes, steps and the catch-up steps of streams that skipped windows
-    together go out in stacked calls of at most the cap, and every score
-    still equals full-window scoring."""
+    """More streams than one call may take (a cap of 4 here; the CPU's own is
+    1, 64 on CUDA): full passes, steps and the catch-up steps of streams that
+    skipped windows together go out in stacked calls of at most the cap, and
+    every score still equals full-window scoring."""
+    monkeypatch.setattr(runtime, "CPU_MAX_BATCH_WINDOWS", 4)
     inc = incremental("aasist-l", LIVE_HOP_SAMPLES, True)
     cap = batch_cap(inc.device)
     audios = [librispeech(shared, 6.0, first=3 * k) for k in range(cap + 2)]

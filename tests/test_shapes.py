@@ -21,11 +21,18 @@ from test_incremental import EXACT, librispeech
 
 from spoofwatch.constants import LIVE_HOP_SAMPLES, WINDOW_SAMPLES
 from spoofwatch.errors import InputError
+from spoofwatch.model import runtime
 from spoofwatch.model.config import load_model_config
 from spoofwatch.model.export import ensure_onnx
 from spoofwatch.model.incremental import ensure_incremental_onnx, plan_for
 from spoofwatch.model.incremental_runtime import IncrementalModel, stack_cap
-from spoofwatch.model.runtime import CUDA_MAX_BATCH_WINDOWS, OnnxScorer, make_session, open_graph
+from spoofwatch.model.runtime import (
+    CUDA_MAX_BATCH_WINDOWS,
+    OnnxScorer,
+    SessionLimits,
+    make_session,
+    open_graph,
+)
 from spoofwatch.model.shapes import BucketedSession, batch_buckets, wants_buckets
 
 #: An IR version the installed ONNX Runtime reads (onnx's newest may be ahead of it).
@@ -196,7 +203,7 @@ def test_full_window_scores_through_buckets_equal_unpadded_scores(shared: Path, 
     """The real AASIST-L graph: batches of 3 and 1 (padded to 4 and 1) score as unpadded calls do."""
     path = ensure_onnx("aasist-l")
     plain = OnnxScorer(path, "cpu", 2)
-    bucketed = OnnxScorer(path, "cpu", 2, shape_buckets=True)
+    bucketed = OnnxScorer(path, "cpu", 2, shape_buckets=True, max_batch_windows=4)
     bucketed.session, spies = spied(path, cap=4)
     audio = librispeech(shared, 8.0, first=0)
     windows = np.stack([audio[k * 16_000 :][:WINDOW_SAMPLES] for k in range(4)])
@@ -206,10 +213,34 @@ def test_full_window_scores_through_buckets_equal_unpadded_scores(shared: Path, 
     assert rows_seen(bucketed.session, spies) == {1: {1}, 4: {4}}
 
 
-def test_incremental_calls_of_changing_size_through_buckets_stay_exact(shared: Path, sw_home: Path) -> None:
+def test_buckets_sharing_one_arena_score_as_separate_arenas_do(shared: Path, sw_home: Path) -> None:
+    """``SessionLimits(shared_arena=True)``: every bucket's session draws from
+    the process's one arena (what a CUDA worker would do to hold the largest
+    bucket's activations instead of the sum; benchmarks/gpu_memory.py
+    measures the memory). Calls of changing size through it score exactly
+    as unshared sessions do."""
+    path = ensure_onnx("aasist-l")
+    plain = OnnxScorer(path, "cpu", 2)
+    sharing = OnnxScorer(
+        path, "cpu", 2, shape_buckets=True, max_batch_windows=4, limits=SessionLimits(shared_arena=True)
+    )
+    assert "CPUExecutionProvider" in runtime._SHARED_ARENAS
+    audio = librispeech(shared, 8.0, first=6)
+    windows = np.stack([audio[k * 12_000 :][:WINDOW_SAMPLES] for k in range(6)])
+    got = np.concatenate(
+        [sharing.scores(windows[:3]), sharing.scores(windows[3:4]), sharing.scores(windows[4:])]
+    )
+    assert sharing.session.opened == (1, 2, 4)
+    assert np.abs(got - plain.scores(windows)).max() <= EXACT
+
+
+def test_incremental_calls_of_changing_size_through_buckets_stay_exact(
+    shared: Path, sw_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three streams whose stacked calls change size (a first pass of 3, steps of
     2, a catch-up round of 1, steps of 3): every step session sees one size, and
     the scores equal full-window scoring and unbucketed incremental scoring."""
+    monkeypatch.setattr(runtime, "CPU_MAX_BATCH_WINDOWS", 4)  # stacked as on a GPU (the CPU's cap is 1)
     hop = LIVE_HOP_SAMPLES
     paths = ensure_incremental_onnx("aasist-l", hop, None, "fp32")
     plan = plan_for(load_model_config("aasist-l"), hop)
