@@ -214,18 +214,22 @@ def make_session(
     return session
 
 
-#: Providers whose shared arena this process has registered (once each).
-_SHARED_ARENAS: set[str] = set()
+#: Per provider, whether this process registered its shared arena (tried once each).
+_SHARED_ARENAS: dict[str, bool] = {}
 _SHARED_ARENAS_LOCK = threading.Lock()
 
 
 def _share_arena(options: Any, provider: str) -> None:
     """Make ``options`` draw from the process's one arena for ``provider``,
-    registering that arena with ONNX Runtime's environment on first use."""
+    registering that arena with ONNX Runtime's environment on first use.
+    Where it cannot be created (e.g. ``--device auto`` without usable CUDA
+    libraries), the session keeps an arena of its own: a memory saving is
+    not worth failing to score."""
     import onnxruntime as ort
 
     with _SHARED_ARENAS_LOCK:
         if provider not in _SHARED_ARENAS:
+            _SHARED_ARENAS[provider] = False
             # Grow by what is asked, as the per-session CUDA arenas do (CUDA_PROVIDER_OPTIONS).
             arena = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # 1: kSameAsRequested
             kind = ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR
@@ -238,9 +242,14 @@ def _share_arena(options: Any, provider: str) -> None:
                         ort.OrtMemoryInfo("Cpu", kind, 0, ort.OrtMemType.DEFAULT), arena
                     )
             except Exception as exc:
-                raise DeviceError(f"ONNX Runtime could not create a shared {provider} arena: {exc}") from None
-            _SHARED_ARENAS.add(provider)
-            log.info("sessions on %s share one memory arena", provider)
+                log.warning(
+                    "ONNX Runtime could not create a shared %s arena (%s): one per session", provider, exc
+                )
+            else:
+                _SHARED_ARENAS[provider] = True
+                log.info("sessions on %s share one memory arena", provider)
+        if not _SHARED_ARENAS[provider]:
+            return
     options.add_session_config_entry("session.use_env_allocators", "1")
 
 

@@ -224,7 +224,7 @@ def test_buckets_sharing_one_arena_score_as_separate_arenas_do(shared: Path, sw_
     sharing = OnnxScorer(
         path, "cpu", 2, shape_buckets=True, max_batch_windows=4, limits=SessionLimits(shared_arena=True)
     )
-    assert "CPUExecutionProvider" in runtime._SHARED_ARENAS
+    assert runtime._SHARED_ARENAS["CPUExecutionProvider"]  # registered: the sessions share it
     audio = librispeech(shared, 8.0, first=6)
     windows = np.stack([audio[k * 12_000 :][:WINDOW_SAMPLES] for k in range(6)])
     got = np.concatenate(
