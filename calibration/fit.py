@@ -32,7 +32,7 @@ def threshold_for(table: ScoreTable, target: str, rate: float | None = None) -> 
     """
     bona, spoof = table.by_label("bonafide"), table.by_label("spoof")
     if target == "eer":
-        return eer(bona, spoof)[1]
+        return _accepting_above(eer(bona, spoof)[1], np.concatenate([bona, spoof]))
     if rate is None or not 0.0 <= rate < 1.0:
         raise InputError(f"target {target!r} needs --rate in [0, 1), got {rate}")
     if target == "bonafide-false-alarm":
@@ -44,6 +44,18 @@ def threshold_for(table: ScoreTable, target: str, rate: float | None = None) -> 
             raise CalibrationError("no spoof scores to set a miss rate from")
         return float(np.nextafter(np.quantile(spoof, 1.0 - rate, method="higher"), np.inf))
     raise InputError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+
+
+def _accepting_above(det_threshold: float, scores: npt.NDArray[np.float64]) -> float:
+    """A "bona fide if >=" threshold that realises the DET curve's ``det_threshold``
+    (which rejects scores <= it, and is a dev score itself): halfway to the next
+    dev score up. The next float up would do for exact scores, but score files
+    round to 6 decimals, and a score rounded down onto the threshold would be
+    accepted at run time."""
+    above = scores[scores > det_threshold]
+    if above.size == 0:
+        return float(np.nextafter(det_threshold, np.inf))
+    return float((det_threshold + above.min()) / 2)
 
 
 def with_threshold(base: Calibration, threshold: float, provenance: dict[str, Any]) -> Calibration:

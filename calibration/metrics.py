@@ -83,6 +83,11 @@ def min_tdcf(bonafide: Array, spoof: Array, asv: AsvScores, cost: CostModel = Co
     c2 = cost.c_fa_cm * cost.p_spoof * (1 - p_miss_spoof_asv)
     if c1 < 0 or c2 < 0:
         raise CalibrationError("t-DCF weights are negative: the ASV error rates look wrong")
+    if min(c1, c2) == 0:  # the normalisation divides by it
+        raise CalibrationError(
+            "the t-DCF is undefined for these ASV scores: "
+            + ("the ASV rejects every spoof at its EER threshold" if c2 == 0 else "its miss cost cancels out")
+        )
     miss_cm, fa_cm, _ = det_curve(bonafide, spoof)
     curve = (c1 * miss_cm + c2 * fa_cm) / min(c1, c2)
     return float(np.min(curve))

@@ -37,10 +37,16 @@ def _lines(path: Path) -> list[tuple[int, list[str]]]:
 def parse_protocol(path: Path) -> list[Trial]:
     """Parse a CM protocol; a malformed line is an error naming file, line and format."""
     trials = []
+    first_line: dict[str, int] = {}
     for lineno, fields in _lines(path):
         if len(fields) != 5 or fields[4] not in LABELS:
             raise DatasetError(
                 f"{path}:{lineno}: expected 'SPEAKER UTT_ID - ATTACK|- bonafide|spoof', got {' '.join(fields)!r}"
+            )
+        if (seen := first_line.setdefault(fields[1], lineno)) != lineno:
+            # Scored twice, it would count twice in every rate.
+            raise DatasetError(
+                f"{path}:{lineno}: utterance {fields[1]} is listed again (first on line {seen})"
             )
         trials.append(Trial(fields[0], fields[1], fields[3], fields[4]))
     if not trials:

@@ -5,7 +5,10 @@ the score file, flushed after every batch, and window scores at the stream
 hop to ``<scores>.windows.jsonl`` beside it (``hop_s=0``: the first window
 only, which is all that EER, min t-DCF and ``calibrate fit`` read: files
 longer than one window then cost one window, not one per hop). A rerun skips utterances
-already in the score file, so a killed run loses at most the batch in flight.
+already in the score file, so a killed run loses at most the batch in flight;
+a partial last line (a run killed mid-write) is cut first. An utterance that
+cannot be decoded, or whose score is not finite, is reported as failed and
+not written.
 """
 
 from __future__ import annotations
@@ -43,9 +46,35 @@ class ScoreRun:
 
 
 def already_scored(path: Path) -> set[str]:
+    """Utterances with a complete score line (4 fields, a finite score) in ``path``."""
     if not path.is_file():
         return set()
-    return {line.split()[0] for line in path.read_text("utf-8").splitlines() if len(line.split()) == 4}
+    done = set()
+    for line in path.read_text("utf-8").splitlines():
+        fields = line.split()
+        if len(fields) == 4 and _finite(fields[3]):
+            done.add(fields[0])
+    return done
+
+
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def drop_partial_line(path: Path) -> None:
+    """Cut a last line that has no newline (a run killed mid-write, a full disk):
+    appending to it would merge two records, and it may hold a cut-off score."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropping a partial last line: %r", path, data[keep:][:80])
+            fh.truncate(keep)
 
 
 def check_hop_s(hop_s: float) -> None:
@@ -69,13 +98,16 @@ def score_dataset(
     from tqdm import tqdm
 
     check_hop_s(hop_s)
+    windows_path = out.with_name(out.name + ".windows.jsonl")
+    for path in (out, windows_path):
+        drop_partial_line(path)
     done = already_scored(out)
     todo = [t for t in dataset.trials if t.utt not in done]
+    skipped = len(dataset.trials) - len(todo)
     hop = max(1, round(hop_s * SAMPLE_RATE_HZ)) if hop_s > 0 else None
     failed: list[str] = []
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    windows_path = out.with_name(out.name + ".windows.jsonl")
     with (
         out.open("a", encoding="utf-8") as scores_fh,
         windows_path.open("a", encoding="utf-8") as windows_fh,
@@ -105,9 +137,9 @@ def score_dataset(
         len(todo),
         elapsed,
         rate,
-        len(done),
+        skipped,
     )
-    return ScoreRun(len(todo) - len(failed), len(done), failed, rate)
+    return ScoreRun(len(todo) - len(failed), skipped, failed, rate)
 
 
 def _decode(path: Path) -> np.ndarray | AudioError:
@@ -147,10 +179,17 @@ def _score_batch(
         per_file.setdefault(owner, []).append(score)
     for i, file_scores in per_file.items():
         t = batch[i]
-        # The first window is the official evaluation input.
-        scores_fh.write(f"{t.utt} {t.attack} {t.label} {file_scores[0]:.6f}\n")
+        if not all(math.isfinite(x) for x in file_scores):  # a model card's model, say
+            log.warning("%s: the model returned a non-finite score; not written", t.utt)
+            failed.append(t.utt)
+            continue
+        # The window scores first: the score line marks the utterance done, so
+        # a run cut between the two rescores it (its windows line then comes
+        # twice; the last one counts) rather than leaving it without one.
         windows_fh.write(
             json.dumps({"utt": t.utt, "hop_s": (hop or 0) / SAMPLE_RATE_HZ, "scores": file_scores}) + "\n"
         )
+        windows_fh.flush()
+        # The first window is the official evaluation input.
+        scores_fh.write(f"{t.utt} {t.attack} {t.label} {file_scores[0]:.6f}\n")
     scores_fh.flush()
-    windows_fh.flush()

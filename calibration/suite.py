@@ -171,7 +171,9 @@ def run_variant(
     for stream_name, audio, spans in genuine_streams(genuine, cfg.stream_seconds):
         tr = trace(Conversation(stream_name, audio, None), engine, scorer)
         result.genuine_traces.append(tr)
-        scored = [(t_end - window_s / 2, s) for t_end, s in tr.windows if s is not None]
+        # A window belongs to the utterance under the middle of the audio it holds
+        # (a stream shorter than a window is one padded window ending at its end).
+        scored = [((max(0.0, t_end - window_s) + t_end) / 2, s) for t_end, s in tr.windows if s is not None]
         for utt, start, end in spans:
             inside = [s for mid, s in scored if start / SAMPLE_RATE_HZ <= mid < end / SAMPLE_RATE_HZ]
             if inside:
@@ -357,7 +359,7 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
     for kind, v in first["eer_by_kind"].items():
         lines.append(
             f"| kind {kind} | {v['n']} | "
-            + " | ".join(fmt(s["eer_by_kind"][kind]["eer_percent"]) for s in summaries)
+            + " | ".join(fmt(s["eer_by_kind"].get(kind, {}).get("eer_percent")) for s in summaries)
             + " | "
             + " | ".join("" for _ in summaries)
             + " |"
@@ -365,7 +367,7 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
     for system, v in first["eer_by_system"].items():
         lines.append(
             f"| {system} | {v['n']} | "
-            + " | ".join(fmt(s["eer_by_system"][system]["eer_percent"]) for s in summaries)
+            + " | ".join(fmt(s["eer_by_system"].get(system, {}).get("eer_percent")) for s in summaries)
             + " | "
             + " | ".join(fmt(s["at_target"]["detection_by_system"].get(system), True) for s in summaries)
             + " |"
@@ -373,7 +375,9 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
     for corpus, v in first["eer_by_genuine_corpus"].items():
         lines.append(
             f"| genuine: {corpus} | {v['n']} | "
-            + " | ".join(fmt(s["eer_by_genuine_corpus"][corpus]["eer_percent"]) for s in summaries)
+            + " | ".join(
+                fmt(s["eer_by_genuine_corpus"].get(corpus, {}).get("eer_percent")) for s in summaries
+            )
             + " | "
             + " | ".join("" for _ in summaries)
             + " |"

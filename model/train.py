@@ -37,7 +37,7 @@ from spoofwatch.calibration.dataset import check_dataset
 from spoofwatch.calibration.metrics import eer
 from spoofwatch.calibration.protocol import Trial
 from spoofwatch.constants import WINDOW_SAMPLES
-from spoofwatch.errors import ModelError
+from spoofwatch.errors import DatasetError, ModelError
 
 from .aasist import AASIST
 from .runtime import batch_cap
@@ -56,6 +56,10 @@ class Progress:
     best_eer: float = math.inf
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Training loss of the current epoch so far (checkpointed: an epoch resumed
+    #: mid-way still reports the mean over all its batches).
+    epoch_loss_sum: float = 0.0
+    epoch_loss_batches: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,12 @@ class Trainer:
             raise ModelError("training config asks for device 'cuda' but torch sees no GPU")
         self.train_set = check_dataset(config.train_protocol, config.train_audio_dir)
         self.dev_set = check_dataset(config.dev_protocol, config.dev_audio_dir)
+        dev_labels = {t.label for t in self.dev_set.trials}
+        if dev_labels != {"bonafide", "spoof"}:  # its EER, after every epoch, needs both
+            raise DatasetError(
+                f"{config.dev_protocol}: the dev set needs bona fide and spoof utterances, "
+                f"got only {', '.join(sorted(dev_labels))}"
+            )
         torch.manual_seed(config.seed)
         self.model_config = config.model_config()
         self.model = self._build_model(init, init_weights).to(self.device)
@@ -114,6 +124,13 @@ class Trainer:
         self.progress = Progress()
         self.out_dir = config.out_dir
         self.ckpt_dir = self.out_dir / "checkpoints"
+        if not resume and self.checkpoints():
+            # A second run here would rotate its own checkpoints away (the old
+            # run's steps sort after them) and mix both runs' metrics.
+            raise ModelError(
+                f"{self.ckpt_dir} holds another run's checkpoints: pass --resume to continue it, "
+                "or choose a new out_dir"
+            )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self._stop = False
         if resume:
@@ -184,6 +201,32 @@ class Trainer:
             self.progress.epoch,
             self.progress.batch,
         )
+        self._cut_metrics_to_checkpoint()
+
+    def _cut_metrics_to_checkpoint(self) -> None:
+        """Drop the records of steps and epochs after the checkpoint (a run that
+        crashed between checkpoints logged them, and they are about to be run again)."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        p = self.progress
+        lines = path.read_text("utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut off by the crash
+                continue
+            if record.get("type") == "step" and record.get("step", 0) > p.global_step:
+                continue
+            if record.get("type") == "epoch" and record.get("epoch", 0) >= p.epoch:
+                continue
+            kept.append(line)
+        if len(kept) != len(lines):
+            log.info("metrics.jsonl: dropped %d records logged after the checkpoint", len(lines) - len(kept))
+            tmp = path.with_suffix(".partial")
+            tmp.write_text("".join(kept), "utf-8")
+            tmp.replace(path)
 
     # ---- data --------------------------------------------------------------
 
@@ -277,7 +320,6 @@ class Trainer:
         with self._stop_on_signals(), ThreadPoolExecutor(self.config.decode_workers) as pool:
             while p.epoch < self.config.epochs:
                 batches = self.epoch_batches(p.epoch)
-                losses: list[float] = []
                 started = time.perf_counter()
                 bar = tqdm(
                     total=len(batches),
@@ -290,7 +332,8 @@ class Trainer:
                     loss = self.train_step(*self.load_batch(pool, p.epoch, batches[p.batch]))
                     if not math.isfinite(loss):
                         raise ModelError(f"training loss became {loss} at step {p.global_step}")
-                    losses.append(loss)
+                    p.epoch_loss_sum += loss
+                    p.epoch_loss_batches += 1
                     p.batch += 1
                     p.global_step += 1
                     done_this_call += 1
@@ -310,10 +353,10 @@ class Trainer:
                         self.save_checkpoint()
                         return TrainResult(True, p, self._best_path(), None)
                 bar.close()
-                self._end_epoch(pool, losses, time.perf_counter() - started)
+                self._end_epoch(pool, time.perf_counter() - started)
         return TrainResult(False, p, self._best_path(), self._export_best())
 
-    def _end_epoch(self, pool: ThreadPoolExecutor, losses: list[float], seconds: float) -> None:
+    def _end_epoch(self, pool: ThreadPoolExecutor, seconds: float) -> None:
         p = self.progress
         dev = self.dev_eer(pool)
         if dev < p.best_eer:
@@ -324,7 +367,7 @@ class Trainer:
         record = {
             "type": "epoch",
             "epoch": p.epoch,
-            "train_loss": float(np.mean(losses)) if losses else None,
+            "train_loss": p.epoch_loss_sum / p.epoch_loss_batches if p.epoch_loss_batches else None,
             "dev_eer_percent": dev,
             "best_eer_percent": p.best_eer,
             "best_epoch": p.best_epoch,
@@ -334,6 +377,7 @@ class Trainer:
         p.history.append(record)
         p.epoch += 1
         p.batch = 0
+        p.epoch_loss_sum, p.epoch_loss_batches = 0.0, 0
         self.save_checkpoint()
         self._emit(record)
 

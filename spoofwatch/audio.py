@@ -32,7 +32,14 @@ def resample(audio: FloatArray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -
         return audio
     import soxr
 
-    return np.asarray(soxr.resample(audio, rate_hz, target_hz, quality="HQ"), dtype=np.float32)
+    return _within_bound(np.asarray(soxr.resample(audio, rate_hz, target_hz, quality="HQ"), dtype=np.float32))
+
+
+def _within_bound(audio: FloatArray) -> FloatArray:
+    """Resampled audio clipped to ±:data:`MAX_ABS_SAMPLE`: the input passed that
+    check, but the filter rings past it (a ±99.9 square wave at 48 kHz comes out
+    at ±117), and the engine would refuse what the client did right."""
+    return np.clip(audio, -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE, out=audio)
 
 
 class StreamResampler:
@@ -62,7 +69,7 @@ class StreamResampler:
         if self._stream is None:
             return chunk
         out = self._stream.resample_chunk(np.ascontiguousarray(chunk, dtype=np.float32), last=last)  # type: ignore[attr-defined]
-        return np.asarray(out, dtype=np.float32)
+        return _within_bound(np.asarray(out, dtype=np.float32))
 
 
 #: Sample rates (Hz) accepted from files and streams: below 4 kHz is not speech
@@ -182,7 +189,10 @@ def read_audio(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
         raise AudioError(f"{path}: audio is empty (0 samples)")
     if (problem := sample_problem(frames)) is not None:
         raise AudioError(f"{path}: {problem}")
-    return resample(to_mono(frames), int(rate), target_hz)
+    audio = resample(to_mono(frames), int(rate), target_hz)
+    if audio.size == 0:  # a handful of samples at a high rate
+        raise AudioError(f"{path}: {frames.shape[0]} samples at {rate} Hz are none at {target_hz} Hz")
+    return audio
 
 
 def official_window(audio: FloatArray, window_samples: int = WINDOW_SAMPLES) -> FloatArray:

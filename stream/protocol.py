@@ -87,7 +87,8 @@ def parse_json(message: str | bytes, what: str, key: str = "type") -> dict[str, 
         )
     try:
         data = json.loads(message)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, and what the decoder raises
+        # for an integer past Python's digit limit or for arrays nested deeper than its stack
         raise ProtocolError(
             f"expected a JSON {what} message, got {message[:60]!r}", CloseCode.INVALID_PAYLOAD
         ) from None
@@ -152,8 +153,25 @@ class NativeProtocol:
         return [StreamStop()]
 
 
+#: Longest streamSid/callSid kept (Twilio's are 34 characters): they tag every event.
+TWILIO_SID_MAX_CHARS = 128
+
+
+def _object(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """``data[key]``, a JSON object (absent or null: empty)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(
+            f"expected {where}{key} to be a JSON object, got {type(value).__name__}",
+            CloseCode.INVALID_PAYLOAD,
+        )
+    return value
+
+
 def _check_media_format(start: dict[str, Any]) -> None:
-    fmt = start.get("mediaFormat") or {}
+    fmt = _object(start, "mediaFormat", "start.")
     if (
         fmt.get("encoding") != "audio/x-mulaw"
         or fmt.get("sampleRate") != TWILIO_RATE_HZ
@@ -189,21 +207,35 @@ class TwilioProtocol:
         if self.stopped:
             raise ProtocolError(f"expected nothing after stop, got {kind!r}", CloseCode.PROTOCOL_ERROR)
         if kind == "start" and not self.tracks:
-            start = data.get("start") or {}
+            start = _object(data, "start", "")
             _check_media_format(start)
             stream_sid = data.get("streamSid") or start.get("streamSid")
             if not isinstance(stream_sid, str) or not stream_sid:
                 raise ProtocolError(
                     "expected a string streamSid in the start message", CloseCode.PROTOCOL_ERROR
                 )
-            tracks = [t for t in (start.get("tracks") or ["inbound"]) if t in TWILIO_TRACKS] or ["inbound"]
+            if len(stream_sid) > TWILIO_SID_MAX_CHARS:  # it tags every event of the stream
+                raise ProtocolError(
+                    f"expected a streamSid of at most {TWILIO_SID_MAX_CHARS} characters, got {len(stream_sid)}",
+                    CloseCode.INVALID_PAYLOAD,
+                )
+            announced = start.get("tracks") or ["inbound"]
+            if not isinstance(announced, list):
+                raise ProtocolError(
+                    f"expected start.tracks to be a list, got {type(announced).__name__}",
+                    CloseCode.INVALID_PAYLOAD,
+                )
+            tracks = [t for t in announced if isinstance(t, str) and t in TWILIO_TRACKS] or ["inbound"]
             self.tracks = tuple(dict.fromkeys(tracks))
-            tags = {"callSid": start.get("callSid"), "streamSid": stream_sid}
+            call_sid = start.get("callSid")
+            if not (isinstance(call_sid, str) and len(call_sid) <= TWILIO_SID_MAX_CHARS):
+                call_sid = None  # informative only: not worth refusing a call, nor copying into every event
+            tags = {"callSid": call_sid, "streamSid": stream_sid}
             return [StreamStart(t, TWILIO_RATE_HZ, {**tags, "track": t}) for t in self.tracks]
         if kind == "media":
             if not self.tracks:
                 raise ProtocolError("media arrived before start", CloseCode.PROTOCOL_ERROR)
-            media = data.get("media") or {}
+            media = _object(data, "media", "")
             track = media.get("track", "inbound")
             if track not in self.tracks:
                 raise ProtocolError(

@@ -12,8 +12,11 @@ import pytest
 from helpers import BONAFIDE_UTT, SPOOF_UTTS, genuine_then_spoof
 
 from spoofwatch.calibration.calfile import load_calibration
-from spoofwatch.calibration.protocol import parse_protocol, read_scores
+from spoofwatch.calibration.fit import threshold_for
+from spoofwatch.calibration.metrics import eer, min_tdcf
+from spoofwatch.calibration.protocol import AsvScores, ScoreTable, parse_protocol, read_scores
 from spoofwatch.cli import main
+from spoofwatch.constants import WINDOW_SAMPLES
 from spoofwatch.errors import CalibrationError, ConfigError, DatasetError
 
 OFFICIAL = {
@@ -110,7 +113,9 @@ def test_score_fit_and_load_end_to_end(
     cal_path = tmp_path / "calibration.toml"
     assert main(["calibrate", "fit", "--scores", str(out), "--target", "eer", "--out", str(cal_path)]) == 0
     cal = load_calibration(cal_path, model="aasist-l")
-    assert max(table.by_label("spoof")) <= cal.verdict_threshold <= bona
+    # Verdicts are "bona fide if >= threshold": the fitted EER (0 %) must hold, the
+    # highest spoof score (the DET threshold) included.
+    assert max(table.by_label("spoof")) < cal.verdict_threshold <= bona
     assert cal.policy.enter_threshold == cal.verdict_threshold
     assert cal.provenance["metrics"]["eer_percent"] == 0.0
     assert (
@@ -399,3 +404,95 @@ def test_streaming_calibration_and_report(
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     starts = [e["t"] for e in events if e["type"] == "alert_start"]
     assert starts and all(t > 9.0 for t in starts)
+
+
+def test_eer_threshold_realises_the_eer_it_reports(tmp_path: Path) -> None:
+    """``calibrate fit --target eer``: the calibration accepts scores >= its
+    threshold, the DET curve rejects scores <= it. At the fitted threshold the
+    dev scores must fall where the EER counted them, the one on the DET
+    threshold included, also when the score file rounded it down."""
+    cases = [([6.85], [-3.0, -1.0, 0.5]), ([0.0, 1.0, 2.0, 3.0, 4.0], [-2.0, -1.0, 0.5, 1.5, 2.5])]
+    for bona_list, spoof_list in cases:
+        bona, spoof = np.array(bona_list), np.array(spoof_list)
+        table = ScoreTable(
+            [f"b{i}" for i in range(bona.size)] + [f"s{i}" for i in range(spoof.size)],
+            ["-"] * bona.size + ["A01"] * spoof.size,
+            ["bonafide"] * bona.size + ["spoof"] * spoof.size,
+            np.concatenate([bona, spoof]),
+        )
+        reported, det_threshold = eer(bona, spoof)
+        threshold = threshold_for(table, "eer")
+        rejected, accepted = np.mean(bona < threshold), np.mean(spoof >= threshold)
+        assert (rejected + accepted) / 2 == pytest.approx(reported)
+        # A score rounded to 6 decimals onto the DET threshold: the true one is up to 5e-7 higher.
+        assert det_threshold + 5e-7 < threshold
+
+
+def test_min_tdcf_undefined_is_an_error_not_nan() -> None:
+    """An ASV that rejects every spoof at its EER threshold zeroes the t-DCF's
+    normalisation: a clear error, never NaN in a JSON report."""
+    asv = AsvScores(target=np.array([5.0, 6.0]), nontarget=np.array([-5.0, -6.0]), spoof=np.array([-9.0]))
+    with pytest.raises(CalibrationError, match="rejects every spoof"):
+        min_tdcf(np.array([3.0, 4.0]), np.array([-1.0, 0.0]), asv)
+
+
+class _ScoresByContent:
+    """A stand-in model: a score from each window's content, NaN for the
+    windows of one utterance (as a broken model card's model might)."""
+
+    window_samples = WINDOW_SAMPLES
+
+    def __init__(self, nan_for: np.ndarray | None = None) -> None:
+        self.nan_for = nan_for
+
+    def scores(self, windows: np.ndarray) -> np.ndarray:
+        out = np.abs(windows).mean(axis=1).astype(np.float32) * 100
+        if self.nan_for is not None:
+            out[[np.array_equal(w, self.nan_for) for w in windows]] = np.nan
+        return out
+
+
+def test_score_dataset_repairs_a_cut_last_line_and_reports_what_it_cannot_score(
+    shared: Path, tmp_path: Path
+) -> None:
+    """A run cut mid-line resumes to the file an uncut run writes; a file that
+    resamples to no samples and a non-finite score are failures of their own
+    utterance, never of the run, and never written; a protocol listing an
+    utterance twice is refused."""
+    import soundfile
+
+    from spoofwatch.audio import official_window, read_audio
+    from spoofwatch.calibration.dataset import check_dataset
+    from spoofwatch.calibration.scoreset import score_dataset
+
+    flac = tmp_path / "flac"
+    flac.mkdir()
+    for utt in (BONAFIDE_UTT, *SPOOF_UTTS):
+        shutil.copy(shared / "data" / "asvspoof2019_la" / "flac" / f"{utt}.flac", flac / f"{utt}.flac")
+    lines = [f"LA_0000 {BONAFIDE_UTT} - - bonafide"] + [f"LA_0000 {u} - A04 spoof" for u in SPOOF_UTTS]
+    protocol = tmp_path / "protocol.txt"
+    protocol.write_text("\n".join(lines) + "\n")
+    dataset = check_dataset(protocol, flac)
+    whole, cut = tmp_path / "whole.txt", tmp_path / "cut.txt"
+    score_dataset(dataset, _ScoresByContent(), whole, 0.0, workers=1, progress=False)
+    text = whole.read_text()
+    for keep in (len(text) - 5, len(text) - 12):  # inside the last score; inside its label
+        cut.write_text(text[:keep])
+        run = score_dataset(dataset, _ScoresByContent(), cut, 0.0, workers=1, progress=False)
+        assert cut.read_text() == text and run.scored == 1 and run.skipped == len(lines) - 1
+        assert read_scores(cut).utts == read_scores(whole).utts
+
+    soundfile.write(str(flac / "LA_X_0000001.flac"), np.full(5, 0.1, np.float32), 192_000)
+    protocol.write_text("\n".join([*lines, "LA_0000 LA_X_0000001 - A01 spoof"]) + "\n")
+    broken = _ScoresByContent(nan_for=official_window(read_audio(flac / f"{SPOOF_UTTS[0]}.flac")))
+    for hop_s in (0.0, 0.5):
+        out = tmp_path / f"scores-{hop_s}.txt"
+        run = score_dataset(check_dataset(protocol, flac), broken, out, hop_s, workers=1, progress=False)
+        assert sorted(run.failed) == sorted(["LA_X_0000001", SPOOF_UTTS[0]])
+        assert len(read_scores(out).utts) == len(lines) - 1  # readable: no NaN written
+
+    protocol.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(
+        DatasetError, match=rf"protocol.txt:{len(lines) + 1}: utterance {SPOOF_UTTS[0]} is listed again"
+    ):
+        parse_protocol(protocol)

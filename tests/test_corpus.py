@@ -351,3 +351,67 @@ def test_data_manifest_describes_a_folder_for_the_corpus(
         == 2
     )
     assert "no readable audio files" in capsys.readouterr().err
+
+
+def test_suite_scores_a_genuine_stream_shorter_than_half_a_window(shared: Path, sw_home: Path) -> None:
+    """A genuine corpus of one 1.9 s clip is one padded window ending at 1.9 s:
+    it belongs to that clip (the middle of the audio it holds), not to nothing."""
+    from spoofwatch.calibration.suite import SuiteConfig, Utterance, run_variant
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.stream.engine import build_engine
+    from spoofwatch.stream.gate import SileroVad
+
+    clip = shared / "data" / "asvspoof2019_la" / "flac" / "LA_E_6163791.flac"  # 1.9 s
+    utts = [
+        Utterance("gen1", clip, "bonafide", "-", "-", "VCTK"),
+        Utterance("spf1", clip, "spoof", "tts", "sysA", "VCTK"),
+    ]
+    live = calibration_for("aasist-l", None, None, "fp32").live
+    result = run_variant(
+        "official",
+        utts,
+        build_engine(live, SileroVad()),
+        build_scorer("aasist-l", "fp32", "cpu", 1),
+        SuiteConfig(),
+    )
+    assert result.unscored == []
+    assert result.genuine["gen1"] == pytest.approx(result.spoof["spf1"], abs=1e-5)  # the same audio
+
+
+def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
+    """The candidate's own gate may leave a whole kind unscored: its cell reads
+    '–' in the table instead of the report failing after all the scoring."""
+    from spoofwatch.calibration.streaming import Trace
+    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, markdown, summarise
+    from spoofwatch.stream.policy import PolicyConfig
+
+    cfg = SuiteConfig()
+    utts = [
+        Utterance("g1", Path("g1"), "bonafide", "-", "-", "VCTK"),
+        Utterance("s1", Path("s1"), "spoof", "tts", "sysA", "VCTK"),
+        Utterance("s2", Path("s2"), "spoof", "vc", "sysB", "VCTK"),
+    ]
+    policy = PolicyConfig(enter_threshold=1.0, exit_threshold=2.0)
+    genuine = [Trace("VCTK#0", 60.0, None, [(4.04 + i, 5.0) for i in range(50)])]
+
+    def result(name: str, scored: set[str]) -> VariantResult:
+        r = VariantResult(name, genuine={"g1": 5.0}, genuine_traces=genuine)
+        for u in ("s1", "s2"):
+            score = -3.0 if u in scored else None
+            r.spoof_traces[u] = Trace(u, 6.0, 0.0, [(4.04, score), (4.54, score)])
+            if score is None:
+                r.unscored.append(u)
+            else:
+                r.spoof[u] = score
+        return r
+
+    table = markdown(
+        [
+            summarise(result("official", {"s1", "s2"}), utts, policy, cfg),
+            summarise(result("tuned", {"s1"}), utts, policy, cfg),
+        ],
+        cfg,
+    )
+    vc_row = next(line for line in table.splitlines() if line.startswith("| kind vc"))
+    assert "–" in vc_row and "sysB" in table

@@ -24,7 +24,7 @@ from spoofwatch.stream.events import (
     SummaryEvent,
 )
 from spoofwatch.stream.server.batcher import BatchScorer
-from spoofwatch.stream.server.session import StreamSession
+from spoofwatch.stream.server.session import INBOX_MAX_S, StreamSession
 
 # FakeScorer scores offset_audio(+0.05) about +5 (genuine) and offset_audio(-0.05) about -5 (spoof).
 GENUINE, SPOOF = 0.05, -0.05
@@ -192,20 +192,34 @@ class TestSessionWithoutSockets:
     """The server session with a real BatchScorer around the fake scorer."""
 
     @staticmethod
-    async def _run(audio: np.ndarray, abort_after: int | None = None) -> list[dict[str, Any]]:
+    async def _run(
+        audio: np.ndarray,
+        abort_after: int | None = None,
+        message_samples: int = 640,
+        cuts: list[int] | None = None,
+    ) -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = []
 
         async def emit(event: dict[str, Any]) -> None:
             got.append(event)
 
         batcher = BatchScorer(FakeScorer())
-        session = StreamSession(StreamDriver(fake_engine()), batcher, emit, tags={"stream_id": "t"})
+        driver = StreamDriver(fake_engine())
+        if cuts is not None:  # the audio of each cut (resampling, VAD, windows at once)
+            cut = driver.cut
+
+            def spy(chunk: np.ndarray, last: bool = False) -> Any:
+                cuts.append(chunk.shape[0])
+                return cut(chunk, last)
+
+            driver.cut = spy  # type: ignore[method-assign]
+        session = StreamSession(driver, batcher, emit, tags={"stream_id": "t"})
         async with anyio.create_task_group() as outer:
             outer.start_soon(batcher.serve)
             if abort_after is None:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(session.serve)
-                    for c in chunks(audio, 640):
+                    for c in chunks(audio, message_samples):
                         await session.push(c)
                     session.close_input()
                 await session.finish()
@@ -228,6 +242,20 @@ class TestSessionWithoutSockets:
         audio = genuine_then_spoof()
         expected = [{**e.to_json(), "stream_id": "t"} for e in run(StreamDriver(fake_engine()), audio)]
         assert await self._run(audio) == expected
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_a_huge_message_is_cut_a_few_seconds_at_a_time(self, anyio_backend: str) -> None:
+        """One message of 16 s (a client may send 1 MiB at once, and many): the
+        inbox takes it in pieces of INBOX_MAX_S, so no cut makes more than a few
+        seconds' windows at once (a 256-message inbox of such messages once cut
+        hours of audio into 7 GB of windows), and the events are those of small
+        messages."""
+        audio = genuine_then_spoof()
+        cuts: list[int] = []
+        got = await self._run(audio, message_samples=audio.size, cuts=cuts)
+        assert got == await self._run(audio)
+        assert sum(cuts) == audio.size and max(cuts) <= INBOX_MAX_S * 16_000 < audio.size
 
     @pytest.mark.anyio
     @pytest.mark.parametrize("anyio_backend", ["asyncio"])

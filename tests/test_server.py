@@ -180,6 +180,7 @@ async def _twilio_call(ctx: ServerContext, inbound: np.ndarray, outbound: np.nda
 
 
 START = json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1})
+STOP = json.dumps({"type": "stop"})
 
 
 def f32_start(rate: int, channels: int = 1) -> str:
@@ -296,6 +297,56 @@ async def test_bad_clients_do_not_disturb_a_good_stream(
     result = good["result"]
     assert result.close_code == 1000
     check_alert_after_onset(result.events)
+
+
+async def test_hostile_json_and_loud_audio_get_their_close_codes(
+    scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """JSON that Python's decoder refuses beyond JSONDecodeError (an integer
+    past its digit limit, nesting past its stack), Twilio fields of the wrong
+    JSON type, and f32 audio within ±100 that the resampler rings past: each
+    gets the close code of its kind, never 1011 "internal error"."""
+    ctx = make_ctx(scorer, vad, tmp_path, max_message_bytes=32 * 1024)
+    twilio_ok = json.loads(twilio_start(["inbound"]))
+    square = np.where(np.sin(np.linspace(0, 2 * np.pi * 200, 48_000)) >= 0, 99.9, -99.9).astype("<f4")
+    cases = [
+        ("/", ['{"type": "start", "sample_rate": ' + "9" * 5000 + "}"], 1007, "expected a JSON start"),
+        ("/", ['{"type": "start", "x": ' + "[" * 15000 + "]" * 15000 + "}"], 1007, "expected a JSON start"),
+        (
+            "/twilio",
+            [json.dumps({**twilio_ok, "start": "inbound"})],
+            1007,
+            "expected start to be a JSON object",
+        ),
+        (
+            "/twilio",
+            [json.dumps({**twilio_ok, "start": {**twilio_ok["start"], "mediaFormat": "mulaw"}})],
+            1007,
+            "expected start.mediaFormat to be a JSON object",
+        ),
+        (
+            "/twilio",
+            [json.dumps({**twilio_ok, "start": {**twilio_ok["start"], "tracks": 7}})],
+            1007,
+            "expected start.tracks to be a list",
+        ),
+        (
+            "/twilio",
+            [twilio_start(["inbound"]), json.dumps({"event": "media", "media": ["inbound"]})],
+            1007,
+            "expected media to be a JSON object",
+        ),
+        (
+            "/",
+            [f32_start(48_000), *(square[i : i + 4800].tobytes() for i in range(0, 48_000, 4800)), STOP],
+            1000,
+            "",
+        ),
+    ]
+    async with running(ctx) as url:
+        for path, messages, code, reason in cases:
+            got_code, got_reason = await _bad_client(url + path, messages)
+            assert (got_code, reason in got_reason) == (code, True), (path, messages[0][:60], got_reason)
 
 
 async def gated_client(url: str, audio: np.ndarray, started: anyio.Event, go_on: anyio.Event) -> Any:

@@ -22,7 +22,7 @@ import torch
 from helpers import BONAFIDE_UTT, SPOOF_UTTS
 
 from spoofwatch.cli import main
-from spoofwatch.errors import DatasetError
+from spoofwatch.errors import DatasetError, ModelError
 from spoofwatch.model.augment import AUGMENTATIONS, AugmentConfig
 from spoofwatch.model.la_data import prepare_la
 from spoofwatch.model.train import Trainer, random_crop
@@ -156,17 +156,44 @@ def test_resume_continues_exactly(tiny_la: Path, tmp_path: Path) -> None:
     _record_batches(first, seen_b)
     interrupted = first.run(max_batches=3)  # stops mid-epoch 1
     assert interrupted.interrupted
+    # Then a crash: one more step logged, its checkpoint lost.
+    first.run(max_batches=1)
+    max((tmp_path / "b" / "checkpoints").glob("ckpt-*.pt")).unlink()
     resumed = Trainer(cfg_b, resume=True, progress_bar=False)
     assert (resumed.progress.epoch, resumed.progress.batch, resumed.progress.global_step) == (1, 1, 3)
     _record_batches(resumed, seen_b)
     resumed.run()
 
+    seen_b = seen_b[:4] + seen_b[5:]  # the crashed step's batch, run again after the resume
     assert seen_b == seen_a  # the same batches, in the same order, across the interruption
     state_a, state_b = a.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert [h["dev_eer_percent"] for h in resumed.progress.history] == [
         h["dev_eer_percent"] for h in a.progress.history
     ]
+    # The log reads as one run: each step once (the crashed step's record was
+    # cut at the resume), and the resumed epoch's loss is over all its batches.
+    for kind, keys in (("step", ("step", "loss")), ("epoch", ("epoch", "train_loss", "dev_eer_percent"))):
+        assert [[r[k] for k in keys] for r in metrics(tmp_path / "b", kind)] == [
+            [r[k] for k in keys] for r in metrics(tmp_path / "a", kind)
+        ]
+
+
+def test_a_used_out_dir_and_a_one_class_dev_set_are_refused_before_training(
+    tiny_la: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = load_train_config(write_config(tmp_path / "t.toml", tiny_la, out, epochs=1))
+    Trainer(config, progress_bar=False).run(max_batches=1)
+    with pytest.raises(ModelError, match="holds another run's checkpoints: pass --resume"):
+        Trainer(config, progress_bar=False)  # would rotate its own checkpoints away
+    dev = tiny_la / "ASVspoof2019_LA_cm_protocols" / "ASVspoof2019.LA.cm.dev.trl.txt"
+    dev.write_text("".join(line + "\n" for line in dev.read_text().splitlines() if line.endswith("spoof")))
+    fresh = load_train_config(write_config(tmp_path / "t2.toml", tiny_la, tmp_path / "run2", epochs=1))
+    with pytest.raises(
+        DatasetError, match="the dev set needs bona fide and spoof utterances, got only spoof"
+    ):
+        Trainer(fresh, progress_bar=False)
 
 
 def test_sigterm_saves_a_checkpoint(tiny_la: Path, tmp_path: Path) -> None:

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 #: Messages of audio received but not yet through the VAD before the reader waits.
 INBOX_MESSAGES = 256
+#: Audio (s) received but not yet through the VAD before the reader waits. A
+#: message count alone let a client queue 256 messages of 1 MiB (hours of
+#: audio, cut into windows at once: 7 GB in one worker); a larger message
+#: goes in pieces of this length, each waiting for room.
+INBOX_MAX_S = 4.0
 #: Audio (s) the ingest task cuts on the event loop itself; more goes to a
 #: worker thread. A thread hop cost the loop about as much CPU as cutting a
 #: 20-100 ms frame (benchmarks/bench_host_cost.py), and the GIL is a worker's
@@ -54,7 +59,8 @@ class StreamSession:
 
     Three bounded memory object streams connect the tasks:
 
-    * ``audio`` (reader -> ingest, ``INBOX_MESSAGES``): the ingest task cuts
+    * ``audio`` (reader -> ingest, ``INBOX_MESSAGES`` and ``INBOX_MAX_S`` of
+      audio, whichever fills first; ``inbox_room`` wakes a waiting reader): the ingest task cuts
       everything waiting in one call (resampling, VAD, windowing): on the
       event loop when it is a live frame or two (``INLINE_INGEST_MAX_S``,
       or a few ticks' worth), at the worker's next ingest tick together with
@@ -104,6 +110,11 @@ class StreamSession:
         self._arrivals: deque[float] = deque()
         self._ready_send, self._ready_recv = anyio.create_memory_object_stream[None](1)
         self._room_send, self._room_recv = anyio.create_memory_object_stream[None](1)
+        #: Samples (at the stream's rate) in the inbox, and the ingest task's
+        #: doorbell for a reader waiting for room.
+        self._inbox_samples = 0
+        self._inbox_max_samples = max(1, int(INBOX_MAX_S * driver.rate_hz))
+        self._inbox_room_send, self._inbox_room_recv = anyio.create_memory_object_stream[None](1)
 
     # ---- reader side -------------------------------------------------------
 
@@ -115,7 +126,16 @@ class StreamSession:
                 f"stream exceeded the maximum duration of {self.max_duration_s:g} s",
                 CloseCode.POLICY_VIOLATION,
             )
-        await self._audio_send.send((audio, arrived))
+        cap = self._inbox_max_samples
+        for start in range(0, max(1, audio.shape[0]), cap):
+            piece = audio[start : start + cap]
+            while self._inbox_samples and self._inbox_samples + piece.shape[0] > cap:
+                try:
+                    await self._inbox_room_recv.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    break  # the ingest task has ended: the send below says so
+            self._inbox_samples += piece.shape[0]
+            await self._audio_send.send((piece, arrived))
 
     def close_input(self) -> None:
         """No more audio: the ingest task flushes the resampler and the windower."""
@@ -130,7 +150,7 @@ class StreamSession:
             tg.start_soon(self._score_loop)
 
     async def _ingest_loop(self) -> None:
-        with self._ready_send, self._room_recv, self._audio_recv:
+        with self._ready_send, self._room_recv, self._audio_recv, self._inbox_room_send:
             ended = False
             while not ended:
                 try:
@@ -146,6 +166,8 @@ class StreamSession:
                         break
                     except anyio.EndOfStream:
                         ended = True
+                self._inbox_samples -= sum(c.shape[0] for c, _ in chunks)
+                _ring(self._inbox_room_send)
                 while self.driver.backlogged():
                     await self._room_recv.receive()
                 audio = np.concatenate([c for c, _ in chunks]) if chunks else np.zeros(0, dtype=np.float32)
@@ -242,6 +264,8 @@ class StreamSession:
             self._ready_recv,
             self._room_send,
             self._room_recv,
+            self._inbox_room_send,
+            self._inbox_room_recv,
         ):
             stream.close()
 
