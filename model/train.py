@@ -174,6 +174,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "model_config": asdict(self.model_config),
+            "recipe": self._recipe(),
         }
         path = self.ckpt_dir / f"ckpt-{p.global_step:08d}-e{p.epoch:03d}-b{p.batch:05d}.pt"
         tmp = path.with_suffix(".partial")
@@ -183,11 +184,40 @@ class Trainer:
             old.unlink()
         return path
 
+    def _recipe(self) -> dict[str, Any]:
+        """What decides the batches and the schedule of a run: a resumed run must
+        keep it, or it would misread its batch position and learning rate."""
+        c = self.config
+        fields = (
+            "model",
+            "epochs",
+            "batch_size",
+            "seed",
+            "base_lr",
+            "lr_min",
+            "weight_decay",
+            "class_weights",
+        )
+        recipe: dict[str, Any] = {name: getattr(c, name) for name in fields}
+        recipe["class_weights"] = list(c.class_weights)
+        recipe["augment"] = json.loads(json.dumps(asdict(c.augment), default=list))
+        recipe["model_overrides"] = json.loads(json.dumps(c.model_overrides))
+        recipe["train_utterances"] = len(self.train_set.trials)
+        return recipe
+
     def _resume(self) -> None:
         checkpoints = self.checkpoints()
         if not checkpoints:
             raise ModelError(f"--resume: no checkpoint in {self.ckpt_dir}")
         state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
+        saved, now = state.get("recipe"), self._recipe()
+        if saved is not None and saved != now:  # checkpoints of older releases carry none
+            changed = ", ".join(
+                f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in now if saved.get(k) != now.get(k)
+            )
+            raise ModelError(
+                f"--resume: the config differs from the run's in {changed}; use the run's config"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -179,7 +179,7 @@ def test_resume_continues_exactly(tiny_la: Path, tmp_path: Path) -> None:
         ]
 
 
-def test_a_used_out_dir_and_a_one_class_dev_set_are_refused_before_training(
+def test_a_used_out_dir_a_changed_config_and_a_one_class_dev_set_are_refused_before_training(
     tiny_la: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
@@ -187,6 +187,9 @@ def test_a_used_out_dir_and_a_one_class_dev_set_are_refused_before_training(
     Trainer(config, progress_bar=False).run(max_batches=1)
     with pytest.raises(ModelError, match="holds another run's checkpoints: pass --resume"):
         Trainer(config, progress_bar=False)  # would rotate its own checkpoints away
+    changed = load_train_config(write_config(tmp_path / "t3.toml", tiny_la, out, epochs=1, batch_size=3))
+    with pytest.raises(ModelError, match=r"the config differs from the run's in batch_size \(2 -> 3\)"):
+        Trainer(changed, resume=True, progress_bar=False)  # would misread its batch position
     dev = tiny_la / "ASVspoof2019_LA_cm_protocols" / "ASVspoof2019.LA.cm.dev.trl.txt"
     dev.write_text("".join(line + "\n" for line in dev.read_text().splitlines() if line.endswith("spoof")))
     fresh = load_train_config(write_config(tmp_path / "t2.toml", tiny_la, tmp_path / "run2", epochs=1))
