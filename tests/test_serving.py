@@ -437,7 +437,10 @@ async def observed_stream(
     audio = np.concatenate([offset_audio(8.0, 0.05, 1), offset_audio(8.0, -0.05, 2)])
     scorer = StallingScorer(10**6 if stall_after is None else stall_after)
     batcher = BatchScorer(scorer)
-    session = StreamSession(driver, batcher, emit, tags={"stream_id": "t"}, observer=observer)
+    # An inbox that holds the whole stream: it is pushed before the session serves.
+    session = StreamSession(
+        driver, batcher, emit, tags={"stream_id": "t"}, observer=observer, inbox_max_s=16.0
+    )
     async with anyio.create_task_group() as outer:
         outer.start_soon(batcher.serve)
         for i in range(16):

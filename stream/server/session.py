@@ -88,6 +88,7 @@ class StreamSession:
         observer: WindowObserver | None = None,
         ingest_limiter: anyio.CapacityLimiter | None = None,
         ticker: IngestTicker | None = None,
+        inbox_max_s: float = INBOX_MAX_S,
     ) -> None:
         self.driver = driver
         self.batcher = batcher
@@ -113,7 +114,7 @@ class StreamSession:
         #: Samples (at the stream's rate) in the inbox, and the ingest task's
         #: doorbell for a reader waiting for room.
         self._inbox_samples = 0
-        self._inbox_max_samples = max(1, int(INBOX_MAX_S * driver.rate_hz))
+        self._inbox_max_samples = max(1, int(inbox_max_s * driver.rate_hz))
         self._inbox_room_send, self._inbox_room_recv = anyio.create_memory_object_stream[None](1)
 
     # ---- reader side -------------------------------------------------------
