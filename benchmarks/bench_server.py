@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPOOFWATCH_SHARED", REPO.parent / "shared"))
@@ -85,8 +87,6 @@ class _ClientStream:
         self.out: dict[str, Any] = {"close_code": None, "close_reason": "", "delays": [], "summary": None}
 
     async def receive(self) -> None:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             async for message in self.ws:
                 now = time.monotonic()
@@ -100,8 +100,6 @@ class _ClientStream:
 
     async def send_due(self, now: float) -> None:
         """Send every frame whose audio has been "captured" by ``now`` (real time)."""
-        from websockets.exceptions import ConnectionClosed
-
         due = min(len(self.frames), int((now - self.started) / self.frame_s))
         try:
             while self.sent < due:
@@ -115,9 +113,6 @@ class _ClientStream:
 
 async def _one_stream(url: str, stream: _ClientStream, live: set[_ClientStream]) -> dict[str, Any]:
     """Connect at the stream's start time, hand it to the pacer, and stop once it has sent everything."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake
-
     await asyncio.sleep(max(0.0, stream.start_at - time.time()))
     try:
         stream.ws = await connect(url, max_size=None, open_timeout=60)
