@@ -13,7 +13,7 @@ import numpy.typing as npt
 from spoofwatch.audio import read_audio
 from spoofwatch.errors import CalibrationError, InputError
 from spoofwatch.stream.engine import Engine, Scorer
-from spoofwatch.stream.policy import PolicyConfig
+from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 
 from .calfile import Calibration
 from .metrics import eer
@@ -71,18 +71,45 @@ def bonafide_threshold(
     traces: list[Trace], base: PolicyConfig, target_per_hour: float
 ) -> tuple[float, float]:
     """Highest enter threshold whose false alerts per hour on genuine audio stay
-    within ``target_per_hour``; returns ``(threshold, achieved rate)``."""
-    scores: npt.NDArray[np.float64] = np.array([s for t in traces for _, s in t.windows if s is not None])
-    if scores.size == 0:
+    within ``target_per_hour``; returns ``(threshold, achieved rate)``.
+
+    The policy compares *smoothed* scores with the threshold, so the alerts
+    change only where the threshold passes a smoothed score: the candidates
+    are those (raw window scores, used before, would skip the highest
+    threshold that meets the target whenever smoothing moves it between two
+    raw scores). Each candidate is placed halfway to the next smoothed score
+    down: every threshold in between raises the same alerts on these
+    recordings, and the margin keeps a score a rounding error away (another
+    device, a 6-decimal score file) deciding the same way."""
+    smoothed = smoothed_scores(traces, base)
+    if smoothed.size == 0:
         raise CalibrationError("no speech found in the genuine recordings: nothing to calibrate on")
-    # Candidates just below each observed score, most sensitive first. Below
-    # the lowest score nothing can alert, so the loop always returns.
-    for candidate in np.unique(np.concatenate([scores, [scores.min() - 1.0]]))[::-1]:
-        threshold = float(np.nextafter(candidate, -np.inf))
+    # Most sensitive first. Below the lowest smoothed score nothing can
+    # alert, so the loop always returns.
+    levels = np.unique(smoothed)[::-1]
+    for upper, lower in zip(levels, [*levels[1:], levels[-1] - 1.0], strict=True):
+        threshold = float((upper + lower) / 2)
         rate = measure(traces, base.with_band(threshold)).false_alerts_per_hour
         if rate <= target_per_hour:
             return threshold, rate
     raise CalibrationError("no threshold meets the target")
+
+
+def smoothed_scores(traces: list[Trace], base: PolicyConfig) -> npt.NDArray[np.float64]:
+    """Every smoothed score the alert policy computes on ``traces``. Smoothing
+    depends on the window scores, ``smoothing_windows`` and silence resets,
+    never on the thresholds, so one pass serves every candidate."""
+    values: list[float] = []
+    for tr in traces:
+        policy = AlertPolicy(base)
+        for t, score in tr.windows:
+            if score is None:
+                policy.no_speech(t)
+            else:
+                policy.update(t, score)
+                assert policy.smoothed is not None
+                values.append(policy.smoothed)
+    return np.array(values, np.float64)
 
 
 def trace_file(path: Path, engine: Engine, scorer: Scorer) -> Trace:

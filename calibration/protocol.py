@@ -72,13 +72,20 @@ class ScoreTable:
         return cast(Array, self.scores[mask])
 
 
-def _parse_score(value: str, path: Path, lineno: int) -> float:
+def score_value(value: str) -> float | None:
+    """A score field's number, or ``None`` when it is not a finite number: the
+    one rule for what a score file may hold (read here, resumed by ``scoreset``)."""
     try:
         score = float(value)
     except ValueError:
-        raise DatasetError(f"{path}:{lineno}: expected a numeric score, got {value!r}") from None
-    if not np.isfinite(score):
-        raise DatasetError(f"{path}:{lineno}: score is not finite ({value})")
+        return None
+    return score if np.isfinite(score) else None
+
+
+def _parse_score(value: str, path: Path, lineno: int) -> float:
+    score = score_value(value)
+    if score is None:
+        raise DatasetError(f"{path}:{lineno}: expected a finite numeric score, got {value!r}")
     return score
 
 

@@ -31,7 +31,7 @@ from spoofwatch.stream.engine import MIN_HOP_S, Scorer
 from spoofwatch.stream.windower import iter_windows
 
 from .dataset import Dataset
-from .protocol import Trial
+from .protocol import Trial, score_value
 
 log = logging.getLogger(__name__)
 BATCH_FILES = 16
@@ -52,16 +52,9 @@ def already_scored(path: Path) -> set[str]:
     done = set()
     for line in path.read_text("utf-8").splitlines():
         fields = line.split()
-        if len(fields) == 4 and _finite(fields[3]):
+        if len(fields) == 4 and score_value(fields[3]) is not None:
             done.add(fields[0])
     return done
-
-
-def _finite(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
 
 
 def drop_partial_line(path: Path) -> None:

@@ -197,6 +197,18 @@ def run_variant(
     return result
 
 
+def audio_digest(utts: list[Utterance]) -> str:
+    """SHA-256 over every utterance's ID and audio bytes: a cache key that a
+    rebuilt corpus (same IDs, new audio) cannot match by accident. Reading
+    the files costs far less than scoring them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for u in utts:
+        digest.update(u.utt.encode() + b"\0" + hashlib.sha256(u.path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def cached_variant(
     cache: Path | None, key: dict[str, Any], compute: Callable[[], VariantResult]
 ) -> VariantResult:

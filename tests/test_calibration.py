@@ -208,7 +208,7 @@ def test_malformed_protocol_and_scores(tmp_path: Path) -> None:
         parse_protocol(bad)
     scores = tmp_path / "scores.txt"
     scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide nan\n")
-    with pytest.raises(DatasetError, match=r"scores\.txt:2: score is not finite"):
+    with pytest.raises(DatasetError, match=r"scores\.txt:2: expected a finite numeric score, got 'nan'"):
         read_scores(scores)
 
 
@@ -496,3 +496,24 @@ def test_score_dataset_repairs_a_cut_last_line_and_reports_what_it_cannot_score(
         DatasetError, match=rf"protocol.txt:{len(lines) + 1}: utterance {SPOOF_UTTS[0]} is listed again"
     ):
         parse_protocol(protocol)
+
+
+def test_bonafide_threshold_is_the_highest_the_smoothed_scores_allow() -> None:
+    """The policy alerts on the mean of the last two scores: raw scores 5, 1, 5
+    smooth to 5, 3, 3, so any threshold up to 3 raises no alert on this
+    genuine trace, and anything above 3 alerts. The fit must find that edge
+    (candidates taken at raw scores stopped just below 1)."""
+    from spoofwatch.calibration.fit import bonafide_threshold
+    from spoofwatch.calibration.streaming import Trace, measure
+    from spoofwatch.stream.policy import PolicyConfig
+
+    base = PolicyConfig(0.0, 0.5, smoothing_windows=2, min_alert_windows=1, cooldown_s=0.0)
+    scores = [5.0, 1.0, 5.0, 5.0, None, 5.0]
+    genuine = Trace("genuine", 60.0, None, [(float(i + 1), s) for i, s in enumerate(scores)])
+    threshold, rate = bonafide_threshold([genuine], base, target_per_hour=0.0)
+    assert 2.0 < threshold <= 3.0 and rate == 0.0
+    assert measure([genuine], base.with_band(3.0 + 1e-9)).false_alerts_per_hour > 0  # the edge
+    # With one window of smoothing the raw scores decide: the edge is at 1.
+    raw = PolicyConfig(0.0, 0.5, smoothing_windows=1, min_alert_windows=1, cooldown_s=0.0)
+    threshold, rate = bonafide_threshold([genuine], raw, target_per_hour=0.0)
+    assert 0.0 < threshold <= 1.0 and rate == 0.0

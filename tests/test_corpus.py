@@ -192,6 +192,17 @@ def test_evaluate_suite_official_and_candidate(
     assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 2
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["models"] == report["models"]
+    # A corpus rebuilt under the same utterance IDs is not served from the cache.
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(tiny_corpus, rebuilt)
+    flacs = sorted((rebuilt / "flac").glob("*.flac"))
+    for a, b in zip(flacs, flacs[1:] + flacs[:1], strict=True):
+        shutil.copy(b, a.with_suffix(".new"))
+    for f in flacs:
+        f.with_suffix(".new").replace(f)
+    assert main([*args[:2], str(rebuilt), *args[3:]]) == 0
+    assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 4
+    assert json.loads(capsys.readouterr().out)["models"] != report["models"]
     official, cand = report["models"]
     assert official["model"] == "official" and cand["model"] == "fine-tuned"
     assert official["pooled_eer_percent"] == pytest.approx(cand["pooled_eer_percent"])

@@ -172,3 +172,25 @@ async def run_then_mark(reader: MessageReader, handle: Any, ended: list[bool]) -
 
 async def _never_called(message: Any) -> bool:
     raise AssertionError(f"no message was sent, got {message!r}")
+
+
+async def test_empty_messages_do_not_keep_a_connection_alive(connections: Any) -> None:
+    """A client that sends only empty frames, however often, is idle: each is
+    handled, but the timeout runs from the last message that carried
+    something. (The loop never waits here: every read finds an empty frame
+    queued, so only the reader itself can give the verdict.)"""
+    ws, drain = connections(), Drain()
+    reader = MessageReader(ws, drain, idle_timeout_s=0.05)
+    handled: list[str] = []
+
+    async def handle(message: str) -> bool:
+        handled.append(message)
+        await anyio.sleep(0.01)
+        ws.send.send_nowait("")  # the next empty frame is already there
+        return False
+
+    ws.send.send_nowait("audio")
+    with anyio.fail_after(30), pytest.raises(TimeoutError, match=r"no message for 0\.05 s"):
+        await reader.run(handle)
+    assert handled[0] == "audio" and len(handled) >= 3 and set(handled[1:]) == {""}
+    assert reader.idle

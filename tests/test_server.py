@@ -384,6 +384,14 @@ async def test_auth(scorer: Any, vad: Any, tmp_path: Path) -> None:
             assert info.value.response.status_code == 401
         assert (await send_audio(audio, url + "/", token="s3cret")).close_code == 1000
         assert (await send_audio(audio, url + "/?token=s3cret")).close_code == 1000
+        for scheme in ("bearer", "BEARER"):  # schemes are case-insensitive (RFC 7235)
+            async with connect(url + "/", additional_headers={"Authorization": f"{scheme} s3cret"}) as ws:
+                await ws.send(START)
+                await ws.send(json.dumps({"type": "stop"}))
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await ws.recv()
+                assert ws.close_code == 1000, (scheme, ws.close_reason)
     with pytest.raises(ConfigError, match="without --token"):
         ServerConfig(host="0.0.0.0").validate()
     ServerConfig(host="0.0.0.0", token="t").validate()

@@ -176,6 +176,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
 
     from spoofwatch.calibration.suite import (
         SuiteConfig,
+        audio_digest,
         cached_variant,
         markdown,
         plot_det,
@@ -214,6 +215,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     if args.skip_official and len(variants) > 1:
         variants = variants[1:]
     vad = SileroVad()
+    audio = audio_digest(utts) if args.cache is not None else None
     results, summaries = [], []
     for label, model, weights, cal_path, loud in variants:
         cal = calibration_for(model, cal_path, weights, args.precision)
@@ -229,6 +231,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
             "onnx_sha256": sha256_file(onnx),
             "loudness": loud,
             "utts": [u.utt for u in utts],
+            "audio_sha256": audio,
             "stream": engine.config,
             "gate": cal.gate,
             "config": cfg,

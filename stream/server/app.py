@@ -40,9 +40,9 @@ LOAD_REFRESH_S = 1.0
 
 
 def _token_from(request: Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        return auth[len("Bearer ") :].strip()
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 7235)
+        return credentials.strip()
     values = parse_qs(urlsplit(request.path).query).get("token")
     return values[0] if values else None
 

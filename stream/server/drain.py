@@ -51,6 +51,9 @@ class MessageReader:
     ``run(handle)`` reads messages and awaits ``handle(message)`` for each
     until it returns ``True`` (the client's stop), or the drain begins
     (returns), or no message came for ``idle_timeout_s`` (``TimeoutError``).
+    Empty messages are handled (an empty frame before ``start`` is still a
+    protocol error) but are not activity: a client sending nothing else
+    would otherwise hold one of the server's stream slots forever.
     One cancel scope serves the whole connection, cancelled only while a
     read is pending: a scope (or two) per message cost a worker's event
     loop ~25 µs each at 50 messages a second per stream
@@ -102,9 +105,10 @@ class MessageReader:
         """
         self._scope = scope = anyio.CancelScope()
         late: Any = _NOTHING
+        active = anyio.current_time()  # the last message that carried something
         with scope:
             while not self._drain.started:
-                self._reading_since = anyio.current_time()
+                self._reading_since = active
                 message = await self._ws.recv()
                 self._reading_since = None
                 if scope.cancel_called:
@@ -112,11 +116,17 @@ class MessageReader:
                     break
                 if await handle(message):
                     return False
+                if len(message):
+                    active = anyio.current_time()
+                elif anyio.current_time() >= active + self.idle_timeout_s:
+                    self.idle = True  # only empty frames since: they hold a slot, not a stream
+                    return False
         self._reading_since = None
         if late is _NOTHING:
             return False  # the drain, or the idle timeout (``self.idle`` says which)
-        self.idle = False
-        return not await handle(late) and not self._drain.started
+        if len(late):
+            self.idle = False
+        return not await handle(late) and not self._drain.started and not self.idle
 
     async def _watch(self) -> None:
         """Cancel a read pending for ``idle_timeout_s``: one timer per timeout, not per message."""
