@@ -63,6 +63,22 @@ class ModelSpec:
     sha256: str
     calibration_path: Path | None = None
 
+    @property
+    def calibration_key(self) -> str:
+        """What a calibration fitted for this card is stamped with and must
+        match: the ONNX file's hash and every card field that changes a score
+        (which column, its sign, the input, the window). Two cards over one
+        file that read it differently are different models."""
+        fields = (
+            self.sha256,
+            self.input_name,
+            self.output_name,
+            str(self.bonafide_index),
+            str(self.higher_is_bonafide),
+            str(self.window_samples),
+        )
+        return hashlib.sha256("\0".join(fields).encode()).hexdigest()
+
 
 def is_card_reference(model: str) -> bool:
     """A ``--model`` value that is not a built-in name is a card path."""
@@ -92,6 +108,9 @@ def parse_card(path: Path) -> ModelSpec:
         raise ConfigError(
             f"--model {path}: neither a built-in model ({', '.join(MODEL_NAMES)}) nor a model card file"
         )
+    # Relative paths in a card are relative to the card file itself, not to
+    # a symbolic link that points at it.
+    path = path.resolve()
     try:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -176,22 +195,31 @@ def check_graph(spec: ModelSpec) -> None:
             f"{origin}: input {spec.input_name!r} is {tensor.type} {dims}; expected tensor(float) "
             f"[batch, {spec.window_samples}]"
         )
+    if isinstance(dims[0], int):
+        # spoofwatch calls with as many windows as are ready (one on the CPU,
+        # up to 64 on CUDA); a fixed batch fails at the first call of another size.
+        raise ModelError(
+            f"{origin}: input {spec.input_name!r} has a fixed batch of {dims[0]}; expected a dynamic "
+            "batch axis (export with dynamic_axes={'"
+            f"{spec.input_name}': {{0: 'batch'}}}} in torch.onnx.export, or its dynamic_shapes)"
+        )
     if spec.output_name not in outputs:
         raise ModelError(
             f"{origin}: output = {spec.output_name!r}, but {spec.onnx_path.name} has output(s) {', '.join(outputs)}"
         )
-    probe = np.zeros((2, spec.window_samples), dtype=np.float32)
-    try:
-        out = np.asarray(session.run([spec.output_name], {spec.input_name: probe})[0])
-    except Exception as exc:
-        raise ModelError(
-            f"{origin}: a probe call with float32 [2, {spec.window_samples}] failed: {exc}"
-        ) from None
-    if out.dtype != np.float32 or out.ndim not in (1, 2) or out.shape[0] != 2:
-        raise ModelError(
-            f"{origin}: output {spec.output_name!r} is {out.dtype} {list(out.shape)} for a batch of 2; "
-            "expected float32 [batch] or [batch, k]"
-        )
+    for batch in (1, 2):  # the sizes live calls use most (a dynamic axis may still be refused)
+        probe = np.zeros((batch, spec.window_samples), dtype=np.float32)
+        try:
+            out = np.asarray(session.run([spec.output_name], {spec.input_name: probe})[0])
+        except Exception as exc:
+            raise ModelError(
+                f"{origin}: a probe call with float32 [{batch}, {spec.window_samples}] failed: {exc}"
+            ) from None
+        if out.dtype != np.float32 or out.ndim not in (1, 2) or out.shape[0] != batch:
+            raise ModelError(
+                f"{origin}: output {spec.output_name!r} is {out.dtype} {list(out.shape)} for a batch of "
+                f"{batch}; expected float32 [batch] or [batch, k]"
+            )
     if out.ndim == 1 and spec.bonafide_index is not None:
         raise ModelError(f"{origin}: output is [batch], so omit bonafide_index (got {spec.bonafide_index})")
     if out.ndim == 2 and (spec.bonafide_index is None or spec.bonafide_index >= out.shape[1]):

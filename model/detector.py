@@ -108,8 +108,8 @@ def _card_calibration(spec: ModelSpec, path: Path | None) -> Calibration:
             spec.card_path,
             CARD_CALIBRATION,
         )
-        return load_card_default(spec.name, spec.sha256)
-    return load_calibration(origin, model=spec.name, weights_sha256=spec.sha256)
+        return load_card_default(spec.name, spec.calibration_key)
+    return load_calibration(origin, model=spec.name, weights_sha256=spec.calibration_key)
 
 
 def _check_precision(cal: Calibration, precision: str) -> None:
@@ -211,7 +211,11 @@ class Detector:
         ]
         utterance = float(np.mean(scores))
         if not np.isfinite(utterance):  # sanitised input cannot get here; a broken model can
-            raise ModelError(f"{name}: the model returned a non-finite score")
+            bad = next(w for w in windows if not np.isfinite(w.score))
+            raise ModelError(
+                f"{name}: the model returned a non-finite score ({bad.score}) for the window "
+                f"{bad.start_s:g}-{bad.end_s:g} s"
+            )
         return FileScore(name, utterance, self.verdict(utterance), self.threshold, windows)
 
     def score_file(self, path: str | Path, hop_s: float = 1.0) -> FileScore:

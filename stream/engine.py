@@ -10,6 +10,8 @@ them run this one implementation.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -25,6 +27,8 @@ from .events import END_OF_STREAM, Event, ScoreEvent, StatusEvent, SummaryEvent
 from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SileroVad, SpeechGate, run_staged
 from .policy import AlertPolicy, PolicyConfig
 from .windower import Window, Windower
+
+log = logging.getLogger(__name__)
 
 #: Shortest hop: one VAD frame (32 ms). Finer hops would only re-score windows
 #: the gate cannot tell apart, at one model call each.
@@ -70,6 +74,18 @@ class EngineConfig:
     def max_lag_windows(self) -> int:
         """``max_lag_s`` in windows (at least one)."""
         return max(1, int(self.max_lag_s * SAMPLE_RATE_HZ // self.hop_samples))
+
+
+def check_hop_fits(config: EngineConfig, window_samples: int) -> None:
+    """A hop no longer than the model's window: a model card's window can be
+    shorter than the calibration's hop, and a longer hop would leave audio
+    between windows that is never scored."""
+    if config.hop_samples > window_samples:
+        raise InputError(
+            f"hop_s: expected at most the model's window ({window_samples} samples = "
+            f"{window_samples / SAMPLE_RATE_HZ:g} s), got {config.hop_s:g} s "
+            "(set a shorter hop_s in the calibration's [stream] table, or --hop-s where the command has it)"
+        )
 
 
 class Scorer(Protocol):
@@ -136,6 +152,7 @@ class Engine:
         window_samples: int = WINDOW_SAMPLES,
     ) -> None:
         self.config = config
+        check_hop_fits(config, window_samples)
         # window_samples: the model's input length (a model card may declare its own).
         self.windower = Windower(config.hop_samples, window_samples)
         # push() feeds the gate at most one hop ahead of the windows it assesses,
@@ -152,6 +169,7 @@ class Engine:
         self.windows = 0
         self.scored_windows = 0
         self.dropped_windows = 0
+        self.model_failures = 0
         self._last_t = 0.0
 
     @property
@@ -192,6 +210,8 @@ class Engine:
         """Feed the model score of a speech window (``None`` for a gated one)."""
         w, gate = pending.window, pending.gate
         self._last_t = w.t_end
+        if score is not None and not math.isfinite(score):
+            return [self._model_failed(pending, score)]
         if not gate.speech or score is None:
             events = self.policy.no_speech(w.t_end)
             return [
@@ -204,6 +224,25 @@ class Engine:
             ScoreEvent(w.t_start, w.t_end, score, self.policy.smoothed, True, gate.speech_fraction),
             *events,
         ]
+
+    def _model_failed(self, pending: PendingWindow, score: float) -> ScoreEvent:
+        """A non-finite score (a model card's model can return one; the
+        official model cannot on sanitised audio): the window counts as
+        dropped, the alert policy never sees it, and no NaN reaches an event."""
+        w = pending.window
+        if not self.model_failures:
+            log.warning(
+                "the model returned a non-finite score (%s) for the window %.2f-%.2f s; "
+                "such windows are counted as dropped",
+                score,
+                w.t_start,
+                w.t_end,
+            )
+        self.model_failures += 1
+        self.dropped_windows += 1
+        return ScoreEvent(
+            w.t_start, w.t_end, None, self.policy.smoothed, pending.gate.speech, pending.gate.speech_fraction
+        )
 
     def drop(self, pending: PendingWindow) -> None:
         """The driver fell behind (or the stream was aborted) and discarded this

@@ -65,6 +65,17 @@ def rms_dbfs(x: npt.NDArray[np.float32]) -> float:
     return max(20.0 * np.log10(rms), _MIN_DBFS) if rms > 0 else _MIN_DBFS
 
 
+def rows_rms_dbfs(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """:func:`rms_dbfs` of each row of a (B, N) array, in one pass: a VAD
+    round's frames cost one numpy call instead of B (~25 us each, a tenth of
+    a server's host cost). Row by row the same arithmetic, bit for bit
+    (tests/test_engine.py)."""
+    rms = np.sqrt(np.mean(np.square(rows, dtype=np.float64), axis=1))
+    with np.errstate(divide="ignore"):  # a silent row: -inf, floored below
+        levels: npt.NDArray[np.float64] = np.maximum(20.0 * np.log10(rms), _MIN_DBFS)
+    return levels
+
+
 def silero_model_path() -> Path:
     """Locate ``silero_vad/data/silero_vad.onnx`` without importing the package."""
     spec = importlib.util.find_spec("silero_vad")
@@ -139,11 +150,12 @@ class SpeechGate:
                 self._buffer[:_VAD_CONTEXT_SAMPLES] = self._buffer[-_VAD_CONTEXT_SAMPLES:]
                 self._filled = 0
 
-    def record(self, prob: float, state: npt.NDArray[np.float32]) -> None:
-        """The VAD's result for the oldest staged frame: its probability and the next state."""
-        frame = self._staged.popleft()[_VAD_CONTEXT_SAMPLES:]
+    def record(self, prob: float, state: npt.NDArray[np.float32], level_dbfs: float) -> None:
+        """The VAD's result for the oldest staged frame: its probability, the
+        next state, and the frame's level (:func:`rows_rms_dbfs`)."""
+        self._staged.popleft()
         self._state = state
-        loud = rms_dbfs(frame) >= self.config.energy_floor_dbfs
+        loud = level_dbfs >= self.config.energy_floor_dbfs
         self._frames.append((self._frames_done, loud and prob >= self.config.vad_threshold))
         self._frames_done += 1
 
@@ -187,11 +199,13 @@ def _run_round(gates: Sequence[SpeechGate]) -> None:
     for group in by_model.values():
         if len(group) == 1:  # one stream (a file, the microphone): nothing to stack
             gate = group[0]
-            probs, new_state = gate._vad.step_batch(gate._staged[0][None], gate._state)
-            gate.record(float(probs[0]), new_state)
+            frame = gate._staged[0][None]  # (1, 576)
+            probs, new_state = gate._vad.step_batch(frame, gate._state)
+            gate.record(float(probs[0]), new_state, float(rows_rms_dbfs(frame[:, _VAD_CONTEXT_SAMPLES:])[0]))
             continue
         frames = np.stack([gate._staged[0] for gate in group])  # (B, 576)
         states = np.concatenate([gate._state for gate in group], axis=1)  # (2, B, 128)
         probs, new_states = group[0]._vad.step_batch(frames, states)
+        levels = rows_rms_dbfs(frames[:, _VAD_CONTEXT_SAMPLES:])  # (B,), the frames without context
         for i, gate in enumerate(group):
-            gate.record(float(probs[i]), np.ascontiguousarray(new_states[:, i : i + 1]))
+            gate.record(float(probs[i]), np.ascontiguousarray(new_states[:, i : i + 1]), float(levels[i]))

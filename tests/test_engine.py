@@ -220,3 +220,19 @@ def test_a_batched_vad_row_equals_its_single_call(spoof_stream: np.ndarray, vad:
         prob, state = vad.step_batch(frames[i : i + 1], np.ascontiguousarray(states[:, i : i + 1]))
         assert prob[0] == probs[i] and np.array_equal(state, new_states[:, i : i + 1])
     assert 0.0 < probs.min() < probs.max() < 1.0
+
+
+def test_frame_levels_in_one_pass_equal_each_frame_alone(spoof_stream: np.ndarray) -> None:
+    """The gate's energy floor reads each VAD frame's level from one numpy call
+    per round: every row must be the single-frame figure bit for bit, whatever
+    the batch (real speech, a silent frame, a frame near the floor)."""
+    from spoofwatch.stream.gate import rms_dbfs, rows_rms_dbfs
+
+    frames = np.stack([spoof_stream[i * 7000 : i * 7000 + 576] for i in range(20)]).astype(np.float32)
+    frames[3] = 0.0
+    frames[5] *= np.float32(1e-3)
+    rows = frames[:, 64:]  # the frames without their context, as the gate passes them
+    levels = rows_rms_dbfs(rows)
+    for i in range(20):
+        assert levels[i] == rms_dbfs(rows[i]) == rows_rms_dbfs(rows[i : i + 1])[0]
+    assert levels[3] == -120.0 and levels.max() > -40.0 and levels[5] < levels.max() - 50

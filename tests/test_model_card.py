@@ -27,11 +27,13 @@ WINDOW = 32_000
 POWER_SCALE = 100.0
 
 
-def _tiny_model(path: Path, window: int | str = WINDOW, vector_output: bool = False) -> Path:
+def _tiny_model(
+    path: Path, window: int | str = WINDOW, vector_output: bool = False, batch: int | str = "batch"
+) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", window])
+    x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, [batch, window])
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
     scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [POWER_SCALE])
     nodes = [
@@ -124,7 +126,14 @@ def test_card_sha256_is_checked(tmp_path: Path) -> None:
         ({"input": "waveform"}, {}, ModelError, "input = 'waveform', but tiny.onnx has input"),
         ({"output": "logits"}, {}, ModelError, "output = 'logits', but tiny.onnx has output"),
         ({"window_samples": 16000}, {}, ModelError, r"expected tensor\(float\) \[batch, 16000\]"),
-        ({"window_samples": 16000, "input": "audio_in"}, {"window": "n"}, ModelError, "for a batch of 2"),
+        (
+            {"window_samples": 16000, "input": "audio_in"},
+            {"window": "n"},
+            ModelError,
+            r"a probe call with float32 \[1, 16000\] failed",
+        ),
+        ({}, {"batch": 1}, ModelError, "has a fixed batch of 1; expected a dynamic batch axis"),
+        ({}, {"batch": 2}, ModelError, "has a fixed batch of 2; expected a dynamic batch axis"),
         ({"bonafide_index": 2}, {}, ModelError, r"expected bonafide_index in 0..1"),
         ({"bonafide_index": None}, {}, ModelError, r"expected bonafide_index in 0..1"),
         ({"sample_rate_hz": 8000}, {}, ConfigError, "sample_rate_hz = 8000"),
@@ -143,7 +152,7 @@ def test_bad_cards_fail_clearly(
         _tiny_model(tmp_path / "tiny.onnx")
         _reshape_needs_window(tmp_path / "tiny.onnx")
     else:
-        _tiny_model(tmp_path / "tiny.onnx")
+        _tiny_model(tmp_path / "tiny.onnx", batch=model_kw.get("batch", "batch"))  # type: ignore[arg-type]
     with pytest.raises(error, match=message):
         load_card(_card(tmp_path, **fields))
 
@@ -175,7 +184,7 @@ def test_detector_windows_follow_the_card(card: Path, la_dir: Path) -> None:
     detector = Detector.load(str(card), device="cpu")
     # No calibration: the shipped uncalibrated card default, stamped with the card.
     assert detector.threshold == 0.0 and detector.calibration.model == "card"
-    assert detector.calibration.weights_sha256 == load_card(card).sha256
+    assert detector.calibration.weights_sha256 == load_card(card).calibration_key
     audio = np.concatenate([np.full(WINDOW, 0.1, np.float32), np.full(WINDOW, 0.2, np.float32)])
     result = detector.score_audio(audio, hop_s=1.0)
     assert [(w.start_s, w.end_s) for w in result.windows] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)]
@@ -210,7 +219,9 @@ def test_card_calibration_must_match_the_card(
 
     base = load_calibration(None, model="aasist-l")
     spec = load_card(card)
-    good = dataclasses.replace(base, model=spec.name, weights_sha256=spec.sha256, verdict_threshold=0.7)
+    good = dataclasses.replace(
+        base, model=spec.name, weights_sha256=spec.calibration_key, verdict_threshold=0.7
+    )
     save_calibration(good, tmp_path / "good.toml")
     detector = Detector.load(str(card), device="cpu", calibration=tmp_path / "good.toml")
     assert detector.threshold == 0.7 and detector.live.window_samples == WINDOW
@@ -221,3 +232,139 @@ def test_card_calibration_must_match_the_card(
         == 8
     )
     assert "calibration was made for model 'aasist-l'" in capsys.readouterr().err
+
+
+def _sqrt_model(path: Path) -> Path:
+    """Output ``sqrt(mean(x))``, shape [batch]: NaN for a window whose mean is
+    negative, the way a broken or badly exported model can fail."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", WINDOW])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("ReduceMean", ["audio", "axes"], ["mean"], keepdims=0),  # (B,)
+        helper.make_node("Sqrt", ["mean"], ["scores"]),
+    ]
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch"])
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny_sqrt", [x], [out], [axes]),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def _offset_speech(la_dir: Path, tmp_path: Path, offsets: list[float]) -> Path:
+    """Real speech, each part shifted by one DC offset (the sign of a window's mean)."""
+    speech = np.tile(soundfile.read(str(la_clip(la_dir, BONAFIDE_UTT)), dtype="float32")[0], 3)[: 4 * 16000]
+    path = tmp_path / f"offset{len(offsets)}.wav"
+    soundfile.write(path, np.concatenate([speech + np.float32(o) for o in offsets]), 16000)
+    return path
+
+
+def test_non_finite_model_scores_never_reach_an_event(
+    tmp_path: Path, la_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``score``: the file is reported and the next one still scored; ``stream``:
+    the window counts as dropped and every event stays finite, ending with the
+    summary."""
+    _sqrt_model(tmp_path / "sqrt.onnx")
+    card = _card(tmp_path, "sqrt.toml", onnx="sqrt.onnx", bonafide_index=None)
+    negative = _offset_speech(la_dir, tmp_path, [-0.05])
+    mixed = _offset_speech(la_dir, tmp_path, [0.05, -0.05])
+    positive = tmp_path / "positive.wav"
+    soundfile.write(positive, soundfile.read(str(mixed), dtype="float32")[0][: 4 * 16000], 16000)
+
+    assert (
+        main(["score", "--model", str(card), "--device", "cpu", "--json", str(negative), str(positive)]) == 1
+    )
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert (
+        rows[0]["file"] == str(negative) and "non-finite score (nan) for the window 0-2 s" in rows[0]["error"]
+    )
+    assert rows[1]["score"] == pytest.approx(np.sqrt(0.05), rel=0.05)  # the next file is scored
+
+    assert main(["stream", "--model", str(card), "--device", "cpu", "--json", str(mixed)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scores = [e for e in events if e["type"] == "score"]
+    scored = [e["score"] for e in scores if e["score"] is not None]
+    failed = [e for e in scores if e["score"] is None and e["speech"]]
+    assert scored and failed and all(np.isfinite(scored))
+    assert all(e["smoothed"] is None or np.isfinite(e["smoothed"]) for e in scores)
+    summary = events[-1]
+    assert summary["type"] == "summary" and summary["dropped_windows"] >= len(failed)
+    assert summary["scored_windows"] == len(scored)
+
+
+def test_a_card_window_shorter_than_the_hop_is_refused_before_streaming(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tiny_model(tmp_path / "short.onnx", window=4000)
+    card = _card(tmp_path, "short.toml", onnx="short.onnx", window_samples=4000)  # 0.25 s < the 0.5 s hop
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, np.zeros(16000, np.float32), 16000)
+    expected = "hop_s: expected at most the model's window (4000 samples = 0.25 s), got 0.5"
+    assert main(["stream", "--model", str(card), "--device", "cpu", str(wav)]) == InputError.exit_code
+    assert expected in capsys.readouterr().err
+    assert main(["serve", "--model", str(card), "--device", "cpu", "--port", "0"]) == InputError.exit_code
+    assert expected in capsys.readouterr().err
+
+
+def test_a_symlinked_card_reads_its_files_beside_the_real_card(card: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = elsewhere / "link.toml"
+    link.symlink_to(card)
+    spec = load_card(link)
+    assert spec.onnx_path == (card.parent / "tiny.onnx").resolve() and spec.name == "card"
+    assert spec.calibration_key == load_card(card).calibration_key
+
+
+def test_a_calibration_is_for_one_reading_of_the_onnx_file(card: Path, tmp_path: Path) -> None:
+    """Two cards over the same file and under the same name that read it
+    differently (sign, column) are different models to a calibration."""
+    import dataclasses
+
+    from spoofwatch.calibration.calfile import load_calibration, save_calibration
+    from spoofwatch.errors import CalibrationError
+
+    spec = load_card(card)
+    base = load_calibration(None, model="aasist-l")
+    fitted = dataclasses.replace(
+        base, model="card", weights_sha256=spec.calibration_key, verdict_threshold=0.7
+    )
+    save_calibration(fitted, tmp_path / "fitted.toml")
+    assert Detector.load(str(card), device="cpu", calibration=tmp_path / "fitted.toml").threshold == 0.7
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tiny.onnx").write_bytes((tmp_path / "tiny.onnx").read_bytes())
+    for fields in ({"higher_is_bonafide": False}, {"bonafide_index": 0}):
+        variant = _card(other, "card.toml", **fields)
+        assert load_card(variant).sha256 == spec.sha256  # the same ONNX file
+        with pytest.raises(CalibrationError, match="calibration was made for"):
+            Detector.load(str(variant), device="cpu", calibration=tmp_path / "fitted.toml")
+
+
+@pytest.mark.slow
+def test_serve_scores_a_card_with_load_shedding_on(card: Path, la_dir: Path) -> None:
+    """A worker times its model at start-up (load shedding) with windows of
+    the card's own length, then serves 2 s windows."""
+    import anyio
+    from test_serve_process import server_process
+
+    from spoofwatch.audio import read_audio
+    from spoofwatch.stream.client import send_audio
+
+    audio = np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 3)[: 5 * 16000].astype(np.float32)
+    with server_process(["--model", str(card), "--workers", "1"]) as server:
+        url = f"ws://127.0.0.1:{server.port()}/"
+        result = anyio.run(lambda: send_audio(audio, url))
+        assert server.stop() == 0
+        log = "\n".join(server.lines)
+    assert result.close_code == 1000, result.close_reason
+    scores = [e for e in result.events if e["type"] == "score"]
+    assert scores and all(e["t_end"] - e["t_start"] == pytest.approx(2.0) for e in scores)
+    assert result.events[-1]["type"] == "summary" and "Traceback" not in log

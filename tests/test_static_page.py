@@ -114,3 +114,36 @@ def test_page_uses_no_third_party_origin() -> None:
     for name in PAGE_FILES.values():
         text = read_page_file(name).decode()
         assert not re.search(r"https?://(?!127\.0\.0\.1)", text), name
+
+
+def http_request(method: str, url: str) -> tuple[int, dict[str, str], bytes]:
+    # No body: websockets' HTTP parser refuses request bodies before any handler runs.
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def test_head_gets_headers_only_and_other_methods_get_405(scorer: Any, vad: Any) -> None:
+    """GET and HEAD are the only methods: HEAD answers GET's status and headers
+    without the body (RFC 9110), anything else is refused with 405 and Allow."""
+    from spoofwatch.stream.server import health
+
+    async with running(scorer, vad) as (host, _):
+        for path in ("/", "/static/config.json", health.HEALTHZ, health.READYZ, health.METRICS):
+            status, headers, body = await anyio.to_thread.run_sync(http_request, "GET", f"http://{host}{path}")
+            head = await anyio.to_thread.run_sync(http_request, "HEAD", f"http://{host}{path}")
+            assert status == 200 and body, path
+            assert head[0] == 200 and head[2] == b"", path
+            assert head[1]["Content-Type"] == headers["Content-Type"], path
+            for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+                refused = await anyio.to_thread.run_sync(http_request, method, f"http://{host}{path}")
+                assert refused[0] == 405 and refused[1]["Allow"] == "GET, HEAD", (method, path)
+                assert f"method {method} not allowed".encode() in refused[2]
+        # The WebSocket on / still opens with GET.
+        async with connect(f"ws://{host}/") as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"}))
+            await ws.send(json.dumps({"type": "stop"}))
+            assert json.loads([m async for m in ws][-1])["type"] == "summary"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spoofwatch.constants import MODEL_NAMES
-from spoofwatch.errors import AudioError
+from spoofwatch.errors import AudioError, ModelError
 
 from .common import add_model_args, add_precision_arg, print_event
 
@@ -122,7 +122,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             result = detector.score_file(path, hop_s=args.hop_s)
-        except AudioError as exc:
+        except (AudioError, ModelError) as exc:  # this file only: the others are still scored
             failed += 1
             sys.stderr.write(f"spoofwatch score: {exc}\n")
             if args.json:

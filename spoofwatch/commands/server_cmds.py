@@ -151,11 +151,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from spoofwatch.model.runtime import preflight, resolve_device
 
     preflight(args.model, args.precision, args.device, args.weights)
-    if not is_card_reference(args.model):
-        ensure_onnx(args.model, args.weights, args.precision)
     from spoofwatch.constants import WINDOW_SAMPLES
 
+    window_samples = WINDOW_SAMPLES
+    if is_card_reference(args.model):
+        from spoofwatch.model.card import load_card
+
+        # The graph too (names, shapes, a probe call): a bad card is one error
+        # here, not five worker deaths.
+        window_samples = load_card(Path(args.model)).window_samples
+    else:
+        ensure_onnx(args.model, args.weights, args.precision)
+
+    from spoofwatch.stream.engine import check_hop_fits
+
     cal = calibration_for(args.model, args.calibration, args.weights, args.precision)
+    check_hop_fits(cal.live.stream, window_samples)
     hop_samples = cal.live.stream.hop_samples
     if incremental_reason(args.model, hop_samples, WINDOW_SAMPLES, args.precision, args.full_windows) is None:
         from spoofwatch.model.incremental import ensure_incremental_onnx

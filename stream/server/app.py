@@ -12,6 +12,8 @@ port (:mod:`.health`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import hmac
 import logging
 import socket
@@ -61,6 +63,26 @@ class WebSocketServer:
         self._shutdown.set()
 
     async def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The HTTP answer to a request, or ``None`` to go on with a WebSocket
+        handshake. Every path answers GET; HEAD gets the same headers without
+        the body (RFC 9110); other methods get 405."""
+        if request.method not in ("GET", "HEAD"):
+            refused = connection.respond(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"method {request.method} not allowed: expected GET or HEAD\n"
+            )
+            refused.headers["Allow"] = "GET, HEAD"
+            return refused
+        response = await self._answer(connection, request)
+        if request.method == "GET":
+            return response
+        if response is None:  # a WebSocket upgrade: the handshake needs GET
+            response = connection.respond(
+                HTTPStatus.METHOD_NOT_ALLOWED, "a WebSocket upgrade needs GET, not HEAD\n"
+            )
+            response.headers["Allow"] = "GET"
+        return dataclasses.replace(response, body=b"")  # Content-Length still says the GET's
+
+    async def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         # Browser client (static.py): a plain GET of the page or its files; upgrades go on.
         page = page_response(request, self.ctx)
         if page is not None:

@@ -556,8 +556,6 @@ def _measured_load(
     timing (see :class:`DeviceRates`)."""
     import numpy as np
 
-    from spoofwatch.constants import WINDOW_SAMPLES
-
     from .context import skip_lag_s
     from .load import CALIBRATION_BATCH, LoadMonitor, step_batches
 
@@ -574,12 +572,14 @@ def _measured_load(
         return load
     rng = np.random.default_rng(0)
     # Time what live streams pay per window: a full pass, or one incremental step.
+    # The model's own window: a model card may declare another length than AASIST's.
+    window = live.window_samples
     if incremental is None:
         score: Any = scorer.scores
-        make_batch: Any = lambda n: (0.1 * rng.standard_normal((n, WINDOW_SAMPLES))).astype(np.float32)  # noqa: E731
+        make_batch: Any = lambda n: (0.1 * rng.standard_normal((n, window))).astype(np.float32)  # noqa: E731
     else:
         score = lambda batch: incremental.score(*batch)  # noqa: E731
-        make_batch = step_batches(incremental, WINDOW_SAMPLES, live.stream.hop_samples)
+        make_batch = step_batches(incremental, window, live.stream.hop_samples)
     # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
     load.calibrate(score, make_batch, largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH)
     if load.shared_device:
