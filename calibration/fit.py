@@ -102,9 +102,9 @@ def smoothed_scores(traces: list[Trace], base: PolicyConfig) -> npt.NDArray[np.f
     values: list[float] = []
     for tr in traces:
         policy = AlertPolicy(base)
-        for t, score in tr.windows:
+        for t, score, since in tr.windows:
             if score is None:
-                policy.no_speech(t)
+                policy.no_speech(t, since)
             else:
                 policy.update(t, score)
                 assert policy.smoothed is not None

@@ -49,7 +49,9 @@ class Trace:
     name: str
     duration_s: float
     onset_s: float | None
-    windows: list[tuple[float, float | None]]  # (t_end, score or None when gated)
+    #: (t_end, score or None when gated, silent since: where a gated window's
+    #: silence began, as the live engine tells the policy; None when scored).
+    windows: list[tuple[float, float | None, float | None]]
 
 
 @dataclass(frozen=True)
@@ -107,16 +109,23 @@ def trace(conversation: Conversation, engine: Engine, scorer: Scorer) -> Trace:
     audio = conversation.audio
     events = [e for pos in range(0, audio.size, 4096) for e in driver.feed(audio[pos : pos + 4096], scorer)]
     events += driver.close(scorer)
-    windows = [(e.t_end, e.score) for e in events if isinstance(e, ScoreEvent)]
+    windows = [(e.t_end, e.score, _silent_since(e)) for e in events if isinstance(e, ScoreEvent)]
     return Trace(conversation.name, audio.size / SAMPLE_RATE_HZ, conversation.onset_s, windows)
+
+
+def _silent_since(event: ScoreEvent) -> float | None:
+    """What the engine passed the policy for a gated window (None for a scored one)."""
+    if event.score is not None:
+        return None
+    return event.t_start if event.speech_end_s is None else event.speech_end_s
 
 
 def replay(tr: Trace, policy: PolicyConfig) -> list[float]:
     """Alert start times the policy raises on a recorded trace."""
     p = AlertPolicy(policy)
     starts = []
-    for t, score in tr.windows:
-        events = p.no_speech(t) if score is None else p.update(t, score)
+    for t, score, since in tr.windows:
+        events = p.no_speech(t, since) if score is None else p.update(t, score)
         starts += [e.t for e in events if e.type == "alert_start"]  # type: ignore[attr-defined]
     return starts
 
@@ -147,7 +156,7 @@ def measure(traces: list[Trace], policy: PolicyConfig) -> StreamMetrics:
 
 
 def candidate_thresholds(traces: list[Trace], n: int = N_THRESHOLDS) -> list[float]:
-    scores = np.array([s for tr in traces for _, s in tr.windows if s is not None])
+    scores = np.array([s for tr in traces for _, s, _ in tr.windows if s is not None])
     if scores.size == 0:
         raise CalibrationError("no window passed the speech gate: nothing to calibrate on")
     return sorted({float(q) for q in np.quantile(scores, np.linspace(0.02, 0.98, n))})

@@ -173,7 +173,9 @@ def run_variant(
         result.genuine_traces.append(tr)
         # A window belongs to the utterance under the middle of the audio it holds
         # (a stream shorter than a window is one padded window ending at its end).
-        scored = [((max(0.0, t_end - window_s) + t_end) / 2, s) for t_end, s in tr.windows if s is not None]
+        scored = [
+            ((max(0.0, t_end - window_s) + t_end) / 2, s) for t_end, s, _ in tr.windows if s is not None
+        ]
         for utt, start, end in spans:
             inside = [s for mid, s in scored if start / SAMPLE_RATE_HZ <= mid < end / SAMPLE_RATE_HZ]
             if inside:
@@ -187,7 +189,7 @@ def run_variant(
             continue
         tr = trace(Conversation(u.utt, read_audio(u.path), 0.0), engine, scorer)
         result.spoof_traces[u.utt] = tr
-        scores = [s for _, s in tr.windows if s is not None]
+        scores = [s for _, s, _ in tr.windows if s is not None]
         if scores:
             result.spoof[u.utt] = float(np.mean(scores))
         else:
@@ -259,7 +261,7 @@ def operating_point(
     windows = [
         s
         for tr in [*result.genuine_traces, *result.spoof_traces.values()]
-        for _, s in tr.windows
+        for _, s, _ in tr.windows
         if s is not None
     ]
     if not windows:

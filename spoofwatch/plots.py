@@ -30,6 +30,37 @@ def _pyplot() -> Any:
     return plt
 
 
+def prepare_plot_file(path: Path) -> None:
+    """Check ``--plot FILE`` before any work: a format matplotlib writes, known
+    by the file's suffix, and a folder that exists (made if missing). A picture
+    that cannot be written would otherwise fail after the whole run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from spoofwatch.errors import InputError
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if path.is_dir():
+        raise InputError(f"--plot {path}: is a folder; expected a picture file such as timeline.png")
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise InputError(
+            f"--plot {path}: expected a file name ending in one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (e.g. timeline.png)"
+        )
+    prepare_plot_dir(path.parent)
+
+
+def prepare_plot_dir(folder: Path) -> None:
+    """The folder pictures go to, made now; a clear error if it cannot be."""
+    from spoofwatch.errors import InputError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"--plot: cannot use {folder} as a folder for pictures: {exc.strerror or exc}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Timeline:
     """What a stream's events say, as arrays for plotting (times in stream seconds)."""

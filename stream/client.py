@@ -50,6 +50,7 @@ async def send_audio(
     server refuses the upgrade (401 wrong token, 404 path), :class:`NetworkError`
     when nothing answers.
     """
+    _check_url(url)
     try:
         return await _send_audio(audio, url, encoding, realtime, token, on_event)
     except InvalidURI as exc:
@@ -65,6 +66,20 @@ async def send_audio(
         raise ProtocolError(f"{url}: WebSocket handshake failed: {exc}", CloseCode.PROTOCOL_ERROR) from None
     except (OSError, TimeoutError) as exc:
         raise NetworkError(f"{url}: cannot connect: {exc.strerror or exc}") from None
+
+
+def _check_url(url: str) -> None:
+    """A ws:// or wss:// URL with a valid host and port, before connecting
+    (``websockets`` reports a bad port or IPv6 literal as a bare ValueError)."""
+    from urllib.parse import urlsplit
+
+    from websockets.uri import parse_uri
+
+    try:
+        parse_uri(url)
+        urlsplit(url).port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except (InvalidURI, ValueError) as exc:
+        raise InputError(f"expected a ws:// or wss:// URL, got {url!r} ({exc})") from None
 
 
 async def _send_audio(

@@ -91,6 +91,7 @@ class StreamDriver:
         #: Every window of the stream has been queued (the input ended and was flushed).
         self.input_closed = False
         self.finished = False
+        self._undelivered: list[Event] = []
 
     # ---- input side ---------------------------------------------------------
 
@@ -158,10 +159,20 @@ class StreamDriver:
         pass the same object for every call of one stream), or a plain
         ``Scorer``, which then scores every window from scratch."""
         window_scorer = as_window_scorer(scorer)
-        events: list[Event] = []
         while (pending := self.next_window()) is not None:
-            score = window_scorer.score_window(pending.window) if pending.gate.speech else None
-            events += self.resolve(pending, score)
+            try:
+                score = window_scorer.score_window(pending.window) if pending.gate.speech else None
+            except BaseException:  # Ctrl-C lands here most of the time: the window is off the queue
+                self.engine.drop(pending)
+                raise
+            self._undelivered += self.resolve(pending, score)
+        return self._deliver()
+
+    def _deliver(self) -> list[Event]:
+        """Events resolved but not yet returned. An exception (Ctrl-C) in the
+        middle of ``score_due`` leaves them here, and ``finish`` returns them
+        ahead of the summary, so the summary always agrees with the events."""
+        events, self._undelivered = self._undelivered, []
         return events
 
     # ---- inline use ---------------------------------------------------------
@@ -196,4 +207,4 @@ class StreamDriver:
         if self.finished:
             return []
         self.finished = True
-        return self.engine.finish(reason)
+        return [*self._deliver(), *self.engine.finish(reason)]

@@ -213,15 +213,32 @@ class Engine:
         if score is not None and not math.isfinite(score):
             return [self._model_failed(pending, score)]
         if not gate.speech or score is None:
-            events = self.policy.no_speech(w.t_end)
+            since = w.t_start if gate.speech_end_s is None else gate.speech_end_s
+            events = self.policy.no_speech(w.t_end, since)
             return [
-                ScoreEvent(w.t_start, w.t_end, None, self.policy.smoothed, False, gate.speech_fraction),
+                ScoreEvent(
+                    w.t_start,
+                    w.t_end,
+                    None,
+                    self.policy.smoothed,
+                    False,
+                    gate.speech_fraction,
+                    gate.speech_end_s,
+                ),
                 *events,
             ]
         self.scored_windows += 1
         events = self.policy.update(w.t_end, score)
         return [
-            ScoreEvent(w.t_start, w.t_end, score, self.policy.smoothed, True, gate.speech_fraction),
+            ScoreEvent(
+                w.t_start,
+                w.t_end,
+                score,
+                self.policy.smoothed,
+                True,
+                gate.speech_fraction,
+                gate.speech_end_s,
+            ),
             *events,
         ]
 
@@ -240,8 +257,15 @@ class Engine:
             )
         self.model_failures += 1
         self.dropped_windows += 1
+        gate = pending.gate
         return ScoreEvent(
-            w.t_start, w.t_end, None, self.policy.smoothed, pending.gate.speech, pending.gate.speech_fraction
+            w.t_start,
+            w.t_end,
+            None,
+            self.policy.smoothed,
+            gate.speech,
+            gate.speech_fraction,
+            gate.speech_end_s,
         )
 
     def drop(self, pending: PendingWindow) -> None:

@@ -54,6 +54,8 @@ class ScoreEvent(Event):
     smoothed: float | None
     speech: bool
     speech_fraction: float
+    #: Where the window's last speech frame ends (stream s); ``None``: no speech in it.
+    speech_end_s: float | None = None
 
 
 @dataclass(frozen=True)

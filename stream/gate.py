@@ -58,6 +58,8 @@ class GateResult:
     speech: bool
     speech_fraction: float
     level_dbfs: float
+    #: Stream time (s) where the window's last speech frame ends; ``None``: no speech frame in it.
+    speech_end_s: float | None = None
 
 
 def rms_dbfs(x: npt.NDArray[np.float32]) -> float:
@@ -164,14 +166,17 @@ class SpeechGate:
         level = rms_dbfs(window.samples)
         first = -(-window.start_sample // VAD_FRAME_SAMPLES)  # first frame fully inside
         last = window.end_sample // VAD_FRAME_SAMPLES  # exclusive
-        flags = [speech for index, speech in self._frames if first <= index < last]
+        inside = [(index, speech) for index, speech in self._frames if first <= index < last]
+        flags = [speech for _, speech in inside]
         fraction = float(np.mean(flags)) if flags else 0.0
         speech = (
             level >= self.config.energy_floor_dbfs
             and bool(flags)
             and fraction >= self.config.min_speech_fraction
         )
-        return GateResult(speech, fraction, level)
+        spoken = [index for index, speech in inside if speech]
+        end_s = (spoken[-1] + 1) * VAD_FRAME_SAMPLES / SAMPLE_RATE_HZ if spoken else None
+        return GateResult(speech, fraction, level, end_s)
 
 
 #: Most frames in one batched VAD call (past ~32 a frame costs no less).

@@ -13,7 +13,7 @@ from spoofwatch.errors import AudioError
 
 from .driver import StreamDriver
 from .engine import Scorer, WindowScorer
-from .events import Event
+from .events import ERROR, Event
 from .sources.mic import MicrophoneSource
 
 #: How long the consumer waits for audio before polling the ring again.
@@ -53,6 +53,29 @@ def run_monitor(
     finally:
         source.stop()
     return close_monitor(source, driver, scorer)
+
+
+def monitor(
+    source: MicrophoneSource,
+    driver: StreamDriver,
+    scorer: Scorer | WindowScorer,
+    on_events: Callable[[list[Event]], None],
+    stop: threading.Event,
+    status_every_s: float = STATUS_EVERY_S,
+) -> None:
+    """:func:`run_monitor` until ``stop`` or Ctrl-C (both a normal end), or a
+    failure (bad samples, the model), which is raised. However it ends,
+    ``on_events`` gets the closing events: an open alert's ``alert_end``
+    (reason ``error`` for a failure) and the one ``summary``."""
+    try:
+        closing = run_monitor(source, driver, scorer, on_events, stop, status_every_s)
+    except KeyboardInterrupt:  # the capture is already stopped; flush and summarise
+        stop.set()
+        closing = close_monitor(source, driver, scorer)
+    except Exception:
+        on_events(driver.abort(ERROR))
+        raise
+    on_events(closing)
 
 
 def close_monitor(

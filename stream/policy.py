@@ -4,9 +4,11 @@ Scores are bona fide logits, so *low* means spoof-like. An alert starts when
 the smoothed score has stayed below ``enter_threshold`` for
 ``min_alert_windows`` consecutive scored windows (and the cooldown since the
 last alert has passed). It ends when the smoothed score rises above
-``exit_threshold`` (>= enter: hysteresis), or after ``silence_reset_s`` of
-windows without speech, which also clears the smoothing history so a new
-talker starts fresh.
+``exit_threshold`` (>= enter: hysteresis), or once ``silence_reset_s`` have
+passed since the last speech, which also clears the smoothing history so a
+new talker starts fresh. (A window is judged silent only when most of it is,
+about 3 s after speech stops; counting from that window's end would add
+those seconds again, so the gate says where the last speech ended.)
 """
 
 from __future__ import annotations
@@ -108,11 +110,16 @@ class AlertPolicy:
             return [AlertStart(t, self.smoothed, cfg.enter_threshold)]
         return []
 
-    def no_speech(self, t: float) -> list[Event]:
-        """A window without speech ending at ``t``: never alerts; a run of
-        them spanning ``silence_reset_s`` ends an alert and resets smoothing."""
-        if self._silent_since is None:
-            self._silent_since = t
+    def no_speech(self, t: float, silent_since: float | None = None) -> list[Event]:
+        """A window without speech ending at ``t``, silent from ``silent_since``
+        (where its last speech ended, or its start; default ``t``): never
+        alerts; ``silence_reset_s`` after the last speech of a run of them, an
+        alert ends and smoothing resets."""
+        if silent_since is None:  # no word from the gate: silent from this window's end
+            if self._silent_since is None:
+                self._silent_since = t
+        elif self._silent_since is None or silent_since > self._silent_since:
+            self._silent_since = silent_since
         if t - self._silent_since < self.config.silence_reset_s:
             return []
         events: list[Event] = [self._end(t, SILENCE)] if self.active else []

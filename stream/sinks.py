@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from spoofwatch.errors import InputError
+
 from .events import event_json
 
 log = logging.getLogger(__name__)
@@ -168,9 +170,24 @@ class QueuedSink:
         log.info("%s sink: %s", self.name, ", ".join(f"{k} {v}" for k, v in self.counters.as_dict().items()))
 
 
+def open_for_append(path: Path) -> IO[str]:
+    """``path`` opened for appending events, or an :class:`InputError` naming it."""
+    try:
+        return path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot open the events file for appending: {exc.strerror or exc}"
+        ) from None
+
+
+def check_appendable(path: Path) -> None:
+    """Fail now, before a model loads or a worker starts, if ``path`` cannot take events."""
+    open_for_append(path).close()
+
+
 def file_writer(path: Path) -> tuple[Callable[[str], None], Callable[[], None]]:
     """Append lines to ``path`` (opened now, so a bad path fails at start-up)."""
-    fh = path.open("a", encoding="utf-8")
+    fh = open_for_append(path)
 
     def write(line: str) -> None:
         fh.write(line + "\n")

@@ -509,7 +509,12 @@ def test_bonafide_threshold_is_the_highest_the_smoothed_scores_allow() -> None:
 
     base = PolicyConfig(0.0, 0.5, smoothing_windows=2, min_alert_windows=1, cooldown_s=0.0)
     scores = [5.0, 1.0, 5.0, 5.0, None, 5.0]
-    genuine = Trace("genuine", 60.0, None, [(float(i + 1), s) for i, s in enumerate(scores)])
+    genuine = Trace(
+        "genuine",
+        60.0,
+        None,
+        [(float(i + 1), s, None if s is not None else float(i)) for i, s in enumerate(scores)],
+    )
     threshold, rate = bonafide_threshold([genuine], base, target_per_hour=0.0)
     assert 2.0 < threshold <= 3.0 and rate == 0.0
     assert measure([genuine], base.with_band(3.0 + 1e-9)).false_alerts_per_hour > 0  # the edge

@@ -404,13 +404,13 @@ def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
         Utterance("s2", Path("s2"), "spoof", "vc", "sysB", "VCTK"),
     ]
     policy = PolicyConfig(enter_threshold=1.0, exit_threshold=2.0)
-    genuine = [Trace("VCTK#0", 60.0, None, [(4.04 + i, 5.0) for i in range(50)])]
+    genuine = [Trace("VCTK#0", 60.0, None, [(4.04 + i, 5.0, None) for i in range(50)])]
 
     def result(name: str, scored: set[str]) -> VariantResult:
         r = VariantResult(name, genuine={"g1": 5.0}, genuine_traces=genuine)
         for u in ("s1", "s2"):
             score = -3.0 if u in scored else None
-            r.spoof_traces[u] = Trace(u, 6.0, 0.0, [(4.04, score), (4.54, score)])
+            r.spoof_traces[u] = Trace(u, 6.0, 0.0, [(4.04, score, None), (4.54, score, None)])
             if score is None:
                 r.unscored.append(u)
             else:

@@ -53,6 +53,30 @@ class FakeClock:
 
 
 class TestEngineWithFakes:
+    def test_an_interrupt_while_scoring_loses_no_window_and_no_event(self) -> None:
+        """Ctrl-C lands in a model call (where nearly all the time goes) in the
+        middle of a feed that had already resolved windows: those windows'
+        events still come out (ahead of the summary), the interrupted window
+        counts as dropped, and the summary agrees with the events."""
+
+        class InterruptedOnce(FakeScorer):
+            def scores(self, windows: Any) -> Any:
+                out = super().scores(windows)
+                if self.calls == 10:
+                    raise KeyboardInterrupt
+                return out
+
+        driver, scorer = StreamDriver(fake_engine()), InterruptedOnce()
+        with pytest.raises(KeyboardInterrupt):
+            driver.feed(genuine_then_spoof(), scorer)  # one feed: 24 windows due at once
+        events = driver.close(scorer, "shutdown")
+        scores = [e for e in events if isinstance(e, ScoreEvent)]
+        summary = events[-1]
+        assert isinstance(summary, SummaryEvent) and summary.windows == 24
+        assert len(scores) == 23 and summary.dropped_windows == 1  # the 10th window
+        assert [e.t_end for e in scores] == sorted(e.t_end for e in scores)
+        assert len(scores) + summary.dropped_windows == summary.windows
+
     def test_alert_after_the_switch_and_one_summary(self) -> None:
         events = run(StreamDriver(fake_engine()), genuine_then_spoof())
         scores = [e for e in events if isinstance(e, ScoreEvent)]

@@ -154,6 +154,84 @@ def test_stream_cli_ctrl_c_flushes_and_closes_the_alert(
     assert [e["type"] for e in events].count("summary") == 1
 
 
+def test_stream_cli_bad_samples_mid_file_end_the_alert_and_summarise(
+    sw_home: Path, spoof_stream: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NaN 15 s into a file, while an alert is open: the alert ends with
+    reason "error", the one summary follows, then the error (exit 3)."""
+    audio = spoof_stream[: 15 * 16000].copy()
+    audio[-100] = np.nan
+    path = tmp_path / "nan_mid.wav"
+    soundfile.write(path, audio, 16000, subtype="FLOAT")
+    assert main(["stream", "--json", "--device", "cpu", str(path)]) == 3
+    out = capsys.readouterr()
+    events = [json.loads(line) for line in out.out.splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("alert_start") == 1 and types[-2:] == ["alert_end", "summary"]
+    assert events[-2]["reason"] == "error" and "NaN" in out.err
+    summary = events[-1]
+    assert summary["windows"] == types.count("score") + summary["dropped_windows"]
+
+
+def test_an_alert_ends_three_seconds_after_the_speech_does(
+    spoof_stream: np.ndarray, scorer: Any, vad: Any
+) -> None:
+    """Spoofed speech with an open alert, then 5 s of silence: the alert ends
+    for silence about ``silence_reset_s`` (3 s) after the last speech, at the
+    first window judged silent, not 3 s after that window (~6 s)."""
+    stop_s = 16.0
+    audio = np.concatenate([spoof_stream, np.zeros(5 * 16000, np.float32)])
+    driver = StreamDriver(engine_for(vad))
+    events = [
+        e.to_json() for c in range(0, audio.size, 4000) for e in driver.feed(audio[c : c + 4000], scorer)
+    ]
+    events += [e.to_json() for e in driver.close(scorer)]
+    ends = [e for e in events if e["type"] == "alert_end"]
+    assert [e["type"] for e in events].count("alert_start") == 1 and len(ends) == 1
+    assert ends[0]["reason"] == "silence" and stop_s + 3.0 <= ends[0]["t"] < stop_s + 4.6
+    gated = [e for e in events if e["type"] == "score" and e["score"] is None]
+    assert gated and all(e["speech_end_s"] is None or e["speech_end_s"] <= stop_s + 0.1 for e in gated)
+
+
+def test_stream_cli_checks_the_plot_path_before_the_work(
+    concat_wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad, message in (
+        (tmp_path / "timeline.txt", "expected a file name ending in one of"),
+        (tmp_path, "is a folder"),
+    ):
+        assert (
+            main(["stream", "--device", "cpu", "--plot", str(bad), str(concat_wav)]) == InputError.exit_code
+        )
+        out = capsys.readouterr()
+        assert message in out.err and out.out == ""  # nothing was streamed
+
+
+def test_stream_cli_stops_quietly_when_its_reader_goes_away(concat_wav: Path, tmp_path: Path) -> None:
+    """``spoofwatch stream ... | head -1``: the reader closes the pipe; the
+    command ends with 141 (as if killed by SIGPIPE), without a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader is gone before the first event
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "spoofwatch", "stream", "--json", "--device", "cpu", str(concat_wav)],
+        stdout=write_fd,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        timeout=600,
+    )
+    os.close(write_fd)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
 class CountingVad:
     """The real silero VAD, counting the frames of each call."""
 

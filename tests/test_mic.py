@@ -144,6 +144,37 @@ def test_monitor_drops_stale_windows_when_audio_arrives_in_bursts(
     assert events[-1]["type"] == "status" and events[-1]["dropped_windows"] == summary["dropped_windows"]
 
 
+def test_monitor_failing_mid_alert_ends_the_alert_and_summarises(
+    sw_home: Path, audio48: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
+) -> None:
+    """Bad samples from the device 15 s in, while an alert is open: the error
+    is raised, and the sinks still get the alert's end (reason "error") and
+    the one summary."""
+    from spoofwatch.errors import AudioError
+    from spoofwatch.stream.monitor import monitor
+
+    audio = audio48[: 15 * NATIVE_HZ].copy()
+    audio[-BLOCK // 2] = np.nan
+    consumed = threading.Semaphore(0)
+    seen: list[Event] = []
+
+    def on_events(events: list[Event]) -> None:
+        seen.extend(events)
+        consumed.release()
+
+    source = MicrophoneSource(
+        NATIVE_HZ, device=None, stream_factory=lambda **kw: FakeInputStream(audio, BLOCK, consumed, **kw)
+    )
+    driver = StreamDriver(make_engine(), NATIVE_HZ, drop_stale=True)
+    with pytest.raises(AudioError, match=r"microphone: .*NaN"):
+        monitor(source, driver, scorer, on_events, threading.Event())
+    events = [e.to_json() for e in seen]
+    types = [e["type"] for e in events]
+    assert types.count("alert_start") == 1 and types[-2:] == ["alert_end", "summary"]
+    assert events[-2]["reason"] == "error"
+    assert events[-1]["windows"] == types.count("score") + events[-1]["dropped_windows"]
+
+
 def test_missing_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["monitor"])
     err = capsys.readouterr().err

@@ -674,6 +674,9 @@ def _send_cases(port: int, wav: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ([base + "/nowhere", "--token", "s3cret"], 6, "HTTP 404"),
         ([refused], 9, "cannot connect"),
         ([f"http://127.0.0.1:{port}/"], 2, "expected a ws:// or wss:// URL"),
+        (["ws://127.0.0.1:99999/"], 2, "Port out of range"),
+        (["ws://127.0.0.1:abc/"], 2, "expected a ws:// or wss:// URL"),
+        (["ws://[::1/"], 2, "Invalid IPv6 URL"),
     ]
     for args, code, text in cases:
         assert main(["send", str(wav), *args]) == code, args

@@ -142,3 +142,20 @@ def test_sink_counters_feed_the_metrics_once(tmp_path: Path) -> None:
     page = metrics.exposition().decode()
     assert 'spoofwatch_sink_events_total{outcome="written",sink="jsonl"} 3.0' in page
     assert str(tmp_path) not in page  # paths and URLs stay out of the labels
+
+
+def test_an_unusable_events_file_is_one_error_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serve opens --jsonl in every worker: a path that cannot take events is
+    refused once, before a model loads or a worker starts (it was five
+    worker tracebacks); the sink itself raises the same clear error."""
+    from spoofwatch.cli import main
+    from spoofwatch.errors import InputError
+
+    bad = tmp_path / "no" / "such" / "folder" / "events.jsonl"
+    assert main(["serve", "--port", "0", "--workers", "1", "--jsonl", str(bad)]) == InputError.exit_code
+    err = capsys.readouterr().err
+    assert f"{bad}: cannot open the events file for appending" in err and "Traceback" not in err
+    with pytest.raises(InputError, match="cannot open the events file"):
+        JsonlSink(tmp_path)  # a folder

@@ -133,7 +133,9 @@ async def test_head_gets_headers_only_and_other_methods_get_405(scorer: Any, vad
 
     async with running(scorer, vad) as (host, _):
         for path in ("/", "/static/config.json", health.HEALTHZ, health.READYZ, health.METRICS):
-            status, headers, body = await anyio.to_thread.run_sync(http_request, "GET", f"http://{host}{path}")
+            status, headers, body = await anyio.to_thread.run_sync(
+                http_request, "GET", f"http://{host}{path}"
+            )
             head = await anyio.to_thread.run_sync(http_request, "HEAD", f"http://{host}{path}")
             assert status == 200 and body, path
             assert head[0] == 200 and head[2] == b"", path

@@ -185,6 +185,22 @@ class TestAlertPolicy:
         assert isinstance(end, AlertEnd) and end.reason == "silence"
         assert policy.smoothed is None and not policy.active
 
+    def test_silence_counts_from_the_last_speech(self) -> None:
+        """A window is judged silent only ~3 s after speech stops: the reset
+        counts from where the gate says the last speech ended, not from that
+        window's end, and later speech inside gated windows moves it on."""
+        policy = AlertPolicy(self.cfg)  # silence_reset_s = 3
+        self.run(policy, [-1, -1])
+        (end,) = policy.no_speech(5.0, silent_since=1.9)  # the first gated window: 3.1 s of silence
+        assert isinstance(end, AlertEnd) and end.reason == "silence" and end.t == 5.0
+        policy = AlertPolicy(self.cfg)
+        self.run(policy, [-1, -1])
+        assert policy.no_speech(4.0, silent_since=1.5) == []
+        assert policy.no_speech(4.5, silent_since=2.5) == []  # a short burst of speech at 2.5 s
+        assert policy.no_speech(5.0, silent_since=2.0) == []  # an older end changes nothing
+        (end,) = policy.no_speech(5.5, silent_since=2.4)
+        assert end.reason == "silence" and end.t == 5.5
+
     def test_finish_closes_alert(self) -> None:
         policy = AlertPolicy(self.cfg)
         self.run(policy, [-1, -1])

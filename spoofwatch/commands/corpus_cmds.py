@@ -231,6 +231,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
             "onnx_sha256": sha256_file(onnx),
             "loudness": loud,
             "utts": [u.utt for u in utts],
+            "trace_format": 2,  # windows carry where a gated window's silence began
             "audio_sha256": audio,
             "stream": engine.config,
             "gate": cal.gate,

@@ -115,6 +115,10 @@ def _print_table(result: Any) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     from spoofwatch.model.detector import Detector
 
+    if args.plot:  # before the model loads
+        from spoofwatch.plots import prepare_plot_dir
+
+        prepare_plot_dir(args.plot)
     detector = Detector.load(
         args.model, args.device, args.threads, args.weights, args.calibration, args.precision
     )
@@ -140,7 +144,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _plot_file(result: dict[str, Any], path: Path, out_dir: Path) -> None:
     from spoofwatch.plots import plot_file_score
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{path.name}.png"
     plot_file_score(result, target)
     log.info("wrote %s", target)

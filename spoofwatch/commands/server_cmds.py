@@ -151,6 +151,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from spoofwatch.model.runtime import preflight, resolve_device
 
     preflight(args.model, args.precision, args.device, args.weights)
+    if args.jsonl is not None:  # each worker opens it; a bad path is one error here, not five crashes
+        from spoofwatch.stream.sinks import check_appendable
+
+        check_appendable(args.jsonl)
     from spoofwatch.constants import WINDOW_SAMPLES
 
     window_samples = WINDOW_SAMPLES

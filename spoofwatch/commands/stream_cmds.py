@@ -106,10 +106,14 @@ def _emit(events: list[Event], as_json: bool) -> None:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     from spoofwatch.stream.driver import StreamDriver
-    from spoofwatch.stream.events import SHUTDOWN
+    from spoofwatch.stream.events import ERROR, SHUTDOWN
     from spoofwatch.stream.sources.file import file_chunks
 
     cal, live = _settings(args)  # before any audio is read
+    if args.plot:
+        from spoofwatch.plots import prepare_plot_file
+
+        prepare_plot_file(args.plot)
     chunks = file_chunks(
         args.file, realtime=args.realtime
     )  # decodes now: bad files fail before loading the model
@@ -127,6 +131,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         emit(driver.close(scorer))
     except KeyboardInterrupt:  # Ctrl-C: flush and summarise what was heard, then exit 130
         emit(driver.close(scorer, SHUTDOWN))
+        raise
+    except Exception:  # bad audio mid-file, a model failure: an open alert ends, and the summary
+        emit(driver.abort(ERROR))
         raise
     finally:
         if args.plot:
@@ -147,8 +154,8 @@ def _plot_stream(events: list[Event], engine: Any, args: argparse.Namespace) -> 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from spoofwatch.stream.driver import StreamDriver
-    from spoofwatch.stream.monitor import close_monitor, run_monitor
-    from spoofwatch.stream.sinks import JsonlSink, format_event, live_line
+    from spoofwatch.stream.monitor import monitor
+    from spoofwatch.stream.sinks import JsonlSink, check_appendable, format_event, live_line
     from spoofwatch.stream.sources.mic import (
         MicrophoneSource,
         input_device_info,
@@ -166,6 +173,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     cal, live = _settings(args)
     device = parse_device(args.input_device)
     name, rate = input_device_info(device)  # fails fast, before the model loads
+    if args.jsonl:
+        check_appendable(args.jsonl)
     detector, engine, scorer = _load(args, cal, live)
     source = MicrophoneSource(rate, device)
     driver = StreamDriver(engine, rate, drop_stale=True, incremental=scorer.mode == "incremental")
@@ -189,11 +198,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     try:
-        closing = run_monitor(source, driver, scorer, on_events, stop)
-    except KeyboardInterrupt:  # Ctrl-C: the capture is already stopped; flush and summarise
-        stop.set()
-        closing = close_monitor(source, driver, scorer)
-    on_events(closing)
-    if sink:
-        sink.close()
+        monitor(source, driver, scorer, on_events, stop)
+    finally:
+        if sink:
+            sink.close()
     return 0

@@ -13,7 +13,6 @@ port (:mod:`.health`).
 from __future__ import annotations
 
 import dataclasses
-
 import hmac
 import logging
 import socket
