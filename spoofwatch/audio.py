@@ -126,6 +126,8 @@ class AudioFile:
         import soundfile
 
         self.path = Path(path)
+        if self.path.is_dir():
+            raise AudioError(f"{self.path}: is a folder; expected an audio file")
         if not self.path.is_file():
             raise AudioError(f"{self.path}: no such audio file")
         try:

@@ -34,7 +34,18 @@ PROTOCOL_ERROR = "protocol_error"  # the client broke the protocol or a limit
 IDLE = "idle"  # no message within the idle timeout
 SHUTDOWN = "shutdown"  # the process is stopping (signal, Ctrl-C, server shutdown)
 ERROR = "error"  # an internal error ended the stream
-END_REASONS = (RECOVERED, SILENCE, END_OF_STREAM, DISCONNECT, PROTOCOL_ERROR, IDLE, SHUTDOWN, ERROR)
+WORKER_CRASH = "worker_crash"  # the server process holding the stream died (written by its supervisor)
+END_REASONS = (
+    RECOVERED,
+    SILENCE,
+    END_OF_STREAM,
+    DISCONNECT,
+    PROTOCOL_ERROR,
+    IDLE,
+    SHUTDOWN,
+    ERROR,
+    WORKER_CRASH,
+)
 
 
 @dataclass(frozen=True)

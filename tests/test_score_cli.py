@@ -60,6 +60,7 @@ def test_score_table_and_failing_files(
             str(good),
             str(text),
             str(tmp_path / "missing.wav"),
+            str(tmp_path),
         ]
     )
     captured = capsys.readouterr()
@@ -69,6 +70,7 @@ def test_score_table_and_failing_files(
     assert "corrupt.flac: cannot decode audio" in captured.err
     assert "notes.wav: cannot decode audio" in captured.err
     assert "missing.wav: no such audio file" in captured.err
+    assert f"{tmp_path}: is a folder; expected an audio file" in captured.err
 
 
 def test_long_file_windows_follow_the_hop(sw_home: Path, shared: Path) -> None:

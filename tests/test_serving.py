@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import multiprocessing
 import threading
@@ -766,6 +767,37 @@ async def test_a_drain_ends_an_open_alert_with_reason_shutdown(
     assert [e["type"] for e in logged].count("summary") == 1 and logged[-1]["type"] == "summary"
 
 
+async def test_a_drain_cuts_a_client_that_never_answers_the_close(
+    speech: np.ndarray, vad: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client stops reading once its stream runs: the drain's 1001 close
+    frame is never answered (the connection stays CLOSING). After the grace
+    period the drain cuts it too, instead of waiting out the closing
+    handshake's timeout (an hour here, so only the cut can end the run)."""
+    ctx = make_ctx(FakeScorer(), vad, tmp_path, shedding=None, shutdown_grace_s=0.2, close_timeout_s=3600.0)
+    server = WebSocketServer(ctx)
+    stopped = anyio.Event()
+
+    async def serve_then_mark(*, task_status: Any) -> None:
+        await server.run(task_status=task_status)
+        stopped.set()
+
+    with caplog.at_level(logging.WARNING, logger="spoofwatch.stream.server.app"):
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_then_mark)
+            async with connect(f"ws://127.0.0.1:{port}/", close_timeout=1) as ws:
+                await start_stream(ws, speech)  # no stop: the stream stays open
+                ws.transport.pause_reading()  # the client stops reading: nothing it gets is answered
+                server.request_shutdown()
+                with anyio.fail_after(120):  # a guard against hanging, not a speed bound
+                    await stopped.wait()
+                ws.transport.resume_reading()
+    ctx.sinks.close()
+    assert "1 stream(s) still open after 0.2 s: cutting them" in caplog.text
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in logged].count("summary") == 1
+
+
 class BlockedScorer:
     """The real scorer behind a gate the test opens: scoring that takes as long as the test wants."""
 
@@ -810,10 +842,11 @@ async def test_keepalive_and_health_answer_while_scoring_is_stuck(
 
 
 def test_alert_journal_keeps_only_open_alerts_and_the_supervisor_closes_them(tmp_path: Path) -> None:
+    from spoofwatch.stream.events import END_REASONS
     from spoofwatch.stream.server.journal import AlertJournal, crash_alert_ends, journal_path
 
     path = journal_path(tmp_path, 1234)
-    journal = AlertJournal(path)
+    journal = AlertJournal(path, exit_threshold=2.7)  # an alert_end carries the exit threshold
     a, b = {"stream_id": "w0-1234-s1"}, {"callSid": "CA1", "streamSid": "MZ1", "track": "inbound"}
     journal.update([{"type": "alert_start", "t": 9.0, "smoothed": -3.0, "threshold": 1.7, **a}])
     journal.update([{"type": "alert_start", "t": 5.0, "smoothed": -2.0, "threshold": 1.7, **b}])
@@ -824,8 +857,9 @@ def test_alert_journal_keeps_only_open_alerts_and_the_supervisor_closes_them(tmp
     journal.flush()  # the score moved the open alert's time on
     ends = crash_alert_ends(path)
     assert ends == [
-        {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 1.7, "reason": "worker_crash", **a}
+        {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 2.7, "reason": "worker_crash", **a}
     ]
+    assert ends[0]["reason"] in END_REASONS
     assert not path.exists() and crash_alert_ends(path) == []
     journal.update([{"type": "summary", **a}])  # a stream that ended leaves nothing open
     assert json.loads(path.read_text()) == []

@@ -275,6 +275,8 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         mine = [e for e in logged if e.get("stream_id") == id1]
         assert [e["type"] for e in mine].count("alert_start") == 1
         assert mine[-1]["type"] == "alert_end" and mine[-1]["reason"] == "worker_crash"
+        start = next(e for e in mine if e["type"] == "alert_start")
+        assert mine[-1]["threshold"] > start["threshold"]  # the exit threshold, as a live alert_end has
         assert mine[-1]["t"] >= next(e["t"] for e in mine if e["type"] == "alert_start")
         # The dead workers' slots were freed: a new stream is served in full, by a new worker.
         result = await send_audio(speech, url)

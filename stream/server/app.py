@@ -204,6 +204,7 @@ class WebSocketServer:
                 write_limit=config.write_limit_bytes,
                 ping_interval=config.ping_interval_s,
                 ping_timeout=config.ping_timeout_s,
+                close_timeout=config.close_timeout_s,
                 # No permessage-deflate: PCM audio hardly compresses, and inflating
                 # every frame (and deflating every event) cost CPU that bounds a worker.
                 compression=None,
@@ -228,7 +229,10 @@ class WebSocketServer:
         with anyio.move_on_after(grace) as scope:
             await server.wait_closed()
         if scope.cancelled_caught:
-            stuck = list(server.connections)
+            # Every connection not yet closed: ``server.connections`` lists only
+            # OPEN ones, and a stream whose 1001 went out but whose client never
+            # answered it (CLOSING) would hold the drain for the close timeout.
+            stuck = list(server.all_connections)
             log.warning("%d stream(s) still open after %g s: cutting them", len(stuck), grace)
             for conn in stuck:
                 conn.transport.abort()

@@ -62,6 +62,9 @@ class ServerConfig:
     ping_timeout_s: float = 20.0
     #: Seconds a shutdown drain (SIGTERM/SIGINT) lets streams flush before cutting them.
     shutdown_grace_s: float = 10.0
+    #: Seconds a closing handshake waits for the client's close frame before
+    #: dropping the connection (websockets' ``close_timeout``).
+    close_timeout_s: float = 10.0
     #: Events each sink (--jsonl/--stdout/--webhook) may hold while its consumer is slow.
     sink_queue_events: int = SINK_QUEUE_EVENTS
     #: Score every window of live streams too (never drop stale ones): scores
@@ -93,6 +96,7 @@ class ServerConfig:
             ("ping_interval_s", 0 < self.ping_interval_s < math.inf, "a finite number > 0"),
             ("ping_timeout_s", 0 < self.ping_timeout_s < math.inf, "a finite number > 0"),
             ("shutdown_grace_s", 0 < self.shutdown_grace_s < math.inf, "a finite number > 0"),
+            ("close_timeout_s", 0 < self.close_timeout_s < math.inf, "a finite number > 0"),
             ("sink_queue_events", self.sink_queue_events >= 1, ">= 1"),
         )
         for name, ok, expected in checks:

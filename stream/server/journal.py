@@ -20,11 +20,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from spoofwatch.stream.events import WORKER_CRASH
+
 log = logging.getLogger(__name__)
 
 #: Event keys that identify a stream (native: ``stream_id``; Twilio: call, stream, track).
 STREAM_TAGS = ("stream_id", "callSid", "streamSid", "track")
-CRASH_REASON = "worker_crash"
+CRASH_REASON = WORKER_CRASH
 
 
 def journal_path(directory: str | Path, pid: int) -> Path:
@@ -32,10 +34,14 @@ def journal_path(directory: str | Path, pid: int) -> Path:
 
 
 class AlertJournal:
-    """Fed every event a worker emits; ``open_alerts`` mirrors its open alerts on disk."""
+    """Fed every event a worker emits; ``open_alerts`` mirrors its open alerts on disk.
 
-    def __init__(self, path: Path) -> None:
+    ``exit_threshold`` is the worker's alert band's exit threshold: an
+    ``alert_end`` carries it (the ``alert_start`` carries the enter threshold)."""
+
+    def __init__(self, path: Path, exit_threshold: float) -> None:
         self.path = path
+        self.exit_threshold = exit_threshold
         self._open: dict[str, dict[str, Any]] = {}
         self._dirty = False
 
@@ -50,7 +56,7 @@ class AlertJournal:
                     **tags,
                     "t": event["t"],
                     "smoothed": event["smoothed"],
-                    "threshold": event["threshold"],
+                    "threshold": self.exit_threshold,
                 }
                 changed = True
             elif kind in ("alert_end", "summary"):

@@ -507,7 +507,9 @@ def build_worker_server(
         load=load,
         stream_id_prefix=f"w{index}-{os.getpid()}-",
         model=spec.model,
-        journal=AlertJournal(journal_path(os.environ[MULTIPROC_ENV], os.getpid())),
+        journal=AlertJournal(
+            journal_path(os.environ[MULTIPROC_ENV], os.getpid()), live.policy.exit_threshold
+        ),
     )
     if ctx.load.enabled and spec.host_cpu_s_per_audio_s is not None:
         ctx.load.host.seed(spec.host_cpu_s_per_audio_s)  # measured by the supervisor
