@@ -22,39 +22,6 @@ POLL_S = 0.05
 STATUS_EVERY_S = 30.0
 
 
-def run_monitor(
-    source: MicrophoneSource,
-    driver: StreamDriver,
-    scorer: Scorer | WindowScorer,
-    on_events: Callable[[list[Event]], None],
-    stop: threading.Event,
-    status_every_s: float = STATUS_EVERY_S,
-) -> list[Event]:
-    """Consume audio until ``stop`` is set; returns the closing events.
-
-    The capture callback only writes the ring; this loop resamples, gates
-    and scores through ``driver`` (built at the source's rate with
-    ``drop_stale``). If scoring falls behind, audio waits in the ring and the
-    driver drops stale windows, so detection stays live.
-    """
-    next_status_s = status_every_s
-    source.start()
-    try:
-        while not stop.is_set():
-            chunk = source.ring.read()
-            if chunk.size == 0:
-                stop.wait(POLL_S)
-                continue
-            events = driver.feed(checked(chunk), scorer)
-            if driver.engine.duration_s >= next_status_s:
-                events.append(capture_status(source, driver))
-                next_status_s += status_every_s
-            on_events(events)
-    finally:
-        source.stop()
-    return close_monitor(source, driver, scorer)
-
-
 def monitor(
     source: MicrophoneSource,
     driver: StreamDriver,
@@ -63,14 +30,34 @@ def monitor(
     stop: threading.Event,
     status_every_s: float = STATUS_EVERY_S,
 ) -> None:
-    """:func:`run_monitor` until ``stop`` or Ctrl-C (both a normal end), or a
-    failure (bad samples, the model), which is raised. However it ends,
+    """Consume audio until ``stop`` is set or Ctrl-C (both a normal end), or a
+    failure (bad samples, the model), which is raised.
+
+    The capture callback only writes the ring; this loop resamples, gates
+    and scores through ``driver`` (built at the source's rate with
+    ``drop_stale``). If scoring falls behind, audio waits in the ring and the
+    driver drops stale windows, so detection stays live. However it ends,
     ``on_events`` gets the closing events: an open alert's ``alert_end``
-    (reason ``error`` for a failure) and the one ``summary``."""
+    (reason ``error`` for a failure) and the one ``summary``.
+    """
+    next_status_s = status_every_s
+    source.start()
     try:
-        closing = run_monitor(source, driver, scorer, on_events, stop, status_every_s)
-    except KeyboardInterrupt:  # the capture is already stopped; flush and summarise
-        stop.set()
+        try:
+            while not stop.is_set():
+                chunk = source.ring.read()
+                if chunk.size == 0:
+                    stop.wait(POLL_S)
+                    continue
+                events = driver.feed(checked(chunk), scorer)
+                if driver.engine.duration_s >= next_status_s:
+                    events.append(capture_status(source, driver))
+                    next_status_s += status_every_s
+                on_events(events)
+        except KeyboardInterrupt:  # a normal end: flush and summarise below
+            stop.set()
+        finally:
+            source.stop()
         closing = close_monitor(source, driver, scorer)
     except Exception:
         on_events(driver.abort(ERROR))

@@ -16,7 +16,7 @@ from spoofwatch.cli import main
 from spoofwatch.errors import DeviceError
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.events import Event
-from spoofwatch.stream.monitor import run_monitor
+from spoofwatch.stream.monitor import monitor
 from spoofwatch.stream.sources.mic import MicrophoneSource, parse_device
 
 NATIVE_HZ = 48_000
@@ -93,9 +93,8 @@ def _run_monitor(
     driver = StreamDriver(make_engine(), NATIVE_HZ, drop_stale=True)
     seen: list[Event] = []
     stop = threading.Event()
-    result: list[Event] = []
     consumer = threading.Thread(
-        target=lambda: result.extend(run_monitor(source, driver, scorer, on_events, stop, status_every_s=5.0))
+        target=lambda: monitor(source, driver, scorer, on_events, stop, status_every_s=5.0)
     )
     consumer.start()
     assert opened.wait(timeout=60)
@@ -103,7 +102,7 @@ def _run_monitor(
     stop.set()
     consumer.join(timeout=600)
     assert not consumer.is_alive()
-    return source, [e.to_json() for e in [*seen, *result]]
+    return source, [e.to_json() for e in seen]  # the closing events included
 
 
 @pytest.fixture()
@@ -151,7 +150,6 @@ def test_monitor_failing_mid_alert_ends_the_alert_and_summarises(
     is raised, and the sinks still get the alert's end (reason "error") and
     the one summary."""
     from spoofwatch.errors import AudioError
-    from spoofwatch.stream.monitor import monitor
 
     audio = audio48[: 15 * NATIVE_HZ].copy()
     audio[-BLOCK // 2] = np.nan
