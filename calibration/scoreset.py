@@ -70,6 +70,38 @@ def drop_partial_line(path: Path) -> None:
             fh.truncate(keep)
 
 
+def check_resume(out: Path, run: dict[str, object]) -> None:
+    """Resume only what the same model and hop wrote: ``out``'s run is stamped
+    in ``<out>.run.json``, and scores of another model or hop would otherwise
+    be mixed in silently (or skipped as done)."""
+    stamp = out.with_name(out.name + ".run.json")
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder; expected a score file")
+    if out.is_file() and out.stat().st_size > 0:
+        try:
+            earlier = json.loads(stamp.read_text("utf-8"))
+        except FileNotFoundError:
+            raise InputError(
+                f"--out {out} already holds scores but no {stamp.name} says what wrote them: "
+                "use a new --out (or delete the file to score again)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{stamp}: unreadable ({exc}); use a new --out") from None
+        changed = sorted(k for k in run if earlier.get(k) != run[k])
+        if changed:
+            raise InputError(
+                f"--out {out} was scored with another {' and '.join(changed)} "
+                f"({', '.join(f'{k}={earlier.get(k)!r}' for k in changed)}): use a new --out to score "
+                "with these settings (or delete it to start again)"
+            )
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(run), "utf-8")
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+
+
 def check_hop_s(hop_s: float) -> None:
     """A window-score hop: 0 (the official first window only) or a finite hop of
     at least the shortest live hop (a near-zero hop would score every sample)."""
@@ -87,11 +119,17 @@ def score_dataset(
     workers: int = 4,
     progress: bool = True,
     window_samples: int = WINDOW_SAMPLES,
+    model_identity: str = "",
 ) -> ScoreRun:
+    """Score ``dataset`` into ``out`` (``UTT ATTACK KEY SCORE`` lines) and its
+    window scores beside it, resuming a run cut short: utterances already in
+    ``out`` are skipped, if ``out`` was written for the same model
+    (``model_identity``, e.g. ``OnnxScorer.identity``) and hop."""
     from tqdm import tqdm
 
     check_hop_s(hop_s)
     windows_path = out.with_name(out.name + ".windows.jsonl")
+    check_resume(out, {"model": model_identity, "hop_s": hop_s, "window_samples": window_samples})
     for path in (out, windows_path):
         drop_partial_line(path)
     done = already_scored(out)

@@ -55,6 +55,10 @@ class ChannelConfig:
             )
         if self.max_ops < 1:
             raise ConfigError(f"channel max_ops must be >= 1, got {self.max_ops}")
+        for name in ("gain_db", "noise_snr_db", "reverb_rt60_s", "silence_s"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(f"channel {name}: expected [low, high] with low <= high, got {[low, high]}")
 
 
 @cache

@@ -19,9 +19,11 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tomllib
+import typing
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -100,11 +102,71 @@ class CorpusConfig:
     extra_manifests: tuple[Path, ...] = ()
 
 
-def _tuples(data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-        for k, v in data.items()
-    }
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` from TOML checked against a config field's type (lists become
+    tuples): a string where a list belongs would otherwise be read as a set
+    of characters, and a held-out system could leak into training."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: expected an integer >= 0, got {value!r}")
+        return value
+    if hint is float:
+        if not _number(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_field_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is tuple and args == (float, float):
+        if not (isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value)):
+            raise ConfigError(f"{where}: expected a pair of numbers, got {value!r}")
+        return (float(value[0]), float(value[1]))
+    raise ConfigError(f"{where}: unsupported field type {hint}")  # a programming error
+
+
+def _section(cls: Any, table: Any, where: str) -> Any:
+    """A config dataclass from a TOML table, every field type-checked, unknown keys refused."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(table) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(hints)}"
+        )
+    return cls(**{k: _field_value(v, hints[k], f"{where}.{k}") for k, v in table.items()})
+
+
+def _subsets(table: Any, where: str) -> dict[str, tuple[str, int]]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    out = {}
+    for name, value in table.items():
+        ok = (
+            isinstance(value, list)
+            and len(value) == 2
+            and value[0] in SPLITS
+            and isinstance(value[1], int)
+            and not isinstance(value[1], bool)
+            and value[1] >= 1
+        )
+        if not ok:
+            raise ConfigError(
+                f"{where}.{name}: expected [split, utterances] with split one of {', '.join(SPLITS)} "
+                f"and utterances >= 1, got {value!r}"
+            )
+        out[name] = (str(value[0]), int(value[1]))
+    return out
 
 
 def load_corpus_config(path: Path) -> CorpusConfig:
@@ -119,21 +181,27 @@ def load_corpus_config(path: Path) -> CorpusConfig:
     extra = data.pop("extra_manifests", [])
     if not isinstance(extra, list) or not all(isinstance(e, str) for e in extra):
         raise ConfigError(f"{path}: extra_manifests must be a list of paths (got {extra!r})")
-    try:
-        return CorpusConfig(
-            shared=shared.resolve(),
-            seed=int(data.pop("seed", 0)),
-            max_seconds=float(data.pop("max_seconds", 10.0)),
-            augmented_copies=int(data.pop("augmented_copies", 1)),
-            splits=SplitConfig(**_tuples(data.pop("splits", {}))),
-            generate=GenerateConfig(**_tuples(data.pop("generate", {}))),
-            channel=ChannelConfig(**_tuples(data.pop("channel", {}))),
-            subsets={k: (str(v[0]), int(v[1])) for k, v in data.pop("subsets", {}).items()},
-            extra_manifests=tuple((path.parent / e).resolve() for e in extra),
-            **data,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    top = {k: data.pop(k) for k in ("seed", "max_seconds", "augmented_copies") if k in data}
+    checked = {
+        k: _field_value(v, typing.get_type_hints(CorpusConfig)[k], f"{path}: {k}") for k, v in top.items()
+    }
+    if checked.get("max_seconds", 1.0) < MIN_SECONDS:
+        raise ConfigError(f"{path}: max_seconds: expected >= {MIN_SECONDS}, got {checked['max_seconds']}")
+    splits = _section(SplitConfig, data.pop("splits", {}), f"{path}: [splits]")
+    generate = _section(GenerateConfig, data.pop("generate", {}), f"{path}: [generate]")
+    channel = _section(ChannelConfig, data.pop("channel", {}), f"{path}: [channel]")
+    subsets = _subsets(data.pop("subsets", {}), f"{path}: [subsets]")
+    if data:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(data))}")
+    return CorpusConfig(
+        shared=shared.resolve(),
+        splits=splits,
+        generate=generate,
+        channel=channel,
+        subsets=subsets,
+        extra_manifests=tuple((path.parent / e).resolve() for e in extra),
+        **checked,
+    )
 
 
 # ---- the plan ----------------------------------------------------------------

@@ -319,6 +319,16 @@ class OnnxScorer:
         self.calls = 0
 
     @property
+    def identity(self) -> str:
+        """What its scores depend on: the ONNX file's SHA-256 (model, weights and
+        precision), for a model card with the fields that read its output."""
+        if self.spec is not None:
+            return self.spec.calibration_key
+        from .weights import sha256_file
+
+        return sha256_file(self.onnx_path)
+
+    @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == _CUDA else "cpu"
 

@@ -17,7 +17,7 @@ from spoofwatch.calibration.metrics import eer, min_tdcf
 from spoofwatch.calibration.protocol import AsvScores, ScoreTable, parse_protocol, read_scores
 from spoofwatch.cli import main
 from spoofwatch.constants import WINDOW_SAMPLES
-from spoofwatch.errors import CalibrationError, ConfigError, DatasetError
+from spoofwatch.errors import CalibrationError, ConfigError, DatasetError, InputError
 
 OFFICIAL = {
     "A07": 0.553447233,
@@ -476,11 +476,22 @@ def test_score_dataset_repairs_a_cut_last_line_and_reports_what_it_cannot_score(
     whole, cut = tmp_path / "whole.txt", tmp_path / "cut.txt"
     score_dataset(dataset, _ScoresByContent(), whole, 0.0, workers=1, progress=False)
     text = whole.read_text()
+    stamp = whole.with_name("whole.txt.run.json")  # what wrote it: resumed only by the same run
     for keep in (len(text) - 5, len(text) - 12):  # inside the last score; inside its label
         cut.write_text(text[:keep])
+        shutil.copy(stamp, tmp_path / "cut.txt.run.json")
         run = score_dataset(dataset, _ScoresByContent(), cut, 0.0, workers=1, progress=False)
         assert cut.read_text() == text and run.scored == 1 and run.skipped == len(lines) - 1
         assert read_scores(cut).utts == read_scores(whole).utts
+    # Another hop or model would mix its scores in (or skip utterances as done): refused.
+    with pytest.raises(InputError, match=r"was scored with another hop_s \(hop_s=0\.0\)"):
+        score_dataset(dataset, _ScoresByContent(), whole, 0.5, workers=1, progress=False)
+    with pytest.raises(InputError, match=r"was scored with another model"):
+        score_dataset(dataset, _ScoresByContent(), whole, 0.0, workers=1, progress=False, model_identity="x")
+    (tmp_path / "unstamped.txt").write_text(text)
+    with pytest.raises(InputError, match=r"already holds scores but no unstamped.txt.run.json"):
+        score_dataset(dataset, _ScoresByContent(), tmp_path / "unstamped.txt", 0.0, workers=1, progress=False)
+    assert whole.read_text() == text
 
     soundfile.write(str(flac / "LA_X_0000001.flac"), np.full(5, 0.1, np.float32), 192_000)
     protocol.write_text("\n".join([*lines, "LA_0000 LA_X_0000001 - A01 spoof"]) + "\n")

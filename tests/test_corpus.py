@@ -426,3 +426,35 @@ def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
     )
     vc_row = next(line for line in table.splitlines() if line.startswith("| kind vc"))
     assert "–" in vc_row and "sysB" in table
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[splits]\ntest_systems = "AutoVC"', r"\[splits\]\.test_systems: expected a list"),
+        ("[splits]\ntest_systems = [1]", r"test_systems\[0\]: expected a string"),
+        ("[splits]\ntest_sytems = []", r"unknown key\(s\) test_sytems"),
+        ("splits = 5", r"\[splits\]: expected a table"),
+        ('[subsets]\na = ["tarin", 4]', r"\[subsets\]\.a: expected \[split, utterances\]"),
+        ('[subsets]\na = ["train"]', r"\[subsets\]\.a: expected \[split, utterances\]"),
+        ('[subsets]\na = ["train", -4]', r"\[subsets\]\.a: expected \[split, utterances\]"),
+        ("augmented_copies = -1", r"augmented_copies: expected an integer >= 0"),
+        ("max_seconds = -1", r"max_seconds: expected >= 0.5"),
+        ('seed = "1"', r"seed: expected an integer >= 0"),
+        ("[channel]\ngain_db = [20.0]", r"\[channel\]\.gain_db: expected a pair of numbers"),
+        ("[channel]\ngain_db = [20.0, -20.0]", r"channel gain_db: expected \[low, high\] with low <= high"),
+        ('[generate]\nespeak_voices = "en-us"', r"\[generate\]\.espeak_voices: expected a list"),
+        ("colour = 1", r"unknown key\(s\) colour"),
+    ],
+)
+def test_corpus_config_types_are_checked(tmp_path: Path, toml: str, message: str) -> None:
+    """A wrong type is one clear error before anything is built: a string
+    where a list of held-out systems belongs was read as a set of letters,
+    and the system went to training."""
+    from spoofwatch.errors import ConfigError
+    from spoofwatch.model.corpus import load_corpus_config
+
+    path = tmp_path / "corpus.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_corpus_config(path)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, print_json
+from .common import add_model_args, non_negative_rate, positive_int, positive_seconds, print_json
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
         help="hop of the window scores kept beside the score file (0: the official first window only, "
         "the fastest way to get EER/min t-DCF and a threshold)",
     )
-    sc.add_argument("--workers", type=int, default=4, help="parallel audio decoders")
+    sc.add_argument("--workers", type=positive_int, default=4, help="parallel audio decoders")
     sc.add_argument("--skip-missing", action="store_true", help="continue without missing or empty files")
     sc.set_defaults(func=cmd_calibrate_score)
 
@@ -71,10 +71,12 @@ def register(sub: Any) -> None:
         help="with --protocol: also fit smoothing and hysteresis on simulated conversations",
     )
     fit.add_argument("--skip-missing", action="store_true")
-    fit.add_argument("--target-false-alerts-per-hour", type=float, default=1.0)
-    fit.add_argument("--conversations", type=int, default=20, help="simulated conversations of each kind")
+    fit.add_argument("--target-false-alerts-per-hour", type=non_negative_rate, default=1.0)
     fit.add_argument(
-        "--conversation-s", type=float, default=30.0, help="length of each simulated conversation"
+        "--conversations", type=positive_int, default=20, help="simulated conversations of each kind"
+    )
+    fit.add_argument(
+        "--conversation-s", type=positive_seconds, default=30.0, help="length of each simulated conversation"
     )
     fit.add_argument(
         "--report", type=Path, default=None, metavar="DIR", help="write report.md and PNG plots here"
@@ -86,7 +88,7 @@ def register(sub: Any) -> None:
     )
     add_model_args(bf)
     bf.add_argument("--audio-dir", type=Path, required=True)
-    bf.add_argument("--target-false-alerts-per-hour", type=float, required=True)
+    bf.add_argument("--target-false-alerts-per-hour", type=non_negative_rate, required=True)
     bf.add_argument("--out", type=Path, required=True)
     bf.set_defaults(func=cmd_calibrate_bonafide)
 
@@ -122,9 +124,12 @@ def score_hop_s(text: str) -> float:
 def cmd_calibrate_score(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.dataset import check_dataset
     from spoofwatch.calibration.scoreset import score_dataset
+    from spoofwatch.errors import InputError
     from spoofwatch.model.runtime import build_scorer, preflight
 
     preflight(args.model, args.precision, args.device, args.weights)
+    if args.out.resolve() == args.protocol.resolve():
+        raise InputError(f"--out {args.out} is the protocol itself: scores would be appended to it")
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)  # before any scoring
     scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
     run = score_dataset(
@@ -135,6 +140,7 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
         args.workers,
         progress=sys.stderr.isatty(),
         window_samples=scorer.window_samples,
+        model_identity=scorer.identity,
     )
     sys.stdout.write(
         f"scored {run.scored} files ({run.skipped} already done, {len(run.failed)} failed) at {run.files_per_s:.1f} files/s -> {args.out}\n"
