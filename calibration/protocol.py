@@ -96,19 +96,29 @@ def read_scores(path: Path, protocol: Path | None = None) -> ScoreTable:
     attacks: list[str] = []
     labels: list[str] = []
     scores: list[float] = []
+    seen: set[str] = set()
     for lineno, fields in _lines(path):
-        if len(fields) == 4 and fields[2] in LABELS:
-            utt, attack, label = fields[0], fields[1], fields[2]
-        elif trials is not None and len(fields) in (2, 4):
+        if fields and fields[0] in seen:  # counted twice, it would weigh twice in every rate
+            raise DatasetError(f"{path}:{lineno}: utterance {fields[0]!r} is scored again")
+        if trials is not None and len(fields) in (2, 4):
+            # The protocol is the truth: a line's own labels must agree with it.
             utt = fields[0]
             if utt not in trials:
                 raise DatasetError(f"{path}:{lineno}: utterance {utt!r} is not in the protocol {protocol}")
             attack, label = trials[utt].attack, trials[utt].label
+            if len(fields) == 4 and (fields[1], fields[2]) != (attack, label):
+                raise DatasetError(
+                    f"{path}:{lineno}: {utt} is '{fields[1]} {fields[2]}' here but '{attack} {label}' "
+                    f"in the protocol {protocol}"
+                )
+        elif len(fields) == 4 and fields[2] in LABELS:
+            utt, attack, label = fields[0], fields[1], fields[2]
         else:
             raise DatasetError(
                 f"{path}:{lineno}: expected 'UTT_ID ATTACK bonafide|spoof SCORE' "
                 f"(or 'UTT_ID SCORE' with --protocol), got {' '.join(fields)!r}"
             )
+        seen.add(utt)
         utts.append(utt)
         attacks.append(attack)
         labels.append(label)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from spoofwatch.audio import AudioFile, official_window
 from spoofwatch.calibration.calfile import Calibration
 from spoofwatch.constants import DEFAULT_PRECISION, SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError, InputError, ModelError
-from spoofwatch.stream.engine import LiveConfig
+from spoofwatch.stream.engine import MIN_HOP_S, LiveConfig
 from spoofwatch.stream.windower import stream_windows
 
 from .card import ModelSpec, is_card_reference, parse_card
@@ -190,8 +191,9 @@ class Detector:
     ) -> FileScore:
         """Like :meth:`score_audio` for 16 kHz audio arriving in chunks, in
         memory independent of its length (a window, a hop and a batch)."""
-        if hop_s <= 0:
-            raise InputError(f"expected hop_s > 0, got {hop_s}")
+        if not (math.isfinite(hop_s) and hop_s >= MIN_HOP_S):
+            # A near-zero hop would score a window per sample.
+            raise InputError(f"expected a finite hop_s >= {MIN_HOP_S:g} s, got {hop_s}")
         hop = max(1, round(hop_s * SAMPLE_RATE_HZ))
         spans: list[tuple[int, int]] = []
         scores: list[float] = []

@@ -210,6 +210,20 @@ def test_malformed_protocol_and_scores(tmp_path: Path) -> None:
     scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide nan\n")
     with pytest.raises(DatasetError, match=r"scores\.txt:2: expected a finite numeric score, got 'nan'"):
         read_scores(scores)
+    scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide 2.0\nLA_E_1 A07 spoof 1.5\n")
+    with pytest.raises(DatasetError, match=r"scores\.txt:3: utterance 'LA_E_1' is scored again"):
+        read_scores(scores)
+    # With a protocol, the protocol is the truth: a line's labels must agree, its utterance be listed.
+    protocol = tmp_path / "truth.txt"
+    protocol.write_text("LA_0079 LA_E_1 - A07 spoof\nLA_0079 LA_E_2 - - bonafide\n")
+    scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 2.0\n")
+    assert read_scores(scores, protocol).labels == ["spoof", "bonafide"]
+    scores.write_text("LA_E_1 - bonafide 1.5\n")
+    with pytest.raises(DatasetError, match=r"LA_E_1 is '- bonafide' here but 'A07 spoof' in the protocol"):
+        read_scores(scores, protocol)
+    scores.write_text("LA_E_9 A01 spoof 0.0\n")
+    with pytest.raises(DatasetError, match=r"utterance 'LA_E_9' is not in the protocol"):
+        read_scores(scores, protocol)
 
 
 def test_calibration_file_validation(tmp_path: Path) -> None:
@@ -533,3 +547,88 @@ def test_bonafide_threshold_is_the_highest_the_smoothed_scores_allow() -> None:
     raw = PolicyConfig(0.0, 0.5, smoothing_windows=1, min_alert_windows=1, cooldown_s=0.0)
     threshold, rate = bonafide_threshold([genuine], raw, target_per_hour=0.0)
     assert 0.0 < threshold <= 1.0 and rate == 0.0
+
+
+def test_offline_commands_check_outputs_and_numbers_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad output paths and numbers are one clear error before any work (they
+    were tracebacks, some after all the scoring); nothing is overwritten."""
+    scores = tmp_path / "scores.txt"
+    scores.write_text("LA_E_1 A07 spoof -1.5\nLA_E_2 - bonafide 2.0\n")
+    folder, afile = tmp_path / "folder", tmp_path / "afile"
+    folder.mkdir()
+    afile.write_text("keep me")
+    cases = [
+        (["calibrate", "fit", "--scores", str(scores), "--out", str(folder)], "is a folder; expected a file"),
+        (["calibrate", "fit", "--scores", str(scores), "--out", str(scores)], "is the score file itself"),
+        (
+            [
+                "calibrate",
+                "fit",
+                "--scores",
+                str(scores),
+                "--out",
+                str(tmp_path / "c.toml"),
+                "--report",
+                str(afile),
+            ],
+            "is a file; expected a folder",
+        ),
+        (
+            ["calibrate", "fit", "--scores", str(scores), "--out", str(afile / "c.toml")],
+            "cannot make its folder",
+        ),
+        (["evaluate-suite", "--corpus", str(folder), "--out", str(afile)], "is a file; expected a folder"),
+        (["evaluate-suite", "--corpus", str(folder), "--cache", str(afile)], "is a file; expected a folder"),
+        (["data", "build-corpus", "--out", str(afile)], "is a file; expected a folder"),
+        (["export", "--out", str(folder)], "is a folder; expected a file"),
+        (
+            [
+                "calibrate",
+                "bonafide",
+                "--audio-dir",
+                str(folder),
+                "--target-false-alerts-per-hour",
+                "1",
+                "--out",
+                str(folder),
+            ],
+            "is a folder",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(argv) == InputError.exit_code, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert afile.read_text() == "keep me" and scores.read_text().startswith("LA_E_1")
+    for argv in (
+        [
+            "calibrate",
+            "score",
+            "--protocol",
+            str(scores),
+            "--audio-dir",
+            str(folder),
+            "--out",
+            "o",
+            "--workers",
+            "0",
+        ],
+        [
+            "calibrate",
+            "bonafide",
+            "--audio-dir",
+            str(folder),
+            "--target-false-alerts-per-hour",
+            "nan",
+            "--out",
+            "o",
+        ],
+        ["calibrate", "fit", "--scores", str(scores), "--out", "o", "--conversation-s", "0"],
+        ["evaluate-suite", "--corpus", str(folder), "--limit-per-group", "-1"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2, argv
+        assert "expected" in capsys.readouterr().err

@@ -148,3 +148,13 @@ def test_nan_audio_is_rejected(tmp_path: Path) -> None:
     soundfile.write(path, np.array([0.0, np.nan, 0.1], dtype=np.float32), 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match="NaN or Inf"):
         read_audio(path)
+
+
+def test_score_refuses_a_hop_that_is_not_a_finite_number_of_seconds(
+    la_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = la_clip(la_dir, BONAFIDE_UTT)
+    for hop in ("nan", "inf", "1e-7"):
+        assert main(["score", "--device", "cpu", "--hop-s", hop, str(good)]) == 2, hop
+        err = capsys.readouterr().err
+        assert "expected a finite hop_s >= 0.032 s" in err and "Traceback" not in err

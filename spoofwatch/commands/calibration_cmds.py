@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, non_negative_rate, positive_int, positive_seconds, print_json
+from .common import (
+    add_model_args,
+    check_output_dir,
+    check_output_file,
+    non_negative_rate,
+    positive_int,
+    positive_seconds,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -130,6 +138,7 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
     preflight(args.model, args.precision, args.device, args.weights)
     if args.out.resolve() == args.protocol.resolve():
         raise InputError(f"--out {args.out} is the protocol itself: scores would be appended to it")
+    check_output_file(args.out)
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)  # before any scoring
     scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
     run = score_dataset(
@@ -154,8 +163,14 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.metrics import evaluate
     from spoofwatch.calibration.protocol import read_asv_scores, read_scores
     from spoofwatch.calibration.report import write_report
+    from spoofwatch.errors import InputError
     from spoofwatch.model.detector import calibration_for
 
+    if args.out.resolve() == args.scores.resolve():
+        raise InputError(f"--out {args.out} is the score file itself: it would be replaced")
+    check_output_file(args.out)
+    if args.report is not None:
+        check_output_dir(args.report, "--report")
     table = read_scores(args.scores, args.protocol)
     threshold = threshold_for(table, args.target, args.rate)
     report = evaluate(table, read_asv_scores(args.asv_scores) if args.asv_scores else None)
@@ -244,6 +259,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
 
+    check_output_file(args.out)
     files = sorted(
         p for p in args.audio_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3")
     )

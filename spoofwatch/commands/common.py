@@ -16,6 +16,31 @@ from spoofwatch.model.runtime import DEVICES
 log = logging.getLogger(__name__)
 
 
+def check_output_file(path: Path, flag: str = "--out") -> None:
+    """Before any work: ``path`` can be written as a file (not a folder; its
+    folder made if missing). A bad path would otherwise fail at the end."""
+    from spoofwatch.errors import InputError
+
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot make its folder: {exc.strerror or exc}") from None
+
+
+def check_output_dir(path: Path, flag: str = "--out") -> None:
+    """Before any work: ``path`` is (or is made) a folder."""
+    from spoofwatch.errors import InputError
+
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: is a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot make the folder: {exc.strerror or exc}") from None
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (counts of workers, conversations...)."""
     try:

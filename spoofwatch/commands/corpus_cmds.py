@@ -12,7 +12,7 @@ from typing import Any
 from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.constants import MODEL_NAMES
 
-from .common import add_precision_arg
+from .common import add_precision_arg, check_output_dir, check_output_file, non_negative_int
 
 DEFAULT_CORPUS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "data" / "open.toml"
 
@@ -48,11 +48,14 @@ def register(sub: Any) -> None:
         help="include the channel copies (default) or not",
     )
     suite.add_argument(
-        "--limit-per-group", type=int, default=0, help="at most N utterances per system / genuine corpus"
+        "--limit-per-group",
+        type=non_negative_int,
+        default=0,
+        help="at most N utterances per system / genuine corpus (0: all)",
     )
     suite.add_argument(
         "--limit-genuine-per-corpus",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="at most N per genuine corpus (default: --limit-per-group)",
     )
@@ -129,6 +132,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         speaker_from=args.speaker_from,
         licence=args.licence,
     )
+    check_output_file(args.out)
     rows, skipped = scan_folder(args.folder, spec, args.out.parent)
     for message in skipped:
         logging.getLogger(__name__).warning("skipped %s", message)
@@ -149,6 +153,7 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
     from spoofwatch.model.corpus import iter_build, load_corpus_config, plan_corpus, write_outputs
 
     cfg = load_corpus_config(args.config)
+    check_output_dir(args.out)
     items = plan_corpus(cfg)
     rows = []
     bar = tqdm(
@@ -199,6 +204,9 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         limit_genuine_per_corpus=args.limit_genuine_per_corpus,
         target_false_alerts_per_hour=args.target_false_alerts_per_hour,
     )
+    for folder, flag in ((args.out, "--out"), (args.cache, "--cache")):
+        if folder is not None:  # before the scoring, which takes hours on a real corpus
+            check_output_dir(folder, flag)
     utts = select_utterances(args.corpus, cfg)
     # (label, model, weights, calibration, loudness): the official model always, in the same run.
     variants: list[tuple[str, str, Path | None, Path | None, bool]] = [

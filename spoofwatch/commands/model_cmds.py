@@ -11,7 +11,7 @@ from typing import Any
 from spoofwatch.constants import MODEL_NAMES
 from spoofwatch.errors import AudioError, ModelError
 
-from .common import add_model_args, add_precision_arg, print_event
+from .common import add_model_args, add_precision_arg, check_output_file, print_event
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
 
+    if args.out is not None:
+        check_output_file(args.out)
     if args.precision != "fp32":
         audio = None
         if args.calibration_audio is not None:
