@@ -59,8 +59,15 @@ class FolderSource:
             raise InputError(f"speaker_from {self.speaker_from!r}: expected one of {SPEAKER_FROM}")
         for name in ("corpus", "source", "system", "licence"):
             value = getattr(self, name)
-            if not value or any(c in value for c in "\t\r\n"):
-                raise InputError(f"{name} {value!r}: expected a non-empty name without tabs or newlines")
+            if not value or any(c in value for c in _UNSAFE):
+                raise InputError(
+                    f"{name} {value!r}: expected a non-empty name without tabs, newlines or double quotes"
+                )
+
+
+#: Characters a tab-separated manifest field cannot hold: the writer does not
+#: quote, and the reader (csv, default dialect) would take a '"' as quoting.
+_UNSAFE = '\t\r\n"'
 
 
 def scan_folder(root: Path, spec: FolderSource, out_dir: Path) -> tuple[list[list[str]], list[str]]:
@@ -71,8 +78,8 @@ def scan_folder(root: Path, spec: FolderSource, out_dir: Path) -> tuple[list[lis
     rows: list[list[str]] = []
     skipped: list[str] = []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
-        if any(c in str(path) for c in "\t\r\n"):
-            skipped.append(f"{path}: a tab or newline in the name")
+        if any(c in str(path) for c in _UNSAFE):
+            skipped.append(f"{path}: a tab, newline or double quote in the name")
             continue
         try:
             info = AudioFile(path)

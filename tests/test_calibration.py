@@ -338,6 +338,7 @@ def test_bonafide_tuning_meets_its_target(
     audio_dir.mkdir()
     for path in sorted((shared / "data/speech/bonafide/librispeech_test-other").glob("*.flac"))[:12]:
         shutil.copy(path, audio_dir / path.name)
+    (audio_dir / "zz-notes.wav").write_text("not audio")  # skipped with a warning, not fatal
     out = tmp_path / "cal.toml"
     assert (
         main(
@@ -356,8 +357,11 @@ def test_bonafide_tuning_meets_its_target(
         )
         == 0
     )
+    assert "skipping" in capsys.readouterr().err
+    (audio_dir / "zz-notes.wav").unlink()
     cal = load_calibration(out, model="aasist-l")
     assert cal.provenance["metrics"]["false_alerts_per_hour"] == 0.0
+    assert cal.provenance["dataset"].startswith("12 genuine recordings")
     # Replaying the same audio through the live engine with the new calibration raises no alert.
     for path in sorted(audio_dir.glob("*.flac")):
         assert main(["stream", "--json", "--device", "cpu", "--calibration", str(out), str(path)]) == 0

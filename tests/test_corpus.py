@@ -362,6 +362,19 @@ def test_data_manifest_describes_a_folder_for_the_corpus(
         == 2
     )
     assert "no readable audio files" in capsys.readouterr().err
+    # A double quote would break the tab-separated file: refused in names, skipped in paths.
+    assert (
+        main(
+            ["data", "manifest", str(calls), "--out", str(out), "--label", "bonafide", "--corpus", 'our "x"']
+        )
+        == 2
+    )
+    assert "without tabs, newlines or double quotes" in capsys.readouterr().err
+    soundfile.write(calls / "agent1" / 'say "hi".wav', read_audio(speech[0], 8000), 8000)
+    assert (
+        main(["data", "manifest", str(calls), "--out", str(out), "--label", "bonafide", "--corpus", "x"]) == 0
+    )
+    assert "2 files, 2 speaker(s), 2 skipped" in capsys.readouterr().out
 
 
 def test_suite_scores_a_genuine_stream_shorter_than_half_a_window(shared: Path, sw_home: Path) -> None:

@@ -81,10 +81,13 @@ def test_score_plot_writes_one_picture_per_file(
     sw_home: Path, onnx_aasist_l: Path, la_dir: Path, bona_then_spoof: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "plots"
-    files = [la_clip(la_dir, BONAFIDE_UTT), bona_then_spoof]
+    twin = tmp_path / "other" / bona_then_spoof.name  # same name, another folder: its own picture
+    twin.parent.mkdir()
+    twin.write_bytes(bona_then_spoof.read_bytes())
+    files = [la_clip(la_dir, BONAFIDE_UTT), bona_then_spoof, twin]
     assert main(["score", "--device", "cpu", "--plot", str(out), *map(str, files)]) == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{f.name}.png" for f in files)
+    assert written == sorted([*(f"{f.name}.png" for f in files[:2]), f"{twin.name}-2.png"])
     for name in written:
         width, height = png_size(out / name)
         assert width >= 800 and height >= 300

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from .common import (
     positive_seconds,
     print_json,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -166,6 +169,8 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from spoofwatch.errors import InputError
     from spoofwatch.model.detector import calibration_for
 
+    if args.rate is not None and args.target == "eer":
+        raise InputError("--rate goes with --target bonafide-false-alarm or spoof-miss, not eer")
     if args.out.resolve() == args.scores.resolve():
         raise InputError(f"--out {args.out} is the score file itself: it would be replaced")
     check_output_file(args.out)
@@ -214,12 +219,16 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"streaming: enter {cal.policy.enter_threshold:+.4f}, smoothing {cal.policy.smoothing_windows}, min windows {cal.policy.min_alert_windows}: "
             f"{m.false_alerts_per_hour:.2f} false alerts/h, {100 * m.detection_rate:.0f} % detected, "
-            f"median delay {m.median_delay_s}, p90 {m.p90_delay_s}\n"
+            f"median delay {_seconds(m.median_delay_s)}, p90 {_seconds(m.p90_delay_s)}\n"
         )
     if args.report is not None:
         path = write_report(args.report, table, report, threshold, args.target, section)
         sys.stdout.write(f"report: {path}\n")
     return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
 
 
 def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyConfig, StreamingSection]:
@@ -254,7 +263,7 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
 def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
-    from spoofwatch.errors import DatasetError
+    from spoofwatch.errors import AudioError, DatasetError
     from spoofwatch.model.detector import Detector
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.gate import SileroVad
@@ -269,14 +278,21 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
         args.model, args.device, args.threads, args.weights, args.calibration, args.precision
     )
     engine = build_engine(detector.live, SileroVad())
-    traces = [trace_file(p, engine, detector.scorer) for p in files]
+    traces = []
+    for path in files:
+        try:
+            traces.append(trace_file(path, engine, detector.scorer))
+        except AudioError as exc:  # one unreadable file does not waste the others' tracing
+            log.warning("skipping %s", exc)
+    if not traces:
+        raise DatasetError(f"{args.audio_dir}: none of the {len(files)} audio files could be decoded")
     threshold, rate = bonafide_threshold(
         traces, detector.calibration.policy, args.target_false_alerts_per_hour
     )
     hours = sum(t.duration_s for t in traces) / 3600
     provenance = {
         "source": f"calibrate bonafide --target-false-alerts-per-hour {args.target_false_alerts_per_hour}",
-        "dataset": f"{len(files)} genuine recordings in {args.audio_dir} ({hours * 60:.1f} min)",
+        "dataset": f"{len(traces)} genuine recordings in {args.audio_dir} ({hours * 60:.1f} min)",
         "protocol": "none (bona fide only)",
         "metrics": {"false_alerts_per_hour": rate, "hours": hours},
     }

@@ -125,6 +125,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.model, args.device, args.threads, args.weights, args.calibration, args.precision
     )
     failed = 0
+    drawn: set[Path] = set()
     for path in args.files:
         try:
             result = detector.score_file(path, hop_s=args.hop_s)
@@ -139,13 +140,20 @@ def cmd_score(args: argparse.Namespace) -> int:
         else:
             _print_table(result)
         if args.plot:
-            _plot_file(result.to_json(), path, args.plot)
+            _plot_file(result.to_json(), path, args.plot, drawn)
     return 1 if failed else 0
 
 
-def _plot_file(result: dict[str, Any], path: Path, out_dir: Path) -> None:
+def _plot_file(result: dict[str, Any], path: Path, out_dir: Path, drawn: set[Path]) -> None:
+    """``out_dir/<file name>.png``; two files of the same name (from different
+    folders) get ``-2``, ``-3``... rather than one picture replacing the other."""
     from spoofwatch.plots import plot_file_score
 
     target = out_dir / f"{path.name}.png"
+    n = 1
+    while target in drawn:
+        n += 1
+        target = out_dir / f"{path.name}-{n}.png"
+    drawn.add(target)
     plot_file_score(result, target)
     log.info("wrote %s", target)
