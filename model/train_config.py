@@ -70,11 +70,15 @@ def load_train_config(path: Path) -> TrainConfig:
     missing = [k for k in _PATHS if k not in data]
     if missing:
         raise ConfigError(f"{path}: missing required field(s) {', '.join(missing)}")
+    _check_types(data, path)
     values = dict(data)
     for key in _PATHS:
         values[key] = (path.parent / str(data[key])).resolve()
     if "class_weights" in values:
         values["class_weights"] = tuple(float(v) for v in values["class_weights"])
+    for key in _FLOATS:
+        if key in values:
+            values[key] = float(values[key])
     augment = values.pop("augment", {})
     try:
         values["augment"] = AugmentConfig(
@@ -85,6 +89,52 @@ def load_train_config(path: Path) -> TrainConfig:
         raise ConfigError(f"{path}: {exc}") from None
     _check_ranges(config, path)
     return config
+
+
+_INTS = ("epochs", "batch_size", "seed", "keep_checkpoints", "decode_workers")
+_FLOATS = ("base_lr", "lr_min", "weight_decay")
+_STRINGS = ("model", "device", *_PATHS)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_types(data: dict[str, Any], path: Path) -> None:
+    """Each field of the TOML its own type, before anything is built from it:
+    ``epochs = 1.5`` trained two epochs, ``epochs = "3"`` was a traceback, and
+    a misspelt ``[augment]`` key was ignored."""
+
+    def bad(key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{path}: {key}: expected {expected}, got {data[key]!r}")
+
+    for key in _INTS:
+        if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool)):
+            raise bad(key, "an integer")
+    for key in _FLOATS:
+        if key in data and not _is_number(data[key]):
+            raise bad(key, "a number")
+    for key in _STRINGS:
+        if key in data and not isinstance(data[key], str):
+            raise bad(key, "a string")
+    weights = data.get("class_weights", [1.0, 1.0])
+    if not (isinstance(weights, list) and len(weights) == 2 and all(_is_number(w) for w in weights)):
+        raise bad("class_weights", "two numbers [spoof, bona fide]")
+    if not isinstance(data.get("model_overrides", {}), dict):
+        raise bad("model_overrides", "a table")
+    augment = data.get("augment", {})
+    if not isinstance(augment, dict):
+        raise bad("augment", "a table with names and probability")
+    unknown = sorted(set(augment) - {"names", "probability"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: [augment]: unknown key(s) {', '.join(unknown)}; expected names, probability"
+        )
+    names = augment.get("names", [])
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"{path}: [augment].names: expected a list of names, got {names!r}")
+    if "probability" in augment and not _is_number(augment["probability"]):
+        raise ConfigError(f"{path}: [augment].probability: expected a number, got {augment['probability']!r}")
 
 
 def _check_ranges(config: TrainConfig, path: Path) -> None:

@@ -362,6 +362,16 @@ def test_prepare_la_reports_problems(
         ("class_weights = [0.1, 0.0]", "class_weights: expected two positive"),
         ("decode_workers = 0", "decode_workers: expected >= 1"),
         ("device = 'tpu'", "device: expected auto, cpu or cuda"),
+        ('epochs = "3"', "epochs: expected an integer, got '3'"),
+        ("epochs = 1.5", "epochs: expected an integer, got 1.5"),
+        ("seed = true", "seed: expected an integer"),
+        ('base_lr = "0.1"', "base_lr: expected a number"),
+        ("class_weights = 0.5", r"class_weights: expected two numbers \[spoof, bona fide\]"),
+        ('class_weights = ["a", "b"]', "class_weights: expected two numbers"),
+        ('augment = "gain"', "augment: expected a table"),
+        ("model_overrides = 5", "model_overrides: expected a table"),
+        ("[augment]\nprob = 0.3", r"\[augment\]: unknown key\(s\) prob"),
+        ('[augment]\nnames = "gain"', r"\[augment\]\.names: expected a list of names"),
     ],
 )
 def test_train_config_ranges_are_checked_at_load(line: str, message: str, tmp_path: Path) -> None:
