@@ -574,13 +574,9 @@ def build_item(
 ) -> list[Row]:
     """Write the clean copy and the channel copies of ``item`` (skipping those already written)."""
     utts = [f"{item.base_id}_c{k}" for k in range(cfg.augmented_copies + 1)]
-    done = [_sidecar(flac_dir, u) for u in utts]
-    if all(p.is_file() for p in done):
-        rows = []
-        for u, p in zip(utts, done, strict=True):
-            meta = json.loads(p.read_text("utf-8"))
-            rows.append(Row(item, u, int(meta["copy"]), str(meta["channel"]), float(meta["seconds"])))
-        return rows
+    done = [_done_row(item, u, _sidecar(flac_dir, u)) for u in utts]
+    if all(row is not None for row in done):
+        return [row for row in done if row is not None]
     rng = _item_seed(cfg, item)
     clean = gens.clean_audio(item, int(rng.integers(2**31)))[: int(cfg.max_seconds * SAMPLE_RATE_HZ)]
     if clean.size < MIN_SECONDS * SAMPLE_RATE_HZ or float(np.max(np.abs(clean))) == 0.0:
@@ -591,12 +587,55 @@ def build_item(
         audio, tags = (clean, ["clean"]) if k == 0 else random_channel(clean, rng, cfg.channel, codecs)
         _write_flac(flac_dir / f"{utt}.flac", audio)
         row = Row(item, utt, k, "+".join(tags), audio.size / SAMPLE_RATE_HZ)
-        # The sidecar is written last: its presence marks the utterance complete.
-        _sidecar(flac_dir, utt).write_text(
-            json.dumps({"copy": k, "channel": row.channel, "seconds": row.seconds})
-        )
+        # The sidecar is written last (whole, by a rename): it marks the utterance complete.
+        sidecar = _sidecar(flac_dir, utt)
+        tmp = sidecar.with_name(sidecar.name + ".partial")
+        tmp.write_text(json.dumps({"copy": k, "channel": row.channel, "seconds": row.seconds}))
+        tmp.replace(sidecar)
         rows.append(row)
     return rows
+
+
+def _done_row(item: Item, utt: str, sidecar: Path) -> Row | None:
+    """The row of an utterance an earlier run completed, or ``None`` (missing,
+    or a sidecar an older build left cut short: built again)."""
+    try:
+        meta = json.loads(sidecar.read_text("utf-8"))
+        return Row(item, utt, int(meta["copy"]), str(meta["channel"]), float(meta["seconds"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); building %s again", sidecar, exc, utt)
+        return None
+
+
+#: What the clips depend on. Subsets (protocols only) and extra manifests
+#: (appended, never reshuffling) may change between runs over one corpus.
+_CLIP_SETTINGS = ("seed", "max_seconds", "augmented_copies", "splits", "generate", "channel")
+
+
+def check_build_stamp(cfg: CorpusConfig, out: Path) -> None:
+    """Resume a build only with the settings that made its clips: ``out/build.json``
+    records them, and a rerun with others would keep the old clips under the
+    new settings' name. Written by the first run."""
+    settings = {k: json.loads(json.dumps(asdict(cfg)[k], default=str)) for k in _CLIP_SETTINGS}
+    stamp = out / "build.json"
+    if stamp.is_file():
+        try:
+            earlier = json.loads(stamp.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{stamp}: unreadable ({exc}); build into a new --out") from None
+        changed = sorted(k for k in _CLIP_SETTINGS if earlier.get(k) != settings[k])
+        if changed:
+            raise ConfigError(
+                f"{out} was built with other {', '.join(changed)} settings: its clips do not follow this "
+                "config; build into a new --out (or delete it to start again)"
+            )
+        return
+    if (out / "flac").is_dir() and any((out / "flac").iterdir()):
+        log.warning("%s: clips from a build without build.json; resuming as if its settings were these", out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(settings, indent=1), "utf-8")
 
 
 def iter_build(cfg: CorpusConfig, out: Path, items: list[Item]) -> Iterator[list[Row]]:

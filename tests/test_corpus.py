@@ -471,3 +471,24 @@ def test_corpus_config_types_are_checked(tmp_path: Path, toml: str, message: str
     path.write_text(toml + "\n")
     with pytest.raises(ConfigError, match=message):
         load_corpus_config(path)
+
+
+def test_a_build_resumes_only_with_the_settings_that_made_its_clips(open_cfg: object, tmp_path: Path) -> None:
+    """build.json records what the clips depend on: a rerun with another
+    max_seconds is refused (it kept the old clips under the new settings'
+    name), one with other subsets goes on; a sidecar cut short by an older
+    build is rebuilt, not a crash."""
+    from spoofwatch.errors import ConfigError
+    from spoofwatch.model.corpus import _done_row, check_build_stamp
+
+    out = tmp_path / "corpus"
+    check_build_stamp(open_cfg, out)  # type: ignore[arg-type]
+    assert (out / "build.json").is_file()
+    check_build_stamp(dataclasses.replace(open_cfg, subsets={"x": ("train", 4)}), out)  # type: ignore[type-var,arg-type]
+    with pytest.raises(ConfigError, match=r"was built with other max_seconds settings"):
+        check_build_stamp(dataclasses.replace(open_cfg, max_seconds=3.0), out)  # type: ignore[type-var,arg-type]
+    sidecar = tmp_path / "u.json"
+    sidecar.write_text("")
+    assert _done_row(None, "u", sidecar) is None  # type: ignore[arg-type]
+    sidecar.write_text('{"copy": 0, "channel": "clean", "seconds": 2.5}')
+    assert _done_row(None, "u", sidecar).seconds == 2.5  # type: ignore[arg-type,union-attr]

@@ -150,10 +150,17 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_build_corpus(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from spoofwatch.model.corpus import iter_build, load_corpus_config, plan_corpus, write_outputs
+    from spoofwatch.model.corpus import (
+        check_build_stamp,
+        iter_build,
+        load_corpus_config,
+        plan_corpus,
+        write_outputs,
+    )
 
     cfg = load_corpus_config(args.config)
     check_output_dir(args.out)
+    check_build_stamp(cfg, args.out)
     items = plan_corpus(cfg)
     rows = []
     bar = tqdm(
