@@ -24,7 +24,7 @@ from typing import IO, Literal
 
 import torch
 
-from spoofwatch.errors import WeightsError
+from spoofwatch.errors import NetworkError, WeightsError
 from spoofwatch.paths import weights_dir
 
 from .aasist import AASIST
@@ -119,7 +119,9 @@ def _download_to(source: str, dst: IO[bytes], config: ModelConfig, progress: boo
             copied = _copy_with_progress(response, dst, total, config.weights_file, progress)
     except urllib.error.HTTPError as exc:
         raise WeightsError(f"downloading {source}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except urllib.error.URLError as exc:  # nothing answered: the network, not the weights
+        raise NetworkError(f"downloading {source}: {exc.reason}") from None
+    except OSError as exc:
         raise WeightsError(f"downloading {source}: {exc}") from None
     if total is not None and copied != total:
         raise WeightsError(f"downloading {source}: truncated, got {copied} of {total} bytes")
@@ -148,7 +150,10 @@ def fetch_weights(model: str, source: str | None = None, progress: bool = True) 
     try:
         with os.fdopen(fd, "wb") as dst:
             _download_to(resolved, dst, config, progress)
-        verify_weights_file(tmp, config)
+        try:
+            verify_weights_file(tmp, config)
+        except WeightsError as exc:  # name what was fetched, not the temporary file
+            raise WeightsError(str(exc).replace(str(tmp), resolved, 1)) from None
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -492,3 +492,19 @@ def test_a_build_resumes_only_with_the_settings_that_made_its_clips(open_cfg: ob
     assert _done_row(None, "u", sidecar) is None  # type: ignore[arg-type]
     sidecar.write_text('{"copy": 0, "channel": "clean", "seconds": 2.5}')
     assert _done_row(None, "u", sidecar).seconds == 2.5  # type: ignore[arg-type,union-attr]
+
+
+def test_evaluate_suite_refuses_a_selection_without_genuine_audio(
+    tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without genuine utterances there is no EER and no false-alert rate to
+    hold a threshold to (it reported 0.0 false alerts/h)."""
+    from spoofwatch.cli import main
+    from spoofwatch.errors import DatasetError
+
+    corpus = tmp_path / "spoof-only"
+    shutil.copytree(tiny_corpus, corpus)
+    lines = (corpus / "metadata.tsv").read_text().splitlines()
+    (corpus / "metadata.tsv").write_text("\n".join(row for row in lines if "\tbonafide\t" not in row) + "\n")
+    assert main(["evaluate-suite", "--corpus", str(corpus), "--no-progress"]) == DatasetError.exit_code
+    assert "has no bonafide utterances: the suite needs both" in capsys.readouterr().err

@@ -79,8 +79,23 @@ def test_fetch_good_file_over_http(server: str, home: Path) -> None:
     ],
 )
 def test_fetch_rejects_bad_downloads(server: str, home: Path, path: str, message: str) -> None:
-    with pytest.raises(WeightsError, match=message):
+    # The source is named, never the temporary file it was fetched into.
+    with pytest.raises(WeightsError, match=rf"^(?!.*\.partial-).*{message}"):
         fetch_weights("aasist-l", server + path, progress=False)
+    assert _installed(home) == []
+
+
+def test_fetch_from_nothing_listening_is_a_network_error(home: Path) -> None:
+    import socket
+
+    from spoofwatch.errors import NetworkError
+
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    with pytest.raises(NetworkError, match=rf"downloading http://127\.0\.0\.1:{port}/AASIST-L\.pth"):
+        fetch_weights("aasist-l", f"http://127.0.0.1:{port}/AASIST-L.pth", progress=False)
     assert _installed(home) == []
 
 

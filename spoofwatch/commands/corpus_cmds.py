@@ -215,6 +215,14 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         if folder is not None:  # before the scoring, which takes hours on a real corpus
             check_output_dir(folder, flag)
     utts = select_utterances(args.corpus, cfg)
+    missing = [label for label in ("bonafide", "spoof") if not any(u.label == label for u in utts)]
+    if missing:  # no EER, and (without genuine audio) no false alerts per hour to hold a threshold to
+        from spoofwatch.errors import DatasetError
+
+        raise DatasetError(
+            f"{args.corpus}: the {args.split} split ({args.copies} copies) has no {' or '.join(missing)} "
+            "utterances: the suite needs both"
+        )
     # (label, model, weights, calibration, loudness): the official model always, in the same run.
     variants: list[tuple[str, str, Path | None, Path | None, bool]] = [
         ("official", args.model, None, None, False)
