@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError, ModelError
-from spoofwatch.paths import onnx_dir
+from spoofwatch.paths import cache_tempfile, onnx_dir
 
 from .aasist import AASIST
 from .config import ModelConfig, load_model_config
@@ -101,7 +100,7 @@ def export_onnx(
     """Export ``model`` to ``out``; install it only if parity holds. Returns the max diff."""
     net = load_torch_model(model, weights, config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=out.parent)
+    fd, tmp_name = cache_tempfile(out.parent, ".onnx")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -164,8 +163,9 @@ def export_precision(
             root = shared_root()
             if root is None:
                 raise InputError(
-                    "INT8 calibration needs real speech: pass --calibration-audio DIR "
-                    f"or set {SHARED_ENV} to the development data folder"
+                    "the INT8 model is made once from real speech: run `spoofwatch export --precision int8 "
+                    f"--calibration-audio DIR` (a folder of speech recordings), or set {SHARED_ENV} to the "
+                    "development data folder, then score again"
                 )
             calibration_audio = default_calibration_files(root)
         quantize_int8(fp32, target, calibration_windows(calibration_audio))

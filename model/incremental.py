@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from torch import Tensor, nn
 
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError, ModelError
-from spoofwatch.paths import onnx_dir
+from spoofwatch.paths import cache_tempfile, onnx_dir
 
 from .aasist import AASIST, ResidualBlock
 from .config import ModelConfig, load_model_config
@@ -490,7 +489,7 @@ def export_incremental(
     tmp: list[Path] = []
     try:
         for _ in range(2):
-            fd, name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=paths.init.parent)
+            fd, name = cache_tempfile(paths.init.parent, ".onnx")
             os.close(fd)
             tmp.append(Path(name))
         log.info("exporting the incremental %s graphs for a hop of %d samples", model, hop_samples)

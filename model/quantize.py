@@ -52,6 +52,7 @@ import numpy.typing as npt
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import ONNX_INPUT_NAME, WINDOW_SAMPLES, Precision
 from spoofwatch.errors import InputError, ModelError
+from spoofwatch.paths import cache_tempfile
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def _atomic_save(model: Any, out: Path) -> None:
     import onnx
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".partial-", suffix=".onnx", dir=out.parent)
+    fd, name = cache_tempfile(out.parent, ".onnx")
     os.close(fd)
     try:
         onnx.save(model, name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import IO, Literal
 import torch
 
 from spoofwatch.errors import NetworkError, WeightsError
-from spoofwatch.paths import weights_dir
+from spoofwatch.paths import cache_tempfile, weights_dir
 
 from .aasist import AASIST
 from .config import ModelConfig, load_model_config
@@ -145,7 +144,7 @@ def fetch_weights(model: str, source: str | None = None, progress: bool = True) 
     target = weights_path(config)
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("fetching %s weights from %s", config.name, resolved)
-    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", suffix=".pth", dir=target.parent)
+    fd, tmp_name = cache_tempfile(target.parent, ".pth")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as dst:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 #: Environment variable that overrides the cache root.
@@ -25,3 +26,16 @@ def weights_dir() -> Path:
 
 def onnx_dir() -> Path:
     return home_dir() / "onnx"
+
+
+#: Cached models and weights are readable by everyone, as files made with the
+#: usual umask are (``mkstemp`` makes them 0600: a shared cache would fail).
+CACHE_FILE_MODE = 0o644
+
+
+def cache_tempfile(folder: Path, suffix: str) -> tuple[int, str]:
+    """A temporary file in ``folder`` to write a cached file into and rename
+    into place (``tempfile.mkstemp``), with :data:`CACHE_FILE_MODE`."""
+    fd, name = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=folder)
+    os.fchmod(fd, CACHE_FILE_MODE)
+    return fd, name

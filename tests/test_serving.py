@@ -789,13 +789,56 @@ async def test_a_drain_cuts_a_client_that_never_answers_the_close(
                 await start_stream(ws, speech)  # no stop: the stream stays open
                 ws.transport.pause_reading()  # the client stops reading: nothing it gets is answered
                 server.request_shutdown()
-                with anyio.fail_after(120):  # a guard against hanging, not a speed bound
+                with anyio.move_on_after(120) as guard:  # against hanging, not a speed bound
                     await stopped.wait()
                 ws.transport.resume_reading()
+                if guard.cancelled_caught:  # a hung drain: end the server, then fail
+                    tg.cancel_scope.cancel()
     ctx.sinks.close()
+    assert not guard.cancelled_caught, "the drain never finished"
     assert "1 stream(s) still open after 0.2 s: cutting them" in caplog.text
     logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["type"] for e in logged].count("summary") == 1
+
+
+async def test_a_drain_closes_a_client_that_keeps_streaming(
+    speech: np.ndarray, vad: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C with a live stream (``send --realtime``, 20 ms frames): the
+    client sends audio until it sees the 1001, so its frames must be read and
+    dropped while the server closes, or its answer to the close waits behind
+    them until the close timeout (the grace period is an hour here: only the
+    closing handshake can end the drain)."""
+    from spoofwatch.stream.client import send_audio
+
+    ctx = make_ctx(FakeScorer(), vad, tmp_path, shedding=None, shutdown_grace_s=3600.0, close_timeout_s=120.0)
+    server = WebSocketServer(ctx)
+    stopped, scored = anyio.Event(), anyio.Event()
+    results: list[Any] = []
+
+    async def serve_then_mark(*, task_status: Any) -> None:
+        await server.run(task_status=task_status)
+        stopped.set()
+
+    async def client(url: str) -> None:
+        on_event = lambda e: scored.set() if e["type"] == "score" else None  # noqa: E731
+        results.append(await send_audio(np.tile(speech, 10), url, realtime=True, on_event=on_event))
+
+    with caplog.at_level(logging.WARNING, logger="spoofwatch.stream.server.app"):
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_then_mark)
+            tg.start_soon(client, f"ws://127.0.0.1:{port}/")
+            await scored.wait()  # the stream is live
+            server.request_shutdown()
+            # An answered close takes a few loop passes, an unanswered one the
+            # whole close timeout (120 s); the guard sits far from both.
+            with anyio.move_on_after(60) as guard:
+                await stopped.wait()
+    ctx.sinks.close()
+    assert not guard.cancelled_caught, "the close waited for the timeout: the client's answer was never read"
+    assert "still open after" not in caplog.text
+    (result,) = results
+    assert result.close_code == 1001 and result.events[-1]["type"] == "summary"
 
 
 class BlockedScorer:

@@ -107,7 +107,9 @@ def test_bad_download_keeps_the_existing_good_file(server: str, home: Path) -> N
 
 
 def test_fetch_from_directory_and_file(shared: Path, home: Path) -> None:
-    assert sha256_file(fetch_weights("aasist-l", str(shared / "weights"), progress=False)) == PINNED
+    installed = fetch_weights("aasist-l", str(shared / "weights"), progress=False)
+    assert sha256_file(installed) == PINNED
+    assert installed.stat().st_mode & 0o777 == 0o644  # readable by all, as a shared cache needs
     assert fetch_weights("aasist", str(shared / "weights" / "AASIST.pth"), progress=False).is_file()
 
 

@@ -30,7 +30,7 @@ from websockets.http11 import Request, Response
 from spoofwatch.errors import CloseCode, ProtocolError
 
 from . import health
-from .connection import ABORT_GRACE_S, ROUTES, first_leaf
+from .connection import ABORT_GRACE_S, ROUTES, close_discarding, first_leaf
 from .context import ServerConfig, ServerContext
 from .drain import GOING_AWAY, SHUTDOWN_REASON
 from .static import page_response, page_url
@@ -177,7 +177,7 @@ class WebSocketServer:
             code, reason = GOING_AWAY, SHUTDOWN_REASON
         log.info("closing stream with %d: %s", code, reason)
         # A close reason must fit in a control frame (123 bytes).
-        await ws.close(code, reason.encode()[:123].decode(errors="ignore"))
+        await close_discarding(ws, code, reason.encode()[:123].decode(errors="ignore"))
 
     async def run(self, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; reports the bound port through ``task_status``."""

@@ -127,11 +127,33 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
     if ctx.drain.started:
         for session in sessions.values():
             await session.finish(SHUTDOWN)
-        await ws.close(GOING_AWAY, SHUTDOWN_REASON)
+        await close_discarding(ws, GOING_AWAY, SHUTDOWN_REASON)
         return
     for session in sessions.values():
         await session.finish(END_OF_STREAM)
-    await ws.close(CloseCode.NORMAL, "stream complete")
+    await close_discarding(ws, CloseCode.NORMAL, "stream complete")
+
+
+async def close_discarding(ws: Any, code: int, reason: str) -> None:
+    """Close, reading and dropping whatever the client still sends meanwhile.
+
+    A client streaming live audio goes on sending until it sees the close
+    frame; unread, its frames fill the connection's small receive queue,
+    websockets stops reading the socket, and the client's answer to the
+    close waits behind them until the close timeout (a Ctrl-C of the server
+    took the whole shutdown grace for every live stream)."""
+
+    async def discard() -> None:
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(discard)
+        await ws.close(code, reason)
+        tg.cancel_scope.cancel()
 
 
 def _handler(protocol: Callable[[], WireProtocol]) -> Callable[[Any, ServerContext], Any]:
