@@ -27,6 +27,7 @@ import numpy as np
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import AudioError, InputError
+from spoofwatch.stamps import changed_settings, write_stamp
 from spoofwatch.stream.engine import MIN_HOP_S, Scorer
 from spoofwatch.stream.windower import iter_windows
 
@@ -78,26 +79,22 @@ def check_resume(out: Path, run: dict[str, object]) -> None:
     if out.is_dir():
         raise InputError(f"--out {out}: is a folder; expected a score file")
     if out.is_file() and out.stat().st_size > 0:
-        try:
-            earlier = json.loads(stamp.read_text("utf-8"))
-        except FileNotFoundError:
+        changed = changed_settings(stamp, run)
+        if changed is None:
             raise InputError(
                 f"--out {out} already holds scores but no {stamp.name} says what wrote them: "
                 "use a new --out (or delete the file to score again)"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{stamp}: unreadable ({exc}); use a new --out") from None
-        changed = sorted(k for k in run if earlier.get(k) != run[k])
+            )
         if changed:
             raise InputError(
                 f"--out {out} was scored with another {' and '.join(changed)} "
-                f"({', '.join(f'{k}={earlier.get(k)!r}' for k in changed)}): use a new --out to score "
+                f"({', '.join(f'{k}={v!r}' for k, v in changed.items())}): use a new --out to score "
                 "with these settings (or delete it to start again)"
             )
         return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps(run), "utf-8")
+        write_stamp(stamp, run)
     except OSError as exc:
         raise InputError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
 

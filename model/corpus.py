@@ -37,6 +37,7 @@ from spoofwatch.audio import read_audio
 from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import ConfigError, DatasetError
+from spoofwatch.stamps import changed_settings, write_stamp
 
 from .channel import ChannelConfig, available_codecs, random_channel
 from .manifest import MANIFEST_COLUMNS, SPOOF_KINDS
@@ -620,22 +621,18 @@ def check_build_stamp(cfg: CorpusConfig, out: Path) -> None:
     new settings' name. Written by the first run."""
     settings = {k: json.loads(json.dumps(asdict(cfg)[k], default=str)) for k in _CLIP_SETTINGS}
     stamp = out / "build.json"
-    if stamp.is_file():
-        try:
-            earlier = json.loads(stamp.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{stamp}: unreadable ({exc}); build into a new --out") from None
-        changed = sorted(k for k in _CLIP_SETTINGS if earlier.get(k) != settings[k])
-        if changed:
-            raise ConfigError(
-                f"{out} was built with other {', '.join(changed)} settings: its clips do not follow this "
-                "config; build into a new --out (or delete it to start again)"
-            )
+    changed = changed_settings(stamp, settings)
+    if changed:
+        raise ConfigError(
+            f"{out} was built with other {', '.join(changed)} settings: its clips do not follow this "
+            "config; build into a new --out (or delete it to start again)"
+        )
+    if changed is not None:
         return
     if (out / "flac").is_dir() and any((out / "flac").iterdir()):
         log.warning("%s: clips from a build without build.json; resuming as if its settings were these", out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(settings, indent=1), "utf-8")
+    write_stamp(stamp, settings)
 
 
 def iter_build(cfg: CorpusConfig, out: Path, items: list[Item]) -> Iterator[list[Row]]:

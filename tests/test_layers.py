@@ -14,7 +14,13 @@ from helpers import REPO_ROOT
 
 #: Lowest first. A module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, ...]] = [
-    ("spoofwatch.errors", "spoofwatch.constants", "spoofwatch.paths", "spoofwatch.audio"),
+    (
+        "spoofwatch.errors",
+        "spoofwatch.constants",
+        "spoofwatch.paths",
+        "spoofwatch.stamps",
+        "spoofwatch.audio",
+    ),
     ("spoofwatch.stream",),
     ("spoofwatch.calibration",),
     ("spoofwatch.model",),
