@@ -63,15 +63,15 @@ class GateResult:
 
 
 def rms_dbfs(x: npt.NDArray[np.float32]) -> float:
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-    return max(20.0 * np.log10(rms), _MIN_DBFS) if rms > 0 else _MIN_DBFS
+    """RMS level of ``x`` in dBFS (``_MIN_DBFS`` for silence or no samples)."""
+    return float(rows_rms_dbfs(x.reshape(1, -1))[0]) if x.size else _MIN_DBFS
 
 
 def rows_rms_dbfs(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     """:func:`rms_dbfs` of each row of a (B, N) array, in one pass: a VAD
     round's frames cost one numpy call instead of B (~25 us each, a tenth of
-    a server's host cost). Row by row the same arithmetic, bit for bit
-    (tests/test_engine.py)."""
+    a server's host cost). A row's level does not depend on the batch around
+    it, bit for bit (tests/test_engine.py)."""
     rms = np.sqrt(np.mean(np.square(rows, dtype=np.float64), axis=1))
     with np.errstate(divide="ignore"):  # a silent row: -inf, floored below
         levels: npt.NDArray[np.float64] = np.maximum(20.0 * np.log10(rms), _MIN_DBFS)
