@@ -39,7 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from spoofwatch.constants import DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
+from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
 from spoofwatch.errors import CalibrationError, ConfigError, InputError
 from spoofwatch.stream.engine import EngineConfig, LiveConfig
 from spoofwatch.stream.gate import GateConfig
@@ -193,7 +193,7 @@ def load_calibration(
     """Load ``path`` (default: the shipped default of ``model``) and check it fits
     ``model`` at ``precision`` and, when given, the ``weights_sha256`` in use."""
     if path is None:
-        data, origin = _shipped(DEFAULT_CALIBRATION.format(model=_model_key(model or "aasist-l")))
+        data, origin = _shipped(DEFAULT_CALIBRATION.format(model=_model_key(model or DEFAULT_MODEL)))
     else:
         try:
             text = Path(path).read_text("utf-8")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable
@@ -34,7 +35,7 @@ import numpy.typing as npt
 
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.errors import CalibrationError, DatasetError
+from spoofwatch.errors import CalibrationError, DatasetError, InputError
 from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
 
@@ -59,6 +60,26 @@ class SuiteConfig:
     target_false_alerts_per_hour: float = 1.0
     detect_within_s: float = 5.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # checked here, not only by the CLI: a bad value would surface hours later as an empty operating point
+        if self.copies not in ("clean", "all"):
+            raise InputError(f"copies: expected 'clean' or 'all', got {self.copies!r}")
+        for name in ("limit_per_group", "limit_genuine_per_corpus", "seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InputError(f"{name}: expected an integer >= 0, got {value!r}")
+        for name, zero_ok in (
+            ("stream_seconds", False),
+            ("detect_within_s", False),
+            ("target_false_alerts_per_hour", True),
+        ):
+            value = getattr(self, name)
+            finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not finite or value < 0 or (value == 0 and not zero_ok):
+                raise InputError(
+                    f"{name}: expected a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}"
+                )
 
 
 @dataclass(frozen=True)

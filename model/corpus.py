@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.audio import read_audio
+from spoofwatch.audio import audio_files, read_audio
 from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import ConfigError, DatasetError
@@ -311,21 +311,20 @@ def _speech_items(root: Path) -> list[Item]:
     ]
     items = []
     for folder, label, kind, system, corpus, speaker in specs:
-        for p in sorted((root / folder).glob("*")):
-            if p.suffix.lower() in (".flac", ".wav"):
-                items.append(
-                    Item(
-                        f"speech/{folder}/{p.name}",
-                        label,
-                        kind,
-                        system,
-                        corpus,
-                        speaker(p),
-                        SHARED_REPO,
-                        "",
-                        str(p),
-                    )
+        for p in audio_files(root / folder, recursive=False):
+            items.append(
+                Item(
+                    f"speech/{folder}/{p.name}",
+                    label,
+                    kind,
+                    system,
+                    corpus,
+                    speaker(p),
+                    SHARED_REPO,
+                    "",
+                    str(p),
                 )
+            )
     return items
 
 

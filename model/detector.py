@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from spoofwatch.audio import AudioFile, official_window
 from spoofwatch.calibration.calfile import Calibration
-from spoofwatch.constants import DEFAULT_PRECISION, SAMPLE_RATE_HZ
+from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError, InputError, ModelError
 from spoofwatch.stream.engine import MIN_HOP_S, LiveConfig
 from spoofwatch.stream.windower import stream_windows
@@ -132,7 +132,7 @@ class Detector:
     @classmethod
     def load(
         cls,
-        model: str = "aasist-l",
+        model: str = DEFAULT_MODEL,
         device: Device = "auto",
         threads: int | None = None,
         weights: Path | None = None,

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import SCORE_COLUMN
+from spoofwatch.constants import CUDA_PROVIDER, SCORE_COLUMN
 from spoofwatch.errors import InputError
 
 from .config import load_model_config
@@ -179,7 +179,7 @@ class IncrementalModel:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        return "cuda" if self.providers[0] == CUDA_PROVIDER else "cpu"
 
     @property
     def hop_samples(self) -> int:
@@ -367,20 +367,3 @@ def incremental_unavailable(model: str, hop_samples: int) -> str | None:
         except InputError as exc:
             reason = str(exc)
     return reason
-
-
-def load_incremental(
-    model: str,
-    hop_samples: int,
-    device: Device = "auto",
-    threads: int | None = None,
-    weights: Path | None = None,
-    batch_streams: bool | None = None,
-    precision: str = "fp32",
-) -> IncrementalModel | None:
-    """The incremental graphs for ``hop_samples``, or ``None`` (logged) when that hop needs full windows."""
-    reason = incremental_unavailable(model, hop_samples)
-    if reason is not None:
-        log.warning("scoring full windows, not incrementally: %s", reason)
-        return None
-    return IncrementalModel.load(model, hop_samples, device, threads, weights, batch_streams, precision)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from spoofwatch.audio import AudioFile
+from spoofwatch.audio import AudioFile, audio_files
 from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.errors import AudioError, InputError
 
@@ -33,8 +33,6 @@ MANIFEST_HEADER = (
 #: Columns ``build-corpus`` needs filled in every row.
 MANIFEST_COLUMNS = MANIFEST_HEADER[:6]
 SPOOF_KINDS = ("tts", "vc", "vocoder", "codec")
-#: Suffixes scanned for (what libsndfile decodes).
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 SPEAKER_FROM = ("folder", "corpus")
 
 
@@ -77,7 +75,7 @@ def scan_folder(root: Path, spec: FolderSource, out_dir: Path) -> tuple[list[lis
         raise InputError(f"{root}: not a folder")
     rows: list[list[str]] = []
     skipped: list[str] = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
+    for path in audio_files(root):
         if any(c in str(path) for c in _UNSAFE):
             skipped.append(f"{path}: a tab, newline or double quote in the name")
             continue

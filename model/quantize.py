@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.audio import official_window, read_audio
+from spoofwatch.audio import audio_files, official_window, read_audio
 from spoofwatch.constants import ONNX_INPUT_NAME, WINDOW_SAMPLES, Precision
 from spoofwatch.errors import InputError, ModelError
 from spoofwatch.paths import cache_tempfile
@@ -91,7 +91,6 @@ _CALIBRATION_SETS: tuple[tuple[str, int], ...] = (
     ("bonafide/ljspeech", 4),
     ("spoof/nii_nsf", 6),
 )
-_AUDIO_SUFFIXES = (".flac", ".wav")
 
 
 def default_calibration_files(shared: Path) -> list[Path]:
@@ -99,7 +98,7 @@ def default_calibration_files(shared: Path) -> list[Path]:
     files: list[Path] = []
     for folder, count in _CALIBRATION_SETS:
         root = shared / "data" / "speech" / folder
-        found = sorted(p for p in root.glob("*") if p.suffix.lower() in _AUDIO_SUFFIXES)
+        found = audio_files(root, recursive=False)
         if len(found) < count:
             raise InputError(f"{root}: expected at least {count} audio files for INT8 calibration")
         files += found[:count]

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SCORE_COLUMN, WINDOW_SAMPLES, Precision
+from spoofwatch.constants import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    DEFAULT_MODEL,
+    ONNX_INPUT_NAME,
+    ONNX_OUTPUT_NAME,
+    SCORE_COLUMN,
+    WINDOW_SAMPLES,
+    Precision,
+)
 from spoofwatch.errors import DeviceError, InputError, ModelError
 
 from .precision import check_precision_device
@@ -31,8 +40,8 @@ log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
-_CUDA = "CUDAExecutionProvider"
-_CPU = "CPUExecutionProvider"
+_CUDA = CUDA_PROVIDER
+_CPU = CPU_PROVIDER
 #: ORT's default log severity (warning); it has no getter, so this is what we restore.
 _ORT_DEFAULT_SEVERITY = 2
 
@@ -360,7 +369,7 @@ class OnnxScorer:
 
 
 def build_scorer(
-    model: str = "aasist-l",
+    model: str = DEFAULT_MODEL,
     precision: str = "fp32",
     device: Device = "auto",
     threads: int | None = None,

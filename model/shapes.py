@@ -46,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from spoofwatch.constants import CUDA_PROVIDER
 from spoofwatch.errors import InputError
 
 log = logging.getLogger(__name__)
 
-_CUDA = "CUDAExecutionProvider"
+_CUDA = CUDA_PROVIDER
 
 
 def batch_buckets(cap: int) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoofwatch.constants import DEFAULT_MODEL
 from spoofwatch.errors import ConfigError
 
 from .augment import AugmentConfig
@@ -22,7 +23,7 @@ class TrainConfig:
     dev_protocol: Path
     dev_audio_dir: Path
     out_dir: Path
-    model: str = "aasist-l"
+    model: str = DEFAULT_MODEL
     epochs: int = 100
     batch_size: int = 24
     seed: int = 1234

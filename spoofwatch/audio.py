@@ -80,8 +80,16 @@ MAX_SAMPLE_RATE_HZ = 192_000
 #: beyond ±100 (40 dB over full scale) a value is a scaling bug, not sound,
 #: and it would overflow float32 in mixing, resampling or the model.
 MAX_ABS_SAMPLE = 100.0
+#: File suffixes taken as audio when a command scans a folder (what libsndfile decodes).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 #: Native-rate frames decoded at a time when streaming a file.
 DECODE_BLOCK_FRAMES = 1 << 16
+
+
+def audio_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """The audio files (by suffix, any case) under ``folder``, sorted."""
+    found = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(p for p in found if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
 def sample_problem(samples: npt.NDArray[np.floating]) -> str | None:

@@ -28,6 +28,12 @@ ONNX_OUTPUT_NAME = "logits"
 
 #: Models spoofwatch ships configurations and pinned weights for.
 MODEL_NAMES = ("aasist-l", "aasist")
+#: The model used when none is named: the official AASIST-L.
+DEFAULT_MODEL = "aasist-l"
+
+#: ONNX Runtime execution providers spoofwatch selects between.
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 
 #: Numeric precisions a model can be scored at (see ``spoofwatch.model.precision``);
 #: a calibration file records the one its scores were made at.

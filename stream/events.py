@@ -3,8 +3,10 @@
 Schema (times are seconds of stream audio, scores are bona fide logits):
 
 - ``score``: ``t_start``, ``t_end``, ``score`` (null when not scored),
-  ``smoothed`` (null before the first scored window), ``speech`` (bool),
-  ``speech_fraction``.
+  ``smoothed`` (null before the first scored window, and again after a
+  silence reset until the next one), ``speech`` (bool), ``speech_fraction``,
+  ``speech_end_s`` (where the window's last speech frame ended; null when it
+  has none).
 - ``alert_start`` / ``alert_end``: ``t``, ``smoothed``, ``threshold``
   (``alert_end`` also has ``reason``: one of :data:`END_REASONS`).
 - ``status``: ``overruns``, ``lost_samples``, ``dropped_windows``,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.constants import CPU_PROVIDER, SAMPLE_RATE_HZ
 from spoofwatch.errors import InputError, ModelError
 
 from .windower import Window
@@ -99,7 +99,7 @@ class SileroVad:
         options.intra_op_num_threads = 1  # a tiny model: more threads only add overhead
         options.inter_op_num_threads = 1
         self._session: Any = ort.InferenceSession(
-            str(path or silero_model_path()), options, providers=["CPUExecutionProvider"]
+            str(path or silero_model_path()), options, providers=[CPU_PROVIDER]
         )
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
 

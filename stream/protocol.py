@@ -34,12 +34,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from spoofwatch.audio import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from spoofwatch.errors import CloseCode, ProtocolError
 
 from .codecs import ENCODINGS, decode
 
-MIN_SAMPLE_RATE_HZ = 4_000
-MAX_SAMPLE_RATE_HZ = 192_000
 TWILIO_RATE_HZ = 8_000
 TWILIO_TRACKS = ("inbound", "outbound")
 #: The single track of a native stream.

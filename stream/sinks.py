@@ -77,7 +77,7 @@ class QueuedSink:
         max_queue_events: int = SINK_QUEUE_EVENTS,
     ) -> None:
         if max_queue_events < 1:
-            raise ValueError(f"max_queue_events: expected >= 1, got {max_queue_events}")
+            raise InputError(f"max_queue_events: expected >= 1, got {max_queue_events}")
         self.name = name
         self.counters = SinkCounters()
         self._write_line = write_line

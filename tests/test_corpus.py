@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def test_evaluate_suite_official_and_candidate(
     assert json.loads(capsys.readouterr().out)["models"] != report["models"]
     official, cand = report["models"]
     assert official["model"] == "official" and cand["model"] == "fine-tuned"
+    assert official["hop_s"] == cand["hop_s"] == 1.0  # the hop each variant ran with, never null
     assert official["pooled_eer_percent"] == pytest.approx(cand["pooled_eer_percent"])
     assert official["n_genuine"] >= 2 and official["n_spoof"] >= 2
     meta_systems = {
@@ -508,3 +510,37 @@ def test_evaluate_suite_refuses_a_selection_without_genuine_audio(
     (corpus / "metadata.tsv").write_text("\n".join(row for row in lines if "\tbonafide\t" not in row) + "\n")
     assert main(["evaluate-suite", "--corpus", str(corpus), "--no-progress"]) == DatasetError.exit_code
     assert "has no bonafide utterances: the suite needs both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["-1", "nan", "inf"])
+def test_evaluate_suite_refuses_an_impossible_false_alert_target(
+    target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative or NaN target matched no threshold, and after hours of scoring the
+    report showed the fallback threshold as its operating point."""
+    from spoofwatch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate-suite", "--corpus", str(tmp_path), f"--target-false-alerts-per-hour={target}"])
+    assert exc.value.code == 2
+    assert "--target-false-alerts-per-hour: expected a finite number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("target_false_alerts_per_hour", -1.0, "target_false_alerts_per_hour: expected a finite number >= 0"),
+        ("target_false_alerts_per_hour", float("nan"), "expected a finite number >= 0"),
+        ("stream_seconds", 0.0, "stream_seconds: expected a finite number > 0"),
+        ("detect_within_s", float("inf"), "detect_within_s: expected a finite number > 0"),
+        ("copies", "some", "copies: expected 'clean' or 'all'"),
+        ("limit_per_group", -2, "limit_per_group: expected an integer >= 0"),
+    ],
+)
+def test_suite_config_checks_its_values(field: str, value: object, expected: str) -> None:
+    from spoofwatch.calibration.suite import SuiteConfig
+    from spoofwatch.errors import InputError
+
+    with pytest.raises(InputError, match=re.escape(expected)):
+        SuiteConfig(**{field: value})  # type: ignore[arg-type]
+    assert SuiteConfig(target_false_alerts_per_hour=0.0).target_false_alerts_per_hour == 0.0

@@ -53,6 +53,27 @@ def test_wheel_layout(tmp_path: Path) -> None:
     assert "spoofwatch/stream/server/web/index.html" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "spoofwatch = spoofwatch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    _check_installed_defaults(wheel, tmp_path / "site")
+
+
+def _check_installed_defaults(wheel: Path, site: Path) -> None:
+    """Default files that commands find inside the installed package, not in a checkout."""
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import spoofwatch, sys;"
+        "from spoofwatch.commands.corpus_cmds import DEFAULT_CORPUS_CONFIG as c;"
+        "print(spoofwatch.__file__); print(c); print(c.is_file())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=site,
+    ).stdout.splitlines()
+    package_file, config, exists = out
+    assert Path(package_file).is_relative_to(site), out  # the wheel's copy, not the checkout's
+    assert Path(config).is_relative_to(site.resolve()) and exists == "True", out
 
 
 def test_console_script_and_module(tmp_path: Path) -> None:

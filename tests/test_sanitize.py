@@ -233,3 +233,19 @@ def test_iter_chunks_paces_lazily_decoded_blocks() -> None:
     assert [c.size for c in chunks] == [320, 320, 320, 320, 320]
     # A chunk is due once all of its audio would have been captured (due_in_s).
     assert now[0] == pytest.approx(5 * 320 / 16000)
+
+
+def test_audio_files_one_rule_for_every_folder_scan(tmp_path: Path) -> None:
+    """Folder scans (calibrate bonafide, export --calibration-audio, data manifest) share one
+    suffix list: they disagreed (an .ogg or .aiff was audio to one command and not to another)."""
+    from spoofwatch.audio import AUDIO_SUFFIXES, audio_files
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "folder.wav").mkdir()  # a folder named like audio is not a file
+    names = ["a.WAV", "b.flac", "c.ogg", "d.opus", "e.mp3", "f.aiff", "sub/g.Aif", "notes.txt", "h.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in audio_files(tmp_path)]
+    assert found == sorted(["a.WAV", "b.flac", "c.ogg", "d.opus", "e.mp3", "f.aiff", "sub/g.Aif"])
+    assert "sub/g.Aif" not in [p.relative_to(tmp_path).as_posix() for p in audio_files(tmp_path, False)]
+    assert {Path(n).suffix.lower() for n in found} == set(AUDIO_SUFFIXES)

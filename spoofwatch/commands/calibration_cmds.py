@@ -261,6 +261,7 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
 
 
 def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
+    from spoofwatch.audio import AUDIO_SUFFIXES, audio_files
     from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
     from spoofwatch.errors import AudioError, DatasetError
@@ -269,11 +270,9 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.stream.gate import SileroVad
 
     check_output_file(args.out)
-    files = sorted(
-        p for p in args.audio_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3")
-    )
+    files = audio_files(args.audio_dir)
     if not files:
-        raise DatasetError(f"{args.audio_dir}: no audio files (.wav, .flac, .ogg, .mp3) found")
+        raise DatasetError(f"{args.audio_dir}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
     detector = Detector.load(
         args.model, args.device, args.threads, args.weights, args.calibration, args.precision
     )

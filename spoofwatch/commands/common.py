@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spoofwatch.constants import DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
+from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
 from spoofwatch.model.runtime import DEVICES
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def add_model_args(
 ) -> None:
     parser.add_argument(
         "--model",
-        default="aasist-l",
+        default=DEFAULT_MODEL,
         help=f"built-in model ({', '.join(MODEL_NAMES)}; default aasist-l) or the path of a model card TOML",
     )
     parser.add_argument(

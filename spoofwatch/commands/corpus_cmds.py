@@ -6,15 +6,26 @@ import argparse
 import functools
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from spoofwatch.calibration.protocol import LABELS
-from spoofwatch.constants import MODEL_NAMES
+from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES
 
-from .common import add_precision_arg, check_output_dir, check_output_file, non_negative_int
+from .common import (
+    add_precision_arg,
+    check_output_dir,
+    check_output_file,
+    non_negative_int,
+    non_negative_rate,
+)
 
-DEFAULT_CORPUS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "data" / "open.toml"
+# The recipe ships in the package (spoofwatch/configs is the checkout's configs/);
+# resolved, so that its relative `shared` path counts from the real file.
+DEFAULT_CORPUS_CONFIG = Path(
+    str(resources.files("spoofwatch.configs").joinpath("data", "open.toml"))
+).resolve()
 
 
 def register(sub: Any) -> None:
@@ -24,7 +35,7 @@ def register(sub: Any) -> None:
         help="held-out EER per system and genuine corpus, and live false alerts/detection, vs the official model",
     )
     suite.add_argument(
-        "--model", default="aasist-l", choices=MODEL_NAMES, help="architecture (default aasist-l)"
+        "--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help=f"architecture (default {DEFAULT_MODEL})"
     )
     suite.add_argument(
         "--weights",
@@ -66,7 +77,12 @@ def register(sub: Any) -> None:
         default="off",
         help="per-window loudness normalisation of the candidate (both: report each)",
     )
-    suite.add_argument("--target-false-alerts-per-hour", type=float, default=1.0)
+    suite.add_argument(
+        "--target-false-alerts-per-hour",
+        type=non_negative_rate,
+        default=1.0,
+        help="false alerts per hour of held-out genuine streams the operating point may give (default 1)",
+    )
     suite.add_argument("--out", type=Path, default=None, help="folder for suite.json, suite.md and det.png")
     suite.add_argument(
         "--cache", type=Path, default=None, help="reuse traces of an unchanged model variant from this folder"
@@ -264,9 +280,10 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         result = cached_variant(args.cache, key, compute)
         bar.close()
         results.append(result)
-        summaries.append(summarise(result, utts, cal.policy, cfg))
+        # the hop this variant ran with (its calibration's unless --hop-s overrode it)
+        summaries.append({**summarise(result, utts, cal.policy, cfg), "hop_s": engine.config.hop_s})
     table = markdown(summaries, cfg)
-    report = {"corpus": str(args.corpus), "config": cfg.__dict__, "hop_s": args.hop_s, "models": summaries}
+    report = {"corpus": str(args.corpus), "config": cfg.__dict__, "models": summaries}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "suite.json").write_text(json.dumps(report, indent=1), "utf-8")

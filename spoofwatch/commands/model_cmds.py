@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spoofwatch.constants import MODEL_NAMES
+from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES
 from spoofwatch.errors import AudioError, ModelError
 
 from .common import add_model_args, add_precision_arg, check_output_file, print_event
@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
     weights = sub.add_parser("weights", help="fetch and list model weights")
     wsub = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     fetch = wsub.add_parser("fetch", help="download (or copy) official weights and verify their SHA-256")
-    fetch.add_argument("--model", default="aasist-l", choices=MODEL_NAMES)
+    fetch.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
     fetch.add_argument(
         "--source",
         default=None,
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     lst.set_defaults(func=cmd_weights_list)
 
     export = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch)")
-    export.add_argument("--model", default="aasist-l", choices=MODEL_NAMES)
+    export.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
     export.add_argument("--weights", type=Path, default=None, help="custom weights (.pth)")
     export.add_argument("--out", type=Path, default=None, help="output path (default: the runtime cache)")
     add_precision_arg(export)
@@ -87,6 +87,7 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from spoofwatch.audio import audio_files
     from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
 
     if args.out is not None:
@@ -94,9 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.precision != "fp32":
         audio = None
         if args.calibration_audio is not None:
-            audio = sorted(
-                p for p in args.calibration_audio.rglob("*") if p.suffix.lower() in (".wav", ".flac")
-            )
+            audio = audio_files(args.calibration_audio)
         out = export_precision(args.model, args.precision, args.weights, audio, args.out)
         sys.stdout.write(f"exported {args.model} at {args.precision} to {out}\n")
         return 0

@@ -45,14 +45,16 @@ def choose_main_job(probe: DeviceProbe = default_input_probe) -> MainJob:
 
 
 def register(sub: Any) -> None:
-    from spoofwatch.constants import MODEL_NAMES
+    from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES
     from spoofwatch.stream.server.context import ServerConfig
 
     run = sub.add_parser(
         "run",
         help="the main job: monitor the microphone, or serve the browser page on loopback when there is none",
     )
-    run.add_argument("--model", default="aasist-l", choices=MODEL_NAMES, help="model (default aasist-l)")
+    run.add_argument(
+        "--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help=f"model (default {DEFAULT_MODEL})"
+    )
     run.add_argument("--calibration", default=None, help="calibration TOML (default: the model's own)")
     add_precision_arg(run)
     run.add_argument(

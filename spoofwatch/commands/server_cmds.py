@@ -243,7 +243,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import anyio
 
     from spoofwatch.audio import read_audio
-    from spoofwatch.errors import CloseCode
+    from spoofwatch.errors import CloseCode, ProtocolError
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
@@ -252,5 +252,5 @@ def cmd_send(args: argparse.Namespace) -> int:
     )
     if result.close_code != CloseCode.NORMAL:
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
-        return 6
+        return ProtocolError.exit_code
     return 0

@@ -89,10 +89,6 @@ class ServerSinks:
     def dropped(self) -> int:
         return sum(sink.counters.dropped for sink in self.sinks)
 
-    @property
-    def webhook_failures(self) -> int:
-        return self._webhook.counters.failed if self._webhook else 0
-
     def close(self, timeout_s: float = SINK_CLOSE_TIMEOUT_S) -> None:
         """Flush every sink (a stalled one is given up on after ``timeout_s``)."""
         for sink in self.sinks:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spoofwatch.constants import DEFAULT_PRECISION
+from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION
 from spoofwatch.errors import InputError, SpoofwatchError
 
 from .context import ServerConfig
@@ -118,7 +118,7 @@ class WorkerSpec:
 
     config: ServerConfig
     load_model: ModelLoader
-    model: str = "aasist-l"
+    model: str = DEFAULT_MODEL
     device: str = "auto"
     #: Whether ``device`` resolves to a GPU that every worker shares (set by
     #: ``serve``, which may import the model layer): models then load and are
