@@ -108,6 +108,39 @@ def start_microphone(page: Chromium, url: str) -> None:
     page.wait_for("window.spoofwatch.connected", 60, "the WebSocket to open")
 
 
+def drop_js(path: Path) -> str:
+    """A drop event carrying ``path``, as the browser delivers one when a user drops a file."""
+    import base64
+
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return (
+        "(() => { const bytes = Uint8Array.from(atob('" + encoded + "'), c => c.charCodeAt(0));"
+        f" const dt = new DataTransfer(); dt.items.add(new File([bytes], '{path.name}', {{type: 'audio/wav'}}));"
+        " document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
+        " })()"
+    )
+
+
+#: Counts the page's WebSockets and records what each sends ("audio" or the control message's type).
+RECORD_SOCKETS = """(() => {
+  const Native = window.WebSocket;
+  window.sockets = 0;
+  window.sent = [];
+  const Recording = function (url, protocols) {
+    const ws = new Native(url, protocols);
+    window.sockets += 1;
+    const send = ws.send.bind(ws);
+    ws.send = (data) => {
+      window.sent.push(typeof data === "string" ? JSON.parse(data).type : "audio");
+      send(data);
+    };
+    return ws;
+  };
+  Object.assign(Recording, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+  window.WebSocket = Recording;
+})()"""
+
+
 def stop_and_wait_for_summary(page: Chromium) -> dict[str, Any]:
     page.evaluate("document.getElementById('stop').click()", user_gesture=True)
     page.wait_for("window.spoofwatch.lastClose !== null", STREAM_TIMEOUT_S, "the server to close the stream")
@@ -240,8 +273,6 @@ def test_page_without_the_token_says_why_it_cannot_stream(
 
 def test_dropped_file_at_real_time(server: str, browser_for: Any, la_dir: Path, tmp_path: Path) -> None:
     """A file dropped on the page, paced at 1x: the stream runs to its summary."""
-    import base64
-
     wav = tmp_path / "short.wav"
     audio = read_audio(la_clip(la_dir, SPOOF_UTTS[1]))
     sf.write(wav, np.tile(audio, 3)[: 6 * 16000], 16000, subtype="PCM_16")
@@ -249,14 +280,7 @@ def test_dropped_file_at_real_time(server: str, browser_for: Any, la_dir: Path, 
     page.navigate(server)
     page.wait_for("window.spoofwatch.config !== null", 60, "the page's settings")
     assert page.evaluate("document.getElementById('pace').value") == "realtime"  # the default
-    encoded = base64.b64encode(wav.read_bytes()).decode()
-    # A drop event carrying the file, as the browser delivers one when a user drops it.
-    page.evaluate(
-        "(() => { const bytes = Uint8Array.from(atob('" + encoded + "'), c => c.charCodeAt(0));"
-        " const dt = new DataTransfer(); dt.items.add(new File([bytes], 'short.wav', {type: 'audio/wav'}));"
-        " document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
-        " })()"
-    )
+    page.evaluate(drop_js(wav))
     page.wait_for(
         "window.spoofwatch.lastClose !== null", STREAM_TIMEOUT_S, "the dropped file's stream to finish"
     )
@@ -266,3 +290,72 @@ def test_dropped_file_at_real_time(server: str, browser_for: Any, la_dir: Path, 
     assert events[-1]["duration_s"] == pytest.approx(6.0, abs=0.01)
     assert page.evaluate("document.getElementById('conn-state').textContent").startswith("finished")
     assert "file short.wav" in page.evaluate("document.getElementById('log').innerText")
+
+
+def test_one_stream_at_a_time(server: str, browser_for: Any, la_dir: Path, tmp_path: Path) -> None:
+    """A second Start click, or a file dropped while the microphone is still opening,
+    started a second stream the Stop button could not end (its microphone stayed on)."""
+    page = browser_for(write_wav(tmp_path / "mic.wav", [la_clip(la_dir, BONAFIDE_UTT)]))
+    page.navigate(server)
+    page.wait_for("window.spoofwatch.config !== null", 60, "the page's settings")
+    page.evaluate(RECORD_SOCKETS)
+    short = tmp_path / "short.wav"
+    sf.write(short, read_audio(la_clip(la_dir, BONAFIDE_UTT))[:16000], 16000, subtype="PCM_16")
+    page.evaluate(
+        "(() => { const start = document.getElementById('mic-start'); start.click(); start.click(); })()",
+        user_gesture=True,
+    )
+    page.evaluate(drop_js(short))  # while the first start is still under way
+    page.wait_for("window.spoofwatch.connected", 60, "the WebSocket to open")
+    assert "a stream is running" in page.evaluate("document.getElementById('error').textContent")
+    stop_and_wait_for_summary(page)
+    assert page.evaluate("window.sockets") == 1
+    sent = page.evaluate("window.sent")
+    assert sent[0] == "start" and sent[-1] == "stop" and sent.count("stop") == 1, sent
+    assert page.evaluate("document.getElementById('mic-start').disabled") is False
+
+
+def test_a_new_stream_starts_clean_and_stop_is_its_last_message(
+    server: str, browser_for: Any, la_dir: Path, tmp_path: Path
+) -> None:
+    """The second stream of a page showed the first one's chart, alert band and banner; Stop
+    during a 1x file sent an audio frame and a second stop after the first."""
+    first = write_wav(tmp_path / "first.wav", [la_clip(la_dir, u) for u in SPOOF_UTTS])
+    second = tmp_path / "second.wav"
+    sf.write(
+        second, np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 4)[: 12 * 16000], 16000, subtype="PCM_16"
+    )
+    page = browser_for(None)
+    page.navigate(server)
+    page.wait_for("window.spoofwatch.config !== null", 60, "the page's settings")
+    page.evaluate(RECORD_SOCKETS)
+    page.evaluate("document.getElementById('pace').value = 'fast'")
+    page.set_file("#file-input", first)
+    page.wait_for("window.spoofwatch.lastClose !== null", STREAM_TIMEOUT_S, "the first stream to finish")
+    assert page.evaluate("window.spoofwatch.points.length") > 0
+    page.evaluate("document.getElementById('pace').value = 'realtime'")
+    page.evaluate(drop_js(second))
+    fresh = page.evaluate(
+        "(() => { const s = window.spoofwatch; return {points: s.points.length, alerts: s.alerts.length,"
+        " active: s.alertActive, close: s.lastClose, banner: document.getElementById('alert-banner').hidden,"
+        " score: document.getElementById('score-now').textContent}; })()"
+    )
+    assert fresh == {"points": 0, "alerts": 0, "active": False, "close": None, "banner": True, "score": "–"}
+    page.wait_for(
+        "window.sent.lastIndexOf('start') > 0 && window.sent.length - window.sent.lastIndexOf('start') > 5",
+        60,
+        "the second stream's first frames",
+    )
+    page.evaluate("document.getElementById('stop').click()", user_gesture=True)  # mid-file, at 1x
+    page.wait_for("window.spoofwatch.lastClose !== null", STREAM_TIMEOUT_S, "the second stream to finish")
+    assert page.evaluate("window.spoofwatch.lastClose.code") == 1000
+    sent = page.evaluate("window.sent")
+    second_stream = sent[sent.index("start", 1) :]
+    assert second_stream[-1] == "stop" and second_stream.count("stop") == 1, second_stream[-5:]
+    summaries = page.evaluate("window.spoofwatch.events.filter(e => e.type === 'summary')")
+    assert len(summaries) == 2 and summaries[1]["duration_s"] < 12.0
+    # the page now shows only the second stream: its points, and its summary in the connection line
+    assert page.evaluate(
+        "window.spoofwatch.points.every(p => p.t_end <= " + str(summaries[1]["duration_s"]) + ")"
+    )
+    assert "windows scored" in page.evaluate("document.getElementById('conn-state').textContent")

@@ -15,7 +15,7 @@
     1001: "the server closed an idle stream, or is shutting down",
     1002: "protocol error (messages in the wrong order)",
     1003: "the server does not accept this audio format",
-    1006: "connection lost without a close frame (server stopped, unreachable, or refused the connection — a wrong or missing token is refused this way)",
+    1006: "connection lost without a close frame (the server stopped or the network dropped)",
     1007: "the server rejected a malformed message",
     1008: "the stream reached the server's duration limit",
     1009: "a message was larger than the server accepts",
@@ -40,8 +40,11 @@
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(window.location.search);
   const token = params.get("token");
-  let capture = null;      // {stream, context, node}
-  let fileJob = null;      // {cancelled}
+  // The page runs one stream at a time. A session is claimed synchronously when
+  // a start is asked for (before any await), so a second click or drop while
+  // the first is still opening the microphone or decoding is refused, and every
+  // handler acts on its own session only.
+  let session = null;      // {label, socket, capture, cancelled, stopSent, summary}
   let drawPending = false;
 
   function wsUrl() {
@@ -138,16 +141,102 @@
       if (last) last.end = ev.t;
       setBanner("ended", "Spoof alert ended",
         `Alert from ${last ? fmt(last.t, 1) : "?"} s to ${fmt(ev.t, 1)} s (${ev.reason}). ` +
-        `${state.alerts.length} alert(s) in this session.`);
+        `${state.alerts.length} alert(s) in this stream.`);
       if (state.config) state.config.exit_threshold = ev.threshold;
+    } else if (ev.type === "summary" && session) {
+      session.summary = ev;
     }
     showThresholds();
     scheduleDraw();
   }
 
+  // ---- sessions ------------------------------------------------------
+
+  function resetView() {
+    // A new stream starts with an empty chart, banner and readouts (events stay: they are the page's record).
+    state.points = [];
+    state.alerts = [];
+    state.alertActive = false;
+    state.lastClose = null;
+    setBanner("none", "", "");
+    ["score-now", "smoothed-now", "stream-time", "speech-state"].forEach((id) => { $(id).textContent = "–"; });
+    $("speech-state").dataset.state = "unknown";
+    scheduleDraw();
+  }
+
+  function claim(label) {
+    if (session) {
+      showError("a stream is running: stop it before starting another");
+      return null;
+    }
+    clearError();
+    session = { label: label, socket: null, capture: null, cancelled: false, stopSent: false, summary: null };
+    resetView();
+    setConn(`starting ${label}…`, "connecting");
+    updateButtons();
+    return session;
+  }
+
+  function releaseCapture(s) {
+    if (!s.capture) return;
+    if (s.capture.node) s.capture.node.port.onmessage = null;
+    s.capture.stream.getTracks().forEach((t) => t.stop());
+    s.capture.context.close();
+    s.capture = null;
+  }
+
+  function finishSession(s, words) {
+    s.cancelled = true;
+    releaseCapture(s);
+    if (session === s) session = null;
+    if (words !== undefined) setConn(words, "idle");
+    updateButtons();
+  }
+
+  function stopSession() {
+    const s = session;
+    if (!s) return;
+    s.cancelled = true;
+    releaseCapture(s);
+    const socket = s.socket;
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      sendStop(s); // the server sends the last events and a summary, then closes; onclose ends the session
+    } else if (socket && socket.readyState === WebSocket.CONNECTING) {
+      socket.close(); // onclose ends the session
+    } else if (!socket) {
+      finishSession(s, "stopped"); // still opening the microphone or decoding the file
+    }
+  }
+
+  function summaryWords(ev) {
+    return ev ? ` — ${fmt(ev.duration_s, 1)} s, ${ev.scored_windows}/${ev.windows} windows scored, ${ev.alerts} alert(s)` : "";
+  }
+
+  async function explainConnectFailure(url) {
+    // A WebSocket that fails before opening says nothing about why. The page's
+    // own server answering /healthz (which needs no token) means it refused this
+    // connection: with a token set, that is a wrong or missing token.
+    let reachable = false;
+    try {
+      reachable = (await fetch("/healthz", { cache: "no-store" })).ok;
+    } catch (err) {
+      reachable = false;
+    }
+    const where = url.split("?")[0];
+    if (!reachable) {
+      showError(`could not connect to ${where}: the server cannot be reached (stopped, or the network is down)`);
+    } else if (token) {
+      showError(`the server at ${where} refused the connection: check the token in the page address (?token=…)`);
+    } else if (state.config && state.config.token_required) {
+      showError(`the server at ${where} refused the connection: it needs a token, open the page as /?token=YOUR_TOKEN`);
+    } else {
+      showError(`the server at ${where} refused the connection`);
+    }
+  }
+
   // ---- connection ------------------------------------------------------
 
-  function connect(sampleRate, encoding, label) {
+  function connect(s, sampleRate, encoding) {
     return new Promise((resolve, reject) => {
       let opened = false;
       const url = wsUrl();
@@ -155,19 +244,23 @@
       try {
         socket = new WebSocket(url);
       } catch (err) {
-        reject(new Error(`cannot open ${url}: ${err.message}`));
+        showError(`cannot open ${url.split("?")[0]}: ${err.message}`);
+        finishSession(s, "could not connect");
+        reject(new Error("connection failed"));
         return;
       }
       socket.binaryType = "arraybuffer";
+      s.socket = socket;
       state.socket = socket;
       setConn("connecting…", "connecting");
       socket.onopen = () => {
         opened = true;
         state.connected = true;
-        state.source = label;
+        state.source = s.label;
         socket.send(JSON.stringify({ type: "start", sample_rate: sampleRate, encoding: encoding, channels: 1 }));
-        setConn(`streaming ${label} (${sampleRate} Hz)`, "open");
-        logLine("open", `connected to ${url.split("?")[0]}, streaming ${label}`);
+        setConn(`streaming ${s.label} (${sampleRate} Hz)`, "open");
+        logLine("open", `connected to ${url.split("?")[0]}, streaming ${s.label}`);
+        updateButtons();
         resolve(socket);
       };
       socket.onmessage = (msg) => {
@@ -180,42 +273,46 @@
       };
       socket.onclose = (ev) => {
         state.connected = false;
-        const words = CLOSE_REASONS[ev.code] || "closed";
+        const words = CLOSE_REASONS[ev.code] || `close code ${ev.code}`;
         state.lastClose = { code: ev.code, reason: ev.reason, words: words };
         const text = `connection closed (${ev.code}): ${ev.reason || words}`;
         if (ev.code === 1000) {
-          setConn("finished: " + (ev.reason || words), "closed");
+          setConn("finished: " + (ev.reason || words) + summaryWords(s.summary), "closed");
           logLine("close", text);
         } else if (!opened) {
-          setConn("could not connect", "error");
-          showError(`could not connect to ${url.split("?")[0]}: ${words}` +
-            (token ? "" : (state.config && state.config.token_required ?
-              ". This server needs a token: open the page as /?token=YOUR_TOKEN" : "")));
+          setConn(s.cancelled ? "stopped" : "could not connect", s.cancelled ? "idle" : "error");
+          if (!s.cancelled) explainConnectFailure(url);
           reject(new Error("connection failed"));
         } else {
           setConn(`closed: ${words}`, "error");
           showError(`${text}${ev.reason && ev.reason !== words ? " — " + words : ""}`);
         }
-        stopCapture();
-        updateButtons();
+        finishSession(s);
       };
       socket.onerror = () => { /* the close event that follows carries the code */ };
     });
   }
 
-  function sendStop() {
-    const socket = state.socket;
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
+  function sendStop(s) {
+    // stop is the last message of a stream: sent once, and nothing after it
+    if (s.stopSent) return;
+    s.stopSent = true;
+    if (s.socket && s.socket.readyState === WebSocket.OPEN) s.socket.send(JSON.stringify({ type: "stop" }));
   }
 
   // ---- microphone -----------------------------------------------------
 
   async function startMicrophone() {
-    clearError();
     if (!window.isSecureContext || !navigator.mediaDevices || !window.AudioWorkletNode) {
       showError("the microphone needs a secure page: open it as http://127.0.0.1:PORT/ or over https");
       return;
     }
+    if (state.config && state.config.token_required && !token) {
+      showError("this server needs a token: open the page as /?token=YOUR_TOKEN");
+      return; // no microphone prompt for a stream the server would refuse
+    }
+    const s = claim("microphone");
+    if (!s) return;
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({
@@ -223,40 +320,40 @@
       });
     } catch (err) {
       showError(`no microphone: ${err.name === "NotAllowedError" ? "permission denied" : err.message || err.name}`);
+      finishSession(s, "not connected");
       return;
     }
     const context = new AudioContext();
+    s.capture = { stream: stream, context: context, node: null };
+    if (s.cancelled) {
+      finishSession(s); // Stop was pressed while the browser asked for the microphone
+      return;
+    }
     try {
       await context.audioWorklet.addModule("/static/capture-worklet.js");
       const node = new AudioWorkletNode(context, "spoofwatch-capture");
+      s.capture.node = node;
       const sourceNode = context.createMediaStreamSource(stream);
       const mute = context.createGain();
       mute.gain.value = 0; // pulled by the graph, but silent: no echo of the mic
       sourceNode.connect(node);
       node.connect(mute);
       mute.connect(context.destination);
-      capture = { stream: stream, context: context, node: node };
-      const socket = await connect(context.sampleRate, "f32le", "microphone");
+      if (s.cancelled) {
+        finishSession(s, "stopped");
+        return;
+      }
+      const socket = await connect(s, context.sampleRate, "f32le");
       node.port.onmessage = (msg) => {
-        if (socket.readyState === WebSocket.OPEN) socket.send(msg.data.buffer);
+        if (socket.readyState === WebSocket.OPEN && !s.stopSent) socket.send(msg.data.buffer);
       };
       await context.resume();
     } catch (err) {
-      if (err.message !== "connection failed") showError(`cannot capture the microphone: ${err.message}`);
-      stopCapture();
+      if (err.message !== "connection failed") {
+        showError(`cannot capture the microphone: ${err.message}`);
+        stopSession();
+      }
     }
-    updateButtons();
-  }
-
-  function stopCapture() {
-    if (capture) {
-      capture.node.port.onmessage = null;
-      capture.stream.getTracks().forEach((t) => t.stop());
-      capture.context.close();
-      capture = null;
-    }
-    if (fileJob) fileJob.cancelled = true;
-    fileJob = null;
   }
 
   // ---- files ----------------------------------------------------------
@@ -279,29 +376,34 @@
   }
 
   async function streamFile(file) {
-    clearError();
-    stopCapture();
+    const s = claim(`file ${file.name}`);
+    if (!s) return;
     let samples;
     try {
       samples = await decodeFile(file);
     } catch (err) {
       showError(`cannot decode ${file.name}: ${err.message || err.name} (expected wav, flac, ogg or mp3)`);
+      finishSession(s, "not connected");
+      return;
+    }
+    if (!samples.length) {
+      showError(`${file.name} holds no audio samples`);
+      finishSession(s, "not connected");
+      return;
+    }
+    if (s.cancelled) {
+      finishSession(s, "stopped");
       return;
     }
     const realtime = $("pace").value === "realtime";
     let socket;
     try {
-      socket = await connect(FILE_RATE_HZ, "f32le", `file ${file.name}`);
+      socket = await connect(s, FILE_RATE_HZ, "f32le");
     } catch (err) {
-      updateButtons();
-      return;
+      return; // connect's close handler said why and ended the session
     }
-    const job = { cancelled: false };
-    fileJob = job;
-    updateButtons();
     const started = performance.now();
-    for (let pos = 0; pos < samples.length && !job.cancelled; pos += FILE_FRAME_SAMPLES) {
-      if (socket.readyState !== WebSocket.OPEN) return;
+    for (let pos = 0; pos < samples.length; pos += FILE_FRAME_SAMPLES) {
       if (realtime) {
         const due = started + (pos / FILE_RATE_HZ) * 1000;
         const ahead = due - performance.now();
@@ -309,12 +411,11 @@
       } else {
         while (socket.bufferedAmount > FAST_BUFFER_BYTES && socket.readyState === WebSocket.OPEN) await wait(10);
       }
-      const frame = samples.slice(pos, pos + FILE_FRAME_SAMPLES);
-      socket.send(frame.buffer);
+      // checked after every wait: Stop (or a close) may have come meanwhile, and stop must stay the last message
+      if (s.cancelled || s.stopSent || socket.readyState !== WebSocket.OPEN) return;
+      socket.send(samples.slice(pos, pos + FILE_FRAME_SAMPLES).buffer);
     }
-    if (fileJob === job) fileJob = null;
-    sendStop(); // the server answers with the last events and a summary, then closes with 1000
-    updateButtons();
+    sendStop(s); // the server answers with the last events and a summary, then closes with 1000
   }
 
   // ---- chart ----------------------------------------------------------
@@ -406,10 +507,14 @@
   // ---- controls -------------------------------------------------------
 
   function updateButtons() {
-    const busy = state.connected || capture !== null;
+    const busy = session !== null;
+    const focused = document.activeElement;
     $("mic-start").disabled = busy;
     $("file-input").disabled = busy;
     $("stop").disabled = !busy;
+    // keyboard users keep their place: focus moves from a button just disabled to its counterpart
+    if (focused === $("mic-start") && busy) $("stop").focus();
+    else if (focused === $("stop") && !busy) $("mic-start").focus();
   }
 
   function downloadEvents() {
@@ -441,11 +546,7 @@
 
   function init() {
     $("mic-start").addEventListener("click", startMicrophone);
-    $("stop").addEventListener("click", () => {
-      stopCapture();
-      sendStop(); // the server sends the last events and a summary, then closes
-      updateButtons();
-    });
+    $("stop").addEventListener("click", stopSession);
     $("file-input").addEventListener("change", (ev) => {
       const file = ev.target.files && ev.target.files[0];
       if (file) streamFile(file);
@@ -460,8 +561,7 @@
       zone.classList.remove("over");
       const file = ev.dataTransfer && ev.dataTransfer.files[0];
       if (!file) return;
-      if (state.connected) showError("a stream is running: stop it before dropping another file");
-      else streamFile(file);
+      streamFile(file); // refused with a message while a stream runs
     });
     state.ready = loadConfig();
     updateButtons();
