@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.audio import AudioFile, official_window
+from spoofwatch.audio import AudioFile, official_window, sample_problem
 from spoofwatch.calibration.calfile import Calibration
 from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError, InputError, ModelError
@@ -77,8 +77,10 @@ def calibration_for(
     """
     from spoofwatch.calibration.calfile import load_calibration
 
-    from .weights import sha256_file
+    from .weights import check_weights_file, sha256_file
 
+    if weights is not None:
+        weights = check_weights_file(weights)
     if spec is None and is_card_reference(model):
         spec = parse_card(Path(model))
     if spec is not None:
@@ -119,6 +121,19 @@ def _check_precision(cal: Calibration, precision: str) -> None:
             f"the calibration for {cal.model} was made at precision {cal.precision}, but the model is "
             f"scored at {precision}; recalibrate at {precision} or pass --precision {cal.precision}"
         )
+
+
+def _checked_waveform(waveform: object) -> npt.NDArray[np.float32]:
+    """A 16 kHz waveform (or chunk of one) as the API takes it: 1-D float32 audio samples."""
+    if not isinstance(waveform, np.ndarray):
+        raise InputError(f"expected a 1-D numpy float32 waveform at 16 kHz, got {type(waveform).__name__}")
+    if waveform.ndim != 1:
+        raise InputError(f"expected a 1-D numpy float32 waveform at 16 kHz, got shape {waveform.shape}")
+    if waveform.dtype != np.float32:
+        raise InputError(f"expected dtype float32, got {waveform.dtype}")
+    if (problem := sample_problem(waveform)) is not None:
+        raise InputError(problem)
+    return waveform
 
 
 class Detector:
@@ -174,11 +189,9 @@ class Detector:
 
     def score(self, waveform: npt.NDArray[np.float32]) -> float:
         """Bona fide logit of a 16 kHz mono waveform's first (official) window."""
-        if not isinstance(waveform, np.ndarray) or waveform.ndim != 1:
-            raise InputError("expected a 1-D numpy float32 waveform at 16 kHz")
-        if waveform.dtype != np.float32:
-            raise InputError(f"expected dtype float32, got {waveform.dtype}")
-        return float(self.scorer.scores(official_window(waveform, self.scorer.window_samples))[0])
+        return float(
+            self.scorer.scores(official_window(_checked_waveform(waveform), self.scorer.window_samples))[0]
+        )
 
     def score_audio(
         self, audio: npt.NDArray[np.float32], hop_s: float = 1.0, name: str = "<array>"
@@ -191,15 +204,19 @@ class Detector:
     ) -> FileScore:
         """Like :meth:`score_audio` for 16 kHz audio arriving in chunks, in
         memory independent of its length (a window, a hop and a batch)."""
-        if not (math.isfinite(hop_s) and hop_s >= MIN_HOP_S):
-            # A near-zero hop would score a window per sample.
-            raise InputError(f"expected a finite hop_s >= {MIN_HOP_S:g} s, got {hop_s}")
+        size = self.scorer.window_samples
+        max_hop_s = size / SAMPLE_RATE_HZ
+        if not (math.isfinite(hop_s) and MIN_HOP_S <= hop_s <= max_hop_s):
+            # A near-zero hop would score a window per sample; one past a window would leave audio unscored.
+            raise InputError(
+                f"expected a finite hop_s in [{MIN_HOP_S:g}, {max_hop_s:g}] s (one VAD frame to one window), "
+                f"got {hop_s}"
+            )
         hop = max(1, round(hop_s * SAMPLE_RATE_HZ))
         spans: list[tuple[int, int]] = []
         scores: list[float] = []
         batch: list[npt.NDArray[np.float32]] = []
-        size = self.scorer.window_samples
-        for start, end, window in stream_windows(chunks, hop, size):
+        for start, end, window in stream_windows((_checked_waveform(c) for c in chunks), hop, size):
             spans.append((start, end))
             batch.append(window)
             if len(batch) == FILE_BATCH_WINDOWS:

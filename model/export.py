@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,9 @@ from .quantize import QUANT_VERSION
 from .weights import load_torch_model, sha256_file
 
 log = logging.getLogger(__name__)
+#: torch.export is not thread-safe: threads of one process loading a model for the first
+#: time export it one at a time (processes are kept apart by the atomic rename).
+_EXPORT_LOCK = threading.Lock()
 
 #: Largest |ONNX - PyTorch| logit difference an export may show to be installed.
 EXPORT_PARITY_TOL = 1e-3
@@ -184,13 +188,14 @@ def ensure_onnx(model: str, weights: Path | None = None, precision: str = "fp32"
 
     prec = validate_precision(precision)
     path = cached_onnx_path(model, weights)
-    if not path.is_file():
-        export_onnx(model, path, weights)
-    if prec == "fp32":
-        return path
-    variant = cached_onnx_path(model, weights, prec)
-    if not variant.is_file():
-        log.info("no cached %s export of %s yet; building it", prec, model)
-        export_precision(model, prec, weights)
+    with _EXPORT_LOCK:
+        if not path.is_file():
+            export_onnx(model, path, weights)
+        if prec == "fp32":
+            return path
+        variant = cached_onnx_path(model, weights, prec)
+        if not variant.is_file():
+            log.info("no cached %s export of %s yet; building it", prec, model)
+            export_precision(model, prec, weights)
     check_source(variant, path, prec)
     return variant

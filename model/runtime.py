@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from spoofwatch.audio import sample_problem
 from spoofwatch.constants import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -29,6 +30,7 @@ from spoofwatch.constants import (
     Precision,
 )
 from spoofwatch.errors import DeviceError, InputError, ModelError
+from spoofwatch.paths import onnx_dir
 
 from .precision import check_precision_device
 from .shapes import BucketedSession, wants_buckets
@@ -100,12 +102,16 @@ def validate_windows(windows: object, window_samples: int = WINDOW_SAMPLES) -> n
         )
     if windows.dtype != np.float32:
         raise InputError(f"expected dtype float32, got {windows.dtype}")
+    given = windows.shape
     if windows.ndim == 1:
         windows = windows[np.newaxis, :]
     if windows.ndim != 2 or windows.shape[1] != window_samples or windows.shape[0] == 0:
-        raise InputError(f"expected shape (batch, {window_samples}) with batch >= 1, got {windows.shape}")
-    if not np.all(np.isfinite(windows)):
-        raise InputError("expected finite samples, got NaN or Inf")
+        raise InputError(
+            f"expected shape ({window_samples},) or (batch, {window_samples}) with batch >= 1, got {given}"
+        )
+    # the same rule as files, streams and the microphone: NaN, Inf and absurd magnitudes never reach the model
+    if (problem := sample_problem(windows)) is not None:
+        raise InputError(problem)
     return np.ascontiguousarray(windows)
 
 
@@ -183,8 +189,8 @@ def make_session(
 
     if device not in DEVICES:
         raise InputError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
-    if threads is not None and threads < 1:
-        raise InputError(f"expected threads >= 1, got {threads}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"expected threads: an integer >= 1, got {threads!r}")
     limits = limits or SessionLimits()
     providers = _providers_for(device)
     wants_cuda = providers[0] != _CPU
@@ -207,7 +213,11 @@ def make_session(
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:
-        raise ModelError(f"{path}: ONNX Runtime cannot open the model: {exc}") from None
+        hint = ""
+        if Path(path).resolve().is_relative_to(onnx_dir().resolve()):
+            # a cached export damaged outside spoofwatch (its own writes are atomic)
+            hint = " (a damaged cached export: delete it and the next run rebuilds it)"
+        raise ModelError(f"{path}: ONNX Runtime cannot open the model{hint}: {exc}") from None
     finally:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
     got = session.get_providers()
@@ -385,6 +395,7 @@ def build_scorer(
     """
     from .card import is_card_reference, load_card
     from .export import ensure_onnx
+    from .weights import check_weights_file
 
     if is_card_reference(model):
         prec = check_precision_device(precision, device, resolve_device)
@@ -398,6 +409,8 @@ def build_scorer(
         card = load_card(Path(model))
         return OnnxScorer(card.onnx_path, device, threads, max_batch_windows=max_batch_windows, spec=card)
     prec = check_precision_device(precision, device, resolve_device)
+    if weights is not None:
+        weights = check_weights_file(weights)
     path = ensure_onnx(model, weights, prec)
     # INT8 QDQ graphs run their integer kernels on the CPU provider only.
     run_on: Device = "cpu" if prec == "int8" else device

@@ -44,6 +44,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_weights_file(path: Path | str) -> Path:
+    """A user-given weights path (``--weights``) as a ``Path``, refused up front when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder; expected a weights file (.pth)")
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the weights file: {exc.strerror or exc}") from None
+    return path
+
+
 #: Where a weights file was found: shipped in the package, fetched into the
 #: per-user cache, or a cached ``.pth`` that no model config names (use it with ``--weights``).
 WeightsSource = Literal["packaged", "cache", "custom"]

@@ -105,7 +105,7 @@ def sample_problem(samples: npt.NDArray[np.floating]) -> str | None:
     if not np.isfinite(peak):
         return "expected finite audio samples, got NaN or Inf"
     if peak > MAX_ABS_SAMPLE:
-        return f"expected audio samples within ±{MAX_ABS_SAMPLE:g}, got a magnitude of {peak:.3g}"
+        return f"expected audio samples within ±{MAX_ABS_SAMPLE:g}, got a magnitude of {peak:.6g}"
     return None
 
 
@@ -160,16 +160,20 @@ class AudioFile:
         import soundfile
 
         resampler = StreamResampler(self.rate_hz, target_hz)
-        total = 0
+        total = produced = 0
         try:
-            blocks = soundfile.blocks(str(self.path), blocksize=block_frames, dtype="float32", always_2d=True)
-            for block in blocks:
-                if (problem := sample_problem(block)) is not None:
-                    raise AudioError(f"{self.path}: {problem}")
-                total += block.shape[0]
-                out = resampler(to_mono(block))
-                if out.size:
-                    yield out
+            # Read until the decoder returns nothing, trusting what each read returns, not the
+            # header: soundfile.blocks() slices its reused buffer by the header's frame count,
+            # so a truncated MP3 (whose header promises more) yielded stale or uninitialised samples.
+            with soundfile.SoundFile(str(self.path)) as f:
+                while (block := f.read(block_frames, dtype="float32", always_2d=True)).shape[0]:
+                    if (problem := sample_problem(block)) is not None:
+                        raise AudioError(f"{self.path}: {problem}")
+                    total += block.shape[0]
+                    out = resampler(to_mono(block))
+                    produced += out.size
+                    if out.size:
+                        yield out
         except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
             raise _decode_error(self.path, exc) from None
         if total == 0:
@@ -177,6 +181,8 @@ class AudioFile:
         tail = resampler(np.zeros(0, dtype=np.float32), last=True)
         if tail.size:
             yield tail
+        elif produced == 0:  # a handful of samples at a high rate, as read_audio says
+            raise AudioError(f"{self.path}: {total} samples at {self.rate_hz} Hz are none at {target_hz} Hz")
 
 
 def read_audio(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:

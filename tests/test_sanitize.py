@@ -249,3 +249,140 @@ def test_audio_files_one_rule_for_every_folder_scan(tmp_path: Path) -> None:
     assert found == sorted(["a.WAV", "b.flac", "c.ogg", "d.opus", "e.mp3", "f.aiff", "sub/g.Aif"])
     assert "sub/g.Aif" not in [p.relative_to(tmp_path).as_posix() for p in audio_files(tmp_path, False)]
     assert {Path(n).suffix.lower() for n in found} == set(AUDIO_SUFFIXES)
+
+
+def test_truncated_mp3_streams_only_what_it_holds(tmp_path: Path) -> None:
+    """soundfile.blocks() sliced its reused buffer by the header's frame count, so a
+    truncated MP3 streamed its first block again and then uninitialised memory."""
+    noise = (0.1 * np.random.default_rng(1).standard_normal(9 * 16000)).astype(np.float32)
+    whole = tmp_path / "whole.mp3"
+    soundfile.write(whole, noise, 16000, format="MP3")
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    assert soundfile.info(str(cut)).frames == 9 * 16000  # the header still promises 9 s
+    decoded = read_audio(cut)
+    streamed = np.concatenate(list(AudioFile(cut).chunks(block_frames=4096)))
+    assert decoded.size < 5 * 16000
+    assert streamed.size == decoded.size
+    np.testing.assert_allclose(streamed, decoded, atol=1e-6)
+
+
+def test_a_few_samples_at_a_high_rate_are_an_audio_error_naming_the_file(
+    tmp_path: Path, la_dir: Path, sw_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`score` stopped the whole batch with an unnamed 'expected a non-empty waveform'."""
+    from spoofwatch.cli import main
+
+    tiny = tmp_path / "one44k.wav"
+    soundfile.write(tiny, np.array([0.1], np.float32), 44100, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"one44k\.wav: 1 samples at 44100 Hz are none at 16000 Hz"):
+        list(AudioFile(tiny).chunks())
+    good = la_clip(la_dir, BONAFIDE_UTT)
+    assert main(["score", "--device", "cpu", "--json", str(tiny), str(good)]) == 1
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert out[0]["file"] == str(tiny) and "none at 16000 Hz" in out[0]["error"]
+    assert out[1]["file"] == str(good) and "score" in out[1]
+
+
+def test_detector_api_refuses_what_files_and_streams_refuse(sw_home: Path) -> None:
+    """Large finite samples came back as a NaN score (verdict 'spoof'); score_audio took
+    int16, float64 and 2-D arrays the way score refuses; a hop past one window left audio unscored."""
+    from spoofwatch.errors import InputError
+
+    detector = Detector.load("aasist-l", device="cpu")
+    ok = (0.1 * np.random.default_rng(0).standard_normal(64_600)).astype(np.float32)
+    with pytest.raises(InputError, match="within ±100"):
+        detector.score(np.full(64_600, 1e19, np.float32))
+    with pytest.raises(InputError, match="within ±100"):
+        detector.scorer.scores(np.full((2, 64_600), 2e4, np.float32))
+    for bad, expected in (
+        ((ok * 32767).astype(np.int16), "expected dtype float32, got int16"),
+        (ok.astype(np.float64), "expected dtype float32, got float64"),
+        (np.stack([ok, ok], 1), r"expected a 1-D numpy float32 waveform at 16 kHz, got shape \(64600, 2\)"),
+        (ok.tolist(), "got list"),
+    ):
+        with pytest.raises(InputError, match=expected):
+            detector.score_audio(bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"got shape \(2, 64600\)"):
+        detector.score(np.stack([ok, ok]))
+    with pytest.raises(InputError, match=r"got \(64599,\)"):
+        detector.scorer.scores(ok[:-1])
+    with pytest.raises(InputError, match=r"hop_s in \[0.032, 4.0375\] s .* got 10"):
+        detector.score_audio(ok, hop_s=10)
+    assert detector.score_audio(ok, hop_s=4.0375).windows[0].score == pytest.approx(
+        detector.score(ok), abs=1e-5
+    )
+
+
+def test_unreadable_weights_are_a_weights_error(
+    tmp_path: Path, la_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spoofwatch.cli import main
+    from spoofwatch.errors import WeightsError
+
+    good = str(la_clip(la_dir, BONAFIDE_UTT))
+    for weights, expected in ((tmp_path / "missing.pth", "no such weights file"), (tmp_path, "is a folder")):
+        assert main(["score", "--device", "cpu", "--weights", str(weights), good]) == WeightsError.exit_code
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+        with pytest.raises(WeightsError, match=expected):
+            Detector.load("aasist-l", device="cpu", weights=str(weights))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"expected threads: an integer >= 1, got 2\.5"):
+        Detector.load("aasist-l", device="cpu", threads=2.5)  # type: ignore[arg-type]
+
+
+def test_damaged_cached_export_says_how_to_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoofwatch.errors import ModelError
+    from spoofwatch.model.runtime import make_session
+    from spoofwatch.paths import onnx_dir
+
+    monkeypatch.setenv("SPOOFWATCH_HOME", str(tmp_path))
+    damaged = onnx_dir() / "aasist-l-0123456789abcdef-v1.onnx"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"\x08\x07truncated")
+    with pytest.raises(ModelError, match="delete it and the next run rebuilds it"):
+        make_session(damaged, "cpu", 1)
+    elsewhere = tmp_path / "mine.onnx"
+    elsewhere.write_bytes(b"\x08\x07truncated")
+    with pytest.raises(ModelError) as exc:
+        make_session(elsewhere, "cpu", 1)
+    assert "delete it" not in str(exc.value)
+
+
+def test_threads_loading_a_model_first_time_export_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.export is not thread-safe: two threads of one process loading a model on an
+    empty cache both exported at once and failed. A fake slow exporter stands in for it."""
+    import threading
+
+    from spoofwatch.model import export
+
+    monkeypatch.setenv("SPOOFWATCH_HOME", str(tmp_path))
+    second_entered = threading.Event()
+    calls: list[int] = []
+    active = [0]
+
+    def slow_export(model: str, out: Path, weights: Path | None = None) -> float:
+        active[0] += 1
+        calls.append(active[0])
+        if active[0] > 1:
+            second_entered.set()
+        else:
+            second_entered.wait(2.0)  # room for a second exporter to come in, if anything lets it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"onnx")
+        active[0] -= 1
+        return 0.0
+
+    monkeypatch.setattr(export, "export_onnx", slow_export)
+    paths: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: paths.append(export.ensure_onnx("aasist-l"))) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert calls == [1], calls  # one export, never two at once
+    assert len(paths) == 2 and paths[0] == paths[1] and paths[0].read_bytes() == b"onnx"
