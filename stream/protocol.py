@@ -144,6 +144,10 @@ class NativeProtocol:
         if isinstance(message, bytes):
             return [AudioIn(NATIVE_TRACK, decode(message, *self._format))]
         control = parse_json(message, "control")
+        if control["type"] == "start":
+            raise ProtocolError(
+                "start sent twice: after start, expected audio or 'stop'", CloseCode.PROTOCOL_ERROR
+            )
         if control["type"] != "stop":
             raise ProtocolError(
                 f"unknown control message type {control['type']!r}: expected 'stop'", CloseCode.PROTOCOL_ERROR
@@ -224,8 +228,13 @@ class TwilioProtocol:
                     f"expected start.tracks to be a list, got {type(announced).__name__}",
                     CloseCode.INVALID_PAYLOAD,
                 )
-            tracks = [t for t in announced if isinstance(t, str) and t in TWILIO_TRACKS] or ["inbound"]
-            self.tracks = tuple(dict.fromkeys(tracks))
+            unknown = [t for t in announced if t not in TWILIO_TRACKS]
+            if unknown:  # refused now: dropping them made every later media message a puzzling error
+                raise ProtocolError(
+                    f"expected start.tracks from {list(TWILIO_TRACKS)}, got {unknown[0]!r}",
+                    CloseCode.INVALID_PAYLOAD,
+                )
+            self.tracks = tuple(dict.fromkeys(announced or ["inbound"]))
             call_sid = start.get("callSid")
             if not (isinstance(call_sid, str) and len(call_sid) <= TWILIO_SID_MAX_CHARS):
                 call_sid = None  # informative only: not worth refusing a call, nor copying into every event
@@ -246,4 +255,11 @@ class TwilioProtocol:
             return [StreamStop()]
         if kind in ("connected", "mark", "dtmf"):
             return []
-        raise ProtocolError(f"unexpected Twilio message {kind!r}", CloseCode.PROTOCOL_ERROR)
+        if kind == "start":
+            raise ProtocolError(
+                "Twilio start sent twice: expected media, mark, dtmf or stop", CloseCode.PROTOCOL_ERROR
+            )
+        raise ProtocolError(
+            f"unexpected Twilio message {kind!r}: expected connected, start, media, mark, dtmf or stop",
+            CloseCode.PROTOCOL_ERROR,
+        )

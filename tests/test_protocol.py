@@ -54,6 +54,11 @@ class TestNative:
                 "NaN or Inf",
             ),
             ([start(), json.dumps({"type": "pause"})], CloseCode.PROTOCOL_ERROR, "expected 'stop'"),
+            (
+                [start(), start()],
+                CloseCode.PROTOCOL_ERROR,
+                "start sent twice: after start, expected audio or 'stop'",
+            ),
             ([start(), json.dumps([1, 2])], CloseCode.INVALID_PAYLOAD, "JSON object"),
             ([start(), json.dumps({"type": "stop"}), b"\x00\x00"], CloseCode.PROTOCOL_ERROR, "after stop"),
         ],
@@ -130,9 +135,26 @@ class TestTwilio:
                 CloseCode.PROTOCOL_ERROR,
                 "did not announce",
             ),
-            ([TWILIO_START, TWILIO_START], CloseCode.PROTOCOL_ERROR, "unexpected Twilio message 'start'"),
+            ([TWILIO_START, TWILIO_START], CloseCode.PROTOCOL_ERROR, "start sent twice: expected media"),
             ([TWILIO_START, twilio("stop"), twilio("mark")], CloseCode.PROTOCOL_ERROR, "after stop"),
-            ([twilio("hangup")], CloseCode.PROTOCOL_ERROR, "unexpected Twilio message 'hangup'"),
+            (
+                [twilio("hangup")],
+                CloseCode.PROTOCOL_ERROR,
+                "unexpected Twilio message 'hangup': expected connected, start, media",
+            ),
+            (
+                [
+                    twilio(
+                        "start",
+                        start={
+                            "tracks": ["inbound", "foo"],
+                            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                        },
+                    )
+                ],
+                CloseCode.INVALID_PAYLOAD,
+                "expected start.tracks from ['inbound', 'outbound'], got 'foo'",
+            ),
         ],
     )
     def test_errors_carry_their_close_code(

@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from spoofwatch.stream.server.drain import Drain, MessageReader
+from spoofwatch.stream.server.drain import Drain, Handled, MessageReader
 
 pytestmark = pytest.mark.anyio
 
@@ -59,10 +59,10 @@ async def test_time_spent_handling_is_not_idle_time(connections: Any) -> None:
     reader = MessageReader(ws, drain, idle_timeout_s=0.05)
     handled: list[str] = []
 
-    async def handle(message: str) -> bool:
+    async def handle(message: str) -> Handled:
         await anyio.sleep(0.3)  # six idle timeouts while handling: not idle
         handled.append(message)
-        return False
+        return Handled.ACTIVE if message else Handled.NOTHING
 
     ws.send.send_nowait("first")
     with pytest.raises(TimeoutError, match=r"no message for 0\.05 s"):
@@ -77,11 +77,11 @@ async def test_a_drain_ends_a_pending_read_and_lets_a_handled_message_finish(con
     handled: list[str] = []
     finished: list[bool] = []
 
-    async def handle(message: str) -> bool:
+    async def handle(message: str) -> Handled:
         if message == "slow":
             await release.wait()
         handled.append(message)
-        return False
+        return Handled.ACTIVE if message else Handled.NOTHING
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_then_mark, reader, handle, finished)
@@ -158,10 +158,10 @@ class CheckpointedHandler:
     def __init__(self) -> None:
         self.handled: list[str] = []
 
-    async def __call__(self, message: str) -> bool:
+    async def __call__(self, message: str) -> Handled:
         await anyio.lowlevel.checkpoint()
         self.handled.append(message)
-        return False
+        return Handled.ACTIVE if message else Handled.NOTHING
 
 
 async def run_then_mark(reader: MessageReader, handle: Any, ended: list[bool]) -> None:
@@ -170,7 +170,7 @@ async def run_then_mark(reader: MessageReader, handle: Any, ended: list[bool]) -
     ended.append(True)
 
 
-async def _never_called(message: Any) -> bool:
+async def _never_called(message: Any) -> Handled:
     raise AssertionError(f"no message was sent, got {message!r}")
 
 
@@ -183,11 +183,11 @@ async def test_empty_messages_do_not_keep_a_connection_alive(connections: Any) -
     reader = MessageReader(ws, drain, idle_timeout_s=0.05)
     handled: list[str] = []
 
-    async def handle(message: str) -> bool:
+    async def handle(message: str) -> Handled:
         handled.append(message)
         await anyio.sleep(0.01)
         ws.send.send_nowait("")  # the next empty frame is already there
-        return False
+        return Handled.ACTIVE if message else Handled.NOTHING
 
     ws.send.send_nowait("audio")
     with anyio.fail_after(30), pytest.raises(TimeoutError, match=r"no message for 0\.05 s"):

@@ -446,6 +446,31 @@ async def test_idle_timeout(scorer: Any, vad: Any, tmp_path: Path) -> None:
         assert (ws.close_code, ws.close_reason) == (1001, "idle for 0.5 s")
 
 
+async def test_twilio_marks_and_empty_media_are_not_activity(scorer: Any, vad: Any, tmp_path: Path) -> None:
+    """A call sending only marks (or media with an empty payload) held its slot forever:
+    every Twilio message is non-empty JSON, so none looked like an empty frame."""
+    ctx = make_ctx(scorer, vad, tmp_path, idle_timeout_s=0.5)
+    fillers = [
+        json.dumps({"event": "mark", "streamSid": "MZ7", "mark": {"name": "x"}}),
+        json.dumps({"event": "media", "streamSid": "MZ7", "media": {"track": "inbound", "payload": ""}}),
+    ]
+    async with running(ctx) as url:
+        for filler in fillers:
+            async with connect(url + "/twilio") as call:
+                await call.send(twilio_start(["inbound"]))
+                with anyio.fail_after(60):
+                    try:
+                        while True:  # paced, not timed: the server alone decides when this ends
+                            await call.send(filler)
+                            await anyio.sleep(0.02)
+                    except ConnectionClosed:
+                        pass
+                assert (call.close_code, call.close_reason) == (1001, "idle for 0.5 s"), filler
+        await streams_settle(ctx, 0)
+    summaries = [e for e in jsonl(tmp_path) if e["type"] == "summary"]
+    assert len(summaries) == 2 and all(e["duration_s"] == 0 for e in summaries)
+
+
 def test_codecs_round_trip() -> None:
     x = (0.5 * np.sin(np.linspace(0, 60, 4000))).astype(np.float32)
     for encoding, tol in (("pcm_s16le", 1e-4), ("f32le", 0.0), ("mulaw", 0.02)):
@@ -504,6 +529,8 @@ async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tm
     ]  # not the native one
     assert sorted(e["track"] for e in summaries) == ["inbound", "inbound", "outbound"]
     assert all(e["streamSid"] == "MZ7" for e in summaries)
+    # Calls reusing the client's sids are still told apart (sinks, alert journal): by the server's stream_id.
+    assert len({e["stream_id"] for e in summaries}) == 3
 
 
 async def test_twilio_start_without_stream_sid_is_refused(scorer: Any, vad: Any, tmp_path: Path) -> None:
@@ -687,7 +714,7 @@ def _send_cases(port: int, wav: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["type"] == "summary"
 
 
-@pytest.mark.parametrize("how", ["protocol_error", "disconnect"])
+@pytest.mark.parametrize("how", ["protocol_error", "disconnect", "too_big"])
 async def test_abnormal_end_closes_the_open_alert(
     how: str, concat: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
 ) -> None:
@@ -703,6 +730,10 @@ async def test_abnormal_end_closes_the_open_alert(
             received.append(json.loads(await ws.recv()))
         if how == "disconnect":
             ws.transport.abort()
+        elif how == "too_big":  # refused by the WebSocket layer itself, before any handler sees it
+            await ws.send(b"\x00" * (ctx.config.max_message_bytes + 2))
+            received += [json.loads(m) async for m in _until_closed(ws)]
+            assert ws.close_code == 1009
         else:
             await ws.send(json.dumps({"type": "pause"}))
             received += [json.loads(m) async for m in _until_closed(ws)]
@@ -712,7 +743,8 @@ async def test_abnormal_end_closes_the_open_alert(
                 await anyio.sleep(0.05)
     logged = jsonl(tmp_path)
     end, summary = logged[-2:]
-    assert end["type"] == "alert_end" and end["reason"] == how
+    # a message over the limit is the client breaking a limit, not a client that went away
+    assert end["type"] == "alert_end" and end["reason"] == ("protocol_error" if how == "too_big" else how)
     assert summary["type"] == "summary" and summary["alerts"] == 1
     assert [e["type"] for e in logged].count("summary") == 1
     if how == "protocol_error":

@@ -30,7 +30,7 @@ from websockets.http11 import Request, Response
 from spoofwatch.errors import CloseCode, ProtocolError
 
 from . import health
-from .connection import ABORT_GRACE_S, ROUTES, close_discarding, first_leaf
+from .connection import ABORT_GRACE_S, ROUTES, close_discarding, first_leaf, refused_by_websocket_layer
 from .context import ServerConfig, ServerContext
 from .drain import GOING_AWAY, SHUTDOWN_REASON
 from .static import page_response, page_url
@@ -166,6 +166,8 @@ class WebSocketServer:
                     _peer(ws),
                     self.ctx.config.ping_timeout_s,
                 )
+            elif refused_by_websocket_layer(exc) and exc.sent is not None:
+                log.info("closed %s with %d: %s", _peer(ws), exc.sent.code, exc.sent.reason)
             else:
                 log.info("client went away")
         else:

@@ -25,7 +25,7 @@ from spoofwatch.errors import CloseCode, ProtocolError
 from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHUTDOWN, event_json
 from ..protocol import AudioIn, NativeProtocol, StreamStart, StreamStop, TwilioProtocol, WireProtocol
 from .context import ServerContext
-from .drain import GOING_AWAY, SHUTDOWN_REASON, MessageReader
+from .drain import GOING_AWAY, SHUTDOWN_REASON, Handled, MessageReader
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,25 @@ def first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+#: Close codes the WebSocket layer itself sends for a client's fault (a message
+#: over ``max_size``: 1009; text that is not UTF-8: 1007; a malformed frame: 1002),
+#: before any handler sees the message.
+CLIENT_FAULT_CODES = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED,
+        CloseCode.INVALID_PAYLOAD,
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.MESSAGE_TOO_BIG,
+    }
+)
+
+
+def refused_by_websocket_layer(exc: ConnectionClosed) -> bool:
+    """Whether the server's WebSocket layer closed the connection for the client's fault."""
+    return exc.sent is not None and exc.sent.code in CLIENT_FAULT_CODES
+
+
 def end_reason(exc: BaseException) -> str:
     """The ``alert_end`` reason for a stream ended by ``exc``."""
     leaf = first_leaf(exc)
@@ -50,7 +69,7 @@ def end_reason(exc: BaseException) -> str:
     if isinstance(leaf, TimeoutError):
         return IDLE
     if isinstance(leaf, ConnectionClosed):
-        return DISCONNECT
+        return PROTOCOL_ERROR if refused_by_websocket_layer(leaf) else DISCONNECT
     if isinstance(leaf, anyio.get_cancelled_exc_class()):
         return SHUTDOWN
     return ERROR
@@ -74,8 +93,8 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
             except OSError as exc:  # a transport error other than a close: same, but say so
                 log.warning("could not send a %s event to the client: %s", event.get("type"), exc)
 
-    async def handle(message: Any) -> bool:
-        """One message: route what the protocol makes of it; ``True`` on the client's stop."""
+    async def handle(message: Any) -> Handled:
+        """One message: route what the protocol makes of it; say whether it carried anything."""
         nonlocal extra_streams
         events = protocol.receive(message)
         # Claim every further track before any of them starts, so a
@@ -84,10 +103,12 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
         for _ in range(starts - (0 if sessions else min(starts, 1))):
             ctx.claim_extra_stream()
             extra_streams += 1
-        stopped = False
+        handled = Handled.NOTHING
         for event in events:
             if isinstance(event, StreamStart):
-                tags = {"stream_id": ctx.new_stream_id()} if protocol.replies else {}
+                # Every stream gets a server-unique id, Twilio's too: its sids are the client's
+                # and two calls may reuse them (the sinks and the alert journal tell streams apart by it).
+                tags = {"stream_id": ctx.new_stream_id()}
                 session = StreamSession(
                     ctx.new_driver(event.rate_hz),
                     ctx.batcher,
@@ -100,11 +121,14 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                 )
                 sessions[event.track] = session
                 tg.start_soon(session.serve)
+                handled = Handled.ACTIVE
             elif isinstance(event, AudioIn):
                 await sessions[event.track].push(event.samples)
+                if event.samples.size:
+                    handled = Handled.ACTIVE
             elif isinstance(event, StreamStop):
-                stopped = True
-        return stopped
+                return Handled.STOP  # the protocol refuses anything after its stop
+        return handled
 
     try:
         async with anyio.create_task_group() as tg:

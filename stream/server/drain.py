@@ -16,6 +16,7 @@ pending ``websockets`` ``recv`` is safe: no message is lost).
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,18 @@ log = logging.getLogger(__name__)
 #: WebSocket close code and reason for streams ended by a server shutdown.
 GOING_AWAY = CloseCode.GOING_AWAY
 SHUTDOWN_REASON = "server shutting down"
+
+
+class Handled(enum.Enum):
+    """What a handled message was, for the idle timeout."""
+
+    #: Carried no audio and no start/stop (an empty frame, a Twilio mark, dtmf or empty media):
+    #: not activity, or a client sending only these would hold one of the stream slots forever.
+    NOTHING = "nothing"
+    #: Audio, or a start.
+    ACTIVE = "active"
+    #: The client's stop: reading ends.
+    STOP = "stop"
 
 
 class Drain:
@@ -49,11 +62,13 @@ class MessageReader:
     """A connection's reads, ended by the drain or the idle timeout.
 
     ``run(handle)`` reads messages and awaits ``handle(message)`` for each
-    until it returns ``True`` (the client's stop), or the drain begins
-    (returns), or no message came for ``idle_timeout_s`` (``TimeoutError``).
-    Empty messages are handled (an empty frame before ``start`` is still a
-    protocol error) but are not activity: a client sending nothing else
-    would otherwise hold one of the server's stream slots forever.
+    until it returns :attr:`Handled.STOP` (the client's stop), or the drain
+    begins (returns), or no message came for ``idle_timeout_s``
+    (``TimeoutError``). Messages that carried nothing (:attr:`Handled.NOTHING`:
+    an empty frame, a Twilio mark) are handled (an empty frame before
+    ``start`` is still a protocol error) but are not activity: a client
+    sending nothing else would otherwise hold one of the server's stream
+    slots forever.
     One cancel scope serves the whole connection, cancelled only while a
     read is pending: a scope (or two) per message cost a worker's event
     loop ~25 µs each at 50 messages a second per stream
@@ -80,7 +95,7 @@ class MessageReader:
         self.idle = True
         self._scope.cancel()
 
-    async def run(self, handle: Callable[[Any], Awaitable[bool]]) -> None:
+    async def run(self, handle: Callable[[Any], Awaitable[Handled]]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
             self._drain._readers.add(self)
@@ -94,7 +109,7 @@ class MessageReader:
         if self.idle:
             raise TimeoutError(f"no message for {self.idle_timeout_s:g} s")
 
-    async def _read_until_interrupted(self, handle: Callable[[Any], Awaitable[bool]]) -> bool:
+    async def _read_until_interrupted(self, handle: Callable[[Any], Awaitable[Handled]]) -> bool:
         """Read and handle under one cancel scope until the client's stop, the
         drain or the idle timeout; ``True``: read on under a new scope.
 
@@ -114,19 +129,21 @@ class MessageReader:
                 if scope.cancel_called:
                     late = message
                     break
-                if await handle(message):
+                handled = await handle(message)
+                if handled is Handled.STOP:
                     return False
-                if len(message):
+                if handled is Handled.ACTIVE:
                     active = anyio.current_time()
                 elif anyio.current_time() >= active + self.idle_timeout_s:
-                    self.idle = True  # only empty frames since: they hold a slot, not a stream
+                    self.idle = True  # only messages carrying nothing since: they hold a slot, not a stream
                     return False
         self._reading_since = None
         if late is _NOTHING:
             return False  # the drain, or the idle timeout (``self.idle`` says which)
-        if len(late):
+        handled = await handle(late)
+        if handled is Handled.ACTIVE:
             self.idle = False
-        return not await handle(late) and not self._drain.started and not self.idle
+        return handled is not Handled.STOP and not self._drain.started and not self.idle
 
     async def _watch(self) -> None:
         """Cancel a read pending for ``idle_timeout_s``: one timer per timeout, not per message."""
