@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: Windows scored per ONNX Runtime call when scoring a long file.
 FILE_BATCH_WINDOWS = 8
+#: Seconds between window starts when scoring a file (``score``, :meth:`Detector.score_file`),
+#: unless given; a model whose window is shorter hops one window.
+FILE_HOP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -194,18 +197,22 @@ class Detector:
         )
 
     def score_audio(
-        self, audio: npt.NDArray[np.float32], hop_s: float = 1.0, name: str = "<array>"
+        self, audio: npt.NDArray[np.float32], hop_s: float | None = None, name: str = "<array>"
     ) -> FileScore:
-        """Window scores over a whole 16 kHz waveform, the utterance score and verdict."""
+        """Window scores over a whole 16 kHz waveform, the utterance score and verdict.
+
+        ``hop_s`` defaults to :data:`FILE_HOP_S`, or one window for a model whose window is shorter."""
         return self.score_chunks([audio], hop_s, name)
 
     def score_chunks(
-        self, chunks: Iterable[npt.NDArray[np.float32]], hop_s: float = 1.0, name: str = "<array>"
+        self, chunks: Iterable[npt.NDArray[np.float32]], hop_s: float | None = None, name: str = "<array>"
     ) -> FileScore:
         """Like :meth:`score_audio` for 16 kHz audio arriving in chunks, in
         memory independent of its length (a window, a hop and a batch)."""
         size = self.scorer.window_samples
         max_hop_s = size / SAMPLE_RATE_HZ
+        if hop_s is None:  # the file default, or one window for a model whose window is shorter
+            hop_s = min(FILE_HOP_S, max_hop_s)
         if not (math.isfinite(hop_s) and MIN_HOP_S <= hop_s <= max_hop_s):
             # A near-zero hop would score a window per sample; one past a window would leave audio unscored.
             raise InputError(
@@ -237,6 +244,6 @@ class Detector:
             )
         return FileScore(name, utterance, self.verdict(utterance), self.threshold, windows)
 
-    def score_file(self, path: str | Path, hop_s: float = 1.0) -> FileScore:
+    def score_file(self, path: str | Path, hop_s: float | None = None) -> FileScore:
         """Score a file decoded block by block (bounded memory for any length)."""
         return self.score_chunks(AudioFile(path).chunks(), hop_s, name=str(path))

@@ -22,12 +22,13 @@ from .aasist import AASIST
 from .config import ModelConfig, load_model_config
 from .precision import validate_precision
 from .quantize import QUANT_VERSION
-from .weights import load_torch_model, sha256_file
+from .weights import check_weights_file, load_torch_model, sha256_file
 
 log = logging.getLogger(__name__)
 #: torch.export is not thread-safe: threads of one process loading a model for the first
 #: time export it one at a time (processes are kept apart by the atomic rename).
-_EXPORT_LOCK = threading.Lock()
+#: Re-entrant: building a reduced-precision variant first ensures its FP32 export.
+_EXPORT_LOCK = threading.RLock()
 
 #: Largest |ONNX - PyTorch| logit difference an export may show to be installed.
 EXPORT_PARITY_TOL = 1e-3
@@ -187,6 +188,8 @@ def ensure_onnx(model: str, weights: Path | None = None, precision: str = "fp32"
     from .quantize import check_source
 
     prec = validate_precision(precision)
+    if weights is not None:
+        weights = check_weights_file(weights)
     path = cached_onnx_path(model, weights)
     with _EXPORT_LOCK:
         if not path.is_file():

@@ -313,6 +313,22 @@ def test_a_card_window_shorter_than_the_hop_is_refused_before_streaming(
     assert expected in capsys.readouterr().err
 
 
+def test_score_hops_one_window_for_a_card_shorter_than_the_file_hop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default file hop (1 s) is longer than a 0.5 s card window: `score` then hops one
+    window (no audio left unscored, and no refusal of a hop the user never gave)."""
+    _tiny_model(tmp_path / "half.onnx", window=8000)
+    card = _card(tmp_path, "half.toml", onnx="half.onnx", window_samples=8000)
+    wav = tmp_path / "two-seconds.wav"
+    soundfile.write(wav, 0.1 * np.ones(32000, np.float32), 16000)
+    assert main(["score", "--model", str(card), "--device", "cpu", "--json", str(wav)]) == 0
+    windows = json.loads(capsys.readouterr().out)["windows"]
+    assert [(w["start_s"], w["end_s"]) for w in windows] == [(0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (1.5, 2.0)]
+    assert main(["score", "--model", str(card), "--device", "cpu", "--hop-s", "1.0", str(wav)]) == 2
+    assert "hop_s in [0.032, 0.5] s" in capsys.readouterr().err
+
+
 def test_a_symlinked_card_reads_its_files_beside_the_real_card(card: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

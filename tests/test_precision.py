@@ -150,6 +150,26 @@ def test_variant_with_matching_source_loads_and_wrong_precision_is_refused(priva
         ensure_onnx("aasist-l", precision="int8")
 
 
+def test_first_use_of_a_reduced_precision_builds_it(private_home: Path) -> None:
+    """ensure_onnx at fp16 with no cached variant builds it from the cached FP32 export.
+    (With a non-re-entrant export lock, this first use hung for ever.) In a thread, so
+    that a hang fails the test instead of the suite."""
+    import threading
+
+    from spoofwatch.model.export import cached_onnx_path, ensure_onnx
+    from spoofwatch.model.quantize import read_metadata
+
+    built: list[Path] = []
+    worker = threading.Thread(
+        target=lambda: built.append(ensure_onnx("aasist-l", precision="fp16")), daemon=True
+    )
+    worker.start()
+    worker.join(300)
+    assert not worker.is_alive(), "ensure_onnx(precision='fp16') did not return"
+    assert built == [cached_onnx_path("aasist-l", precision="fp16")]
+    assert read_metadata(built[0])["spoofwatch.precision"] == "fp16"
+
+
 def test_calibration_records_precision_and_a_mismatch_is_refused(
     sw_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -327,6 +327,11 @@ def test_unreadable_weights_are_a_weights_error(
         assert expected in err and "Traceback" not in err
         with pytest.raises(WeightsError, match=expected):
             Detector.load("aasist-l", device="cpu", weights=str(weights))  # type: ignore[arg-type]
+        for precision in ("fp32", "int8"):
+            args = ["export", "--weights", str(weights), "--precision", precision]
+            assert main(args) == WeightsError.exit_code
+            err = capsys.readouterr().err
+            assert expected in err and "Traceback" not in err
     with pytest.raises(InputError, match=r"expected threads: an integer >= 1, got 2\.5"):
         Detector.load("aasist-l", device="cpu", threads=2.5)  # type: ignore[arg-type]
 

@@ -792,3 +792,23 @@ async def test_ingest_threads_bound_the_workers_ingest(
     summaries = [e for r in results for e in r.events if e["type"] == "summary"]
     assert len(summaries) == 3 and {s["windows"] for s in summaries} == {4}
     assert seen and set(seen) >= {id(limiter)}
+
+
+def test_a_client_closing_with_an_error_code_left_it_was_not_refused() -> None:
+    """A client's own close frame is echoed back: `sent` then carries the client's code,
+    and a client closing with 1008 was taken for one the server refused."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.frames import Close
+
+    from spoofwatch.stream.server.connection import end_reason
+
+    too_big = Close(1009, "frame exceeds limit")
+    assert (
+        end_reason(ConnectionClosedError(None, too_big, None)) == "protocol_error"
+    )  # the server's own close
+    assert (
+        end_reason(ConnectionClosedError(too_big, too_big, False)) == "protocol_error"
+    )  # sent first, answered
+    done = Close(1008, "client done")
+    assert end_reason(ConnectionClosedError(done, done, True)) == "disconnect"  # the client's, echoed
+    assert end_reason(ConnectionClosedError(None, None, None)) == "disconnect"  # no close frame at all

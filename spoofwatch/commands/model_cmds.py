@@ -49,7 +49,12 @@ def register(sub: Any) -> None:
 
     score = sub.add_parser("score", help="score audio files window by window")
     add_model_args(score)
-    score.add_argument("--hop-s", type=float, default=1.0, help="seconds between window starts (default 1.0)")
+    score.add_argument(
+        "--hop-s",
+        type=float,
+        default=None,
+        help="seconds between window starts (default 1.0, or one window for a model card with a shorter one)",
+    )
     score.add_argument("--json", action="store_true", help="one JSON object per file per line")
     score.add_argument(
         "--plot",
@@ -89,9 +94,12 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from spoofwatch.audio import audio_files
     from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
+    from spoofwatch.model.weights import check_weights_file
 
     if args.out is not None:
         check_output_file(args.out)
+    if args.weights is not None:  # before any export starts
+        args.weights = check_weights_file(args.weights)
     if args.precision != "fp32":
         audio = None
         if args.calibration_audio is not None:

@@ -57,8 +57,11 @@ CLIENT_FAULT_CODES = frozenset(
 
 
 def refused_by_websocket_layer(exc: ConnectionClosed) -> bool:
-    """Whether the server's WebSocket layer closed the connection for the client's fault."""
-    return exc.sent is not None and exc.sent.code in CLIENT_FAULT_CODES
+    """Whether the server's WebSocket layer closed the connection for the client's fault.
+
+    The server must have sent its close first: a client closing with one of these
+    codes gets it echoed back (``rcvd_then_sent``), and that client just left."""
+    return exc.sent is not None and exc.sent.code in CLIENT_FAULT_CODES and exc.rcvd_then_sent is not True
 
 
 def end_reason(exc: BaseException) -> str:

@@ -164,13 +164,16 @@
     scheduleDraw();
   }
 
-  function claim(label) {
+  function claim(label, starter) {
     if (session) {
       showError("a stream is running: stop it before starting another");
       return null;
     }
     clearError();
-    session = { label: label, socket: null, capture: null, cancelled: false, stopSent: false, summary: null };
+    session = {
+      label: label, socket: null, capture: null, cancelled: false, stopSent: false, summary: null,
+      starter: starter, // the control that started it: focus returns there when it ends
+    };
     resetView();
     setConn(`starting ${label}…`, "connecting");
     updateButtons();
@@ -185,25 +188,43 @@
     s.capture = null;
   }
 
-  function finishSession(s, words) {
-    s.cancelled = true;
-    releaseCapture(s);
-    if (session === s) session = null;
-    if (words !== undefined) setConn(words, "idle");
-    updateButtons();
+  function isCurrent(s) {
+    return session === s;
   }
 
-  function stopSession() {
-    const s = session;
-    if (!s) return;
+  function finishSession(s, words) {
+    // A session that already ended (Stop pressed while it was still starting) may
+    // finish late: it then releases what it holds and leaves the page to the next one.
     s.cancelled = true;
     releaseCapture(s);
+    if (!isCurrent(s)) return;
+    session = null;
+    if (words !== undefined) setConn(words, "idle");
+    const focused = document.activeElement;
+    updateButtons();
+    if (!focused || focused === document.body || focused === $("stop")) $(s.starter).focus();
+  }
+
+  function stopSession(s) {
+    if (!s || !isCurrent(s)) return;
     const socket = s.socket;
+    if (s.stopSent && socket) {
+      // Stop again after stop was sent: the server has not answered; stop waiting for it.
+      socket.onclose = null;
+      socket.onmessage = null;
+      socket.close();
+      state.connected = false;
+      showError("stopped without the server's summary: it did not answer the stop");
+      finishSession(s, "stopped");
+      return;
+    }
+    s.cancelled = true;
+    releaseCapture(s);
     if (socket && socket.readyState === WebSocket.OPEN) {
       sendStop(s); // the server sends the last events and a summary, then closes; onclose ends the session
     } else if (socket && socket.readyState === WebSocket.CONNECTING) {
       socket.close(); // onclose ends the session
-    } else if (!socket) {
+    } else {
       finishSession(s, "stopped"); // still opening the microphone or decoding the file
     }
   }
@@ -213,6 +234,7 @@
   }
 
   async function explainConnectFailure(url) {
+    if (session !== null) return; // another stream started meanwhile: this one's failure is old news
     // A WebSocket that fails before opening says nothing about why. The page's
     // own server answering /healthz (which needs no token) means it refused this
     // connection: with a token set, that is a wrong or missing token.
@@ -222,6 +244,7 @@
     } catch (err) {
       reachable = false;
     }
+    if (session !== null) return;
     const where = url.split("?")[0];
     if (!reachable) {
       showError(`could not connect to ${where}: the server cannot be reached (stopped, or the network is down)`);
@@ -280,9 +303,12 @@
           setConn("finished: " + (ev.reason || words) + summaryWords(s.summary), "closed");
           logLine("close", text);
         } else if (!opened) {
-          setConn(s.cancelled ? "stopped" : "could not connect", s.cancelled ? "idle" : "error");
-          if (!s.cancelled) explainConnectFailure(url);
+          const stopped = s.cancelled;
+          setConn(stopped ? "stopped" : "could not connect", stopped ? "idle" : "error");
+          finishSession(s);
+          if (!stopped) explainConnectFailure(url);
           reject(new Error("connection failed"));
+          return;
         } else {
           setConn(`closed: ${words}`, "error");
           showError(`${text}${ev.reason && ev.reason !== words ? " — " + words : ""}`);
@@ -311,7 +337,7 @@
       showError("this server needs a token: open the page as /?token=YOUR_TOKEN");
       return; // no microphone prompt for a stream the server would refuse
     }
-    const s = claim("microphone");
+    const s = claim("microphone", "mic-start");
     if (!s) return;
     let stream;
     try {
@@ -319,7 +345,9 @@
         audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
       });
     } catch (err) {
-      showError(`no microphone: ${err.name === "NotAllowedError" ? "permission denied" : err.message || err.name}`);
+      if (isCurrent(s) && !s.cancelled) {
+        showError(`no microphone: ${err.name === "NotAllowedError" ? "permission denied" : err.message || err.name}`);
+      }
       finishSession(s, "not connected");
       return;
     }
@@ -331,6 +359,10 @@
     }
     try {
       await context.audioWorklet.addModule("/static/capture-worklet.js");
+      if (s.cancelled) {
+        finishSession(s); // Stop was pressed while the worklet loaded (the context is closed)
+        return;
+      }
       const node = new AudioWorkletNode(context, "spoofwatch-capture");
       s.capture.node = node;
       const sourceNode = context.createMediaStreamSource(stream);
@@ -349,9 +381,11 @@
       };
       await context.resume();
     } catch (err) {
-      if (err.message !== "connection failed") {
+      // a failed connection has said why and ended the session; a Stop that raced the
+      // start closed the context under it: neither is a capture error
+      if (err.message !== "connection failed" && isCurrent(s) && !s.cancelled) {
         showError(`cannot capture the microphone: ${err.message}`);
-        stopSession();
+        stopSession(s);
       }
     }
   }
@@ -376,23 +410,25 @@
   }
 
   async function streamFile(file) {
-    const s = claim(`file ${file.name}`);
+    const s = claim(`file ${file.name}`, "file-input");
     if (!s) return;
     let samples;
     try {
       samples = await decodeFile(file);
     } catch (err) {
-      showError(`cannot decode ${file.name}: ${err.message || err.name} (expected wav, flac, ogg or mp3)`);
-      finishSession(s, "not connected");
-      return;
-    }
-    if (!samples.length) {
-      showError(`${file.name} holds no audio samples`);
+      if (isCurrent(s) && !s.cancelled) {
+        showError(`cannot decode ${file.name}: ${err.message || err.name} (expected wav, flac, ogg or mp3)`);
+      }
       finishSession(s, "not connected");
       return;
     }
     if (s.cancelled) {
       finishSession(s, "stopped");
+      return;
+    }
+    if (!samples.length) {
+      showError(`${file.name} holds no audio samples`);
+      finishSession(s, "not connected");
       return;
     }
     const realtime = $("pace").value === "realtime";
@@ -513,8 +549,7 @@
     $("file-input").disabled = busy;
     $("stop").disabled = !busy;
     // keyboard users keep their place: focus moves from a button just disabled to its counterpart
-    if (focused === $("mic-start") && busy) $("stop").focus();
-    else if (focused === $("stop") && !busy) $("mic-start").focus();
+    if ((focused === $("mic-start") || focused === $("file-input")) && busy) $("stop").focus();
   }
 
   function downloadEvents() {
@@ -546,7 +581,7 @@
 
   function init() {
     $("mic-start").addEventListener("click", startMicrophone);
-    $("stop").addEventListener("click", stopSession);
+    $("stop").addEventListener("click", () => stopSession(session));
     $("file-input").addEventListener("change", (ev) => {
       const file = ev.target.files && ev.target.files[0];
       if (file) streamFile(file);
