@@ -107,7 +107,7 @@ def validate_windows(windows: object, window_samples: int = WINDOW_SAMPLES) -> n
         windows = windows[np.newaxis, :]
     if windows.ndim != 2 or windows.shape[1] != window_samples or windows.shape[0] == 0:
         raise InputError(
-            f"expected shape ({window_samples},) or (batch, {window_samples}) with batch >= 1, got {given}"
+            f"expected shape (batch, {window_samples}) with batch >= 1, or ({window_samples},), got {given}"
         )
     # the same rule as files, streams and the microphone: NaN, Inf and absurd magnitudes never reach the model
     if (problem := sample_problem(windows)) is not None:
@@ -190,7 +190,7 @@ def make_session(
     if device not in DEVICES:
         raise InputError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InputError(f"expected threads: an integer >= 1, got {threads!r}")
+        raise InputError(f"expected threads >= 1 (an integer), got {threads!r}")
     limits = limits or SessionLimits()
     providers = _providers_for(device)
     wants_cuda = providers[0] != _CPU

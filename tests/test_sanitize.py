@@ -332,7 +332,7 @@ def test_unreadable_weights_are_a_weights_error(
             assert main(args) == WeightsError.exit_code
             err = capsys.readouterr().err
             assert expected in err and "Traceback" not in err
-    with pytest.raises(InputError, match=r"expected threads: an integer >= 1, got 2\.5"):
+    with pytest.raises(InputError, match=r"expected threads >= 1 \(an integer\), got 2\.5"):
         Detector.load("aasist-l", device="cpu", threads=2.5)  # type: ignore[arg-type]
 
 
