@@ -47,9 +47,9 @@ from bench_server import client_main
 def build_ctx(streams: int, ingest_tick_s: float | None = None) -> Any:
     """One worker's server as serve builds it, model replaced by an instant stand-in."""
     from spoofwatch.calibration.calfile import load_calibration
-    from spoofwatch.stream.gate import SileroVad
     from spoofwatch.stream.server.context import ServerConfig
     from spoofwatch.stream.server.selftest import probe_context
+    from spoofwatch.stream.vad import SileroVad
 
     live = load_calibration(model="aasist-l").live
     config = ServerConfig() if ingest_tick_s is None else ServerConfig(ingest_tick_s=ingest_tick_s)

@@ -26,11 +26,11 @@ from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.model.export import ensure_onnx
 from spoofwatch.model.runtime import OnnxScorer
 from spoofwatch.stream.client import send_audio
-from spoofwatch.stream.gate import SileroVad
 from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer
 from spoofwatch.stream.server.context import ServerConfig, ServerContext
 from spoofwatch.stream.server.sinks import ServerSinks
+from spoofwatch.stream.vad import SileroVad
 
 SHARED = Path(os.environ.get("SPOOFWATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 LA = SHARED / "data" / "asvspoof2019_la" / "flac"

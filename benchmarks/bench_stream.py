@@ -42,8 +42,8 @@ from spoofwatch.model.incremental_runtime import IncrementalModel, IncrementalSc
 from spoofwatch.model.runtime import OnnxScorer, make_session
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import Engine, PendingWindow, build_engine
-from spoofwatch.stream.gate import SileroVad
 from spoofwatch.stream.scoring import FullWindowScorer, IncrementalWindowScorer
+from spoofwatch.stream.vad import SileroVad
 
 SHARED = Path(os.environ.get("SPOOFWATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 LA = SHARED / "data" / "asvspoof2019_la" / "flac"

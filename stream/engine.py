@@ -24,7 +24,7 @@ from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLE
 from spoofwatch.errors import InputError
 
 from .events import END_OF_STREAM, Event, ScoreEvent, StatusEvent, SummaryEvent
-from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SileroVad, SpeechGate, run_staged
+from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SpeechGate, VadModel, run_staged
 from .policy import AlertPolicy, PolicyConfig
 from .windower import Window, Windower
 
@@ -148,7 +148,7 @@ class Engine:
         config: EngineConfig,
         gate_config: GateConfig,
         policy_config: PolicyConfig,
-        vad: SileroVad,
+        vad: VadModel,
         window_samples: int = WINDOW_SAMPLES,
     ) -> None:
         self.config = config
@@ -328,7 +328,7 @@ def push_many(
     return pending
 
 
-def build_engine(live: LiveConfig, vad: SileroVad, hop_s: float | None = None) -> Engine:
+def build_engine(live: LiveConfig, vad: VadModel, hop_s: float | None = None) -> Engine:
     """The one way to build an engine (``hop_s`` overrides the configured hop)."""
     from dataclasses import replace
 

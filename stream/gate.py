@@ -1,27 +1,25 @@
-"""Speech gate: silero VAD plus an energy floor.
+"""Speech gate: a VAD model plus an energy floor (Sans-I/O: the model is injected).
 
 AASIST-L scores silence, noise and tones as spoof-like, so a window is only
-scored when enough of it is speech. silero-vad's ONNX model (shipped in the
-``silero-vad`` wheel) runs on ONNX Runtime; its package is never imported,
-so torch is not loaded at run time. The VAD runs once per 32 ms frame as
-audio arrives (frames aligned to the stream start, so chunking cannot change
-the result) and each window looks up the frames it covers.
+scored when enough of it is speech. The VAD (:class:`VadModel`; in the
+product silero-vad's ONNX model, loaded by :mod:`spoofwatch.stream.vad`)
+runs once per 32 ms frame as audio arrives (frames aligned to the stream
+start, so chunking cannot change the result) and each window looks up the
+frames it covers.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.constants import CPU_PROVIDER, SAMPLE_RATE_HZ
-from spoofwatch.errors import InputError, ModelError
+from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.errors import InputError
 
 from .windower import Window
 
@@ -78,49 +76,25 @@ def rows_rms_dbfs(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     return levels
 
 
-def silero_model_path() -> Path:
-    """Locate ``silero_vad/data/silero_vad.onnx`` without importing the package."""
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or spec.origin is None:
-        raise ModelError("the silero-vad package is not installed (pip install silero-vad)")
-    path = Path(spec.origin).parent / "data" / "silero_vad.onnx"
-    if not path.is_file():
-        raise ModelError(f"silero-vad is installed but {path} is missing")
-    return path
-
-
-class SileroVad:
-    """The shared VAD model. Thread-safe: per-stream state lives in :class:`SpeechGate`."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # a tiny model: more threads only add overhead
-        options.inter_op_num_threads = 1
-        self._session: Any = ort.InferenceSession(
-            str(path or silero_model_path()), options, providers=[CPU_PROVIDER]
-        )
-        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
+class VadModel(Protocol):
+    """A voice-activity model stepped over 32 ms frames of many streams at once
+    (the ONNX adapter: :class:`spoofwatch.stream.vad.SileroVad`). Thread-safe:
+    per-stream state lives in :class:`SpeechGate`."""
 
     def step_batch(
         self, frames_with_context: npt.NDArray[np.float32], states: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        # (B, 64 + 512) samples, states (2, B, 128) -> probabilities (B,), new states (2, B, 128).
-        # Rows are independent streams: a row's result is the same in any batch
-        # (checked bit for bit by tests/test_engine.py), and one call of B frames
-        # costs about half of B calls of one (the model is tiny; the call is not).
-        prob, new_state = self._session.run(
-            None, {"input": frames_with_context, "state": states, "sr": self._sr}
-        )
-        return prob[:, 0], new_state
+        """(B, 64 + 512) samples and states (2, B, 128) -> speech probabilities (B,) and new states.
+
+        Rows are independent streams: a row's result must not depend on the batch around it."""
+        ...
 
 
 class SpeechGate:
     """Per-stream gate: ``stage(chunk)`` as audio arrives, then :func:`run_staged`;
     ``assess(window)`` per window."""
 
-    def __init__(self, config: GateConfig, vad: SileroVad, history_frames: int) -> None:
+    def __init__(self, config: GateConfig, vad: VadModel, history_frames: int) -> None:
         self.config = config
         self._vad = vad
         self._history_frames = history_frames

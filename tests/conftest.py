@@ -79,7 +79,7 @@ def scorer(onnx_aasist_l: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def vad():  # type: ignore[no-untyped-def]
-    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.vad import SileroVad
 
     return SileroVad()
 

@@ -386,7 +386,7 @@ def test_suite_scores_a_genuine_stream_shorter_than_half_a_window(shared: Path, 
     from spoofwatch.model.detector import calibration_for
     from spoofwatch.model.runtime import build_scorer
     from spoofwatch.stream.engine import build_engine
-    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.vad import SileroVad
 
     clip = shared / "data" / "asvspoof2019_la" / "flac" / "LA_E_6163791.flac"  # 1.9 s
     utts = [

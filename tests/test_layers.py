@@ -37,8 +37,14 @@ STREAM_CORE = (
     "spoofwatch.stream.codecs",
     "spoofwatch.stream.driver",
     "spoofwatch.stream.protocol",
+    "spoofwatch.stream.scoring",
 )
-STREAM_ADAPTERS = ("spoofwatch.stream.server", "spoofwatch.stream.sources", "spoofwatch.stream.client")
+STREAM_ADAPTERS = (
+    "spoofwatch.stream.server",
+    "spoofwatch.stream.sources",
+    "spoofwatch.stream.client",
+    "spoofwatch.stream.vad",  # the VAD model on ONNX Runtime; the gate takes any VadModel
+)
 FOLDERS = {
     "model": "spoofwatch.model",
     "stream": "spoofwatch.stream",

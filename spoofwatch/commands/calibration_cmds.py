@@ -239,7 +239,7 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
     from spoofwatch.errors import InputError
     from spoofwatch.model.runtime import build_scorer
     from spoofwatch.stream.engine import build_engine
-    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.vad import SileroVad
 
     if args.protocol is None:
         raise InputError("--audio-dir needs --protocol (labels and speakers for the simulated conversations)")
@@ -267,7 +267,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.errors import AudioError, DatasetError
     from spoofwatch.model.detector import Detector
     from spoofwatch.stream.engine import build_engine
-    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.vad import SileroVad
 
     check_output_file(args.out)
     files = audio_files(args.audio_dir)

@@ -218,7 +218,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     from spoofwatch.model.runtime import build_scorer
     from spoofwatch.model.weights import sha256_file
     from spoofwatch.stream.engine import build_engine
-    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.vad import SileroVad
 
     cfg = SuiteConfig(
         split=args.split,

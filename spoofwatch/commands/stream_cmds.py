@@ -74,7 +74,7 @@ def _load(args: argparse.Namespace, cal: Calibration, live: LiveConfig) -> tuple
 
     from spoofwatch.model.detector import Detector
     from spoofwatch.stream.engine import build_engine
-    from spoofwatch.stream.gate import SileroVad
+    from spoofwatch.stream.vad import SileroVad
 
     detector = Detector.load(args.model, args.device, args.threads, args.weights, cal, args.precision)
     # The engine cuts windows of the model's own length (a model card may declare its own).

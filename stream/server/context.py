@@ -14,7 +14,7 @@ from spoofwatch.errors import CloseCode, ConfigError, ProtocolError
 
 from ..driver import StreamDriver
 from ..engine import Engine, LiveConfig, build_engine
-from ..gate import SileroVad
+from ..gate import VadModel
 from ..sinks import SINK_QUEUE_EVENTS
 from .batcher import BatchScorer
 from .drain import Drain
@@ -122,7 +122,7 @@ class ServerContext:
         config: ServerConfig,
         batcher: BatchScorer,
         live: LiveConfig,
-        vad: SileroVad,
+        vad: VadModel,
         sinks: ServerSinks,
         *,
         slots: StreamSlots | None = None,

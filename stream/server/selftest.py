@@ -44,7 +44,7 @@ from spoofwatch.errors import NetworkError
 
 from ..client import send_audio
 from ..engine import LiveConfig
-from ..gate import SileroVad
+from ..gate import VadModel
 from .app import WebSocketServer
 from .batcher import BatchScorer
 from .connection import first_leaf
@@ -70,7 +70,7 @@ class InstantScorer:
 
 
 def probe_context(
-    live: LiveConfig, vad: SileroVad, config: ServerConfig | None = None, streams: int = SELFTEST_STREAMS
+    live: LiveConfig, vad: VadModel, config: ServerConfig | None = None, streams: int = SELFTEST_STREAMS
 ) -> ServerContext:
     """A throw-away server like ``config``'s, model replaced by :class:`InstantScorer`:
     loopback, an ephemeral port, no token, no refusals, and default limits on a
@@ -91,7 +91,7 @@ def probe_context(
 
 def measure_host_cost(
     live: LiveConfig,
-    vad: SileroVad,
+    vad: VadModel,
     config: ServerConfig | None = None,
     streams: int = SELFTEST_STREAMS,
     audio_s: float = SELFTEST_AUDIO_S,

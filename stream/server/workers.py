@@ -227,7 +227,7 @@ class Supervisor:
     def _probe_host_cost(self) -> float | None:
         """The host cost every worker starts from (see :mod:`.selftest`);
         ``None`` when the probe failed (workers then measure it live only)."""
-        from ..gate import SileroVad
+        from ..vad import SileroVad
         from .load import host_capacity
         from .selftest import measure_host_cost
 
@@ -470,7 +470,7 @@ def build_worker_server(
     calibration_lock: Any,
     rates: Any,
 ) -> Any:
-    from ..gate import SileroVad
+    from ..vad import SileroVad
     from .app import WebSocketServer
     from .batcher import BatchScorer
     from .context import ServerContext
