@@ -636,3 +636,20 @@ def test_offline_commands_check_outputs_and_numbers_first(
             main(argv)
         assert exited.value.code == 2, argv
         assert "expected" in capsys.readouterr().err
+
+
+def test_json_reports_write_undefined_numbers_as_null(capsys: pytest.CaptureFixture[str]) -> None:
+    """`evaluate --json` and `train` records went through json.dumps, which writes NaN:
+    not JSON, and strict readers (jq, JSON.parse) reject the whole line."""
+    from spoofwatch.commands.common import print_json
+
+    print_json(
+        {"eer": float("nan"), "loss": float("inf"), "per_attack": {"A07": [1.5, float("-inf")]}, "n": 3}
+    )
+    line = capsys.readouterr().out
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "eer": None,
+        "loss": None,
+        "per_attack": {"A07": [1.5, None]},
+        "n": 3,
+    }

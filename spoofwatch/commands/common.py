@@ -104,8 +104,20 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def print_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
+    """A report or training record as one strict JSON line: an undefined number (a NaN
+    loss, the EER of a set without one class) is ``null``, never the invalid ``NaN``."""
+    sys.stdout.write(json.dumps(_finite_or_null(obj), allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
