@@ -19,7 +19,8 @@ from spoofwatch.commands.server_cmds import TOKEN_ENV
 from spoofwatch.stream.server import health
 from spoofwatch.stream.server.context import ServerConfig
 from spoofwatch.stream.server.metrics import ACTIVE_STREAMS
-from spoofwatch.stream.server.workers import DRAIN_MARGIN_S, validate_workers
+from spoofwatch.stream.server.sizing import validate_workers
+from spoofwatch.stream.server.workers import DRAIN_MARGIN_S
 
 K8S = REPO_ROOT / "deploy" / "kubernetes"
 PORT = ServerConfig().port

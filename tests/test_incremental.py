@@ -467,7 +467,7 @@ def test_server_workers_load_the_incremental_model(sw_home: Path) -> None:
     """``serve``'s per-worker loader builds the incremental graphs unless ``--full-windows``."""
     from spoofwatch.commands.server_cmds import load_worker_model
     from spoofwatch.stream.server.context import ServerConfig
-    from spoofwatch.stream.server.workers import WorkerSpec
+    from spoofwatch.stream.server.worker import WorkerSpec
 
     spec = WorkerSpec(ServerConfig(), load_worker_model, model="aasist-l", device="cpu")
     scorer, live, inc = load_worker_model(spec, 1)

@@ -36,15 +36,15 @@ from spoofwatch.stream.client import send_audio
 from spoofwatch.stream.server import health
 from spoofwatch.stream.server.context import ServerConfig
 from spoofwatch.stream.server.load import SheddingConfig
-from spoofwatch.stream.server.workers import (
-    Supervisor,
-    WorkerSpec,
+from spoofwatch.stream.server.sizing import (
     calibration_wait_s,
     cpu_count,
     default_workers,
     worker_shedding,
     worker_threads,
 )
+from spoofwatch.stream.server.worker import WorkerSpec
+from spoofwatch.stream.server.workers import Supervisor
 
 #: Generous: two workers load the model on a busy 2-core machine.
 STARTUP_S = 300.0

@@ -20,7 +20,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from spoofwatch.stream.engine import LiveConfig
-    from spoofwatch.stream.server.workers import WorkerSpec
+    from spoofwatch.stream.server.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
 
     from spoofwatch.stream.server.context import ServerConfig
-    from spoofwatch.stream.server.workers import Supervisor, WorkerSpec, default_workers, validate_workers
+    from spoofwatch.stream.server.sizing import default_workers, validate_workers
+    from spoofwatch.stream.server.worker import WorkerSpec
+    from spoofwatch.stream.server.workers import Supervisor
 
     config = ServerConfig(
         host=args.host,

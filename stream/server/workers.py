@@ -33,38 +33,22 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION
 from spoofwatch.errors import InputError, SpoofwatchError
 
-from .context import ServerConfig
 from .journal import CRASH_REASON, crash_alert_ends, journal_path
-from .load import (
-    DeviceRates,
-    SharedSlots,
-    SheddingConfig,
-    reset_worker_cells,
-    shared_cells,
-    shared_rates,
-)
+from .load import reset_worker_cells, shared_cells, shared_rates
 from .metrics import MULTIPROC_ENV
-
-if TYPE_CHECKING:
-    from ..engine import LiveConfig, Scorer
-    from ..scoring import IncrementalBackend
+from .sizing import validate_workers, worker_shedding
+from .worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
-#: Most worker processes per CPU core that ``--workers`` accepts.
-MAX_WORKERS_PER_CPU = 4
 #: Consecutive deaths before becoming ready after which the supervisor gives up.
 MAX_EARLY_DEATHS = 5
 #: Restart delay (s) after the first early death; doubles with each further one.
@@ -74,71 +58,6 @@ RESTART_BACKOFF_S = 0.5
 DRAIN_MARGIN_S = 10.0
 #: Pending connections the kernel queues on the shared socket.
 LISTEN_BACKLOG = 2048
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_workers(max_streams: int) -> int:
-    """One worker per two cores (each uses about two: event loop plus ingest and
-    scoring threads), and no more workers than streams."""
-    return max(1, min(cpu_count() // 2, max_streams))
-
-
-def validate_workers(workers: int, max_streams: int) -> None:
-    """Raise :class:`InputError` for a worker count that cannot make sense here."""
-    most = MAX_WORKERS_PER_CPU * cpu_count()
-    if not 1 <= workers <= most:
-        raise InputError(
-            f"--workers: expected 1 to {most} worker processes ({MAX_WORKERS_PER_CPU} per CPU core; "
-            f"this machine has {cpu_count()}), got {workers}"
-        )
-    if workers > max_streams:
-        raise InputError(
-            f"--workers {workers} exceeds --max-streams {max_streams}: every worker must be able to hold a stream"
-        )
-
-
-#: Loads the model in a worker process: ``(spec, threads) -> (scorer, live config,
-#: incremental model or None)``. The scorer has ``scores(windows)`` and ``device``;
-#: the incremental model (``IncrementalBackend``) scores each stream's windows
-#: from its cache (``None``: full windows). It is a module-level
-#: function of the commands layer (the stream layer never imports the model),
-#: pickled by reference for ``spawn``.
-ModelLoader = Callable[["WorkerSpec", int], "tuple[Scorer, LiveConfig, IncrementalBackend | None]"]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs to build its server (picklable)."""
-
-    config: ServerConfig
-    load_model: ModelLoader
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    #: Whether ``device`` resolves to a GPU that every worker shares (set by
-    #: ``serve``, which may import the model layer): models then load and are
-    #: timed one worker at a time, with one ONNX Runtime thread each.
-    gpu: bool = False
-    threads: int | None = None
-    weights: Path | None = None
-    calibration: Path | None = None
-    precision: str = DEFAULT_PRECISION
-    jsonl: Path | None = None
-    stdout: bool = False
-    webhook: str | None = None
-    log_level: int = logging.INFO
-    #: Score every window from scratch (``--full-windows``) instead of incrementally.
-    full_windows: bool = False
-    #: The live settings without a model, for the supervisor's host-cost probe
-    #: (``None``: no probe; workers then measure their host cost only live).
-    load_live: Callable[[WorkerSpec], LiveConfig] | None = None
-    #: CPU s per second of audio outside the model, set by the supervisor's probe.
-    host_cpu_s_per_audio_s: float | None = None
 
 
 @dataclass
@@ -405,199 +324,3 @@ def _forget_worker_metrics(pid: int | None) -> None:
 
 
 # ---- worker side -----------------------------------------------------------------
-
-
-def _exit_with_parent() -> None:
-    """A worker must not outlive its supervisor (killed with SIGKILL, say)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def worker_main(
-    spec: WorkerSpec,
-    index: int,
-    workers: int,
-    sock: socket.socket,
-    cells: Any,
-    lock: Any,
-    calibration_lock: Any,
-    rates: Any,
-    conn: Any,
-) -> None:
-    """Entry point of a worker process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
-    logging.basicConfig(
-        level=logging.WARNING,
-        format=f"%(levelname)s %(name)s [worker {index}]: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("spoofwatch").setLevel(spec.log_level)
-    _exit_with_parent()
-    try:
-        server = build_worker_server(spec, index, workers, sock, cells, lock, calibration_lock, rates)
-    except SpoofwatchError as exc:
-        log.error("worker %d cannot start: %s", index, exc)
-        sys.exit(exc.exit_code)
-    import anyio
-
-    try:
-        anyio.run(_serve_until_sigterm, server, conn)
-    finally:
-        server.ctx.sinks.close()
-
-
-#: Seconds a worker waits for another's device calibration before timing on its own.
-CALIBRATION_WAIT_S = 120.0
-#: ... or this much per worker, when more (each opens and warms its batch buckets: model/shapes.py).
-CALIBRATION_WAIT_PER_WORKER_S = 30.0
-
-
-def build_worker_server(
-    spec: WorkerSpec,
-    index: int,
-    workers: int,
-    sock: socket.socket,
-    cells: Any,
-    lock: Any,
-    calibration_lock: Any,
-    rates: Any,
-) -> Any:
-    from ..vad import SileroVad
-    from .app import WebSocketServer
-    from .batcher import BatchScorer
-    from .context import ServerContext
-    from .journal import AlertJournal
-    from .sinks import ServerSinks
-
-    config = spec.config
-    threads = worker_threads(spec.threads, spec.gpu, cpu_count(), workers)
-    # Workers that may share a GPU load and time their models one at a time:
-    # a CUDA session's set-up (cuDNN handles, lazily loaded kernels) in one
-    # worker would otherwise slow another's start-up timing, and with it the
-    # capacity that worker admits streams against for its whole life.
-    wait_s = calibration_wait_s(workers)
-    locked = spec.gpu and calibration_lock.acquire(timeout=wait_s)
-    if spec.gpu and not locked:  # e.g. a worker killed while holding it: time on our own
-        log.warning(
-            "worker %d: no other worker finished loading within %g s; loading and timing alongside",
-            index,
-            wait_s,
-        )
-    try:
-        scorer, live, incremental = spec.load_model(spec, threads)
-        load = _measured_load(spec, config, workers, index, rates, scorer, live, incremental)
-    finally:
-        if locked:
-            calibration_lock.release()
-    ctx = ServerContext(
-        config,
-        BatchScorer(scorer, config.max_batch_windows, incremental=incremental),
-        live,
-        SileroVad(),
-        ServerSinks(spec.jsonl, spec.stdout, spec.webhook, config.sink_queue_events),
-        slots=SharedSlots(cells, lock, workers, index, config.max_streams),
-        load=load,
-        stream_id_prefix=f"w{index}-{os.getpid()}-",
-        model=spec.model,
-        journal=AlertJournal(
-            journal_path(os.environ[MULTIPROC_ENV], os.getpid()), live.policy.exit_threshold
-        ),
-    )
-    if ctx.load.enabled and spec.host_cpu_s_per_audio_s is not None:
-        ctx.load.host.seed(spec.host_cpu_s_per_audio_s)  # measured by the supervisor
-    return WebSocketServer(ctx, sock=sock)
-
-
-def calibration_wait_s(workers: int) -> float:
-    """How long a GPU worker waits for the others to load and time their models:
-    they go one at a time, so the last waits for all the others."""
-    return max(CALIBRATION_WAIT_S, CALIBRATION_WAIT_PER_WORKER_S * workers)
-
-
-def worker_shedding(shedding: SheddingConfig, workers: int, cores: int | None = None) -> SheddingConfig:
-    """A worker's admission settings: its Python gets ``host_cores`` (one by
-    default), or less when there are more workers than cores (thread CPU time
-    does not show waiting for a core, so the host cost alone would not notice)."""
-    share = (cores or cpu_count()) / workers
-    return replace(shedding, host_cores=min(shedding.host_cores, share))
-
-
-def worker_threads(requested: int | None, on_gpu: bool, cores: int, workers: int) -> int:
-    """ONNX Runtime intra-op threads per worker session.
-
-    On a GPU, one: the graphs run on the device, and the few nodes left on
-    the CPU (shape arithmetic) only pay a thread pool's wake-ups. Every GPU
-    rate in docs/scaling.md was measured with one thread. On the CPU the
-    workers share the cores.
-    """
-    if requested is not None:
-        return requested
-    return 1 if on_gpu else max(1, cores // workers)
-
-
-def _measured_load(
-    spec: WorkerSpec,
-    config: Any,
-    workers: int,
-    index: int,
-    rates: Any,
-    scorer: Any,
-    live: Any,
-    incremental: Any,
-) -> Any:
-    """This worker's :class:`LoadMonitor`, its scoring capacity timed on the
-    loaded model; on a shared GPU it admits against the fastest worker's
-    timing (see :class:`DeviceRates`)."""
-    import numpy as np
-
-    from .context import skip_lag_s
-    from .load import CALIBRATION_BATCH, LoadMonitor, step_batches
-
-    # All workers score on the one GPU; on CPU each has its own share of the cores.
-    on_gpu = getattr(scorer, "device", None) == "cuda"
-    load = LoadMonitor(
-        None if config.shedding is None else worker_shedding(config.shedding, workers),
-        live.stream.hop_s,
-        config.max_batch_windows,
-        device_workers=workers if on_gpu else 1,
-        skip_lag_s=skip_lag_s(live, incremental is not None),
-    )
-    if not load.enabled:
-        return load
-    rng = np.random.default_rng(0)
-    # Time what live streams pay per window: a full pass, or one incremental step.
-    # The model's own window: a model card may declare another length than AASIST's.
-    window = live.window_samples
-    if incremental is None:
-        score: Any = scorer.scores
-        make_batch: Any = lambda n: (0.1 * rng.standard_normal((n, window))).astype(np.float32)  # noqa: E731
-    else:
-        score = lambda batch: incremental.score(*batch)  # noqa: E731
-        make_batch = step_batches(incremental, window, live.stream.hop_samples)
-    # A GPU times the real batch size in milliseconds; a CPU pays ~0.2 s per window.
-    load.calibrate(score, make_batch, largest=config.max_batch_windows if on_gpu else CALIBRATION_BATCH)
-    if load.shared_device:
-        own = load.capacity_windows_per_s() or 0.0
-        load.device_rates = DeviceRates(rates)
-        load.device_rates.publish(index, own)
-    return load
-
-
-async def _serve_until_sigterm(server: Any, conn: Any) -> None:
-    import anyio
-
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-            await tg.start(server.run)
-            conn.send(("ready", server.ctx.provider))
-            async for _ in signals:
-                server.request_shutdown()
-                break
