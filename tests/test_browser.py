@@ -361,36 +361,52 @@ def test_a_new_stream_starts_clean_and_stop_is_its_last_message(
     assert "windows scored" in page.evaluate("document.getElementById('conn-state').textContent")
 
 
+#: On top of RECORD_SOCKETS: the page's stop never leaves it, so the server cannot answer it
+#: (as a frozen server would not).
+SWALLOW_STOP = (
+    "(() => { const Recording = window.WebSocket; window.WebSocket = function (url) {"
+    " const ws = new Recording(url); const send = ws.send;"
+    " ws.send = (data) => { if (typeof data === 'string' && JSON.parse(data).type === 'stop') {"
+    " window.sent.push('stop (swallowed)'); return; } send(data); }; return ws; };"
+    " Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3}); })()"
+)
+PAGE_STATE = (
+    "(() => ({start: document.getElementById('mic-start').disabled,"
+    " stop: document.getElementById('stop').disabled, connected: window.spoofwatch.connected,"
+    " conn: document.getElementById('conn-state').textContent,"
+    " error: document.getElementById('error').textContent}))()"
+)
+
+
+@pytest.mark.parametrize("pace", ["realtime", "fast"])
 def test_a_second_stop_frees_the_page_when_the_server_never_answers(
-    server: str, browser_for: Any, la_dir: Path, tmp_path: Path
+    pace: str, server: str, browser_for: Any, la_dir: Path, tmp_path: Path
 ) -> None:
     """With stop sent and no answer (a frozen server), the page stayed busy: Start disabled,
-    Stop doing nothing. Here the page's stop never leaves it, so the server cannot answer."""
+    Stop doing nothing. The first Stop waits for the summary (at 1x, mid-file; fast, after the
+    page's own stop at the file's end, while the server still scores its backlog: that Stop
+    threw the summary away); a second Stop gives up on it."""
     wav = tmp_path / "long.wav"
-    sf.write(
-        wav, np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 6)[: 20 * 16000], 16000, subtype="PCM_16"
-    )
+    seconds = 20 if pace == "realtime" else 6
+    audio = np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 6)[: seconds * 16000]
+    sf.write(wav, audio, 16000, subtype="PCM_16")
     page = browser_for(None)
     page.navigate(server)
     page.wait_for("window.spoofwatch.config !== null", 60, "the page's settings")
+    page.evaluate(f"document.getElementById('pace').value = '{pace}'")
     page.evaluate(RECORD_SOCKETS)
-    page.evaluate(  # swallow the stop on its way out
-        "(() => { const Recording = window.WebSocket; window.WebSocket = function (url) {"
-        " const ws = new Recording(url); const send = ws.send;"
-        " ws.send = (data) => { if (typeof data === 'string' && JSON.parse(data).type === 'stop') {"
-        " window.sent.push('stop (swallowed)'); return; } send(data); }; return ws; };"
-        " Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3}); })()"
-    )
+    page.evaluate(SWALLOW_STOP)
     page.evaluate(drop_js(wav))
-    page.wait_for("window.sent.filter(m => m === 'audio').length > 5", 60, "the first frames")
+    if pace == "realtime":
+        page.wait_for("window.sent.filter(m => m === 'audio').length > 5", 60, "the first frames")
+    else:
+        page.wait_for("window.sent.includes('stop (swallowed)')", 120, "the page's own stop")
     page.evaluate("document.getElementById('stop').click()", user_gesture=True)
+    first = page.evaluate(PAGE_STATE)
     assert page.evaluate("window.sent.includes('stop (swallowed)')")
-    assert page.evaluate("document.getElementById('mic-start').disabled") is True  # still waiting
+    assert first["start"] is True and first["stop"] is False, first  # still waiting for the summary
+    assert first["conn"].startswith("stopping: waiting for the server's summary") and not first["error"]
     page.evaluate("document.getElementById('stop').click()", user_gesture=True)
-    state = page.evaluate(
-        "(() => ({start: document.getElementById('mic-start').disabled,"
-        " stop: document.getElementById('stop').disabled, connected: window.spoofwatch.connected,"
-        " error: document.getElementById('error').textContent}))()"
-    )
+    state = page.evaluate(PAGE_STATE)
     assert state["start"] is False and state["stop"] is True and state["connected"] is False
     assert "did not answer the stop" in state["error"]

@@ -234,3 +234,35 @@ async def test_signal_drains_streams_with_alert_end_and_summary(
     scores = [e for e in events if e["type"] == "score"]
     assert len(scores) + summary["dropped_windows"] == summary["windows"]
     assert jsonl(events_file) == events  # every sink got the same, including alert_end and summary
+
+
+async def test_a_paused_worker_does_not_close_its_sending_clients_as_idle(onnx_aasist_l: Path) -> None:
+    """SIGSTOP then SIGCONT of a worker (a VM freeze, a debugger) longer than the idle
+    timeout: on resume the idle timer fired before the socket was read, and every stream
+    whose client had been sending all along was closed as idle."""
+    args = ["--idle-timeout-s", "1", "--no-load-shedding"]
+    with server_process(args) as server:
+        url = f"ws://127.0.0.1:{server.port()}/"
+        frame = encode(np.zeros(1600, np.float32), "pcm_s16le")  # 0.1 s
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"}))
+            await ws.send(encode(np.zeros(64_600 + 1600, np.float32), "pcm_s16le"))
+            with anyio.fail_after(STARTUP_TIMEOUT_S):
+                first = json.loads(await ws.recv())  # a (gated) score: it names the worker
+            worker = int(first["stream_id"].split("-")[1])
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                for _ in range(30):  # at least 3 s of audio sent while the worker is stopped
+                    await ws.send(frame)
+                    await anyio.sleep(0.1)
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            await ws.send(json.dumps({"type": "stop"}))
+            events = [first]
+            with pytest.raises(ConnectionClosed), anyio.fail_after(EXIT_TIMEOUT_S):
+                while True:
+                    events.append(json.loads(await ws.recv()))
+            assert (ws.close_code, ws.close_reason) == (1000, "stream complete")
+        assert events[-1]["type"] == "summary"
+        assert events[-1]["duration_s"] == pytest.approx((64_600 + 1600 + 30 * 1600) / 16000)
+        assert server.stop() == 0

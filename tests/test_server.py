@@ -812,3 +812,28 @@ def test_a_client_closing_with_an_error_code_left_it_was_not_refused() -> None:
     done = Close(1008, "client done")
     assert end_reason(ConnectionClosedError(done, done, True)) == "disconnect"  # the client's, echoed
     assert end_reason(ConnectionClosedError(None, None, None)) == "disconnect"  # no close frame at all
+
+
+def test_open_alerts_left_by_a_run_that_died_whole_are_ended_once(tmp_path: Path) -> None:
+    """A kept state folder ($PROMETHEUS_MULTIPROC_DIR) held a dead run's journals: a new
+    worker that got a reused PID 'crashed' with the old run's calls under alert."""
+    from spoofwatch.stream.server.journal import AlertJournal, journal_path, leftover_alert_ends
+
+    old = AlertJournal(journal_path(tmp_path, 4321), exit_threshold=2.7)
+    old.update(
+        [{"type": "alert_start", "t": 30.0, "smoothed": -4.0, "threshold": 1.7, "stream_id": "w0-4321-s9"}]
+    )
+    journal_path(tmp_path, 4322).with_suffix(".tmp").write_text("[")  # a half-written one
+    ends = leftover_alert_ends(tmp_path)
+    assert ends == [
+        {
+            "type": "alert_end",
+            "t": 30.0,
+            "smoothed": -4.0,
+            "threshold": 2.7,
+            "reason": "worker_crash",
+            "stream_id": "w0-4321-s9",
+        }
+    ]
+    assert not list(tmp_path.glob("open-alerts-*"))
+    assert leftover_alert_ends(tmp_path) == []  # once

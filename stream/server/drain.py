@@ -26,6 +26,10 @@ import anyio
 from spoofwatch.errors import CloseCode
 
 log = logging.getLogger(__name__)
+#: A watch waking this much later than due (s) found the event loop stalled, not the client idle.
+STALL_S = 0.25
+#: ... and gives the reader this long (s, loop time) to read what arrived meanwhile.
+STALL_GRACE_S = 0.1
 #: WebSocket close code and reason for streams ended by a server shutdown.
 GOING_AWAY = CloseCode.GOING_AWAY
 SHUTDOWN_REASON = "server shutting down"
@@ -146,16 +150,28 @@ class MessageReader:
         return handled is not Handled.STOP and not self._drain.started and not self.idle
 
     async def _watch(self) -> None:
-        """Cancel a read pending for ``idle_timeout_s``: one timer per timeout, not per message."""
+        """Cancel a read pending for ``idle_timeout_s``: one timer per timeout, not per message.
+
+        A watch that wakes much later than it asked to means the event loop itself
+        was stalled (the process paused by SIGSTOP or a VM freeze, the loop blocked):
+        messages that arrived meanwhile may still be unread, and the timer can fire
+        before the socket is read. Such a wake gives the reader a moment first.
+        """
+        due: float | None = None
         while True:
             since, now = self._reading_since, anyio.current_time()
             fired = self._scope.cancel_called
             if since is not None and not fired and now >= since + self.idle_timeout_s:
+                if due is not None and now - due > STALL_S:
+                    due = now + STALL_GRACE_S
+                    await anyio.sleep(STALL_GRACE_S)  # then judge again, after the pending reads
+                    continue
                 self.expire()
                 fired = True
             # After a cancel, wait a whole timeout: the reader either ends or
             # reads on under a new scope, whose read began after the cancel.
             wait = self.idle_timeout_s if since is None or fired else since + self.idle_timeout_s - now
+            due = now + wait
             await anyio.sleep(wait)
 
 

@@ -81,6 +81,19 @@ class AlertJournal:
             log.warning("cannot write the open-alert journal %s: %s", self.path, exc)
 
 
+def leftover_alert_ends(directory: str | Path) -> list[dict[str, Any]]:
+    """``alert_end`` events (reason ``worker_crash``) for the journals a previous run left
+    in a kept state folder (``$PROMETHEUS_MULTIPROC_DIR``) when it died whole; the
+    files are removed, so that a new worker that gets a reused PID inherits nothing."""
+    events: list[dict[str, Any]] = []
+    for path in sorted(Path(directory).glob("open-alerts-*")):
+        if path.suffix == ".json":
+            events += crash_alert_ends(path)
+        else:  # a half-written journal (``.tmp``)
+            path.unlink(missing_ok=True)
+    return events
+
+
 def crash_alert_ends(path: Path, reason: str = CRASH_REASON) -> list[dict[str, Any]]:
     """``alert_end`` events for the open alerts a dead worker left in ``path`` (which is removed)."""
     try:

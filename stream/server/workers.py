@@ -41,7 +41,7 @@ from typing import Any
 
 from spoofwatch.errors import InputError, SpoofwatchError
 
-from .journal import CRASH_REASON, crash_alert_ends, journal_path
+from .journal import CRASH_REASON, crash_alert_ends, journal_path, leftover_alert_ends
 from .load import reset_worker_cells, shared_cells, shared_rates
 from .metrics import MULTIPROC_ENV
 from .sizing import validate_workers, worker_shedding
@@ -124,6 +124,8 @@ class Supervisor:
             stale.unlink()
         os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
         self._state_dir = metrics_dir  # also holds each worker's open-alert journal
+        # A previous run that died whole (SIGKILL, OOM) left its open alerts here: end them now, once.
+        self._emit_alert_ends(leftover_alert_ends(metrics_dir), "a previous run")
         self._wake_r, self._wake_w = socket.socketpair()  # a signal wakes the supervision loop
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -274,6 +276,9 @@ class Supervisor:
     def _close_open_alerts(self, w: _Worker, reason: str) -> None:
         """The sinks must not show a dead worker's calls under alert forever."""
         events = crash_alert_ends(journal_path(self._state_dir, w.process.pid), reason)
+        self._emit_alert_ends(events, f"worker {w.index}")
+
+    def _emit_alert_ends(self, events: list[dict[str, Any]], whose: str) -> None:
         if not events:
             return
         import anyio
@@ -287,10 +292,7 @@ class Supervisor:
         for event in events:
             anyio.run(self._sinks.emit, event)
         log.warning(
-            "worker %d: ended %d open alert(s) in the sinks (reason %s)",
-            w.index,
-            len(events),
-            events[0]["reason"],
+            "%s: ended %d open alert(s) in the sinks (reason %s)", whose, len(events), events[0]["reason"]
         )
 
     def _drain(self) -> None:

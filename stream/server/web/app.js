@@ -164,14 +164,17 @@
     scheduleDraw();
   }
 
+  const REFUSED = "a stream is running: stop it before starting another";
+
   function claim(label, starter) {
     if (session) {
-      showError("a stream is running: stop it before starting another");
+      showError(REFUSED);
       return null;
     }
     clearError();
     session = {
       label: label, socket: null, capture: null, cancelled: false, stopSent: false, summary: null,
+      userStopped: false, // Stop pressed once: a second press abandons the server's summary
       starter: starter, // the control that started it: focus returns there when it ends
     };
     resetView();
@@ -200,6 +203,7 @@
     if (!isCurrent(s)) return;
     session = null;
     if (words !== undefined) setConn(words, "idle");
+    if ($("error").textContent === REFUSED) clearError(); // it was about this stream, which has ended
     const focused = document.activeElement;
     updateButtons();
     if (!focused || focused === document.body || focused === $("stop")) $(s.starter).focus();
@@ -208,7 +212,9 @@
   function stopSession(s) {
     if (!s || !isCurrent(s)) return;
     const socket = s.socket;
-    if (s.stopSent && socket) {
+    const again = s.userStopped;
+    s.userStopped = true;
+    if (again && s.stopSent && socket) {
       // Stop again after stop was sent: the server has not answered; stop waiting for it.
       socket.onclose = null;
       socket.onmessage = null;
@@ -222,6 +228,7 @@
     releaseCapture(s);
     if (socket && socket.readyState === WebSocket.OPEN) {
       sendStop(s); // the server sends the last events and a summary, then closes; onclose ends the session
+      setConn("stopping: waiting for the server's summary (Stop again to abandon it)", "connecting");
     } else if (socket && socket.readyState === WebSocket.CONNECTING) {
       socket.close(); // onclose ends the session
     } else {
@@ -295,6 +302,11 @@
         }
       };
       socket.onclose = (ev) => {
+        if (!isCurrent(s)) {
+          finishSession(s); // an abandoned socket closing late: the page has moved on
+          reject(new Error("connection failed"));
+          return;
+        }
         state.connected = false;
         const words = CLOSE_REASONS[ev.code] || `close code ${ev.code}`;
         state.lastClose = { code: ev.code, reason: ev.reason, words: words };
@@ -358,7 +370,18 @@
       return;
     }
     try {
-      await context.audioWorklet.addModule("/static/capture-worklet.js");
+      try {
+        await context.audioWorklet.addModule("/static/capture-worklet.js");
+      } catch (err) {
+        // the worklet comes from the server: failing to load it means the server is not there
+        if (isCurrent(s) && !s.cancelled) {
+          finishSession(s, "could not connect");
+          explainConnectFailure(wsUrl());
+        } else {
+          finishSession(s);
+        }
+        return;
+      }
       if (s.cancelled) {
         finishSession(s); // Stop was pressed while the worklet loaded (the context is closed)
         return;
@@ -452,6 +475,7 @@
       socket.send(samples.slice(pos, pos + FILE_FRAME_SAMPLES).buffer);
     }
     sendStop(s); // the server answers with the last events and a summary, then closes with 1000
+    if (isCurrent(s) && !s.userStopped) setConn(`finishing ${s.label}: the server is scoring what it received`, "open");
   }
 
   // ---- chart ----------------------------------------------------------
