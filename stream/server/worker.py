@@ -88,16 +88,21 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+@dataclass(frozen=True)
+class SharedState:
+    """What the supervisor shares with every worker (``multiprocessing`` objects, passed at spawn)."""
+
+    #: ``--max-streams`` slots per worker (:func:`~.load.shared_cells`) and their lock.
+    cells: Any
+    lock: Any
+    #: Held by the worker loading and timing its model on a shared GPU.
+    calibration_lock: Any
+    #: Each worker's timed scoring rate on the shared device (:func:`~.load.shared_rates`).
+    rates: Any
+
+
 def worker_main(
-    spec: WorkerSpec,
-    index: int,
-    workers: int,
-    sock: socket.socket,
-    cells: Any,
-    lock: Any,
-    calibration_lock: Any,
-    rates: Any,
-    conn: Any,
+    spec: WorkerSpec, index: int, workers: int, sock: socket.socket, shared: SharedState, conn: Any
 ) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
@@ -110,7 +115,7 @@ def worker_main(
     logging.getLogger("spoofwatch").setLevel(spec.log_level)
     _exit_with_parent()
     try:
-        server = build_worker_server(spec, index, workers, sock, cells, lock, calibration_lock, rates)
+        server = build_worker_server(spec, index, workers, sock, shared)
     except SpoofwatchError as exc:
         log.error("worker %d cannot start: %s", index, exc)
         sys.exit(exc.exit_code)
@@ -123,14 +128,7 @@ def worker_main(
 
 
 def build_worker_server(
-    spec: WorkerSpec,
-    index: int,
-    workers: int,
-    sock: socket.socket,
-    cells: Any,
-    lock: Any,
-    calibration_lock: Any,
-    rates: Any,
+    spec: WorkerSpec, index: int, workers: int, sock: socket.socket, shared: SharedState
 ) -> Any:
     from ..vad import SileroVad
     from .app import WebSocketServer
@@ -146,7 +144,7 @@ def build_worker_server(
     # worker would otherwise slow another's start-up timing, and with it the
     # capacity that worker admits streams against for its whole life.
     wait_s = calibration_wait_s(workers)
-    locked = spec.gpu and calibration_lock.acquire(timeout=wait_s)
+    locked = spec.gpu and shared.calibration_lock.acquire(timeout=wait_s)
     if spec.gpu and not locked:  # e.g. a worker killed while holding it: time on our own
         log.warning(
             "worker %d: no other worker finished loading within %g s; loading and timing alongside",
@@ -155,17 +153,17 @@ def build_worker_server(
         )
     try:
         scorer, live, incremental = spec.load_model(spec, threads)
-        load = _measured_load(spec, config, workers, index, rates, scorer, live, incremental)
+        load = _measured_load(spec, config, workers, index, shared.rates, scorer, live, incremental)
     finally:
         if locked:
-            calibration_lock.release()
+            shared.calibration_lock.release()
     ctx = ServerContext(
         config,
         BatchScorer(scorer, config.max_batch_windows, incremental=incremental),
         live,
         SileroVad(),
         ServerSinks(spec.jsonl, spec.stdout, spec.webhook, config.sink_queue_events),
-        slots=SharedSlots(cells, lock, workers, index, config.max_streams),
+        slots=SharedSlots(shared.cells, shared.lock, workers, index, config.max_streams),
         load=load,
         stream_id_prefix=f"w{index}-{os.getpid()}-",
         model=spec.model,

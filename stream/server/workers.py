@@ -45,7 +45,7 @@ from .journal import CRASH_REASON, crash_alert_ends, journal_path, leftover_aler
 from .load import reset_worker_cells, shared_cells, shared_rates
 from .metrics import MULTIPROC_ENV
 from .sizing import validate_workers, worker_shedding
-from .worker import WorkerSpec, worker_main
+from .worker import SharedState, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +176,7 @@ class Supervisor:
                 index,
                 self.n_workers,
                 self.sock,
-                self._cells,
-                self._lock,
-                self._calibration_lock,
-                self._rates,
+                SharedState(self._cells, self._lock, self._calibration_lock, self._rates),
                 send,
             ),
             name=f"spoofwatch-worker-{index}",
