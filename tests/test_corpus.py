@@ -23,14 +23,15 @@ CONFIG = REPO_ROOT / "configs" / "data" / "open.toml"
 def open_cfg(shared: Path) -> object:
     import os
 
-    from spoofwatch.model.corpus import load_corpus_config
+    from spoofwatch.model.corpus_config import load_corpus_config
 
     os.environ["SPOOFWATCH_SHARED"] = str(shared)
     return load_corpus_config(CONFIG)
 
 
 def test_plan_is_leave_systems_out(open_cfg: object) -> None:
-    from spoofwatch.model.corpus import CorpusConfig, plan_corpus
+    from spoofwatch.model.corpus_config import CorpusConfig
+    from spoofwatch.model.corpus_plan import plan_corpus
 
     assert isinstance(open_cfg, CorpusConfig)
     items = plan_corpus(open_cfg)
@@ -56,7 +57,7 @@ def test_plan_is_leave_systems_out(open_cfg: object) -> None:
 
 def _tiny(cfg: object, want: dict[str, int]) -> list[object]:
     """A few items per (split, label, generator-or-file), in plan order."""
-    from spoofwatch.model.corpus import plan_corpus
+    from spoofwatch.model.corpus_plan import plan_corpus
 
     taken: dict[tuple[str, str, str], int] = {}
     out = []
@@ -237,7 +238,8 @@ def test_extra_manifests_are_appended_and_follow_the_split_rules(
     open_cfg: object, shared: Path, tmp_path: Path
 ) -> None:
     from spoofwatch.errors import DatasetError
-    from spoofwatch.model.corpus import iter_build, plan_corpus
+    from spoofwatch.model.corpus import iter_build
+    from spoofwatch.model.corpus_plan import plan_corpus
 
     speech = shared / "data" / "speech"
     genuine, other = sorted((speech / "bonafide" / "ljspeech").glob("*"))[:2]
@@ -293,7 +295,7 @@ def test_extra_manifests_config_is_relative_to_the_file(shared: Path, tmp_path: 
     import os
 
     from spoofwatch.errors import ConfigError
-    from spoofwatch.model.corpus import load_corpus_config
+    from spoofwatch.model.corpus_config import load_corpus_config
 
     os.environ["SPOOFWATCH_SHARED"] = str(shared)
     cfg_file = tmp_path / "c.toml"
@@ -313,7 +315,8 @@ def test_data_manifest_describes_a_folder_for_the_corpus(
 
     from spoofwatch.audio import read_audio
     from spoofwatch.cli import main
-    from spoofwatch.model.corpus import iter_build, plan_corpus
+    from spoofwatch.model.corpus import iter_build
+    from spoofwatch.model.corpus_plan import plan_corpus
 
     speech = sorted((shared / "data" / "speech" / "bonafide" / "vctk").glob("*"))[:2]
     calls = tmp_path / "calls"
@@ -467,7 +470,7 @@ def test_corpus_config_types_are_checked(tmp_path: Path, toml: str, message: str
     where a list of held-out systems belongs was read as a set of letters,
     and the system went to training."""
     from spoofwatch.errors import ConfigError
-    from spoofwatch.model.corpus import load_corpus_config
+    from spoofwatch.model.corpus_config import load_corpus_config
 
     path = tmp_path / "corpus.toml"
     path.write_text(toml + "\n")

@@ -166,13 +166,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_build_corpus(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from spoofwatch.model.corpus import (
-        check_build_stamp,
-        iter_build,
-        load_corpus_config,
-        plan_corpus,
-        write_outputs,
-    )
+    from spoofwatch.model.corpus import check_build_stamp, iter_build, write_outputs
+    from spoofwatch.model.corpus_config import load_corpus_config
+    from spoofwatch.model.corpus_plan import plan_corpus
 
     cfg = load_corpus_config(args.config)
     check_output_dir(args.out)

@@ -1,0 +1,316 @@
+"""The open-data corpus plan: every clean source utterance (files from ``../shared``,
+extra manifests, locally generated speech) and its leave-systems-out split.
+
+The plan is a pure function of the config and the source folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spoofwatch.audio import audio_files
+from spoofwatch.calibration.protocol import LABELS
+from spoofwatch.errors import DatasetError
+
+from .corpus_config import CorpusConfig, GenerateConfig, SplitConfig
+from .manifest import MANIFEST_COLUMNS, SPOOF_KINDS
+
+KINDS = ("genuine", *SPOOF_KINDS)
+SHARED_REPO = "shared/speech"
+LA_REPO = "shared/asvspoof2019_la"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One clean source utterance (existing file or generated), before channel copies."""
+
+    key: str  # stable identity, seeds every random choice for this item
+    label: str  # bonafide | spoof
+    kind: str  # one of KINDS
+    system: str  # "-" for genuine
+    corpus: str
+    speaker: str
+    source_repo: str
+    generator: str  # "" for existing files
+    source: str  # a path, or "generator:arguments"
+    split: str = ""
+    params: tuple[Any, ...] = ()
+
+    @property
+    def base_id(self) -> str:
+        return "OC_" + hashlib.sha1(self.key.encode()).hexdigest()[:12]
+
+
+def protocol_token(text: str) -> str:
+    """``text`` as one whitespace-free token of an LA-format protocol line."""
+    return re.sub(r"[^A-Za-z0-9._+()-]+", "_", text.strip()) or "_"
+
+
+def _demo_items(manifest: Path, key_prefix: str = "tts_demos") -> list[Item]:
+    """Items of a manifest in the ``tts_demos`` format (paths relative to its folder)."""
+    items = []
+    root = manifest.parent
+    try:
+        with manifest.open(encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except OSError as exc:
+        raise DatasetError(f"{manifest}: cannot read the manifest: {exc}") from None
+    for n, row in enumerate(rows, start=2):
+        missing = [c for c in MANIFEST_COLUMNS if not row.get(c)]
+        if missing:
+            raise DatasetError(
+                f"{manifest}:{n}: empty or missing column(s) {missing}; expected {MANIFEST_COLUMNS}"
+            )
+        genuine = row["label"] == "bonafide"
+        if row["label"] not in LABELS or not (genuine or row["kind"] in SPOOF_KINDS):
+            raise DatasetError(
+                f"{manifest}:{n}: label {row['label']!r} / kind {row['kind']!r}; expected label "
+                f"bonafide, or spoof with a kind in {SPOOF_KINDS}"
+            )
+        who = row["speaker_or_corpus"]
+        items.append(
+            Item(
+                key=f"{key_prefix}/{row['path']}",
+                label=row["label"],
+                kind="genuine" if genuine else row["kind"],
+                system="-" if genuine else row["system"],
+                corpus=who,
+                speaker=protocol_token(f"{row['source_repo'].split('/')[0]}-{who}"),
+                source_repo=row["source_repo"],
+                generator="",
+                source=str(root / row["path"]),
+            )
+        )
+    return items
+
+
+def _speech_items(root: Path) -> list[Item]:
+    specs: list[tuple[str, str, str, str, str, Callable[[Path], str]]] = [
+        # (folder, label, kind, system, corpus, speaker of a file)
+        (
+            "bonafide/librispeech_test-other",
+            "bonafide",
+            "genuine",
+            "-",
+            "LibriSpeech test-other",
+            lambda p: "LS" + p.name.split("-")[0],
+        ),
+        ("bonafide/ljspeech", "bonafide", "genuine", "-", "LJSpeech", lambda p: "LJ"),
+        ("bonafide/vctk", "bonafide", "genuine", "-", "VCTK", lambda p: p.name.split("_")[0]),
+        (
+            "spoof/nii_nsf",
+            "spoof",
+            "vocoder",
+            "NII-NSF",
+            "CMU ARCTIC",
+            lambda p: "arctic-" + p.stem.split("_")[-2],
+        ),
+        (
+            "pairs/nii_wave_replacement/real",
+            "bonafide",
+            "genuine",
+            "-",
+            "NII-NSF-source",
+            lambda p: "nsfpair",
+        ),
+        (
+            "pairs/nii_wave_replacement/vocoded",
+            "spoof",
+            "vocoder",
+            "NII-NSF",
+            "NII-NSF-source",
+            lambda p: "nsfpair",
+        ),
+    ]
+    items = []
+    for folder, label, kind, system, corpus, speaker in specs:
+        for p in audio_files(root / folder, recursive=False):
+            items.append(
+                Item(
+                    f"speech/{folder}/{p.name}",
+                    label,
+                    kind,
+                    system,
+                    corpus,
+                    speaker(p),
+                    SHARED_REPO,
+                    "",
+                    str(p),
+                )
+            )
+    return items
+
+
+def _la_items(root: Path) -> list[Item]:
+    items = []
+    with (root / "clips.tsv").open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            genuine = row["label"] == "bonafide"
+            items.append(
+                Item(
+                    f"la/{row['file']}",
+                    row["label"],
+                    "genuine" if genuine else "tts",
+                    "-" if genuine else f"LA-{row['attack_id']}",
+                    "ASVspoof2019 LA",
+                    row["speaker"],
+                    LA_REPO,
+                    "",
+                    str(root / row["file"]),
+                )
+            )
+    return items
+
+
+def festival_name(voice: str) -> str:
+    return "festival-" + voice.replace("cmu_us_", "").replace("_arctic", "").replace("_", "-")
+
+
+def piper_name(package: str) -> str:
+    return "piper-" + package.split("_")[0]
+
+
+def _split_of(item: Item, cfg: SplitConfig, test_systems: set[str]) -> str:
+    if (
+        item.source_repo in cfg.test_repos
+        or item.system in test_systems
+        or item.generator in cfg.test_generators
+        or item.corpus in cfg.test_corpora
+    ):
+        return "test"
+    return "dev" if item.source_repo in cfg.dev_repos else "train"
+
+
+def _tts_items(gen: GenerateConfig) -> list[Item]:
+    items = []
+    for i, text in enumerate(gen.sentences):
+        for voice in gen.espeak_voices:
+            items.append(
+                Item(
+                    f"espeak/{voice}/{i}",
+                    "spoof",
+                    "tts",
+                    f"espeak-ng-{voice}",
+                    "espeak-ng",
+                    protocol_token(f"espeak-{voice}"),
+                    "local",
+                    "espeak-ng",
+                    f"espeak:{voice}",
+                    params=(text, voice),
+                )
+            )
+        for voice in gen.festival_voices:
+            name = festival_name(voice)
+            items.append(
+                Item(
+                    f"festival/{voice}/{i}",
+                    "spoof",
+                    "tts",
+                    name,
+                    "festival",
+                    name,
+                    "local",
+                    name,
+                    f"festival:{voice}",
+                    params=(text, voice),
+                )
+            )
+        for package in gen.piper_voices:
+            name = piper_name(package)
+            for j, (length, noise) in enumerate(gen.piper_settings):
+                items.append(
+                    Item(
+                        f"piper/{package}/{i}/{j}",
+                        "spoof",
+                        "tts",
+                        name,
+                        "piper",
+                        name,
+                        "local",
+                        name,
+                        f"piper:{package}",
+                        params=(text, package, length, noise),
+                    )
+                )
+    return items
+
+
+def plan_corpus(cfg: CorpusConfig) -> list[Item]:
+    """Every clean item with its split; resynthesis sources are drawn from genuine items of the split they land in."""
+    shared = cfg.shared / "data"
+    for need in (
+        shared / "tts_demos" / "manifest.tsv",
+        shared / "speech",
+        shared / "asvspoof2019_la" / "clips.tsv",
+    ):
+        if not need.exists():
+            raise DatasetError(f"{need}: not found (expected the shared data folder; set SPOOFWATCH_SHARED)")
+    for manifest in cfg.extra_manifests:
+        if not manifest.is_file():
+            raise DatasetError(f"{manifest}: not found (an extra_manifests entry of the corpus config)")
+    base = (
+        _demo_items(shared / "tts_demos" / "manifest.tsv")
+        + _speech_items(shared / "speech")
+        + _la_items(shared / "asvspoof2019_la")
+    )
+    extra = [
+        i
+        for manifest in cfg.extra_manifests
+        for i in _demo_items(manifest, key_prefix=f"extra/{manifest.parent.name}")
+    ]
+    test_systems = set(cfg.splits.test_systems) | {
+        i.system for i in base + extra if i.label == "spoof" and i.source_repo in cfg.splits.test_repos
+    }
+    gen = cfg.generate
+    items = [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in base]
+    tts = [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in _tts_items(gen)]
+    # Locally made TTS that is not held out: every sixth sentence goes to dev.
+    tts = [
+        replace(i, split="dev") if i.split == "train" and int(i.key.split("/")[2]) % 6 == 5 else i
+        for i in tts
+    ]
+    items += tts
+    rng = np.random.default_rng(cfg.seed)
+    for name, per_split, kind_args in (
+        ("world", gen.world_per_split, ()),
+        ("griffin-lim", gen.griffin_lim_per_split, (gen.griffin_lim_iterations,)),
+    ):
+        held_out = name in cfg.splits.test_generators
+        for split in ("test",) if held_out else ("train", "dev"):
+            pool = [i for i in items if i.label == "bonafide" and i.split == split]
+            chosen = [pool[k] for k in sorted(rng.permutation(len(pool))[:per_split])]
+            for src in chosen:
+                items.append(
+                    Item(
+                        f"{name}/{src.key}",
+                        "spoof",
+                        "vocoder",
+                        name,
+                        src.corpus,
+                        src.speaker,
+                        "local",
+                        name,
+                        f"{name}:{src.source}",
+                        split,
+                        (src.source, *kind_args),
+                    )
+                )
+    # Appended after the resynthesis draws, so that adding a manifest never
+    # reshuffles the items (and the test split) of an existing plan. (The one
+    # exception is deliberate: a manifest holding out a test repository's system
+    # sends that system to test wherever it appears.)
+    items += [replace(i, split=_split_of(i, cfg.splits, test_systems)) for i in extra]
+    seen: set[str] = set()
+    for i in items:
+        if i.key in seen:
+            raise DatasetError(f"{i.key}: listed twice (two extra manifests in folders of the same name?)")
+        seen.add(i.key)
+    return items
