@@ -173,7 +173,8 @@ def processes(args: argparse.Namespace) -> None:
 def _worker_like(device: Device, precision: str, threads: int, batch: int, out: Any, slot: int) -> None:
     """What a `serve` worker does at start-up, in a fresh process: load the
     incremental graphs with ``threads`` and time steps like ``LoadMonitor.calibrate``."""
-    from spoofwatch.stream.server.load import LoadMonitor, SheddingConfig, step_batches
+    from spoofwatch.stream.server.load import LoadMonitor, SheddingConfig
+    from spoofwatch.stream.server.timing import step_batches
 
     inc = IncrementalModel.load(MODEL, LIVE_HOP_SAMPLES, device, threads, precision=precision)
     monitor = LoadMonitor(SheddingConfig(), LIVE_HOP_SAMPLES / 16000, batch)

@@ -20,9 +20,11 @@ from .batcher import BatchScorer
 from .drain import Drain
 from .ingest import DEFAULT_TICK_S, IngestTicker, check_tick_s
 from .journal import AlertJournal
-from .load import LoadMonitor, LocalSlots, SheddingConfig, StreamSlots, TimedIncremental, TimedScorer
+from .load import LoadMonitor, SheddingConfig
 from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
+from .slots import LocalSlots, StreamSlots
+from .timing import TimedIncremental, TimedScorer
 
 
 def skip_lag_s(live: LiveConfig, incremental: bool) -> float:

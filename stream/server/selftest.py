@@ -141,15 +141,21 @@ def _serve_probe(
             await _measure(ctx, streams, audio_s, timeout_s, result)
 
     deadline = time.monotonic() + timeout_s
+    late = NetworkError(f"the host-cost probe did not finish within {timeout_s:g} s")
     try:
         anyio.run(main)
     except BaseException as exc:  # reported in the caller's thread, as one clear error
         leaf = first_leaf(exc)
         if isinstance(leaf, TimeoutError) or time.monotonic() >= deadline:
             # Whichever side noticed first (server, clients), the deadline ended it.
-            result["error"] = NetworkError(f"the host-cost probe did not finish within {timeout_s:g} s")
+            result["error"] = late
         else:
             result["error"] = NetworkError(f"the host-cost probe failed: {type(leaf).__name__}: {leaf}")
+    else:
+        if "error" in result and time.monotonic() >= deadline:
+            # The clients' own timeout (their thread cannot be cancelled) can end their
+            # streams before the server's deadline is delivered: still the deadline's doing.
+            result["error"] = late
 
 
 async def _measure(

@@ -26,9 +26,9 @@ from spoofwatch.errors import SpoofwatchError
 
 from .context import ServerConfig
 from .journal import journal_path
-from .load import DeviceRates, SharedSlots
 from .metrics import MULTIPROC_ENV
 from .sizing import calibration_wait_s, cpu_count, worker_shedding, worker_threads
+from .slots import DeviceRates, SharedSlots
 
 if TYPE_CHECKING:
     from ..engine import LiveConfig, Scorer
@@ -192,7 +192,8 @@ def _measured_load(
     import numpy as np
 
     from .context import skip_lag_s
-    from .load import CALIBRATION_BATCH, LoadMonitor, step_batches
+    from .load import CALIBRATION_BATCH, LoadMonitor
+    from .timing import step_batches
 
     # All workers score on the one GPU; on CPU each has its own share of the cores.
     on_gpu = getattr(scorer, "device", None) == "cuda"

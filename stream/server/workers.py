@@ -42,9 +42,9 @@ from typing import Any
 from spoofwatch.errors import InputError, SpoofwatchError
 
 from .journal import CRASH_REASON, crash_alert_ends, journal_path, leftover_alert_ends
-from .load import reset_worker_cells, shared_cells, shared_rates
 from .metrics import MULTIPROC_ENV
 from .sizing import validate_workers, worker_shedding
+from .slots import reset_worker_cells, shared_cells, shared_rates
 from .worker import SharedState, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
