@@ -209,6 +209,12 @@ class Detector:
     ) -> FileScore:
         """Like :meth:`score_audio` for 16 kHz audio arriving in chunks, in
         memory independent of its length (a window, a hop and a batch)."""
+        return self._score_checked((_checked_waveform(c) for c in chunks), hop_s, name)
+
+    def _score_checked(
+        self, chunks: Iterable[npt.NDArray[np.float32]], hop_s: float | None, name: str
+    ) -> FileScore:
+        """:meth:`score_chunks` of chunks already checked (a file's, by :class:`AudioFile`)."""
         size = self.scorer.window_samples
         max_hop_s = size / SAMPLE_RATE_HZ
         if hop_s is None:  # the file default, or one window for a model whose window is shorter
@@ -223,7 +229,7 @@ class Detector:
         spans: list[tuple[int, int]] = []
         scores: list[float] = []
         batch: list[npt.NDArray[np.float32]] = []
-        for start, end, window in stream_windows((_checked_waveform(c) for c in chunks), hop, size):
+        for start, end, window in stream_windows(chunks, hop, size):
             spans.append((start, end))
             batch.append(window)
             if len(batch) == FILE_BATCH_WINDOWS:
@@ -246,4 +252,4 @@ class Detector:
 
     def score_file(self, path: str | Path, hop_s: float | None = None) -> FileScore:
         """Score a file decoded block by block (bounded memory for any length)."""
-        return self.score_chunks(AudioFile(path).chunks(), hop_s, name=str(path))
+        return self._score_checked(AudioFile(path).chunks(), hop_s, str(path))

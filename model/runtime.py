@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
-_CUDA = CUDA_PROVIDER
-_CPU = CPU_PROVIDER
 #: ORT's default log severity (warning); it has no getter, so this is what we restore.
 _ORT_DEFAULT_SEVERITY = 2
 
@@ -130,7 +128,7 @@ def resolve_device(device: Device) -> Literal["cpu", "cuda"]:
     if device == "cpu":
         return "cpu"
     available = ort.get_available_providers()
-    if _CUDA not in available:
+    if CUDA_PROVIDER not in available:
         if device == "cuda":
             raise DeviceError(
                 f"--device cuda: this ONNX Runtime build has no CUDA provider (it offers {', '.join(available)}); install onnxruntime-gpu or use --device cpu"
@@ -145,8 +143,8 @@ def resolve_device(device: Device) -> Literal["cpu", "cuda"]:
 
 def _providers_for(device: Device) -> list[Any]:
     if resolve_device(device) == "cpu":
-        return [_CPU]
-    return [(_CUDA, dict(CUDA_PROVIDER_OPTIONS)), _CPU]
+        return [CPU_PROVIDER]
+    return [(CUDA_PROVIDER, dict(CUDA_PROVIDER_OPTIONS)), CPU_PROVIDER]
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,7 @@ def make_session(
         raise InputError(f"expected threads >= 1 (an integer), got {threads!r}")
     limits = limits or SessionLimits()
     providers = _providers_for(device)
-    wants_cuda = providers[0] != _CPU
+    wants_cuda = providers[0] != CPU_PROVIDER
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = limits.cpu_arena
     if threads is not None:
@@ -221,7 +219,7 @@ def make_session(
     finally:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
     got = session.get_providers()
-    if wants_cuda and _CUDA not in got:
+    if wants_cuda and CUDA_PROVIDER not in got:
         if device == "cuda":
             raise DeviceError(
                 "--device cuda: the CUDA provider failed to start (no GPU, or CUDA/cuDNN libraries missing); use --device cpu or auto"
@@ -253,9 +251,11 @@ def _share_arena(options: Any, provider: str) -> None:
             arena = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # 1: kSameAsRequested
             kind = ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR
             try:
-                if provider == _CUDA:
+                if provider == CUDA_PROVIDER:
                     info = ort.OrtMemoryInfo("Cuda", kind, 0, ort.OrtMemType.DEFAULT)
-                    ort.create_and_register_allocator_v2(_CUDA, info, dict(CUDA_PROVIDER_OPTIONS), arena)
+                    ort.create_and_register_allocator_v2(
+                        CUDA_PROVIDER, info, dict(CUDA_PROVIDER_OPTIONS), arena
+                    )
                 else:
                     ort.create_and_register_allocator(
                         ort.OrtMemoryInfo("Cpu", kind, 0, ort.OrtMemType.DEFAULT), arena
@@ -349,7 +349,7 @@ class OnnxScorer:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.providers[0] == _CUDA else "cpu"
+        return "cuda" if self.providers[0] == CUDA_PROVIDER else "cpu"
 
     def warm(self, up_to: int) -> list[int]:
         """Open and run once every batch bucket up to ``up_to`` windows (CUDA; see
@@ -395,7 +395,6 @@ def build_scorer(
     """
     from .card import is_card_reference, load_card
     from .export import ensure_onnx
-    from .weights import check_weights_file
 
     if is_card_reference(model):
         prec = check_precision_device(precision, device, resolve_device)
@@ -409,9 +408,7 @@ def build_scorer(
         card = load_card(Path(model))
         return OnnxScorer(card.onnx_path, device, threads, max_batch_windows=max_batch_windows, spec=card)
     prec = check_precision_device(precision, device, resolve_device)
-    if weights is not None:
-        weights = check_weights_file(weights)
-    path = ensure_onnx(model, weights, prec)
+    path = ensure_onnx(model, weights, prec)  # checks a user's weights file first
     # INT8 QDQ graphs run their integer kernels on the CPU provider only.
     run_on: Device = "cpu" if prec == "int8" else device
     return OnnxScorer(path, run_on, threads, max_batch_windows=max_batch_windows, precision=prec)

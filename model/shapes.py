@@ -51,8 +51,6 @@ from spoofwatch.errors import InputError
 
 log = logging.getLogger(__name__)
 
-_CUDA = CUDA_PROVIDER
-
 
 def batch_buckets(cap: int) -> tuple[int, ...]:
     """The batch sizes calls are padded to: powers of two below ``cap``, then ``cap``."""
@@ -72,7 +70,7 @@ def wants_buckets(session: Any, buckets: bool | None) -> bool:
     when given (tests force it on the CPU), else only on the CUDA provider."""
     if buckets is not None:
         return buckets
-    return bool(session.get_providers()[0] == _CUDA)
+    return bool(session.get_providers()[0] == CUDA_PROVIDER)
 
 
 def _pad_rows(array: Any, rows: int) -> Any:

@@ -195,6 +195,11 @@
     return session === s;
   }
 
+  function wanted(s) {
+    // still the page's stream, and not stopped: only then may its failures be shown
+    return isCurrent(s) && !s.cancelled;
+  }
+
   function finishSession(s, words) {
     // A session that already ended (Stop pressed while it was still starting) may
     // finish late: it then releases what it holds and leaves the page to the next one.
@@ -357,7 +362,7 @@
         audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
       });
     } catch (err) {
-      if (isCurrent(s) && !s.cancelled) {
+      if (wanted(s)) {
         showError(`no microphone: ${err.name === "NotAllowedError" ? "permission denied" : err.message || err.name}`);
       }
       finishSession(s, "not connected");
@@ -374,7 +379,7 @@
         await context.audioWorklet.addModule("/static/capture-worklet.js");
       } catch (err) {
         // the worklet comes from the server: failing to load it means the server is not there
-        if (isCurrent(s) && !s.cancelled) {
+        if (wanted(s)) {
           finishSession(s, "could not connect");
           explainConnectFailure(wsUrl());
         } else {
@@ -406,7 +411,7 @@
     } catch (err) {
       // a failed connection has said why and ended the session; a Stop that raced the
       // start closed the context under it: neither is a capture error
-      if (err.message !== "connection failed" && isCurrent(s) && !s.cancelled) {
+      if (err.message !== "connection failed" && wanted(s)) {
         showError(`cannot capture the microphone: ${err.message}`);
         stopSession(s);
       }
@@ -439,7 +444,7 @@
     try {
       samples = await decodeFile(file);
     } catch (err) {
-      if (isCurrent(s) && !s.cancelled) {
+      if (wanted(s)) {
         showError(`cannot decode ${file.name}: ${err.message || err.name} (expected wav, flac, ogg or mp3)`);
       }
       finishSession(s, "not connected");
