@@ -331,6 +331,31 @@ def test_default_calibration_provenance() -> None:
     assert "LA eval" in cal.provenance["source"] and "dev set replaces it" in cal.provenance["note"]
 
 
+def test_shipped_calibrations_write_only_what_differs_from_the_code_defaults() -> None:
+    """Each setting is defined once: a shipped file holds what was calibrated
+    (thresholds; a card's hop), never a copy of a dataclass default."""
+    import dataclasses
+    import tomllib
+    from importlib import resources
+
+    from spoofwatch.stream.engine import EngineConfig
+    from spoofwatch.stream.gate import GateConfig
+    from spoofwatch.stream.policy import PolicyConfig
+
+    sections = {"stream": EngineConfig, "policy": PolicyConfig, "gate": GateConfig}
+    folder = resources.files("spoofwatch.configs").joinpath("calibration")
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".toml"))
+    assert names == ["aasist-l.toml", "aasist.toml", "model-card.toml"]
+    for name in names:
+        data = tomllib.loads(folder.joinpath(name).read_text("utf-8"))
+        for section, cls in sections.items():
+            defaults = {
+                f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+            }
+            repeated = {k: v for k, v in data.get(section, {}).items() if defaults.get(k) == v}
+            assert not repeated, f"{name} [{section}] repeats code defaults: {repeated}"
+
+
 def test_bonafide_tuning_meets_its_target(
     sw_home: Path, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
