@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,12 @@ from .metrics import eer
 from .protocol import ScoreTable
 from .streaming import Conversation, Trace, measure, trace
 
+log = logging.getLogger(__name__)
+
 TARGETS = ("eer", "bonafide-false-alarm", "spoof-miss")
+#: Genuine audio below which ``calibrate bonafide`` warns: a rate per hour
+#: measured on a few minutes rests on a handful of windows.
+MIN_BONAFIDE_MINUTES = 10.0
 
 
 def threshold_for(table: ScoreTable, target: str, rate: float | None = None) -> float:
@@ -83,7 +89,30 @@ def bonafide_threshold(
     device, a 6-decimal score file) deciding the same way."""
     smoothed = smoothed_scores(traces, base)
     if smoothed.size == 0:
+        unscored = sum(tr.unscored_windows for tr in traces)
+        if unscored:
+            raise CalibrationError(
+                f"the model gave no finite score (NaN or Inf) on any of the {unscored} speech windows "
+                "of the genuine recordings: the model, not the audio, is at fault"
+            )
         raise CalibrationError("no speech found in the genuine recordings: nothing to calibrate on")
+    longest = max(sum(1 for _, score, _ in tr.windows if score is not None) for tr in traces)
+    if longest < base.min_alert_windows:
+        # No threshold could raise an alert, so every one would "meet" the
+        # target and the most sensitive would be chosen: a meaningless fit.
+        raise CalibrationError(
+            f"an alert needs {base.min_alert_windows} scored windows in one recording, and the longest "
+            f"genuine recording has {longest}: give longer recordings of speech "
+            f"(at least {MIN_BONAFIDE_MINUTES:g} min in all is advised)"
+        )
+    minutes = sum(tr.duration_s for tr in traces) / 60
+    if minutes < MIN_BONAFIDE_MINUTES:
+        log.warning(
+            "%.1f min of genuine audio: a false-alert rate per hour measured on less than %g min "
+            "says little; record more for a threshold you can trust",
+            minutes,
+            MIN_BONAFIDE_MINUTES,
+        )
     # Most sensitive first. Below the lowest smoothed score nothing can
     # alert, so the loop always returns.
     levels = np.unique(smoothed)[::-1]

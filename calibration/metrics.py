@@ -135,6 +135,6 @@ def evaluate(table: ScoreTable, asv: AsvScores | None = None) -> EvalReport:
     spoof = table.by_label("spoof")
     eer_value, threshold = eer(bonafide, spoof)
     attacks = sorted({a for a, lab in zip(table.attacks, table.labels, strict=True) if lab == "spoof"})
-    per_attack = {a: 100 * eer(bonafide, table.by_attack(a))[0] for a in attacks}
+    per_attack = {a: 100 * eer(bonafide, table.spoofs_of(a))[0] for a in attacks}
     tdcf = min_tdcf(bonafide, spoof, asv) if asv is not None else None
     return EvalReport(100 * eer_value, threshold, tdcf, per_attack, int(bonafide.size), int(spoof.size))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -10,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 Array = npt.NDArray[np.float64]
 LABELS = ("bonafide", "spoof")
@@ -67,8 +70,13 @@ class ScoreTable:
         mask = np.array([lab == label for lab in self.labels], dtype=bool)
         return cast(Array, self.scores[mask])
 
-    def by_attack(self, attack: str) -> npt.NDArray[np.float64]:
-        mask = np.array([a == attack for a in self.attacks], dtype=bool)
+    def spoofs_of(self, attack: str) -> npt.NDArray[np.float64]:
+        """The spoof scores of one attack (bona fide lines may carry any attack
+        field, e.g. ``-`` or a system name, and never count as its spoofs)."""
+        mask = np.array(
+            [a == attack and lab == "spoof" for a, lab in zip(self.attacks, self.labels, strict=True)],
+            dtype=bool,
+        )
         return cast(Array, self.scores[mask])
 
 
@@ -125,6 +133,17 @@ def read_scores(path: Path, protocol: Path | None = None) -> ScoreTable:
         scores.append(_parse_score(fields[-1], path, lineno))
     if not utts:
         raise DatasetError(f"{path}: score file is empty")
+    if trials is not None and len(utts) < len(trials):
+        # Not an error (a partial run is worth a look), but every rate is over
+        # the scored subset only, which the reader must know.
+        log.warning(
+            "%s scores %d of the %d utterances in %s: the rates are over those %d only",
+            path,
+            len(utts),
+            len(trials),
+            protocol,
+            len(utts),
+        )
     return ScoreTable(utts, attacks, labels, np.asarray(scores, dtype=np.float64))
 
 

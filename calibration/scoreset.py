@@ -46,16 +46,35 @@ class ScoreRun:
     files_per_s: float
 
 
-def already_scored(path: Path) -> set[str]:
-    """Utterances with a complete score line (4 fields, a finite score) in ``path``."""
+def already_scored(path: Path) -> dict[str, tuple[str, str]]:
+    """``{utt: (attack, label)}`` of the complete score lines (4 fields, a
+    finite score) in ``path``."""
     if not path.is_file():
-        return set()
-    done = set()
+        return {}
+    done = {}
     for line in path.read_text("utf-8").splitlines():
         fields = line.split()
         if len(fields) == 4 and score_value(fields[3]) is not None:
-            done.add(fields[0])
+            done[fields[0]] = (fields[1], fields[2])
     return done
+
+
+def check_done_against(done: dict[str, tuple[str, str]], trials: list[Trial], out: Path) -> None:
+    """The lines a resume keeps must be this protocol's: the labels are copied
+    into the score file, so a resume with a relabelled or another protocol
+    would keep the old labels silently."""
+    truth = {t.utt: (t.attack, t.label) for t in trials}
+    for utt, labels in done.items():
+        if truth.get(utt) != labels:
+            now = (
+                "it is not in this protocol"
+                if utt not in truth
+                else f"this protocol says '{' '.join(truth[utt])}'"
+            )
+            raise InputError(
+                f"--out {out} scored {utt} as '{' '.join(labels)}' but {now}: "
+                "it was scored from another protocol; use a new --out (or delete it to start again)"
+            )
 
 
 def drop_partial_line(path: Path) -> None:
@@ -71,7 +90,7 @@ def drop_partial_line(path: Path) -> None:
             fh.truncate(keep)
 
 
-def check_resume(out: Path, run: dict[str, object]) -> None:
+def check_resume(out: Path, run: dict[str, object], notes: dict[str, object] | None = None) -> None:
     """Resume only what the same model and hop wrote: ``out``'s run is stamped
     in ``<out>.run.json``, and scores of another model or hop would otherwise
     be mixed in silently (or skipped as done)."""
@@ -94,9 +113,27 @@ def check_resume(out: Path, run: dict[str, object]) -> None:
         return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_stamp(stamp, run)
+        write_stamp(stamp, {**run, **(notes or {})})
     except OSError as exc:
         raise InputError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+
+
+def check_fit_matches_scores(scores: Path, stamp: dict[str, str]) -> None:
+    """``calibrate fit``: a calibration is stamped with the model, weights and
+    precision it is for, and must be the ones that made ``scores`` (as their
+    ``<scores>.run.json`` says, when there is one: a score file from elsewhere
+    has none)."""
+    try:
+        made = json.loads(scores.with_name(scores.name + ".run.json").read_text("utf-8")).get("calibration")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(made, dict) and made != stamp:
+        differ = sorted(k for k in stamp if made.get(k) != stamp[k])
+        raise InputError(
+            f"{scores} was scored with {', '.join(f'{k}={made.get(k)!r}' for k in differ)}, but this fit is "
+            f"for {', '.join(f'{k}={stamp[k]!r}' for k in differ)}: pass the --model, --weights and "
+            "--precision the scores were made with"
+        )
 
 
 def check_hop_s(hop_s: float) -> None:
@@ -117,19 +154,27 @@ def score_dataset(
     progress: bool = True,
     window_samples: int = WINDOW_SAMPLES,
     model_identity: str = "",
+    calibration_stamp: dict[str, str] | None = None,
 ) -> ScoreRun:
     """Score ``dataset`` into ``out`` (``UTT ATTACK KEY SCORE`` lines) and its
     window scores beside it, resuming a run cut short: utterances already in
     ``out`` are skipped, if ``out`` was written for the same model
-    (``model_identity``, e.g. ``OnnxScorer.identity``) and hop."""
+    (``model_identity``, e.g. ``OnnxScorer.identity``) and hop. The stamp also
+    keeps ``calibration_stamp`` (model name, weights SHA-256, precision: what a
+    calibration fitted on these scores must carry) for ``calibrate fit``."""
     from tqdm import tqdm
 
     check_hop_s(hop_s)
     windows_path = out.with_name(out.name + ".windows.jsonl")
-    check_resume(out, {"model": model_identity, "hop_s": hop_s, "window_samples": window_samples})
+    check_resume(
+        out,
+        {"model": model_identity, "hop_s": hop_s, "window_samples": window_samples},
+        {"calibration": calibration_stamp} if calibration_stamp else None,
+    )
     for path in (out, windows_path):
         drop_partial_line(path)
     done = already_scored(out)
+    check_done_against(done, dataset.trials, out)
     todo = [t for t in dataset.trials if t.utt not in done]
     skipped = len(dataset.trials) - len(todo)
     hop = max(1, round(hop_s * SAMPLE_RATE_HZ)) if hop_s > 0 else None

@@ -52,6 +52,8 @@ class Trace:
     #: (t_end, score or None when gated, silent since: where a gated window's
     #: silence began, as the live engine tells the policy; None when scored).
     windows: list[tuple[float, float | None, float | None]]
+    #: Speech windows the model gave no finite score (NaN/Inf), left out of ``windows``.
+    unscored_windows: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,17 @@ def trace(conversation: Conversation, engine: Engine, scorer: Scorer) -> Trace:
     audio = conversation.audio
     events = [e for pos in range(0, audio.size, 4096) for e in driver.feed(audio[pos : pos + 4096], scorer)]
     events += driver.close(scorer)
-    windows = [(e.t_end, e.score, _silent_since(e)) for e in events if isinstance(e, ScoreEvent)]
-    return Trace(conversation.name, audio.size / SAMPLE_RATE_HZ, conversation.onset_s, windows)
+    scored = [e for e in events if isinstance(e, ScoreEvent)]
+    # A speech window without a score is one the model gave no finite score:
+    # live, the policy never sees it (it is neither a score nor silence).
+    windows = [(e.t_end, e.score, _silent_since(e)) for e in scored if e.score is not None or not e.speech]
+    return Trace(
+        conversation.name,
+        audio.size / SAMPLE_RATE_HZ,
+        conversation.onset_s,
+        windows,
+        unscored_windows=sum(1 for e in scored if e.score is None and e.speech),
+    )
 
 
 def _silent_since(event: ScoreEvent) -> float | None:

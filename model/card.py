@@ -207,6 +207,7 @@ def check_graph(spec: ModelSpec) -> None:
         raise ModelError(
             f"{origin}: output = {spec.output_name!r}, but {spec.onnx_path.name} has output(s) {', '.join(outputs)}"
         )
+    shapes: dict[int, list[int]] = {}
     for batch in (1, 2):  # the sizes live calls use most (a dynamic axis may still be refused)
         probe = np.zeros((batch, spec.window_samples), dtype=np.float32)
         try:
@@ -220,6 +221,13 @@ def check_graph(spec: ModelSpec) -> None:
                 f"{origin}: output {spec.output_name!r} is {out.dtype} {list(out.shape)} for a batch of "
                 f"{batch}; expected float32 [batch] or [batch, k]"
             )
+        shapes[batch] = list(out.shape)
+    if shapes[1][1:] != shapes[2][1:]:
+        # The column read as the score would move with the batch size.
+        raise ModelError(
+            f"{origin}: output {spec.output_name!r} is {shapes[1]} for a batch of 1 but {shapes[2]} for 2; "
+            "expected the same [batch] or [batch, k] for every batch"
+        )
     if out.ndim == 1 and spec.bonafide_index is not None:
         raise ModelError(f"{origin}: output is [batch], so omit bonafide_index (got {spec.bonafide_index})")
     if out.ndim == 2 and (spec.bonafide_index is None or spec.bonafide_index >= out.shape[1]):

@@ -101,6 +101,22 @@ def calibration_for(
     return load_calibration(path, model=model, weights_sha256=digest, precision=prec)
 
 
+def calibration_stamp(model: str, weights: Path | None, precision: str) -> dict[str, str]:
+    """What a calibration for ``model`` with ``weights`` at ``precision`` is
+    stamped with (model name, weights SHA-256, precision), as
+    :func:`calibration_for` stamps it; ``calibrate score`` records it beside
+    its scores so that ``calibrate fit`` can check it fits for the same."""
+    from .weights import check_weights_file, sha256_file
+
+    if weights is not None:
+        weights = check_weights_file(weights)
+    if is_card_reference(model):
+        spec = parse_card(Path(model))
+        return {"model": spec.name, "weights_sha256": spec.calibration_key, "precision": DEFAULT_PRECISION}
+    digest = sha256_file(weights) if weights is not None else load_model_config(model).weights_sha256
+    return {"model": model, "weights_sha256": digest, "precision": validate_precision(precision)}
+
+
 def _card_calibration(spec: ModelSpec, path: Path | None) -> Calibration:
     """A card's calibration: ``path``, else the card's own file, else the shipped
     uncalibrated default. Cards are scored at fp32 (as their ONNX file is)."""

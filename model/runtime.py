@@ -372,7 +372,20 @@ class OnnxScorer:
 
     def scores(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Bona fide scores, one per window; higher means more genuine."""
-        out = self.logits(windows)
+        batch = validate_windows(windows, self.window_samples)
+        out = self._run(batch)
+        wanted = 1 if self._column is None else 2
+        if (
+            out.ndim != wanted
+            or out.shape[0] != len(batch)
+            or (self._column is not None and out.shape[1] <= self._column)
+        ):
+            # The card was checked at batches 1 and 2; a model may still
+            # answer another batch size with another shape.
+            raise ModelError(
+                f"{self.onnx_path.name}: output {list(out.shape)} for a batch of {len(batch)}; expected "
+                + ("[batch]" if wanted == 1 else f"[batch, k] with k > {self._column}")
+            )
         column = out if self._column is None else out[:, self._column]
         result: npt.NDArray[np.float32] = (self._sign * column).astype(np.float32, copy=False)
         return result

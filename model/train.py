@@ -16,12 +16,13 @@ SIGINT/SIGTERM finish the current batch, save a checkpoint and return.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +84,28 @@ def cosine_factor(step: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def _trials_digest(trials: list[Trial]) -> str:
+    """SHA-256 of a protocol's utterances and labels, in order."""
+    text = "\n".join(f"{t.utt} {t.attack} {t.label}" for t in trials)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_decodable(paths: Iterable[Path]) -> None:
+    """Every file's header can be read (``soundfile.info``; cheap, no decode)."""
+    import soundfile
+
+    bad = []
+    for path in paths:
+        try:
+            soundfile.info(str(path))
+        except (RuntimeError, OSError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+            bad.append(f"{path} ({exc})")
+    if bad:
+        raise DatasetError(
+            f"{len(bad)} audio file(s) cannot be decoded: {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
+
+
 class Trainer:
     def __init__(
         self,
@@ -101,8 +124,15 @@ class Trainer:
         )
         if config.device == "cuda" and self.device.type != "cuda":
             raise ModelError("training config asks for device 'cuda' but torch sees no GPU")
+        if resume and (init is not None or init_weights is not None):
+            # The weights come from the checkpoint: a start would be ignored.
+            raise ModelError("--resume continues from the run's checkpoint; drop --init/--init-weights")
         self.train_set = check_dataset(config.train_protocol, config.train_audio_dir)
         self.dev_set = check_dataset(config.dev_protocol, config.dev_audio_dir)
+        for dataset in (self.train_set, self.dev_set):
+            # A file that cannot be decoded would stop the run mid-epoch, losing
+            # the work since the last checkpoint: find it now (headers only).
+            check_decodable(dataset.paths.values())
         dev_labels = {t.label for t in self.dev_set.trials}
         if dev_labels != {"bonafide", "spoof"}:  # its EER, after every epoch, needs both
             raise DatasetError(
@@ -135,6 +165,11 @@ class Trainer:
         self._stop = False
         if resume:
             self._resume()
+        elif (stale := self.out_dir / "metrics.jsonl").is_file():
+            # Left by a run stopped before its first checkpoint: this run
+            # starts again from step 1, and would log those steps twice.
+            log.info("%s: a run without checkpoints; starting it afresh", stale)
+            stale.unlink()
 
     # ---- setup -------------------------------------------------------------
 
@@ -203,6 +238,10 @@ class Trainer:
         recipe["augment"] = json.loads(json.dumps(asdict(c.augment), default=list))
         recipe["model_overrides"] = json.loads(json.dumps(c.model_overrides))
         recipe["train_utterances"] = len(self.train_set.trials)
+        # The data itself, in order (it decides the batches; dev decides which
+        # epoch is "best"): another protocol of the same length is another run.
+        recipe["train_data"] = _trials_digest(self.train_set.trials)
+        recipe["dev_data"] = _trials_digest(self.dev_set.trials)
         return recipe
 
     def _resume(self) -> None:
@@ -211,10 +250,10 @@ class Trainer:
             raise ModelError(f"--resume: no checkpoint in {self.ckpt_dir}")
         state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
         saved, now = state.get("recipe"), self._recipe()
-        if saved is not None and saved != now:  # checkpoints of older releases carry none
-            changed = ", ".join(
-                f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in now if saved.get(k) != now.get(k)
-            )
+        # Checkpoints of older releases carry no recipe, or fewer of its keys.
+        differ = [k for k in now if saved is not None and k in saved and saved[k] != now[k]]
+        if differ:
+            changed = ", ".join(f"{k} ({saved[k]!r} -> {now[k]!r})" for k in differ)
             raise ModelError(
                 f"--resume: the config differs from the run's in {changed}; use the run's config"
             )

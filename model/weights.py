@@ -239,5 +239,18 @@ def load_torch_model(model: str, path: Path | None = None, config: ModelConfig |
     try:
         net.load_state_dict(_load_state_dict(path), strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path}: does not fit the {config.name} architecture: {exc}") from None
+        raise WeightsError(_misfit_message(path, config.name, str(exc))) from None
     return net.eval()
+
+
+def _misfit_message(path: Path, name: str, detail: str) -> str:
+    """One line for torch's list of every mismatched tensor (hundreds of lines
+    for another architecture): its first problem, how many there are, and
+    what to do about the usual cause."""
+    problems = [line.strip() for line in detail.splitlines()[1:] if line.strip()] or [detail.strip()]
+    first = problems[0] if len(problems[0]) <= 160 else problems[0][:157] + "..."
+    return (
+        f"{path}: does not fit the {name} architecture ({first}; {len(problems)} problem(s) in all). "
+        "Weights of a run trained with [model_overrides] are used through the run's best.onnx and a "
+        "model card (README: Plugging in another detector)"
+    )

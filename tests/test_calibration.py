@@ -111,6 +111,17 @@ def test_score_fit_and_load_end_to_end(
     assert out.read_text() == before and "scored 0 files (4 already done" in capsys.readouterr().out
 
     cal_path = tmp_path / "calibration.toml"
+    # The run stamp says what made the scores: a fit for another model or
+    # precision would stamp the calibration with what it does not fit.
+    for other in (["--model", "aasist"], ["--precision", "int8"]):
+        assert (
+            main(["calibrate", "fit", "--scores", str(out), *other, "--out", str(cal_path)])
+            == InputError.exit_code
+        )
+        assert (
+            "pass the --model, --weights and --precision the scores were made with" in capsys.readouterr().err
+        )
+    assert not cal_path.exists()
     assert main(["calibrate", "fit", "--scores", str(out), "--target", "eer", "--out", str(cal_path)]) == 0
     cal = load_calibration(cal_path, model="aasist-l")
     # Verdicts are "bona fide if >= threshold": the fitted EER (0 %) must hold, the
@@ -485,11 +496,14 @@ class _ScoresByContent:
 
     window_samples = WINDOW_SAMPLES
 
-    def __init__(self, nan_for: np.ndarray | None = None) -> None:
+    def __init__(self, nan_for: np.ndarray | None = None, all_nan: bool = False) -> None:
         self.nan_for = nan_for
+        self.all_nan = all_nan
 
     def scores(self, windows: np.ndarray) -> np.ndarray:
         out = np.abs(windows).mean(axis=1).astype(np.float32) * 100
+        if self.all_nan:
+            return np.full_like(out, np.nan)
         if self.nan_for is not None:
             out[[np.array_equal(w, self.nan_for) for w in windows]] = np.nan
         return out
@@ -534,6 +548,23 @@ def test_score_dataset_repairs_a_cut_last_line_and_reports_what_it_cannot_score(
     (tmp_path / "unstamped.txt").write_text(text)
     with pytest.raises(InputError, match=r"already holds scores but no unstamped.txt.run.json"):
         score_dataset(dataset, _ScoresByContent(), tmp_path / "unstamped.txt", 0.0, workers=1, progress=False)
+    # The labels are copied into the score file: a resume from a relabelled
+    # (or another) protocol would keep the old ones. Refused, naming one.
+    relabelled = tmp_path / "relabelled.txt"
+    relabelled.write_text("\n".join(line.replace("A04", "A99") for line in lines) + "\n")
+    with pytest.raises(
+        InputError, match=rf"scored {SPOOF_UTTS[0]} as 'A04 spoof' but this protocol says 'A99 spoof'"
+    ):
+        score_dataset(
+            check_dataset(relabelled, flac), _ScoresByContent(), whole, 0.0, workers=1, progress=False
+        )
+    relabelled.write_text(lines[0] + "\n")
+    with pytest.raises(
+        InputError, match=rf"scored {SPOOF_UTTS[0]} as 'A04 spoof' but it is not in this protocol"
+    ):
+        score_dataset(
+            check_dataset(relabelled, flac), _ScoresByContent(), whole, 0.0, workers=1, progress=False
+        )
     assert whole.read_text() == text
 
     soundfile.write(str(flac / "LA_X_0000001.flac"), np.full(5, 0.1, np.float32), 192_000)
@@ -590,7 +621,21 @@ def test_offline_commands_check_outputs_and_numbers_first(
     afile.write_text("keep me")
     cases = [
         (["calibrate", "fit", "--scores", str(scores), "--out", str(folder)], "is a folder; expected a file"),
-        (["calibrate", "fit", "--scores", str(scores), "--out", str(scores)], "is the score file itself"),
+        (["calibrate", "fit", "--scores", str(scores), "--out", str(scores)], "is the --scores file itself"),
+        (
+            ["calibrate", "fit", "--scores", str(scores), "--protocol", str(afile), "--out", str(afile)],
+            "is the --protocol file itself",
+        ),
+        (
+            ["calibrate", "fit", "--scores", str(scores), "--asv-scores", str(afile), "--out", str(afile)],
+            "is the --asv-scores file itself",
+        ),
+        # The weights of a fine-tune may be its only copy.
+        (["export", "--weights", str(afile), "--out", str(afile)], "is the --weights file itself"),
+        (
+            ["export", "--calibration-audio", str(folder), "--out", str(tmp_path / "m.onnx")],
+            "expected --precision int8, got fp32",
+        ),
         (
             [
                 "calibrate",
@@ -678,3 +723,65 @@ def test_json_reports_write_undefined_numbers_as_null(capsys: pytest.CaptureFixt
         "per_attack": {"A07": [1.5, None]},
         "n": 3,
     }
+
+
+@pytest.mark.parametrize("bonafide_attack", ["-", "A01"])
+def test_per_attack_eer_counts_only_that_attacks_spoofs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bonafide_attack: str
+) -> None:
+    """Bona fide lines may carry any attack field (``-``, or a system name in
+    an open corpus); they are never counted as that attack's spoofs."""
+    scores = tmp_path / "scores.txt"
+    scores.write_text(
+        f"b1 {bonafide_attack} bonafide 5\nb2 {bonafide_attack} bonafide 6\n"
+        "s1 A01 spoof 1\ns2 A01 spoof 2\ns3 - spoof 3\n"
+    )
+    assert main(["evaluate", "--scores", str(scores), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["eer_percent"] == 0.0
+    assert report["per_attack_eer_percent"] == {"-": 0.0, "A01": 0.0}
+
+
+def test_evaluate_with_a_protocol_says_when_it_scores_a_subset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    protocol = tmp_path / "protocol.txt"
+    protocol.write_text("".join(f"SPK u{i} - - bonafide\n" for i in range(3)) + "SPK s1 - A01 spoof\n")
+    scores = tmp_path / "scores.txt"
+    scores.write_text("u0 4.0\ns1 -2.0\n")
+    assert main(["evaluate", "--scores", str(scores), "--protocol", str(protocol)]) == 0
+    assert "scores 2 of the 4 utterances" in capsys.readouterr().err
+    scores.write_text("u0 4.0\nu1 3.0\nu2 2.0\ns1 -2.0\n")
+    assert main(["evaluate", "--scores", str(scores), "--protocol", str(protocol)]) == 0
+    assert "utterances in" not in capsys.readouterr().err
+
+
+def test_bonafide_fit_refuses_what_it_cannot_measure(shared: Path) -> None:
+    """Through the real live engine and VAD: a model that gives NaN on speech is
+    named as the fault (it was "no speech found"); windows it gave no score
+    are not replayed as silence (live, the policy never sees them); and
+    recordings too short for any alert cannot set a threshold (every threshold
+    would "meet" the target, so the most sensitive was chosen)."""
+    from spoofwatch.audio import read_audio
+    from spoofwatch.calibration.fit import bonafide_threshold
+    from spoofwatch.calibration.streaming import Conversation, trace
+    from spoofwatch.stream.engine import EngineConfig, LiveConfig, build_engine
+    from spoofwatch.stream.vad import SileroVad
+
+    cal = load_calibration(model="aasist-l")
+    engine = build_engine(LiveConfig(EngineConfig(1.0), cal.gate, cal.policy), SileroVad())
+    audio = read_audio(shared / "data" / "asvspoof2019_la" / "flac" / f"{BONAFIDE_UTT}.flac")
+    speech = np.concatenate([audio, audio, audio])  # ~10 s: several windows of speech
+    nan_trace = trace(Conversation("nan", speech, None), engine, _ScoresByContent(nan_for=None, all_nan=True))
+    ok_trace = trace(Conversation("ok", speech, None), engine, _ScoresByContent())
+    speech_windows = sum(1 for _, score, _ in ok_trace.windows if score is not None)
+    assert speech_windows >= 2 and nan_trace.unscored_windows == speech_windows
+    assert len(nan_trace.windows) == len(ok_trace.windows) - speech_windows  # not replayed as silence
+    with pytest.raises(CalibrationError, match=r"no finite score .* the model, not the audio, is at fault"):
+        bonafide_threshold([nan_trace], cal.policy, 1.0)
+
+    short = trace(Conversation("short", audio[: WINDOW_SAMPLES + 100], None), engine, _ScoresByContent())
+    with pytest.raises(
+        CalibrationError, match=r"an alert needs 2 scored windows in one recording, and the longest"
+    ):
+        bonafide_threshold([short], cal.policy, 0.0)

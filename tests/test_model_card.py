@@ -8,6 +8,7 @@ window's power and every score can be checked against numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -384,3 +385,37 @@ def test_serve_scores_a_card_with_load_shedding_on(card: Path, la_dir: Path) -> 
     scores = [e for e in result.events if e["type"] == "score"]
     assert scores and all(e["t_end"] - e["t_start"] == pytest.approx(2.0) for e in scores)
     assert result.events[-1]["type"] == "summary" and "Traceback" not in log
+
+
+def test_a_card_whose_columns_follow_the_batch_is_refused(tmp_path: Path) -> None:
+    """audio @ audio.T is [1, 1] for one window and [2, 2] for two: the column
+    read as the score would move with the batch size. Both probes must agree."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", WINDOW])
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "batch2"])
+    nodes = [
+        helper.make_node("Transpose", ["audio"], ["audio_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["audio", "audio_t"], ["scores"]),  # (B, B)
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "gram", [x], [out]), opset_imports=[helper.make_opsetid("", 18)]
+    )
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "tiny.onnx"))
+    card = _card(tmp_path, bonafide_index=0)
+    with pytest.raises(ModelError, match=r"is \[1, 1\] for a batch of 1 but \[2, 2\] for 2"):
+        load_card(card)
+    # Past the load check (a model may change its shape only at other batch
+    # sizes), scoring names the shape instead of reading a wrong column.
+    from spoofwatch.model.card import parse_card
+    from spoofwatch.model.runtime import OnnxScorer
+
+    spec = parse_card(card)
+    scorer = OnnxScorer(spec.onnx_path, "cpu", 1, spec=spec)
+    windows = np.full((2, WINDOW), 0.1, np.float32)
+    assert scorer.scores(windows[:1]).shape == (1,)
+    spec_vector = dataclasses.replace(spec, bonafide_index=None)
+    with pytest.raises(ModelError, match=r"output \[2, \d\] for a batch of 2; expected \[batch\]"):
+        OnnxScorer(spec.onnx_path, "cpu", 1, spec=spec_vector).scores(windows)

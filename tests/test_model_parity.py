@@ -65,3 +65,17 @@ def test_official_weights_load_strictly(sw_home: Path) -> None:
     net = load_torch_model("aasist-l")
     state = torch.load(Path(sw_home) / "weights" / "AASIST-L.pth", map_location="cpu", weights_only=True)
     assert set(net.state_dict()) == set(state)
+
+
+def test_weights_of_another_architecture_are_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """AASIST weights given as AASIST-L's (or a run trained with
+    [model_overrides]): torch lists every tensor; the error is one line."""
+    from spoofwatch.errors import WeightsError
+
+    path = tmp_path / "other.pth"
+    torch.save(AASIST(load_model_config("aasist")).state_dict(), path)
+    with pytest.raises(WeightsError) as raised:
+        load_torch_model("aasist-l", path)
+    message = str(raised.value)
+    assert "\n" not in message and "does not fit the aasist-l architecture (size mismatch for" in message
+    assert "problem(s) in all" in message and "best.onnx and a model card" in message

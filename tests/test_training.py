@@ -190,7 +190,30 @@ def test_a_used_out_dir_a_changed_config_and_a_one_class_dev_set_are_refused_bef
     changed = load_train_config(write_config(tmp_path / "t3.toml", tiny_la, out, epochs=1, batch_size=3))
     with pytest.raises(ModelError, match=r"the config differs from the run's in batch_size \(2 -> 3\)"):
         Trainer(changed, resume=True, progress_bar=False)  # would misread its batch position
+    with pytest.raises(ModelError, match="drop --init/--init-weights"):
+        Trainer(config, init="aasist-l", resume=True, progress_bar=False)  # the start would be ignored
     dev = tiny_la / "ASVspoof2019_LA_cm_protocols" / "ASVspoof2019.LA.cm.dev.trl.txt"
+    original = dev.read_text()
+    # Other data of the same length: its "best" epoch would compare EERs of two dev sets.
+    fields = original.splitlines()[-1].split()
+    dev.write_text(original.replace(" ".join(fields), " ".join([*fields[:3], "A99", fields[4]])))
+    with pytest.raises(ModelError, match=r"the config differs from the run's in dev_data"):
+        Trainer(config, resume=True, progress_bar=False)
+    dev.write_text(original)
+    # A file that cannot be decoded is found before training, not mid-epoch.
+    flac = tiny_la / "ASVspoof2019_LA_dev" / "flac" / f"{fields[1]}.flac"
+    saved = flac.read_bytes()
+    flac.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(DatasetError, match=rf"1 audio file\(s\) cannot be decoded: .*{fields[1]}"):
+        Trainer(config, resume=True, progress_bar=False)
+    flac.write_bytes(saved)
+    # A run stopped before its first checkpoint left metrics: a fresh run starts them again.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "metrics.jsonl").write_text('{"type": "step", "step": 1, "loss": 0.5}\n')
+    again = load_train_config(write_config(tmp_path / "t4.toml", tiny_la, stopped, epochs=1))
+    Trainer(again, progress_bar=False).run(max_batches=1)
+    assert [r["step"] for r in metrics(stopped, "step")] == [1]
     dev.write_text("".join(line + "\n" for line in dev.read_text().splitlines() if line.endswith("spoof")))
     fresh = load_train_config(write_config(tmp_path / "t2.toml", tiny_la, tmp_path / "run2", epochs=1))
     with pytest.raises(

@@ -135,13 +135,11 @@ def score_hop_s(text: str) -> float:
 def cmd_calibrate_score(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.dataset import check_dataset
     from spoofwatch.calibration.scoreset import score_dataset
-    from spoofwatch.errors import InputError
+    from spoofwatch.model.detector import calibration_stamp
     from spoofwatch.model.runtime import build_scorer, preflight
 
     preflight(args.model, args.precision, args.device, args.weights)
-    if args.out.resolve() == args.protocol.resolve():
-        raise InputError(f"--out {args.out} is the protocol itself: scores would be appended to it")
-    check_output_file(args.out)
+    check_output_file(args.out, inputs={"--protocol": args.protocol})
     dataset = check_dataset(args.protocol, args.audio_dir, args.skip_missing)  # before any scoring
     scorer = build_scorer(args.model, args.precision, args.device, args.threads, args.weights)
     run = score_dataset(
@@ -153,6 +151,7 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         window_samples=scorer.window_samples,
         model_identity=scorer.identity,
+        calibration_stamp=calibration_stamp(args.model, args.weights, args.precision),
     )
     sys.stdout.write(
         f"scored {run.scored} files ({run.skipped} already done, {len(run.failed)} failed) at {run.files_per_s:.1f} files/s -> {args.out}\n"
@@ -166,16 +165,19 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.metrics import evaluate
     from spoofwatch.calibration.protocol import read_asv_scores, read_scores
     from spoofwatch.calibration.report import write_report
+    from spoofwatch.calibration.scoreset import check_fit_matches_scores
     from spoofwatch.errors import InputError
-    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.detector import calibration_for, calibration_stamp
 
     if args.rate is not None and args.target == "eer":
         raise InputError("--rate goes with --target bonafide-false-alarm or spoof-miss, not eer")
-    if args.out.resolve() == args.scores.resolve():
-        raise InputError(f"--out {args.out} is the score file itself: it would be replaced")
-    check_output_file(args.out)
+    check_output_file(
+        args.out,
+        inputs={"--scores": args.scores, "--protocol": args.protocol, "--asv-scores": args.asv_scores},
+    )
     if args.report is not None:
         check_output_dir(args.report, "--report")
+    check_fit_matches_scores(args.scores, calibration_stamp(args.model, args.weights, args.precision))
     table = read_scores(args.scores, args.protocol)
     threshold = threshold_for(table, args.target, args.rate)
     report = evaluate(table, read_asv_scores(args.asv_scores) if args.asv_scores else None)

@@ -17,17 +17,31 @@ from spoofwatch.model.runtime import DEVICES
 log = logging.getLogger(__name__)
 
 
-def check_output_file(path: Path, flag: str = "--out") -> None:
+def check_output_file(path: Path, flag: str = "--out", inputs: dict[str, Path | None] | None = None) -> None:
     """Before any work: ``path`` can be written as a file (not a folder; its
-    folder made if missing). A bad path would otherwise fail at the end."""
+    folder made if missing) and is none of the command's ``inputs`` (flag to
+    path; a file written over its own input is lost). A bad path would
+    otherwise fail, or destroy something, only at the end."""
     from spoofwatch.errors import InputError
 
     if path.is_dir():
         raise InputError(f"{flag} {path}: is a folder; expected a file path")
+    for input_flag, source in (inputs or {}).items():
+        if source is not None and _same_file(path, source):
+            raise InputError(f"{flag} {path} is the {input_flag} file itself: it would be overwritten")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{flag} {path}: cannot make its folder: {exc.strerror or exc}") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file (through links too; a missing file is
+    compared by its resolved path)."""
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def check_output_dir(path: Path, flag: str = "--out") -> None:

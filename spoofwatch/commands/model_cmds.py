@@ -93,11 +93,16 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from spoofwatch.audio import audio_files
+    from spoofwatch.errors import InputError
     from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
     from spoofwatch.model.weights import check_weights_file
 
     if args.out is not None:
-        check_output_file(args.out)
+        check_output_file(args.out, inputs={"--weights": args.weights})
+    if args.calibration_audio is not None and args.precision != "int8":
+        raise InputError(
+            f"--calibration-audio calibrates INT8 quantisation; expected --precision int8, got {args.precision}"
+        )
     if args.weights is not None:  # before any export starts
         args.weights = check_weights_file(args.weights)
     if args.precision != "fp32":
