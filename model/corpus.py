@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,21 @@ import numpy.typing as npt
 
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ
-from spoofwatch.errors import ConfigError, DatasetError
+from spoofwatch.errors import ConfigError, DatasetError, ModelError
 from spoofwatch.stamps import changed_settings, write_stamp
 
 from .channel import available_codecs, random_channel
 from .corpus_config import MIN_SECONDS, SPLITS, CorpusConfig, SplitConfig
-from .corpus_plan import KINDS, Item, protocol_token
+from .corpus_plan import (
+    ESPEAK_GENERATOR,
+    FESTIVAL_PREFIX,
+    KINDS,
+    PIPER_PREFIX,
+    RESYNTH_GENERATORS,
+    Item,
+    abbreviated,
+    protocol_token,
+)
 
 log = logging.getLogger(__name__)
 Wave = npt.NDArray[np.float32]
@@ -96,15 +106,16 @@ class Generators:
 
         if not item.generator:
             return read_audio(item.source)
-        if item.generator == "world":
+        world, griffin_lim = RESYNTH_GENERATORS
+        if item.generator == world:
             return synth.world_resynth(read_audio(item.params[0]))
-        if item.generator == "griffin-lim":
+        if item.generator == griffin_lim:
             return synth.griffin_lim(read_audio(item.params[0]), int(item.params[1]), seed)
-        if item.generator == "espeak-ng":
+        if item.generator == ESPEAK_GENERATOR:
             return synth.espeak(item.params[0], item.params[1])
-        if item.generator.startswith("festival-"):
+        if item.generator.startswith(FESTIVAL_PREFIX):
             return synth.festival(item.params[0], item.params[1])
-        if item.generator.startswith("piper-"):
+        if item.generator.startswith(PIPER_PREFIX):
             text, package, length, noise = item.params
             if package not in self._piper:
                 self._piper[package] = synth.PiperSynth(package)
@@ -174,24 +185,91 @@ def _done_row(item: Item, utt: str, sidecar: Path) -> Row | None:
 _CLIP_SETTINGS = ("seed", "max_seconds", "augmented_copies", "splits", "generate", "channel")
 
 
+def _clip_settings(cfg: CorpusConfig) -> dict[str, Any]:
+    return {k: json.loads(json.dumps(asdict(cfg)[k], default=str)) for k in _CLIP_SETTINGS}
+
+
+def _has_clips(out: Path) -> bool:
+    """Whether ``out`` holds a completed utterance (its sidecar marks it so)."""
+    flac_dir = out / "flac"
+    return flac_dir.is_dir() and any(flac_dir.glob("*.json"))
+
+
 def check_build_stamp(cfg: CorpusConfig, out: Path) -> None:
     """Resume a build only with the settings that made its clips: ``out/build.json``
-    records them, and a rerun with others would keep the old clips under the
-    new settings' name. Written by the first run."""
-    settings = {k: json.loads(json.dumps(asdict(cfg)[k], default=str)) for k in _CLIP_SETTINGS}
-    stamp = out / "build.json"
-    changed = changed_settings(stamp, settings)
-    if changed:
+    records them (:func:`write_build_stamp`), and a rerun with others would keep
+    the old clips under the new settings' name. A stamp without clips (a run
+    that stopped before building any) binds nothing. Reads only."""
+    changed = changed_settings(out / "build.json", _clip_settings(cfg))
+    if changed and _has_clips(out):
         raise ConfigError(
             f"{out} was built with other {', '.join(changed)} settings: its clips do not follow this "
             "config; build into a new --out (or delete it to start again)"
         )
-    if changed is not None:
-        return
-    if (out / "flac").is_dir() and any((out / "flac").iterdir()):
+    if changed:
+        log.info("%s: no clips built yet; its build.json is replaced by this config's settings", out)
+    elif changed is None and _has_clips(out):
         log.warning("%s: clips from a build without build.json; resuming as if its settings were these", out)
+
+
+def write_build_stamp(cfg: CorpusConfig, out: Path) -> None:
+    """Record the settings the clips are about to be built with; written only
+    once the plan and its checks have passed (a run that failed there had
+    locked the folder against the corrected config)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_stamp(stamp, settings)
+    write_stamp(out / "build.json", _clip_settings(cfg))
+
+
+def check_generators(items: list[Item]) -> None:
+    """Every local generator the plan uses is installed here, with every voice
+    it names: checked before the first clip, since a bogus voice otherwise
+    failed when the build reached it, hours in. One error names every bad voice
+    and what is installed."""
+    from . import synth
+
+    def voices(match: Callable[[str], bool]) -> list[str]:
+        return sorted({str(i.params[1]) for i in items if match(i.generator)})
+
+    wanted = {
+        "espeak_voices": voices(lambda g: g == ESPEAK_GENERATOR),
+        "festival_voices": voices(lambda g: g.startswith(FESTIVAL_PREFIX)),
+        "piper_voices": voices(lambda g: g.startswith(PIPER_PREFIX)),
+    }
+    problems = []
+    if wanted["espeak_voices"]:
+        languages, names, variants = synth.espeak_installed()
+
+        def known(voice: str) -> bool:  # a voice, and optionally '+' and a variant
+            base, _, variant = voice.partition("+")
+            return base.lower() in names and (not variant or variant in variants)
+
+        bad = [v for v in wanted["espeak_voices"] if not known(v)]
+        if bad:
+            problems.append(
+                f"espeak_voices {abbreviated(bad)} are not installed (languages: {abbreviated(languages)}; "
+                f"variants after '+': {abbreviated(variants)}; `espeak-ng --voices` lists them all)"
+            )
+    if wanted["festival_voices"]:
+        installed = synth.festival_installed()
+        bad = [v for v in wanted["festival_voices"] if v not in installed]
+        if bad:
+            problems.append(
+                f"festival_voices {abbreviated(bad)} are not installed (installed: {abbreviated(installed)})"
+            )
+    for package in wanted["piper_voices"]:
+        try:
+            synth.piper_voice_files(package)
+        except ModelError as exc:
+            problems.append(
+                f"piper_voices: {exc} (voice packages installed: {abbreviated(synth.piper_installed())})"
+            )
+    if problems:
+        raise ConfigError(f"[generate]: {'; '.join(problems)}")
+    if (
+        any(i.generator == RESYNTH_GENERATORS[0] for i in items)
+        and importlib.util.find_spec("pyworld") is None
+    ):
+        raise ModelError("world_per_split needs pyworld, which is not installed (pip install pyworld)")
 
 
 def iter_build(cfg: CorpusConfig, out: Path, items: list[Item]) -> Iterator[list[Row]]:
@@ -213,12 +291,16 @@ def protocol_lines(rows: list[Row], split: str) -> list[str]:
 
 
 def balanced_subset(rows: list[Row], n: int, seed: int) -> list[Row]:
-    """``n`` rows, half genuine and half spoof; within a class, round-robin over
-    systems (spoof) or genuine corpora, each group shuffled, so that no large
-    system or corpus dominates a small training budget."""
+    """``n`` rows, half genuine and half spoof (the odd one spoof); within a
+    class, round-robin over systems (spoof) or genuine corpora, each group
+    shuffled, so that no large system or corpus dominates a small training
+    budget. Balance comes first: where a class has fewer rows than its half,
+    both classes get as many as the smaller one has (fewer than ``n`` rows)."""
     rng = np.random.default_rng([seed, n])
+    labels = ("bonafide", "spoof")
+    smaller = min(sum(r.item.label == label for r in rows) for label in labels)
     chosen: list[Row] = []
-    for label, want in (("bonafide", n // 2), ("spoof", n - n // 2)):
+    for label, want in zip(labels, (min(n // 2, smaller), min(n - n // 2, smaller)), strict=True):
         groups: dict[str, list[Row]] = {}
         for r in rows:
             if r.item.label == label:
@@ -240,7 +322,21 @@ def write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, An
             "\n".join(protocol_lines(rows, split)) + "\n", "utf-8"
         )
     for name, (split, n) in cfg.subsets.items():
-        chosen = {r.utt for r in balanced_subset([r for r in rows if r.item.split == split], n, cfg.seed)}
+        subset = balanced_subset([r for r in rows if r.item.split == split], n, cfg.seed)
+        if len(subset) < n:
+            got = Counter(r.item.label for r in subset)
+            log.warning(
+                "subset %s: %d of the %d %s utterances asked for (%d bona fide, %d spoof: the %s split "
+                "has no more of one class, and the subset stays class-balanced)",
+                name,
+                len(subset),
+                n,
+                split,
+                got["bonafide"],
+                got["spoof"],
+                split,
+            )
+        chosen = {r.utt for r in subset}
         lines = [line for line in protocol_lines(rows, split) if line.split()[1] in chosen]
         (out / "protocols" / f"{name}.txt").write_text("\n".join(lines) + "\n", "utf-8")
     with (out / "metadata.tsv").open("w", encoding="utf-8", newline="") as fh:

@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import spoofwatch
 from spoofwatch.errors import ConfigError
 
 from .channel import ChannelConfig
+from .export import SHARED_ENV
 
 SPLITS = ("train", "dev", "test")
 #: Clips shorter than this (s) are left out of the corpus.
 MIN_SECONDS = 0.5
+#: Where ``shared`` is without the key or the variable: ``shared`` beside the
+#: checkout (the project's layout; the ``spoofwatch`` package is a top-level folder of it).
+DEFAULT_SHARED = Path(spoofwatch.__file__).resolve().parents[2] / "shared"
+#: A subset's name is its protocol's file stem: one plain file name, so that it
+#: can neither leave ``protocols/`` nor need a folder there.
+SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,12 @@ class CorpusConfig:
     #: More audio in the ``tts_demos`` manifest format (your own genuine recordings,
     #: harvested demo pages); each manifest's paths are relative to its folder.
     extra_manifests: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Configs are also made with dataclasses.replace: the names are checked
+        # here too, so that none reaches write_outputs after hours of building.
+        for name in self.subsets:
+            check_subset_name(name, f"subsets.{name}")
 
 
 def _number(value: Any) -> bool:
@@ -102,11 +117,23 @@ def _section(cls: Any, table: Any, where: str) -> Any:
     return cls(**{k: _field_value(v, hints[k], f"{where}.{k}") for k, v in table.items()})
 
 
+def check_subset_name(name: str, where: str) -> None:
+    """A subset is written to ``protocols/<name>.txt``: a split's name would
+    overwrite that split's protocol (held-out test clips listed as train), and
+    a path would write outside the corpus or into a folder that is not there."""
+    if not SUBSET_NAME.fullmatch(name) or name.lower() in SPLITS:
+        raise ConfigError(
+            f"{where}: expected a subset name of letters, digits, '_', '.' and '-' (starting with a "
+            f"letter or digit) other than {', '.join(SPLITS)}, got {name!r}"
+        )
+
+
 def _subsets(table: Any, where: str) -> dict[str, tuple[str, int]]:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table, got {table!r}")
     out = {}
     for name, value in table.items():
+        check_subset_name(name, f"{where}.{name}")
         ok = (
             isinstance(value, list)
             and len(value) == 2
@@ -125,14 +152,20 @@ def _subsets(table: Any, where: str) -> dict[str, tuple[str, int]]:
 
 
 def load_corpus_config(path: Path) -> CorpusConfig:
-    """Parse a corpus TOML; ``shared`` is relative to the file, and $SPOOFWATCH_SHARED overrides it."""
+    """Parse a corpus TOML. ``shared`` is the file's ``shared`` (relative to the
+    file) when it sets one, else ``$SPOOFWATCH_SHARED``, else :data:`DEFAULT_SHARED`."""
     try:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read corpus config: {exc}") from None
-    env = os.environ.get("SPOOFWATCH_SHARED")
-    shared = Path(env) if env else (path.parent / str(data.pop("shared", "../shared")))
-    data.pop("shared", None)
+    env = os.environ.get(SHARED_ENV)
+    if "shared" in data:  # what the file says wins over the environment's default
+        value = data.pop("shared")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: shared: expected a folder path, got {value!r}")
+        shared = path.parent / value
+    else:
+        shared = Path(env) if env else DEFAULT_SHARED
     extra = data.pop("extra_manifests", [])
     if not isinstance(extra, list) or not all(isinstance(e, str) for e in extra):
         raise ConfigError(f"{path}: extra_manifests must be a list of paths (got {extra!r})")

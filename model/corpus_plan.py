@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,45 @@ import numpy as np
 
 from spoofwatch.audio import audio_files
 from spoofwatch.calibration.protocol import LABELS
-from spoofwatch.errors import DatasetError
+from spoofwatch.errors import ConfigError, DatasetError
 
 from .corpus_config import CorpusConfig, GenerateConfig, SplitConfig
+from .export import SHARED_ENV
 from .manifest import MANIFEST_COLUMNS, SPOOF_KINDS
 
 KINDS = ("genuine", *SPOOF_KINDS)
 SHARED_REPO = "shared/speech"
 LA_REPO = "shared/asvspoof2019_la"
+#: The resynthesis generators (of genuine clips): a name [splits] may hold out
+#: even when the config makes none of its clips.
+RESYNTH_GENERATORS = ("world", "griffin-lim")
+ESPEAK_GENERATOR = "espeak-ng"
+#: Generator (and system) names of festival and Piper voices start so.
+FESTIVAL_PREFIX = "festival-"
+PIPER_PREFIX = "piper-"
+#: How many names an error lists before "... (N more)".
+LISTED_NAMES = 12
+
+
+def abbreviated(names: Iterable[str], limit: int = LISTED_NAMES) -> str:
+    """``names`` sorted, quoted and comma-separated, at most ``limit`` of them."""
+    ordered = sorted(set(names))
+    shown = ", ".join(repr(n) for n in ordered[:limit])
+    return shown + (f", ... ({len(ordered) - limit} more)" if len(ordered) > limit else "") or "none"
+
+
+def _missing_files(where: Path, rows: list[tuple[int, Path]]) -> None:
+    """Refuse a source list that names audio files that are not there, all of
+    them at once and before anything is built (the build met them one by one,
+    hours in)."""
+    missing = [(n, f) for n, f in rows if not f.is_file()]
+    if missing:
+        shown = "; ".join(f"line {n}: {f}" for n, f in missing[:LISTED_NAMES])
+        more = f"; ... ({len(missing) - LISTED_NAMES} more)" if len(missing) > LISTED_NAMES else ""
+        raise DatasetError(
+            f"{where}: {len(missing)} row(s) name audio files that do not exist ({shown}{more}); "
+            "expected paths to existing files, relative to the list's folder"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,7 @@ def protocol_token(text: str) -> str:
 def _demo_items(manifest: Path, key_prefix: str = "tts_demos") -> list[Item]:
     """Items of a manifest in the ``tts_demos`` format (paths relative to its folder)."""
     items = []
+    files: list[tuple[int, Path]] = []
     root = manifest.parent
     try:
         with manifest.open(encoding="utf-8") as fh:
@@ -76,6 +108,7 @@ def _demo_items(manifest: Path, key_prefix: str = "tts_demos") -> list[Item]:
                 f"bonafide, or spoof with a kind in {SPOOF_KINDS}"
             )
         who = row["speaker_or_corpus"]
+        files.append((n, root / row["path"]))
         items.append(
             Item(
                 key=f"{key_prefix}/{row['path']}",
@@ -89,6 +122,7 @@ def _demo_items(manifest: Path, key_prefix: str = "tts_demos") -> list[Item]:
                 source=str(root / row["path"]),
             )
         )
+    _missing_files(manifest, files)
     return items
 
 
@@ -152,30 +186,32 @@ def _speech_items(root: Path) -> list[Item]:
 def _la_items(root: Path) -> list[Item]:
     items = []
     with (root / "clips.tsv").open(encoding="utf-8") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            genuine = row["label"] == "bonafide"
-            items.append(
-                Item(
-                    f"la/{row['file']}",
-                    row["label"],
-                    "genuine" if genuine else "tts",
-                    "-" if genuine else f"LA-{row['attack_id']}",
-                    "ASVspoof2019 LA",
-                    row["speaker"],
-                    LA_REPO,
-                    "",
-                    str(root / row["file"]),
-                )
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    _missing_files(root / "clips.tsv", [(n, root / row["file"]) for n, row in enumerate(rows, start=2)])
+    for row in rows:
+        genuine = row["label"] == "bonafide"
+        items.append(
+            Item(
+                f"la/{row['file']}",
+                row["label"],
+                "genuine" if genuine else "tts",
+                "-" if genuine else f"LA-{row['attack_id']}",
+                "ASVspoof2019 LA",
+                row["speaker"],
+                LA_REPO,
+                "",
+                str(root / row["file"]),
             )
+        )
     return items
 
 
 def festival_name(voice: str) -> str:
-    return "festival-" + voice.replace("cmu_us_", "").replace("_arctic", "").replace("_", "-")
+    return FESTIVAL_PREFIX + voice.replace("cmu_us_", "").replace("_arctic", "").replace("_", "-")
 
 
 def piper_name(package: str) -> str:
-    return "piper-" + package.split("_")[0]
+    return PIPER_PREFIX + package.split("_")[0]
 
 
 def _split_of(item: Item, cfg: SplitConfig, test_systems: set[str]) -> str:
@@ -202,7 +238,7 @@ def _tts_items(gen: GenerateConfig) -> list[Item]:
                     "espeak-ng",
                     protocol_token(f"espeak-{voice}"),
                     "local",
-                    "espeak-ng",
+                    ESPEAK_GENERATOR,
                     f"espeak:{voice}",
                     params=(text, voice),
                 )
@@ -252,7 +288,10 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
         shared / "asvspoof2019_la" / "clips.tsv",
     ):
         if not need.exists():
-            raise DatasetError(f"{need}: not found (expected the shared data folder; set SPOOFWATCH_SHARED)")
+            raise DatasetError(
+                f"{need}: not found (expected the shared data folder {cfg.shared}: the config's "
+                f"`shared`, else ${SHARED_ENV})"
+            )
     for manifest in cfg.extra_manifests:
         if not manifest.is_file():
             raise DatasetError(f"{manifest}: not found (an extra_manifests entry of the corpus config)")
@@ -279,9 +318,10 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
     ]
     items += tts
     rng = np.random.default_rng(cfg.seed)
+    world, griffin_lim = RESYNTH_GENERATORS
     for name, per_split, kind_args in (
-        ("world", gen.world_per_split, ()),
-        ("griffin-lim", gen.griffin_lim_per_split, (gen.griffin_lim_iterations,)),
+        (world, gen.world_per_split, ()),
+        (griffin_lim, gen.griffin_lim_per_split, (gen.griffin_lim_iterations,)),
     ):
         held_out = name in cfg.splits.test_generators
         for split in ("test",) if held_out else ("train", "dev"):
@@ -313,4 +353,37 @@ def plan_corpus(cfg: CorpusConfig) -> list[Item]:
         if i.key in seen:
             raise DatasetError(f"{i.key}: listed twice (two extra manifests in folders of the same name?)")
         seen.add(i.key)
+    _check_splits(cfg, items)
     return items
+
+
+def _check_splits(cfg: CorpusConfig, items: list[Item]) -> None:
+    """Every name in [splits] matches a source, and test and dev get clips: a
+    misspelt held-out system was silently ignored (and went to training), and
+    a recipe that held out nothing built a corpus without a test split."""
+    gen = cfg.generate
+    generators = {i.generator for i in items} | {*RESYNTH_GENERATORS, ESPEAK_GENERATOR}
+    generators |= {festival_name(v) for v in gen.festival_voices} | {piper_name(p) for p in gen.piper_voices}
+    known = {
+        "repos": {i.source_repo for i in items},
+        "systems": {i.system for i in items if i.label == "spoof"},
+        "generators": generators - {""},
+        "corpora": {i.corpus for i in items},
+    }
+    problems = []
+    for field_name, names in sorted(asdict(cfg.splits).items()):
+        kind = field_name.split("_", 1)[1]
+        unknown = [n for n in names if n not in known[kind]]
+        if unknown:
+            problems.append(
+                f"{field_name}: {abbreviated(unknown)} not among the sources' {kind} "
+                f"(known: {abbreviated(known[kind])})"
+            )
+    if problems:
+        raise ConfigError(f"[splits]: {'; '.join(problems)}")
+    for split, expected in (
+        ("test", "test_repos, test_systems, test_generators or test_corpora to name sources"),
+        ("dev", "dev_repos to name source repositories (or sentences / world_per_split to make dev clips)"),
+    ):
+        if not any(i.split == split for i in items):
+            raise ConfigError(f"the {split} split of this corpus would be empty: expected {expected}")

@@ -484,11 +484,14 @@ def test_a_build_resumes_only_with_the_settings_that_made_its_clips(open_cfg: ob
     name), one with other subsets goes on; a sidecar cut short by an older
     build is rebuilt, not a crash."""
     from spoofwatch.errors import ConfigError
-    from spoofwatch.model.corpus import _done_row, check_build_stamp
+    from spoofwatch.model.corpus import _done_row, check_build_stamp, write_build_stamp
 
     out = tmp_path / "corpus"
     check_build_stamp(open_cfg, out)  # type: ignore[arg-type]
+    write_build_stamp(open_cfg, out)  # type: ignore[arg-type]
     assert (out / "build.json").is_file()
+    (out / "flac").mkdir()
+    (out / "flac" / "OC_0_c0.json").write_text('{"copy": 0, "channel": "clean", "seconds": 2.5}')
     check_build_stamp(dataclasses.replace(open_cfg, subsets={"x": ("train", 4)}), out)  # type: ignore[type-var,arg-type]
     with pytest.raises(ConfigError, match=r"was built with other max_seconds settings"):
         check_build_stamp(dataclasses.replace(open_cfg, max_seconds=3.0), out)  # type: ignore[type-var,arg-type]
@@ -547,3 +550,323 @@ def test_suite_config_checks_its_values(field: str, value: object, expected: str
     with pytest.raises(InputError, match=re.escape(expected)):
         SuiteConfig(**{field: value})  # type: ignore[arg-type]
     assert SuiteConfig(target_false_alerts_per_hour=0.0).target_false_alerts_per_hour == 0.0
+
+
+# Tiny corpora built by the real `data build-corpus` over a few real clips from
+# ../shared: three demo repositories (one held out for test, one for dev) and
+# two ASVspoof LA clips, cut to 1 s, no channel copies.
+TINY_REPOS = ("jik876/hifi-gan-demo", "mindslab-ai/univnet", "neonbjb/tortoise-tts")
+
+
+@pytest.fixture(scope="module")
+def tiny_shared(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared folder in the layout build-corpus reads, naming real files of ``shared``."""
+    import csv
+
+    root = tmp_path_factory.mktemp("tiny_shared")
+    demos = shared / "data" / "tts_demos"
+    with (demos / "manifest.tsv").open(encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        columns, rows = reader.fieldnames, list(reader)
+    assert columns is not None
+    picked = [
+        {**r, "path": str(demos / r["path"])}
+        for repo in TINY_REPOS
+        for label in ("bonafide", "spoof")
+        for r in [r for r in rows if r["source_repo"] == repo and r["label"] == label][:2]
+    ]
+    (root / "data" / "tts_demos").mkdir(parents=True)
+    (root / "data" / "speech").mkdir()
+    (root / "data" / "asvspoof2019_la").mkdir()
+    with (root / "data" / "tts_demos" / "manifest.tsv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(picked)
+    la = shared / "data" / "asvspoof2019_la"
+    lines = (la / "clips.tsv").read_text("utf-8").splitlines()
+    head = lines[0].split("\t")
+    la_rows = [dict(zip(head, line.split("\t"), strict=True)) for line in lines[1:3]]
+    (root / "data" / "asvspoof2019_la" / "clips.tsv").write_text(
+        "\n".join(
+            ["\t".join(head), *("\t".join({**r, "file": str(la / r["file"])}.values()) for r in la_rows)]
+        )
+        + "\n",
+        "utf-8",
+    )
+    return root
+
+
+def _recipe(
+    folder: Path, shared: Path | None, top: dict[str, object] | None = None, **tables: dict[str, object]
+) -> Path:
+    """A tiny corpus TOML in ``folder``: 1 s clips, no channel copies, one
+    espeak-ng sentence; ``top`` and ``tables`` override its keys (None drops one)."""
+    recipe: dict[str, dict[str, object]] = {
+        "": {"shared": None if shared is None else str(shared), "seed": 7, "max_seconds": 1.0}
+        | {"augmented_copies": 0}
+        | (top or {}),
+        "splits": {
+            "test_repos": [TINY_REPOS[2]],
+            "test_generators": ["griffin-lim"],
+            "dev_repos": [TINY_REPOS[1]],
+        },
+        "generate": {
+            "world_per_split": 0,
+            "espeak_voices": ["en-us"],
+            "sentences": ["Glue the sheet to the dark blue background."],
+        },
+    }
+    for name, table in tables.items():
+        recipe[name] = recipe.get(name, {}) | table
+    lines = []
+    for name, table in recipe.items():
+        lines += [f"[{name}]"] if name else []
+        lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in table.items() if v is not None]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "corpus.toml"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+def _build(recipe: Path, out: Path) -> int:
+    from spoofwatch.cli import main
+
+    return main(["data", "build-corpus", "--out", str(out), "--config", str(recipe), "--no-progress"])
+
+
+def _nothing_built(out: Path) -> bool:
+    return not (out / "flac").exists() and not (out / "build.json").exists()
+
+
+@pytest.mark.parametrize("name", ["train", "TEST", "../../escaped", "a/b", ".hidden", "-x", "a b"])
+def test_subset_names_cannot_overwrite_a_split_or_leave_the_corpus(
+    tiny_shared: Path, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A subset is written to protocols/<name>.txt: `train = ["test", 6]` filled
+    train.txt with held-out test clips, "../../escaped" wrote outside --out and
+    "a/b" failed with a traceback after the whole build."""
+    from spoofwatch.errors import ConfigError
+    from spoofwatch.model.corpus_config import CorpusConfig, load_corpus_config
+
+    recipe = _recipe(tmp_path / "cfg", tiny_shared, subsets={name: ["test", 2]})
+    out = tmp_path / "out" / "corpus"
+    assert _build(recipe, out) == ConfigError.exit_code
+    assert f"[subsets].{name}: expected a subset name" in capsys.readouterr().err
+    assert _nothing_built(out) and not list(tmp_path.rglob("escaped*"))
+    # A config made in code is held to the same names.
+    good = load_corpus_config(_recipe(tmp_path / "cfg", tiny_shared, subsets={"train-cpu.v2": ["train", 2]}))
+    with pytest.raises(ConfigError, match="expected a subset name"):
+        dataclasses.replace(good, subsets={name: ("test", 2)})
+    assert isinstance(good, CorpusConfig) and good.subsets == {"train-cpu.v2": ("train", 2)}
+
+
+def test_a_run_that_fails_before_building_does_not_lock_its_folder(
+    tiny_shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """build.json was written before planning: a run that failed there (a
+    missing manifest, no shared data) refused the corrected config ("built
+    with other ... settings")."""
+    from spoofwatch.errors import ConfigError, DatasetError
+
+    out = tmp_path / "corpus"
+    wrong = _recipe(
+        tmp_path / "wrong", tiny_shared, top={"max_seconds": 2.0, "extra_manifests": ["nope.tsv"]}
+    )
+    assert _build(wrong, out) == DatasetError.exit_code
+    assert "nope.tsv: not found (an extra_manifests entry" in capsys.readouterr().err
+    assert not (out / "build.json").exists()
+    right = _recipe(tmp_path / "right", tiny_shared)
+    assert _build(right, out) == 0
+    assert json.loads((out / "build.json").read_text())["max_seconds"] == 1.0
+    # Once clips are built, other settings are refused as before.
+    assert (
+        _build(_recipe(tmp_path / "other", tiny_shared, top={"max_seconds": 2.0}), out)
+        == ConfigError.exit_code
+    )
+    assert "was built with other max_seconds settings" in capsys.readouterr().err
+    # A folder that holds only a stamp (an older version wrote it before planning) takes new settings.
+    from spoofwatch.model.corpus import write_build_stamp
+    from spoofwatch.model.corpus_config import load_corpus_config
+
+    stamped = tmp_path / "stamped"
+    write_build_stamp(load_corpus_config(wrong), stamped)
+    assert _build(right, stamped) == 0
+    assert json.loads((stamped / "build.json").read_text())["max_seconds"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("generate", "expected"),
+    [
+        (
+            {"espeak_voices": ["en-us", "xx-bogus"]},
+            r"espeak_voices 'xx-bogus' are not installed \(languages: 'af', ",
+        ),
+        (
+            {"espeak_voices": ["en-us+nosuchvariant"]},
+            r"espeak_voices 'en-us\+nosuchvariant' are not installed",
+        ),
+        (
+            {"festival_voices": ["nosuch_diphone"]},
+            r"festival_voices 'nosuch_diphone' are not installed \(installed: '",
+        ),
+        (
+            {"piper_voices": ["nosuch_piper_voice"]},
+            r"piper_voices: piper voice package 'nosuch_piper_voice' is not installed",
+        ),
+    ],
+)
+def test_build_checks_every_voice_before_the_first_clip(
+    tiny_shared: Path,
+    tmp_path: Path,
+    generate: dict[str, object],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bogus espeak voice failed "after 56 files", festival with "SIOD ERROR",
+    piper when the build reached it: hours into a real build."""
+    from spoofwatch.errors import ConfigError
+
+    program = {"espeak_voices": "espeak-ng", "festival_voices": "festival", "piper_voices": None}[
+        next(iter(generate))
+    ]
+    if program and shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed")
+    out = tmp_path / "corpus"
+    assert _build(_recipe(tmp_path, tiny_shared, generate=generate), out) == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert re.search(r"\[generate\]: " + expected, err), err
+    assert _nothing_built(out)
+
+
+def test_build_checks_every_listed_audio_file_before_the_first_clip(
+    tiny_shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An extra manifest naming files that are not there failed at the first of them, mid-build."""
+    from spoofwatch.errors import DatasetError
+
+    real = next(
+        p
+        for p in (tiny_shared / "data" / "tts_demos" / "manifest.tsv").read_text().split()
+        if p.startswith("/")
+    )
+    rows = [
+        (real, "bonafide", "GT", "gt", "mine", "me/recordings", "mine", "WAV", "8000"),
+        ("gone/a.wav", "bonafide", "GT", "gt", "mine", "me/recordings", "mine", "WAV", "8000"),
+        ("gone/b.wav", "spoof", "X", "tts", "mine", "me/recordings", "mine", "WAV", "8000"),
+    ]
+    manifest = _write_manifest(tmp_path / "mine" / "manifest.tsv", rows)
+    out = tmp_path / "corpus"
+    assert (
+        _build(_recipe(tmp_path, tiny_shared, top={"extra_manifests": [str(manifest)]}), out)
+        == DatasetError.exit_code
+    )
+    err = capsys.readouterr().err
+    assert f"{manifest}: 2 row(s) name audio files that do not exist" in err
+    assert f"line 3: {manifest.parent / 'gone/a.wav'}; line 4: {manifest.parent / 'gone/b.wav'}" in err
+    assert _nothing_built(out)
+
+
+@pytest.mark.parametrize(
+    ("splits", "expected"),
+    [
+        (
+            {"test_systems": ["NoSuchSystem"]},
+            r"test_systems: 'NoSuchSystem' not among the sources' systems \(known: .*'Tortoise",
+        ),
+        (
+            {"test_corpora": ["LibriSpech"], "dev_repos": ["nobody/nothing"]},
+            r"dev_repos: 'nobody/nothing' not among .*; test_corpora: 'LibriSpech'",
+        ),
+        (
+            {"test_generators": ["piper-joe"]},
+            r"test_generators: 'piper-joe' not among the sources' generators \(known: .*'world'",
+        ),
+        (
+            {"test_repos": [], "test_generators": []},
+            r"the test split of this corpus would be empty: expected test_repos",
+        ),
+        ({"dev_repos": []}, r"the dev split of this corpus would be empty: expected dev_repos"),
+    ],
+)
+def test_split_names_must_name_sources_and_held_out_splits_must_not_be_empty(
+    tiny_shared: Path,
+    tmp_path: Path,
+    splits: dict[str, object],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A misspelt held-out name matched nothing and was ignored (the system went
+    to training), and a recipe holding out nothing built a corpus without a test split."""
+    from spoofwatch.errors import ConfigError
+
+    out = tmp_path / "corpus"
+    assert _build(_recipe(tmp_path, tiny_shared, splits=splits), out) == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert _nothing_built(out)
+
+
+def test_an_explicit_shared_wins_over_the_environment(
+    tiny_shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$SPOOFWATCH_SHARED is the default of `shared`: it overrode a recipe's own value."""
+    from spoofwatch.model.corpus_config import load_corpus_config
+    from spoofwatch.model.export import SHARED_ENV
+
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path / "elsewhere"))
+    assert load_corpus_config(_recipe(tmp_path / "a", tiny_shared)).shared == tiny_shared.resolve()
+    relative = _recipe(tmp_path / "b", Path("..") / "c")
+    assert load_corpus_config(relative).shared == (tmp_path / "c").resolve()
+    assert load_corpus_config(_recipe(tmp_path / "d", None)).shared == (tmp_path / "elsewhere").resolve()
+
+
+def test_a_subset_that_cannot_be_filled_stays_balanced_and_says_so(
+    tiny_shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train-big = ["train", 1000]` wrote every train line, 4 genuine and 14
+    spoof, without a word, though the CPU recipe relies on a balanced subset."""
+    from spoofwatch.calibration.protocol import parse_protocol
+
+    out = tmp_path / "corpus"
+    recipe = _recipe(tmp_path, tiny_shared, subsets={"train-big": ["train", 1000], "train-2": ["train", 2]})
+    assert _build(recipe, out) == 0
+    train = parse_protocol(out / "protocols" / "train.txt")
+    genuine = sum(t.label == "bonafide" for t in train)
+    assert 0 < genuine < len(train) - genuine  # fewer genuine than spoof clips to choose from
+    big = parse_protocol(out / "protocols" / "train-big.txt")
+    assert sorted(t.label for t in big) == ["bonafide"] * genuine + ["spoof"] * genuine
+    assert sorted(t.label for t in parse_protocol(out / "protocols" / "train-2.txt")) == ["bonafide", "spoof"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        f"WARNING spoofwatch.model.corpus: subset train-big: {2 * genuine} of the 1000 train utterances asked "
+        f"for ({genuine} bona fide, {genuine} spoof: the train split has no more of one class, and the subset "
+        "stays class-balanced)"
+    ]
+
+
+@pytest.mark.parametrize("bad", ["weights", "calibration"])
+def test_evaluate_suite_checks_every_variant_before_scoring_any(
+    sw_home: Path, tiny_corpus: Path, tmp_path: Path, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A candidate's bad --weights or --calibration was found only after the
+    official model had been scored (and cached): hours on a real corpus. A file
+    that is no checkpoint is one line, not torch's many."""
+    from spoofwatch.cli import main
+    from spoofwatch.model.config import load_model_config
+    from spoofwatch.model.weights import weights_path
+
+    weights = tmp_path / "candidate.pth"
+    calibration = tmp_path / "candidate.toml"
+    if bad == "weights":
+        weights.write_bytes(b"garbage!")
+    else:
+        shutil.copy(weights_path(load_model_config("aasist-l")), weights)
+        calibration.write_text("this is = not [a calibration\n")
+    args = ["evaluate-suite", "--corpus", str(tiny_corpus), "--weights", str(weights), "--copies", "clean"]
+    args += ["--hop-s", "1.0", "--no-progress", "--cache", str(tmp_path / "cache")]
+    args += ["--calibration", str(calibration)] if bad == "calibration" else []
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("spoofwatch evaluate-suite: error: ") and str(tmp_path) in err[-1]
+    assert not any("PyTorch 2.6" in line or "Please file an issue" in line for line in err)
+    assert not list((tmp_path / "cache").glob("variant-*"))

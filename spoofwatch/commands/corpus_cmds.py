@@ -166,14 +166,24 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_build_corpus(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from spoofwatch.model.corpus import check_build_stamp, iter_build, write_outputs
+    from spoofwatch.model.corpus import (
+        check_build_stamp,
+        check_generators,
+        iter_build,
+        write_build_stamp,
+        write_outputs,
+    )
     from spoofwatch.model.corpus_config import load_corpus_config
     from spoofwatch.model.corpus_plan import plan_corpus
 
     cfg = load_corpus_config(args.config)
     check_output_dir(args.out)
     check_build_stamp(cfg, args.out)
+    # Everything that can be checked is checked before the first clip (a build
+    # takes hours), and only then is the folder stamped with these settings.
     items = plan_corpus(cfg)
+    check_generators(items)
+    write_build_stamp(cfg, args.out)
     rows = []
     bar = tqdm(
         total=len(items), desc="corpus", unit="clip", disable=args.no_progress or not sys.stderr.isatty()
@@ -193,6 +203,24 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
         + "\n"
     )
     return 0
+
+
+def _check_checkpoint(model: str, weights: Path) -> None:
+    """``weights`` as a readable ``model`` checkpoint, or one line saying why
+    not: torch's own message (an unpickling error, every missing key) runs to
+    many lines."""
+    from spoofwatch.errors import WeightsError
+    from spoofwatch.model.weights import check_weights_file, load_torch_model
+
+    path = check_weights_file(weights)
+    try:
+        load_torch_model(model, path)
+    except WeightsError as exc:
+        # Its first sentence says what is wrong (not a state dict; another architecture).
+        first = str(exc).splitlines()[0].split(". ")[0].rstrip(":. ")
+        raise WeightsError(
+            f"{first}; expected a checkpoint of {model} (a .pth state dict, e.g. from `spoofwatch train`)"
+        ) from None
 
 
 def cmd_evaluate_suite(args: argparse.Namespace) -> int:
@@ -250,14 +278,21 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     if args.skip_official and len(variants) > 1:
         variants = variants[1:]
     vad = SileroVad()
-    audio = audio_digest(utts) if args.cache is not None else None
-    results, summaries = [], []
+    # Every variant's weights, calibration and model are loaded before any is
+    # scored: a bad candidate was found only after the official model had been
+    # scored (hours on a real corpus) and cached.
+    prepared = []
     for label, model, weights, cal_path, loud in variants:
+        if weights is not None:
+            _check_checkpoint(model, weights)
         cal = calibration_for(model, cal_path, weights, args.precision)
         onnx = ensure_onnx(model, weights, args.precision)
         base: Any = build_scorer(model, args.precision, "cpu", args.threads, weights)
         scorer = LoudnessNormalisedScorer(base) if loud else base
-        engine = build_engine(cal.live, vad, args.hop_s)
+        prepared.append((label, loud, cal, onnx, scorer, build_engine(cal.live, vad, args.hop_s)))
+    audio = audio_digest(utts) if args.cache is not None else None
+    results, summaries = [], []
+    for label, loud, cal, onnx, scorer, engine in prepared:
         bar = tqdm(
             total=len(utts), desc=label, unit="utt", disable=args.no_progress or not sys.stderr.isatty()
         )
