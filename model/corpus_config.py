@@ -14,9 +14,9 @@ from typing import Any
 
 import spoofwatch
 from spoofwatch.errors import ConfigError
+from spoofwatch.paths import SHARED_ENV
 
 from .channel import ChannelConfig
-from .export import SHARED_ENV
 
 SPLITS = ("train", "dev", "test")
 #: Clips shorter than this (s) are left out of the corpus.

@@ -19,9 +19,9 @@ import numpy as np
 from spoofwatch.audio import audio_files
 from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.errors import ConfigError, DatasetError
+from spoofwatch.paths import SHARED_ENV
 
 from .corpus_config import CorpusConfig, GenerateConfig, SplitConfig
-from .export import SHARED_ENV
 from .manifest import MANIFEST_COLUMNS, SPOOF_KINDS
 
 KINDS = ("genuine", *SPOOF_KINDS)

@@ -16,7 +16,7 @@ import torch
 
 from spoofwatch.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import InputError, ModelError
-from spoofwatch.paths import cache_tempfile, onnx_dir
+from spoofwatch.paths import SHARED_ENV, cache_tempfile, onnx_dir
 
 from .aasist import AASIST
 from .config import ModelConfig, load_model_config
@@ -36,7 +36,6 @@ EXPORT_PARITY_TOL = 1e-3
 EXPORT_VERSION = 1
 ONNX_OPSET = 18
 #: Environment variable naming the development data folder (``../shared``).
-SHARED_ENV = "SPOOFWATCH_SHARED"
 
 
 def parity_inputs(batch: int = 3, seed: int = 0) -> npt.NDArray[np.float32]:

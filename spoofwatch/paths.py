@@ -8,6 +8,8 @@ from pathlib import Path
 
 #: Environment variable that overrides the cache root.
 HOME_ENV = "SPOOFWATCH_HOME"
+#: The shared development data (official outputs, LA clips, speech corpora).
+SHARED_ENV = "SPOOFWATCH_SHARED"
 
 
 def home_dir() -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, genuine_then_spoof
 
-SHARED_ENV = "SPOOFWATCH_SHARED"
+from spoofwatch.paths import SHARED_ENV
 
 
 def _shared_root() -> Path:

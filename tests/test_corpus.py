@@ -811,7 +811,7 @@ def test_an_explicit_shared_wins_over_the_environment(
 ) -> None:
     """$SPOOFWATCH_SHARED is the default of `shared`: it overrode a recipe's own value."""
     from spoofwatch.model.corpus_config import load_corpus_config
-    from spoofwatch.model.export import SHARED_ENV
+    from spoofwatch.paths import SHARED_ENV
 
     monkeypatch.setenv(SHARED_ENV, str(tmp_path / "elsewhere"))
     assert load_corpus_config(_recipe(tmp_path / "a", tiny_shared)).shared == tiny_shared.resolve()
