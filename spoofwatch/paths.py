@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import InputError
+
 #: Environment variable that overrides the cache root.
 HOME_ENV = "SPOOFWATCH_HOME"
 #: The shared development data (official outputs, LA clips, speech corpora).
@@ -38,6 +40,20 @@ CACHE_FILE_MODE = 0o644
 def cache_tempfile(folder: Path, suffix: str) -> tuple[int, str]:
     """A temporary file in ``folder`` to write a cached file into and rename
     into place (``tempfile.mkstemp``), with :data:`CACHE_FILE_MODE`."""
-    fd, name = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=folder)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=folder)
+    except PermissionError as exc:
+        raise cache_unwritable(folder, exc) from None
     os.fchmod(fd, CACHE_FILE_MODE)
     return fd, name
+
+
+def cache_unwritable(folder: Path | str, exc: OSError) -> InputError:
+    """The one error for a cache folder this user cannot write (a read-only
+    image, another user's cache): what to change, instead of a traceback."""
+    return InputError(
+        f"cannot write to the spoofwatch cache folder {folder} ({exc.strerror or exc}): models are "
+        f"exported there on first use. Set {HOME_ENV} to a folder this user can write, make this one "
+        "writable, or prepare the cache beforehand as a user who can (`spoofwatch serve --prepare-only` "
+        "with the same --model, --precision and --calibration)"
+    )

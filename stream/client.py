@@ -47,7 +47,8 @@ async def send_audio(
 
     A connection that cannot be made raises one clear error: :class:`InputError`
     for a URL that is not ``ws://``/``wss://``, :class:`ProtocolError` when the
-    server refuses the upgrade (401 wrong token, 404 path), :class:`NetworkError`
+    server refuses the upgrade (401 wrong token, 404 path) or answers a path that
+    is not a WebSocket endpoint (``/healthz``), :class:`NetworkError`
     when nothing answers.
     """
     _check_url(url)
@@ -57,6 +58,14 @@ async def send_audio(
         raise InputError(f"expected a ws:// or wss:// URL, got {url!r} ({exc})") from None
     except InvalidStatus as exc:
         status = exc.response.status_code
+        if 200 <= status < 300:  # a plain HTTP route (/healthz, the browser page) answered instead
+            from .server.connection import ROUTES
+
+            raise ProtocolError(
+                f"{url}: not a WebSocket endpoint (the server answered HTTP {status}); "
+                f"stream to one of {', '.join(ROUTES)}",
+                CloseCode.PROTOCOL_ERROR,
+            ) from None
         body = exc.response.body.decode(errors="replace").strip().splitlines() if exc.response.body else []
         detail = f": {body[0]}" if body else ""
         raise ProtocolError(

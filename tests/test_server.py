@@ -16,18 +16,20 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
-from helpers import BONAFIDE_UTT, ONSET_S, la_clip
+from helpers import BONAFIDE_UTT, ONSET_S, FakeScorer, la_clip
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from spoofwatch.audio import read_audio, resample
 from spoofwatch.calibration.calfile import load_calibration
+from spoofwatch.commands.server_cmds import TOKEN_ENV
 from spoofwatch.errors import ConfigError
 from spoofwatch.stream.client import send_audio
 from spoofwatch.stream.codecs import decode, encode, mulaw_encode
 from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer
 from spoofwatch.stream.server.context import ServerConfig, ServerContext
+from spoofwatch.stream.server.load import LoadMonitor, SheddingConfig
 from spoofwatch.stream.server.sinks import ServerSinks
 
 pytestmark = pytest.mark.anyio
@@ -382,6 +384,8 @@ async def test_auth(scorer: Any, vad: Any, tmp_path: Path) -> None:
                 async with connect(bad_url, additional_headers=headers):
                     pass
             assert info.value.response.status_code == 401
+            # RFC 7235: a 401 names the scheme it wants.
+            assert info.value.response.headers["WWW-Authenticate"].startswith("Bearer ")
         assert (await send_audio(audio, url + "/", token="s3cret")).close_code == 1000
         assert (await send_audio(audio, url + "/?token=s3cret")).close_code == 1000
         for scheme in ("bearer", "BEARER"):  # schemes are case-insensitive (RFC 7235)
@@ -508,6 +512,8 @@ async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tm
             await native.send(START)  # one of the two slots
             code, reason = await _bad_client(url + "/twilio", [twilio_start(["inbound", "outbound"])])
             assert code == 1013 and "cannot add another track" in reason
+            assert "server at capacity (2 streams)" in reason
+            assert refused_count(ctx, "capacity") == 1  # counted like a refused connection
             await streams_settle(ctx, 1)  # the refused call released its slot
             # One track still fits beside the native stream.
             async with connect(url + "/twilio") as call:
@@ -531,6 +537,43 @@ async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tm
     assert all(e["streamSid"] == "MZ7" for e in summaries)
     # Calls reusing the client's sids are still told apart (sinks, alert journal): by the server's stream_id.
     assert len({e["stream_id"] for e in summaries}) == 3
+
+
+def refused_count(ctx: ServerContext, reason: str) -> float | None:
+    return ctx.metrics.registry.get_sample_value(
+        "spoofwatch_refused_connections_total", {"code": "1013", "reason": reason}
+    )
+
+
+async def test_a_twilio_track_is_refused_by_load_shedding_and_counted(vad: Any, tmp_path: Path) -> None:
+    """A call's second track is admitted like a new connection: a worker whose
+    measured host cost leaves room for one stream (0.5 s of CPU per second of
+    audio, 0.8 of a core) refuses it with the shedding reason, and counts it."""
+    load = LoadMonitor(
+        SheddingConfig(host_cost_weight=1e-9, max_score_lag_s=3600.0), hop_s=0.5, max_batch_windows=16
+    )
+    load.host.seed(0.5)
+    config = ServerConfig(host="127.0.0.1", port=0, max_streams=8)
+    sinks = ServerSinks(jsonl=tmp_path / "events.jsonl")
+    live = load_calibration(model="aasist-l").live
+    ctx = ServerContext(config, BatchScorer(FakeScorer()), live, vad, sinks, load=load)
+    async with running(ctx) as url:
+        code, reason = await _bad_client(url + "/twilio", [twilio_start(["inbound", "outbound"])])
+        assert code == 1013
+        assert reason == (
+            "overloaded: measured host capacity is 1 real-time streams per worker; retry later: "
+            "cannot add another track"
+        )
+        assert refused_count(ctx, "overloaded") == 1
+        await streams_settle(ctx, 0)
+        # One track fits: the call carries on to its summary.
+        async with connect(url + "/twilio") as call:
+            await call.send(twilio_start(["inbound"]))
+            await call.send(json.dumps({"event": "stop"}))
+            with pytest.raises(ConnectionClosed):
+                await call.recv()
+            assert call.close_code == 1000
+    assert refused_count(ctx, "overloaded") == 1
 
 
 async def test_twilio_start_without_stream_sid_is_refused(scorer: Any, vad: Any, tmp_path: Path) -> None:
@@ -699,6 +742,11 @@ def _send_cases(port: int, wav: Path, capsys: pytest.CaptureFixture[str]) -> Non
     cases = [
         ([base + "/", "--token", "wrong"], 6, "HTTP 401"),
         ([base + "/nowhere", "--token", "s3cret"], 6, "HTTP 404"),
+        (
+            [base + "/healthz"],
+            6,
+            "not a WebSocket endpoint (the server answered HTTP 200); stream to one of /, /twilio",
+        ),
         ([refused], 9, "cannot connect"),
         ([f"http://127.0.0.1:{port}/"], 2, "expected a ws:// or wss:// URL"),
         (["ws://127.0.0.1:99999/"], 2, "Port out of range"),
@@ -711,6 +759,11 @@ def _send_cases(port: int, wav: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert text in err, err
     assert main(["send", str(wav), base + "/", "--token", "s3cret"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["type"] == "summary"
+    # The token serve reads from the environment, send reads too.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(TOKEN_ENV, "s3cret")
+        assert main(["send", str(wav), base + "/"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["type"] == "summary"
 
 

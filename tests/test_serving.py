@@ -9,6 +9,9 @@ import json
 import logging
 import math
 import multiprocessing
+import os
+import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from spoofwatch.audio import read_audio
 from spoofwatch.calibration.calfile import load_calibration
-from spoofwatch.errors import NetworkError
+from spoofwatch.errors import InputError, NetworkError
 from spoofwatch.stream.client import send_audio
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.server import health
@@ -31,6 +34,7 @@ from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer, ScoringThread
 from spoofwatch.stream.server.context import ServerConfig, ServerContext
 from spoofwatch.stream.server.load import CALIBRATION_ROUNDS, BatchFit, HostCost, LoadMonitor, SheddingConfig
+from spoofwatch.stream.server.metrics import MULTIPROC_ENV
 from spoofwatch.stream.server.selftest import measure_host_cost
 from spoofwatch.stream.server.session import StreamSession
 from spoofwatch.stream.server.sinks import ServerSinks
@@ -42,6 +46,8 @@ from spoofwatch.stream.server.slots import (
     shared_cells,
     shared_rates,
 )
+from spoofwatch.stream.server.worker import WorkerSpec
+from spoofwatch.stream.server.workers import Supervisor
 
 pytestmark = pytest.mark.anyio
 
@@ -630,6 +636,71 @@ async def test_health_readiness_and_metrics(
     ctx.sinks.close()
 
 
+def nan_card(folder: Path) -> Path:
+    """A model card whose tiny ONNX model returns NaN for any window that is not
+    silent: sqrt(-mean(x^2)) (a broken third-party model; silence, which the
+    card's load-time probe may use, scores 0)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from spoofwatch.constants import WINDOW_SAMPLES
+
+    x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", WINDOW_SAMPLES])
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("Mul", ["audio", "audio"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["power"], keepdims=1),  # (B, 1)
+        helper.make_node("Neg", ["power"], ["negative"]),
+        helper.make_node("Sqrt", ["negative"], ["nan"]),  # NaN unless the power is 0
+        helper.make_node("Concat", ["nan", "nan"], ["scores"], axis=1),  # (B, 2)
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "nan_on_audio", [x], [out], [axes]),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "nan.onnx"))
+    card = folder / "nan.toml"
+    card.write_text(
+        f'[model]\nonnx = "nan.onnx"\nsample_rate_hz = 16000\nwindow_samples = {WINDOW_SAMPLES}\n'
+        'input = "audio"\noutput = "scores"\nbonafide_index = 1\nhigher_is_bonafide = true\n'
+    )
+    return card
+
+
+async def test_windows_the_model_scores_nan_are_dropped_in_the_metrics_as_in_the_summary(
+    speech: np.ndarray, vad: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN score reaches the client as a null score, counted in the summary's
+    dropped windows: /metrics must say the same (not ``scored``), and such a
+    window has no score delay."""
+    from spoofwatch.model.runtime import build_scorer
+
+    # The client looks slower than real time whatever this machine's speed: a
+    # live stream, whose scored windows would have a delay.
+    ticks = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(ServerContext, "clock", staticmethod(lambda: float(next(ticks))))
+    scorer = build_scorer(str(nan_card(tmp_path)), device="cpu", threads=1)
+    ctx = make_ctx(scorer, vad, tmp_path, shedding=None)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        result = await send_audio(speech, f"ws://127.0.0.1:{port}/")
+        assert result.close_code == 1000
+        summary = result.events[-1]
+        nulls = [e for e in result.events if e["type"] == "score" and e["speech"] and e["score"] is None]
+        assert summary["scored_windows"] == 0 and len(nulls) > 0  # the model ran and said NaN
+        m = samples((await http_get(port, health.METRICS))[2])
+        assert m[("spoofwatch_windows_total", (("outcome", "scored"),))] == 0
+        assert m[("spoofwatch_windows_total", (("outcome", "dropped"),))] == summary["dropped_windows"]
+        gated = summary["windows"] - summary["dropped_windows"]
+        assert m[("spoofwatch_windows_total", (("outcome", "gated"),))] == gated
+        assert m[("spoofwatch_score_delay_seconds_count", ())] == 0
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
 async def start_stream(ws: Any, audio: np.ndarray) -> dict[str, Any]:
     """Start a stream on ``ws``, send ``audio`` in one message, return the first event."""
     await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1}))
@@ -904,3 +975,60 @@ def test_alert_journal_keeps_only_open_alerts_and_the_supervisor_closes_them(tmp
     assert not path.exists() and crash_alert_ends(path) == []
     journal.update([{"type": "summary", **a}])  # a stream that ended leaves nothing open
     assert json.loads(path.read_text()) == []
+
+
+# ---- the supervisor's start-up ---------------------------------------------------
+
+
+def no_model(spec: WorkerSpec, threads: int) -> Any:
+    raise AssertionError("no worker may start in this test")
+
+
+def supervisor_spec(port: int = 0) -> WorkerSpec:
+    """A server whose start-up runs the host-cost probe (tests replace it) and no model."""
+    return WorkerSpec(
+        ServerConfig(host="127.0.0.1", port=port),
+        no_model,
+        load_live=lambda spec: load_calibration(model="aasist-l").live,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_startup_probe_stops_the_server_even_as_pid_1(
+    monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    """PID 1 in a container has no default action for SIGTERM: without a handler
+    of its own the server ignored it until the ~8 s probe was over. Emulated by
+    ignoring the signal; the probe is a stand-in that signals the process and
+    then waits long: a start-up that handles the signal never gets to the wait."""
+
+    def probe(self: Supervisor) -> float:
+        os.kill(os.getpid(), signum)  # the handler runs in this (main) thread, at once
+        threading.Event().wait(30)  # interrupted by a handler that raises
+        raise AssertionError(f"{signal.Signals(signum).name} was ignored during start-up")
+
+    monkeypatch.setattr(Supervisor, "_probe_host_cost", probe)
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    previous = signal.signal(signum, signal.SIG_IGN)
+    try:
+        supervisor = Supervisor(supervisor_spec(), 1)
+        with pytest.raises(KeyboardInterrupt):
+            supervisor.run()
+        assert signal.getsignal(signum) == signal.SIG_IGN  # the handlers it set are undone
+    finally:
+        signal.signal(signum, previous)
+    assert supervisor.sock is not None and supervisor.sock.fileno() == -1  # closed
+    assert MULTIPROC_ENV not in os.environ
+
+
+def test_a_port_in_use_fails_at_once_before_the_startup_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    def probe(self: Supervisor) -> float:
+        raise AssertionError("the host-cost probe ran before the port was checked")
+
+    monkeypatch.setattr(Supervisor, "_probe_host_cost", probe)
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(
+            InputError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: Address already in use$"
+        ):
+            Supervisor(supervisor_spec(port), 1).run()

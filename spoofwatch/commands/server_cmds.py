@@ -26,9 +26,13 @@ log = logging.getLogger(__name__)
 
 #: Environment variable holding the server token (keeps it out of the process list).
 TOKEN_ENV = "SPOOFWATCH_TOKEN"
+#: Environment variable with serve's default ``--model`` (the images set it from
+#: their MODEL build argument, so that what was exported is what is served).
+MODEL_ENV = "SPOOFWATCH_MODEL"
 
 
 def register(sub: Any) -> None:
+    from spoofwatch.constants import DEFAULT_MODEL
     from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
 
@@ -36,7 +40,7 @@ def register(sub: Any) -> None:
     serve = sub.add_parser(
         "serve", help="WebSocket server: native PCM protocol on /, Twilio Media Streams on /twilio"
     )
-    add_model_args(serve)
+    add_model_args(serve)  # its --model defaults to $SPOOFWATCH_MODEL here (set_defaults below)
     serve.add_argument("--host", default=d.host, help=f"bind address (default {d.host}; others need --token)")
     serve.add_argument("--port", type=int, default=d.port)
     serve.add_argument(
@@ -105,19 +109,38 @@ def register(sub: Any) -> None:
         action="store_true",
         help="admit streams up to --max-streams even when scoring cannot keep up (default: refuse with 1013)",
     )
+    serve.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="export and check everything serve loads for these options (the ONNX graphs, the "
+        "incremental graphs at the calibration's hop, the calibration) into the cache, then exit "
+        "without serving: for image builds, whose cache the server cannot write",
+    )
     add_scoring_args(serve)
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=cmd_serve, model=os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
 
     send = sub.add_parser("send", help="stream a file to a spoofwatch server and print its events")
     send.add_argument("file", type=Path, metavar="FILE")
     send.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765/")
     send.add_argument("--realtime", action="store_true", help="pace at 1x")
     send.add_argument("--encoding", default="pcm_s16le", choices=ENCODINGS)
-    send.add_argument("--token", default=None)
+    send.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"send 'Authorization: Bearer T' (default: ${TOKEN_ENV}, as serve reads it)",
+    )
     send.set_defaults(func=cmd_send)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from spoofwatch.stream.server.workers import interrupt_on_sigterm
+
+    # Before any slow start-up work: as PID 1 (a container) SIGTERM is otherwise ignored.
+    with interrupt_on_sigterm():
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     import dataclasses
 
     from spoofwatch.stream.server.context import ServerConfig
@@ -146,18 +169,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.validate()
     workers = default_workers(config.max_streams) if args.workers is None else args.workers
     validate_workers(workers, config.max_streams)
-    # Export the ONNX file and check the calibration once here, not racing in every worker.
-    from spoofwatch.model.card import is_card_reference
-    from spoofwatch.model.detector import calibration_for
-    from spoofwatch.model.export import ensure_onnx
     from spoofwatch.model.runtime import preflight, resolve_device
 
     preflight(args.model, args.precision, args.device, args.weights)
-    if args.jsonl is not None:  # each worker opens it; a bad path is one error here, not five crashes
+    if args.jsonl is not None and not args.prepare_only:
+        # Each worker opens it; a bad path is one error here, not five crashes.
         from spoofwatch.stream.sinks import check_appendable
 
         check_appendable(args.jsonl)
+    prepare_model(args)
+    if args.prepare_only:
+        log.info("prepared %s at %s for serve; not serving (--prepare-only)", args.model, args.precision)
+        return 0
+    spec = WorkerSpec(
+        config,
+        load_worker_model,
+        model=args.model,
+        device=args.device,
+        gpu=resolve_device(args.device) == "cuda",
+        threads=args.threads,
+        weights=args.weights,
+        calibration=args.calibration,
+        precision=args.precision,
+        jsonl=args.jsonl,
+        stdout=args.stdout,
+        webhook=args.webhook,
+        log_level=logging.getLogger("spoofwatch").getEffectiveLevel(),
+        full_windows=args.full_windows,
+        load_live=load_worker_live,
+    )
+    return Supervisor(spec, workers).run()
+
+
+def prepare_model(args: argparse.Namespace) -> None:
+    """Export the ONNX graphs serve will load (full windows; incremental at the
+    calibration's hop) and check the calibration: once here, not racing in
+    every worker, and (``--prepare-only``) at image build time. A cache this
+    user cannot write is one clear error (``paths.cache_unwritable``)."""
+    from spoofwatch.paths import cache_unwritable, home_dir
+
+    try:
+        _prepare_model(args)
+    except PermissionError as exc:  # making a cache folder (the model layer's mkdir)
+        where = Path(str(exc.filename or ""))
+        if not where.is_relative_to(home_dir()):
+            raise  # not the cache's (a --weights or --calibration file): a bug to see whole
+        raise cache_unwritable(where, exc) from None
+
+
+def _prepare_model(args: argparse.Namespace) -> None:
     from spoofwatch.constants import WINDOW_SAMPLES
+    from spoofwatch.model.card import is_card_reference
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.export import ensure_onnx
 
     window_samples = WINDOW_SAMPLES
     if is_card_reference(args.model):
@@ -178,24 +242,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from spoofwatch.model.incremental import ensure_incremental_onnx
 
         ensure_incremental_onnx(args.model, hop_samples, args.weights, args.precision)
-    spec = WorkerSpec(
-        config,
-        load_worker_model,
-        model=args.model,
-        device=args.device,
-        gpu=resolve_device(args.device) == "cuda",
-        threads=args.threads,
-        weights=args.weights,
-        calibration=args.calibration,
-        precision=args.precision,
-        jsonl=args.jsonl,
-        stdout=args.stdout,
-        webhook=args.webhook,
-        log_level=logging.getLogger("spoofwatch").getEffectiveLevel(),
-        full_windows=args.full_windows,
-        load_live=load_worker_live,
-    )
-    return Supervisor(spec, workers).run()
 
 
 def load_worker_live(spec: WorkerSpec) -> LiveConfig:

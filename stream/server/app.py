@@ -38,6 +38,8 @@ from .static import page_response, page_url
 log = logging.getLogger(__name__)
 #: Seconds between refreshes of the load gauges and the shared shedding flag.
 LOAD_REFRESH_S = 1.0
+#: The ``WWW-Authenticate`` challenge of a 401 (RFC 7235, RFC 6750).
+BEARER_CHALLENGE = 'Bearer realm="spoofwatch"'
 
 
 def _token_from(request: Request) -> str | None:
@@ -102,30 +104,23 @@ class WebSocketServer:
                     _peer(connection),
                     "no" if given is None else "wrong",
                 )
-                return connection.respond(
+                refused = connection.respond(
                     HTTPStatus.UNAUTHORIZED,
                     "missing or wrong token: send 'Authorization: Bearer T' or ?token=T\n",
                 )
+                # RFC 7235: a 401 names the scheme it wants (RFC 6750's realm for clients that show it).
+                refused.headers["WWW-Authenticate"] = BEARER_CHALLENGE
+                return refused
         if path in health.HEALTH_PATHS:  # ---- health and metrics (issue 11) ----
             return await health.respond(self.ctx, connection, path)
-        return None
-
-    def _admission(self) -> tuple[str, str] | None:
-        """``(reason label, close reason)`` when a new stream must get 1013."""
-        ctx = self.ctx
-        overload = ctx.load.refusal(ctx.slots.own(), ctx.slots.total())
-        if overload is not None:
-            return "overloaded", overload
-        if not ctx.slots.try_acquire():
-            return "capacity", f"server at capacity ({ctx.slots.max_streams} streams)"
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         handler = ROUTES[urlsplit(ws.request.path).path]
-        refused = self._admission()
+        refused = self.ctx.admit()
         if refused is not None:
-            self.ctx.metrics.refused.labels(str(int(CloseCode.TRY_AGAIN_LATER)), refused[0]).inc()
+            self.ctx.refuse(refused[0])
             await self._close(ws, CloseCode.TRY_AGAIN_LATER, refused[1])
             return
         self.ctx.active_streams += 1

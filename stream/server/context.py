@@ -197,15 +197,30 @@ class ServerContext:
             incremental=self.batcher.incremental is not None,
         )
 
+    def admit(self) -> tuple[str, str] | None:
+        """Take one of ``max_streams`` for a new stream, or ``(reason label,
+        close reason)`` when it must get 1013: the worker is overloaded (load
+        shedding) or the server is full. The one admission rule of new
+        connections and of a Twilio call's further tracks."""
+        overload = self.load.refusal(self.slots.own(), self.slots.total())
+        if overload is not None:
+            return "overloaded", overload
+        if not self.slots.try_acquire():
+            return "capacity", f"server at capacity ({self.slots.max_streams} streams)"
+        return None
+
+    def refuse(self, label: str) -> None:
+        """Count a stream refused with 1013 (``label``: ``capacity`` or ``overloaded``)."""
+        self.metrics.refused.labels(str(int(CloseCode.TRY_AGAIN_LATER)), label).inc()
+
     def claim_extra_stream(self) -> None:
         """Count one more stream for a connection that already holds one (a
-        Twilio call's second track), against ``max_streams`` like a new
-        connection; refused with 1013."""
-        if not self.slots.try_acquire():
-            raise ProtocolError(
-                f"server at capacity ({self.config.max_streams} streams): cannot add another track",
-                CloseCode.TRY_AGAIN_LATER,
-            )
+        Twilio call's second track), admitted like a new connection
+        (:meth:`admit`); refused with 1013, and counted as refused."""
+        refused = self.admit()
+        if refused is not None:
+            self.refuse(refused[0])
+            raise ProtocolError(f"{refused[1]}: cannot add another track", CloseCode.TRY_AGAIN_LATER)
         self.active_streams += 1
         self.metrics.active_streams.inc()
 

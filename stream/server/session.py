@@ -46,6 +46,15 @@ INBOX_MAX_S = 4.0
 INLINE_INGEST_MAX_S = 0.25
 
 
+def window_outcome(speech: bool, score: float | None) -> str:
+    """A resolved window's outcome for the metrics, as its events count it: a
+    non-finite score (a model card's model can return one) is a dropped window
+    (``Engine.resolve``), so it must not count as scored nor add a score delay."""
+    if not speech:
+        return "gated"
+    return "scored" if score is not None and math.isfinite(score) else "dropped"
+
+
 def _ring(doorbell: MemoryObjectSendStream[None]) -> None:
     """Wake the other task; a wake-up already pending is enough (capacity 1)."""
     with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -232,7 +241,7 @@ class StreamSession:
                         if self._observer is not None:
                             # A sender ahead of real time (an upload) waits by design: no lag to report.
                             live = arrived if self.driver.is_live() else None
-                            self._observer.window_done("scored" if pending.gate.speech else "gated", live)
+                            self._observer.window_done(window_outcome(pending.gate.speech, score), live)
                         await self._send(self.driver.resolve(pending, score))
 
     async def _send(self, events: list[Event]) -> None:

@@ -35,6 +35,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,11 +69,53 @@ class _Worker:
     ready: bool = False
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound but not yet listening: a port in use fails at
+    once, before the slow start-up work, while connections made meanwhile are
+    refused (not left waiting in a backlog nobody accepts from yet)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-    sock.setblocking(False)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As socket.create_server: a restarted server may rebind at once (TIME_WAIT),
+        # and an IPv6 address means IPv6 only.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(host, port, exc) from None
     return sock
+
+
+def start_listening(sock: socket.socket, host: str, port: int) -> None:
+    try:
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:  # another socket bound with SO_REUSEADDR listened first
+        raise _cannot_listen(host, port, exc) from None
+    sock.setblocking(False)
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> InputError:
+    return InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Within: SIGTERM stops the start-up as Ctrl-C does (``KeyboardInterrupt``),
+    until the supervisor sets its own handlers. Needed: as PID 1 in a container
+    a process has no default action for SIGTERM, which is then ignored until a
+    handler is set, and start-up takes long (exports, the host-cost probe, the
+    workers' models). The previous handler is restored on the way out."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 class Supervisor:
@@ -95,48 +138,61 @@ class Supervisor:
         self._early_deaths = [0] * workers
         self._restart_at: dict[int, float] = {}
         self._stopping = False
+        #: Until the workers start, a signal raises ``KeyboardInterrupt`` (see ``run``).
+        self._starting = False
         self.port: int | None = None
         self._state_dir = ""
         self._sinks: Any = None  # the sinks, opened when a dead worker left open alerts
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._starting:  # nothing to drain yet: stop the start-up where it is
+            _raise_interrupt(signum, frame)
         self._stopping = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; the exit status (0 after a drain)."""
+        """Serve until SIGTERM/SIGINT; the exit status (0 after a drain). A signal
+        before the workers start raises ``KeyboardInterrupt`` (nothing to drain)."""
         config = self.spec.config
         config.validate()
-        # Before the socket opens (nobody waits on it meanwhile), and before the
-        # metrics directory is cleaned (the probe's own server counts windows
-        # too, and none of them may reach the workers' totals).
-        if config.shedding is not None and self.spec.load_live is not None:
-            self.spec = replace(self.spec, host_cpu_s_per_audio_s=self._probe_host_cost())
-        try:
-            self.sock = listen_socket(config.host, config.port)
-        except OSError as exc:
-            raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
-        self.port = int(self.sock.getsockname()[1])
-        own_dir = MULTIPROC_ENV not in os.environ
-        metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="spoofwatch-metrics-")
-        for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
-            stale.unlink()
-        os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
-        self._state_dir = metrics_dir  # also holds each worker's open-alert journal
-        # A previous run that died whole (SIGKILL, OOM) left its open alerts here: end them now, once.
-        self._emit_alert_ends(leftover_alert_ends(metrics_dir), "a previous run")
         self._wake_r, self._wake_w = socket.socketpair()  # a signal wakes the supervision loop
+        # First of all: SIGTERM during the slow start-up must stop it (see interrupt_on_sigterm).
+        self._starting = True
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.sock: socket.socket | None = None
+        own_dir = False
+        metrics_dir = ""
         try:
+            # Bound before the probe: a port in use is reported at once.
+            self.sock = bind_socket(config.host, config.port)
+            # Before the socket listens (nobody waits on it meanwhile), and before the
+            # metrics directory is cleaned (the probe's own server counts windows
+            # too, and none of them may reach the workers' totals).
+            if config.shedding is not None and self.spec.load_live is not None:
+                self.spec = replace(self.spec, host_cpu_s_per_audio_s=self._probe_host_cost())
+            start_listening(self.sock, config.host, config.port)
+            self.port = int(self.sock.getsockname()[1])
+            own_dir = MULTIPROC_ENV not in os.environ
+            metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="spoofwatch-metrics-")
+            for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
+                stale.unlink()
+            os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
+            self._state_dir = metrics_dir  # also holds each worker's open-alert journal
+            # A previous run that died whole (SIGKILL, OOM) left its open alerts here: end them now, once.
+            self._emit_alert_ends(leftover_alert_ends(metrics_dir), "a previous run")
+            # From here a signal drains the workers (the supervision loop sees _stopping).
+            self._starting = False
             for i in range(self.n_workers):
                 self._start(i)
             return self._supervise()
         finally:
+            self._starting = False
             self._drain()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self.sock.close()
+            if self.sock is not None:
+                self.sock.close()
             self._wake_r.close()
             self._wake_w.close()
             if self._sinks is not None:
@@ -150,10 +206,11 @@ class Supervisor:
         ``None`` when the probe failed (workers then measure it live only)."""
         from ..vad import SileroVad
         from .load import host_capacity
-        from .selftest import measure_host_cost
+        from .selftest import SELFTEST_STREAMS, measure_host_cost
 
         config = self.spec.config
         assert self.spec.load_live is not None and config.shedding is not None  # see run()
+        log.info("measuring the host cost: %d real-time streams on a loopback port", SELFTEST_STREAMS)
         try:
             cost = measure_host_cost(self.spec.load_live(self.spec), SileroVad(), config)
         except SpoofwatchError as exc:
