@@ -35,7 +35,6 @@ EXPORT_PARITY_TOL = 1e-3
 #: Bumped when the export recipe changes, so old cached graphs are not reused.
 EXPORT_VERSION = 1
 ONNX_OPSET = 18
-#: Environment variable naming the development data folder (``../shared``).
 
 
 def parity_inputs(batch: int = 3, seed: int = 0) -> npt.NDArray[np.float32]:

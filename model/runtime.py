@@ -362,9 +362,26 @@ class OnnxScorer:
         parts = []
         for start in range(0, batch.shape[0], self.max_batch_windows):
             chunk = batch[start : start + self.max_batch_windows]
-            parts.append(np.asarray(self.session.run([self._output], {self._input: chunk})[0], np.float32))
+            out = np.asarray(self.session.run([self._output], {self._input: chunk})[0], np.float32)
             self.calls += 1
+            parts.append(self._checked(out, len(chunk)))
         return np.concatenate(parts, axis=0)
+
+    def _checked(self, out: npt.NDArray[np.float32], batch: int) -> npt.NDArray[np.float32]:
+        """One call's output, as the score is read from it: ``[batch]``, or
+        ``[batch, k]`` holding the score's column. (A card was checked at
+        batches 1 and 2; a model may still answer another size otherwise.)"""
+        wanted = 1 if self._column is None else 2
+        if (
+            out.ndim != wanted
+            or out.shape[0] != batch
+            or (self._column is not None and out.shape[1] <= self._column)
+        ):
+            raise ModelError(
+                f"{self.onnx_path.name}: output {list(out.shape)} for a batch of {batch}; expected "
+                + ("[batch]" if wanted == 1 else f"[batch, k] with k > {self._column}")
+            )
+        return out
 
     def logits(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """``(B, window_samples)`` (or one window) -> the model's raw output, batch first."""
@@ -372,20 +389,7 @@ class OnnxScorer:
 
     def scores(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Bona fide scores, one per window; higher means more genuine."""
-        batch = validate_windows(windows, self.window_samples)
-        out = self._run(batch)
-        wanted = 1 if self._column is None else 2
-        if (
-            out.ndim != wanted
-            or out.shape[0] != len(batch)
-            or (self._column is not None and out.shape[1] <= self._column)
-        ):
-            # The card was checked at batches 1 and 2; a model may still
-            # answer another batch size with another shape.
-            raise ModelError(
-                f"{self.onnx_path.name}: output {list(out.shape)} for a batch of {len(batch)}; expected "
-                + ("[batch]" if wanted == 1 else f"[batch, k] with k > {self._column}")
-            )
+        out = self.logits(windows)
         column = out if self._column is None else out[:, self._column]
         result: npt.NDArray[np.float32] = (self._sign * column).astype(np.float32, copy=False)
         return result

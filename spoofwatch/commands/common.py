@@ -35,6 +35,19 @@ def check_output_file(path: Path, flag: str = "--out", inputs: dict[str, Path | 
         raise InputError(f"{flag} {path}: cannot make its folder: {exc.strerror or exc}") from None
 
 
+def model_inputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """The files a command's model options name (``--weights``; ``--model`` when
+    it is a card), for :func:`check_output_file`. (``--calibration`` is left
+    out: refitting a calibration in place is a fair use.)"""
+    from spoofwatch.model.card import is_card_reference
+
+    model = getattr(args, "model", None)
+    return {
+        "--weights": getattr(args, "weights", None),
+        "--model": Path(model) if model is not None and is_card_reference(model) else None,
+    }
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """``a`` and ``b`` name one file (through links too; a missing file is
     compared by its resolved path)."""

@@ -179,10 +179,12 @@ class Supervisor:
                 stale.unlink()
             os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
             self._state_dir = metrics_dir  # also holds each worker's open-alert journal
+            # From here a signal drains (the supervision loop sees _stopping):
+            # the leftover alerts below are read and deleted, then submitted, and
+            # an interrupt in between would lose them for good.
+            self._starting = False
             # A previous run that died whole (SIGKILL, OOM) left its open alerts here: end them now, once.
             self._emit_alert_ends(leftover_alert_ends(metrics_dir), "a previous run")
-            # From here a signal drains the workers (the supervision loop sees _stopping).
-            self._starting = False
             for i in range(self.n_workers):
                 self._start(i)
             return self._supervise()
