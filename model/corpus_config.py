@@ -12,18 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import spoofwatch
 from spoofwatch.errors import ConfigError
-from spoofwatch.paths import SHARED_ENV
+from spoofwatch.paths import DEFAULT_SHARED, SHARED_ENV
 
 from .channel import ChannelConfig
 
 SPLITS = ("train", "dev", "test")
 #: Clips shorter than this (s) are left out of the corpus.
 MIN_SECONDS = 0.5
-#: Where ``shared`` is without the key or the variable: ``shared`` beside the
-#: checkout (the project's layout; the ``spoofwatch`` package is a top-level folder of it).
-DEFAULT_SHARED = Path(spoofwatch.__file__).resolve().parents[2] / "shared"
 #: A subset's name is its protocol's file stem: one plain file name, so that it
 #: can neither leave ``protocols/`` nor need a folder there.
 SUBSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

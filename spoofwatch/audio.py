@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy.typing as npt
 
 from .constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from .errors import AudioError, InputError
+
+log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -122,6 +125,8 @@ def _decode_error(path: Path, exc: Exception) -> AudioError:
     )
 
 
+#: libsndfile's name for MP3, whose frame count is an estimate, not a header field.
+MP3_FORMAT = "MPEG"
 _DECODE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, TypeError, ValueError)
 
 
@@ -136,8 +141,12 @@ class AudioFile:
         self.path = Path(path)
         if self.path.is_dir():
             raise AudioError(f"{self.path}: is a folder; expected an audio file")
-        if not self.path.is_file():
+        if not self.path.exists():
             raise AudioError(f"{self.path}: no such audio file")
+        if not self.path.is_file():  # a FIFO, a device: libsndfile needs to seek
+            raise AudioError(
+                f"{self.path}: not a regular file; expected an audio file (save a pipe's audio first)"
+            )
         try:
             info = soundfile.info(str(self.path))
         except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
@@ -145,6 +154,8 @@ class AudioFile:
         self.rate_hz = int(info.samplerate)
         self.channels = int(info.channels)
         self.frames = int(info.frames)
+        #: libsndfile's container format ("WAV", "FLAC", "MPEG", ...).
+        self.format = str(info.format)
         check_sample_rate(self.rate_hz, str(self.path))
         if self.frames == 0:
             raise AudioError(f"{self.path}: audio is empty (0 samples)")
@@ -178,6 +189,15 @@ class AudioFile:
             raise _decode_error(self.path, exc) from None
         if total == 0:
             raise AudioError(f"{self.path}: audio is empty (0 samples)")
+        if total < self.frames and self.format != MP3_FORMAT:
+            # Cut short on disk (still being written, or damaged): say so, the
+            # events end early. (An MP3's length is an estimate: see Known limits.)
+            log.warning(
+                "%s: ended after %.2f s of the %.2f s its header announces (truncated?)",
+                self.path,
+                total / self.rate_hz,
+                self.frames / self.rate_hz,
+            )
         tail = resampler(np.zeros(0, dtype=np.float32), last=True)
         if tail.size:
             yield tail

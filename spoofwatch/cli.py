@@ -47,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # building the parser imports every command module: seconds, and Ctrl-C may come
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
     # spoofwatch's own INFO lines (the provider in use, files written) show by
     # default; other libraries only speak up for warnings.
     logging.basicConfig(

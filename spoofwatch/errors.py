@@ -13,7 +13,8 @@ so callers can catch one type. The CLI maps each child to an exit code::
     ├── ProtocolError               exit 6  a client broke the streaming protocol
     ├── DatasetError                exit 7  missing files, malformed protocol lines
     ├── CalibrationError            exit 8  calibration made for another model, etc.
-    └── NetworkError                exit 9  a server cannot be reached (refused, unresolvable, timeout)
+    ├── NetworkError                exit 9  a server cannot be reached (refused, unresolvable, timeout)
+    └── SinkError                   exit 10 events could not be written (a full disk, a closed pipe)
 """
 
 from __future__ import annotations
@@ -106,3 +107,9 @@ class NetworkError(SpoofwatchError):
     """A server could not be reached: connection refused, unknown host, timeout."""
 
     exit_code = 9
+
+
+class SinkError(SpoofwatchError):
+    """Events could not all be written to an events sink (a full disk, a closed reader)."""
+
+    exit_code = 10

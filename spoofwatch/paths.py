@@ -12,6 +12,8 @@ from .errors import InputError
 HOME_ENV = "SPOOFWATCH_HOME"
 #: The shared development data (official outputs, LA clips, speech corpora).
 SHARED_ENV = "SPOOFWATCH_SHARED"
+#: Where that data is when the variable is unset: ``shared`` beside the checkout.
+DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def home_dir() -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import sample_problem
-from spoofwatch.errors import AudioError
+from spoofwatch.errors import AudioError, DeviceError
 
 from .driver import StreamDriver
 from .engine import Scorer, WindowScorer
@@ -31,7 +31,7 @@ def monitor(
     status_every_s: float = STATUS_EVERY_S,
 ) -> None:
     """Consume audio until ``stop`` is set or Ctrl-C (both a normal end), or a
-    failure (bad samples, the model), which is raised.
+    failure (bad samples, the model, a device that stopped), which is raised.
 
     The capture callback only writes the ring; this loop resamples, gates
     and scores through ``driver`` (built at the source's rate with
@@ -47,6 +47,11 @@ def monitor(
             while not stop.is_set():
                 chunk = source.ring.read()
                 if chunk.size == 0:
+                    if source.ended:  # PortAudio ended the stream: no audio will come
+                        raise DeviceError(
+                            f"input device {source.device!r} stopped delivering audio "
+                            "(unplugged, or its audio server went away)"
+                        )
                     stop.wait(POLL_S)
                     continue
                 events = driver.feed(checked(chunk), scorer)

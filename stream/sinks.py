@@ -12,6 +12,7 @@ loudly where it was produced instead of becoming an invalid line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -186,14 +187,28 @@ def check_appendable(path: Path) -> None:
 
 
 def file_writer(path: Path) -> tuple[Callable[[str], None], Callable[[], None]]:
-    """Append lines to ``path`` (opened now, so a bad path fails at start-up)."""
+    """Append lines to ``path`` (opened now, so a bad path fails at start-up).
+
+    Whole lines only: a write that fails part-way (a full disk) is cut back
+    off the file, since a fragment would also spoil the next line appended."""
     fh = open_for_append(path)
+    fh.close()  # the check and its message; the lines go straight to the descriptor
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
     def write(line: str) -> None:
-        fh.write(line + "\n")
-        fh.flush()
+        data = (line + "\n").encode()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size <= start + len(data):  # nobody else appended since
+                    os.ftruncate(fd, start)
+            raise
 
-    return write, fh.close
+    return write, lambda: os.close(fd)
 
 
 def stream_writer(stream: IO[str]) -> Callable[[str], None]:

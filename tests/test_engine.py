@@ -314,3 +314,48 @@ def test_frame_levels_in_one_pass_equal_each_frame_alone(spoof_stream: np.ndarra
     for i in range(20):
         assert levels[i] == rms_dbfs(rows[i]) == rows_rms_dbfs(rows[i : i + 1])[0]
     assert levels[3] == -120.0 and levels.max() > -40.0 and levels[5] < levels.max() - 50
+
+
+def test_stream_cli_sigterm_ends_as_ctrl_c_and_a_second_signal_cannot_cut_the_summary(
+    sw_home: Path,
+    spoof_stream: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGTERM (`timeout`, a supervisor) mid-alert: the alert ends ("shutdown")
+    and the summary follows, as for Ctrl-C (it used to kill the process with
+    neither). A Ctrl-C while those closing events are written is ignored."""
+    import os
+    import signal
+
+    import spoofwatch.commands.stream_cmds as stream_cmds
+    import spoofwatch.stream.sources.file as file_source
+
+    heard = spoof_stream[: 13 * 16000 + 123]
+
+    def terminated(path: object, realtime: bool = False) -> Any:
+        def chunks() -> Any:
+            yield from file_source.iter_chunks(heard)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the next statement runs
+            yield np.zeros(0, np.float32)
+
+        return chunks()
+
+    emit = stream_cmds._emit
+
+    def emit_then_interrupt(events: list[Any], as_json: bool) -> None:
+        for event in events:
+            emit([event], as_json)
+            if event.type == "alert_end":  # between the alert's end and the summary
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(file_source, "file_chunks", terminated)
+    monkeypatch.setattr(stream_cmds, "_emit", emit_then_interrupt)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["stream", "--json", "--device", "cpu", "unused.wav"]) == 130
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("alert_start") == 1 and types[-2:] == ["alert_end", "summary"]
+    assert events[-2]["reason"] == "shutdown"
+    assert events[-1]["duration_s"] == pytest.approx(heard.size / 16000)

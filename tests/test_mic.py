@@ -174,11 +174,19 @@ def test_monitor_failing_mid_alert_ends_the_alert_and_summarises(
 
 
 def test_missing_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["monitor"])
+    """No input device (this machine, CI): the default device is missing. Where
+    one exists (a PulseAudio server running), a device name that matches none."""
+    from spoofwatch.stream.sources.mic import list_input_devices
+
+    try:
+        devices = list_input_devices()
+    except DeviceError:
+        devices = []
+    code = main(["monitor"] if not devices else ["monitor", "--device", "no such device anywhere"])
     err = capsys.readouterr().err
     assert code == DeviceError.exit_code
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "PortAudio" in err or "no audio input device" in err
+    assert "PortAudio" in err or "no audio input device" in err or "bad input device" in err
 
 
 def test_bad_device_id(capsys: pytest.CaptureFixture[str]) -> None:
@@ -206,3 +214,47 @@ def test_parse_device() -> None:
     assert parse_device(None) is None
     assert parse_device("3") == 3
     assert parse_device("USB Mic") == "USB Mic"
+
+
+class DyingInputStream(FakeInputStream):
+    """A device that goes away after its audio: PortAudio then ends the stream
+    on its own and calls the stream's ``finished_callback`` (as it does when
+    the audio server is killed), and no more audio comes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.finished_callback = kwargs["finished_callback"]
+
+    def _run(self) -> None:
+        super()._run()
+        if not self._halt.is_set():
+            self.finished_callback()
+
+
+def test_a_device_that_dies_mid_alert_ends_the_capture_with_an_error(
+    sw_home: Path, audio48: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
+) -> None:
+    """It used to wait for audio forever, the alert open. Now: what was heard
+    is scored, the alert ends (reason "error"), the summary follows, and a
+    DeviceError says what happened."""
+    consumed = threading.Semaphore(0)
+    seen: list[Event] = []
+
+    def on_events(events: list[Event]) -> None:
+        seen.extend(events)
+        consumed.release()
+
+    audio = audio48[: 15 * NATIVE_HZ]
+    source = MicrophoneSource(
+        NATIVE_HZ,
+        device="usb mic",
+        stream_factory=lambda **kw: DyingInputStream(audio, BLOCK, consumed, **kw),
+    )
+    driver = StreamDriver(make_engine(), NATIVE_HZ, drop_stale=True)
+    with pytest.raises(DeviceError, match=r"input device 'usb mic' stopped delivering audio"):
+        monitor(source, driver, scorer, on_events, threading.Event())
+    events = [e.to_json() for e in seen]
+    types = [e["type"] for e in events]
+    assert types.count("alert_start") == 1 and types[-2:] == ["alert_end", "summary"]
+    assert events[-2]["reason"] == "error"
+    assert events[-1]["duration_s"] == pytest.approx(15.0, abs=0.02)  # everything heard was scored

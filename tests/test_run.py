@@ -9,9 +9,11 @@ and a stream is scored. The device path gives PortAudio a real input device
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -155,3 +157,64 @@ def test_with_a_device_run_monitors_it(
         code = proc.stop()  # SIGTERM: the monitor stops cleanly and summarises
     assert code == 0, "\n".join(proc.lines)
     assert any("summary:" in line for line in proc.lines)
+
+
+def _monitor_until_alert(
+    env: dict[str, str], wav: Path, jsonl: Path
+) -> tuple[CliProcess, subprocess.Popen[bytes]]:
+    """``monitor`` capturing the null sink's monitor, with spoofed speech played
+    into it, once its alert has started."""
+    proc = CliProcess(["monitor", "--jsonl", str(jsonl)], env=env)
+    proc.wait_for_line(re.compile(r"monitoring '.+' at \d+ Hz"), START_TIMEOUT_S)
+    player = subprocess.Popen(["paplay", "-d", SINK, str(wav)], env={**os.environ, **env})
+    proc.wait_for_line(re.compile(r"SPOOF ALERT START"), START_TIMEOUT_S)
+    return proc, player
+
+
+def _closing(jsonl: Path) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("summary") == 1 and types.count("alert_start") == types.count("alert_end") == 1
+    return [e for e in events if e["type"] == "alert_end"]
+
+
+@pytest.mark.slow
+def test_monitor_ends_with_its_closing_events_on_ctrl_c_twice_and_when_the_device_dies(
+    pulse_mic: dict[str, str], sw_home: Path, onnx_aasist_l: Path, la_dir: Path, tmp_path: Path
+) -> None:
+    """Two Ctrl-C in a row mid-alert: the second cannot cut off the alert's end
+    and the summary, and the exit status is 130 (it was 0, or no summary).
+    Then the audio server is killed mid-alert: the monitor used to wait for
+    audio forever with the alert open; now it ends the alert ("error"),
+    writes the summary and exits with the device error's status."""
+    assert _has_input_device(pulse_mic), "PortAudio does not see the PulseAudio source"
+    spoof = np.concatenate([read_audio(la_clip(la_dir, u)) for u in SPOOF_UTTS])
+    wav = tmp_path / "spoof.wav"
+    sf.write(wav, np.tile(spoof, 6), 16000, subtype="PCM_16")
+
+    jsonl = tmp_path / "ctrl_c.jsonl"
+    proc, player = _monitor_until_alert(pulse_mic, wav, jsonl)
+    try:
+        proc.process.send_signal(signal.SIGINT)
+        proc.process.send_signal(signal.SIGINT)
+        assert proc.process.wait(timeout=120) == 130, "\n".join(proc.lines)
+    finally:
+        player.terminate()
+        player.wait(timeout=30)
+        proc.stop()
+    (end,) = _closing(jsonl)
+    assert end["reason"] != "error"
+
+    jsonl = tmp_path / "device_gone.jsonl"
+    proc, player = _monitor_until_alert(pulse_mic, wav, jsonl)
+    try:
+        socket_path = pulse_mic["PULSE_SERVER"].removeprefix("unix:")
+        subprocess.run(["pkill", "-KILL", "-f", f"socket={socket_path}"], check=True)
+        assert proc.process.wait(timeout=120) == DeviceError.exit_code, "\n".join(proc.lines)
+    finally:
+        player.terminate()
+        player.wait(timeout=30)
+        proc.stop()
+    assert any("stopped delivering audio" in line for line in proc.lines), "\n".join(proc.lines)
+    (end,) = _closing(jsonl)
+    assert end["reason"] == "error"

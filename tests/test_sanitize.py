@@ -391,3 +391,34 @@ def test_threads_loading_a_model_first_time_export_it_once(
         t.join(60)
     assert calls == [1], calls  # one export, never two at once
     assert len(paths) == 2 and paths[0] == paths[1] and paths[0].read_bytes() == b"onnx"
+
+
+def test_a_pipe_is_named_as_not_a_file_and_a_cut_short_file_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FIFO exists (it was "no such audio file"); a WAV cut short while it
+    is read (its header, read at open, said more) is read as far as it goes,
+    with a warning saying how far that was."""
+    import os
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioError, match=r"pipe.wav: not a regular file; expected an audio file"):
+        AudioFile(fifo)
+    with pytest.raises(AudioError, match=r"missing.wav: no such audio file"):
+        AudioFile(tmp_path / "missing.wav")
+
+    path = tmp_path / "cut.wav"
+    soundfile.write(path, np.full(16000 * 4, 0.1, np.float32), 16000, subtype="PCM_16")
+    whole = path.read_bytes()
+    opened = AudioFile(path)  # the header says 4 s
+    path.write_bytes(whole[: len(whole) // 4])
+    with caplog.at_level("WARNING", logger="spoofwatch.audio"):
+        samples = np.concatenate(list(opened.chunks()))
+    assert samples.size < 16000 * 4
+    assert "cut.wav: ended after 1.00 s of the 4.00 s its header announces" in caplog.text
+    caplog.clear()
+    path.write_bytes(whole)
+    with caplog.at_level("WARNING", logger="spoofwatch.audio"):
+        assert np.concatenate(list(AudioFile(path).chunks())).size == 16000 * 4
+    assert "header announces" not in caplog.text

@@ -159,3 +159,49 @@ def test_an_unusable_events_file_is_one_error_before_anything_starts(
     assert f"{bad}: cannot open the events file for appending" in err and "Traceback" not in err
     with pytest.raises(InputError, match="cannot open the events file"):
         JsonlSink(tmp_path)  # a folder
+
+
+FULL_DISK_SCRIPT = """
+import json, resource, signal, sys
+from pathlib import Path
+from spoofwatch.commands.common import check_sink_wrote_all
+from spoofwatch.errors import SinkError
+from spoofwatch.stream.sinks import JsonlSink
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+sink = JsonlSink(Path(sys.argv[1]))
+for i in range(50):
+    sink.write({"type": "score", "i": i, "pad": "x" * 37})
+sink.close()
+try:
+    check_sink_wrote_all(sink)
+except SinkError as exc:
+    print(json.dumps({"error": str(exc), "exit_code": exc.exit_code, **sink.counters.as_dict()}))
+"""
+
+
+def test_a_full_disk_leaves_whole_lines_and_says_events_were_lost(tmp_path: Path) -> None:
+    """The disk fills mid-line (a file-size limit stands in for a full disk):
+    the fragment is cut back off, so the file holds whole JSON lines only and
+    the next append starts clean, and the loss is an error, not a log line."""
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    path = tmp_path / "events.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(path), "1000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(run.stdout)
+    text = path.read_text()
+    lines = text.splitlines()
+    assert text.endswith("\n") and [json.loads(line)["i"] for line in lines] == list(range(len(lines)))
+    assert report["written"] == len(lines) and report["failed"] == 50 - len(lines) > 0
+    assert report["exit_code"] == 10 and f"{50 - len(lines)} of 50 events were not written" in report["error"]

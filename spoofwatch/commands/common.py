@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,51 @@ from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, MODEL_NAMES, 
 from spoofwatch.model.runtime import DEVICES
 
 log = logging.getLogger(__name__)
+
+
+class InterruptOnce:
+    """Signal handling for a command that must end with its closing events.
+
+    Within ``with InterruptOnce(signals):`` the first of ``signals`` raises
+    ``KeyboardInterrupt`` where the command is (as Ctrl-C does by default);
+    any later one is ignored while the command finishes, so that a second
+    Ctrl-C cannot cut off the alert's end and the summary. ``received`` is
+    the first signal's number (``None``: none came). The previous handlers
+    are restored on the way out."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT,)) -> None:
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            log.warning("%s again: still finishing (closing events, summary)", signal.Signals(signum).name)
+            return
+        self.received = signum
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def __enter__(self) -> InterruptOnce:
+        self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def check_sink_wrote_all(sink: Any) -> None:
+    """After a closed :class:`~spoofwatch.stream.sinks.QueuedSink`: every event
+    written, or a :class:`SinkError` (the exit status must show events lost:
+    a warning alone is easy to miss, and ``-q`` hides the counts)."""
+    from spoofwatch.errors import SinkError
+
+    c = sink.counters
+    if c.failed or c.dropped:
+        raise SinkError(
+            f"{c.failed + c.dropped} of {c.written + c.failed + c.dropped} events were not written to "
+            f"{sink.name} ({c.failed} failed, {c.dropped} dropped; see the warnings above)"
+        )
 
 
 def check_output_file(path: Path, flag: str = "--out", inputs: dict[str, Path | None] | None = None) -> None:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from spoofwatch.stream.events import Event
 
-from .common import add_model_args, add_scoring_args, load_live_scoring, print_event
+from .common import (
+    InterruptOnce,
+    add_model_args,
+    add_scoring_args,
+    check_sink_wrote_all,
+    load_live_scoring,
+    print_event,
+)
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -125,19 +132,22 @@ def cmd_stream(args: argparse.Namespace) -> int:
         drawn.extend(events if args.plot else [])
         _emit(events, args.json)
 
-    try:
-        for chunk in chunks:
-            emit(driver.feed(chunk, scorer))
-        emit(driver.close(scorer))
-    except KeyboardInterrupt:  # Ctrl-C: flush and summarise what was heard, then exit 130
-        emit(driver.close(scorer, SHUTDOWN))
-        raise
-    except Exception:  # bad audio mid-file, a model failure: an open alert ends, and the summary
-        emit(driver.abort(ERROR))
-        raise
-    finally:
-        if args.plot:
-            _plot_stream(drawn, engine, args)
+    # SIGTERM (`timeout`, a supervisor) ends as Ctrl-C does; a second signal
+    # cannot cut off the closing events.
+    with InterruptOnce((signal.SIGINT, signal.SIGTERM)):
+        try:
+            for chunk in chunks:
+                emit(driver.feed(chunk, scorer))
+            emit(driver.close(scorer))
+        except KeyboardInterrupt:  # flush and summarise what was heard, then exit 130
+            emit(driver.close(scorer, SHUTDOWN))
+            raise
+        except Exception:  # bad audio mid-file, a model failure: an open alert ends, and the summary
+            emit(driver.abort(ERROR))
+            raise
+        finally:
+            if args.plot:
+                _plot_stream(drawn, engine, args)
     return 0
 
 
@@ -180,7 +190,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     driver = StreamDriver(engine, rate, drop_stale=True, incremental=scorer.mode == "incremental")
     sink = JsonlSink(args.jsonl) if args.jsonl else None
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service's normal stop: exit 0
     sys.stderr.write(
         f"monitoring {name!r} at {rate} Hz with {args.model} on {detector.scorer.device} "
         f"({scorer.mode} windows); Ctrl-C stops\n"
@@ -197,9 +207,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 sys.stderr.write("\r" + format_event(data) + "\x1b[K\n")
         sys.stderr.flush()
 
-    try:
-        monitor(source, driver, scorer, on_events, stop)
-    finally:
+    # Ctrl-C ends the capture with its closing events (a second one cannot cut
+    # them off) and exits 130, as in every command.
+    with InterruptOnce() as interrupt:
+        try:
+            monitor(source, driver, scorer, on_events, stop)
+        finally:
+            if sink:
+                sink.close()
         if sink:
-            sink.close()
-    return 0
+            check_sink_wrote_all(sink)
+    return 130 if interrupt.received is not None else 0

@@ -9,6 +9,7 @@ so the adapter is testable on machines without a sound card.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -90,6 +91,9 @@ class MicrophoneSource:
         self.input_overflows = 0
         self._factory = stream_factory
         self._stream: Any = None
+        #: Set by PortAudio when the stream ends: by ``stop``, or on its own when
+        #: the device goes away (unplugged, the audio server killed).
+        self._ended = threading.Event()
 
     def _callback(self, indata: npt.NDArray[np.float32], frames: int, time_info: Any, status: Any) -> None:
         # Runs on PortAudio's thread: copy and return. No locks, no I/O, no logging.
@@ -108,6 +112,7 @@ class MicrophoneSource:
                 samplerate=self.rate_hz,
                 dtype="float32",
                 callback=self._callback,
+                finished_callback=self._ended.set,
             )
             self._stream.start()
         except DeviceError:
@@ -118,8 +123,16 @@ class MicrophoneSource:
             ) from None
         log.info("capturing from %r at %d Hz", self.device, self.rate_hz)
 
+    @property
+    def ended(self) -> bool:
+        """The stream ended (after ``start``): a device that died, unless ``stop`` ended it."""
+        return self._ended.is_set()
+
     def stop(self) -> None:
         if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
+            stream, self._stream = self._stream, None
+            try:
+                stream.stop()
+                stream.close()
+            except Exception as exc:  # a device that died may fail to stop; the capture is over anyway
+                log.warning("closing input device %r: %s", self.device, exc)
