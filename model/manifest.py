@@ -36,6 +36,11 @@ SPOOF_KINDS = ("tts", "vc", "vocoder", "codec")
 SPEAKER_FROM = ("folder", "corpus")
 
 
+#: What a genuine row's system and kind columns say.
+GENUINE_SYSTEM = "GT"
+GENUINE_KIND = "gt"
+
+
 @dataclass(frozen=True)
 class FolderSource:
     """How to describe every file under a folder."""
@@ -43,16 +48,22 @@ class FolderSource:
     label: str  # bonafide | spoof
     corpus: str  # genuine: the corpus; spoof: what the system imitates
     source: str  # the ``source_repo`` column: where the audio came from
-    system: str = "GT"
-    kind: str = "gt"
+    system: str = GENUINE_SYSTEM
+    kind: str = GENUINE_KIND
     speaker_from: str = "folder"  # folder: the file's parent folder names the speaker
     licence: str = "unknown"
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
             raise InputError(f"label {self.label!r}: expected one of {LABELS}")
-        if self.label == "spoof" and (self.kind not in SPOOF_KINDS or self.system in ("", "GT")):
+        if self.label == "spoof" and (self.kind not in SPOOF_KINDS or self.system in ("", GENUINE_SYSTEM)):
             raise InputError(f"a spoof folder needs --system NAME and --kind one of {SPOOF_KINDS}")
+        if self.label == "bonafide" and (self.system, self.kind) != (GENUINE_SYSTEM, GENUINE_KIND):
+            # A genuine row is written as GENUINE_SYSTEM/GENUINE_KIND whatever was given.
+            raise InputError(
+                f"--system and --kind describe spoof folders; a bonafide folder is system "
+                f"{GENUINE_SYSTEM}, kind {GENUINE_KIND} (got --system {self.system} --kind {self.kind})"
+            )
         if self.speaker_from not in SPEAKER_FROM:
             raise InputError(f"speaker_from {self.speaker_from!r}: expected one of {SPEAKER_FROM}")
         for name in ("corpus", "source", "system", "licence"):
@@ -92,8 +103,8 @@ def scan_folder(root: Path, spec: FolderSource, out_dir: Path) -> tuple[list[lis
             [
                 _relative(path, out_dir),
                 spec.label,
-                spec.system if spec.label == "spoof" else "GT",
-                spec.kind if spec.label == "spoof" else "gt",
+                spec.system,
+                spec.kind,
                 who,
                 spec.source,
                 spec.licence,

@@ -332,6 +332,10 @@ def test_data_manifest_describes_a_folder_for_the_corpus(
     )
     assert rc == 0
     assert "2 files, 2 speaker(s), 1 skipped" in capsys.readouterr().out
+    # A system or kind for genuine audio was accepted and silently written as GT/gt.
+    argv = ["data", "manifest", str(calls), "--out", str(tmp_path / "x.tsv"), "--label", "bonafide"]
+    assert main([*argv, "--corpus", "Our calls", "--system", "Foo", "--kind", "tts"]) == 2
+    assert "--system and --kind describe spoof folders" in capsys.readouterr().err
     rows = list(csv.DictReader(out.read_text().splitlines(), delimiter="\t"))
     assert [(r["path"], r["speaker_or_corpus"], r["original_rate"]) for r in rows] == [
         ("../calls/agent0/c0.wav", "Our calls (agent0)", "8000"),

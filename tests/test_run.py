@@ -216,5 +216,8 @@ def test_monitor_ends_with_its_closing_events_on_ctrl_c_twice_and_when_the_devic
         player.wait(timeout=30)
         proc.stop()
     assert any("stopped delivering audio" in line for line in proc.lines), "\n".join(proc.lines)
+    # stderr is a pipe here, not a terminal: plain lines, no updating score line.
+    live_line = re.compile(r"t=\s*[\d.]+s\s+score")
+    assert not any("\x1b[K" in line or live_line.search(line) for line in proc.lines), "\n".join(proc.lines)
     (end,) = _closing(jsonl)
     assert end["reason"] == "error"

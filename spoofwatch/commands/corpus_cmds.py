@@ -12,6 +12,7 @@ from typing import Any
 
 from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES
+from spoofwatch.model.manifest import GENUINE_KIND, GENUINE_SYSTEM
 
 from .common import (
     add_precision_arg,
@@ -121,8 +122,8 @@ def register_data(dsub: Any) -> None:
     man.add_argument("--label", choices=LABELS, required=True)
     man.add_argument("--corpus", required=True, help="name of the recordings, e.g. 'our call centre'")
     man.add_argument("--source", default="local", help="where the audio came from (source_repo column)")
-    man.add_argument("--system", default="GT", help="synthesis system (spoof folders)")
-    man.add_argument("--kind", default="gt", help="tts, vc, vocoder or codec (spoof folders)")
+    man.add_argument("--system", default=GENUINE_SYSTEM, help="synthesis system (spoof folders)")
+    man.add_argument("--kind", default=GENUINE_KIND, help="tts, vc, vocoder or codec (spoof folders)")
     man.add_argument(
         "--speaker-from",
         choices=("folder", "corpus"),

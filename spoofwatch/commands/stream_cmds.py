@@ -196,15 +196,22 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         f"({scorer.mode} windows); Ctrl-C stops\n"
     )
 
+    # The updating score line is for a terminal; redirected (a log file, a
+    # service), stderr gets the other events as plain lines, no escape codes.
+    terminal = sys.stderr.isatty()
+
     def on_events(events: list[Event]) -> None:
         for event in events:
             data = event.to_json()
             if sink:
                 sink.write(data)
             if data["type"] == "score":
-                sys.stderr.write("\r" + live_line(data, engine.policy.active) + "\x1b[K")
-            else:
+                if terminal:
+                    sys.stderr.write("\r" + live_line(data, engine.policy.active) + "\x1b[K")
+            elif terminal:
                 sys.stderr.write("\r" + format_event(data) + "\x1b[K\n")
+            else:
+                sys.stderr.write(format_event(data) + "\n")
         sys.stderr.flush()
 
     # Ctrl-C ends the capture with its closing events (a second one cannot cut
