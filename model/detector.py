@@ -66,9 +66,13 @@ def calibration_for(
     weights: Path | None,
     precision: str = DEFAULT_PRECISION,
     spec: ModelSpec | None = None,
+    *,
+    warn: bool = True,
 ) -> Calibration:
     """The calibration to use with ``model`` (a built-in name or a model card
-    path), (optionally custom) ``weights`` and ``precision``.
+    path), (optionally custom) ``weights`` and ``precision``. ``warn=False``:
+    no warning that the default is not calibrated for them (the caller is
+    calibrating them now: ``calibrate fit``/``bonafide``).
 
     An explicit file must match the model, the weights in use (the pinned
     official ones unless ``weights`` is given) and the precision. With custom
@@ -87,16 +91,17 @@ def calibration_for(
     if spec is None and is_card_reference(model):
         spec = parse_card(Path(model))
     if spec is not None:
-        return _card_calibration(spec, path)
+        return _card_calibration(spec, path, warn)
     prec = validate_precision(precision)
     if weights is None and prec == DEFAULT_PRECISION:
         return load_calibration(path, model=model, weights_sha256=load_model_config(model).weights_sha256)
     digest = sha256_file(weights) if weights is not None else load_model_config(model).weights_sha256
     if path is None:
-        log.warning(
-            "using the default (FP32, official weights) calibration with %s; calibrate for them",
-            "custom weights" if weights is not None else f"precision {prec}",
-        )
+        if warn:
+            log.warning(
+                "using the default (FP32, official weights) calibration with %s; calibrate for them",
+                "custom weights" if weights is not None else f"precision {prec}",
+            )
         return dataclasses.replace(load_calibration(None, model=model), weights_sha256=digest, precision=prec)
     return load_calibration(path, model=model, weights_sha256=digest, precision=prec)
 
@@ -117,19 +122,20 @@ def calibration_stamp(model: str, weights: Path | None, precision: str) -> dict[
     return {"model": model, "weights_sha256": digest, "precision": validate_precision(precision)}
 
 
-def _card_calibration(spec: ModelSpec, path: Path | None) -> Calibration:
+def _card_calibration(spec: ModelSpec, path: Path | None, warn: bool = True) -> Calibration:
     """A card's calibration: ``path``, else the card's own file, else the shipped
     uncalibrated default. Cards are scored at fp32 (as their ONNX file is)."""
     from spoofwatch.calibration.calfile import CARD_CALIBRATION, load_calibration, load_card_default
 
     origin = path or spec.calibration_path
     if origin is None:
-        log.warning(
-            "%s: no calibration file (neither --calibration nor the card's 'calibration'); using the "
-            "uncalibrated configs/calibration/%s: run `spoofwatch calibrate` for this model",
-            spec.card_path,
-            CARD_CALIBRATION,
-        )
+        if warn:
+            log.warning(
+                "%s: no calibration file (neither --calibration nor the card's 'calibration'); using the "
+                "uncalibrated configs/calibration/%s: run `spoofwatch calibrate` for this model",
+                spec.card_path,
+                CARD_CALIBRATION,
+            )
         return load_card_default(spec.name, spec.calibration_key)
     return load_calibration(origin, model=spec.name, weights_sha256=spec.calibration_key)
 

@@ -122,6 +122,12 @@ def test_score_fit_and_load_end_to_end(
             "pass the --model, --weights and --precision the scores were made with" in capsys.readouterr().err
         )
     assert not cal_path.exists()
+    # Fitting for custom weights is calibrating them: no "calibrate for them" warning.
+    mine = tmp_path / "mine.pth"
+    shutil.copy(Path(sw_home) / "weights" / "AASIST-L.pth", mine)
+    argv = ["calibrate", "fit", "--scores", str(out), "--weights", str(mine), "--out", str(cal_path)]
+    assert main(argv) == 0
+    assert "calibrate for them" not in capsys.readouterr().err
     assert main(["calibrate", "fit", "--scores", str(out), "--target", "eer", "--out", str(cal_path)]) == 0
     cal = load_calibration(cal_path, model="aasist-l")
     # Verdicts are "bona fide if >= threshold": the fitted EER (0 %) must hold, the

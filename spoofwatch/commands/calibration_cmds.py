@@ -202,7 +202,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
         provenance["metrics"]["min_tdcf"] = report.min_tdcf
     # Stamped with the model, weights and precision the scores were made with
     # (a card is parsed and hashed, not run).
-    start = calibration_for(args.model, args.calibration, args.weights, args.precision)
+    start = calibration_for(args.model, args.calibration, args.weights, args.precision, warn=False)
     cal = with_threshold(start, threshold, provenance)
     section = None
     if args.audio_dir is not None:
@@ -273,7 +273,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
     from spoofwatch.errors import AudioError, DatasetError
-    from spoofwatch.model.detector import Detector
+    from spoofwatch.model.detector import Detector, calibration_for
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.vad import SileroVad
 
@@ -281,9 +281,8 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     files = audio_files(args.audio_dir)
     if not files:
         raise DatasetError(f"{args.audio_dir}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
-    detector = Detector.load(
-        args.model, args.device, args.threads, args.weights, args.calibration, args.precision
-    )
+    start = calibration_for(args.model, args.calibration, args.weights, args.precision, warn=False)
+    detector = Detector.load(args.model, args.device, args.threads, args.weights, start, args.precision)
     engine = build_engine(detector.live, SileroVad())
     traces = []
     for path in files:
