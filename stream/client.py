@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +18,15 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import CloseCode, InputError, NetworkError, ProtocolError
 
-from .codecs import encode
+from .codecs import ENCODINGS, encode
+from .engine import validate_chunk
 from .sources.file import due_in_s
 
 #: Audio per binary frame: 20 ms, like most telephony stacks.
 FRAME_MS = 20
+#: Seconds the server may stay silent once the audio has ended (it first
+#: scores what is queued, sending each score as it goes) before we give up.
+REPLY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -33,6 +38,8 @@ class SendResult:
     started_at: float = 0.0
     #: Monotonic receive time of each event, parallel to ``events``.
     received_at: list[float] = field(default_factory=list)
+    #: A Ctrl-C ended the audio early (``stop_on_sigint``).
+    interrupted: bool = False
 
 
 async def send_audio(
@@ -42,18 +49,35 @@ async def send_audio(
     realtime: bool = False,
     token: str | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    reply_timeout_s: float = REPLY_TIMEOUT_S,
+    stop_on_sigint: bool = False,
 ) -> SendResult:
     """Stream 16 kHz mono audio to ``url``; returns every event and how the server closed.
 
+    ``audio`` and ``encoding`` are checked before connecting (:class:`InputError`).
     A connection that cannot be made raises one clear error: :class:`InputError`
     for a URL that is not ``ws://``/``wss://``, :class:`ProtocolError` when the
     server refuses the upgrade (401 wrong token, 404 path) or answers a path that
     is not a WebSocket endpoint (``/healthz``), :class:`NetworkError`
-    when nothing answers.
+    when nothing answers. A server that sends something other than JSON events
+    is a :class:`ProtocolError`; one that stays silent for ``reply_timeout_s``
+    after the audio ended, a :class:`NetworkError`. An exception of
+    ``on_event`` (a closed stdout) is raised as it is. ``stop_on_sigint`` (the
+    CLI, main thread only): the first Ctrl-C ends the audio early with ``stop``,
+    so the server's closing events still arrive (``SendResult.interrupted``);
+    a second one interrupts.
     """
+    validate_chunk(audio)
+    if encoding not in ENCODINGS:
+        raise InputError(f"expected an encoding in {ENCODINGS}, got {encoding!r}")
+    if not reply_timeout_s > 0:
+        raise InputError(f"reply_timeout_s: expected a number > 0, got {reply_timeout_s}")
     _check_url(url)
     try:
-        return await _send_audio(audio, url, encoding, realtime, token, on_event)
+        return await _send_audio(
+            audio, url, encoding, realtime, token, on_event, reply_timeout_s, stop_on_sigint
+        )
     except InvalidURI as exc:
         raise InputError(f"expected a ws:// or wss:// URL, got {url!r} ({exc})") from None
     except InvalidStatus as exc:
@@ -74,7 +98,15 @@ async def send_audio(
     except InvalidHandshake as exc:
         raise ProtocolError(f"{url}: WebSocket handshake failed: {exc}", CloseCode.PROTOCOL_ERROR) from None
     except (OSError, TimeoutError) as exc:
-        raise NetworkError(f"{url}: cannot connect: {exc.strerror or exc}") from None
+        if isinstance(exc, BrokenPipeError):  # our own output's reader went away (on_event)
+            raise
+        raise NetworkError(f"{url}: cannot connect: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """A non-empty description (``ConnectionResetError()`` has no message)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text or type(exc).__name__
 
 
 def _check_url(url: str) -> None:
@@ -98,40 +130,94 @@ async def _send_audio(
     realtime: bool,
     token: str | None,
     on_event: Callable[[dict[str, Any]], None] | None,
+    reply_timeout_s: float,
+    stop_on_sigint: bool,
 ) -> SendResult:
     result = SendResult()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     frame = SAMPLE_RATE_HZ * FRAME_MS // 1000
+    # The first failure of any task, raised as it is after the task group ends
+    # (a task group would wrap it in an ExceptionGroup nobody can catch by type).
+    failures: list[BaseException] = []
+    stop_early = anyio.Event()
     async with connect(url, additional_headers=headers, max_size=None, open_timeout=30) as ws:
-
-        async def receive() -> None:
-            try:
-                async for message in ws:
-                    event = json.loads(message)
-                    result.events.append(event)
-                    result.received_at.append(time.monotonic())
-                    if on_event:
-                        on_event(event)
-            except ConnectionClosed:
-                pass
-
         async with anyio.create_task_group() as tg:
+
+            def fail(exc: BaseException) -> None:
+                failures.append(exc)
+                tg.cancel_scope.cancel()
+
+            async def receive() -> None:
+                try:
+                    async for message in ws:
+                        result.events.append(_event(message))
+                        result.received_at.append(time.monotonic())
+                        if on_event:
+                            on_event(result.events[-1])
+                except ConnectionClosed:
+                    pass
+                except Exception as exc:  # a bad message, a closed stdout
+                    fail(exc)
+                    return
+                tg.cancel_scope.cancel()  # closed: nothing more to send or wait for
+
+            async def send() -> None:
+                start = {"type": "start", "sample_rate": SAMPLE_RATE_HZ, "encoding": encoding, "channels": 1}
+                try:
+                    await ws.send(json.dumps(start))
+                    result.started_at = time.monotonic()
+                    for pos in range(0, audio.size, frame):
+                        if stop_early.is_set():
+                            result.interrupted = True
+                            break
+                        chunk = audio[pos : pos + frame]
+                        due = due_in_s(result.started_at, pos + chunk.size, time.monotonic())
+                        if realtime and due > 0:
+                            with anyio.move_on_after(due):
+                                await stop_early.wait()
+                        await ws.send(encode(chunk, encoding))
+                    await ws.send(json.dumps({"type": "stop"}))
+                except ConnectionClosed:
+                    return  # the server closed early; its close code says why
+                # The server scores what is queued, then sends the summary and
+                # closes; a silent one would hold us forever.
+                while True:
+                    heard = len(result.events)
+                    await anyio.sleep(reply_timeout_s)
+                    if len(result.events) == heard:
+                        fail(
+                            NetworkError(f"{url}: no answer for {reply_timeout_s:g} s after the audio ended")
+                        )
+                        return
+
+            async def interrupts() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                    async for _ in signals:
+                        if stop_early.is_set():  # the second Ctrl-C: stop waiting
+                            fail(KeyboardInterrupt())
+                            return
+                        stop_early.set()
+
             tg.start_soon(receive)
-            start = {"type": "start", "sample_rate": SAMPLE_RATE_HZ, "encoding": encoding, "channels": 1}
-            try:
-                await ws.send(json.dumps(start))
-                result.started_at = time.monotonic()
-                for pos in range(0, audio.size, frame):
-                    chunk = audio[pos : pos + frame]
-                    if (
-                        realtime
-                        and (delay := due_in_s(result.started_at, pos + chunk.size, time.monotonic())) > 0
-                    ):
-                        await anyio.sleep(delay)
-                    await ws.send(encode(chunk, encoding))
-                await ws.send(json.dumps({"type": "stop"}))
-            except ConnectionClosed:
-                pass  # the server closed early; its close code says why
+            tg.start_soon(send)
+            if stop_on_sigint:
+                tg.start_soon(interrupts)
+        if failures:
+            raise failures[0]
         result.close_code = ws.close_code
         result.close_reason = ws.close_reason or ""
     return result
+
+
+def _event(message: str | bytes) -> dict[str, Any]:
+    """One server message: a JSON object (an event), else a :class:`ProtocolError`."""
+    try:
+        event = json.loads(message) if isinstance(message, str) else None
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        shown = message[:80] if isinstance(message, str) else f"{len(message)} bytes of binary data"
+        raise ProtocolError(
+            f"the server sent {shown!r}; expected a JSON event object", CloseCode.PROTOCOL_ERROR
+        )
+    return event

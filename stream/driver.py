@@ -40,11 +40,12 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from spoofwatch.audio import StreamResampler
+from spoofwatch.audio import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, StreamResampler
 from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.errors import InputError
 
 from .engine import Engine, PendingWindow, Scorer, WindowScorer, validate_chunk
-from .events import END_OF_STREAM, Event
+from .events import END_OF_STREAM, END_REASONS, Event
 from .scoring import as_window_scorer
 
 #: How far (s) a stream's audio may run ahead of the clock and still count as live.
@@ -69,6 +70,13 @@ class StreamDriver:
         realtime_slack_s: float = REALTIME_SLACK_S,
         incremental: bool = False,
     ) -> None:
+        # The rates files and the protocols accept, in whole Hz.
+        whole = isinstance(rate_hz, int) and not isinstance(rate_hz, bool)
+        if not whole or not MIN_SAMPLE_RATE_HZ <= rate_hz <= MAX_SAMPLE_RATE_HZ:
+            raise InputError(
+                f"StreamDriver: expected a whole number of Hz in [{MIN_SAMPLE_RATE_HZ}, "
+                f"{MAX_SAMPLE_RATE_HZ}], got {rate_hz!r}"
+            )
         self.engine = engine
         self.rate_hz = rate_hz
         self.drop_stale = drop_stale
@@ -107,15 +115,22 @@ class StreamDriver:
     def received_s(self) -> float:
         return self.received_samples / self.rate_hz
 
+    def _checked(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The input at its own rate, checked before the resampler sees it (it
+        would cast and clip it): then the same rule holds at every rate."""
+        if self.input_closed or self.finished:
+            raise InputError("this stream has ended (close or abort was called); use a new StreamDriver")
+        return validate_chunk(audio, self.rate_hz)
+
     def cut(self, audio: npt.NDArray[np.float32], last: bool = False) -> list[PendingWindow]:
         """Resample and window ``audio``; ``last`` flushes the resampler and a short stream."""
-        pending = self.engine.push(self._resampler(audio, last=last))
+        pending = self.engine.push(self._resampler(self._checked(audio), last=last))
         return pending + self.engine.flush() if last else pending
 
     def resample(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """``audio`` (not the last) at 16 kHz and checked, ready for ``push_many``:
         ``cut`` in two halves, for a caller that windows many streams at once."""
-        return validate_chunk(self._resampler(audio))
+        return validate_chunk(self._resampler(self._checked(audio)))
 
     # ---- queue side ---------------------------------------------------------
 
@@ -178,8 +193,9 @@ class StreamDriver:
     # ---- inline use ---------------------------------------------------------
 
     def ingest(self, audio: npt.NDArray[np.float32], last: bool = False) -> None:
+        pending = self.cut(audio, last)  # checks ``audio`` first
         self.arrived(audio.shape[0])
-        self.enqueue(self.cut(audio, last), last)
+        self.enqueue(pending, last)
 
     def feed(self, audio: npt.NDArray[np.float32], scorer: Scorer | WindowScorer) -> list[Event]:
         """Input-rate mono float32 in; the events it completes out."""
@@ -204,6 +220,8 @@ class StreamDriver:
 
     def finish(self, reason: str = END_OF_STREAM) -> list[Event]:
         """Close an open alert with ``reason`` and summarise: once per stream."""
+        if reason not in END_REASONS:
+            raise InputError(f"expected an end reason in {END_REASONS}, got {reason!r}")
         if self.finished:
             return []
         self.finished = True

@@ -124,10 +124,12 @@ class PendingWindow:
     gate: GateResult
 
 
-def validate_chunk(chunk: object) -> npt.NDArray[np.float32]:
+def validate_chunk(chunk: object, rate_hz: int = SAMPLE_RATE_HZ) -> npt.NDArray[np.float32]:
+    """A chunk of mono audio as every input takes it: a 1-D float32 numpy array
+    of finite samples within the bound (:func:`~spoofwatch.audio.sample_problem`)."""
     if not isinstance(chunk, np.ndarray) or chunk.dtype != np.float32 or chunk.ndim != 1:
         got = f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
-        raise InputError(f"expected a 1-D float32 numpy chunk at 16 kHz, got {got}")
+        raise InputError(f"expected a 1-D float32 numpy chunk at {rate_hz} Hz, got {got}")
     if (problem := sample_problem(chunk)) is not None:  # the rule every input adapter applies first
         raise InputError(problem)
     return chunk

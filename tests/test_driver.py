@@ -134,6 +134,45 @@ class TestDriver:
         assert events[-1].duration_s == pytest.approx(3.0, abs=1e-3)  # type: ignore[attr-defined]
         assert events[-1].windows == 1  # type: ignore[attr-defined]  # a short stream: one padded window
 
+    @pytest.mark.parametrize("rate_hz", [16000, 8000, 48000])
+    def test_every_rate_checks_its_input_before_resampling(self, rate_hz: int) -> None:
+        """At 16 kHz every bad chunk was refused; at other rates the resampler
+        took int16, float64 and huge samples (cast and clipped) and a 2-D array
+        gave soxr's bare error. The rule is now the same at every rate."""
+        driver = StreamDriver(fake_engine(), rate_hz)
+        good = np.full(rate_hz // 10, 0.1, np.float32)
+        bad = {
+            "int16": good.astype(np.int16),
+            "float64": good.astype(np.float64),
+            "2-D": np.stack([good, good]),
+            "huge": good * 1e6,
+            "NaN": np.full(8, np.nan, np.float32),
+        }
+        for name, chunk in bad.items():
+            with pytest.raises(
+                InputError,
+                match=rf"expected a 1-D float32 numpy chunk at {rate_hz} Hz|"
+                r"within ±100|NaN",
+            ):
+                driver.ingest(chunk)
+            assert driver.received_samples == 0, name  # nothing counted, nothing queued
+        driver.ingest(good)
+        assert driver.received_samples == good.size
+
+    def test_a_finished_stream_takes_no_more_input_and_reasons_are_checked(self) -> None:
+        scorer = FakeScorer()
+        driver = StreamDriver(fake_engine())
+        driver.feed(genuine_then_spoof(), scorer)
+        summary = driver.close(scorer)[-1]
+        with pytest.raises(InputError, match="this stream has ended"):
+            driver.feed(genuine_then_spoof(1.0, 0.0), scorer)  # it returned events after the summary
+        assert driver.engine.summary() == summary  # the counters did not move
+        with pytest.raises(InputError, match="expected an end reason in"):
+            StreamDriver(fake_engine()).abort("bogus reason")
+        for rate in (1, 10**9, 8000.5, True):
+            with pytest.raises(InputError):
+                StreamDriver(fake_engine(), rate)  # type: ignore[arg-type]
+
     def test_exactly_one_summary_however_it_ends(self) -> None:
         scorer = FakeScorer()
         driver = StreamDriver(fake_engine())

@@ -158,3 +158,16 @@ def test_score_refuses_a_hop_that_is_not_a_finite_number_of_seconds(
         assert main(["score", "--device", "cpu", "--hop-s", hop, str(good)]) == 2, hop
         err = capsys.readouterr().err
         assert "expected a finite hop_s in [0.032, 4.0375] s" in err and "Traceback" not in err
+
+
+def test_the_api_refuses_a_hop_that_is_not_a_number(sw_home: Path, la_dir: Path) -> None:
+    """``score_audio(a, hop_s="1")`` was a bare TypeError from ``math.isfinite``."""
+    from spoofwatch.audio import read_audio
+    from spoofwatch.errors import InputError
+    from spoofwatch.model.detector import Detector
+
+    detector = Detector.load(device="cpu")
+    audio = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    for hop in ("1", None.__class__, True):
+        with pytest.raises(InputError, match="expected a finite hop_s"):
+            detector.score_audio(audio, hop_s=hop)  # type: ignore[arg-type]

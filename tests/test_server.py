@@ -890,3 +890,88 @@ def test_open_alerts_left_by_a_run_that_died_whole_are_ended_once(tmp_path: Path
     ]
     assert not list(tmp_path.glob("open-alerts-*"))
     assert leftover_alert_ends(tmp_path) == []  # once
+
+
+@asynccontextmanager
+async def fake_server(behaviour: str) -> AsyncIterator[str]:
+    """A WebSocket server on loopback that misbehaves as ``behaviour`` says:
+    answers the start with text that is not JSON, with binary data, or never
+    answers nor closes."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()  # the start message
+        if behaviour == "not json":
+            await ws.send("not json{")
+        elif behaviour == "binary":
+            await ws.send(b"\x00\x01")
+        async for _ in ws:  # read (and ignore) everything else; never close
+            pass
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/"
+
+
+async def test_the_client_raises_one_clear_error_whatever_the_server_or_the_caller_does(
+    concat: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """A task group wrapped every failure in an ExceptionGroup (a traceback from
+    `send`); a silent server held the client forever; bad audio was sent
+    clipped or cast. Each is now one error of its own type."""
+    from spoofwatch.errors import InputError, NetworkError, ProtocolError
+
+    audio = concat[: 3 * 16000]
+    nowhere = "ws://127.0.0.1:9/"  # checked before any connection is tried
+    for bad, message in (
+        (audio.astype(np.int16), "expected a 1-D float32 numpy chunk"),
+        (np.stack([audio, audio]), "expected a 1-D float32 numpy chunk"),
+        (np.full(100, np.nan, np.float32), "NaN"),
+        (audio * 200, "within ±100"),
+    ):
+        with pytest.raises(InputError, match=message):
+            await send_audio(bad, nowhere)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"expected an encoding in \('pcm_s16le', 'f32le', 'mulaw'\)"):
+        await send_audio(audio, nowhere, encoding="opus")
+
+    for behaviour in ("not json", "binary"):
+        async with fake_server(behaviour) as url:
+            with pytest.raises(ProtocolError, match="expected a JSON event object"):
+                await send_audio(audio, url)
+    async with fake_server("silent") as url:
+        with pytest.raises(NetworkError, match=r"no answer for 0.2 s after the audio ended"):
+            await send_audio(audio, url, reply_timeout_s=0.2)
+
+    def closed_stdout(event: dict[str, Any]) -> None:
+        raise BrokenPipeError(32, "Broken pipe")  # `send ... | head -1`: the CLI exits 141
+
+    ctx = make_ctx(scorer, vad, tmp_path)
+    async with running(ctx) as url:
+        with pytest.raises(BrokenPipeError):
+            await send_audio(audio, url + "/", on_event=closed_stdout)
+
+
+async def test_the_first_ctrl_c_ends_the_audio_with_stop_and_the_summary_still_arrives(
+    concat: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
+) -> None:
+    """`send --realtime` interrupted: it died with "interrupted", no stop sent
+    (the server logged a disconnect) and no summary. Now the first Ctrl-C
+    sends stop at once; the server scores what it has and sends the summary."""
+    import os
+    import signal
+
+    def interrupt_at_first_event(event: dict[str, Any]) -> None:
+        if event["type"] == "score" and not seen:
+            os.kill(os.getpid(), signal.SIGINT)
+        seen.append(event)
+
+    seen: list[dict[str, Any]] = []
+    long = np.tile(concat, 8)  # minutes at 1x: the first score comes long before its end
+    ctx = make_ctx(scorer, vad, tmp_path)
+    async with running(ctx) as url:
+        result = await send_audio(
+            long, url + "/", realtime=True, on_event=interrupt_at_first_event, stop_on_sigint=True
+        )
+    assert result.interrupted and result.close_code == 1000
+    summary = result.events[-1]
+    assert summary["type"] == "summary" and summary["duration_s"] < long.size / 16000

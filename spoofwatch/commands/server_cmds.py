@@ -296,9 +296,15 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     audio = read_audio(args.file)
     result = anyio.run(
-        lambda: send_audio(audio, args.url, args.encoding, args.realtime, args.token, print_event)
+        lambda: send_audio(
+            audio, args.url, args.encoding, args.realtime, args.token, print_event, stop_on_sigint=True
+        )
     )
     if result.close_code != CloseCode.NORMAL:
-        sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {result.close_reason}\n")
+        reason = result.close_reason or "no reason given"
+        sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {reason}\n")
         return ProtocolError.exit_code
+    if result.interrupted:  # Ctrl-C: the audio ended early, the server's summary was printed
+        sys.stderr.write("interrupted: sent stop early\n")
+        return 130
     return 0
