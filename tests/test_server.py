@@ -505,6 +505,16 @@ def twilio_start(tracks: list[str], stream_sid: str | None = "MZ7") -> str:
     return json.dumps(message)
 
 
+async def _call_close_code(url: str, tracks: list[str]) -> int | None:
+    """A Twilio call with ``tracks`` that starts and stops at once: its close code."""
+    async with connect(url + "/twilio") as call:
+        await call.send(twilio_start(tracks))
+        await call.send(json.dumps({"event": "stop"}))
+        with pytest.raises(ConnectionClosed):
+            await call.recv()
+    return call.close_code
+
+
 async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tmp_path: Path) -> None:
     ctx = make_ctx(scorer, vad, tmp_path, max_streams=2)
     async with running(ctx) as url:
@@ -516,12 +526,7 @@ async def test_twilio_tracks_count_against_max_streams(scorer: Any, vad: Any, tm
             assert refused_count(ctx, "capacity") == 1  # counted like a refused connection
             await streams_settle(ctx, 1)  # the refused call released its slot
             # One track still fits beside the native stream.
-            async with connect(url + "/twilio") as call:
-                await call.send(twilio_start(["inbound"]))
-                await call.send(json.dumps({"event": "stop"}))
-                with pytest.raises(ConnectionClosed):
-                    await call.recv()
-                assert call.close_code == 1000
+            assert await _call_close_code(url, ["inbound"]) == 1000
         # Both slots free: the two-track call is accepted.
         async with connect(url + "/twilio") as call:
             await call.send(twilio_start(["inbound", "outbound"]))
@@ -567,12 +572,7 @@ async def test_a_twilio_track_is_refused_by_load_shedding_and_counted(vad: Any, 
         assert refused_count(ctx, "overloaded") == 1
         await streams_settle(ctx, 0)
         # One track fits: the call carries on to its summary.
-        async with connect(url + "/twilio") as call:
-            await call.send(twilio_start(["inbound"]))
-            await call.send(json.dumps({"event": "stop"}))
-            with pytest.raises(ConnectionClosed):
-                await call.recv()
-            assert call.close_code == 1000
+        assert await _call_close_code(url, ["inbound"]) == 1000
     assert refused_count(ctx, "overloaded") == 1
 
 
