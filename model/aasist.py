@@ -240,6 +240,22 @@ class GraphPool(nn.Module):
         _, idx = torch.topk(scores, keep, dim=1)  # (B, keep, 1)
         return torch.gather(h * scores, 1, idx.expand(-1, -1, dim))
 
+    def cut_gap(self, h: Tensor) -> Tensor:
+        """(B,) relative score gap between the last node kept and the first dropped (inf: none dropped).
+
+        A gap of a few float32 rounding steps is a tie at the cut: which of the
+        tied nodes survives is then the top-k implementation's choice, and two
+        correct runtimes may differ (a saturated sigmoid gives many exact 1.0 scores).
+        """
+        n_nodes = h.shape[1]
+        keep = max(int(n_nodes * self.ratio), 1)
+        if keep >= n_nodes:
+            return torch.full((h.shape[0],), math.inf)
+        scores = self.sigmoid(self.proj(h))[..., 0]  # (B, N); dropout is off in eval
+        ranked = torch.sort(scores, dim=1, descending=True).values
+        last_kept = ranked[:, keep - 1]
+        return (last_kept - ranked[:, keep]) / last_kept.clamp_min(torch.finfo(scores.dtype).tiny)
+
 
 class AASIST(nn.Module):
     """AASIST / AASIST-L spoofing countermeasure on raw 16 kHz waveforms.
