@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import read_audio
-from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError, DatasetError, InputError
 from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
@@ -186,7 +186,7 @@ def run_variant(
     on_progress: Callable[[int], None] | None = None,
 ) -> VariantResult:
     """All traces and utterance scores of one model variant."""
-    window_s = WINDOW_SAMPLES / SAMPLE_RATE_HZ
+    window_s = engine.windower.window_samples / SAMPLE_RATE_HZ  # the model's own (a card may differ)
     result = VariantResult(name)
     genuine = [u for u in utts if u.label == "bonafide"]
     for stream_name, audio, spans in genuine_streams(genuine, cfg.stream_seconds):

@@ -506,6 +506,42 @@ def test_a_build_resumes_only_with_the_settings_that_made_its_clips(open_cfg: ob
     assert _done_row(None, "u", sidecar).seconds == 2.5  # type: ignore[arg-type,union-attr]
 
 
+def test_evaluate_suite_scores_a_model_card_beside_the_official_model(
+    sw_home: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9: a card works wherever --model does, evaluate-suite included, its
+    own window length (here 2 s) driving the windower; the baseline is the
+    official default model, in the same run."""
+    import pickle
+
+    from test_model_card import WINDOW, _card, _tiny_model
+
+    from spoofwatch.cli import main
+    from spoofwatch.errors import InputError
+
+    _tiny_model(tmp_path / "tiny.onnx")
+    card = _card(tmp_path, "power.toml")  # named after its file
+    args = ["evaluate-suite", "--corpus", str(tiny_corpus), "--model", str(card), "--copies", "clean"]
+    args += ["--hop-s", "1.0", "--json", "--no-progress", "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    official, candidate = json.loads(capsys.readouterr().out)["models"]
+    assert (official["model"], candidate["model"]) == ("official", "power")
+    # (shorter windows can score an utterance whose one long window the gate skips)
+    assert min(candidate["n_genuine"], official["n_genuine"], candidate["n_spoof"], official["n_spoof"]) >= 2
+    assert candidate["pooled_eer_percent"] is not None
+    windows_s = set()
+    for pkl in (tmp_path / "cache").glob("variant-*.pkl"):
+        with pkl.open("rb") as fh:
+            result = pickle.load(fh)
+        first_ends = {tr.windows[0][0] for tr in result.spoof_traces.values() if tr.duration_s >= 4.04}
+        windows_s.add((result.name, min(first_ends)))
+    # The first window of a long enough clip ends one model window in: 2 s for the card.
+    assert windows_s == {("official", 64_600 / SAMPLE_RATE_HZ), ("power", WINDOW / SAMPLE_RATE_HZ)}
+    # Weights belong to a built-in architecture, not a card.
+    assert main([*args, "--weights", str(tmp_path / "x.pth")]) == InputError.exit_code
+    assert "a model card names its ONNX file" in capsys.readouterr().err
+
+
 def test_evaluate_suite_refuses_a_selection_without_genuine_audio(
     tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

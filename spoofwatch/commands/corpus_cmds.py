@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -36,19 +37,26 @@ def register(sub: Any) -> None:
         help="held-out EER per system and genuine corpus, and live false alerts/detection, vs the official model",
     )
     suite.add_argument(
-        "--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help=f"architecture (default {DEFAULT_MODEL})"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"architecture ({', '.join(MODEL_NAMES)}; default {DEFAULT_MODEL}), or the path of a "
+        f"model card TOML: the card is the candidate, beside the official {DEFAULT_MODEL}",
     )
     suite.add_argument(
         "--weights",
         type=Path,
         default=None,
-        help="candidate weights (.pth); omit to evaluate the official model only",
+        help="candidate weights (.pth) of a built-in architecture; omit to evaluate the official model only",
     )
     suite.add_argument(
         "--calibration", type=Path, default=None, help="candidate calibration (stream/gate/policy)"
     )
     add_precision_arg(suite)
-    suite.add_argument("--name", default="fine-tuned", help="label of the candidate in the tables")
+    suite.add_argument(
+        "--name",
+        default=None,
+        help="label of the candidate in the tables (default: fine-tuned, or the card's name)",
+    )
     suite.add_argument(
         "--corpus", type=Path, required=True, help="a corpus built by `spoofwatch data build-corpus`"
     )
@@ -224,6 +232,41 @@ def _check_checkpoint(model: str, weights: Path) -> None:
         ) from None
 
 
+#: One model variant of a suite run: label, model (built-in name or card path), weights, calibration, loudness.
+Variant = tuple[str, str, Path | None, Path | None, bool]
+
+
+def _suite_variants(args: argparse.Namespace) -> list[Variant]:
+    """The official model always, in the same run, then the candidate: custom
+    weights of ``--model``'s architecture, or a model card (scored beside the
+    official default model)."""
+    from spoofwatch.errors import InputError
+    from spoofwatch.model.card import is_card_reference, parse_card
+
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.loudness]
+    if is_card_reference(args.model):
+        if args.weights is not None:
+            raise InputError("--weights applies to the built-in models; a model card names its ONNX file")
+        name = args.name or parse_card(Path(args.model)).name
+        candidates: list[Variant] = [
+            (name + ("+loudness" if on else ""), args.model, None, args.calibration, on) for on in modes
+        ]
+        official = DEFAULT_MODEL
+    elif args.weights is not None:
+        name = args.name or "fine-tuned"
+        candidates = [
+            (name + ("+loudness" if on else ""), args.model, args.weights, args.calibration, on)
+            for on in modes
+        ]
+        official = args.model
+    else:
+        candidates = [("official+loudness", args.model, None, None, True)] if args.loudness != "off" else []
+        official = args.model
+    if args.skip_official and candidates:
+        return candidates
+    return [("official", official, None, None, False), *candidates]
+
+
 def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -238,10 +281,8 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         summarise,
     )
     from spoofwatch.model.detector import calibration_for
-    from spoofwatch.model.export import ensure_onnx
     from spoofwatch.model.loudness import LoudnessNormalisedScorer
     from spoofwatch.model.runtime import build_scorer
-    from spoofwatch.model.weights import sha256_file
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.vad import SileroVad
 
@@ -264,20 +305,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
             f"{args.corpus}: the {args.split} split ({args.copies} copies) has no {' or '.join(missing)} "
             "utterances: the suite needs both"
         )
-    # (label, model, weights, calibration, loudness): the official model always, in the same run.
-    variants: list[tuple[str, str, Path | None, Path | None, bool]] = [
-        ("official", args.model, None, None, False)
-    ]
-    if args.weights is not None:
-        modes = {"off": [False], "on": [True], "both": [False, True]}[args.loudness]
-        variants += [
-            (args.name + ("+loudness" if on else ""), args.model, args.weights, args.calibration, on)
-            for on in modes
-        ]
-    elif args.loudness != "off":
-        variants.append(("official+loudness", args.model, None, None, True))
-    if args.skip_official and len(variants) > 1:
-        variants = variants[1:]
+    variants = _suite_variants(args)
     vad = SileroVad()
     # Every variant's weights, calibration and model are loaded before any is
     # scored: a bad candidate was found only after the official model had been
@@ -286,20 +314,21 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     for label, model, weights, cal_path, loud in variants:
         if weights is not None:
             _check_checkpoint(model, weights)
-        cal = calibration_for(model, cal_path, weights, args.precision)
-        onnx = ensure_onnx(model, weights, args.precision)
-        base: Any = build_scorer(model, args.precision, "cpu", args.threads, weights)
-        scorer = LoudnessNormalisedScorer(base) if loud else base
-        prepared.append((label, loud, cal, onnx, scorer, build_engine(cal.live, vad, args.hop_s)))
+        base = build_scorer(model, args.precision, "cpu", args.threads, weights)
+        cal = calibration_for(model, cal_path, weights, args.precision, base.spec)
+        graph = base.identity  # the cache key's model: a card's also covers how its output is read
+        scorer: Any = LoudnessNormalisedScorer(base) if loud else base
+        live = dataclasses.replace(cal.live, window_samples=base.window_samples)
+        prepared.append((label, loud, cal, graph, scorer, build_engine(live, vad, args.hop_s)))
     audio = audio_digest(utts) if args.cache is not None else None
     results, summaries = [], []
-    for label, loud, cal, onnx, scorer, engine in prepared:
+    for label, loud, cal, graph, scorer, engine in prepared:
         bar = tqdm(
             total=len(utts), desc=label, unit="utt", disable=args.no_progress or not sys.stderr.isatty()
         )
         key = {
             "name": label,
-            "onnx_sha256": sha256_file(onnx),
+            "onnx_sha256": graph,
             "loudness": loud,
             "utts": [u.utt for u in utts],
             "trace_format": 2,  # windows carry where a gated window's silence began
