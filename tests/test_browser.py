@@ -27,6 +27,9 @@ from spoofwatch.audio import read_audio
 TOKEN = "browser-test-token"
 #: Seconds of audio in each fake-microphone WAV (Chromium loops it).
 WAV_S = 16.0
+#: A file the test stops mid-way at 1x: far longer than the few page actions before
+#: the Stop click take on a loaded machine, so the click always lands before its end.
+MID_FILE_S = 120.0
 #: Scored windows the genuine stream must pass without an alert; the spoofed
 #: stream must alert within as many, so both runs are judged on equal terms.
 JUDGED_WINDOWS = 10
@@ -59,8 +62,13 @@ def server(onnx_aasist_l: Path) -> Iterator[str]:
     # --keep-live-windows: the fake microphone plays at 1x, and a loaded machine
     # would drop its stale windows; every window is scored instead, so what the
     # tests judge (which windows are scored) does not depend on the machine's speed.
+    # --idle-timeout-s: a page whose stop is swallowed sends nothing more, and the
+    # default 30 s would close its stream while the test still clicks and reads.
     proc = CliProcess(
-        ["serve", "--port", "0", "--token", TOKEN, "--device", "cpu", "--threads", "2", "--keep-live-windows"]
+        [
+            *("serve", "--port", "0", "--token", TOKEN, "--device", "cpu", "--threads", "2"),
+            *("--keep-live-windows", "--idle-timeout-s", "3600"),
+        ]
     )
     try:
         url = proc.page_url()
@@ -69,6 +77,14 @@ def server(onnx_aasist_l: Path) -> Iterator[str]:
         yield f"{url}?token={TOKEN}"
     finally:
         proc.stop()
+
+
+def write_long_wav(path: Path, clip: Path, seconds: float) -> Path:
+    """One real clip repeated to ``seconds``, as 16-bit 16 kHz mono."""
+    audio = read_audio(clip)
+    n = int(seconds * 16000)
+    sf.write(path, np.tile(audio, n // audio.size + 1)[:n], 16000, subtype="PCM_16")
+    return path
 
 
 def write_wav(path: Path, clips: list[Path]) -> Path:
@@ -321,10 +337,7 @@ def test_a_new_stream_starts_clean_and_stop_is_its_last_message(
     """The second stream of a page showed the first one's chart, alert band and banner; Stop
     during a 1x file sent an audio frame and a second stop after the first."""
     first = write_wav(tmp_path / "first.wav", [la_clip(la_dir, u) for u in SPOOF_UTTS])
-    second = tmp_path / "second.wav"
-    sf.write(
-        second, np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 4)[: 12 * 16000], 16000, subtype="PCM_16"
-    )
+    second = write_long_wav(tmp_path / "second.wav", la_clip(la_dir, BONAFIDE_UTT), MID_FILE_S)
     page = browser_for(None)
     page.navigate(server)
     page.wait_for("window.spoofwatch.config !== null", 60, "the page's settings")
@@ -353,7 +366,7 @@ def test_a_new_stream_starts_clean_and_stop_is_its_last_message(
     second_stream = sent[sent.index("start", 1) :]
     assert second_stream[-1] == "stop" and second_stream.count("stop") == 1, second_stream[-5:]
     summaries = page.evaluate("window.spoofwatch.events.filter(e => e.type === 'summary')")
-    assert len(summaries) == 2 and summaries[1]["duration_s"] < 12.0
+    assert len(summaries) == 2 and summaries[1]["duration_s"] < MID_FILE_S
     # the page now shows only the second stream: its points, and its summary in the connection line
     assert page.evaluate(
         "window.spoofwatch.points.every(p => p.t_end <= " + str(summaries[1]["duration_s"]) + ")"
@@ -386,10 +399,8 @@ def test_a_second_stop_frees_the_page_when_the_server_never_answers(
     Stop doing nothing. The first Stop waits for the summary (at 1x, mid-file; fast, after the
     page's own stop at the file's end, while the server still scores its backlog: that Stop
     threw the summary away); a second Stop gives up on it."""
-    wav = tmp_path / "long.wav"
-    seconds = 20 if pace == "realtime" else 6
-    audio = np.tile(read_audio(la_clip(la_dir, BONAFIDE_UTT)), 6)[: seconds * 16000]
-    sf.write(wav, audio, 16000, subtype="PCM_16")
+    seconds = MID_FILE_S if pace == "realtime" else 6.0
+    wav = write_long_wav(tmp_path / "long.wav", la_clip(la_dir, BONAFIDE_UTT), seconds)
     page = browser_for(None)
     page.navigate(server)
     page.wait_for("window.spoofwatch.config !== null", 60, "the page's settings")

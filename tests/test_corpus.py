@@ -8,25 +8,29 @@ import dataclasses
 import json
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, missing
 
 from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.paths import SHARED_ENV
 
 CONFIG = REPO_ROOT / "configs" / "data" / "open.toml"
 
 
 @pytest.fixture(scope="module")
-def open_cfg(shared: Path) -> object:
-    import os
-
+def open_cfg(shared: Path) -> Iterator[object]:
     from spoofwatch.model.corpus_config import load_corpus_config
 
-    os.environ["SPOOFWATCH_SHARED"] = str(shared)
-    return load_corpus_config(CONFIG)
+    # Set for this module's tests and restored after them (the function-scoped
+    # monkeypatch cannot serve a module fixture): it leaked into every later test.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SHARED_ENV, str(shared))
+        yield load_corpus_config(CONFIG)
 
 
 def test_plan_is_leave_systems_out(open_cfg: object) -> None:
@@ -130,7 +134,7 @@ def test_channel_ops_are_seeded_and_change_the_audio(shared: Path) -> None:
     assert tags_a == tags_b and np.array_equal(a, b)
     assert a.dtype == np.float32 and np.max(np.abs(a)) <= 1.0
     if "gsm" not in codecs:
-        pytest.skip("ffmpeg without GSM")
+        missing("ffmpeg without GSM (apt-get install ffmpeg)")
     y = ffmpeg_round_trip(x, "gsm")  # 8 kHz GSM 06.10: keeps the speech, loses the top band
     assert y.shape == x.shape
     assert np.corrcoef(x, y)[0, 1] > 0.8
@@ -140,7 +144,12 @@ def test_channel_ops_are_seeded_and_change_the_audio(shared: Path) -> None:
 
 
 def test_world_resynthesis_keeps_length_and_is_not_a_copy(shared: Path) -> None:
-    pytest.importorskip("pyworld")
+    with warnings.catch_warnings():  # pyworld 0.3.5 imports the deprecated pkg_resources
+        warnings.simplefilter("ignore")
+        try:
+            import pyworld  # noqa: F401
+        except ImportError:
+            missing("pyworld not installed (pip install -e '.[corpus]')")
     from spoofwatch.audio import read_audio
     from spoofwatch.model.synth import world_resynth
 
@@ -291,13 +300,13 @@ def test_extra_manifests_are_appended_and_follow_the_split_rules(
         plan_corpus(dataclasses.replace(open_cfg, extra_manifests=(manifest, manifest)))  # type: ignore[type-var]
 
 
-def test_extra_manifests_config_is_relative_to_the_file(shared: Path, tmp_path: Path) -> None:
-    import os
-
+def test_extra_manifests_config_is_relative_to_the_file(
+    shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from spoofwatch.errors import ConfigError
     from spoofwatch.model.corpus_config import load_corpus_config
 
-    os.environ["SPOOFWATCH_SHARED"] = str(shared)
+    monkeypatch.setenv(SHARED_ENV, str(shared))
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('extra_manifests = ["mine/manifest.tsv"]\n')
     assert load_corpus_config(cfg_file).extra_manifests == ((tmp_path / "mine" / "manifest.tsv").resolve(),)
@@ -770,7 +779,7 @@ def test_build_checks_every_voice_before_the_first_clip(
         next(iter(generate))
     ]
     if program and shutil.which(program) is None:
-        pytest.skip(f"{program} is not installed")
+        missing(f"{program} is not installed")
     out = tmp_path / "corpus"
     assert _build(_recipe(tmp_path, tiny_shared, generate=generate), out) == ConfigError.exit_code
     err = capsys.readouterr().err
@@ -851,7 +860,6 @@ def test_an_explicit_shared_wins_over_the_environment(
 ) -> None:
     """$SPOOFWATCH_SHARED is the default of `shared`: it overrode a recipe's own value."""
     from spoofwatch.model.corpus_config import load_corpus_config
-    from spoofwatch.paths import SHARED_ENV
 
     monkeypatch.setenv(SHARED_ENV, str(tmp_path / "elsewhere"))
     assert load_corpus_config(_recipe(tmp_path / "a", tiny_shared)).shared == tiny_shared.resolve()

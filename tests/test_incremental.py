@@ -433,9 +433,9 @@ def test_server_streams_score_incrementally_and_exactly(
     # Stacked steps: the server groups the streams that are ready together.
     batcher = BatchScorer(scorer, incremental=incremental("aasist-l", LIVE_HOP_SAMPLES, True))
     sinks = ServerSinks(jsonl=tmp_path / "events.jsonl")
-    ctx = ServerContext(
-        ServerConfig(host="127.0.0.1", port=0), batcher, load_calibration(model="aasist-l").live, vad, sinks
-    )
+    # No load shedding: admitting the three streams must not depend on this machine's speed.
+    config = ServerConfig(host="127.0.0.1", port=0, shedding=None)
+    ctx = ServerContext(config, batcher, load_calibration(model="aasist-l").live, vad, sinks)
     results: list[Any] = [None] * len(audios)
 
     async def run() -> None:

@@ -196,10 +196,25 @@ def test_bad_device_id(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_list_devices_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """What PortAudio sees decides the expected output: each input device with
+    its id, a line saying there are none, or (PortAudio failing) a one-line error."""
+    from spoofwatch.stream.sources.mic import list_input_devices
+
+    try:
+        devices: list[dict[str, Any]] | None = list_input_devices()
+    except DeviceError:
+        devices = None
     code = main(["monitor", "--list-devices"])
     captured = capsys.readouterr()
-    assert code in (0, DeviceError.exit_code)
-    assert captured.out or "PortAudio" in captured.err
+    if devices is None:
+        assert code == DeviceError.exit_code and captured.out == ""
+        assert "cannot list audio devices" in captured.err and len(captured.err.strip().splitlines()) == 1
+    elif not devices:
+        assert code == 0 and captured.out == "no input devices found\n"
+    else:
+        assert code == 0 and len(captured.out.splitlines()) == len(devices)
+        for d, line in zip(devices, captured.out.splitlines(), strict=True):
+            assert line.startswith(f"{d['id']:3d}  {d['name']}  ("), line
 
 
 def test_failing_stream_open_is_a_device_error() -> None:

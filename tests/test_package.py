@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from helpers import REPO_ROOT
+
+
+def _copy_sources(dest: Path) -> Path:
+    """What the build reads, copied: pyproject, README, the package and the top-level
+    folders its links name. A build in place writes build/ and an egg-info into the
+    checkout, which other runs (other worktrees, other tests) may be reading."""
+    shutil.copytree(REPO_ROOT / "spoofwatch", dest / "spoofwatch", symlinks=True, ignore=_NO_CACHES)
+    for link in (REPO_ROOT / "spoofwatch").iterdir():
+        if link.is_symlink():  # e.g. spoofwatch/model -> ../model
+            target = link.resolve()
+            shutil.copytree(target, dest / target.relative_to(REPO_ROOT), ignore=_NO_CACHES)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, dest / name)
+    return dest
+
+
+_NO_CACHES = shutil.ignore_patterns("__pycache__")
 
 
 def test_wheel_layout(tmp_path: Path) -> None:
@@ -19,10 +37,13 @@ def test_wheel_layout(tmp_path: Path) -> None:
             "wheel",
             "--no-deps",
             "--no-build-isolation",
+            # Nothing from an index (and no self-version check against it): loopback only.
+            "--no-index",
+            "--disable-pip-version-check",
             "-q",
             "-w",
             str(tmp_path),
-            str(REPO_ROOT),
+            str(_copy_sources(tmp_path / "src")),
         ],
         check=True,
         capture_output=True,

@@ -174,23 +174,34 @@ async def _never_called(message: Any) -> Handled:
     raise AssertionError(f"no message was sent, got {message!r}")
 
 
-async def test_empty_messages_do_not_keep_a_connection_alive(connections: Any) -> None:
+async def test_empty_messages_do_not_keep_a_connection_alive(
+    connections: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A client that sends only empty frames, however often, is idle: each is
     handled, but the timeout runs from the last message that carried
     something. (The loop never waits here: every read finds an empty frame
-    queued, so only the reader itself can give the verdict.)"""
+    queued, so only the reader itself can give the verdict.)
+
+    The reader's clock is a fake one that only the frames move (one frame
+    every 0.125 s, a binary fraction, so the sums are exact): the verdict
+    comes after exactly four empty frames, however the machine schedules
+    this process. Real sleeps here raced the timeout on a loaded machine."""
+    now = [1000.0]
+    monkeypatch.setattr(anyio, "current_time", lambda: now[0])
     ws, drain = connections(), Drain()
-    reader = MessageReader(ws, drain, idle_timeout_s=0.05)
+    reader = MessageReader(ws, drain, idle_timeout_s=0.5)
     handled: list[str] = []
 
     async def handle(message: str) -> Handled:
         handled.append(message)
-        await anyio.sleep(0.01)
+        now[0] += 0.125  # the frame took its time to arrive
+        assert len(handled) < 50, "empty frames kept the connection alive"
+        await anyio.lowlevel.checkpoint()
         ws.send.send_nowait("")  # the next empty frame is already there
         return Handled.ACTIVE if message else Handled.NOTHING
 
     ws.send.send_nowait("audio")
-    with anyio.fail_after(30), pytest.raises(TimeoutError, match=r"no message for 0\.05 s"):
+    with anyio.fail_after(30), pytest.raises(TimeoutError, match=r"no message for 0\.5 s"):
         await reader.run(handle)
-    assert handled[0] == "audio" and len(handled) >= 3 and set(handled[1:]) == {""}
+    assert handled == ["audio", "", "", "", ""]  # the timer ran from "audio" (t + 0.125) to t + 0.625
     assert reader.idle

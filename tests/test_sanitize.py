@@ -358,29 +358,47 @@ def test_threads_loading_a_model_first_time_export_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """torch.export is not thread-safe: two threads of one process loading a model on an
-    empty cache both exported at once and failed. A fake slow exporter stands in for it."""
+    empty cache both exported at once and failed. A fake exporter stands in for it, and
+    holds the first export until the second thread has come: waiting for the export lock
+    (a spy on it says so), or, if nothing stops it, exporting too. No timer decides."""
     import threading
 
     from spoofwatch.model import export
 
     monkeypatch.setenv("SPOOFWATCH_HOME", str(tmp_path))
-    second_entered = threading.Event()
+    second_came = threading.Event()
+    came_in_time: list[bool] = []
     calls: list[int] = []
     active = [0]
 
-    def slow_export(model: str, out: Path, weights: Path | None = None) -> float:
+    class SpyLock:
+        """The export lock; a thread that finds it taken says so before it waits."""
+
+        def __init__(self) -> None:
+            self._lock = threading.RLock()
+
+        def __enter__(self) -> None:
+            if not self._lock.acquire(blocking=False):
+                second_came.set()
+                self._lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self._lock.release()
+
+    def held_export(model: str, out: Path, weights: Path | None = None) -> float:
         active[0] += 1
         calls.append(active[0])
         if active[0] > 1:
-            second_entered.set()
+            second_came.set()
         else:
-            second_entered.wait(2.0)  # room for a second exporter to come in, if anything lets it
+            came_in_time.append(second_came.wait(60))  # a hang guard: the second thread comes at once
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"onnx")
         active[0] -= 1
         return 0.0
 
-    monkeypatch.setattr(export, "export_onnx", slow_export)
+    monkeypatch.setattr(export, "_EXPORT_LOCK", SpyLock())
+    monkeypatch.setattr(export, "export_onnx", held_export)
     paths: list[Path] = []
     threads = [
         threading.Thread(target=lambda: paths.append(export.ensure_onnx("aasist-l"))) for _ in range(2)
@@ -388,7 +406,8 @@ def test_threads_loading_a_model_first_time_export_it_once(
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(120)
+    assert came_in_time == [True]  # the first export was held until the second thread came
     assert calls == [1], calls  # one export, never two at once
     assert len(paths) == 2 and paths[0] == paths[1] and paths[0].read_bytes() == b"onnx"
 

@@ -247,8 +247,25 @@ async def test_a_paused_worker_does_not_close_its_sending_clients_as_idle(onnx_a
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"}))
             await ws.send(encode(np.zeros(64_600 + 1600, np.float32), "pcm_s16le"))
-            with anyio.fail_after(STARTUP_TIMEOUT_S):
-                first = json.loads(await ws.recv())  # a (gated) score: it names the worker
+            # The client keeps sending until the first event: the worker's warm-up
+            # (ingest, resampling, the VAD) may take longer than the 1 s timeout on a
+            # loaded machine, and a client silent meanwhile would rightly be idle.
+            warm_up_frames = 0
+            got_first = anyio.Event()
+
+            async def keep_sending() -> None:
+                nonlocal warm_up_frames
+                while not got_first.is_set():
+                    await ws.send(frame)  # never cancelled mid-send: the count is exact
+                    warm_up_frames += 1
+                    with anyio.move_on_after(0.1):
+                        await got_first.wait()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keep_sending)
+                with anyio.fail_after(STARTUP_TIMEOUT_S):
+                    first = json.loads(await ws.recv())  # a (gated) score: it names the worker
+                got_first.set()
             worker = int(first["stream_id"].split("-")[1])
             os.kill(worker, signal.SIGSTOP)
             try:
@@ -264,5 +281,7 @@ async def test_a_paused_worker_does_not_close_its_sending_clients_as_idle(onnx_a
                     events.append(json.loads(await ws.recv()))
             assert (ws.close_code, ws.close_reason) == (1000, "stream complete")
         assert events[-1]["type"] == "summary"
-        assert events[-1]["duration_s"] == pytest.approx((64_600 + 1600 + 30 * 1600) / 16000)
+        assert events[-1]["duration_s"] == pytest.approx(
+            (64_600 + 1600 + (warm_up_frames + 30) * 1600) / 16000
+        )
         assert server.stop() == 0

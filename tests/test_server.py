@@ -403,16 +403,21 @@ async def test_auth(scorer: Any, vad: Any, tmp_path: Path) -> None:
 
 
 async def test_limits(scorer: Any, vad: Any, tmp_path: Path) -> None:
-    ctx = make_ctx(scorer, vad, tmp_path, max_streams=1, max_stream_duration_s=2.0)
+    # The slot holder ends with its stop, not the idle timeout: a short timeout would
+    # race the refused client's handshake, a long one cost its length (the idle
+    # close, with its summary, is test_idle_timeout's). An hour: only a hang guard.
+    ctx = make_ctx(scorer, vad, tmp_path, max_streams=1, max_stream_duration_s=2.0, idle_timeout_s=3600)
     async with running(ctx) as url:
         async with connect(url + "/") as first:
             await first.send(START)
             code, reason = await _bad_client(url + "/", [START])
             assert code == 1013 and "capacity" in reason
-            await anyio.sleep(0.8)  # idle past the timeout
-            (summary,) = [json.loads(m) async for m in first]  # the stream still gets its summary
+            await first.send(STOP)
+            with anyio.fail_after(60):
+                (summary,) = [json.loads(m) async for m in _until_closed(first)]
             assert summary["type"] == "summary" and summary["windows"] == 0
-            assert first.close_code == 1001
+            assert (first.close_code, first.close_reason) == (1000, "stream complete")
+        await streams_settle(ctx, 0)  # the slot is free again
         result = await send_audio(np.zeros(3 * 16000, np.float32), url + "/")
         assert result.close_code == 1008 and "maximum duration" in result.close_reason
         with pytest.raises(InvalidStatus):

@@ -33,12 +33,11 @@ from spoofwatch.cli import main
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import ConfigError
 from spoofwatch.stream.client import send_audio
-from spoofwatch.stream.server import health
+from spoofwatch.stream.server import health, sizing
 from spoofwatch.stream.server.context import ServerConfig
 from spoofwatch.stream.server.load import SheddingConfig
 from spoofwatch.stream.server.sizing import (
     calibration_wait_s,
-    cpu_count,
     default_workers,
     worker_shedding,
     worker_threads,
@@ -72,12 +71,18 @@ def test_a_bad_ingest_tick_fails_before_the_model_loads(
     assert not any(tmp_path.iterdir())
 
 
-def test_more_workers_than_streams_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+def test_more_workers_than_streams_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert main(["serve", "--workers", "2", "--max-streams", "1"]) == 2
     assert "--workers 2 exceeds --max-streams 1" in capsys.readouterr().err
-    # The default fits whatever --max-streams says.
-    assert default_workers(1) == 1
-    assert default_workers(10**6) == max(1, cpu_count() // 2)
+    # The default is half the cores (at least one), and fits whatever --max-streams says.
+    for cores, workers in [(1, 1), (2, 1), (3, 1), (16, 8)]:
+        monkeypatch.setattr(sizing, "cpu_count", lambda cores=cores: cores)
+        assert default_workers(10**6) == workers
+        assert default_workers(1) == 1
+    monkeypatch.setattr(sizing, "cpu_count", lambda: 16)
+    assert default_workers(5) == 5
 
 
 def test_worker_sessions_use_one_thread_on_a_gpu_and_share_the_cores_on_a_cpu() -> None:
@@ -218,6 +223,12 @@ async def open_stream(url: str) -> tuple[ClientConnection, str]:
     return ws, event["stream_id"]
 
 
+def logged_events(path: Path) -> set[tuple[str, str | None]]:
+    """(type, stream_id) of each whole line of a JSONL file another process appends to."""
+    events = [json.loads(line) for line in path.read_text().split("\n")[:-1]]  # not a line being written
+    return {(e["type"], e.get("stream_id")) for e in events}
+
+
 def worker_pid(stream_id: str) -> int:
     """Stream ids of a worker are ``w<index>-<pid>-s<n>``."""
     return int(stream_id.split("-")[1])
@@ -248,6 +259,13 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         assert page[("spoofwatch_active_streams", ())] == 2
         assert page[("spoofwatch_refused_connections_total", (("code", "1013"), ("reason", "capacity")))] == 1
 
+        # The client has alert_start once it was queued for the sinks, not once the
+        # --jsonl sink's thread wrote it: wait for the line (bounded) before the kill.
+        events_file = tmp_path / "events.jsonl"
+        with anyio.fail_after(60):
+            while ("alert_start", id1) not in logged_events(events_file):  # noqa: ASYNC110 - another process
+                await anyio.sleep(0.05)
+
         # Kill both workers (one or both hold the streams); each comes back as a new process.
         assert {worker_pid(id1), worker_pid(id2)} <= set(pids.values())
         old = dict(pids)
@@ -271,7 +289,7 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         await anyio.to_thread.run_sync(
             server.expect, r"ended 1 open alert\(s\) in the sinks \(reason worker_crash\)"
         )
-        logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+        logged = [json.loads(line) for line in events_file.read_text().splitlines()]
         mine = [e for e in logged if e.get("stream_id") == id1]
         assert [e["type"] for e in mine].count("alert_start") == 1
         assert mine[-1]["type"] == "alert_end" and mine[-1]["reason"] == "worker_crash"
