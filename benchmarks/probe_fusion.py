@@ -1,0 +1,119 @@
+"""Score fusion of two AASIST checkpoints as one pluggable detector (issue 9).
+
+    python benchmarks/probe_fusion.py --second-weights AASIST_ASVspoof5.pth --corpus DIR --out DIR
+    spoofwatch evaluate-suite --model DIR/fusion.toml --corpus DIR ...
+
+The official AASIST-L (ASVspoof 2019 LA) and a second checkpoint of the full
+AASIST architecture, e.g. the ASVspoof 5 challenge's AASIST baseline (MIT,
+``asvspoof-challenge/asvspoof5``, ``Baseline-AASIST/models/weights/AASIST/best.pth``;
+fetch it yourself: it is not shipped), fail on different attack families. This
+writes one ONNX graph that runs both on the same window and returns the mean
+of their z-scored bona fide logits, and a model card for it, so that every
+command (``evaluate-suite`` included) can measure or use the pair.
+
+Each model's z-scoring statistics (mean and standard deviation of its
+official-window scores) come from the corpus's ``dev`` split only: the
+``test`` split that ``evaluate-suite`` reports on never sets a constant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from spoofwatch.audio import official_window, read_audio
+from spoofwatch.calibration.protocol import parse_protocol
+from spoofwatch.constants import ONNX_INPUT_NAME, WINDOW_SAMPLES
+from spoofwatch.model.export import ONNX_OPSET
+from spoofwatch.model.weights import load_torch_model
+
+log = logging.getLogger("probe_fusion")
+BONAFIDE = 1  # column of the bona fide logit
+
+
+class ZFusion(nn.Module):
+    """(B, 64600) waveforms -> (B,) mean of the two models' z-scored bona fide logits."""
+
+    def __init__(self, first: nn.Module, second: nn.Module, stats: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.first, self.second = first, second
+        self.register_buffer("mean", torch.tensor([m for m, _ in stats], dtype=torch.float32))
+        self.register_buffer("std", torch.tensor([s for _, s in stats], dtype=torch.float32))
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        scores = torch.stack([self.first(waveform)[:, BONAFIDE], self.second(waveform)[:, BONAFIDE]], 1)
+        return ((scores - self.mean) / self.std).mean(1)  # (B, 2) -> (B,)
+
+
+def dev_stats(nets: list[nn.Module], corpus: Path) -> list[tuple[float, float]]:
+    """Each net's mean and std of official-window scores over the dev split (both classes)."""
+    utts = [t.utt for t in parse_protocol(corpus / "protocols" / "dev.txt")]
+    scores: list[list[float]] = [[] for _ in nets]
+    with torch.inference_mode():
+        for i in range(0, len(utts), 16):
+            batch = np.stack(
+                [official_window(read_audio(corpus / "flac" / f"{u}.flac")) for u in utts[i : i + 16]]
+            )
+            x = torch.from_numpy(batch)
+            for k, net in enumerate(nets):
+                scores[k] += net(x)[:, BONAFIDE].tolist()
+    log.info("dev split: %d utterances", len(utts))
+    return [(float(np.mean(s)), float(np.std(s))) for s in scores]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--second-weights", type=Path, required=True, help="a full-AASIST checkpoint (.pth)")
+    ap.add_argument(
+        "--corpus", type=Path, required=True, help="a built corpus (its dev split sets the z-scores)"
+    )
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    first, second = (
+        load_torch_model("aasist-l").eval(),
+        load_torch_model("aasist", args.second_weights).eval(),
+    )
+    stats = dev_stats([first, second], args.corpus)
+    fused = ZFusion(first, second, stats).eval()
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = args.out / "fusion.onnx"
+    example = torch.zeros(2, WINDOW_SAMPLES)
+    torch.onnx.export(
+        fused,
+        (example,),
+        str(onnx_path),
+        input_names=[ONNX_INPUT_NAME],
+        output_names=["score"],
+        dynamic_shapes={"waveform": {0: torch.export.Dim("batch", min=1, max=4096)}},
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        external_data=False,
+    )
+    card = args.out / "fusion.toml"
+    card.write_text(
+        "# AASIST-L (official) + a second AASIST checkpoint, z-scored on the corpus's dev split\n"
+        "[model]\n"
+        'onnx = "fusion.onnx"\n'
+        "sample_rate_hz = 16000\n"
+        f"window_samples = {WINDOW_SAMPLES}\n"
+        f'input = "{ONNX_INPUT_NAME}"\n'
+        'output = "score"\n'
+        "higher_is_bonafide = true\n"
+        'name = "aasist-l+second"\n',
+        "utf-8",
+    )
+    (args.out / "fusion.json").write_text(
+        json.dumps({"dev_mean_std": stats, "second": str(args.second_weights)})
+    )
+    log.info("dev statistics (mean, std): %s; wrote %s", stats, card)
+
+
+if __name__ == "__main__":
+    main()
