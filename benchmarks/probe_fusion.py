@@ -40,8 +40,13 @@ BONAFIDE = 1  # column of the bona fide logit
 class ZFusion(nn.Module):
     """(B, 64600) waveforms -> (B,) mean of the two models' z-scored bona fide logits."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, first: nn.Module, second: nn.Module, stats: list[tuple[float, float]]) -> None:
         super().__init__()
+        if not all(np.isfinite(m) and s > 0 for m, s in stats):
+            raise ValueError(f"expected finite means and positive deviations of the dev scores, got {stats}")
         self.first, self.second = first, second
         self.register_buffer("mean", torch.tensor([m for m, _ in stats], dtype=torch.float32))
         self.register_buffer("std", torch.tensor([s for _, s in stats], dtype=torch.float32))
@@ -51,20 +56,38 @@ class ZFusion(nn.Module):
         return ((scores - self.mean) / self.std).mean(1)  # (B, 2) -> (B,)
 
 
-def dev_stats(nets: list[nn.Module], corpus: Path) -> list[tuple[float, float]]:
-    """Each net's mean and std of official-window scores over the dev split (both classes)."""
+def dev_windows(corpus: Path) -> np.ndarray:
+    """(N, 64600) official windows of the dev split's utterances."""
     utts = [t.utt for t in parse_protocol(corpus / "protocols" / "dev.txt")]
-    scores: list[list[float]] = [[] for _ in nets]
-    with torch.inference_mode():
-        for i in range(0, len(utts), 16):
-            batch = np.stack(
-                [official_window(read_audio(corpus / "flac" / f"{u}.flac")) for u in utts[i : i + 16]]
-            )
-            x = torch.from_numpy(batch)
-            for k, net in enumerate(nets):
-                scores[k] += net(x)[:, BONAFIDE].tolist()
     log.info("dev split: %d utterances", len(utts))
-    return [(float(np.mean(s)), float(np.std(s))) for s in scores]
+    return np.stack([official_window(read_audio(corpus / "flac" / f"{u}.flac")) for u in utts])
+
+
+@torch.inference_mode()
+def bonafide_scores(net: nn.Module, windows: np.ndarray) -> np.ndarray:
+    """(N,) the net's output for each window, 16 at a time (a fused net's is its score)."""
+    out = [net(torch.from_numpy(windows[i : i + 16])) for i in range(0, len(windows), 16)]
+    scores = torch.cat(out)
+    return (scores[:, BONAFIDE] if scores.ndim == 2 else scores).numpy()
+
+
+def check_onnx(fused: nn.Module, onnx_path: Path, windows: np.ndarray) -> dict[str, float]:
+    """|ONNX Runtime - PyTorch| of the fused score on the dev windows. Windows whose
+    graph poolings tie (see ``spoofwatch.model.export.tied_windows``) may differ
+    legitimately; their share is reported beside the differences."""
+    from spoofwatch.model.runtime import make_session
+
+    session = make_session(onnx_path, device="cpu")
+    onnx_scores = np.concatenate(
+        [session.run(None, {ONNX_INPUT_NAME: windows[i : i + 16]})[0] for i in range(0, len(windows), 16)]
+    )
+    diff = np.abs(onnx_scores - bonafide_scores(fused, windows))
+    return {
+        "max_abs_diff": float(diff.max()),
+        "median_abs_diff": float(np.median(diff)),
+        "share_over_1e-3": float(np.mean(diff > 1e-3)),
+        "finite": bool(np.isfinite(onnx_scores).all()),
+    }
 
 
 def main() -> None:
@@ -80,7 +103,10 @@ def main() -> None:
         load_torch_model("aasist-l").eval(),
         load_torch_model("aasist", args.second_weights).eval(),
     )
-    stats = dev_stats([first, second], args.corpus)
+    windows = dev_windows(args.corpus)
+    stats = [
+        (float(np.mean(v)), float(np.std(v))) for v in (bonafide_scores(n, windows) for n in (first, second))
+    ]
     fused = ZFusion(first, second, stats).eval()
     args.out.mkdir(parents=True, exist_ok=True)
     onnx_path = args.out / "fusion.onnx"
@@ -109,10 +135,12 @@ def main() -> None:
         'name = "aasist-l+second"\n',
         "utf-8",
     )
-    (args.out / "fusion.json").write_text(
-        json.dumps({"dev_mean_std": stats, "second": str(args.second_weights)})
-    )
-    log.info("dev statistics (mean, std): %s; wrote %s", stats, card)
+    parity = check_onnx(fused, onnx_path, windows)
+    if not parity["finite"]:
+        raise SystemExit(f"{onnx_path}: the ONNX graph gives non-finite scores on the dev split")
+    report = {"dev_mean_std": stats, "second": str(args.second_weights), "onnx_vs_pytorch_on_dev": parity}
+    (args.out / "fusion.json").write_text(json.dumps(report))
+    log.info("dev statistics (mean, std): %s; ONNX vs PyTorch on dev: %s; wrote %s", stats, parity, card)
 
 
 if __name__ == "__main__":

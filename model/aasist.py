@@ -232,29 +232,35 @@ class GraphPool(nn.Module):
         self.proj = nn.Linear(in_dim, 1)
         self.drop = nn.Dropout(p=dropout)
 
+    def keep(self, n_nodes: int) -> int:
+        """How many of ``n_nodes`` nodes survive."""
+        return max(int(n_nodes * self.ratio), 1)
+
     def forward(self, h: Tensor) -> Tensor:
-        # h: (B, N, D) -> (B, max(int(N * ratio), 1), D)
-        _, n_nodes, dim = h.shape
-        keep = max(int(n_nodes * self.ratio), 1)
+        # h: (B, N, D) -> (B, keep(N), D)
+        dim = h.shape[2]
         scores = self.sigmoid(self.proj(self.drop(h)))  # (B, N, 1)
-        _, idx = torch.topk(scores, keep, dim=1)  # (B, keep, 1)
+        _, idx = torch.topk(scores, self.keep(h.shape[1]), dim=1)  # (B, keep, 1)
         return torch.gather(h * scores, 1, idx.expand(-1, -1, dim))
 
-    def cut_gap(self, h: Tensor) -> Tensor:
-        """(B,) relative score gap between the last node kept and the first dropped (inf: none dropped).
+    def tie_gap(self, h: Tensor) -> Tensor:
+        """(B,) smallest relative gap between neighbouring scores among the kept
+        nodes and the first dropped one (inf: a single node, nothing to order).
 
-        A gap of a few float32 rounding steps is a tie at the cut: which of the
-        tied nodes survives is then the top-k implementation's choice, and two
-        correct runtimes may differ (a saturated sigmoid gives many exact 1.0 scores).
+        A gap of a few float32 rounding steps is a tie, and top-k leaves the
+        order of tied nodes to its implementation: at the cut it decides which
+        node survives, among the kept ones their order, which matters because
+        the model pairs the two branches' nodes by position. Two correct
+        runtimes may then differ (a saturated sigmoid gives many exact 1.0 scores).
         """
-        n_nodes = h.shape[1]
-        keep = max(int(n_nodes * self.ratio), 1)
-        if keep >= n_nodes:
-            return torch.full((h.shape[0],), math.inf)
+        keep = self.keep(h.shape[1])
         scores = self.sigmoid(self.proj(h))[..., 0]  # (B, N); dropout is off in eval
-        ranked = torch.sort(scores, dim=1, descending=True).values
-        last_kept = ranked[:, keep - 1]
-        return (last_kept - ranked[:, keep]) / last_kept.clamp_min(torch.finfo(scores.dtype).tiny)
+        ranked = torch.sort(scores, dim=1, descending=True).values[:, : keep + 1]  # (B, <= keep + 1)
+        if ranked.shape[1] < 2:
+            return torch.full((h.shape[0],), math.inf)
+        higher = ranked[:, :-1]
+        gaps = (higher - ranked[:, 1:]) / higher.clamp_min(torch.finfo(scores.dtype).tiny)
+        return gaps.min(dim=1).values
 
 
 class AASIST(nn.Module):

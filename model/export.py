@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import warnings
@@ -33,7 +34,8 @@ _EXPORT_LOCK = threading.RLock()
 
 #: Largest |ONNX - PyTorch| logit difference an export may show to be installed.
 EXPORT_PARITY_TOL = 1e-3
-#: Relative graph-pooling score gap (~8 float32 rounding steps) at or below which a probe window counts as tied.
+#: Relative gap between graph-pooling scores (a few float32 rounding steps:
+#: one step is 6e-8 relative just below 1.0) at or below which they count as tied.
 TIE_GAP = 1e-6
 #: Bumped when the export recipe changes, so old cached graphs are not reused.
 EXPORT_VERSION = 1
@@ -41,15 +43,25 @@ ONNX_OPSET = 18
 
 
 def parity_inputs(batch: int = 3, seed: int = 0) -> npt.NDArray[np.float32]:
-    """Deterministic probe windows: speech-band noise, a chirp and near-silence."""
+    """Deterministic probe windows: speech-band noise, a chirp, near-silence,
+    loud noise, an amplitude-modulated tone and two tones (cycled to ``batch``)."""
     rng = np.random.default_rng(seed)
     t = np.arange(WINDOW_SAMPLES) / SAMPLE_RATE_HZ
     rows = [
         0.1 * rng.standard_normal(WINDOW_SAMPLES),
         0.3 * np.sin(2 * np.pi * (100 + 900 * t) * t),
         1e-4 * rng.standard_normal(WINDOW_SAMPLES),
+        0.5 * rng.standard_normal(WINDOW_SAMPLES),
+        0.2 * np.sin(2 * np.pi * 3 * t) * np.sin(2 * np.pi * 220 * t),
+        0.05 * (np.sin(2 * np.pi * 150 * t) + np.sin(2 * np.pi * 2400 * t)),
     ]
     return np.stack([rows[i % len(rows)] for i in range(batch)]).astype(np.float32)
+
+
+#: Probe windows the parity gate runs, and how many of them must be free of
+#: graph-pooling ties (see ``tied_windows``) for its verdict to mean anything.
+PARITY_PROBES = 6
+MIN_UNTIED_PROBES = 3
 
 
 def _torch_logits(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -91,14 +103,14 @@ def _export_graph(net: AASIST, out: Path) -> None:
 
 
 def tied_windows(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    """(B,) whether a graph pooling ties at its cut for each window (see ``GraphPool.cut_gap``).
+    """(B,) whether a graph pooling ties for each window (see ``GraphPool.tie_gap``).
 
-    Such a window's logits depend on which tied node a runtime keeps, so they
+    Such a window's logits depend on how a runtime orders tied nodes, so they
     say nothing about an export's correctness.
     """
     gaps: list[Tensor] = []
     hooks = [
-        m.register_forward_pre_hook(lambda mod, args: gaps.append(mod.cut_gap(args[0])))
+        m.register_forward_pre_hook(lambda mod, args: gaps.append(mod.tie_gap(args[0])))
         for m in net.modules()
         if isinstance(m, GraphPool)
     ]
@@ -112,20 +124,38 @@ def tied_windows(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[n
     return tied
 
 
+def parity_probes(net: AASIST) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """The probe windows and which of them tie; refused (before any export)
+    when fewer than ``MIN_UNTIED_PROBES`` are free of ties."""
+    windows = parity_inputs(PARITY_PROBES)
+    tied = tied_windows(net, windows)
+    if (~tied).sum() < MIN_UNTIED_PROBES:
+        raise ModelError(
+            f"{int(tied.sum())} of {len(tied)} parity probe windows tie in the graph pooling "
+            f"(at least {MIN_UNTIED_PROBES} must not): the export cannot be checked"
+        )
+    return windows, tied
+
+
 def check_parity(net: AASIST, onnx_path: Path) -> float:
-    """Max |ONNX Runtime - PyTorch| logit difference on the probe windows without ties."""
+    """Max |ONNX Runtime - PyTorch| logit difference on the probe windows without
+    ties; every window's ONNX output must be finite."""
     from .runtime import make_session
 
-    windows = parity_inputs()
+    windows, tied = parity_probes(net)
     session = make_session(onnx_path, device="cpu")
     onnx_logits = session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: windows})[0]
+    if not np.isfinite(onnx_logits).all():
+        return math.inf
     diffs = np.max(np.abs(onnx_logits - _torch_logits(net, windows)), axis=1)
-    tied = tied_windows(net, windows)
-    if tied.all():
-        raise ModelError("every parity probe window ties in the graph pooling: the export cannot be checked")
     if tied.any():
-        log.info(
-            "parity probe window(s) %s left out: tied graph-pooling scores (|diff| there %s)",
+        # Loud only when the runtimes really order the tied nodes differently:
+        # identical nodes (near-silence) tie harmlessly.
+        differ = bool((diffs[tied] > EXPORT_PARITY_TOL).any())
+        log.log(
+            logging.WARNING if differ else logging.INFO,
+            "parity probe windows %s left out of the export check: tied graph-pooling scores "
+            "(|ONNX - PyTorch| there: %s)",
             np.flatnonzero(tied).tolist(),
             np.round(diffs[tied], 4).tolist(),
         )
@@ -137,6 +167,7 @@ def export_onnx(
 ) -> float:
     """Export ``model`` to ``out``; install it only if parity holds. Returns the max diff."""
     net = load_torch_model(model, weights, config)
+    parity_probes(net)  # weights whose probes mostly tie are refused before the slow export
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = cache_tempfile(out.parent, ".onnx")
     os.close(fd)

@@ -546,9 +546,15 @@ def test_evaluate_suite_scores_a_model_card_beside_the_official_model(
         windows_s.add((result.name, min(first_ends)))
     # The first window of a long enough clip ends one model window in: 2 s for the card.
     assert windows_s == {("official", 64_600 / SAMPLE_RATE_HZ), ("power", WINDOW / SAMPLE_RATE_HZ)}
-    # Weights belong to a built-in architecture, not a card.
-    assert main([*args, "--weights", str(tmp_path / "x.pth")]) == InputError.exit_code
-    assert "a model card names its ONNX file" in capsys.readouterr().err
+    # Refused before anything is scored or exported: weights belong to a built-in
+    # architecture, a card is one ONNX file at its own precision, and 'official' is the baseline.
+    for extra, message in (
+        (["--weights", str(tmp_path / "x.pth")], "a model card names its ONNX file"),
+        (["--precision", "int8"], "--precision int8: a model card describes one ONNX file"),
+        (["--name", "official"], "expected another label than the baseline's"),
+    ):
+        assert main([*args, *extra]) == InputError.exit_code
+        assert message in capsys.readouterr().err
 
 
 def test_evaluate_suite_refuses_a_selection_without_genuine_audio(

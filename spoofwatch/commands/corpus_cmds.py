@@ -244,9 +244,16 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
     from spoofwatch.model.card import is_card_reference, parse_card
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.loudness]
+    if args.name is not None and args.name.split("+")[0] == "official":
+        raise InputError(f"--name {args.name}: expected another label than the baseline's ('official')")
     if is_card_reference(args.model):
+        # Refused here, before the baseline is exported (and quantized) for nothing.
         if args.weights is not None:
             raise InputError("--weights applies to the built-in models; a model card names its ONNX file")
+        if args.precision != "fp32":
+            raise InputError(
+                f"--precision {args.precision}: a model card describes one ONNX file, scored as it is"
+            )
         name = args.name or parse_card(Path(args.model)).name
         candidates: list[Variant] = [
             (name + ("+loudness" if on else ""), args.model, None, args.calibration, on) for on in modes
