@@ -59,7 +59,7 @@ def parity_inputs(batch: int = 3, seed: int = 0) -> npt.NDArray[np.float32]:
 
 
 #: Probe windows the parity gate runs, and how many of them must be free of
-#: graph-pooling ties (see ``tied_windows``) for its verdict to mean anything.
+#: graph-pooling ties (see ``tied_windows``) for the tied ones to be left out.
 PARITY_PROBES = 6
 MIN_UNTIED_PROBES = 3
 
@@ -124,30 +124,22 @@ def tied_windows(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[n
     return tied
 
 
-def parity_probes(net: AASIST) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """The probe windows and which of them tie; refused (before any export)
-    when fewer than ``MIN_UNTIED_PROBES`` are free of ties."""
-    windows = parity_inputs(PARITY_PROBES)
-    tied = tied_windows(net, windows)
-    if (~tied).sum() < MIN_UNTIED_PROBES:
-        raise ModelError(
-            f"{int(tied.sum())} of {len(tied)} parity probe windows tie in the graph pooling "
-            f"(at least {MIN_UNTIED_PROBES} must not): the export cannot be checked"
-        )
-    return windows, tied
-
-
 def check_parity(net: AASIST, onnx_path: Path) -> float:
     """Max |ONNX Runtime - PyTorch| logit difference on the probe windows without
-    ties; every window's ONNX output must be finite."""
+    ties (all of them when fewer than ``MIN_UNTIED_PROBES`` are free of ties, as
+    for a freshly initialised model, whose tied nodes are mostly identical);
+    every window's ONNX output must be finite."""
     from .runtime import make_session
 
-    windows, tied = parity_probes(net)
+    windows = parity_inputs(PARITY_PROBES)
+    tied = tied_windows(net, windows)
     session = make_session(onnx_path, device="cpu")
     onnx_logits = session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: windows})[0]
     if not np.isfinite(onnx_logits).all():
         return math.inf
     diffs = np.max(np.abs(onnx_logits - _torch_logits(net, windows)), axis=1)
+    if (~tied).sum() < MIN_UNTIED_PROBES:
+        return float(diffs.max())  # too few untied windows to judge by: hold every window to parity
     if tied.any():
         # Loud only when the runtimes really order the tied nodes differently:
         # identical nodes (near-silence) tie harmlessly.
@@ -167,7 +159,6 @@ def export_onnx(
 ) -> float:
     """Export ``model`` to ``out``; install it only if parity holds. Returns the max diff."""
     net = load_torch_model(model, weights, config)
-    parity_probes(net)  # weights whose probes mostly tie are refused before the slow export
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = cache_tempfile(out.parent, ".onnx")
     os.close(fd)
