@@ -102,12 +102,11 @@ def _export_graph(net: AASIST, out: Path) -> None:
         )
 
 
-def tied_windows(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    """(B,) whether a graph pooling ties for each window (see ``GraphPool.tie_gap``).
-
-    Such a window's logits depend on how a runtime orders tied nodes, so they
-    say nothing about an export's correctness.
-    """
+def _logits_and_ties(
+    net: AASIST, windows: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """PyTorch's (B, 2) logits and, from the same pass, (B,) whether a graph
+    pooling ties for each window (see ``GraphPool.tie_gap``)."""
     gaps: list[Tensor] = []
     hooks = [
         m.register_forward_pre_hook(lambda mod, args: gaps.append(mod.tie_gap(args[0])))
@@ -115,13 +114,22 @@ def tied_windows(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[n
         if isinstance(m, GraphPool)
     ]
     try:
-        _torch_logits(net, windows)
+        logits = _torch_logits(net, windows)
     finally:
         for hook in hooks:
             hook.remove()
     smallest = torch.stack(gaps).min(dim=0).values.numpy()
     tied: npt.NDArray[np.bool_] = smallest <= TIE_GAP
-    return tied
+    return logits, tied
+
+
+def tied_windows(net: AASIST, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """(B,) whether a graph pooling ties for each window (see ``GraphPool.tie_gap``).
+
+    Such a window's logits depend on how a runtime orders tied nodes, so they
+    say nothing about an export's correctness.
+    """
+    return _logits_and_ties(net, windows)[1]
 
 
 def check_parity(net: AASIST, onnx_path: Path) -> float:
@@ -132,12 +140,12 @@ def check_parity(net: AASIST, onnx_path: Path) -> float:
     from .runtime import make_session
 
     windows = parity_inputs(PARITY_PROBES)
-    tied = tied_windows(net, windows)
+    torch_logits, tied = _logits_and_ties(net, windows)
     session = make_session(onnx_path, device="cpu")
     onnx_logits = session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: windows})[0]
     if not np.isfinite(onnx_logits).all():
         return math.inf
-    diffs = np.max(np.abs(onnx_logits - _torch_logits(net, windows)), axis=1)
+    diffs = np.max(np.abs(onnx_logits - torch_logits), axis=1)
     if (~tied).sum() < MIN_UNTIED_PROBES:
         return float(diffs.max())  # too few untied windows to judge by: hold every window to parity
     if tied.any():

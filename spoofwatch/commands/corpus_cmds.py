@@ -246,6 +246,7 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.loudness]
     if args.name is not None and args.name.split("+")[0] == "official":
         raise InputError(f"--name {args.name}: expected another label than the baseline's ('official')")
+    official, calibration = args.model, args.calibration
     if is_card_reference(args.model):
         # Refused here, before the baseline is exported (and quantized) for nothing.
         if args.weights is not None:
@@ -254,21 +255,15 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
             raise InputError(
                 f"--precision {args.precision}: a model card describes one ONNX file, scored as it is"
             )
-        name = args.name or parse_card(Path(args.model)).name
-        candidates: list[Variant] = [
-            (name + ("+loudness" if on else ""), args.model, None, args.calibration, on) for on in modes
-        ]
-        official = DEFAULT_MODEL
+        name, official = args.name or parse_card(Path(args.model)).name, DEFAULT_MODEL
     elif args.weights is not None:
         name = args.name or "fine-tuned"
-        candidates = [
-            (name + ("+loudness" if on else ""), args.model, args.weights, args.calibration, on)
-            for on in modes
-        ]
-        official = args.model
     else:
-        candidates = [("official+loudness", args.model, None, None, True)] if args.loudness != "off" else []
-        official = args.model
+        # The official model itself, here only with loudness normalisation.
+        name, calibration, modes = "official", None, [True] if args.loudness != "off" else []
+    candidates: list[Variant] = [
+        (name + ("+loudness" if on else ""), args.model, args.weights, calibration, on) for on in modes
+    ]
     if args.skip_official and candidates:
         return candidates
     return [("official", official, None, None, False), *candidates]
