@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from spoofwatch.stream.server.drain import Drain, Handled, MessageReader
+from spoofwatch.stream.server.drain import STALL_GRACE_S, Drain, Handled, MessageReader
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +205,87 @@ async def test_empty_messages_do_not_keep_a_connection_alive(
         await reader.run(handle)
     assert handled == ["audio", "", "", "", ""]  # the timer ran from "audio" (t + 0.125) to t + 0.625
     assert reader.idle
+
+
+class StoppedClock:
+    """The event loop's clock as the reader sees it, moved only by the test:
+    ``jump`` is the loop having been stopped (SIGSTOP, a VM freeze) for that long."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        woken = anyio.Event()
+        self._sleepers.append((self.now + delay, woken))
+        await woken.wait()
+
+    async def jump(self, seconds: float) -> None:
+        """Advance the clock and let every task that is due run until all block again."""
+        self.now += seconds
+        for due, woken in [s for s in self._sleepers if s[0] <= self.now]:
+            self._sleepers.remove((due, woken))
+            woken.set()
+        await anyio.wait_all_tasks_blocked()
+
+
+@pytest.fixture
+def stopped_clock(monkeypatch: pytest.MonkeyPatch) -> StoppedClock:
+    clock = StoppedClock()
+    monkeypatch.setattr(anyio, "current_time", clock.time)
+    monkeypatch.setattr(anyio, "sleep", clock.sleep)
+    return clock
+
+
+async def test_after_a_stalled_loop_a_message_that_arrived_meanwhile_is_read_before_the_verdict(
+    connections: Any, stopped_clock: StoppedClock
+) -> None:
+    """The process was stopped for three idle timeouts while its client kept
+    sending. On resume the watch's overdue timer can run before the socket is
+    read: it must give the reader a moment (``STALL_GRACE_S``) to read what
+    arrived, not close a sending client as idle."""
+    ws, drain = connections(), Drain()
+    reader = MessageReader(ws, drain, idle_timeout_s=1.0)
+    handle = CheckpointedHandler()
+    ended: list[bool] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_then_mark, reader, handle, ended)
+        ws.send.send_nowait("audio")
+        await anyio.wait_all_tasks_blocked()  # handled; a read pending, the watch asleep until t + 1
+        await stopped_clock.jump(3.0)  # the loop resumes; the watch runs first...
+        assert not reader.idle and not ended
+        ws.send.send_nowait("sent while stopped")  # ...then the socket is read
+        await anyio.wait_all_tasks_blocked()
+        await stopped_clock.jump(STALL_GRACE_S)  # the watch judges again: a read began just now
+        assert handle.handled == ["audio", "sent while stopped"]
+        assert not reader.idle and not ended
+        drain.begin()
+    assert ended == [True] and not reader.idle
+
+
+async def test_after_a_stalled_loop_a_client_that_sent_nothing_is_still_idle(
+    connections: Any, stopped_clock: StoppedClock
+) -> None:
+    ws, drain = connections(), Drain()
+    reader = MessageReader(ws, drain, idle_timeout_s=1.0)
+    handle = CheckpointedHandler()
+    errors: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await reader.run(handle)
+        except TimeoutError as e:
+            errors.append(e)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        ws.send.send_nowait("audio")
+        await anyio.wait_all_tasks_blocked()
+        await stopped_clock.jump(3.0)
+        assert not reader.idle and not errors  # the grace first
+        await stopped_clock.jump(STALL_GRACE_S)  # nothing arrived: idle after all
+    assert [str(e) for e in errors] == ["no message for 1 s"]
+    assert handle.handled == ["audio"] and reader.idle
