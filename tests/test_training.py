@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from helpers import BONAFIDE_UTT, SPOOF_UTTS
+from helpers import BONAFIDE_UTT, REPO_ROOT, SPOOF_UTTS
 
 from spoofwatch.cli import main
 from spoofwatch.errors import DatasetError, ModelError
@@ -434,3 +435,17 @@ def test_init_weights_continues_from_a_previous_run(tiny_la: Path, tmp_path: Pat
     )
     with pytest.raises(WeightsError, match="does not fit"):
         Trainer(official_shape, init_weights=best, progress_bar=False)
+
+
+def test_every_shipped_recipe_loads_and_names_protocols_the_corpus_recipe_writes() -> None:
+    """configs/train/*.toml: each validates, and one that trains on the open corpus
+    reads protocols that configs/data/open.toml produces (a split or a [subsets] name)."""
+    corpus = tomllib.loads((REPO_ROOT / "configs" / "data" / "open.toml").read_text("utf-8"))
+    written = {"train", "dev", "test", *corpus["subsets"]}
+    recipes = sorted((REPO_ROOT / "configs" / "train").glob("*.toml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        config = load_train_config(path)
+        for protocol in (config.train_protocol, config.dev_protocol):
+            if "corpus" in protocol.parts:  # the open corpus, not ASVspoof 2019 LA
+                assert protocol.parent.name == "protocols" and protocol.stem in written, (path, protocol)
