@@ -54,6 +54,39 @@ def connections() -> Any:
         ws.close()
 
 
+class StoppedClock:
+    """The event loop's clock as the reader sees it, moved only by the test:
+    ``jump`` is the loop having been stopped (SIGSTOP, a VM freeze) for that long."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        woken = anyio.Event()
+        self._sleepers.append((self.now + delay, woken))
+        await woken.wait()
+
+    async def jump(self, seconds: float) -> None:
+        """Advance the clock and let every task that is due run until all block again."""
+        self.now += seconds
+        for due, woken in [s for s in self._sleepers if s[0] <= self.now]:
+            self._sleepers.remove((due, woken))
+            woken.set()
+        await anyio.wait_all_tasks_blocked()
+
+
+@pytest.fixture
+def stopped_clock(monkeypatch: pytest.MonkeyPatch) -> StoppedClock:
+    clock = StoppedClock()
+    monkeypatch.setattr(anyio, "current_time", clock.time)
+    monkeypatch.setattr(anyio, "sleep", clock.sleep)
+    return clock
+
+
 async def test_time_spent_handling_is_not_idle_time(connections: Any) -> None:
     ws, drain = connections(), Drain()
     reader = MessageReader(ws, drain, idle_timeout_s=0.05)
@@ -175,26 +208,25 @@ async def _never_called(message: Any) -> Handled:
 
 
 async def test_empty_messages_do_not_keep_a_connection_alive(
-    connections: Any, monkeypatch: pytest.MonkeyPatch
+    connections: Any, stopped_clock: StoppedClock
 ) -> None:
     """A client that sends only empty frames, however often, is idle: each is
     handled, but the timeout runs from the last message that carried
     something. (The loop never waits here: every read finds an empty frame
     queued, so only the reader itself can give the verdict.)
 
-    The reader's clock is a fake one that only the frames move (one frame
-    every 0.125 s, a binary fraction, so the sums are exact): the verdict
+    The reader's clock is the stopped one, moved only by the frames (one frame
+    every 0.125 s, a binary fraction, so the sums are exact; the watch's sleep
+    never ends): the verdict
     comes after exactly four empty frames, however the machine schedules
     this process. Real sleeps here raced the timeout on a loaded machine."""
-    now = [1000.0]
-    monkeypatch.setattr(anyio, "current_time", lambda: now[0])
     ws, drain = connections(), Drain()
     reader = MessageReader(ws, drain, idle_timeout_s=0.5)
     handled: list[str] = []
 
     async def handle(message: str) -> Handled:
         handled.append(message)
-        now[0] += 0.125  # the frame took its time to arrive
+        stopped_clock.now += 0.125  # the frame took its time to arrive
         assert len(handled) < 50, "empty frames kept the connection alive"
         await anyio.lowlevel.checkpoint()
         ws.send.send_nowait("")  # the next empty frame is already there
@@ -205,39 +237,6 @@ async def test_empty_messages_do_not_keep_a_connection_alive(
         await reader.run(handle)
     assert handled == ["audio", "", "", "", ""]  # the timer ran from "audio" (t + 0.125) to t + 0.625
     assert reader.idle
-
-
-class StoppedClock:
-    """The event loop's clock as the reader sees it, moved only by the test:
-    ``jump`` is the loop having been stopped (SIGSTOP, a VM freeze) for that long."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self._sleepers: list[tuple[float, anyio.Event]] = []
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        woken = anyio.Event()
-        self._sleepers.append((self.now + delay, woken))
-        await woken.wait()
-
-    async def jump(self, seconds: float) -> None:
-        """Advance the clock and let every task that is due run until all block again."""
-        self.now += seconds
-        for due, woken in [s for s in self._sleepers if s[0] <= self.now]:
-            self._sleepers.remove((due, woken))
-            woken.set()
-        await anyio.wait_all_tasks_blocked()
-
-
-@pytest.fixture
-def stopped_clock(monkeypatch: pytest.MonkeyPatch) -> StoppedClock:
-    clock = StoppedClock()
-    monkeypatch.setattr(anyio, "current_time", clock.time)
-    monkeypatch.setattr(anyio, "sleep", clock.sleep)
-    return clock
 
 
 async def test_after_a_stalled_loop_a_message_that_arrived_meanwhile_is_read_before_the_verdict(
