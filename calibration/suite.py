@@ -39,6 +39,7 @@ from spoofwatch.errors import CalibrationError, DatasetError, InputError
 from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
 
+from .bootstrap import BootstrapConfig, Sample, compare_eers, level_label
 from .metrics import det_curve, eer
 from .streaming import Conversation, Trace, replay, trace
 
@@ -90,6 +91,8 @@ class Utterance:
     kind: str
     system: str
     corpus: str  # genuine corpus family (see corpus_family)
+    #: the source clip whose copies (clean, channel) this is; drawn together by the bootstrap
+    clip: str = ""
 
 
 @dataclass
@@ -108,6 +111,12 @@ def corpus_family(name: str) -> str:
     base = re.sub(r"\s*\(.*?\)", "", name).strip()
     base = re.sub(r"\s+(p\d+|\d+)$", "", base).strip()
     return base.rstrip("?") or name
+
+
+def clip_of(utt: str, copy: str) -> str:
+    """The clip an utterance is a copy of: build-corpus names copy k of a clip ``CLIP_c{k}``."""
+    suffix = f"_c{copy}"
+    return utt[: -len(suffix)] if copy and utt.endswith(suffix) else utt
 
 
 def read_metadata(corpus: Path) -> list[dict[str, str]]:
@@ -136,6 +145,7 @@ def select_utterances(corpus: Path, cfg: SuiteConfig) -> list[Utterance]:
             r["kind"],
             r["system"],
             corpus_family(r["corpus"]),
+            clip_of(r["utt"], r["copy"]),
         )
         groups[u.system if u.label == "spoof" else f"genuine:{u.corpus}"].append(u)
     rng = np.random.default_rng(cfg.seed)
@@ -368,6 +378,66 @@ def summarise(
     }
 
 
+def add_intervals(
+    summaries: list[dict[str, Any]],
+    results: list[VariantResult],
+    utts: list[Utterance],
+    boot: BootstrapConfig,
+) -> None:
+    """Put a bootstrap interval on each variant's pooled EER (``pooled_eer_bootstrap``)
+    and, when the first variant is the official model, on each other variant's
+    difference to it. Only utterances every variant scored take part, so that
+    the comparison is paired."""
+    if boot.draws == 0 or not results:
+        return
+    scored = [
+        u for u in utts if all(u.utt in (r.genuine if u.label == "bonafide" else r.spoof) for r in results)
+    ]
+    samples = [
+        Sample(u.label == "bonafide", u.corpus if u.label == "bonafide" else u.system, u.clip or u.utt)
+        for u in scored
+    ]
+    if not any(s.bonafide for s in samples) or all(s.bonafide for s in samples):
+        log.warning("no bootstrap interval: the variants share no scored utterances of both classes")
+        return
+    scores = {
+        r.name: np.array([(r.genuine if u.label == "bonafide" else r.spoof)[u.utt] for u in scored])
+        for r in results
+    }
+    reference = results[0].name if results[0].name == "official" else None
+    report = compare_eers(samples, scores, boot, reference)
+    for summary, result in zip(summaries, results, strict=True):
+        summary["pooled_eer_bootstrap"] = {
+            **report[result.name],
+            "level": boot.level,
+            "draws": boot.draws,
+            "systems_resampled": boot.resample_systems,
+        }
+
+
+def _interval_lines(summaries: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for s in summaries:
+        b = s.get("pooled_eer_bootstrap")
+        if b is None:
+            continue
+        low, high = b["ci_percent"]
+        line = (
+            f"- {s['model']}: pooled EER {b['eer_percent']:.1f} %, {level_label(b['level'])} interval "
+            f"{low:.1f}–{high:.1f} % ({b['n']} utterances scored by every model, {b['draws']} draws"
+        )
+        if "vs" in b:
+            d_low, d_high = b["difference_ci_percent"]
+            line += (
+                f"); minus {b['vs']}: {b['difference_percent']:+.1f} points, interval "
+                f"{d_low:+.1f} to {d_high:+.1f}: **{b['verdict']}**"
+            )
+        else:
+            line += ")"
+        lines.append(line)
+    return lines
+
+
 def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
     """One table: rows are pooled, each kind, each system and each genuine corpus; a column per model."""
     names = [s["model"] for s in summaries]
@@ -422,6 +492,19 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         f"Live engine, threshold for ≤ {cfg.target_false_alerts_per_hour:g} false alert/hour on the genuine streams; "
         f"'detected' = alerted within {cfg.detect_within_s:g} s of a spoof utterance's start."
     )
+    intervals = _interval_lines(summaries)
+    if intervals:
+        resampled = any(s.get("pooled_eer_bootstrap", {}).get("systems_resampled") for s in summaries)
+        lines += [
+            "",
+            "Pooled EER intervals: a paired bootstrap over the same utterances, drawing "
+            + ("spoof systems, then " if resampled else "")
+            + "clips (with their channel copies) within each "
+            + ("drawn" if resampled else "fixed")
+            + " spoof system and each genuine corpus.",
+            *intervals,
+            "",
+        ]
     for s in summaries:
         t, sh = s["at_target"], s["at_shipped_threshold"]
         lines.append(

@@ -184,12 +184,14 @@ def test_loudness_normalisation() -> None:
 def test_evaluate_suite_official_and_candidate(
     sw_home: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from spoofwatch.calibration.suite import corpus_family
+    from spoofwatch.calibration.suite import clip_of, corpus_family
     from spoofwatch.cli import main
     from spoofwatch.model.config import load_model_config
     from spoofwatch.model.weights import weights_path
 
     assert corpus_family("VCTK p225") == "VCTK"
+    assert clip_of("OC_2c80c6458bc9_c1", "1") == "OC_2c80c6458bc9" == clip_of("OC_2c80c6458bc9_c0", "0")
+    assert clip_of("mine_07", "0") == "mine_07"  # not named by build-corpus: its own clip
     assert corpus_family("celebrity/in-the-wild clip (tom)") == "celebrity/in-the-wild clip"
     # The candidate is a copy of the official weights: same scores, so same numbers.
     candidate = tmp_path / "copy.pth"
@@ -232,6 +234,17 @@ def test_evaluate_suite_official_and_candidate(
     assert 0.0 <= at["detection_rate"] <= 1.0
     assert (out / "det.png").stat().st_size > 1000
     assert "| **pooled** |" in (out / "suite.md").read_text()
+    # Intervals: the same scores drawn the same way, so no difference at all.
+    boot = official["pooled_eer_bootstrap"]
+    low, high = boot["ci_percent"]
+    assert low <= official["pooled_eer_percent"] <= high and "verdict" not in boot
+    assert boot["n"] == official["n_genuine"] + official["n_spoof"] and boot["systems_resampled"] is True
+    versus = cand["pooled_eer_bootstrap"]
+    assert versus["vs"] == "official" and versus["difference_ci_percent"] == [0.0, 0.0]
+    assert versus["verdict"] == "no clear difference"
+    assert "minus official: +0.0 points" in (out / "suite.md").read_text()
+    assert main([*args, "--bootstrap-draws", "0"]) == 0  # traces from the cache
+    assert all("pooled_eer_bootstrap" not in m for m in json.loads(capsys.readouterr().out)["models"])
 
 
 def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> Path:

@@ -101,6 +101,20 @@ def register(sub: Any) -> None:
         action="store_true",
         help="score only the candidate (e.g. to fill --cache in parallel); the table then lacks the baseline",
     )
+    suite.add_argument(
+        "--bootstrap-draws",
+        type=non_negative_int,
+        default=2000,
+        help="resamples for the 95 %% intervals of pooled EERs and of each model's difference "
+        "to the official one (default 2000; 0: none)",
+    )
+    suite.add_argument(
+        "--bootstrap-systems",
+        choices=("resampled", "fixed"),
+        default="resampled",
+        help="resampled (default): the intervals cover other spoof systems like these; "
+        "fixed: only these systems (narrower)",
+    )
     suite.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     suite.add_argument("--json", action="store_true", help="print the full JSON result on stdout")
     suite.add_argument("--no-progress", action="store_true")
@@ -272,8 +286,10 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
 def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from spoofwatch.calibration.bootstrap import BootstrapConfig
     from spoofwatch.calibration.suite import (
         SuiteConfig,
+        add_intervals,
         audio_digest,
         cached_variant,
         markdown,
@@ -294,6 +310,10 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         limit_per_group=args.limit_per_group,
         limit_genuine_per_corpus=args.limit_genuine_per_corpus,
         target_false_alerts_per_hour=args.target_false_alerts_per_hour,
+    )
+    # apart from SuiteConfig: it is part of every cache key, and intervals change no trace
+    boot = BootstrapConfig(
+        draws=args.bootstrap_draws, seed=cfg.seed, resample_systems=args.bootstrap_systems == "resampled"
     )
     for folder, flag in ((args.out, "--out"), (args.cache, "--cache")):
         if folder is not None:  # before the scoring, which takes hours on a real corpus
@@ -345,6 +365,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         results.append(result)
         # the hop this variant ran with (its calibration's unless --hop-s overrode it)
         summaries.append({**summarise(result, utts, cal.policy, cfg), "hop_s": engine.config.hop_s})
+    add_intervals(summaries, results, utts, boot)
     table = markdown(summaries, cfg)
     report = {"corpus": str(args.corpus), "config": cfg.__dict__, "models": summaries}
     if args.out is not None:
