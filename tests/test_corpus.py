@@ -437,8 +437,16 @@ def test_suite_scores_a_genuine_stream_shorter_than_half_a_window(shared: Path, 
 def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
     """The candidate's own gate may leave a whole kind unscored: its cell reads
     '–' in the table instead of the report failing after all the scoring."""
+    from spoofwatch.calibration.bootstrap import BootstrapConfig
     from spoofwatch.calibration.streaming import Trace
-    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, markdown, summarise
+    from spoofwatch.calibration.suite import (
+        SuiteConfig,
+        Utterance,
+        VariantResult,
+        add_intervals,
+        markdown,
+        summarise,
+    )
     from spoofwatch.stream.policy import PolicyConfig
 
     cfg = SuiteConfig()
@@ -461,15 +469,15 @@ def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
                 r.spoof[u] = score
         return r
 
-    table = markdown(
-        [
-            summarise(result("official", {"s1", "s2"}), utts, policy, cfg),
-            summarise(result("tuned", {"s1"}), utts, policy, cfg),
-        ],
-        cfg,
-    )
+    results = [result("official", {"s1", "s2"}), result("tuned", {"s1"})]
+    summaries = [summarise(r, utts, policy, cfg) for r in results]
+    # the paired intervals use only what both scored: g1 and s1
+    add_intervals(summaries, results, utts, BootstrapConfig(draws=20))
+    assert [s["pooled_eer_bootstrap"]["n"] for s in summaries] == [2, 2]
+    table = markdown(summaries, cfg)
     vc_row = next(line for line in table.splitlines() if line.startswith("| kind vc"))
     assert "–" in vc_row and "sysB" in table
+    assert "- tuned: pooled EER 0.0 %, 95 % interval 0.0–0.0 % (2 utterances scored by every model" in table
 
 
 @pytest.mark.parametrize(
