@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +110,6 @@ class Resampler:
                 parts.append(clips[k])
         return np.concatenate(parts)
 
-    def __iter__(self) -> Iterator[IndexArray]:
-        while True:
-            yield self.draw()
-
 
 def _eer_percent(scores: Array, bonafide: npt.NDArray[np.bool_]) -> float:
     return 100 * eer(scores[bonafide], scores[~bonafide])[0]
@@ -149,7 +145,8 @@ def compare_eers(
         raise InputError(f"reference {reference!r}: expected one of {sorted(scores)}")
     draws: dict[str, list[float]] = {name: [] for name in scores}
     resampler = Resampler(samples, cfg.seed, cfg.resample_systems)
-    for _, idx in zip(range(cfg.draws), resampler, strict=False):
+    for _ in range(cfg.draws):
+        idx = resampler.draw()
         for name, values in scores.items():
             draws[name].append(_eer_percent(values[idx], bonafide[idx]))
     report: dict[str, dict[str, Any]] = {}
