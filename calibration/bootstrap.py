@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from spoofwatch.errors import InputError
 
-from .metrics import eer
+from .metrics import balanced_eer, eer
 
 Array = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
@@ -101,18 +101,30 @@ class Resampler:
         self._rng = np.random.default_rng(seed)
 
     def draw(self) -> IndexArray:
+        return self.draw_grouped()[0]
+
+    def draw_grouped(self) -> tuple[IndexArray, IndexArray]:
+        """A draw's indices, and for each the drawn stratum it came with: a
+        system drawn twice is two strata of the draw, as a balanced EER needs."""
         spoof = self._spoof
         if self._resample_spoof_strata:
             spoof = [spoof[k] for k in self._rng.integers(0, len(spoof), size=len(spoof))]
         parts: list[IndexArray] = []
-        for clips in [*self._genuine, *spoof]:
+        groups: list[IndexArray] = []
+        for g, clips in enumerate([*self._genuine, *spoof]):
             for k in self._rng.integers(0, len(clips), size=len(clips)):
                 parts.append(clips[k])
-        return np.concatenate(parts)
+                groups.append(np.full(clips[k].size, g, dtype=np.intp))
+        return np.concatenate(parts), np.concatenate(groups)
 
 
-def _eer_percent(scores: Array, bonafide: npt.NDArray[np.bool_]) -> float:
-    return 100 * eer(scores[bonafide], scores[~bonafide])[0]
+def _eer_percent(
+    scores: Array, bonafide: npt.NDArray[np.bool_], groups: npt.NDArray[Any] | None = None
+) -> float:
+    """Pooled EER (%), or balanced over ``groups`` (every group of a class weighing the same)."""
+    if groups is None:
+        return 100 * eer(scores[bonafide], scores[~bonafide])[0]
+    return 100 * balanced_eer(scores[bonafide], groups[bonafide], scores[~bonafide], groups[~bonafide])
 
 
 def percentile_interval(values: Array, level: float) -> tuple[float, float]:
@@ -126,13 +138,15 @@ def compare_eers(
     scores: Mapping[str, Array],
     cfg: BootstrapConfig,
     reference: str | None = None,
+    balanced: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Pooled EER (%) with its interval for each model, and, for every model
     but ``reference``, its paired difference to ``reference`` (model minus
     reference: negative is better) with an interval and a verdict.
 
     ``scores[name][i]`` is model ``name``'s score of ``samples[i]`` (higher
-    means bona fide)."""
+    means bona fide). ``balanced``: the EER weighs every stratum of a class the
+    same (each genuine corpus, each spoof system; in a draw, each drawn one)."""
     if cfg.draws == 0:
         return {}
     bonafide = np.array([s.bonafide for s in samples])
@@ -143,15 +157,16 @@ def compare_eers(
             )
     if reference is not None and reference not in scores:
         raise InputError(f"reference {reference!r}: expected one of {sorted(scores)}")
+    strata = np.array([s.stratum for s in samples]) if balanced else None
     draws: dict[str, list[float]] = {name: [] for name in scores}
     resampler = Resampler(samples, cfg.seed, cfg.resample_systems)
     for _ in range(cfg.draws):
-        idx = resampler.draw()
+        idx, drawn = resampler.draw_grouped()
         for name, values in scores.items():
-            draws[name].append(_eer_percent(values[idx], bonafide[idx]))
+            draws[name].append(_eer_percent(values[idx], bonafide[idx], drawn if balanced else None))
     report: dict[str, dict[str, Any]] = {}
     for name, values in scores.items():
-        point = _eer_percent(values, bonafide)
+        point = _eer_percent(values, bonafide, strata)
         entry: dict[str, Any] = {
             "n": len(samples),
             "eer_percent": point,
@@ -161,7 +176,7 @@ def compare_eers(
             diff = np.array(draws[name]) - np.array(draws[reference])
             low, high = percentile_interval(diff, cfg.level)
             entry["vs"] = reference
-            entry["difference_percent"] = point - _eer_percent(scores[reference], bonafide)
+            entry["difference_percent"] = point - _eer_percent(scores[reference], bonafide, strata)
             entry["difference_ci_percent"] = [low, high]
             entry["verdict"] = BETTER if high < 0 else WORSE if low > 0 else UNCLEAR
         report[name] = entry

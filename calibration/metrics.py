@@ -9,6 +9,7 @@ false-alarm rates where they are closest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from spoofwatch.errors import CalibrationError
 from .protocol import AsvScores, ScoreTable
 
 Array = npt.NDArray[np.float64]
+#: group labels, one per score: strings or integers
+Groups = Sequence[str] | Sequence[int] | npt.NDArray[np.str_] | npt.NDArray[np.intp]
 
 
 @dataclass(frozen=True)
@@ -41,31 +44,84 @@ class CostModel:
         return (1 - self.p_spoof) * (1 - self.p_target_given_genuine)
 
 
-def det_curve(positive: Array, negative: Array) -> tuple[Array, Array, Array]:
+def det_curve(
+    positive: Array,
+    negative: Array,
+    positive_weights: Array | None = None,
+    negative_weights: Array | None = None,
+) -> tuple[Array, Array, Array]:
     """Miss rate of ``positive`` and false-alarm rate of ``negative`` at each threshold.
 
     Threshold ``thresholds[i]`` rejects every score ``<= thresholds[i]``.
+    With weights, each score counts in proportion to its weight within its
+    class (see :func:`balanced_weights`); without, every score counts once, the
+    official scripts' way, digit for digit.
     """
     if positive.size == 0 or negative.size == 0:
         raise CalibrationError(
             f"an error rate needs both classes, got {positive.size} positive and {negative.size} negative scores"
         )
     scores = np.concatenate([positive, negative])
-    is_positive = np.concatenate([np.ones(positive.size), np.zeros(negative.size)])
     order = np.argsort(scores, kind="mergesort")  # stable: ties keep positives first
-    positives_below = np.cumsum(is_positive[order])
-    negatives_above = negative.size - (np.arange(1, scores.size + 1) - positives_below)
-    miss = np.concatenate([[0.0], positives_below / positive.size])
-    false_alarm = np.concatenate([[1.0], negatives_above / negative.size])
     thresholds = np.concatenate([[scores[order[0]] - 0.001], scores[order]])
-    return miss, false_alarm, thresholds
+    if positive_weights is None and negative_weights is None:
+        is_positive = np.concatenate([np.ones(positive.size), np.zeros(negative.size)])
+        positives_below = np.cumsum(is_positive[order])
+        negatives_above = negative.size - (np.arange(1, scores.size + 1) - positives_below)
+        miss = np.concatenate([[0.0], positives_below / positive.size])
+        false_alarm = np.concatenate([[1.0], negatives_above / negative.size])
+        return miss, false_alarm, thresholds
+    pos_share = _shares(positive_weights, positive.size, "positive")
+    neg_share = _shares(negative_weights, negative.size, "negative")
+    zeros_pos, zeros_neg = np.zeros(positive.size), np.zeros(negative.size)
+    miss = np.concatenate([[0.0], np.cumsum(np.concatenate([pos_share, zeros_neg])[order])])
+    below = np.cumsum(np.concatenate([zeros_pos, neg_share])[order])
+    # 1 - (a sum of shares that is 1) may come out a hair below zero
+    false_alarm = np.concatenate([[1.0], np.clip(1.0 - below, 0.0, 1.0)])
+    return np.clip(miss, 0.0, 1.0), false_alarm, thresholds
 
 
-def eer(positive: Array, negative: Array) -> tuple[float, float]:
+def _shares(weights: Array | None, size: int, name: str) -> Array:
+    """Weights scaled to sum to 1 (equal shares when None)."""
+    if weights is None:
+        return np.full(size, 1.0 / size)
+    w: Array = np.asarray(weights, dtype=np.float64)
+    if w.shape != (size,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise CalibrationError(
+            f"{name} weights: expected {size} finite weights >= 0 with a positive sum, got shape {w.shape}"
+        )
+    shares: Array = w / w.sum()
+    return shares
+
+
+def balanced_weights(groups: Groups) -> Array:
+    """A weight per member such that every group weighs the same in total,
+    whatever its size (e.g. each genuine corpus, or each spoof system)."""
+    labels = np.asarray(groups)
+    if labels.size == 0:
+        return np.zeros(0)
+    _, ids, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    weights: Array = 1.0 / (counts.size * counts[ids.reshape(-1)])
+    return weights
+
+
+def eer(
+    positive: Array,
+    negative: Array,
+    positive_weights: Array | None = None,
+    negative_weights: Array | None = None,
+) -> tuple[float, float]:
     """``(EER as a fraction, threshold)`` where miss and false-alarm rates meet."""
-    miss, false_alarm, thresholds = det_curve(positive, negative)
+    miss, false_alarm, thresholds = det_curve(positive, negative, positive_weights, negative_weights)
     i = int(np.argmin(np.abs(miss - false_alarm)))
     return float((miss[i] + false_alarm[i]) / 2), float(thresholds[i])
+
+
+def balanced_eer(positive: Array, positive_groups: Groups, negative: Array, negative_groups: Groups) -> float:
+    """EER (a fraction) with every group of each class weighing the same: a
+    figure that does not change when one genuine corpus or one spoof system
+    brings more utterances than another."""
+    return eer(positive, negative, balanced_weights(positive_groups), balanced_weights(negative_groups))[0]
 
 
 def min_tdcf(bonafide: Array, spoof: Array, asv: AsvScores, cost: CostModel = CostModel()) -> float:

@@ -9,8 +9,9 @@ For each model variant (the official AASIST-L always, plus a candidate):
   streams (``stream_seconds`` long) and run through the same engine, so false
   alerts are counted the way a user would see them; each genuine utterance's
   score is the mean of the windows whose midpoint falls inside it;
-* EER pooled, per spoof system (against all genuine), per genuine corpus
-  (against all spoof) and per kind;
+* EER pooled (every utterance once) and balanced (every genuine corpus and
+  every spoof system weighing the same), per spoof system (against all
+  genuine), per genuine corpus (against all spoof) and per kind;
 * the live operating point: the highest alert threshold (the calibration's
   smoothing, hysteresis width and minimum length kept) whose false alerts per
   hour on the genuine streams are at most ``target_false_alerts_per_hour``,
@@ -40,7 +41,7 @@ from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
 
 from .bootstrap import BootstrapConfig, Sample, compare_eers, level_label
-from .metrics import det_curve, eer
+from .metrics import balanced_eer, det_curve, eer
 from .streaming import Conversation, Trace, replay, trace
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,22 @@ def _eer_percent(genuine: list[float], spoof: list[float]) -> float | None:
     return 100 * eer(np.array(genuine), np.array(spoof))[0]
 
 
+def _balanced_eer_percent(
+    genuine_by: dict[str, list[float]], spoof_by: dict[str, list[float]]
+) -> float | None:
+    """Every genuine corpus and every spoof system weighing the same."""
+    gen = [(c, v) for c, vs in genuine_by.items() for v in vs]
+    spoof = [(c, v) for c, vs in spoof_by.items() for v in vs]
+    if not gen or not spoof:
+        return None
+    return 100 * balanced_eer(
+        np.array([v for _, v in gen]),
+        [c for c, _ in gen],
+        np.array([v for _, v in spoof]),
+        [c for c, _ in spoof],
+    )
+
+
 def false_alerts_per_hour(traces: list[Trace], policy: PolicyConfig) -> float:
     hours = sum(tr.duration_s for tr in traces) / 3600
     return sum(len(replay(tr, policy)) for tr in traces) / hours if hours else 0.0
@@ -364,6 +381,7 @@ def summarise(
         "n_unscored": len(result.unscored),
         "genuine_stream_hours": sum(tr.duration_s for tr in result.genuine_traces) / 3600,
         "pooled_eer_percent": _eer_percent(gen, spoof),
+        "balanced_eer_percent": _balanced_eer_percent(gen_by, spoof_by),
         "eer_by_system": {
             s: {"n": len(v), "eer_percent": _eer_percent(gen, v)} for s, v in sorted(spoof_by.items())
         },
@@ -384,10 +402,11 @@ def add_intervals(
     utts: list[Utterance],
     boot: BootstrapConfig,
 ) -> None:
-    """Put a bootstrap interval on each variant's pooled EER (``pooled_eer_bootstrap``)
-    and, when the first variant is the official model, on each other variant's
-    difference to it. Only utterances every variant scored take part, so that
-    the comparison is paired."""
+    """Put a bootstrap interval on each variant's pooled and balanced EERs
+    (``pooled_eer_bootstrap``, ``balanced_eer_bootstrap``) and, when the first
+    variant is the official model, on each other variant's difference to it.
+    Only utterances every variant scored take part, so that the comparison is
+    paired."""
     if boot.draws == 0 or not results:
         return
     scored = [
@@ -405,25 +424,27 @@ def add_intervals(
         for r in results
     }
     reference = results[0].name if results[0].name == "official" else None
-    report = compare_eers(samples, scores, boot, reference)
-    for summary, result in zip(summaries, results, strict=True):
-        summary["pooled_eer_bootstrap"] = {
-            **report[result.name],
-            "level": boot.level,
-            "draws": boot.draws,
-            "systems_resampled": boot.resample_systems,
-        }
+    for key, balanced in (("pooled_eer_bootstrap", False), ("balanced_eer_bootstrap", True)):
+        report = compare_eers(samples, scores, boot, reference, balanced=balanced)
+        for summary, result in zip(summaries, results, strict=True):
+            summary[key] = {
+                **report[result.name],
+                "level": boot.level,
+                "draws": boot.draws,
+                "systems_resampled": boot.resample_systems,
+            }
 
 
-def _interval_lines(summaries: list[dict[str, Any]]) -> list[str]:
+def _interval_lines(summaries: list[dict[str, Any]], which: str) -> list[str]:
+    """One line per model for the ``which`` ('pooled' or 'balanced') EER's interval."""
     lines = []
     for s in summaries:
-        b = s.get("pooled_eer_bootstrap")
+        b = s.get(f"{which}_eer_bootstrap")
         if b is None:
             continue
         low, high = b["ci_percent"]
         line = (
-            f"- {s['model']}: pooled EER {b['eer_percent']:.1f} %, {level_label(b['level'])} interval "
+            f"- {s['model']}: {which} EER {b['eer_percent']:.1f} %, {level_label(b['level'])} interval "
             f"{low:.1f}–{high:.1f} % ({b['n']} utterances scored by every model, {b['draws']} draws"
         )
         if "vs" in b:
@@ -461,6 +482,13 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         + " | ".join(fmt(s["at_target"]["detection_rate"], True) for s in summaries)
         + " |"
     )
+    lines.append(
+        f"| **balanced** (each genuine corpus and each system equal) | {first['n_genuine']}+{first['n_spoof']} | "
+        + " | ".join(fmt(s.get("balanced_eer_percent")) for s in summaries)
+        + " | "
+        + " | ".join("" for _ in summaries)
+        + " |"
+    )
     for kind, v in first["eer_by_kind"].items():
         lines.append(
             f"| kind {kind} | {v['n']} | "
@@ -492,12 +520,13 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         f"Live engine, threshold for ≤ {cfg.target_false_alerts_per_hour:g} false alert/hour on the genuine streams; "
         f"'detected' = alerted within {cfg.detect_within_s:g} s of a spoof utterance's start."
     )
-    intervals = _interval_lines(summaries)
+    intervals = _interval_lines(summaries, "pooled") + _interval_lines(summaries, "balanced")
     if intervals:
         resampled = any(s.get("pooled_eer_bootstrap", {}).get("systems_resampled") for s in summaries)
         lines += [
             "",
-            "Pooled EER intervals: a paired bootstrap over the same utterances, drawing "
+            "EER intervals (pooled: every utterance counts once; balanced: every genuine corpus and every "
+            "spoof system weighs the same): a paired bootstrap over the same utterances, drawing "
             + ("spoof systems, then " if resampled else "")
             + "clips (with their channel copies) within each "
             + ("drawn" if resampled else "fixed")

@@ -1,6 +1,6 @@
-"""Bootstrap intervals of pooled EERs and of paired differences, on the
-official AASIST-L's real scores of the ASVspoof 2019 LA eval set (13 attacks,
-71,237 trials) from ../shared."""
+"""Bootstrap intervals of pooled and balanced EERs and of paired differences,
+and the weighted EER they rest on, on the official AASIST-L's real scores of
+the ASVspoof 2019 LA eval set (13 attacks, 71,237 trials) from ../shared."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from spoofwatch.calibration.bootstrap import (
     Sample,
     compare_eers,
 )
-from spoofwatch.errors import InputError
+from spoofwatch.calibration.metrics import balanced_eer, balanced_weights, eer
+from spoofwatch.errors import CalibrationError, InputError
 
 #: the official report's EER for these scores (../shared/data/scores/aasist-l_official_la_eval_report.txt)
 OFFICIAL_EER_PERCENT = 0.990923080
@@ -108,7 +109,15 @@ def test_draws_keep_the_design_and_a_clip_with_its_copies() -> None:
     for resample_systems in (False, True):
         resampler = Resampler(samples, seed=3, resample_spoof_strata=resample_systems)
         for _ in range(50):
-            idx = resampler.draw()
+            idx, groups = resampler.draw_grouped()
+            # a drawn stratum is one group, as large as its stratum, even when drawn twice
+            members: dict[int, list[int]] = {}
+            for i, g in zip(idx, groups, strict=True):
+                members.setdefault(int(g), []).append(int(i))
+            assert len(members) == 4
+            for group in members.values():
+                assert len({samples[i].stratum for i in group}) == 1
+                assert len(group) == sum(s.stratum == samples[group[0]].stratum for s in samples)
             drawn = Counter(samples[i].clip for i in idx)
             copies = Counter(int(i) for i in idx)
             # each drawn clip brings both copies, the same number of times
@@ -140,6 +149,71 @@ def test_draws_keep_the_design_and_a_clip_with_its_copies() -> None:
 def test_bootstrap_config_checks_its_values(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=message):
         BootstrapConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _split(samples: list[Sample], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    bonafide = np.array([s.bonafide for s in samples])
+    return scores[bonafide], scores[~bonafide], [s.stratum for s in samples if not s.bonafide]
+
+
+def test_a_weighted_eer_counts_each_score_as_often_as_its_weight(
+    la_eval: tuple[list[Sample], np.ndarray],
+) -> None:
+    genuine, spoof, _ = _split(*_subset(*la_eval, 7))
+    weights = np.random.default_rng(2).integers(1, 4, size=spoof.size)
+    weighted, _ = eer(genuine, spoof, None, weights.astype(np.float64))
+    repeated, _ = eer(genuine, np.repeat(spoof, weights))
+    assert weighted == pytest.approx(repeated, abs=1e-12)
+    assert weighted != pytest.approx(eer(genuine, spoof)[0], abs=1e-4)  # the weights mattered
+    # unit weights give the official figure
+    full_genuine, full_spoof, _ = _split(*la_eval)
+    unit = eer(full_genuine, full_spoof, np.ones(full_genuine.size), np.ones(full_spoof.size))[0]
+    assert 100 * unit == pytest.approx(OFFICIAL_EER_PERCENT, abs=5e-9)
+    with pytest.raises(CalibrationError, match=r"negative weights: expected 3 finite weights >= 0"):
+        eer(genuine, spoof[:3], None, np.array([1.0, -1.0, 1.0]))
+    with pytest.raises(CalibrationError, match=r"positive weights: expected \d+ finite weights"):
+        eer(genuine, spoof, np.ones(2))
+
+
+def test_a_balanced_eer_does_not_change_when_one_system_brings_more_utterances(
+    la_eval: tuple[list[Sample], np.ndarray],
+) -> None:
+    """Every LA eval attack has 4,914 trials, so balanced equals pooled. Give
+    the hardest attack (A17) ten times its trials and the pooled EER follows
+    it, while the balanced EER stays where it was."""
+    genuine, spoof, attacks = _split(*la_eval)
+    assert balanced_weights(["a", "b", "b", "b"]).tolist() == [0.5, 1 / 6, 1 / 6, 1 / 6]
+    base = balanced_eer(genuine, ["LA"] * genuine.size, spoof, attacks)
+    assert 100 * base == pytest.approx(OFFICIAL_EER_PERCENT, abs=1e-8)
+    a17 = np.array([a == "A17" for a in attacks])
+    more_spoof = np.concatenate([spoof, *[spoof[a17]] * 9])
+    more_attacks = attacks + ["A17"] * (9 * int(a17.sum()))
+    assert eer(genuine, more_spoof)[0] > base + 0.003  # pooled: 0.99 % -> 1.40 %, A17 weighs more
+    balanced = balanced_eer(genuine, ["LA"] * genuine.size, more_spoof, more_attacks)
+    assert balanced == pytest.approx(base, abs=1e-9)
+
+
+def test_balanced_intervals_follow_the_draws_strata(la_eval: tuple[list[Sample], np.ndarray]) -> None:
+    samples, scores = _subset(*la_eval, 10)
+    cfg = BootstrapConfig(draws=60, seed=4)
+    pooled = compare_eers(samples, {"official": scores}, cfg)["official"]
+    balanced = compare_eers(samples, {"official": scores}, cfg, balanced=True)["official"]
+    low, high = balanced["ci_percent"]
+    assert low < balanced["eer_percent"] < high
+    # near-equal attacks: balanced and pooled nearly agree, but are computed apart
+    assert balanced["eer_percent"] == pytest.approx(pooled["eer_percent"], abs=0.05)
+    # A17's trials four times over: pooled moves, balanced does not, in the point and in the draws
+    a17 = [i for i, s in enumerate(samples) if s.stratum == "A17"]
+    extra = [Sample(False, "A17", f"{samples[i].clip}+{k}") for k in range(3) for i in a17]
+    more = [*samples, *extra]
+    more_scores = np.concatenate([scores, np.tile(scores[a17], 3)])
+    heavy = compare_eers(more, {"official": more_scores}, cfg, balanced=True)["official"]
+    assert heavy["eer_percent"] == pytest.approx(balanced["eer_percent"], abs=1e-9)
+    assert (
+        compare_eers(more, {"official": more_scores}, cfg)["official"]["eer_percent"] > pooled["eer_percent"]
+    )
+    h_low, h_high = heavy["ci_percent"]
+    assert h_low < heavy["eer_percent"] < h_high
 
 
 def test_bad_scores_are_refused_with_what_was_expected() -> None:

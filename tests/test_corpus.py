@@ -234,6 +234,8 @@ def test_evaluate_suite_official_and_candidate(
     assert 0.0 <= at["detection_rate"] <= 1.0
     assert (out / "det.png").stat().st_size > 1000
     assert "| **pooled** |" in (out / "suite.md").read_text()
+    assert "| **balanced** (each genuine corpus and each system equal) |" in (out / "suite.md").read_text()
+    assert official["balanced_eer_percent"] == pytest.approx(cand["balanced_eer_percent"])
     # Intervals: the same scores drawn the same way, so no difference at all.
     boot = official["pooled_eer_bootstrap"]
     low, high = boot["ci_percent"]
@@ -243,8 +245,13 @@ def test_evaluate_suite_official_and_candidate(
     assert versus["vs"] == "official" and versus["difference_ci_percent"] == [0.0, 0.0]
     assert versus["verdict"] == "no clear difference"
     assert "minus official: +0.0 points" in (out / "suite.md").read_text()
+    b_versus = cand["balanced_eer_bootstrap"]
+    assert b_versus["difference_ci_percent"] == [0.0, 0.0] and b_versus["n"] == versus["n"]
+    b_low, b_high = official["balanced_eer_bootstrap"]["ci_percent"]
+    assert b_low <= official["balanced_eer_percent"] <= b_high
     assert main([*args, "--bootstrap-draws", "0"]) == 0  # traces from the cache
-    assert all("pooled_eer_bootstrap" not in m for m in json.loads(capsys.readouterr().out)["models"])
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert all("pooled_eer_bootstrap" not in m and "balanced_eer_bootstrap" not in m for m in models)
 
 
 def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> Path:
@@ -474,10 +481,43 @@ def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
     # the paired intervals use only what both scored: g1 and s1
     add_intervals(summaries, results, utts, BootstrapConfig(draws=20))
     assert [s["pooled_eer_bootstrap"]["n"] for s in summaries] == [2, 2]
+    assert [s["balanced_eer_bootstrap"]["n"] for s in summaries] == [2, 2]
     table = markdown(summaries, cfg)
     vc_row = next(line for line in table.splitlines() if line.startswith("| kind vc"))
     assert "–" in vc_row and "sysB" in table
     assert "- tuned: pooled EER 0.0 %, 95 % interval 0.0–0.0 % (2 utterances scored by every model" in table
+    assert "- tuned: balanced EER 0.0 %, 95 % interval 0.0–0.0 %" in table
+
+
+def test_the_balanced_eer_weighs_each_genuine_corpus_and_system_the_same() -> None:
+    """Three LibriSpeech utterances that score below the spoofs and one VCTK one
+    that does not: pooled, LibriSpeech is three quarters of the genuine side;
+    balanced, a half, whatever the corpus sizes."""
+    from spoofwatch.calibration.streaming import Trace
+    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, summarise
+    from spoofwatch.stream.policy import PolicyConfig
+
+    genuine = {"ls1": -1.0, "ls2": -1.0, "ls3": -1.0, "vctk1": 5.0}
+    spoof = {"a1": 0.0, "a2": 0.0, "b1": 0.0, "b2": 0.0}
+    utts = [
+        *(
+            Utterance(u, Path(u), "bonafide", "-", "-", "LibriSpeech" if u.startswith("ls") else "VCTK")
+            for u in genuine
+        ),
+        *(Utterance(u, Path(u), "spoof", "tts", "sys" + u[0], "-") for u in spoof),
+    ]
+    result = VariantResult(
+        "m",
+        genuine=genuine,
+        spoof=spoof,
+        genuine_traces=[Trace("g#0", 60.0, None, [(4.04, 5.0, None)])],
+        spoof_traces={u: Trace(u, 6.0, 0.0, [(4.04, 0.0, None)]) for u in spoof},
+    )
+    summary = summarise(result, utts, PolicyConfig(enter_threshold=1.0, exit_threshold=2.0), SuiteConfig())
+    # pooled: 3 of 4 genuine utterances score below every spoof, so the EER is 75 %
+    assert summary["pooled_eer_percent"] == pytest.approx(75.0)
+    # balanced: those 3 are one corpus of two, half of the genuine side
+    assert summary["balanced_eer_percent"] == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize(
