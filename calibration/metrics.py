@@ -9,6 +9,7 @@ false-alarm rates where they are closest.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,37 +72,47 @@ def det_curve(
         miss = np.concatenate([[0.0], positives_below / positive.size])
         false_alarm = np.concatenate([[1.0], negatives_above / negative.size])
         return miss, false_alarm, thresholds
-    pos_share = _shares(positive_weights, positive.size, "positive")
-    neg_share = _shares(negative_weights, negative.size, "negative")
-    zeros_pos, zeros_neg = np.zeros(positive.size), np.zeros(negative.size)
-    miss = np.concatenate([[0.0], np.cumsum(np.concatenate([pos_share, zeros_neg])[order])])
-    below = np.cumsum(np.concatenate([zeros_pos, neg_share])[order])
-    # 1 - (a sum of shares that is 1) may come out a hair below zero
-    false_alarm = np.concatenate([[1.0], np.clip(1.0 - below, 0.0, 1.0)])
-    return np.clip(miss, 0.0, 1.0), false_alarm, thresholds
+    pos_w = _weights(positive_weights, positive.size, "positive")
+    neg_w = _weights(negative_weights, negative.size, "negative")
+    # Sum the raw weights and divide once at the end, as the unweighted path
+    # does: adding up 1/n shares would let rounding decide between two DET
+    # points whose miss/false-alarm gaps tie exactly (unit weights would then
+    # not always give the unweighted EER).
+    positive_below = np.cumsum(np.concatenate([pos_w, np.zeros(negative.size)])[order])
+    negative_below = np.cumsum(np.concatenate([np.zeros(positive.size), neg_w])[order])
+    miss = np.concatenate([[0.0], positive_below / positive_below[-1]])
+    false_alarm = np.concatenate([[1.0], (negative_below[-1] - negative_below) / negative_below[-1]])
+    return miss, false_alarm, thresholds
 
 
-def _shares(weights: Array | None, size: int, name: str) -> Array:
-    """Weights scaled to sum to 1 (equal shares when None)."""
+def _weights(weights: Array | None, size: int, name: str) -> Array:
+    """Checked weights (all ones when None)."""
     if weights is None:
-        return np.full(size, 1.0 / size)
+        return np.ones(size)
     w: Array = np.asarray(weights, dtype=np.float64)
     if w.shape != (size,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise CalibrationError(
             f"{name} weights: expected {size} finite weights >= 0 with a positive sum, got shape {w.shape}"
         )
-    shares: Array = w / w.sum()
-    return shares
+    return w
 
 
 def balanced_weights(groups: Groups) -> Array:
     """A weight per member such that every group weighs the same in total,
-    whatever its size (e.g. each genuine corpus, or each spoof system)."""
+    whatever its size (e.g. each genuine corpus, or each spoof system).
+
+    The weight is the least common multiple of the group sizes over the
+    member's group size: whole numbers, so the DET curve's sums are exact and
+    equal groups give exactly the unweighted EER. Past what a float holds
+    exactly, it falls back to 1 / the group size."""
     labels = np.asarray(groups)
     if labels.size == 0:
         return np.zeros(0)
     _, ids, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    weights: Array = 1.0 / (counts.size * counts[ids.reshape(-1)])
+    sizes = counts[ids.reshape(-1)].astype(np.float64)
+    common = math.lcm(*(int(c) for c in counts))
+    exact = common * labels.size < 2**52  # every partial sum stays a whole float
+    weights: Array = common / sizes if exact else 1.0 / sizes
     return weights
 
 

@@ -99,7 +99,7 @@ def test_failing_one_attack_is_worse_on_these_systems_but_not_clearly_on_others(
 
 
 def test_draws_keep_the_design_and_a_clip_with_its_copies() -> None:
-    # two genuine corpora and three spoof systems; every clip has a clean and a channel copy
+    # two genuine corpora and two spoof systems; every clip has a clean and a channel copy
     samples = [
         Sample(bonafide, stratum, f"{stratum}-{clip}")
         for bonafide, stratum, clips in ((True, "LJ", 4), (True, "VCTK", 3), (False, "A", 5), (False, "B", 2))
@@ -159,13 +159,23 @@ def _split(samples: list[Sample], scores: np.ndarray) -> tuple[np.ndarray, np.nd
 def test_a_weighted_eer_counts_each_score_as_often_as_its_weight(
     la_eval: tuple[list[Sample], np.ndarray],
 ) -> None:
+    # (Repeating a score adds DET points between its copies that a weight does
+    # not, so the two agree where, as here, no tie sits at the EER.)
     genuine, spoof, _ = _split(*_subset(*la_eval, 7))
     weights = np.random.default_rng(2).integers(1, 4, size=spoof.size)
     weighted, _ = eer(genuine, spoof, None, weights.astype(np.float64))
     repeated, _ = eer(genuine, np.repeat(spoof, weights))
     assert weighted == pytest.approx(repeated, abs=1e-12)
     assert weighted != pytest.approx(eer(genuine, spoof)[0], abs=1e-4)  # the weights mattered
-    # unit weights give the official figure
+    # unit weights give the official figure, and the unweighted EER wherever ties fall
+    ties = np.random.default_rng(5)
+    for _ in range(200):
+        pos, neg = (
+            ties.integers(0, 4, size=ties.integers(1, 9)),
+            ties.integers(0, 4, size=ties.integers(1, 9)),
+        )
+        pos_f, neg_f = pos.astype(np.float64), neg.astype(np.float64)
+        assert eer(pos_f, neg_f, np.ones(pos.size), np.ones(neg.size)) == eer(pos_f, neg_f)
     full_genuine, full_spoof, _ = _split(*la_eval)
     unit = eer(full_genuine, full_spoof, np.ones(full_genuine.size), np.ones(full_spoof.size))[0]
     assert 100 * unit == pytest.approx(OFFICIAL_EER_PERCENT, abs=5e-9)
@@ -182,7 +192,7 @@ def test_a_balanced_eer_does_not_change_when_one_system_brings_more_utterances(
     the hardest attack (A17) ten times its trials and the pooled EER follows
     it, while the balanced EER stays where it was."""
     genuine, spoof, attacks = _split(*la_eval)
-    assert balanced_weights(["a", "b", "b", "b"]).tolist() == [0.5, 1 / 6, 1 / 6, 1 / 6]
+    assert balanced_weights(["a", "b", "b", "b"]).tolist() == [3.0, 1.0, 1.0, 1.0]  # each group 3 in all
     base = balanced_eer(genuine, ["LA"] * genuine.size, spoof, attacks)
     assert 100 * base == pytest.approx(OFFICIAL_EER_PERCENT, abs=1e-8)
     a17 = np.array([a == "A17" for a in attacks])
@@ -202,7 +212,7 @@ def test_balanced_intervals_follow_the_draws_strata(la_eval: tuple[list[Sample],
     assert low < balanced["eer_percent"] < high
     # near-equal attacks: balanced and pooled nearly agree, but are computed apart
     assert balanced["eer_percent"] == pytest.approx(pooled["eer_percent"], abs=0.05)
-    # A17's trials four times over: pooled moves, balanced does not, in the point and in the draws
+    # A17's trials four times over: pooled moves, balanced does not
     a17 = [i for i, s in enumerate(samples) if s.stratum == "A17"]
     extra = [Sample(False, "A17", f"{samples[i].clip}+{k}") for k in range(3) for i in a17]
     more = [*samples, *extra]
@@ -212,8 +222,41 @@ def test_balanced_intervals_follow_the_draws_strata(la_eval: tuple[list[Sample],
     assert (
         compare_eers(more, {"official": more_scores}, cfg)["official"]["eer_percent"] > pooled["eer_percent"]
     )
-    h_low, h_high = heavy["ci_percent"]
-    assert h_low < heavy["eer_percent"] < h_high
+    # One draw, by hand: every drawn system is its own group, a system drawn
+    # twice is two groups, each weighing the same.
+    idx, _ = Resampler(more, seed=7).draw_grouped()
+    one = compare_eers(more, {"official": more_scores}, BootstrapConfig(draws=1, seed=7), balanced=True)
+    drawn_low, drawn_high = one["official"]["ci_percent"]
+    assert drawn_low == drawn_high
+    by_instance = _hand_balanced_eer(more, more_scores, Resampler(more, seed=7).draw_grouped())
+    assert drawn_low == pytest.approx(by_instance, abs=1e-9)
+    # the draw tells the three readings apart, so the check above has teeth
+    drawn = [more[i] for i in idx]
+    by_name = _hand_balanced_eer(more, more_scores, (idx, np.array([s.stratum for s in drawn])))
+    unweighted = (
+        100
+        * eer(
+            more_scores[idx][[s.bonafide for s in drawn]], more_scores[idx][[not s.bonafide for s in drawn]]
+        )[0]
+    )
+    assert len({round(by_instance, 6), round(by_name, 6), round(unweighted, 6)}) == 3
+
+
+def _hand_balanced_eer(
+    samples: list[Sample], scores: np.ndarray, draw: tuple[np.ndarray, np.ndarray]
+) -> float:
+    """A draw's balanced EER (%) with weights counted out by hand: 1 / (groups
+    of the class x members of the group)."""
+    idx, groups = draw
+    bonafide = np.array([samples[i].bonafide for i in idx])
+    weights = np.zeros(idx.size)
+    for cls in (True, False):
+        members = [g for g, b in zip(groups.tolist(), bonafide, strict=True) if b == cls]
+        sizes = Counter(members)
+        for k in np.flatnonzero(bonafide == cls):
+            weights[k] = 1.0 / (len(sizes) * sizes[groups[k].item()])
+    values = scores[idx]
+    return 100 * eer(values[bonafide], values[~bonafide], weights[bonafide], weights[~bonafide])[0]
 
 
 def test_bad_scores_are_refused_with_what_was_expected() -> None:

@@ -235,6 +235,7 @@ def test_evaluate_suite_official_and_candidate(
     assert (out / "det.png").stat().st_size > 1000
     assert "| **pooled** |" in (out / "suite.md").read_text()
     assert "| **balanced** (each genuine corpus and each system equal) |" in (out / "suite.md").read_text()
+    assert official["balanced_eer_percent"] is not None
     assert official["balanced_eer_percent"] == pytest.approx(cand["balanced_eer_percent"])
     # Intervals: the same scores drawn the same way, so no difference at all.
     boot = official["pooled_eer_bootstrap"]
@@ -247,8 +248,11 @@ def test_evaluate_suite_official_and_candidate(
     assert "minus official: +0.0 points" in (out / "suite.md").read_text()
     b_versus = cand["balanced_eer_bootstrap"]
     assert b_versus["difference_ci_percent"] == [0.0, 0.0] and b_versus["n"] == versus["n"]
-    b_low, b_high = official["balanced_eer_bootstrap"]["ci_percent"]
+    b_official = official["balanced_eer_bootstrap"]
+    b_low, b_high = b_official["ci_percent"]
     assert b_low <= official["balanced_eer_percent"] <= b_high
+    # every utterance was scored by both, so the bootstrap's point is the summary's
+    assert b_official["eer_percent"] == pytest.approx(official["balanced_eer_percent"], abs=1e-9)
     assert main([*args, "--bootstrap-draws", "0"]) == 0  # traces from the cache
     models = json.loads(capsys.readouterr().out)["models"]
     assert all("pooled_eer_bootstrap" not in m and "balanced_eer_bootstrap" not in m for m in models)
