@@ -100,10 +100,7 @@ class Resampler:
         self._resample_spoof_strata = resample_spoof_strata
         self._rng = np.random.default_rng(seed)
 
-    def draw(self) -> IndexArray:
-        return self.draw_grouped()[0]
-
-    def draw_grouped(self) -> tuple[IndexArray, IndexArray]:
+    def draw(self) -> tuple[IndexArray, IndexArray]:
         """A draw's indices, and for each the drawn stratum it came with: a
         system drawn twice is two strata of the draw, as a balanced EER needs."""
         spoof = self._spoof
@@ -161,7 +158,7 @@ def compare_eers(
     draws: dict[str, list[float]] = {name: [] for name in scores}
     resampler = Resampler(samples, cfg.seed, cfg.resample_systems)
     for _ in range(cfg.draws):
-        idx, drawn = resampler.draw_grouped()
+        idx, drawn = resampler.draw()
         for name, values in scores.items():
             draws[name].append(_eer_percent(values[idx], bonafide[idx], drawn if balanced else None))
     report: dict[str, dict[str, Any]] = {}

@@ -55,8 +55,7 @@ def det_curve(
 
     Threshold ``thresholds[i]`` rejects every score ``<= thresholds[i]``.
     With weights, each score counts in proportion to its weight within its
-    class (see :func:`balanced_weights`); without, every score counts once, the
-    official scripts' way, digit for digit.
+    class (see :func:`balanced_weights`); without, every score counts once.
     """
     if positive.size == 0 or negative.size == 0:
         raise CalibrationError(
@@ -65,19 +64,12 @@ def det_curve(
     scores = np.concatenate([positive, negative])
     order = np.argsort(scores, kind="mergesort")  # stable: ties keep positives first
     thresholds = np.concatenate([[scores[order[0]] - 0.001], scores[order]])
-    if positive_weights is None and negative_weights is None:
-        is_positive = np.concatenate([np.ones(positive.size), np.zeros(negative.size)])
-        positives_below = np.cumsum(is_positive[order])
-        negatives_above = negative.size - (np.arange(1, scores.size + 1) - positives_below)
-        miss = np.concatenate([[0.0], positives_below / positive.size])
-        false_alarm = np.concatenate([[1.0], negatives_above / negative.size])
-        return miss, false_alarm, thresholds
     pos_w = _weights(positive_weights, positive.size, "positive")
     neg_w = _weights(negative_weights, negative.size, "negative")
-    # Sum the raw weights and divide once at the end, as the unweighted path
-    # does: adding up 1/n shares would let rounding decide between two DET
-    # points whose miss/false-alarm gaps tie exactly (unit weights would then
-    # not always give the unweighted EER).
+    # Sum the raw weights (whole numbers: counts, or balanced_weights) and
+    # divide once at the end: adding up 1/n shares would let rounding decide
+    # between two DET points whose miss/false-alarm gaps tie exactly. With no
+    # weights the sums are the official scripts' counts, to the digit.
     positive_below = np.cumsum(np.concatenate([pos_w, np.zeros(negative.size)])[order])
     negative_below = np.cumsum(np.concatenate([np.zeros(positive.size), neg_w])[order])
     miss = np.concatenate([[0.0], positive_below / positive_below[-1]])

@@ -281,16 +281,13 @@ def _balanced_eer_percent(
     genuine_by: dict[str, list[float]], spoof_by: dict[str, list[float]]
 ) -> float | None:
     """Every genuine corpus and every spoof system weighing the same."""
-    gen = [(c, v) for c, vs in genuine_by.items() for v in vs]
-    spoof = [(c, v) for c, vs in spoof_by.items() for v in vs]
-    if not gen or not spoof:
+    if not any(genuine_by.values()) or not any(spoof_by.values()):
         return None
-    return 100 * balanced_eer(
-        np.array([v for _, v in gen]),
-        [c for c, _ in gen],
-        np.array([v for _, v in spoof]),
-        [c for c, _ in spoof],
-    )
+
+    def flat(by: dict[str, list[float]]) -> tuple[Array, list[str]]:
+        return np.array([v for vs in by.values() for v in vs]), [g for g, vs in by.items() for _ in vs]
+
+    return 100 * balanced_eer(*flat(genuine_by), *flat(spoof_by))
 
 
 def false_alerts_per_hour(traces: list[Trace], policy: PolicyConfig) -> float:
