@@ -41,6 +41,7 @@ from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
 
 from .bootstrap import BootstrapConfig, Sample, compare_eers, level_label
+from .fit import bonafide_threshold
 from .metrics import balanced_eer, det_curve, eer
 from .streaming import Conversation, Trace, replay, trace
 
@@ -302,27 +303,30 @@ def detected(tr: Trace, policy: PolicyConfig, within_s: float) -> bool:
 def operating_point(
     result: VariantResult, base: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig
 ) -> dict[str, Any]:
-    """Highest enter threshold meeting the false-alert target; detection there, overall and per system."""
-    windows = [
-        s
-        for tr in [*result.genuine_traces, *result.spoof_traces.values()]
-        for _, s, _ in tr.windows
-        if s is not None
-    ]
-    if not windows:
-        raise CalibrationError(f"{result.name}: no window passed the speech gate")
-    candidates = sorted({float(q) for q in np.quantile(windows, np.linspace(0.0, 1.0, 121))}, reverse=True)
-    chosen: PolicyConfig | None = None
-    fa = 0.0
-    for threshold in candidates:
-        policy = base.with_band(threshold)
-        fa = false_alerts_per_hour(result.genuine_traces, policy)
-        if fa <= cfg.target_false_alerts_per_hour:
-            chosen = policy
-            break
-    if chosen is None:  # even the lowest candidate alerts too often: nothing meets the target
-        chosen = base.with_band(min(windows) - 1.0)
-        fa = false_alerts_per_hour(result.genuine_traces, chosen)
+    """Highest enter threshold meeting the false-alert target; detection there, overall and per system.
+
+    The search is ``calibrate bonafide``'s (:func:`bonafide_threshold`): every
+    smoothed genuine score is a candidate, so the threshold is the highest that
+    meets the target on these streams, not the nearest point of a grid below
+    it (with under an hour of genuine streams the target allows no false alert
+    at all, and a grid step there can cost every detection)."""
+    try:
+        threshold, fa = bonafide_threshold(result.genuine_traces, base, cfg.target_false_alerts_per_hour)
+    except CalibrationError as exc:
+        # e.g. no genuine stream long enough to raise an alert: every threshold
+        # would "meet" the target, so there is no operating point to report,
+        # but the EERs above it still stand.
+        log.warning("%s: no live operating point: %s", result.name, exc)
+        return {
+            "enter_threshold": None,
+            "detection_rate": None,
+            "detection_by_system": {},
+            "detection_rate_any": None,
+            "detection_any_by_system": {},
+            "false_alerts_per_hour": None,
+            "none_because": str(exc),
+        }
+    chosen = base.with_band(threshold)
     return {
         "enter_threshold": chosen.enter_threshold,
         **_detection(result, chosen, utts, cfg),
@@ -533,10 +537,14 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         ]
     for s in summaries:
         t, sh = s["at_target"], s["at_shipped_threshold"]
+        at_target = (
+            f"no operating point ({t['none_because']})"
+            if t["enter_threshold"] is None
+            else f"at threshold {t['enter_threshold']:.3f}: {t['false_alerts_per_hour']:.1f} false alerts/h, "
+            f"{fmt(t['detection_rate'], True)} detected ({fmt(t['detection_rate_any'], True)} at any time in the utterance)"
+        )
         lines.append(
-            f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; at threshold {t['enter_threshold']:.3f}: "
-            f"{t['false_alerts_per_hour']:.1f} false alerts/h, {fmt(t['detection_rate'], True)} detected "
-            f"({fmt(t['detection_rate_any'], True)} at any time in the utterance); "
+            f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "
             f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "
             f"{fmt(sh['detection_rate'], True)} detected ({fmt(sh['detection_rate_any'], True)} at any time); "
             f"{s['n_unscored']} utterances had no window past the gate."

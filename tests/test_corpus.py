@@ -493,6 +493,69 @@ def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
     assert "- tuned: balanced EER 0.0 %, 95 % interval 0.0–0.0 %" in table
 
 
+def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() -> None:
+    """Under an hour of genuine streams, a 1/h target allows no false alert. An
+    alert needs two consecutive smoothed scores below the threshold, so the
+    highest threshold that raises none is, over every pair of consecutive
+    smoothed genuine scores, the least of the pair's larger one (worked out
+    here with a rolling mean of our own, not the policy's). The suite must land
+    at it, not at a grid point below it: a spoof scoring between the two is
+    detected there."""
+    from spoofwatch.calibration.streaming import Trace
+    from spoofwatch.calibration.suite import (
+        SuiteConfig,
+        Utterance,
+        VariantResult,
+        false_alerts_per_hour,
+        markdown,
+        summarise,
+    )
+    from spoofwatch.stream.policy import PolicyConfig
+
+    policy = PolicyConfig(enter_threshold=0.0, exit_threshold=1.0)  # smoothing 4, alerts after 2 windows
+    rng = np.random.default_rng(7)
+    raw = [rng.normal(2.0, 1.5, 56) for _ in range(3)]  # 3 one-minute streams: 0.05 h
+    genuine = [
+        Trace(f"g#{k}", 60.0, None, [(4.04 + i, float(v), None) for i, v in enumerate(r)])
+        for k, r in enumerate(raw)
+    ]
+    smoothed = [np.array([r[max(0, i - 3) : i + 1].mean() for i in range(len(r))]) for r in raw]
+    t_star = min(float(np.maximum(sm[:-1], sm[1:]).min()) for sm in smoothed)
+    next_down = max(float(v) for sm in smoothed for v in sm if v < t_star)
+
+    inside = next_down + 0.25 * (t_star - next_down)  # below every threshold that raises no false alert
+    spoof = {"inside": inside, "at": t_star, "far": -10.0}
+    utts = [
+        Utterance("g1", Path("g1"), "bonafide", "-", "-", "VCTK"),
+        *(Utterance(u, Path(u), "spoof", "tts", "sys-" + u, "-") for u in spoof),
+    ]
+    result = VariantResult(
+        "m",
+        genuine={"g1": 2.0},
+        spoof=spoof,
+        genuine_traces=genuine,
+        spoof_traces={u: Trace(u, 6.0, 0.0, [(4.04, v, None), (4.54, v, None)]) for u, v in spoof.items()},
+    )
+    # A long, clearly spoofed stream: most windows of the run lie far below the
+    # genuine ones, as in a real suite, so quantiles of all windows leave wide
+    # gaps where the threshold is decided.
+    result.spoof_traces["far"] = Trace("far", 1004.0, 0.0, [(4.04 + i / 2, -10.0, None) for i in range(2000)])
+    at = summarise(result, utts, policy, SuiteConfig())["at_target"]
+    assert next_down < at["enter_threshold"] <= t_star
+    assert at["false_alerts_per_hour"] == 0.0
+    assert false_alerts_per_hour(genuine, policy.with_band(float(np.nextafter(t_star, np.inf)))) > 0
+    assert at["detection_by_system"] == {"sys-at": 0.0, "sys-far": 1.0, "sys-inside": 1.0}
+
+    # No genuine stream long enough to raise an alert: every threshold would
+    # "meet" the target, so there is no operating point, said in the table.
+    result.genuine_traces = [Trace("g#0", 60.0, None, [(4.04, 2.0, None)])]
+    summary = summarise(result, utts, policy, SuiteConfig())
+    assert summary["at_target"]["enter_threshold"] is None and summary["at_target"]["detection_rate"] is None
+    assert "m: 0.02 h of genuine streams; no operating point (an alert needs 2 scored windows" in markdown(
+        [summary], SuiteConfig()
+    )
+
+
 def test_the_balanced_eer_weighs_each_genuine_corpus_and_system_the_same() -> None:
     """Three LibriSpeech utterances that score below the spoofs and one VCTK one
     that does not: pooled, LibriSpeech is three quarters of the genuine side;
