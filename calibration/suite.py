@@ -346,14 +346,39 @@ def _detection(
             by_system_any[u.system].append(detected(tr, policy, np.inf))
     every = [d for v in by_system.values() for d in v]
     every_any = [d for v in by_system_any.values() for d in v]
-    return {
+    within: dict[str, Any] = {
         "detection_rate": float(np.mean(every)) if every else None,
         "detection_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system.items())},
-        # Alerted at any time in the utterance (its stream ends with it): with 4.04 s windows
-        # and a 2-window minimum, an alert cannot come before 4.04 s + one hop.
+    }
+    earliest = earliest_alert_s(result, policy)
+    if every and (earliest is None or earliest > cfg.detect_within_s):
+        # Not a 0 %: no threshold could do better, so the figure would say
+        # nothing about the model (a 4.04 s window and a 2-window minimum at a
+        # 1 s hop alert 5.04 s into a stream at the earliest).
+        reason = (
+            f"no spoof stream has the {policy.min_alert_windows} windows an alert needs"
+            if earliest is None
+            else f"an alert needs {policy.min_alert_windows} windows, so it comes {earliest:.2f} s into "
+            f"a spoof stream at the earliest, after the {cfg.detect_within_s:g} s limit: use a shorter hop"
+        )
+        within = {"detection_rate": None, "detection_by_system": {}, "detection_none_because": reason}
+    return {
+        **within,
+        # Alerted at any time in the utterance (its stream ends with it).
         "detection_rate_any": float(np.mean(every_any)) if every_any else None,
         "detection_any_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system_any.items())},
     }
+
+
+def earliest_alert_s(result: VariantResult, policy: PolicyConfig) -> float | None:
+    """The earliest stream time at which any spoof stream could raise an alert:
+    the end of its ``min_alert_windows``-th window (None: no stream has that many)."""
+    ends = [
+        tr.windows[policy.min_alert_windows - 1][0]
+        for tr in result.spoof_traces.values()
+        if len(tr.windows) >= policy.min_alert_windows
+    ]
+    return min(ends) if ends else None
 
 
 def summarise(
@@ -543,6 +568,8 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
             else f"at threshold {t['enter_threshold']:.3f}: {t['false_alerts_per_hour']:.1f} false alerts/h, "
             f"{fmt(t['detection_rate'], True)} detected ({fmt(t['detection_rate_any'], True)} at any time in the utterance)"
         )
+        if "detection_none_because" in t:
+            at_target += f" (no detection within {cfg.detect_within_s:g} s: {t['detection_none_because']})"
         lines.append(
             f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "
             f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "

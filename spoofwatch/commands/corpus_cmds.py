@@ -6,13 +6,14 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from spoofwatch.calibration.protocol import LABELS
-from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES
+from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_RATE_HZ
 from spoofwatch.model.manifest import GENUINE_KIND, GENUINE_SYSTEM
 
 from .common import (
@@ -28,6 +29,8 @@ from .common import (
 DEFAULT_CORPUS_CONFIG = Path(
     str(resources.files("spoofwatch.configs").joinpath("data", "open.toml"))
 ).resolve()
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -157,7 +160,6 @@ def register_data(dsub: Any) -> None:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    import logging
 
     from spoofwatch.errors import InputError
     from spoofwatch.model.manifest import FolderSource, scan_folder, write_manifest
@@ -174,7 +176,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     check_output_file(args.out)
     rows, skipped = scan_folder(args.folder, spec, args.out.parent)
     for message in skipped:
-        logging.getLogger(__name__).warning("skipped %s", message)
+        log.warning("skipped %s", message)
     if not rows:
         raise InputError(f"{args.folder}: no readable audio files ({len(skipped)} skipped)")
     write_manifest(args.out, rows)
@@ -342,6 +344,19 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         scorer: Any = LoudnessNormalisedScorer(base) if loud else base
         live = dataclasses.replace(cal.live, window_samples=base.window_samples)
         prepared.append((label, loud, cal, graph, scorer, build_engine(live, vad, args.hop_s)))
+    for label, _, cal, _, _, engine in prepared:
+        first_alert_s = (
+            engine.windower.window_samples + (cal.policy.min_alert_windows - 1) * engine.windower.hop_samples
+        ) / SAMPLE_RATE_HZ
+        if first_alert_s > cfg.detect_within_s:  # said before hours of scoring, not after
+            log.warning(
+                "%s: at a %.2f s hop an alert comes %.2f s into a stream at the earliest, after the %g s "
+                "that counts as detected: its detection rate will not be reported (use a shorter hop)",
+                label,
+                engine.config.hop_s,
+                first_alert_s,
+                cfg.detect_within_s,
+            )
     audio = audio_digest(utts) if args.cache is not None else None
     results, summaries = [], []
     for label, loud, cal, graph, scorer, engine in prepared:
