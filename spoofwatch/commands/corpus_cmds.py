@@ -82,7 +82,13 @@ def register(sub: Any) -> None:
         default=None,
         help="at most N per genuine corpus (default: --limit-per-group)",
     )
-    suite.add_argument("--hop-s", type=float, default=None, help="window hop (default: the calibration's)")
+    suite.add_argument(
+        "--hop-s",
+        type=float,
+        default=None,
+        help="window hop (default: the calibration's); 'detected within 5 s' needs the alert's "
+        "2nd window to end by then: at most 0.96 s for a 4.04 s window",
+    )
     suite.add_argument(
         "--loudness",
         choices=("off", "on", "both"),
