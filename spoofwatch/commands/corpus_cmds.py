@@ -166,7 +166,6 @@ def register_data(dsub: Any) -> None:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-
     from spoofwatch.errors import InputError
     from spoofwatch.model.manifest import FolderSource, scan_folder, write_manifest
 
