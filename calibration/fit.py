@@ -79,14 +79,19 @@ def bonafide_threshold(
     """Highest enter threshold whose false alerts per hour on genuine audio stay
     within ``target_per_hour``; returns ``(threshold, achieved rate)``.
 
-    The policy compares *smoothed* scores with the threshold, so the alerts
-    change only where the threshold passes a smoothed score: the candidates
-    are those (raw window scores, used before, would skip the highest
+    The policy compares *smoothed* scores with the threshold (an alert starts
+    below it) and with the threshold plus the band's width (an alert ends
+    above that), so the alerts change only where the threshold passes a
+    smoothed score or a smoothed score minus the width: the candidates are
+    those levels (raw window scores, used before, would skip the highest
     threshold that meets the target whenever smoothing moves it between two
-    raw scores). Each candidate is placed halfway to the next smoothed score
-    down: every threshold in between raises the same alerts on these
-    recordings, and the margin keeps a score a rounding error away (another
-    device, a 6-decimal score file) deciding the same way."""
+    raw scores; smoothed scores alone, whenever a longer alert that swallows
+    a second one is what meets it). Each candidate is placed halfway to the
+    next level down: every threshold in between raises the same alerts on
+    these recordings, and the margin keeps a score a rounding error away
+    (another device, a 6-decimal score file) deciding the same way. The count
+    of alerts need not fall as the threshold falls, so every level is tried,
+    most sensitive first."""
     smoothed = smoothed_scores(traces, base)
     if smoothed.size == 0:
         unscored = sum(tr.unscored_windows for tr in traces)
@@ -115,7 +120,7 @@ def bonafide_threshold(
         )
     # Most sensitive first. Below the lowest smoothed score nothing can
     # alert, so the loop always returns.
-    levels = np.unique(smoothed)[::-1]
+    levels = np.unique(np.concatenate([smoothed, smoothed - base.band_width]))[::-1]
     for upper, lower in zip(levels, [*levels[1:], levels[-1] - 1.0], strict=True):
         threshold = float((upper + lower) / 2)
         rate = measure(traces, base.with_band(threshold)).false_alerts_per_hour

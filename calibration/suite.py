@@ -346,19 +346,25 @@ def _detection(
             by_system_any[u.system].append(detected(tr, policy, np.inf))
     every = [d for v in by_system.values() for d in v]
     every_any = [d for v in by_system_any.values() for d in v]
+    # An alert needs ``min_alert_windows`` scored windows, so a spoof stream
+    # shorter than a window plus a hop (or mostly gated) can never raise one:
+    # how many could at all bounds every detection rate from above.
+    ready = [alert_ready_s(result.spoof_traces[u.utt], policy) for u in utts if u.label == "spoof"]
+    can_alert = sum(r is not None for r in ready)
+    can_alert_within = sum(r is not None and r <= cfg.detect_within_s for r in ready)
     within: dict[str, Any] = {
         "detection_rate": float(np.mean(every)) if every else None,
         "detection_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system.items())},
     }
-    earliest = earliest_alert_s(result, policy)
-    if every and (earliest is None or earliest > cfg.detect_within_s):
+    if every and not can_alert_within:
         # Not a 0 %: no threshold could do better, so the figure would say
         # nothing about the model (a 4.04 s window and a 2-window minimum at a
         # 1 s hop alert 5.04 s into a stream at the earliest).
+        soonest = min((r for r in ready if r is not None), default=None)
         reason = (
-            f"no spoof stream has the {policy.min_alert_windows} windows an alert needs"
-            if earliest is None
-            else f"an alert needs {policy.min_alert_windows} windows, so it comes {earliest:.2f} s into "
+            f"no spoof stream has the {policy.min_alert_windows} scored windows an alert needs"
+            if soonest is None
+            else f"an alert needs {policy.min_alert_windows} scored windows, so it comes {soonest:.2f} s into "
             f"a spoof stream at the earliest, after the {cfg.detect_within_s:g} s limit: use a shorter hop"
         )
         within = {"detection_rate": None, "detection_by_system": {}, "detection_none_because": reason}
@@ -367,18 +373,17 @@ def _detection(
         # Alerted at any time in the utterance (its stream ends with it).
         "detection_rate_any": float(np.mean(every_any)) if every_any else None,
         "detection_any_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system_any.items())},
+        "spoof_streams": len(ready),
+        "spoof_streams_can_alert": can_alert,
+        "spoof_streams_can_alert_within": can_alert_within,
     }
 
 
-def earliest_alert_s(result: VariantResult, policy: PolicyConfig) -> float | None:
-    """The earliest stream time at which any spoof stream could raise an alert:
-    the end of its ``min_alert_windows``-th window (None: no stream has that many)."""
-    ends = [
-        tr.windows[policy.min_alert_windows - 1][0]
-        for tr in result.spoof_traces.values()
-        if len(tr.windows) >= policy.min_alert_windows
-    ]
-    return min(ends) if ends else None
+def alert_ready_s(tr: Trace, policy: PolicyConfig) -> float | None:
+    """When the stream's ``min_alert_windows``-th scored window ends: the
+    earliest an alert could start in it, at any threshold (None: never)."""
+    scored = [t for t, score, _ in tr.windows if score is not None]
+    return scored[policy.min_alert_windows - 1] if len(scored) >= policy.min_alert_windows else None
 
 
 def summarise(
@@ -570,6 +575,12 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         )
         if "detection_none_because" in t:
             at_target += f" (no detection within {cfg.detect_within_s:g} s: {t['detection_none_because']})"
+        if "spoof_streams" in sh:
+            at_target += (
+                f"; {sh['spoof_streams_can_alert_within']} of {sh['spoof_streams']} spoof utterances are long "
+                f"enough to alert within {cfg.detect_within_s:g} s at all ({sh['spoof_streams_can_alert']} at any "
+                "time); the others end, or stay gated, before an alert's windows are scored"
+            )
         lines.append(
             f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "
             f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "

@@ -615,6 +615,36 @@ def test_bonafide_threshold_is_the_highest_the_smoothed_scores_allow() -> None:
     assert 0.0 < threshold <= 1.0 and rate == 0.0
 
 
+def test_bonafide_threshold_finds_a_longer_alert_that_swallows_a_second_one() -> None:
+    """The alert band has a width (it ends only above enter + 1 here), so the
+    alert count need not fall with the threshold. One genuine recording
+    scores 0, 2.3, 0, 5: below an enter threshold of 1.3 its alert ends at 2.3
+    and a second starts at the next 0 (2 alerts); from 1.3 on, the exit at
+    threshold + 1 is above 2.3, so the first alert runs on to the 5 (1 alert).
+    Another scores 2.3 and 10 in turn: any threshold above 2.3 gives it three
+    alerts. One hour in all, a target of 1 per hour: the highest threshold
+    that meets it lies in [1.3, 2.3], a gap between two smoothed scores
+    (0 and 2.3) that a search over smoothed scores alone tries only at its
+    middle, 1.15, where the count is 2; it would then settle below 0."""
+    from spoofwatch.calibration.fit import bonafide_threshold
+    from spoofwatch.calibration.streaming import Trace, measure
+    from spoofwatch.stream.policy import PolicyConfig
+
+    base = PolicyConfig(0.0, 1.0, smoothing_windows=1, min_alert_windows=1, cooldown_s=0.0)
+
+    def recording(name: str, scores: list[float]) -> Trace:
+        return Trace(name, 1800.0, None, [(4.04 + i, s, None) for i, s in enumerate(scores)])
+
+    traces = [recording("a", [0.0, 2.3, 0.0, 5.0]), recording("b", [2.3, 10.0, 2.3, 10.0, 2.3])]
+
+    def alerts(threshold: float) -> float:
+        return measure(traces, base.with_band(threshold)).false_alerts_per_hour
+
+    assert (alerts(1.15), alerts(1.8), alerts(2.4)) == (2.0, 1.0, 4.0)
+    threshold, rate = bonafide_threshold(traces, base, target_per_hour=1.0)
+    assert 1.3 < threshold < 2.3 and rate == 1.0
+
+
 def test_offline_commands_check_outputs_and_numbers_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

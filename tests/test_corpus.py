@@ -241,7 +241,8 @@ def test_evaluate_suite_official_and_candidate(
     assert at["detection_rate"] is None and at["detection_by_system"] == {}
     assert "comes 5.04 s into a spoof stream at the earliest" in at["detection_none_because"]
     assert 0.0 <= at["detection_rate_any"] <= 1.0
-    assert "no detection within 5 s: an alert needs 2 windows" in (out / "suite.md").read_text()
+    assert "no detection within 5 s: an alert needs 2 scored windows" in (out / "suite.md").read_text()
+    assert at["spoof_streams_can_alert_within"] == 0 < at["spoof_streams"]
     assert "alert comes 5.04 s into a stream at the earliest" in first.err
     assert (out / "det.png").stat().st_size > 1000
     assert "| **pooled** |" in (out / "suite.md").read_text()
@@ -551,11 +552,36 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
     # genuine ones, as in a real suite, so quantiles of all windows leave wide
     # gaps where the threshold is decided.
     result.spoof_traces["far"] = Trace("far", 1004.0, 0.0, [(4.04 + i / 2, -10.0, None) for i in range(2000)])
+    # Clearly spoofed but structurally late: one window only (a clip shorter
+    # than a window plus a hop), or a first window the gate held back.
+    for u, windows in {
+        "short": [(4.04, -10.0, None)],
+        "gated": [(4.04, None, None), (4.54, -10.0, None), (5.04, -10.0, None)],
+    }.items():
+        utts.append(Utterance(u, Path(u), "spoof", "tts", "sys-" + u, "-"))
+        result.spoof[u] = -10.0
+        result.spoof_traces[u] = Trace(u, 6.0, 0.0, windows)
     at = summarise(result, utts, policy, SuiteConfig())["at_target"]
     assert next_down < at["enter_threshold"] <= t_star
     assert at["false_alerts_per_hour"] == 0.0
     assert false_alerts_per_hour(genuine, policy.with_band(float(np.nextafter(t_star, np.inf)))) > 0
-    assert at["detection_by_system"] == {"sys-at": 0.0, "sys-far": 1.0, "sys-inside": 1.0}
+    assert at["detection_by_system"] == {
+        "sys-at": 0.0,
+        "sys-far": 1.0,
+        "sys-gated": 0.0,
+        "sys-inside": 1.0,
+        "sys-short": 0.0,
+    }
+    assert (
+        at["detection_any_by_system"]["sys-gated"] == 1.0
+        and at["detection_any_by_system"]["sys-short"] == 0.0
+    )
+    # the ceiling: 3 of 5 could alert within 5 s at all, 4 at any time
+    assert (at["spoof_streams"], at["spoof_streams_can_alert"], at["spoof_streams_can_alert_within"]) == (
+        5,
+        4,
+        3,
+    )
 
     # No genuine stream long enough to raise an alert: every threshold would
     # "meet" the target, so there is no operating point, said in the table.
