@@ -19,7 +19,7 @@ from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 from .calfile import Calibration
 from .metrics import eer
 from .protocol import ScoreTable
-from .streaming import Conversation, Trace, measure, trace
+from .streaming import Conversation, Trace, measure, meets_false_alert_target, trace
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,8 @@ def bonafide_threshold(
     levels = np.unique(np.concatenate([smoothed, smoothed - base.band_width]))[::-1]
     for upper, lower in zip(levels, [*levels[1:], levels[-1] - 1.0], strict=True):
         threshold = float((upper + lower) / 2)
-        rate = measure(traces, base.with_band(threshold)).false_alerts_per_hour
-        if rate <= target_per_hour:
-            return threshold, rate
+        if meets_false_alert_target(traces, base.with_band(threshold), target_per_hour):
+            return threshold, measure(traces, base.with_band(threshold)).false_alerts_per_hour
     raise CalibrationError("no threshold meets the target")
 
 

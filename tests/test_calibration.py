@@ -645,6 +645,44 @@ def test_bonafide_threshold_finds_a_longer_alert_that_swallows_a_second_one() ->
     assert 1.3 < threshold < 2.3 and rate == 1.0
 
 
+def test_the_early_stopping_target_check_decides_as_the_full_measurement() -> None:
+    """`meets_false_alert_target` stops replaying once the count passes the
+    target; on random recordings (gated windows, spoof onsets, every policy
+    shape) it must decide exactly as the full `measure` does, at thresholds
+    across the whole score range and at targets from none to many."""
+    from spoofwatch.calibration.streaming import Trace, measure, meets_false_alert_target
+    from spoofwatch.stream.policy import PolicyConfig
+
+    rng = np.random.default_rng(11)
+    decided = set()
+    for case in range(40):
+        traces = []
+        for k in range(int(rng.integers(1, 8))):
+            windows: list[tuple[float, float | None, float | None]] = []
+            for i in range(int(rng.integers(1, 40))):
+                t = 4.04 + i / 2
+                windows.append(
+                    (t, None, t - 1.0) if rng.random() < 0.15 else (t, float(rng.normal(1.0, 2.0)), None)
+                )
+            onset = float(rng.uniform(0, 20)) if rng.random() < 0.3 else None
+            traces.append(Trace(f"c{case}-{k}", 4.04 + len(windows) / 2, onset, windows))
+        base = PolicyConfig(
+            0.0,
+            float(rng.choice([0.0, 0.5, 2.0])),
+            smoothing_windows=int(rng.integers(1, 5)),
+            min_alert_windows=int(rng.integers(1, 4)),
+            cooldown_s=float(rng.choice([0.0, 2.0])),
+        )
+        for threshold in np.linspace(-4.0, 6.0, 11):
+            policy = base.with_band(float(threshold))
+            full = measure(traces, policy).false_alerts_per_hour
+            for target in (0.0, 60.0, 600.0, 6000.0):
+                fast = meets_false_alert_target(traces, policy, target)
+                assert fast == (full <= target), (case, threshold, target, full)
+                decided.add(fast)
+    assert decided == {True, False}
+
+
 def test_offline_commands_check_outputs_and_numbers_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,8 +86,8 @@ def register(sub: Any) -> None:
         "--hop-s",
         type=float,
         default=None,
-        help="window hop (default: the calibration's); 'detected within 5 s' needs the alert's "
-        "2nd window to end by then: at most 0.96 s for a 4.04 s window",
+        help="window hop (default: the calibration's); 'detected within 5 s' needs an alert's "
+        "windows to end by then: with a 4.04 s window and the default 2-window minimum, at most 0.96 s",
     )
     suite.add_argument(
         "--loudness",
