@@ -43,7 +43,7 @@ from spoofwatch.stream.policy import PolicyConfig
 from .bootstrap import BootstrapConfig, Sample, compare_eers, level_label
 from .fit import bonafide_threshold
 from .metrics import balanced_eer, det_curve, eer
-from .streaming import Conversation, Trace, replay, trace
+from .streaming import Conversation, Trace, measure, replay, trace
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[np.float64]
@@ -292,8 +292,7 @@ def _balanced_eer_percent(
 
 
 def false_alerts_per_hour(traces: list[Trace], policy: PolicyConfig) -> float:
-    hours = sum(tr.duration_s for tr in traces) / 3600
-    return sum(len(replay(tr, policy)) for tr in traces) / hours if hours else 0.0
+    return measure(traces, policy).false_alerts_per_hour
 
 
 def detected(tr: Trace, policy: PolicyConfig, within_s: float) -> bool:
@@ -306,7 +305,7 @@ def operating_point(
     """Highest enter threshold meeting the false-alert target; detection there, overall and per system.
 
     The search is ``calibrate bonafide``'s (:func:`bonafide_threshold`): every
-    smoothed genuine score is a candidate, so the threshold is the highest that
+    level where the alerts change is tried, so the threshold is the highest that
     meets the target on these streams, not the nearest point of a grid below
     it (with under an hour of genuine streams the target allows no false alert
     at all, and a grid step there can cost every detection)."""
@@ -575,12 +574,11 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         )
         if "detection_none_because" in t:
             at_target += f" (no detection within {cfg.detect_within_s:g} s: {t['detection_none_because']})"
-        if "spoof_streams" in sh:
-            at_target += (
-                f"; {sh['spoof_streams_can_alert_within']} of {sh['spoof_streams']} spoof utterances are long "
-                f"enough to alert within {cfg.detect_within_s:g} s at all ({sh['spoof_streams_can_alert']} at any "
-                "time); the others end, or stay gated, before an alert's windows are scored"
-            )
+        at_target += (
+            f"; {sh['spoof_streams_can_alert_within']} of {sh['spoof_streams']} spoof utterances are long "
+            f"enough to alert within {cfg.detect_within_s:g} s at all ({sh['spoof_streams_can_alert']} at any "
+            "time); the others end, or stay gated, before an alert's windows are scored"
+        )
         lines.append(
             f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "
             f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "
