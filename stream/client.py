@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import numpy as np
 import numpy.typing as npt
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from spoofwatch.constants import SAMPLE_RATE_HZ
@@ -140,7 +141,7 @@ async def _send_audio(
     # (a task group would wrap it in an ExceptionGroup nobody can catch by type).
     failures: list[BaseException] = []
     stop_early = anyio.Event()
-    async with connect(url, additional_headers=headers, max_size=None, open_timeout=30) as ws:
+    async with _connection(url, headers) as ws:
         async with anyio.create_task_group() as tg:
 
             def fail(exc: BaseException) -> None:
@@ -207,6 +208,24 @@ async def _send_audio(
         result.close_code = ws.close_code
         result.close_reason = ws.close_reason or ""
     return result
+
+
+@asynccontextmanager
+async def _connection(url: str, headers: dict[str, str] | None) -> AsyncIterator[ClientConnection]:
+    """An open connection, closed with the closing handshake; its socket freed however we leave.
+
+    A caller's cancellation (a timeout around :func:`send_audio`) cancels the
+    closing handshake too, and ``websockets`` then leaves the socket open until
+    the garbage collector finds it after the event loop is gone (a
+    ResourceWarning, in whatever code runs then). After a completed handshake
+    the abort does nothing.
+    """
+    ws = await connect(url, additional_headers=headers, max_size=None, open_timeout=30)
+    try:
+        async with ws:
+            yield ws
+    finally:
+        ws.transport.abort()
 
 
 def _event(message: str | bytes) -> dict[str, Any]:

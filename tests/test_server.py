@@ -956,6 +956,50 @@ async def test_the_client_raises_one_clear_error_whatever_the_server_or_the_call
             await send_audio(audio, url + "/", on_event=closed_stdout)
 
 
+def test_a_client_cancelled_by_its_caller_leaves_no_socket_open(concat: np.ndarray) -> None:
+    """A caller's timeout around `send_audio` (the host-cost probe's) cancelled
+    the closing handshake too, and websockets then left the socket to the
+    garbage collector: a ResourceWarning, raised in whatever test ran next."""
+    import gc
+    import threading
+    import warnings
+
+    from websockets.sync.server import ServerConnection, serve
+
+    started: list[Callable[[], None]] = []  # the client loop's way to hear of the start
+
+    def handler(ws: ServerConnection) -> None:
+        ws.recv()  # the start message
+        started.pop()()
+        try:
+            for _ in ws:  # read (and ignore) the audio; the client is the one to leave
+                pass
+        except ConnectionClosed:
+            pass  # an abort: no closing handshake
+
+    async def cancelled_mid_stream(url: str) -> None:
+        heard = anyio.Event()
+        token = anyio.lowlevel.current_token()
+        started.append(lambda: anyio.from_thread.run_sync(heard.set, token=token))
+        async with anyio.create_task_group() as tg:
+            # Minutes of audio at 1x: still sending when the caller gives up.
+            tg.start_soon(send_audio, np.tile(concat, 8), url, "pcm_s16le", True)
+            await heard.wait()
+            tg.cancel_scope.cancel()
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            anyio.run(cancelled_mid_stream, url)  # its own event loop, closed when it returns
+            gc.collect()
+        server.shutdown()
+    assert not started  # the server heard the start
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+
+
 async def test_the_first_ctrl_c_ends_the_audio_with_stop_and_the_summary_still_arrives(
     concat: np.ndarray, scorer: Any, vad: Any, tmp_path: Path
 ) -> None:
