@@ -2,9 +2,13 @@
 
 For each model variant (the official AASIST-L always, plus a candidate):
 
-* every held-out spoof utterance runs through the live engine (gate, windows,
-  model) as its own stream; its utterance score is the mean of its scored
-  windows;
+* the held-out spoof utterances run through the live engine (gate, windows,
+  model): each as its own stream (``spoof_streams = "clips"``), or each
+  system's back to back in streams of about ``stream_seconds``, as a caller
+  with a cloned voice talks on (``"calls"``: a clip shorter than a window plus
+  a hop can never alert on its own, and in a call it need not); an
+  utterance's score is the mean of the windows whose midpoint falls inside it
+  (all of a clip's);
 * the held-out genuine utterances of each genuine corpus are concatenated into
   streams (``stream_seconds`` long) and run through the same engine, so false
   alerts are counted the way a user would see them; each genuine utterance's
@@ -15,8 +19,10 @@ For each model variant (the official AASIST-L always, plus a candidate):
 * the live operating point: the highest alert threshold (the calibration's
   smoothing, hysteresis width and minimum length kept) whose false alerts per
   hour on the genuine streams are at most ``target_false_alerts_per_hour``,
-  and the share of spoof utterances alerted within ``detect_within_s`` there,
-  overall and per system; also the same at the model's shipped threshold.
+  and the share of spoof utterances with an alert open within
+  ``detect_within_s`` of their start there (raised by then in a clip; in a
+  call, possibly raised on the utterance before), overall and per system;
+  also the same at the model's shipped threshold.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +49,14 @@ from spoofwatch.stream.policy import PolicyConfig
 from .bootstrap import BootstrapConfig, Sample, compare_eers, level_label
 from .fit import bonafide_threshold
 from .metrics import balanced_eer, det_curve, eer
-from .streaming import Conversation, Trace, measure, replay, trace
+from .streaming import Conversation, Trace, alert_spans, measure, trace
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[np.float64]
+#: A stream of utterances back to back: its name, audio, and each utterance's (utt, start, end) in samples.
+Stream = tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]
+#: How spoof utterances are streamed (see the module's docstring).
+SPOOF_STREAMS = ("clips", "calls")
 
 
 @dataclass(frozen=True)
@@ -63,11 +73,15 @@ class SuiteConfig:
     target_false_alerts_per_hour: float = 1.0
     detect_within_s: float = 5.0
     seed: int = 0
+    #: "clips": each spoof utterance its own stream; "calls": each system's back to back.
+    spoof_streams: str = "clips"
 
     def __post_init__(self) -> None:
         # checked here, not only by the CLI: a bad value would surface hours later as an empty operating point
         if self.copies not in ("clean", "all"):
             raise InputError(f"copies: expected 'clean' or 'all', got {self.copies!r}")
+        if self.spoof_streams not in SPOOF_STREAMS:
+            raise InputError(f"spoof_streams: expected one of {SPOOF_STREAMS}, got {self.spoof_streams!r}")
         for name in ("limit_per_group", "limit_genuine_per_corpus", "seed"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -103,7 +117,10 @@ class VariantResult:
     genuine: dict[str, float] = field(default_factory=dict)  # utt -> score
     spoof: dict[str, float] = field(default_factory=dict)
     genuine_traces: list[Trace] = field(default_factory=list)
-    spoof_traces: dict[str, Trace] = field(default_factory=dict)
+    spoof_traces: dict[str, Trace] = field(default_factory=dict)  # stream name -> trace
+    #: utt -> (its stream's name, start s, end s) in a stream of several; an
+    #: utterance missing here is a stream of its own, named after it.
+    spoof_spans: dict[str, tuple[str, float, float]] = field(default_factory=dict)
     unscored: list[str] = field(default_factory=list)  # every window gated
 
 
@@ -163,29 +180,27 @@ def select_utterances(corpus: Path, cfg: SuiteConfig) -> list[Utterance]:
     return chosen
 
 
-def genuine_streams(
-    utts: list[Utterance], seconds: float
-) -> list[tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]]:
-    """Per genuine corpus, its utterances back to back in streams of about ``seconds``; with (utt, start, end) spans."""
-    by_corpus: dict[str, list[Utterance]] = defaultdict(list)
+def back_to_back(utts: list[Utterance], seconds: float, group: Callable[[Utterance], str]) -> list[Stream]:
+    """Per group (a genuine corpus, a spoof system), its utterances back to back in streams of about ``seconds``."""
+    by_group: dict[str, list[Utterance]] = defaultdict(list)
     for u in utts:
-        by_corpus[u.corpus].append(u)
-    streams: list[tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]] = []
+        by_group[group(u)].append(u)
+    streams: list[Stream] = []
     limit = int(seconds * SAMPLE_RATE_HZ)
-    for corpus in sorted(by_corpus):
+    for name in sorted(by_group):
         parts: list[npt.NDArray[np.float32]] = []
         spans: list[tuple[str, int, int]] = []
         pos = 0
-        for u in by_corpus[corpus]:
+        for u in by_group[name]:
             audio = read_audio(u.path)
             parts.append(audio)
             spans.append((u.utt, pos, pos + audio.size))
             pos += audio.size
             if pos >= limit:
-                streams.append((f"{corpus}#{len(streams)}", np.concatenate(parts), spans))
+                streams.append((f"{name}#{len(streams)}", np.concatenate(parts), spans))
                 parts, spans, pos = [], [], 0
         if parts:
-            streams.append((f"{corpus}#{len(streams)}", np.concatenate(parts), spans))
+            streams.append((f"{name}#{len(streams)}", np.concatenate(parts), spans))
     return streams
 
 
@@ -201,35 +216,49 @@ def run_variant(
     window_s = engine.windower.window_samples / SAMPLE_RATE_HZ  # the model's own (a card may differ)
     result = VariantResult(name)
     genuine = [u for u in utts if u.label == "bonafide"]
-    for stream_name, audio, spans in genuine_streams(genuine, cfg.stream_seconds):
+    for stream_name, audio, spans in back_to_back(genuine, cfg.stream_seconds, lambda u: u.corpus):
         tr = trace(Conversation(stream_name, audio, None), engine, scorer)
         result.genuine_traces.append(tr)
-        # A window belongs to the utterance under the middle of the audio it holds
-        # (a stream shorter than a window is one padded window ending at its end).
-        scored = [
-            ((max(0.0, t_end - window_s) + t_end) / 2, s) for t_end, s, _ in tr.windows if s is not None
-        ]
-        for utt, start, end in spans:
-            inside = [s for mid, s in scored if start / SAMPLE_RATE_HZ <= mid < end / SAMPLE_RATE_HZ]
-            if inside:
-                result.genuine[utt] = float(np.mean(inside))
-            else:
-                result.unscored.append(utt)
+        _score_utterances(tr, spans, window_s, result.genuine, result.unscored)
         if on_progress:
             on_progress(len(spans))
-    for u in utts:
-        if u.label != "spoof":
-            continue
-        tr = trace(Conversation(u.utt, read_audio(u.path), 0.0), engine, scorer)
-        result.spoof_traces[u.utt] = tr
-        scores = [s for _, s, _ in tr.windows if s is not None]
-        if scores:
-            result.spoof[u.utt] = float(np.mean(scores))
-        else:
-            result.unscored.append(u.utt)
+    spoof = [u for u in utts if u.label == "spoof"]
+    streams: Iterable[Stream] = (
+        back_to_back(spoof, cfg.stream_seconds, lambda u: u.system)
+        if cfg.spoof_streams == "calls"
+        else ((u.utt, audio, [(u.utt, 0, audio.size)]) for u in spoof for audio in (read_audio(u.path),))
+    )
+    for stream_name, audio, spans in streams:
+        tr = trace(Conversation(stream_name, audio, 0.0), engine, scorer)
+        result.spoof_traces[stream_name] = tr
+        if cfg.spoof_streams == "calls":
+            for utt, start, end in spans:
+                result.spoof_spans[utt] = (stream_name, start / SAMPLE_RATE_HZ, end / SAMPLE_RATE_HZ)
+        _score_utterances(tr, spans, window_s, result.spoof, result.unscored)
         if on_progress:
-            on_progress(1)
+            on_progress(len(spans))
     return result
+
+
+def _score_utterances(
+    tr: Trace,
+    spans: list[tuple[str, int, int]],
+    window_s: float,
+    scores: dict[str, float],
+    unscored: list[str],
+) -> None:
+    """Each utterance's score: the mean of the scored windows whose midpoint falls inside it.
+
+    A window belongs to the utterance under the middle of the audio it holds (a
+    stream shorter than a window is one padded window ending at its end, so
+    every window of a stream of one utterance is that utterance's)."""
+    scored = [((max(0.0, t_end - window_s) + t_end) / 2, s) for t_end, s, _ in tr.windows if s is not None]
+    for utt, start, end in spans:
+        inside = [s for mid, s in scored if start / SAMPLE_RATE_HZ <= mid < end / SAMPLE_RATE_HZ]
+        if inside:
+            scores[utt] = float(np.mean(inside))
+        else:
+            unscored.append(utt)
 
 
 def audio_digest(utts: list[Utterance]) -> str:
@@ -295,8 +324,16 @@ def false_alerts_per_hour(traces: list[Trace], policy: PolicyConfig) -> float:
     return measure(traces, policy).false_alerts_per_hour
 
 
-def detected(tr: Trace, policy: PolicyConfig, within_s: float) -> bool:
-    return any(t <= within_s for t in replay(tr, policy))
+def spoof_span(result: VariantResult, utt: str) -> tuple[str, float, float]:
+    """A spoof utterance's stream (its key in ``spoof_traces``) and where in it the utterance lies (start s, end s)."""
+    if utt in result.spoof_spans:
+        return result.spoof_spans[utt]
+    return utt, 0.0, result.spoof_traces[utt].duration_s
+
+
+def alerted(spans: list[tuple[float, float]], start_s: float, end_s: float) -> bool:
+    """Whether an alert of ``spans`` (start, end) is open at some time in [start_s, end_s]."""
+    return any(a <= end_s and b >= start_s for a, b in spans)
 
 
 def operating_point(
@@ -338,19 +375,27 @@ def _detection(
 ) -> dict[str, Any]:
     by_system: dict[str, list[bool]] = defaultdict(list)
     by_system_any: dict[str, list[bool]] = defaultdict(list)
-    for u in utts:
-        if u.label == "spoof":
-            tr = result.spoof_traces[u.utt]
-            by_system[u.system].append(detected(tr, policy, cfg.detect_within_s))
-            by_system_any[u.system].append(detected(tr, policy, np.inf))
-    every = [d for v in by_system.values() for d in v]
-    every_any = [d for v in by_system_any.values() for d in v]
+    alerts = {name: alert_spans(tr, policy) for name, tr in result.spoof_traces.items()}
     # An alert needs ``min_alert_windows`` scored windows, so a spoof stream
     # shorter than a window plus a hop (or mostly gated) can never raise one:
-    # how many could at all bounds every detection rate from above.
-    ready = [alert_ready_s(result.spoof_traces[u.utt], policy) for u in utts if u.label == "spoof"]
-    can_alert = sum(r is not None for r in ready)
-    can_alert_within = sum(r is not None and r <= cfg.detect_within_s for r in ready)
+    # how many utterances could have one open at all bounds every detection
+    # rate from above. In a call, a later utterance's alert may have been
+    # raised on the one before.
+    ready: list[float | None] = []
+    can_alert = can_alert_within = 0
+    for u in utts:
+        if u.label != "spoof":
+            continue
+        stream, start_s, end_s = spoof_span(result, u.utt)
+        soon_s = min(end_s, start_s + cfg.detect_within_s)
+        by_system[u.system].append(alerted(alerts[stream], start_s, soon_s))
+        by_system_any[u.system].append(alerted(alerts[stream], start_s, end_s))
+        first = alert_ready_s(result.spoof_traces[stream], policy)
+        ready.append(first)
+        can_alert += first is not None and first <= end_s
+        can_alert_within += first is not None and first <= soon_s
+    every = [d for v in by_system.values() for d in v]
+    every_any = [d for v in by_system_any.values() for d in v]
     within: dict[str, Any] = {
         "detection_rate": float(np.mean(every)) if every else None,
         "detection_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system.items())},
@@ -369,12 +414,13 @@ def _detection(
         within = {"detection_rate": None, "detection_by_system": {}, "detection_none_because": reason}
     return {
         **within,
-        # Alerted at any time in the utterance (its stream ends with it).
+        # An alert open at any time in the utterance.
         "detection_rate_any": float(np.mean(every_any)) if every_any else None,
         "detection_any_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system_any.items())},
-        "spoof_streams": len(ready),
-        "spoof_streams_can_alert": can_alert,
-        "spoof_streams_can_alert_within": can_alert_within,
+        "spoof_streams": len(result.spoof_traces),
+        "spoof_utterances": len(ready),
+        "spoof_utterances_can_alert": can_alert,
+        "spoof_utterances_can_alert_within": can_alert_within,
     }
 
 
@@ -546,9 +592,15 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
             + " |"
         )
     lines.append("")
+    how = (
+        "each spoof system's utterances back to back in calls of about "
+        f"{cfg.stream_seconds:g} s (an alert raised on the utterance before counts)"
+        if cfg.spoof_streams == "calls"
+        else "each spoof utterance its own stream"
+    )
     lines.append(
         f"Live engine, threshold for ≤ {cfg.target_false_alerts_per_hour:g} false alert/hour on the genuine streams; "
-        f"'detected' = alerted within {cfg.detect_within_s:g} s of a spoof utterance's start."
+        f"'detected' = an alert open within {cfg.detect_within_s:g} s of a spoof utterance's start; {how}."
     )
     intervals = _interval_lines(summaries, "pooled") + _interval_lines(summaries, "balanced")
     if intervals:
@@ -575,9 +627,9 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         if "detection_none_because" in t:
             at_target += f" (no detection within {cfg.detect_within_s:g} s: {t['detection_none_because']})"
         at_target += (
-            f"; {sh['spoof_streams_can_alert_within']} of {sh['spoof_streams']} spoof utterances are long "
-            f"enough to alert within {cfg.detect_within_s:g} s at all ({sh['spoof_streams_can_alert']} at any "
-            "time); the others end, or stay gated, before an alert's windows are scored"
+            f"; {sh['spoof_utterances_can_alert_within']} of {sh['spoof_utterances']} spoof utterances can "
+            f"have an alert open within {cfg.detect_within_s:g} s at all ({sh['spoof_utterances_can_alert']} at "
+            "any time); the others end, or stay gated, before an alert's windows are scored"
         )
         lines.append(
             f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "

@@ -242,7 +242,7 @@ def test_evaluate_suite_official_and_candidate(
     assert "comes 5.04 s into a spoof stream at the earliest" in at["detection_none_because"]
     assert 0.0 <= at["detection_rate_any"] <= 1.0
     assert "no detection within 5 s: an alert needs 2 scored windows" in (out / "suite.md").read_text()
-    assert at["spoof_streams_can_alert_within"] == 0 < at["spoof_streams"]
+    assert at["spoof_utterances_can_alert_within"] == 0 < at["spoof_utterances"] == at["spoof_streams"]
     assert "alert comes 5.04 s into a stream at the earliest" in first.err
     assert (out / "det.png").stat().st_size > 1000
     assert "| **pooled** |" in (out / "suite.md").read_text()
@@ -577,11 +577,12 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
         and at["detection_any_by_system"]["sys-short"] == 0.0
     )
     # the ceiling: 3 of 5 could alert within 5 s at all, 4 at any time
-    assert (at["spoof_streams"], at["spoof_streams_can_alert"], at["spoof_streams_can_alert_within"]) == (
-        5,
-        4,
-        3,
-    )
+    assert (
+        at["spoof_streams"],
+        at["spoof_utterances"],
+        at["spoof_utterances_can_alert"],
+        at["spoof_utterances_can_alert_within"],
+    ) == (5, 5, 4, 3)
 
     # No genuine stream long enough to raise an alert: every threshold would
     # "meet" the target, so there is no operating point, said in the table.
@@ -591,6 +592,95 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
     assert "m: 0.02 h of genuine streams; no operating point (an alert needs 2 scored windows" in markdown(
         [summary], SuiteConfig()
     )
+
+
+def test_in_a_call_an_utterance_is_detected_by_an_alert_open_in_its_first_seconds() -> None:
+    """Spoof utterances back to back in one call: an utterance counts as
+    detected when an alert is open at some time within 5 s of its start, raised
+    on it or on the one before; a later alert counts only at any time. The
+    first utterance of a call, 3 s long, can never have one (the first alert
+    can come 4.54 s in)."""
+    from spoofwatch.calibration.streaming import Trace
+    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, summarise
+    from spoofwatch.stream.policy import PolicyConfig
+
+    policy = PolicyConfig(enter_threshold=0.0, exit_threshold=1.0, smoothing_windows=1, cooldown_s=0.0)
+    # Windows every 0.5 s from 4.04 s: spoof-like (-5) until 7.04 s, genuine-like
+    # (+5) until 14.04 s, spoof-like again after it.
+    windows = [(4.04 + i / 2, -5.0 if i <= 6 or i >= 21 else 5.0, None) for i in range(30)]
+    call = Trace("sysA#0", 19.0, 0.0, windows)  # alerts: [4.54, 7.54], [15.04, 19.0]
+    spans = {"u1": (0.0, 3.0), "u2": (3.0, 5.0), "u3": (5.0, 9.0), "u4": (9.0, 19.0)}
+    utts = [Utterance(u, Path(u), "spoof", "tts", "sysA", "-") for u in spans]
+    result = VariantResult(
+        "m",
+        genuine={"g1": 5.0},
+        spoof=dict.fromkeys(spans, -1.0),
+        genuine_traces=[Trace("g#0", 60.0, None, [(4.04 + i, 5.0, None) for i in range(56)])],
+        spoof_traces={"sysA#0": call},
+        spoof_spans={u: ("sysA#0", a, b) for u, (a, b) in spans.items()},
+    )
+    cfg = SuiteConfig(spoof_streams="calls")
+    at = summarise(result, utts, policy, cfg)["at_shipped_threshold"]
+    # u1: never; u2: raised in it; u3: raised on u2, still open; u4: only 6 s after its start
+    assert at["detection_rate"] == pytest.approx(2 / 4) and at["detection_rate_any"] == pytest.approx(3 / 4)
+    assert at["detection_by_system"] == {"sysA": pytest.approx(2 / 4)}
+    assert (at["spoof_streams"], at["spoof_utterances"]) == (1, 4)
+    assert (at["spoof_utterances_can_alert"], at["spoof_utterances_can_alert_within"]) == (3, 3)
+    # The same trace as a clip of its own: only its start counts.
+    clip = VariantResult("m", genuine=result.genuine, spoof={"u": -1.0}, genuine_traces=result.genuine_traces)
+    clip.spoof_traces["u"] = call
+    one = [Utterance("u", Path("u"), "spoof", "tts", "sysA", "-")]
+    at = summarise(clip, one, policy, SuiteConfig())["at_shipped_threshold"]
+    assert at["detection_rate"] == 1.0 and at["spoof_utterances"] == at["spoof_streams"] == 1
+
+
+def test_a_call_lets_a_clip_too_short_to_alert_alone_be_scored_in_context(
+    shared: Path, sw_home: Path
+) -> None:
+    """The real engine: two 1.9 s clips of one system as clips are two streams
+    of one padded window each (never two scored windows, never an alert); as a
+    call they are one stream, each utterance scored by the windows centred on it."""
+    from spoofwatch.calibration.suite import SuiteConfig, Utterance, alert_ready_s, run_variant
+    from spoofwatch.model.detector import calibration_for
+    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.stream.engine import build_engine
+    from spoofwatch.stream.vad import SileroVad
+
+    flac = shared / "data" / "asvspoof2019_la" / "flac"
+    clips = {
+        "a": flac / "LA_E_6163791.flac",
+        "b": flac / "LA_E_6163791.flac",
+        "c": flac / "LA_E_6163791.flac",
+    }
+    utts = [Utterance("g", clips["a"], "bonafide", "-", "-", "VCTK")]
+    utts += [Utterance(u, p, "spoof", "tts", "sysA", "-") for u, p in clips.items()]
+    cal = calibration_for("aasist-l", None, None, "fp32")
+    engine = build_engine(cal.live, SileroVad(), 0.5)
+    scorer = build_scorer("aasist-l", "fp32", "cpu", 1)
+    alone = run_variant("official", utts, engine, scorer, SuiteConfig())
+    call = run_variant("official", utts, engine, scorer, SuiteConfig(spoof_streams="calls"))
+    assert sorted(alone.spoof_traces) == ["a", "b", "c"] and alone.spoof_spans == {}
+    assert all(alert_ready_s(tr, cal.policy) is None for tr in alone.spoof_traces.values())
+    assert list(call.spoof_traces) == ["sysA#0"]
+    (tr,) = call.spoof_traces.values()
+    duration_s = sum(alone.spoof_traces[u].duration_s for u in clips)
+    assert tr.duration_s == pytest.approx(duration_s)
+    assert call.spoof_spans["b"] == (
+        "sysA#0",
+        pytest.approx(duration_s / 3),
+        pytest.approx(2 * duration_s / 3),
+    )
+    ready = alert_ready_s(tr, cal.policy)
+    assert ready is not None and ready <= duration_s
+    # Each utterance's score is the mean of the windows whose middle lies in it.
+    window_s = engine.windower.window_samples / 16000
+    mids = [((max(0.0, t - window_s) + t) / 2, s) for t, s, _ in tr.windows if s is not None]
+    for u, (_, a, b) in call.spoof_spans.items():
+        inside = [s for m, s in mids if a <= m < b]
+        if inside:
+            assert call.spoof[u] == pytest.approx(float(np.mean(inside)))
+        else:
+            assert u in call.unscored
 
 
 def test_the_balanced_eer_weighs_each_genuine_corpus_and_system_the_same() -> None:
@@ -711,6 +801,17 @@ def test_evaluate_suite_scores_a_model_card_beside_the_official_model(
         windows_s.add((result.name, min(first_ends)))
     # The first window of a long enough clip ends one model window in: 2 s for the card.
     assert windows_s == {("official", 64_600 / SAMPLE_RATE_HZ), ("power", WINDOW / SAMPLE_RATE_HZ)}
+    # Each system's utterances back to back, as calls: fewer streams than utterances.
+    calls = [*args[:-2], "--skip-official", "--spoof-streams", "calls", "--out", str(tmp_path / "calls")]
+    assert main(calls) == 0
+    (power,) = json.loads(capsys.readouterr().out)["models"]
+    shipped = power["at_shipped_threshold"]
+    systems = len(power["eer_by_system"])
+    assert shipped["spoof_streams"] == systems < shipped["spoof_utterances"] == power["n_spoof"]
+    assert (
+        "spoof system's utterances back to back in calls of about 60 s"
+        in (tmp_path / "calls" / "suite.md").read_text()
+    )
     # Refused before anything is scored or exported: weights belong to a built-in
     # architecture, a card is one ONNX file at its own precision, and 'official' is the baseline.
     for extra, message in (
@@ -760,6 +861,7 @@ def test_evaluate_suite_refuses_an_impossible_false_alert_target(
         ("stream_seconds", 0.0, "stream_seconds: expected a finite number > 0"),
         ("detect_within_s", float("inf"), "detect_within_s: expected a finite number > 0"),
         ("copies", "some", "copies: expected 'clean' or 'all'"),
+        ("spoof_streams", "call", "spoof_streams: expected one of ('clips', 'calls')"),
         ("limit_per_group", -2, "limit_per_group: expected an integer >= 0"),
     ],
 )
