@@ -24,7 +24,7 @@ from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError
 from spoofwatch.stream.driver import StreamDriver
 from spoofwatch.stream.engine import Engine, Scorer
-from spoofwatch.stream.events import AlertEnd, AlertStart, ScoreEvent
+from spoofwatch.stream.events import ScoreEvent
 from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 
 from .dataset import Dataset
@@ -139,25 +139,6 @@ def replay(tr: Trace, policy: PolicyConfig) -> list[float]:
         events = p.no_speech(t, since) if score is None else p.update(t, score)
         starts += [e.t for e in events if e.type == "alert_start"]  # type: ignore[attr-defined]
     return starts
-
-
-def alert_spans(tr: Trace, policy: PolicyConfig) -> list[tuple[float, float]]:
-    """(start, end) of every alert the policy raises on a recorded trace; one
-    still open when the trace ends lasts to its end (the live stream's close
-    would end it there)."""
-    p = AlertPolicy(policy)
-    spans: list[tuple[float, float]] = []
-    start: float | None = None
-    for t, score, since in tr.windows:
-        for e in p.no_speech(t, since) if score is None else p.update(t, score):
-            if isinstance(e, AlertStart):
-                start = e.t
-            elif isinstance(e, AlertEnd) and start is not None:
-                spans.append((start, e.t))
-                start = None
-    if start is not None:
-        spans.append((start, max(start, tr.duration_s)))
-    return spans
 
 
 def _bona_fide_s(tr: Trace) -> float:

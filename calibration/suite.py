@@ -3,12 +3,12 @@
 For each model variant (the official AASIST-L always, plus a candidate):
 
 * the held-out spoof utterances run through the live engine (gate, windows,
-  model): each as its own stream (``spoof_streams = "clips"``), or each
-  system's back to back in streams of about ``stream_seconds``, as a caller
-  with a cloned voice talks on (``"calls"``: a clip shorter than a window plus
-  a hop can never alert on its own, and in a call it need not); an
-  utterance's score is the mean of the windows whose midpoint falls inside it
-  (all of a clip's);
+  model): each as its own stream (``spoof_streams = "clips"``), or as calls
+  (``"calls"``): one system's utterances of one channel copy back to back,
+  up to ``stream_seconds``, as a caller with a cloned voice talks on (a clip
+  shorter than a window plus a hop can never alert on its own; a call can).
+  An utterance's score is the mean of the windows whose midpoint falls inside
+  it (all of a clip's);
 * the held-out genuine utterances of each genuine corpus are concatenated into
   streams (``stream_seconds`` long) and run through the same engine, so false
   alerts are counted the way a user would see them; each genuine utterance's
@@ -19,10 +19,11 @@ For each model variant (the official AASIST-L always, plus a candidate):
 * the live operating point: the highest alert threshold (the calibration's
   smoothing, hysteresis width and minimum length kept) whose false alerts per
   hour on the genuine streams are at most ``target_false_alerts_per_hour``,
-  and the share of spoof utterances with an alert open within
-  ``detect_within_s`` of their start there (raised by then in a clip; in a
-  call, possibly raised on the utterance before), overall and per system;
-  also the same at the model's shipped threshold.
+  and the share of spoof streams (clips, or calls) alerted within
+  ``detect_within_s`` of their start there, overall and per system; also the
+  same at the model's shipped threshold. A call is one trial however many
+  utterances it holds: an alert stays open across them, so counting each
+  would reward one early alert many times.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from spoofwatch.stream.policy import PolicyConfig
 from .bootstrap import BootstrapConfig, Sample, compare_eers, level_label
 from .fit import bonafide_threshold
 from .metrics import balanced_eer, det_curve, eer
-from .streaming import Conversation, Trace, alert_spans, measure, trace
+from .streaming import Conversation, Trace, measure, replay, trace
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[np.float64]
@@ -73,7 +74,7 @@ class SuiteConfig:
     target_false_alerts_per_hour: float = 1.0
     detect_within_s: float = 5.0
     seed: int = 0
-    #: "clips": each spoof utterance its own stream; "calls": each system's back to back.
+    #: "clips": each spoof utterance its own stream; "calls": a system's utterances back to back.
     spoof_streams: str = "clips"
 
     def __post_init__(self) -> None:
@@ -118,8 +119,8 @@ class VariantResult:
     spoof: dict[str, float] = field(default_factory=dict)
     genuine_traces: list[Trace] = field(default_factory=list)
     spoof_traces: dict[str, Trace] = field(default_factory=dict)  # stream name -> trace
-    #: utt -> (its stream's name, start s, end s) in a stream of several; an
-    #: utterance missing here is a stream of its own, named after it.
+    #: utt -> (its call's name, start s, end s); an utterance missing here is
+    #: a stream of its own (a clip), named after it.
     spoof_spans: dict[str, tuple[str, float, float]] = field(default_factory=dict)
     unscored: list[str] = field(default_factory=list)  # every window gated
 
@@ -180,6 +181,14 @@ def select_utterances(corpus: Path, cfg: SuiteConfig) -> list[Utterance]:
     return chosen
 
 
+def call_of(u: Utterance) -> str:
+    """A spoof utterance's call: its system and channel copy, so that a clip's
+    clean copy and its channel copy (the same sentence) never meet in one call,
+    and a call keeps one kind of channel."""
+    copy = u.utt[len(u.clip) :] if u.clip and u.utt.startswith(u.clip) else ""
+    return f"{u.system}{copy}"
+
+
 def back_to_back(utts: list[Utterance], seconds: float, group: Callable[[Utterance], str]) -> list[Stream]:
     """Per group (a genuine corpus, a spoof system), its utterances back to back in streams of about ``seconds``."""
     by_group: dict[str, list[Utterance]] = defaultdict(list)
@@ -224,7 +233,7 @@ def run_variant(
             on_progress(len(spans))
     spoof = [u for u in utts if u.label == "spoof"]
     streams: Iterable[Stream] = (
-        back_to_back(spoof, cfg.stream_seconds, lambda u: u.system)
+        back_to_back(spoof, cfg.stream_seconds, call_of)
         if cfg.spoof_streams == "calls"
         else ((u.utt, audio, [(u.utt, 0, audio.size)]) for u in spoof for audio in (read_audio(u.path),))
     )
@@ -324,16 +333,9 @@ def false_alerts_per_hour(traces: list[Trace], policy: PolicyConfig) -> float:
     return measure(traces, policy).false_alerts_per_hour
 
 
-def spoof_span(result: VariantResult, utt: str) -> tuple[str, float, float]:
-    """A spoof utterance's stream (its key in ``spoof_traces``) and where in it the utterance lies (start s, end s)."""
-    if utt in result.spoof_spans:
-        return result.spoof_spans[utt]
-    return utt, 0.0, result.spoof_traces[utt].duration_s
-
-
-def alerted(spans: list[tuple[float, float]], start_s: float, end_s: float) -> bool:
-    """Whether an alert of ``spans`` (start, end) is open at some time in [start_s, end_s]."""
-    return any(a <= end_s and b >= start_s for a, b in spans)
+def spoof_stream_of(result: VariantResult, utt: str) -> str:
+    """A spoof utterance's stream: its key in ``spoof_traces``."""
+    return result.spoof_spans[utt][0] if utt in result.spoof_spans else utt
 
 
 def operating_point(
@@ -373,29 +375,25 @@ def operating_point(
 def _detection(
     result: VariantResult, policy: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig
 ) -> dict[str, Any]:
+    """Per spoof stream (a clip, or a call): alerted within ``detect_within_s`` of its start, at any time."""
+    system_of = {spoof_stream_of(result, u.utt): u.system for u in utts if u.label == "spoof"}
     by_system: dict[str, list[bool]] = defaultdict(list)
     by_system_any: dict[str, list[bool]] = defaultdict(list)
-    alerts = {name: alert_spans(tr, policy) for name, tr in result.spoof_traces.items()}
-    # An alert needs ``min_alert_windows`` scored windows, so a spoof stream
-    # shorter than a window plus a hop (or mostly gated) can never raise one:
-    # how many utterances could have one open at all bounds every detection
-    # rate from above. In a call, a later utterance's alert may have been
-    # raised on the one before.
+    first_alerts: list[float] = []
     ready: list[float | None] = []
-    can_alert = can_alert_within = 0
-    for u in utts:
-        if u.label != "spoof":
-            continue
-        stream, start_s, end_s = spoof_span(result, u.utt)
-        soon_s = min(end_s, start_s + cfg.detect_within_s)
-        by_system[u.system].append(alerted(alerts[stream], start_s, soon_s))
-        by_system_any[u.system].append(alerted(alerts[stream], start_s, end_s))
-        first = alert_ready_s(result.spoof_traces[stream], policy)
-        ready.append(first)
-        can_alert += first is not None and first <= end_s
-        can_alert_within += first is not None and first <= soon_s
+    for stream, system in sorted(system_of.items()):
+        tr = result.spoof_traces[stream]
+        starts = replay(tr, policy)
+        by_system[system].append(any(t <= cfg.detect_within_s for t in starts))
+        by_system_any[system].append(bool(starts))
+        first_alerts += starts[:1]
+        # An alert needs ``min_alert_windows`` scored windows, so a stream shorter
+        # than a window plus a hop (or mostly gated) can never raise one: how many
+        # could at all bounds every detection rate from above.
+        ready.append(alert_ready_s(tr, policy))
     every = [d for v in by_system.values() for d in v]
     every_any = [d for v in by_system_any.values() for d in v]
+    can_alert_within = sum(r is not None and r <= cfg.detect_within_s for r in ready)
     within: dict[str, Any] = {
         "detection_rate": float(np.mean(every)) if every else None,
         "detection_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system.items())},
@@ -414,13 +412,13 @@ def _detection(
         within = {"detection_rate": None, "detection_by_system": {}, "detection_none_because": reason}
     return {
         **within,
-        # An alert open at any time in the utterance.
+        # Alerted at any time in the stream.
         "detection_rate_any": float(np.mean(every_any)) if every_any else None,
         "detection_any_by_system": {s: float(np.mean(v)) for s, v in sorted(by_system_any.items())},
-        "spoof_streams": len(result.spoof_traces),
-        "spoof_utterances": len(ready),
-        "spoof_utterances_can_alert": can_alert,
-        "spoof_utterances_can_alert_within": can_alert_within,
+        "median_first_alert_s": float(np.median(first_alerts)) if first_alerts else None,
+        "spoof_stream_count": len(ready),
+        "spoof_streams_can_alert": sum(r is not None for r in ready),
+        "spoof_streams_can_alert_within": can_alert_within,
     }
 
 
@@ -542,7 +540,7 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         "| | n | "
         + " | ".join(f"{n} EER %" for n in names)
         + " | "
-        + " | ".join(f"{n} detected" for n in names)
+        + " | ".join(f"{n} {cfg.spoof_streams} detected" for n in names)
         + " |"
     )
     lines = [head, "|" + "---|" * (2 + 2 * len(names))]
@@ -593,14 +591,14 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         )
     lines.append("")
     how = (
-        "each spoof system's utterances back to back in calls of about "
-        f"{cfg.stream_seconds:g} s (an alert raised on the utterance before counts)"
+        "a call: one spoof system's utterances of one channel copy back to back, up to "
+        f"{cfg.stream_seconds:g} s (a rate per call, not per utterance, and not comparable with a per-clip one)"
         if cfg.spoof_streams == "calls"
-        else "each spoof utterance its own stream"
+        else "a clip: each spoof utterance is its own stream"
     )
     lines.append(
         f"Live engine, threshold for ≤ {cfg.target_false_alerts_per_hour:g} false alert/hour on the genuine streams; "
-        f"'detected' = an alert open within {cfg.detect_within_s:g} s of a spoof utterance's start; {how}."
+        f"'detected' = a spoof stream alerted within {cfg.detect_within_s:g} s of its start; a stream is {how}."
     )
     intervals = _interval_lines(summaries, "pooled") + _interval_lines(summaries, "balanced")
     if intervals:
@@ -612,7 +610,12 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
             + ("spoof systems, then " if resampled else "")
             + "clips (with their channel copies) within each "
             + ("drawn" if resampled else "fixed")
-            + " spoof system and each genuine corpus.",
+            + " spoof system and each genuine corpus."
+            + (
+                " In calls, neighbouring utterances share windows, so these intervals are too narrow."
+                if cfg.spoof_streams == "calls"
+                else ""
+            ),
             *intervals,
             "",
         ]
@@ -622,20 +625,26 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
             f"no operating point ({t['none_because']})"
             if t["enter_threshold"] is None
             else f"at threshold {t['enter_threshold']:.3f}: {t['false_alerts_per_hour']:.1f} false alerts/h, "
-            f"{fmt(t['detection_rate'], True)} detected ({fmt(t['detection_rate_any'], True)} at any time in the utterance)"
+            f"{fmt(t['detection_rate'], True)} detected ({fmt(t['detection_rate_any'], True)} at any time in the stream"
+            + (
+                f"; the first alert a median {t['median_first_alert_s']:.1f} s into it)"
+                if t["median_first_alert_s"] is not None
+                else ")"
+            )
         )
         if "detection_none_because" in t:
             at_target += f" (no detection within {cfg.detect_within_s:g} s: {t['detection_none_because']})"
         at_target += (
-            f"; {sh['spoof_utterances_can_alert_within']} of {sh['spoof_utterances']} spoof utterances can "
-            f"have an alert open within {cfg.detect_within_s:g} s at all ({sh['spoof_utterances_can_alert']} at "
-            "any time); the others end, or stay gated, before an alert's windows are scored"
+            f"; {sh['spoof_streams_can_alert_within']} of {sh['spoof_stream_count']} spoof {cfg.spoof_streams} are "
+            f"long enough to alert within {cfg.detect_within_s:g} s at all ({sh['spoof_streams_can_alert']} at any "
+            "time); the others end, or stay gated, before an alert's windows are scored"
         )
         lines.append(
             f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "
             f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "
             f"{fmt(sh['detection_rate'], True)} detected ({fmt(sh['detection_rate_any'], True)} at any time); "
-            f"{s['n_unscored']} utterances had no window past the gate."
+            f"{s['n_unscored']} utterances had no scored window centred on them (gated, or too near "
+            "a stream's start)."
         )
     return "\n".join(lines) + "\n"
 

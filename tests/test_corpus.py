@@ -242,7 +242,7 @@ def test_evaluate_suite_official_and_candidate(
     assert "comes 5.04 s into a spoof stream at the earliest" in at["detection_none_because"]
     assert 0.0 <= at["detection_rate_any"] <= 1.0
     assert "no detection within 5 s: an alert needs 2 scored windows" in (out / "suite.md").read_text()
-    assert at["spoof_utterances_can_alert_within"] == 0 < at["spoof_utterances"] == at["spoof_streams"]
+    assert at["spoof_streams_can_alert_within"] == 0 < at["spoof_stream_count"] == official["n_spoof"]
     assert "alert comes 5.04 s into a stream at the earliest" in first.err
     assert (out / "det.png").stat().st_size > 1000
     assert "| **pooled** |" in (out / "suite.md").read_text()
@@ -578,11 +578,14 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
     )
     # the ceiling: 3 of 5 could alert within 5 s at all, 4 at any time
     assert (
-        at["spoof_streams"],
-        at["spoof_utterances"],
-        at["spoof_utterances_can_alert"],
-        at["spoof_utterances_can_alert_within"],
-    ) == (5, 5, 4, 3)
+        at["spoof_stream_count"],
+        at["spoof_streams_can_alert"],
+        at["spoof_streams_can_alert_within"],
+    ) == (
+        5,
+        4,
+        3,
+    )
 
     # No genuine stream long enough to raise an alert: every threshold would
     # "meet" the target, so there is no operating point, said in the table.
@@ -594,52 +597,69 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
     )
 
 
-def test_in_a_call_an_utterance_is_detected_by_an_alert_open_in_its_first_seconds() -> None:
-    """Spoof utterances back to back in one call: an utterance counts as
-    detected when an alert is open at some time within 5 s of its start, raised
-    on it or on the one before; a later alert counts only at any time. The
-    first utterance of a call, 3 s long, can never have one (the first alert
-    can come 4.54 s in)."""
+def test_a_call_is_one_trial_detected_by_its_first_alert() -> None:
+    """Spoof utterances back to back in calls: each call counts once, detected
+    when an alert starts within 5 s of the call's start, whichever utterance it
+    falls in; an alert staying open over later utterances detects nothing more."""
     from spoofwatch.calibration.streaming import Trace
-    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, summarise
+    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, markdown, summarise
     from spoofwatch.stream.policy import PolicyConfig
 
     policy = PolicyConfig(enter_threshold=0.0, exit_threshold=1.0, smoothing_windows=1, cooldown_s=0.0)
-    # Windows every 0.5 s from 4.04 s: spoof-like (-5) until 7.04 s, genuine-like
-    # (+5) until 14.04 s, spoof-like again after it.
-    windows = [(4.04 + i / 2, -5.0 if i <= 6 or i >= 21 else 5.0, None) for i in range(30)]
-    call = Trace("sysA#0", 19.0, 0.0, windows)  # alerts: [4.54, 7.54], [15.04, 19.0]
-    spans = {"u1": (0.0, 3.0), "u2": (3.0, 5.0), "u3": (5.0, 9.0), "u4": (9.0, 19.0)}
-    utts = [Utterance(u, Path(u), "spoof", "tts", "sysA", "-") for u in spans]
+
+    def call(name: str, low_from_s: float, duration_s: float) -> Trace:
+        """Windows every 0.5 s from 4.04 s, spoof-like (-5) from ``low_from_s`` on."""
+        ends = [4.04 + i / 2 for i in range(int((duration_s - 4.04) * 2) + 1)]
+        return Trace(name, duration_s, 0.0, [(t, -5.0 if t >= low_from_s else 5.0, None) for t in ends])
+
+    calls = {
+        "sysA_c0#0": call("sysA_c0#0", 0.0, 20.0),  # alert at 4.54 s
+        "sysA_c1#1": call("sysA_c1#1", 9.0, 20.0),  # alert at 9.54 s: late
+        "sysB_c0#2": call("sysB_c0#2", 99.0, 20.0),  # never
+    }
+    spans = {  # four utterances in the first call, one in each of the others
+        **{f"a{k}": ("sysA_c0#0", 5.0 * k, 5.0 * k + 5.0) for k in range(4)},
+        "a_late": ("sysA_c1#1", 0.0, 20.0),
+        "b": ("sysB_c0#2", 0.0, 20.0),
+    }
+    utts = [Utterance(u, Path(u), "spoof", "tts", "sysB" if u == "b" else "sysA", "-") for u in spans]
     result = VariantResult(
         "m",
         genuine={"g1": 5.0},
         spoof=dict.fromkeys(spans, -1.0),
         genuine_traces=[Trace("g#0", 60.0, None, [(4.04 + i, 5.0, None) for i in range(56)])],
-        spoof_traces={"sysA#0": call},
-        spoof_spans={u: ("sysA#0", a, b) for u, (a, b) in spans.items()},
+        spoof_traces=calls,
+        spoof_spans=spans,
     )
     cfg = SuiteConfig(spoof_streams="calls")
-    at = summarise(result, utts, policy, cfg)["at_shipped_threshold"]
-    # u1: never; u2: raised in it; u3: raised on u2, still open; u4: only 6 s after its start
-    assert at["detection_rate"] == pytest.approx(2 / 4) and at["detection_rate_any"] == pytest.approx(3 / 4)
-    assert at["detection_by_system"] == {"sysA": pytest.approx(2 / 4)}
-    assert (at["spoof_streams"], at["spoof_utterances"]) == (1, 4)
-    assert (at["spoof_utterances_can_alert"], at["spoof_utterances_can_alert_within"]) == (3, 3)
-    # The same trace as a clip of its own: only its start counts.
-    clip = VariantResult("m", genuine=result.genuine, spoof={"u": -1.0}, genuine_traces=result.genuine_traces)
-    clip.spoof_traces["u"] = call
-    one = [Utterance("u", Path("u"), "spoof", "tts", "sysA", "-")]
-    at = summarise(clip, one, policy, SuiteConfig())["at_shipped_threshold"]
-    assert at["detection_rate"] == 1.0 and at["spoof_utterances"] == at["spoof_streams"] == 1
+    summary = summarise(result, utts, policy, cfg)
+    at = summary["at_shipped_threshold"]
+    assert at["detection_by_system"] == {"sysA": 0.5, "sysB": 0.0}
+    assert at["detection_rate"] == pytest.approx(1 / 3)  # 1 of 3 calls, not 4 of 6 utterances
+    assert at["detection_any_by_system"] == {"sysA": 1.0, "sysB": 0.0}
+    assert at["median_first_alert_s"] == pytest.approx((4.54 + 9.54) / 2)
+    assert (
+        at["spoof_stream_count"],
+        at["spoof_streams_can_alert"],
+        at["spoof_streams_can_alert_within"],
+    ) == (
+        3,
+        3,
+        3,
+    )
+    table = markdown([summary], cfg)
+    assert "| m calls detected |" in table and "a stream is a call: one spoof system's utterances" in table
+    assert "3 of 3 spoof calls are long enough to alert within 5 s" in table
 
 
 def test_a_call_lets_a_clip_too_short_to_alert_alone_be_scored_in_context(
     shared: Path, sw_home: Path
 ) -> None:
-    """The real engine: two 1.9 s clips of one system as clips are two streams
-    of one padded window each (never two scored windows, never an alert); as a
-    call they are one stream, each utterance scored by the windows centred on it."""
+    """The real engine: three LA clips of one system as clips are three
+    streams, the 1.9 s one a single padded window that can never alert. As a
+    call they are one stream that can; each utterance is scored by the windows
+    centred on it (none is, on the first 1.9 s), and a clip's channel copy goes
+    to a call of its own."""
     from spoofwatch.calibration.suite import SuiteConfig, Utterance, alert_ready_s, run_variant
     from spoofwatch.model.detector import calibration_for
     from spoofwatch.model.runtime import build_scorer
@@ -648,39 +668,37 @@ def test_a_call_lets_a_clip_too_short_to_alert_alone_be_scored_in_context(
 
     flac = shared / "data" / "asvspoof2019_la" / "flac"
     clips = {
-        "a": flac / "LA_E_6163791.flac",
-        "b": flac / "LA_E_6163791.flac",
-        "c": flac / "LA_E_6163791.flac",
+        "a_c0": flac / "LA_E_6163791.flac",  # 1.9 s
+        "b_c0": flac / "LA_T_1000137.flac",
+        "c_c0": flac / "LA_T_1272637.flac",
+        "c_c1": flac / "LA_T_1272637.flac",  # c's channel copy
     }
-    utts = [Utterance("g", clips["a"], "bonafide", "-", "-", "VCTK")]
-    utts += [Utterance(u, p, "spoof", "tts", "sysA", "-") for u, p in clips.items()]
+    utts = [Utterance("g", flac / "LA_D_1003356.flac", "bonafide", "-", "-", "VCTK")]
+    utts += [Utterance(u, p, "spoof", "tts", "sysA", "-", u[:1]) for u, p in clips.items()]
     cal = calibration_for("aasist-l", None, None, "fp32")
     engine = build_engine(cal.live, SileroVad(), 0.5)
     scorer = build_scorer("aasist-l", "fp32", "cpu", 1)
     alone = run_variant("official", utts, engine, scorer, SuiteConfig())
     call = run_variant("official", utts, engine, scorer, SuiteConfig(spoof_streams="calls"))
-    assert sorted(alone.spoof_traces) == ["a", "b", "c"] and alone.spoof_spans == {}
-    assert all(alert_ready_s(tr, cal.policy) is None for tr in alone.spoof_traces.values())
-    assert list(call.spoof_traces) == ["sysA#0"]
-    (tr,) = call.spoof_traces.values()
-    duration_s = sum(alone.spoof_traces[u].duration_s for u in clips)
-    assert tr.duration_s == pytest.approx(duration_s)
-    assert call.spoof_spans["b"] == (
-        "sysA#0",
-        pytest.approx(duration_s / 3),
-        pytest.approx(2 * duration_s / 3),
-    )
+    assert sorted(alone.spoof_traces) == sorted(clips) and alone.spoof_spans == {}
+    assert alert_ready_s(alone.spoof_traces["a_c0"], cal.policy) is None
+    assert alone.unscored == []
+    assert sorted(call.spoof_traces) == ["sysA_c0#0", "sysA_c1#1"]
+    tr = call.spoof_traces["sysA_c0#0"]
+    a_s, b_s, c_s = (alone.spoof_traces[u].duration_s for u in ("a_c0", "b_c0", "c_c0"))
+    assert tr.duration_s == pytest.approx(a_s + b_s + c_s)
+    assert call.spoof_spans["b_c0"] == ("sysA_c0#0", pytest.approx(a_s), pytest.approx(a_s + b_s))
+    assert call.spoof_spans["c_c1"] == ("sysA_c1#1", 0.0, pytest.approx(c_s))
     ready = alert_ready_s(tr, cal.policy)
-    assert ready is not None and ready <= duration_s
-    # Each utterance's score is the mean of the windows whose middle lies in it.
-    window_s = engine.windower.window_samples / 16000
-    mids = [((max(0.0, t - window_s) + t) / 2, s) for t, s, _ in tr.windows if s is not None]
-    for u, (_, a, b) in call.spoof_spans.items():
-        inside = [s for m, s in mids if a <= m < b]
-        if inside:
-            assert call.spoof[u] == pytest.approx(float(np.mean(inside)))
-        else:
-            assert u in call.unscored
+    assert ready is not None and ready <= tr.duration_s
+    # The first window (4.04 s) is centred 2.02 s in, past the 1.9 s clip: it has none.
+    assert call.unscored == ["a_c0"]
+    # b's windows: those ending 2.02 s after a point inside it (until the stream's
+    # last window, which ends with the stream and holds a shorter stretch).
+    half_s = engine.windower.window_samples / 16000 / 2
+    full = [s for t, s, _ in tr.windows if s is not None and a_s <= t - half_s < a_s + b_s]
+    assert call.spoof["b_c0"] == pytest.approx(float(np.mean(full)))
+    assert call.spoof["c_c1"] == pytest.approx(alone.spoof["c_c1"])  # a call of one clip is that clip
 
 
 def test_the_balanced_eer_weighs_each_genuine_corpus_and_system_the_same() -> None:
@@ -805,11 +823,10 @@ def test_evaluate_suite_scores_a_model_card_beside_the_official_model(
     calls = [*args[:-2], "--skip-official", "--spoof-streams", "calls", "--out", str(tmp_path / "calls")]
     assert main(calls) == 0
     (power,) = json.loads(capsys.readouterr().out)["models"]
-    shipped = power["at_shipped_threshold"]
     systems = len(power["eer_by_system"])
-    assert shipped["spoof_streams"] == systems < shipped["spoof_utterances"] == power["n_spoof"]
+    assert power["at_shipped_threshold"]["spoof_stream_count"] == systems < power["n_spoof"]
     assert (
-        "spoof system's utterances back to back in calls of about 60 s"
+        "a call: one spoof system's utterances of one channel copy back to back, up to 60 s"
         in (tmp_path / "calls" / "suite.md").read_text()
     )
     # Refused before anything is scored or exported: weights belong to a built-in

@@ -959,23 +959,41 @@ async def test_the_client_raises_one_clear_error_whatever_the_server_or_the_call
 def test_a_client_cancelled_by_its_caller_leaves_no_socket_open(concat: np.ndarray) -> None:
     """A caller's timeout around `send_audio` (the host-cost probe's) cancelled
     the closing handshake too, and websockets then left the socket to the
-    garbage collector: a ResourceWarning, raised in whatever test ran next."""
+    garbage collector: a ResourceWarning, raised in whatever test ran next.
+    The server here never answers a close, so the handshake cannot finish
+    before the cancellation, however fast either side is."""
     import gc
     import threading
     import warnings
 
-    from websockets.sync.server import ServerConnection, serve
+    from websockets.utils import accept_key
 
+    listener = socket.create_server(("127.0.0.1", 0))
     started: list[Callable[[], None]] = []  # the client loop's way to hear of the start
 
-    def handler(ws: ServerConnection) -> None:
-        ws.recv()  # the start message
-        started.pop()()
-        try:
-            for _ in ws:  # read (and ignore) the audio; the client is the one to leave
-                pass
-        except ConnectionClosed:
-            pass  # an abort: no closing handshake
+    def hanging_server() -> None:
+        """Upgrades, reads the start message and then whatever comes; never answers."""
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = next(
+                line.split(b":", 1)[1].strip().decode()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
+            )
+            conn.recv(4096)  # the start message (the client sends it after the upgrade)
+            started.pop()()
+            try:
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                pass  # an abort
 
     async def cancelled_mid_stream(url: str) -> None:
         heard = anyio.Event()
@@ -987,14 +1005,14 @@ def test_a_client_cancelled_by_its_caller_leaves_no_socket_open(concat: np.ndarr
             await heard.wait()
             tg.cancel_scope.cancel()
 
-    with serve(handler, "127.0.0.1", 0) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+    with listener:
+        server = threading.Thread(target=hanging_server, daemon=True)
+        server.start()
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             anyio.run(cancelled_mid_stream, url)  # its own event loop, closed when it returns
             gc.collect()
-        server.shutdown()
     assert not started  # the server heard the start
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
