@@ -122,7 +122,7 @@ class VariantResult:
     #: utt -> (its call's name, start s, end s); an utterance missing here is
     #: a stream of its own (a clip), named after it.
     spoof_spans: dict[str, tuple[str, float, float]] = field(default_factory=dict)
-    unscored: list[str] = field(default_factory=list)  # every window gated
+    unscored: list[str] = field(default_factory=list)  # no scored window centred on it
 
 
 def corpus_family(name: str) -> str:

@@ -87,8 +87,8 @@ def register(sub: Any) -> None:
         choices=("clips", "calls"),
         default="clips",
         help="clips (default): each spoof utterance its own stream; calls: each system's utterances "
-        "back to back, as a caller with a cloned voice talks on (a clip shorter than a window plus "
-        "a hop cannot alert on its own)",
+        "of one channel copy back to back, as a caller with a cloned voice talks on, each call one "
+        "trial (a clip shorter than a window plus a hop cannot alert on its own; a call can)",
     )
     suite.add_argument(
         "--hop-s",
@@ -362,9 +362,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         first_alert_s = (
             engine.windower.window_samples + (cal.policy.min_alert_windows - 1) * engine.windower.hop_samples
         ) / SAMPLE_RATE_HZ
-        # said before hours of scoring, not after (in a call, an alert raised on one
-        # utterance can still be open in the next one's first seconds)
-        if first_alert_s > cfg.detect_within_s and cfg.spoof_streams == "clips":
+        if first_alert_s > cfg.detect_within_s:  # said before hours of scoring, not after (clips and calls)
             log.warning(
                 "%s: at a %.2f s hop an alert comes %.2f s into a stream at the earliest, after the %g s "
                 "that counts as detected: its detection rate will not be reported (use a shorter hop)",
