@@ -29,6 +29,7 @@ For each model variant (the official AASIST-L always, plus a candidate):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import re
@@ -76,6 +77,13 @@ class SuiteConfig:
     seed: int = 0
     #: "clips": each spoof utterance its own stream; "calls": a system's utterances back to back.
     spoof_streams: str = "clips"
+
+    def trace_settings(self) -> dict[str, Any]:
+        """The settings a variant's traces depend on (part of their cache key): not
+        the false-alert target or the detection limit, which only read them, so
+        that trying another target reuses the traces."""
+        reads_only = ("target_false_alerts_per_hour", "detect_within_s")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in reads_only}
 
     def __post_init__(self) -> None:
         # checked here, not only by the CLI: a bad value would surface hours later as an empty operating point

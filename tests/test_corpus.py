@@ -209,6 +209,11 @@ def test_evaluate_suite_official_and_candidate(
     assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 2
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["models"] == report["models"]
+    # Another false-alert target reads the same traces: nothing is scored again.
+    assert main([*args, "--target-false-alerts-per-hour", "500"]) == 0
+    looser = json.loads(capsys.readouterr().out)["models"]
+    assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 2
+    assert looser[0]["at_target"]["enter_threshold"] >= report["models"][0]["at_target"]["enter_threshold"]
     # A corpus rebuilt under the same utterance IDs is not served from the cache.
     rebuilt = tmp_path / "rebuilt"
     shutil.copytree(tiny_corpus, rebuilt)

@@ -327,7 +327,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         target_false_alerts_per_hour=args.target_false_alerts_per_hour,
         spoof_streams=args.spoof_streams,
     )
-    # apart from SuiteConfig: it is part of every cache key, and intervals change no trace
+    # apart from SuiteConfig: intervals change no trace
     boot = BootstrapConfig(
         draws=args.bootstrap_draws, seed=cfg.seed, resample_systems=args.bootstrap_systems == "resampled"
     )
@@ -386,7 +386,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
             "audio_sha256": audio,
             "stream": engine.config,
             "gate": cal.gate,
-            "config": cfg,
+            "config": cfg.trace_settings(),
         }
         compute = functools.partial(run_variant, label, utts, engine, scorer, cfg, on_progress=bar.update)
         result = cached_variant(args.cache, key, compute)
