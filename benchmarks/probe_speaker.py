@@ -48,19 +48,25 @@ import json
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_whisper import CHUNK_SAMPLES, Corpus, chunks, fit_probe, fuse, official_scores, per_utterance
+from probe_whisper import (
+    CHUNK_SAMPLES,
+    Corpus,
+    chunks,
+    fit_probe,
+    fuse,
+    official_scores,
+    per_utterance,
+    train_epochs,
+)
 
-from spoofwatch.audio import official_window
 from spoofwatch.calibration.bootstrap import BootstrapConfig, Sample, compare_eers
 from spoofwatch.calibration.suite import clip_of, corpus_family
 from spoofwatch.constants import ONNX_INPUT_NAME, SAMPLE_RATE_HZ
@@ -275,60 +281,12 @@ def finetune(
 ) -> tuple[dict[str, Any], Scores, nn.Module]:
     torch.manual_seed(0)  # the head is initialised at random
     model = SpeakerDetector(net)
-    rng = np.random.default_rng(0)
-    train = [(corpus.audio(u), float(corpus.genuine(u))) for u in corpus.splits[corpus.train]]
-    labels = np.array([y for _, y in train])
-    pos_weight = torch.tensor((1 - labels).sum() / labels.sum())
-    opt = torch.optim.AdamW(
-        [{"params": model.net.parameters(), "lr": args.lr}, {"params": model.head.parameters(), "lr": 1e-3}],
-        weight_decay=1e-2,
-    )
-    epochs = []
-    for epoch in range(args.epochs):
-        start, losses = time.monotonic(), []
-        order = rng.permutation(len(train))
-        model.train()
-        for b in range(0, len(order) - args.batch + 1, args.batch):
-            xs, ys = [], []
-            for i in order[b : b + args.batch]:
-                audio, y = train[i]
-                offset = (
-                    int(rng.integers(0, audio.size - CHUNK_SAMPLES + 1)) if audio.size > CHUNK_SAMPLES else 0
-                )
-                crop = official_window(audio[offset:], CHUNK_SAMPLES)
-                xs.append(np.clip(crop * 10 ** (rng.uniform(-12, 12) / 20), -1, 1))
-                ys.append(y)
-            loss = F.binary_cross_entropy_with_logits(
-                model(torch.tensor(np.stack(xs), dtype=torch.float32)),
-                torch.tensor(ys, dtype=torch.float32),
-                pos_weight=pos_weight,
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        model.eval()
-        with torch.no_grad():
-            sc = {
-                s: {
-                    u: float(model(torch.from_numpy(chunks(corpus.audio(u)))).mean())
-                    for u in corpus.splits[s]
-                }
-                for s in ("dev", "test")
-            }
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "dev": corpus.report(sc["dev"]),
-            "test": corpus.report(sc["test"]),
-            "minutes": (time.monotonic() - start) / 60,
-        }
-        log.info("%s", json.dumps(row))
-        epochs.append((row, sc))
-        torch.save(model.state_dict(), args.out / f"epoch{epoch}.pt")
-    chosen, scores = min(epochs, key=lambda r: r[0]["dev"]["pooled"])
-    model.load_state_dict(torch.load(args.out / f"epoch{chosen['epoch']}.pt", weights_only=True))
-    return {"epochs": [r for r, _ in epochs], "chosen_on_dev": chosen}, scores, model.eval()
+    groups = [
+        {"params": model.net.parameters(), "lr": args.lr},
+        {"params": model.head.parameters(), "lr": 1e-3},
+    ]
+    result, scores = train_epochs(args, corpus, model, groups)
+    return result, scores, model
 
 
 def export(detector: nn.Module, corpus: Corpus, out: Path, name: str) -> dict[str, Any]:

@@ -341,15 +341,24 @@ def frozen(corpus: Corpus, net: WhisperDetector) -> tuple[dict[str, Any], Scores
 
 
 def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> tuple[dict[str, Any], Scores]:
-    rng = np.random.default_rng(0)  # torch was seeded before the head was built
+    encoder = [p for n, p in net.named_parameters() if n.startswith("w.")]
+    groups = [{"params": encoder, "lr": args.lr}, {"params": [net.mix, *net.head.parameters()], "lr": 1e-3}]
+    return train_epochs(args, corpus, net, groups)  # torch was seeded before the head was built
+
+
+def train_epochs(
+    args: argparse.Namespace, corpus: Corpus, net: nn.Module, groups: list[dict[str, Any]]
+) -> tuple[dict[str, Any], Scores]:
+    """The fine-tuning recipe for any [B, samples] -> [B] bona fide logit network (also
+    ``probe_speaker.py``'s): AdamW over ``groups`` (weight decay 1e-2), a random 4 s crop
+    per training utterance and epoch, random gain of ±12 dB, class-weighted BCE; every
+    epoch saved as ``args.out/epoch{N}.pt`` and scored on dev and test; the net is left
+    holding the epoch with the best dev EER."""
+    rng = np.random.default_rng(0)
     train = [(corpus.audio(u), float(corpus.genuine(u))) for u in corpus.splits[corpus.train]]
     labels = np.array([y for _, y in train])
     pos_weight = torch.tensor((1 - labels).sum() / labels.sum())
-    encoder = [p for n, p in net.named_parameters() if n.startswith("w.")]
-    opt = torch.optim.AdamW(
-        [{"params": encoder, "lr": args.lr}, {"params": [net.mix, *net.head.parameters()], "lr": 1e-3}],
-        weight_decay=1e-2,
-    )
+    opt = torch.optim.AdamW(groups, weight_decay=1e-2)
     epochs = []
     for epoch in range(args.epochs):
         start, losses = time.monotonic(), []
@@ -380,7 +389,7 @@ def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> 
                 s: {u: float(net(torch.from_numpy(chunks(corpus.audio(u)))).mean()) for u in corpus.splits[s]}
                 for s in ("dev", "test")
             }
-        row = {
+        row: dict[str, Any] = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
             "dev": corpus.report(sc["dev"]),
@@ -391,6 +400,8 @@ def finetune(args: argparse.Namespace, corpus: Corpus, net: WhisperDetector) -> 
         epochs.append((row, sc))
         torch.save(net.state_dict(), args.out / f"epoch{epoch}.pt")
     chosen, scores = min(epochs, key=lambda r: r[0]["dev"]["pooled"])
+    net.load_state_dict(torch.load(args.out / f"epoch{chosen['epoch']}.pt", weights_only=True))
+    net.eval()
     return {"epochs": [r for r, _ in epochs], "chosen_on_dev": chosen}, scores
 
 
