@@ -65,6 +65,7 @@ from probe_whisper import (
     official_scores,
     per_utterance,
     train_epochs,
+    z_mix,
 )
 
 from spoofwatch.calibration.bootstrap import BootstrapConfig, Sample, compare_eers
@@ -357,17 +358,6 @@ def intervals(corpus: Corpus, test: dict[str, dict[str, float]]) -> dict[str, An
     }
 
 
-def fused_scores(ours: Scores, official: Scores, official_weight: float) -> dict[str, float]:
-    """The fusion's test scores: each model z-scored by its dev scores, then mixed (as ``fuse`` does)."""
-
-    def z(scores: Scores) -> dict[str, float]:
-        dev = np.array(list(scores["dev"].values()))
-        return {u: (v - dev.mean()) / dev.std() for u, v in scores["test"].items()}
-
-    a, b = z(ours), z(official)
-    return {u: official_weight * b[u] + (1 - official_weight) * a[u] for u in a}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("mode", choices=("frozen", "finetune"))
@@ -395,7 +385,7 @@ def main() -> None:
     test = {
         "official": official_sc["test"],
         "campplus": ours["test"],
-        "fusion": fused_scores(ours, official_sc, fusion["official_weight_chosen_on_dev"]),
+        "fusion": z_mix(ours, official_sc, fusion["official_weight_chosen_on_dev"])["test"],
     }
     report = {
         "mode": args.mode,

@@ -405,22 +405,26 @@ def train_epochs(
     return {"epochs": [r for r, _ in epochs], "chosen_on_dev": chosen}, scores
 
 
-def fuse(corpus: Corpus, ours: Scores, official: Scores) -> dict[str, Any]:
-    """Each model's scores z-scored by its dev statistics, mixed with the official model's weight chosen on dev."""
+def z_mix(ours: Scores, official: Scores, official_weight: float) -> Scores:
+    """Each model's scores z-scored by its own dev scores, then mixed, the official model weighing ``official_weight``."""
 
     def z(scores: Scores) -> Scores:
         dev = np.array(list(scores["dev"].values()))
         return {s: {u: (v - dev.mean()) / dev.std() for u, v in sc.items()} for s, sc in scores.items()}
 
     a, b = z(ours), z(official)
+    return {
+        s: {u: official_weight * b[s][u] + (1 - official_weight) * a[s][u] for u in a[s]}
+        for s in ("dev", "test")
+    }
 
-    def mixed(weight: float) -> dict[str, dict[str, float]]:
-        return {
-            s: corpus.report({u: weight * b[s][u] + (1 - weight) * a[s][u] for u in a[s]})
-            for s in ("dev", "test")
-        }
 
-    by_weight = {round(w, 1): mixed(w) for w in np.linspace(0, 1, 11)}
+def fuse(corpus: Corpus, ours: Scores, official: Scores) -> dict[str, Any]:
+    """The z-scored mix of the two models, with the official model's weight chosen on dev."""
+    by_weight = {
+        round(w, 1): {s: corpus.report(sc) for s, sc in z_mix(ours, official, w).items()}
+        for w in np.linspace(0, 1, 11)
+    }
     weight = min(by_weight, key=lambda w: by_weight[w]["dev"]["pooled"])
     return {
         "official_weight_chosen_on_dev": weight,
