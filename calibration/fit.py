@@ -19,7 +19,7 @@ from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 from .calfile import Calibration
 from .metrics import eer
 from .protocol import ScoreTable
-from .streaming import Conversation, Trace, measure, meets_false_alert_target, trace
+from .streaming import Conversation, Trace, false_alert_starts, measure, meets_false_alert_target, trace
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ TARGETS = ("eer", "bonafide-false-alarm", "spoof-miss")
 #: Genuine audio below which ``calibrate bonafide`` warns: a rate per hour
 #: measured on a few minutes rests on a handful of windows.
 MIN_BONAFIDE_MINUTES = 10.0
+#: Limiting alerts named in a one-line summary; the rest are counted.
+LIMITS_SHOWN = 3
 
 
 def threshold_for(table: ScoreTable, target: str, rate: float | None = None) -> float:
@@ -120,12 +122,50 @@ def bonafide_threshold(
         )
     # Most sensitive first. Below the lowest smoothed score nothing can
     # alert, so the loop always returns.
-    levels = np.unique(np.concatenate([smoothed, smoothed - base.band_width]))[::-1]
+    levels = _alert_levels(smoothed, base)
     for upper, lower in zip(levels, [*levels[1:], levels[-1] - 1.0], strict=True):
         threshold = float((upper + lower) / 2)
         if meets_false_alert_target(traces, base.with_band(threshold), target_per_hour):
             return threshold, measure(traces, base.with_band(threshold)).false_alerts_per_hour
     raise CalibrationError("no threshold meets the target")
+
+
+def _alert_levels(smoothed: npt.NDArray[np.float64], base: PolicyConfig) -> npt.NDArray[np.float64]:
+    """Where the alerts can change as the enter threshold moves, highest first:
+    every smoothed score (an alert starts below it) and every smoothed score
+    minus the band's width (an alert ends above it)."""
+    return np.unique(np.concatenate([smoothed, smoothed - base.band_width]))[::-1]
+
+
+def limiting_alerts(traces: list[Trace], base: PolicyConfig, threshold: float) -> list[tuple[str, float]]:
+    """The genuine alerts that hold ``threshold`` down: ``(recording, start s)``
+    of each false alert that the next higher threshold raises and ``threshold``
+    does not (all it raises, when none is new). This is where to look when a
+    threshold comes out low: often one recording, one moment. Empty when no
+    level lies above ``threshold``."""
+    levels = _alert_levels(smoothed_scores(traces, base), base)
+    above = levels[levels > threshold]
+    if above.size == 0:
+        return []
+    # Between the lowest level above ``threshold`` and the next one up, every
+    # threshold raises the same alerts; the top level has none above it, and
+    # bonafide_threshold never tries past it either.
+    upper = above[-1]
+    next_threshold = float((upper + above[-2]) / 2) if above.size > 1 else float(upper + 1.0)
+    now = set(false_alert_starts(traces, base.with_band(threshold)))
+    higher = false_alert_starts(traces, base.with_band(next_threshold))
+    return [a for a in higher if a not in now] or higher
+
+
+def alert_label(alert: tuple[str, float]) -> str:
+    """``a.wav at 12.3 s``."""
+    return f"{alert[0]} at {alert[1]:.1f} s"
+
+
+def describe_alerts(alerts: list[tuple[str, float]]) -> str:
+    """``a.wav at 12.3 s, b.wav at 4.0 s and 5 more``."""
+    named = ", ".join(alert_label(a) for a in alerts[:LIMITS_SHOWN])
+    return named + (f" and {len(alerts) - LIMITS_SHOWN} more" if len(alerts) > LIMITS_SHOWN else "")
 
 
 def smoothed_scores(traces: list[Trace], base: PolicyConfig) -> npt.NDArray[np.float64]:

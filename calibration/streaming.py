@@ -146,6 +146,12 @@ def _bona_fide_s(tr: Trace) -> float:
     return tr.onset_s if tr.onset_s is not None else tr.duration_s
 
 
+def false_alert_starts(traces: list[Trace], policy: PolicyConfig) -> list[tuple[str, float]]:
+    """``(recording, start s)`` of every false alert: one that starts in a
+    recording's bona fide part."""
+    return [(tr.name, t) for tr in traces for t in replay(tr, policy) if t <= _bona_fide_s(tr)]
+
+
 def meets_false_alert_target(traces: list[Trace], policy: PolicyConfig, target_per_hour: float) -> bool:
     """Whether ``measure(traces, policy).false_alerts_per_hour <= target_per_hour``,
     decided as soon as the count passes the target: a search that tries the

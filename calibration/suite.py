@@ -49,7 +49,7 @@ from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
 
 from .bootstrap import BootstrapConfig, Sample, compare_eers, level_label
-from .fit import bonafide_threshold
+from .fit import bonafide_threshold, describe_alerts, limiting_alerts
 from .metrics import balanced_eer, det_curve, eer
 from .streaming import Conversation, Trace, measure, replay, trace
 
@@ -370,6 +370,7 @@ def operating_point(
             "detection_rate_any": None,
             "detection_any_by_system": {},
             "false_alerts_per_hour": None,
+            "limited_by": [],
             "none_because": str(exc),
         }
     chosen = base.with_band(threshold)
@@ -377,6 +378,12 @@ def operating_point(
         "enter_threshold": chosen.enter_threshold,
         **_detection(result, chosen, utts, cfg),
         "false_alerts_per_hour": fa,
+        # The genuine moments that keep the threshold from going higher: with
+        # under an hour of genuine streams, often a single one decides every
+        # detection figure above.
+        "limited_by": [
+            {"stream": name, "t_s": t} for name, t in limiting_alerts(result.genuine_traces, base, threshold)
+        ],
     }
 
 
@@ -642,6 +649,9 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
         )
         if "detection_none_because" in t:
             at_target += f" (no detection within {cfg.detect_within_s:g} s: {t['detection_none_because']})"
+        if t.get("limited_by"):
+            limits = [(a["stream"], a["t_s"]) for a in t["limited_by"]]
+            at_target += f"; a higher threshold would add false alerts in {describe_alerts(limits)}"
         at_target += (
             f"; {sh['spoof_streams_can_alert_within']} of {sh['spoof_stream_count']} spoof {cfg.spoof_streams} are "
             f"long enough to alert within {cfg.detect_within_s:g} s at all ({sh['spoof_streams_can_alert']} at any "

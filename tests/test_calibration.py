@@ -399,11 +399,28 @@ def test_bonafide_tuning_meets_its_target(
         )
         == 0
     )
-    assert "skipping" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "skipping" in captured.err
     (audio_dir / "zz-notes.wav").unlink()
     cal = load_calibration(out, model="aasist-l")
     assert cal.provenance["metrics"]["false_alerts_per_hour"] == 0.0
     assert cal.provenance["dataset"].startswith("12 genuine recordings")
+    # It names the genuine moments that hold the threshold down ...
+    limits = cal.provenance["limited_by"]
+    assert limits and f"a higher threshold would add false alerts in: {limits[0]}" in captured.out
+    limiting = {label.split(" at ")[0] for label in limits}
+    assert limiting <= {p.name for p in audio_dir.glob("*.flac")}
+    # ... and they are what does: without those recordings it goes higher.
+    rest = tmp_path / "rest"
+    rest.mkdir()
+    for path in sorted(audio_dir.glob("*.flac")):
+        if path.name not in limiting:
+            shutil.copy(path, rest / path.name)
+    args = ["calibrate", "bonafide", "--device", "cpu", "--target-false-alerts-per-hour", "0"]
+    assert main([*args, "--audio-dir", str(rest), "--out", str(tmp_path / "rest.toml")]) == 0
+    assert (
+        load_calibration(tmp_path / "rest.toml", model="aasist-l").verdict_threshold > cal.verdict_threshold
+    )
     # Replaying the same audio through the live engine with the new calibration raises no alert.
     for path in sorted(audio_dir.glob("*.flac")):
         assert main(["stream", "--json", "--device", "cpu", "--calibration", str(out), str(path)]) == 0
@@ -594,7 +611,7 @@ def test_bonafide_threshold_is_the_highest_the_smoothed_scores_allow() -> None:
     smooth to 5, 3, 3, so any threshold up to 3 raises no alert on this
     genuine trace, and anything above 3 alerts. The fit must find that edge
     (candidates taken at raw scores stopped just below 1)."""
-    from spoofwatch.calibration.fit import bonafide_threshold
+    from spoofwatch.calibration.fit import bonafide_threshold, limiting_alerts
     from spoofwatch.calibration.streaming import Trace, measure
     from spoofwatch.stream.policy import PolicyConfig
 
@@ -609,6 +626,9 @@ def test_bonafide_threshold_is_the_highest_the_smoothed_scores_allow() -> None:
     threshold, rate = bonafide_threshold([genuine], base, target_per_hour=0.0)
     assert 2.0 < threshold <= 3.0 and rate == 0.0
     assert measure([genuine], base.with_band(3.0 + 1e-9)).false_alerts_per_hour > 0  # the edge
+    # What holds it there: the alert that starts at 2 s (smoothed 3) once past the edge.
+    assert limiting_alerts([genuine], base, threshold) == [("genuine", 2.0)]
+    assert limiting_alerts([genuine], base, 6.0) == []  # nothing lies above the top level
     # With one window of smoothing the raw scores decide: the edge is at 1.
     raw = PolicyConfig(0.0, 0.5, smoothing_windows=1, min_alert_windows=1, cooldown_s=0.0)
     threshold, rate = bonafide_threshold([genuine], raw, target_per_hour=0.0)
@@ -626,7 +646,7 @@ def test_bonafide_threshold_finds_a_longer_alert_that_swallows_a_second_one() ->
     that meets it lies in [1.3, 2.3], a gap between two smoothed scores
     (0 and 2.3) that a search over smoothed scores alone tries only at its
     middle, 1.15, where the count is 2; it would then settle below 0."""
-    from spoofwatch.calibration.fit import bonafide_threshold
+    from spoofwatch.calibration.fit import bonafide_threshold, describe_alerts, limiting_alerts
     from spoofwatch.calibration.streaming import Trace, measure
     from spoofwatch.stream.policy import PolicyConfig
 
@@ -643,6 +663,14 @@ def test_bonafide_threshold_finds_a_longer_alert_that_swallows_a_second_one() ->
     assert (alerts(1.15), alerts(1.8), alerts(2.4)) == (2.0, 1.0, 4.0)
     threshold, rate = bonafide_threshold(traces, base, target_per_hour=1.0)
     assert 1.3 < threshold < 2.3 and rate == 1.0
+    # Past 2.3, "b" alerts at each of its 2.3s: those are what hold the
+    # threshold down, not "a"'s alert, which it raises either way.
+    assert limiting_alerts(traces, base, threshold) == [("b", 4.04), ("b", 6.04), ("b", 8.04)]
+    assert describe_alerts(limiting_alerts(traces, base, threshold)) == "b at 4.0 s, b at 6.0 s, b at 8.0 s"
+    assert (
+        describe_alerts([("x", float(t)) for t in range(5)])
+        == "x at 0.0 s, x at 1.0 s, x at 2.0 s and 2 more"
+    )
 
 
 def test_the_early_stopping_target_check_decides_as_the_full_measurement() -> None:

@@ -566,9 +566,21 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
         utts.append(Utterance(u, Path(u), "spoof", "tts", "sys-" + u, "-"))
         result.spoof[u] = -10.0
         result.spoof_traces[u] = Trace(u, 6.0, 0.0, windows)
-    at = summarise(result, utts, policy, SuiteConfig())["at_target"]
+    summary = summarise(result, utts, policy, SuiteConfig())
+    at = summary["at_target"]
     assert next_down < at["enter_threshold"] <= t_star
     assert at["false_alerts_per_hour"] == 0.0
+    # What holds it there: the pair that sets t_star, whose alert starts when
+    # its second window is scored.
+    k_star, i_star = min(
+        ((k, i) for k, sm in enumerate(smoothed) for i in range(len(sm) - 1)),
+        key=lambda ki: max(smoothed[ki[0]][ki[1]], smoothed[ki[0]][ki[1] + 1]),
+    )
+    assert at["limited_by"] == [{"stream": f"g#{k_star}", "t_s": 4.04 + i_star + 1}]
+    assert (
+        f"a higher threshold would add false alerts in g#{k_star} at {4.04 + i_star + 1:.1f} s"
+        in markdown([summary], SuiteConfig())
+    )
     assert false_alerts_per_hour(genuine, policy.with_band(float(np.nextafter(t_star, np.inf)))) > 0
     assert at["detection_by_system"] == {
         "sys-at": 0.0,

@@ -271,7 +271,14 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
 def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.audio import AUDIO_SUFFIXES, audio_files
     from spoofwatch.calibration.calfile import save_calibration
-    from spoofwatch.calibration.fit import bonafide_threshold, trace_file, with_threshold
+    from spoofwatch.calibration.fit import (
+        alert_label,
+        bonafide_threshold,
+        describe_alerts,
+        limiting_alerts,
+        trace_file,
+        with_threshold,
+    )
     from spoofwatch.errors import AudioError, DatasetError
     from spoofwatch.model.detector import Detector, calibration_for
     from spoofwatch.stream.engine import build_engine
@@ -296,10 +303,15 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
         traces, detector.calibration.policy, args.target_false_alerts_per_hour
     )
     hours = sum(t.duration_s for t in traces) / 3600
+    # Which genuine moments keep the threshold from going higher: a low
+    # threshold often rests on one recording, worth a listen (a spliced or
+    # processed file in a "genuine" folder, or a voice the model misjudges).
+    limits = limiting_alerts(traces, detector.calibration.policy, threshold)
     provenance = {
         "source": f"calibrate bonafide --target-false-alerts-per-hour {args.target_false_alerts_per_hour}",
         "dataset": f"{len(traces)} genuine recordings in {args.audio_dir} ({hours * 60:.1f} min)",
         "protocol": "none (bona fide only)",
+        "limited_by": [alert_label(a) for a in limits],
         "metrics": {"false_alerts_per_hour": rate, "hours": hours},
     }
     cal = with_threshold(detector.calibration, threshold, provenance)
@@ -307,4 +319,6 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"alert threshold {threshold:+.4f}: {rate:.2f} false alerts/hour on {hours * 60:.1f} min of genuine audio; wrote {args.out}\n"
     )
+    if limits:
+        sys.stdout.write(f"a higher threshold would add false alerts in: {describe_alerts(limits)}\n")
     return 0
