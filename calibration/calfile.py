@@ -11,7 +11,8 @@ Versioned TOML (``schema_version = 2``)::
     [policy]  enter_threshold, exit_threshold, smoothing_windows,
               min_alert_windows, cooldown_s, silence_reset_s
     [gate]    vad_threshold, min_speech_fraction, energy_floor_dbfs
-    [provenance]  source, dataset, protocol, created, note, [provenance.metrics]
+    [provenance]  source, dataset, protocol, created, note, streaming,
+                  limited_by, [provenance.metrics]
 
 Two thresholds, two meanings, each defined here and nowhere else (the code
 has no numeric default for either): ``verdict_threshold`` decides a file's
@@ -237,14 +238,22 @@ def check_fits(
         )
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _toml_char(c: str) -> str:
+    """A character as a TOML basic string holds it: other control characters
+    (a file name may carry one into ``limited_by``) as ``\\uXXXX``."""
+    return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
+        return '"' + "".join(_TOML_ESCAPES.get(c) or _toml_char(c) for c in value) + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {type(value).__name__} to TOML")

@@ -19,7 +19,7 @@ from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 from .calfile import Calibration
 from .metrics import eer
 from .protocol import ScoreTable
-from .streaming import Conversation, Trace, false_alert_starts, measure, meets_false_alert_target, trace
+from .streaming import Conversation, Trace, false_alert_spans, measure, meets_false_alert_target, trace
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +139,41 @@ def _alert_levels(smoothed: npt.NDArray[np.float64], base: PolicyConfig) -> npt.
 
 def limiting_alerts(traces: list[Trace], base: PolicyConfig, threshold: float) -> list[tuple[str, float]]:
     """The genuine alerts that hold ``threshold`` down: ``(recording, start s)``
-    of each false alert that the next higher threshold raises and ``threshold``
-    does not (all it raises, when none is new). This is where to look when a
-    threshold comes out low: often one recording, one moment. Empty when no
-    level lies above ``threshold``."""
+    of each false alert that the next higher threshold adds. This is where to
+    look when a threshold comes out low: often one recording, one moment.
+    Empty when no higher threshold raises more alerts."""
     levels = _alert_levels(smoothed_scores(traces, base), base)
     above = levels[levels > threshold]
-    if above.size == 0:
+    # Between two neighbouring levels every threshold raises the same alerts,
+    # so one threshold stands for the interval just above ``threshold``'s.
+    # Past the top level nothing changes any more.
+    if threshold in levels:
+        next_threshold = float((threshold + above[-1]) / 2) if above.size else float(threshold + 1.0)
+    elif above.size:
+        next_threshold = float((above[-1] + above[-2]) / 2) if above.size > 1 else float(above[-1] + 1.0)
+    else:
         return []
-    # Between the lowest level above ``threshold`` and the next one up, every
-    # threshold raises the same alerts; the top level has none above it, and
-    # bonafide_threshold never tries past it either.
-    upper = above[-1]
-    next_threshold = float((upper + above[-2]) / 2) if above.size > 1 else float(upper + 1.0)
-    now = set(false_alert_starts(traces, base.with_band(threshold)))
-    higher = false_alert_starts(traces, base.with_band(next_threshold))
-    return [a for a in higher if a not in now] or higher
+    now = false_alert_spans(traces, base.with_band(threshold))
+    higher = false_alert_spans(traces, base.with_band(next_threshold))
+    return _added(now, higher)
+
+
+def _added(
+    now: list[tuple[str, float, float]], higher: list[tuple[str, float, float]]
+) -> list[tuple[str, float]]:
+    """The alerts of ``higher`` that are new, not ``now``'s moved or stretched:
+    those that overlap none of ``now``'s in their recording, and the later
+    parts of one that splits (a higher threshold often starts an existing
+    alert a window earlier, which adds nothing)."""
+    claimed: set[int] = set()
+    added = []
+    for name, start, end in higher:
+        overlaps = {i for i, (n, s, e) in enumerate(now) if n == name and start <= e and s <= end}
+        if overlaps and not overlaps <= claimed:
+            claimed |= overlaps  # the same alert, moved, stretched or merged
+        else:
+            added.append((name, start))
+    return added
 
 
 def alert_label(alert: tuple[str, float]) -> str:
@@ -185,6 +204,7 @@ def smoothed_scores(traces: list[Trace], base: PolicyConfig) -> npt.NDArray[np.f
     return np.array(values, np.float64)
 
 
-def trace_file(path: Path, engine: Engine, scorer: Scorer) -> Trace:
-    """Run a genuine recording through the real live engine and record its window scores."""
-    return trace(Conversation(path.name, read_audio(path), None), engine, scorer)
+def trace_file(path: Path, engine: Engine, scorer: Scorer, name: str | None = None) -> Trace:
+    """Run a genuine recording through the real live engine and record its
+    window scores; the trace is called ``name`` (default: the file's name)."""
+    return trace(Conversation(name or path.name, read_audio(path), None), engine, scorer)

@@ -131,14 +131,27 @@ def _silent_since(event: ScoreEvent) -> float | None:
     return event.t_start if event.speech_end_s is None else event.speech_end_s
 
 
+def alert_spans(tr: Trace, policy: PolicyConfig) -> list[tuple[float, float]]:
+    """``(start, end)`` of each alert the policy raises on a recorded trace;
+    one still open when the trace ends ends with it."""
+    p = AlertPolicy(policy)
+    spans: list[tuple[float, float]] = []
+    start: float | None = None
+    for t, score, since in tr.windows:
+        for e in p.no_speech(t, since) if score is None else p.update(t, score):
+            if e.type == "alert_start":
+                start = e.t  # type: ignore[attr-defined]
+            elif e.type == "alert_end" and start is not None:
+                spans.append((start, e.t))  # type: ignore[attr-defined]
+                start = None
+    if start is not None:
+        spans.append((start, max(start, tr.duration_s)))
+    return spans
+
+
 def replay(tr: Trace, policy: PolicyConfig) -> list[float]:
     """Alert start times the policy raises on a recorded trace."""
-    p = AlertPolicy(policy)
-    starts = []
-    for t, score, since in tr.windows:
-        events = p.no_speech(t, since) if score is None else p.update(t, score)
-        starts += [e.t for e in events if e.type == "alert_start"]  # type: ignore[attr-defined]
-    return starts
+    return [start for start, _ in alert_spans(tr, policy)]
 
 
 def _bona_fide_s(tr: Trace) -> float:
@@ -146,10 +159,15 @@ def _bona_fide_s(tr: Trace) -> float:
     return tr.onset_s if tr.onset_s is not None else tr.duration_s
 
 
-def false_alert_starts(traces: list[Trace], policy: PolicyConfig) -> list[tuple[str, float]]:
-    """``(recording, start s)`` of every false alert: one that starts in a
-    recording's bona fide part."""
-    return [(tr.name, t) for tr in traces for t in replay(tr, policy) if t <= _bona_fide_s(tr)]
+def false_alert_spans(traces: list[Trace], policy: PolicyConfig) -> list[tuple[str, float, float]]:
+    """``(recording, start s, end s)`` of every false alert: one that starts
+    in a recording's bona fide part."""
+    return [
+        (tr.name, start, end)
+        for tr in traces
+        for start, end in alert_spans(tr, policy)
+        if start <= _bona_fide_s(tr)
+    ]
 
 
 def meets_false_alert_target(traces: list[Trace], policy: PolicyConfig, target_per_hour: float) -> bool:

@@ -73,6 +73,10 @@ class SuiteConfig:
     limit_genuine_per_corpus: int | None = None
     stream_seconds: float = 60.0
     target_false_alerts_per_hour: float = 1.0
+    #: More false-alert rates at which detection is reported: the trade-off,
+    #: not one point (with under an hour of genuine streams, 1 per hour allows
+    #: none at all, and every model may detect nothing there).
+    curve_false_alerts_per_hour: tuple[float, ...] = (2.0, 5.0, 10.0, 30.0, 100.0)
     detect_within_s: float = 5.0
     seed: int = 0
     #: "clips": each spoof utterance its own stream; "calls": a system's utterances back to back.
@@ -82,7 +86,7 @@ class SuiteConfig:
         """The settings a variant's traces depend on (part of their cache key): not
         the false-alert target or the detection limit, which only read them, so
         that trying another target reuses the traces."""
-        reads_only = ("target_false_alerts_per_hour", "detect_within_s")
+        reads_only = ("target_false_alerts_per_hour", "curve_false_alerts_per_hour", "detect_within_s")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in reads_only}
 
     def __post_init__(self) -> None:
@@ -106,6 +110,9 @@ class SuiteConfig:
                 raise InputError(
                     f"{name}: expected a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}"
                 )
+        for rate in self.curve_false_alerts_per_hour:
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < math.inf:
+                raise InputError(f"curve_false_alerts_per_hour: expected finite numbers >= 0, got {rate!r}")
 
 
 @dataclass(frozen=True)
@@ -481,8 +488,20 @@ def summarise(
             c: {"n": len(v), "eer_percent": _eer_percent(v, spoof)} for c, v in sorted(gen_by.items())
         },
         "at_target": operating_point(result, policy, utts, cfg),
+        "operating_curve": [
+            _curve_point(result, policy, utts, cfg, rate) for rate in cfg.curve_false_alerts_per_hour
+        ],
         "at_shipped_threshold": shipped,
     }
+
+
+def _curve_point(
+    result: VariantResult, policy: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig, rate: float
+) -> dict[str, Any]:
+    """The operating point at another false-alert target, in brief."""
+    point = operating_point(result, policy, utts, dataclasses.replace(cfg, target_false_alerts_per_hour=rate))
+    keep = ("enter_threshold", "false_alerts_per_hour", "detection_rate", "detection_rate_any")
+    return {"target_false_alerts_per_hour": rate, **{k: point[k] for k in keep}}
 
 
 def add_intervals(
@@ -664,7 +683,40 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
             f"{s['n_unscored']} utterances had no scored window centred on them (gated, or too near "
             "a stream's start)."
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _curve_table(summaries, cfg, fmt)) + "\n"
+
+
+def _curve_table(
+    summaries: list[dict[str, Any]], cfg: SuiteConfig, fmt: Callable[[float | None, bool], str]
+) -> list[str]:
+    """Detection at each rate of ``curve_false_alerts_per_hour``, model by model."""
+    rates = (
+        [p["target_false_alerts_per_hour"] for p in summaries[0].get("operating_curve", [])]
+        if summaries
+        else []
+    )
+    if not rates:
+        return []
+    lines = [
+        "",
+        f"Detected within {cfg.detect_within_s:g} s (at any time) at the highest threshold with at most this many "
+        "false alerts per hour on the genuine streams; the rate reached after the semicolon:",
+        "",
+        "| false alerts/h at most | " + " | ".join(s["model"] for s in summaries) + " |",
+        "|---|" + "---|" * len(summaries),
+    ]
+    for k, rate in enumerate(rates):
+        cells = []
+        for s in summaries:
+            p = s["operating_curve"][k]
+            cells.append(
+                "no operating point"
+                if p["enter_threshold"] is None
+                else f"{fmt(p['detection_rate'], True)} ({fmt(p['detection_rate_any'], True)}); "
+                f"{p['false_alerts_per_hour']:.1f}"
+            )
+        lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_det(results: list[VariantResult], path: Path) -> None:

@@ -187,7 +187,7 @@ def test_evaluate_suite_official_and_candidate(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from spoofwatch.calibration.suite import clip_of, corpus_family
+    from spoofwatch.calibration.suite import SuiteConfig, clip_of, corpus_family
     from spoofwatch.cli import main
     from spoofwatch.model.config import load_model_config
     from spoofwatch.model.weights import weights_path
@@ -209,10 +209,14 @@ def test_evaluate_suite_official_and_candidate(
     assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 2
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["models"] == report["models"]
-    # Another false-alert target reads the same traces: nothing is scored again.
-    assert main([*args, "--target-false-alerts-per-hour", "500"]) == 0
+    # Another false-alert target, or curve, reads the same traces: nothing is scored again.
+    assert main([*args, "--target-false-alerts-per-hour", "500", "--curve-false-alerts-per-hour", "3,7"]) == 0
     looser = json.loads(capsys.readouterr().out)["models"]
     assert len(list((tmp_path / "cache").glob("variant-*.pkl"))) == 2
+    assert [p["target_false_alerts_per_hour"] for p in looser[0]["operating_curve"]] == [3.0, 7.0]
+    assert [p["target_false_alerts_per_hour"] for p in report["models"][0]["operating_curve"]] == list(
+        SuiteConfig().curve_false_alerts_per_hour
+    )
     assert looser[0]["at_target"]["enter_threshold"] >= report["models"][0]["at_target"]["enter_threshold"]
     # A corpus rebuilt under the same utterance IDs is not served from the cache.
     rebuilt = tmp_path / "rebuilt"
@@ -593,6 +597,25 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
         at["detection_any_by_system"]["sys-gated"] == 1.0
         and at["detection_any_by_system"]["sys-short"] == 0.0
     )
+    # The curve: the same search at other targets. Thresholds only rise with
+    # the target, each stays within its target, the point at the main target
+    # is the operating point itself, and once every genuine stream may alert
+    # as it likes, every spoof that can alert within 5 s does.
+    curve = summarise(
+        result, utts, policy, SuiteConfig(curve_false_alerts_per_hour=(0.0, 1.0, 20.0, 1000.0))
+    )["operating_curve"]
+    assert [p["target_false_alerts_per_hour"] for p in curve] == [0.0, 1.0, 20.0, 1000.0]
+    assert all(p["false_alerts_per_hour"] <= p["target_false_alerts_per_hour"] for p in curve)
+    thresholds = [p["enter_threshold"] for p in curve]
+    assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+    assert (curve[1]["enter_threshold"], curve[1]["detection_rate"]) == (
+        at["enter_threshold"],
+        at["detection_rate"],
+    )
+    assert (curve[-1]["detection_rate"], curve[-1]["detection_rate_any"]) == (3 / 5, 4 / 5)
+    assert "| 1000 | 60 % (80 %); " in markdown(
+        [summarise(result, utts, policy, SuiteConfig(curve_false_alerts_per_hour=(1000.0,)))], SuiteConfig()
+    )
     # the ceiling: 3 of 5 could alert within 5 s at all, 4 at any time
     assert (
         at["spoof_stream_count"],
@@ -887,6 +910,21 @@ def test_evaluate_suite_refuses_an_impossible_false_alert_target(
     assert "--target-false-alerts-per-hour: expected a finite number >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rates", ["2,-1", "5,nan", "1;2"])
+def test_evaluate_suite_refuses_a_bad_curve(
+    rates: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spoofwatch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate-suite", "--corpus", str(tmp_path), f"--curve-false-alerts-per-hour={rates}"])
+    assert exc.value.code == 2
+    assert (
+        "--curve-false-alerts-per-hour: expected comma-separated finite numbers >= 0"
+        in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
@@ -897,6 +935,12 @@ def test_evaluate_suite_refuses_an_impossible_false_alert_target(
         ("copies", "some", "copies: expected 'clean' or 'all'"),
         ("spoof_streams", "call", "spoof_streams: expected one of ('clips', 'calls')"),
         ("limit_per_group", -2, "limit_per_group: expected an integer >= 0"),
+        (
+            "curve_false_alerts_per_hour",
+            (2.0, float("nan")),
+            "curve_false_alerts_per_hour: expected finite numbers",
+        ),
+        ("curve_false_alerts_per_hour", (-1.0,), "curve_false_alerts_per_hour: expected finite numbers >= 0"),
     ],
 )
 def test_suite_config_checks_its_values(field: str, value: object, expected: str) -> None:

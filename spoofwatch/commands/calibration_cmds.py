@@ -294,7 +294,11 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     traces = []
     for path in files:
         try:
-            traces.append(trace_file(path, engine, detector.scorer))
+            # Named by the path under the folder: two x.wav in two subfolders
+            # must not share a name where a limiting alert is reported.
+            traces.append(
+                trace_file(path, engine, detector.scorer, path.relative_to(args.audio_dir).as_posix())
+            )
         except AudioError as exc:  # one unreadable file does not waste the others' tracing
             log.warning("skipping %s", exc)
     if not traces:

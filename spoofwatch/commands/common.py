@@ -139,6 +139,16 @@ positive_seconds = _checked(float, lambda v: math.isfinite(v) and v > 0, "a fini
 non_negative_rate = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(",") if part.strip())
+
+
+#: Comma-separated false alerts per hour ("" for none).
+non_negative_rates = _checked(
+    _rates, lambda v: all(math.isfinite(x) and x >= 0 for x in v), "comma-separated finite numbers >= 0"
+)
+
+
 def add_model_args(
     parser: argparse.ArgumentParser, calibration: bool = True, device_flag: str = "--device"
 ) -> None:

@@ -22,6 +22,7 @@ from .common import (
     check_output_file,
     non_negative_int,
     non_negative_rate,
+    non_negative_rates,
 )
 
 # The recipe ships in the package (spoofwatch/configs is the checkout's configs/);
@@ -108,6 +109,13 @@ def register(sub: Any) -> None:
         type=non_negative_rate,
         default=1.0,
         help="false alerts per hour of held-out genuine streams the operating point may give (default 1)",
+    )
+    suite.add_argument(
+        "--curve-false-alerts-per-hour",
+        type=non_negative_rates,
+        default=None,
+        help="more such rates, comma-separated, at which detection is also reported "
+        "(default: a spread of them, listed in suite.json's operating_curve; '' for none)",
     )
     suite.add_argument("--out", type=Path, default=None, help="folder for suite.json, suite.md and det.png")
     suite.add_argument(
@@ -326,6 +334,11 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         limit_genuine_per_corpus=args.limit_genuine_per_corpus,
         target_false_alerts_per_hour=args.target_false_alerts_per_hour,
         spoof_streams=args.spoof_streams,
+        **(
+            {}
+            if args.curve_false_alerts_per_hour is None
+            else {"curve_false_alerts_per_hour": args.curve_false_alerts_per_hour}
+        ),
     )
     # apart from SuiteConfig: intervals change no trace
     boot = BootstrapConfig(
