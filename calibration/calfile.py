@@ -243,7 +243,11 @@ _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"
 
 def _toml_char(c: str) -> str:
     """A character as a TOML basic string holds it: other control characters
-    (a file name may carry one into ``limited_by``) as ``\\uXXXX``."""
+    (a file name may carry one into ``limited_by``) as ``\\uXXXX``; a lone
+    surrogate (a name that was not valid UTF-8) as U+FFFD, which TOML and
+    UTF-8 cannot hold otherwise."""
+    if 0xD800 <= ord(c) <= 0xDFFF:
+        return "\ufffd"
     return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
 
 
@@ -294,5 +298,8 @@ def save_calibration(cal: Calibration, path: Path) -> None:
     calibration_from_dict(tomllib.loads(text), str(path))  # never write a file we cannot read
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(text, "utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, "utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind

@@ -120,14 +120,23 @@ def bonafide_threshold(
             minutes,
             MIN_BONAFIDE_MINUTES,
         )
-    # Most sensitive first. Below the lowest smoothed score nothing can
-    # alert, so the loop always returns.
-    levels = _alert_levels(smoothed, base)
-    for upper, lower in zip(levels, [*levels[1:], levels[-1] - 1.0], strict=True):
-        threshold = float((upper + lower) / 2)
+    # Most sensitive first, from above the top level (past it nothing
+    # changes; a lax target can be met there and not just below it). Below
+    # the lowest smoothed score nothing can alert, so the loop always returns.
+    for threshold in _interval_thresholds(_alert_levels(smoothed, base)):
         if meets_false_alert_target(traces, base.with_band(threshold), target_per_hour):
             return threshold, measure(traces, base.with_band(threshold)).false_alerts_per_hour
     raise CalibrationError("no threshold meets the target")
+
+
+def _interval_thresholds(levels: npt.NDArray[np.float64]) -> list[float]:
+    """One threshold per interval between neighbouring ``levels`` (given
+    highest first), highest first: 1 above the top level, then halfway
+    between each two, the last halfway to 1 below the bottom one. The margin
+    keeps a score a rounding error away (another device, a 6-decimal score
+    file) deciding the same way."""
+    lowers = [*levels[1:], levels[-1] - 1.0]
+    return [float(levels[0] + 1.0)] + [float((u + lo) / 2) for u, lo in zip(levels, lowers, strict=True)]
 
 
 def _alert_levels(smoothed: npt.NDArray[np.float64], base: PolicyConfig) -> npt.NDArray[np.float64]:
@@ -139,40 +148,37 @@ def _alert_levels(smoothed: npt.NDArray[np.float64], base: PolicyConfig) -> npt.
 
 def limiting_alerts(traces: list[Trace], base: PolicyConfig, threshold: float) -> list[tuple[str, float]]:
     """The genuine alerts that hold ``threshold`` down: ``(recording, start s)``
-    of each false alert that the next higher threshold adds. This is where to
-    look when a threshold comes out low: often one recording, one moment.
-    Empty when no higher threshold raises more alerts."""
-    levels = _alert_levels(smoothed_scores(traces, base), base)
-    above = levels[levels > threshold]
-    # Between two neighbouring levels every threshold raises the same alerts,
-    # so one threshold stands for the interval just above ``threshold``'s.
-    # Past the top level nothing changes any more.
-    if threshold in levels:
-        next_threshold = float((threshold + above[-1]) / 2) if above.size else float(threshold + 1.0)
-    elif above.size:
-        next_threshold = float((above[-1] + above[-2]) / 2) if above.size > 1 else float(above[-1] + 1.0)
-    else:
-        return []
+    of each false alert that the next higher threshold adding any adds. This
+    is where to look when a threshold comes out low: often one recording, one
+    moment. Empty when no higher threshold adds one."""
     now = false_alert_spans(traces, base.with_band(threshold))
-    higher = false_alert_spans(traces, base.with_band(next_threshold))
-    return _added(now, higher)
+    levels = _alert_levels(smoothed_scores(traces, base), base)
+    # Every threshold between two neighbouring levels raises the same alerts,
+    # and one on a level may act like either neighbour: walk up the intervals
+    # above ``threshold`` to the first that adds an alert (usually the next).
+    for higher_threshold in reversed(_interval_thresholds(levels)):
+        if higher_threshold <= threshold:
+            continue
+        added = _added(now, false_alert_spans(traces, base.with_band(higher_threshold)))
+        if added:
+            return added
+    return []
 
 
 def _added(
     now: list[tuple[str, float, float]], higher: list[tuple[str, float, float]]
 ) -> list[tuple[str, float]]:
-    """The alerts of ``higher`` that are new, not ``now``'s moved or stretched:
-    those that overlap none of ``now``'s in their recording, and the later
-    parts of one that splits (a higher threshold often starts an existing
-    alert a window earlier, which adds nothing)."""
-    claimed: set[int] = set()
+    """The alerts ``higher`` adds to ``now``, recording by recording: where a
+    recording's count rises by n, its first n alerts that overlap none of
+    ``now``'s. A higher threshold often starts an alert earlier or stretches
+    it (it then never splits: its exit level is higher too), and a stretched
+    alert's cooldown can push a later one past where it was: neither is new."""
     added = []
-    for name, start, end in higher:
-        overlaps = {i for i, (n, s, e) in enumerate(now) if n == name and start <= e and s <= end}
-        if overlaps and not overlaps <= claimed:
-            claimed |= overlaps  # the same alert, moved, stretched or merged
-        else:
-            added.append((name, start))
+    for name in dict.fromkeys(n for n, _, _ in higher):
+        mine = [(s, e) for n, s, e in now if n == name]
+        theirs = [(s, e) for n, s, e in higher if n == name]
+        fresh = [s for s, e in theirs if not any(s <= e0 and s0 <= e for s0, e0 in mine)]
+        added += [(name, s) for s in fresh[: max(0, len(theirs) - len(mine))]]
     return added
 
 

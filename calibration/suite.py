@@ -32,6 +32,7 @@ import csv
 import dataclasses
 import logging
 import math
+import numbers
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -110,9 +111,16 @@ class SuiteConfig:
                 raise InputError(
                     f"{name}: expected a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}"
                 )
-        for rate in self.curve_false_alerts_per_hour:
-            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < math.inf:
+        rates = self.curve_false_alerts_per_hour
+        if isinstance(rates, str) or not isinstance(rates, Iterable):
+            raise InputError(f"curve_false_alerts_per_hour: expected a sequence of numbers, got {rates!r}")
+        for rate in rates:
+            if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < math.inf:
                 raise InputError(f"curve_false_alerts_per_hour: expected finite numbers >= 0, got {rate!r}")
+        # Sorted, once each, as plain floats: the table's rows, and a hashable config.
+        object.__setattr__(
+            self, "curve_false_alerts_per_hour", tuple(sorted({float(r) + 0.0 for r in rates}))
+        )
 
 
 @dataclass(frozen=True)
@@ -354,7 +362,7 @@ def spoof_stream_of(result: VariantResult, utt: str) -> str:
 
 
 def operating_point(
-    result: VariantResult, base: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig
+    result: VariantResult, base: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig, brief: bool = False
 ) -> dict[str, Any]:
     """Highest enter threshold meeting the false-alert target; detection there, overall and per system.
 
@@ -362,14 +370,17 @@ def operating_point(
     level where the alerts change is tried, so the threshold is the highest that
     meets the target on these streams, not the nearest point of a grid below
     it (with under an hour of genuine streams the target allows no false alert
-    at all, and a grid step there can cost every detection)."""
+    at all, and a grid step there can cost every detection). ``brief`` (a
+    point of the curve): no ``limited_by``, and no warning when there is no
+    operating point (the main one gives it)."""
     try:
         threshold, fa = bonafide_threshold(result.genuine_traces, base, cfg.target_false_alerts_per_hour)
     except CalibrationError as exc:
         # e.g. no genuine stream long enough to raise an alert: every threshold
         # would "meet" the target, so there is no operating point to report,
         # but the EERs above it still stand.
-        log.warning("%s: no live operating point: %s", result.name, exc)
+        if not brief:  # said once per model, not once per point of the curve
+            log.warning("%s: no live operating point: %s", result.name, exc)
         return {
             "enter_threshold": None,
             "detection_rate": None,
@@ -388,7 +399,9 @@ def operating_point(
         # The genuine moments that keep the threshold from going higher: with
         # under an hour of genuine streams, often a single one decides every
         # detection figure above.
-        "limited_by": [
+        "limited_by": []
+        if brief
+        else [
             {"stream": name, "t_s": t} for name, t in limiting_alerts(result.genuine_traces, base, threshold)
         ],
     }
@@ -499,7 +512,9 @@ def _curve_point(
     result: VariantResult, policy: PolicyConfig, utts: list[Utterance], cfg: SuiteConfig, rate: float
 ) -> dict[str, Any]:
     """The operating point at another false-alert target, in brief."""
-    point = operating_point(result, policy, utts, dataclasses.replace(cfg, target_false_alerts_per_hour=rate))
+    point = operating_point(
+        result, policy, utts, dataclasses.replace(cfg, target_false_alerts_per_hour=rate), brief=True
+    )
     keep = ("enter_threshold", "false_alerts_per_hour", "detection_rate", "detection_rate_any")
     return {"target_false_alerts_per_hour": rate, **{k: point[k] for k in keep}}
 

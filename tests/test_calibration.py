@@ -642,17 +642,25 @@ def test_provenance_strings_with_control_characters_round_trip(tmp_path: Path) -
     save_calibration(cal, tmp_path / "odd.toml")
     loaded = load_calibration(tmp_path / "odd.toml", model="aasist-l")
     assert loaded.provenance == {"limited_by": odd, "note": odd[0]}
+    # A name that was not valid UTF-8 reaches Python with a lone surrogate,
+    # which neither UTF-8 nor TOML can hold: it is written as U+FFFD.
+    cal = dataclasses.replace(cal, provenance={"limited_by": ["bad\udcffname.wav at 2.0 s"]})
+    save_calibration(cal, tmp_path / "odd.toml")
+    assert load_calibration(tmp_path / "odd.toml").provenance["limited_by"] == ["bad\ufffdname.wav at 2.0 s"]
+    assert [p.name for p in tmp_path.iterdir()] == ["odd.toml"]  # nothing half-written left
 
 
 def test_limiting_alerts_name_only_alerts_a_higher_threshold_adds() -> None:
-    """An alert that a higher threshold merely starts earlier adds nothing;
-    one where there was none is added."""
+    """An alert that a higher threshold merely starts earlier, or pushes
+    later with the cooldown of one it stretched, adds nothing; one where there
+    was none is added. A threshold on a level acts like one of its two
+    neighbouring intervals; the next one up that adds an alert decides."""
     from spoofwatch.calibration.fit import bonafide_threshold, limiting_alerts
     from spoofwatch.calibration.streaming import Trace
     from spoofwatch.stream.policy import PolicyConfig
 
-    def recording(name: str, scores: list[float]) -> Trace:
-        return Trace(name, 1800.0, None, [(1.0 + i, s, None) for i, s in enumerate(scores)])
+    def recording(name: str, scores: list[float], seconds: float = 1800.0) -> Trace:
+        return Trace(name, seconds, None, [(1.0 + i, s, None) for i, s in enumerate(scores)])
 
     two = PolicyConfig(0.0, 0.5, smoothing_windows=1, min_alert_windows=2, cooldown_s=0.0)
     # At 2.75 "a" alerts at 3 s; above 3 it alerts at 2 s instead (moved), and
@@ -661,35 +669,65 @@ def test_limiting_alerts_name_only_alerts_a_higher_threshold_adds() -> None:
     threshold, _ = bonafide_threshold(traces, two, target_per_hour=1.0)
     assert threshold == 2.75
     assert limiting_alerts(traces, two, threshold) == [("b", 2.0)]
-    # A threshold exactly on a level: the interval just above it decides.
+    # With a 3 s cooldown: at 0.25 "r1" alerts at 1-2 s and 5-6 s; at 0.75 at
+    # 1-3 s, and its cooldown then holds the second back to 7 s. Two alerts
+    # either way: only "r2"'s is added.
+    slow = PolicyConfig(0.0, 0.5, smoothing_windows=1, min_alert_windows=1, cooldown_s=3.0)
+    pushed = [
+        recording("r1", [0.0, 1.0, 10.0, 10.0, 0.0, 10.0, 0.0, 10.0]),
+        recording("r2", [0.5, 10.0]),
+        recording("r3", [5.0, 10.0] * 10),
+    ]
+    threshold, _ = bonafide_threshold(pushed, slow, target_per_hour=4 / 3)
+    assert threshold == 0.25
+    assert limiting_alerts(pushed, slow, threshold) == [("r2", 1.0)]
     one = PolicyConfig(0.0, 0.5, smoothing_windows=1, min_alert_windows=1, cooldown_s=0.0)
+    # 0.5 is a level (1.0 minus the band) and raises what 0.6 raises; the next
+    # interval up that adds an alert starts "e"'s at 0.7.
+    levels = [recording("d", [0.0, 1.0, 0.8, 10.0]), recording("e", [0.7, 10.0])]
+    assert limiting_alerts(levels, one, 0.5) == limiting_alerts(levels, one, 0.6) == [("e", 1.0)]
     assert limiting_alerts([recording("d", [5.0])], one, 5.0) == [("d", 1.0)]
     assert limiting_alerts([recording("d", [5.0])], one, 5.6) == []  # past every level
+    # A lax target is met above every level, where nothing holds it down.
+    lax = [recording("r", [1.0, 1.0], seconds=3600.0)]
+    threshold, rate = bonafide_threshold(lax, one, target_per_hour=2.0)
+    assert threshold > 1.0 and rate == 1.0 and limiting_alerts(lax, one, threshold) == []
 
 
-def test_without_the_limiting_recordings_a_higher_threshold_meets_a_zero_target() -> None:
-    """What ``limited_by`` promises at a target of 0 false alerts, on random
-    recordings: dropping the named recordings lets the next threshold up
-    meet the target, and every recording it names does alert there."""
+def test_alert_spans_end_an_open_alert_with_the_recording() -> None:
+    from spoofwatch.calibration.streaming import Trace, alert_spans, replay
+    from spoofwatch.stream.policy import PolicyConfig
+
+    one = PolicyConfig(0.0, 0.5, smoothing_windows=1, min_alert_windows=1, cooldown_s=0.0)
+    tr = Trace("r", 30.0, None, [(1.0, -1.0, None), (2.0, 5.0, None), (3.0, -1.0, None), (4.0, -2.0, None)])
+    assert alert_spans(tr, one) == [(1.0, 2.0), (3.0, 30.0)]
+    assert replay(tr, one) == [1.0, 3.0]
+
+
+def test_limiting_alerts_name_what_the_next_threshold_adds() -> None:
+    """What ``limited_by`` promises, on random recordings and targets: at the
+    next threshold up, each recording is named once for each alert it gains,
+    at the start of an alert raised there; at a target of 0, the next
+    threshold meets the target once the named recordings are left out."""
     from spoofwatch.calibration.fit import _alert_levels, bonafide_threshold, limiting_alerts, smoothed_scores
     from spoofwatch.calibration.streaming import Trace, meets_false_alert_target, replay
     from spoofwatch.stream.policy import PolicyConfig
 
     rng = np.random.default_rng(5)
     checked = 0
-    for _ in range(200):
+    for case in range(600):
         base = PolicyConfig(
             0.0,
             float(rng.choice([0.5, 1.0, 3.0])),
             smoothing_windows=int(rng.integers(1, 4)),
             min_alert_windows=int(rng.integers(1, 3)),
-            cooldown_s=float(rng.choice([0.0, 2.0])),
+            cooldown_s=float(rng.choice([0.0, 2.0, 4.0])),
         )
         traces = []
         for k in range(int(rng.integers(1, 5))):
             scores = [
                 None if rng.random() < 0.1 else float(rng.normal(2.0, 3.0))
-                for _ in range(int(rng.integers(3, 12)))
+                for _ in range(int(rng.integers(3, 16)))
             ]
             traces.append(
                 Trace(
@@ -701,22 +739,36 @@ def test_without_the_limiting_recordings_a_higher_threshold_meets_a_zero_target(
             )
         if max(sum(v is not None for _, v, _ in tr.windows) for tr in traces) < base.min_alert_windows:
             continue
-        threshold, _ = bonafide_threshold(traces, base, target_per_hour=0.0)
-        levels = _alert_levels(smoothed_scores(traces, base), base)
-        above = levels[levels > threshold]
-        limits = limiting_alerts(traces, base, threshold)
-        if not above.size:
-            assert limits == []
-            continue
-        nxt = float((above[-1] + above[-2]) / 2) if above.size > 1 else float(above[-1] + 1.0)
-        named = {name for name, _ in limits}
-        assert limits and all(
-            t in replay(tr, base.with_band(nxt)) for tr in traces for n, t in limits if n == tr.name
-        )
-        rest = [tr for tr in traces if tr.name not in named]
-        assert meets_false_alert_target(rest, base.with_band(nxt), 0.0)
-        checked += 1
-    assert checked > 100
+        target = float(rng.choice([0.0, 6.0, 12.0]))  # 600 s recordings: 0, 1 or 2 alerts per recording
+        threshold, _ = bonafide_threshold(traces, base, target_per_hour=target)
+        levels = np.sort(_alert_levels(smoothed_scores(traces, base), base))
+        # One threshold per interval between levels, lowest first, and one past the top.
+        steps = [*((levels[:-1] + levels[1:]) / 2), levels[-1] + 1.0]
+
+        def counts(at: float, traces: list[Trace] = traces, base: PolicyConfig = base) -> dict[str, int]:
+            return {tr.name: len(replay(tr, base.with_band(at))) for tr in traces}
+
+        # At the search's threshold, and at any other (where a higher one may
+        # first only move alerts before one adds any).
+        for at in (threshold, float(rng.choice(steps))):
+            limits = limiting_alerts(traces, base, at)
+            gained: dict[str, int] = {}
+            for nxt in (float(x) for x in steps if x > at):
+                gained = {n: c - counts(at)[n] for n, c in counts(nxt).items() if c > counts(at)[n]}
+                if gained:
+                    break
+            named = [name for name, _ in limits]
+            assert {n: named.count(n) for n in named} == gained, case
+            if not gained:
+                continue
+            assert all(
+                t in replay(tr, base.with_band(nxt)) for tr in traces for n, t in limits if n == tr.name
+            )
+            if target == 0.0 and at == threshold:
+                rest = [tr for tr in traces if tr.name not in named]
+                assert meets_false_alert_target(rest, base.with_band(nxt), 0.0)
+            checked += 1
+    assert checked > 300
 
 
 def test_bonafide_threshold_finds_a_longer_alert_that_swallows_a_second_one() -> None:

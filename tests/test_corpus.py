@@ -217,6 +217,8 @@ def test_evaluate_suite_official_and_candidate(
     assert [p["target_false_alerts_per_hour"] for p in report["models"][0]["operating_curve"]] == list(
         SuiteConfig().curve_false_alerts_per_hour
     )
+    assert main([*args, "--curve-false-alerts-per-hour", ""]) == 0  # none
+    assert json.loads(capsys.readouterr().out)["models"][0]["operating_curve"] == []
     assert looser[0]["at_target"]["enter_threshold"] >= report["models"][0]["at_target"]["enter_threshold"]
     # A corpus rebuilt under the same utterance IDs is not served from the cache.
     rebuilt = tmp_path / "rebuilt"
@@ -632,6 +634,7 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
     result.genuine_traces = [Trace("g#0", 60.0, None, [(4.04, 2.0, None)])]
     summary = summarise(result, utts, policy, SuiteConfig())
     assert summary["at_target"]["enter_threshold"] is None and summary["at_target"]["detection_rate"] is None
+    assert "| 2 | no operating point |" in markdown([summary], SuiteConfig())
     assert "m: 0.02 h of genuine streams; no operating point (an alert needs 2 scored windows" in markdown(
         [summary], SuiteConfig()
     )
@@ -910,7 +913,16 @@ def test_evaluate_suite_refuses_an_impossible_false_alert_target(
     assert "--target-false-alerts-per-hour: expected a finite number >= 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("rates", ["2,-1", "5,nan", "1;2"])
+def test_the_curve_rates_are_sorted_plain_floats_once_each() -> None:
+    from spoofwatch.calibration.suite import SuiteConfig
+    from spoofwatch.commands.common import non_negative_rates
+
+    cfg = SuiteConfig(curve_false_alerts_per_hour=[10, np.float32(2.0), 5, 5.0])  # type: ignore[arg-type]
+    assert cfg.curve_false_alerts_per_hour == (2.0, 5.0, 10.0) and hash(cfg)
+    assert non_negative_rates("10,2,5,5,-0") == (0.0, 2.0, 5.0, 10.0) and non_negative_rates("") == ()
+
+
+@pytest.mark.parametrize("rates", ["2,-1", "5,nan", "1;2", " , ", "2,,5"])
 def test_evaluate_suite_refuses_a_bad_curve(
     rates: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -941,6 +953,8 @@ def test_evaluate_suite_refuses_a_bad_curve(
             "curve_false_alerts_per_hour: expected finite numbers",
         ),
         ("curve_false_alerts_per_hour", (-1.0,), "curve_false_alerts_per_hour: expected finite numbers >= 0"),
+        ("curve_false_alerts_per_hour", 2.0, "curve_false_alerts_per_hour: expected a sequence of numbers"),
+        ("curve_false_alerts_per_hour", "2,5", "curve_false_alerts_per_hour: expected a sequence of numbers"),
     ],
 )
 def test_suite_config_checks_its_values(field: str, value: object, expected: str) -> None:

@@ -140,7 +140,10 @@ non_negative_rate = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a fi
 
 
 def _rates(text: str) -> tuple[float, ...]:
-    return tuple(float(part) for part in text.split(",") if part.strip())
+    """``"10,2,5"`` -> (2.0, 5.0, 10.0); ``""`` -> (); an empty part is an error."""
+    if not text.strip():
+        return ()
+    return tuple(sorted({float(part) + 0.0 for part in text.split(",")}))  # + 0.0: -0 is 0
 
 
 #: Comma-separated false alerts per hour ("" for none).
