@@ -89,11 +89,10 @@ def bonafide_threshold(
     threshold that meets the target whenever smoothing moves it between two
     raw scores; smoothed scores alone, whenever a longer alert that swallows
     a second one is what meets it). Each candidate is placed halfway to the
-    next level down: every threshold in between raises the same alerts on
-    these recordings, and the margin keeps a score a rounding error away
-    (another device, a 6-decimal score file) deciding the same way. The count
-    of alerts need not fall as the threshold falls, so every level is tried,
-    most sensitive first."""
+    next level down (the first 1 above the top level): every threshold in
+    between raises the same alerts on these recordings. The count of alerts
+    need not fall as the threshold falls, so every level is tried, most
+    sensitive first."""
     smoothed = smoothed_scores(traces, base)
     if smoothed.size == 0:
         unscored = sum(tr.unscored_windows for tr in traces)
@@ -148,9 +147,9 @@ def _alert_levels(smoothed: npt.NDArray[np.float64], base: PolicyConfig) -> npt.
 
 def limiting_alerts(traces: list[Trace], base: PolicyConfig, threshold: float) -> list[tuple[str, float]]:
     """The genuine alerts that hold ``threshold`` down: ``(recording, start s)``
-    of each false alert that the next higher threshold adding any adds. This
-    is where to look when a threshold comes out low: often one recording, one
-    moment. Empty when no higher threshold adds one."""
+    of each false alert added by the lowest higher threshold that adds any.
+    This is where to look when a threshold comes out low: often one
+    recording, one moment. Empty when no higher threshold adds one."""
     now = false_alert_spans(traces, base.with_band(threshold))
     levels = _alert_levels(smoothed_scores(traces, base), base)
     # Every threshold between two neighbouring levels raises the same alerts,

@@ -409,7 +409,7 @@ def test_bonafide_tuning_meets_its_target(
     assert cal.provenance["dataset"].startswith("12 genuine recordings")
     # It names the genuine moments that hold the threshold down, by their
     # path under the folder (what they promise is tested on random traces in
-    # test_without_the_limiting_recordings_a_higher_threshold_meets_a_zero_target).
+    # test_limiting_alerts_name_what_the_next_threshold_adds).
     limits = cal.provenance["limited_by"]
     assert limits and f"a higher threshold would add false alerts in: {limits[0]}" in captured.out
     files = sorted(audio_dir.rglob("*.flac"))
