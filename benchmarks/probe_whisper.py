@@ -433,13 +433,18 @@ def fuse(corpus: Corpus, ours: Scores, official: Scores) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def probe_setup(
+    doc: str, encoder_flag: str, encoder_help: str, out: Path
+) -> tuple[argparse.Namespace, Corpus]:
+    """The command line and set-up every encoder probe shares: ``mode``, the
+    encoder's files (``encoder_flag``), the corpus, the fine-tune recipe's
+    knobs; logging, threads, the output folder and the corpus's splits."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("mode", choices=("frozen", "finetune"))
-    ap.add_argument("--whisper", type=Path, required=True, help="CTranslate2 model.bin of Whisper (base)")
+    ap.add_argument(encoder_flag, type=Path, required=True, help=encoder_help)
     ap.add_argument("--corpus", type=Path, required=True, help="a corpus from `spoofwatch data build-corpus`")
     ap.add_argument("--train-split", default="train-bal", help="protocol to train on (default: train-bal)")
-    ap.add_argument("--out", type=Path, default=Path("probe-whisper"))
+    ap.add_argument("--out", type=Path, default=out)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate (the head uses 1e-3)")
@@ -448,7 +453,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    corpus = Corpus(args.corpus, args.train_split)
+    return args, Corpus(args.corpus, args.train_split)
+
+
+def main() -> None:
+    args, corpus = probe_setup(
+        __doc__, "--whisper", "CTranslate2 model.bin of Whisper (base)", Path("probe-whisper")
+    )
     torch.manual_seed(0)  # before the model: its head is initialised at random
     net = WhisperDetector(args.whisper)
     result, ours = frozen(corpus, net) if args.mode == "frozen" else finetune(args, corpus, net)
