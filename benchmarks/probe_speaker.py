@@ -59,13 +59,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_whisper import (
     CHUNK_SAMPLES,
     Corpus,
+    against_official,
     chunks,
     fit_probe,
-    fuse,
-    official_scores,
     per_utterance,
     probe_setup,
     train_epochs,
+    write_report,
     z_mix,
 )
 
@@ -368,45 +368,16 @@ def main() -> None:
         probes(corpus, Stages(net)) if args.mode == "frozen" else finetune(args, corpus, net)
     )
     exported = export(detector, corpus, args.out, args.mode)
-    official_sc = {s: official_scores(corpus, s) for s in ("dev", "test")}
-    official = {s: corpus.report(sc) for s, sc in official_sc.items()}
-    fusion = fuse(corpus, ours, official_sc)
+    official_sc, fusion, report = against_official(args, corpus, ours, result)
     test = {
         "official": official_sc["test"],
         "campplus": ours["test"],
         "fusion": z_mix(ours, official_sc, fusion["official_weight_chosen_on_dev"])["test"],
     }
-    report = {
-        "mode": args.mode,
-        "corpus": str(args.corpus),
-        "official_aasist_l": official,
-        **result,
-        "fusion": fusion,
-        "test_intervals": intervals(corpus, test),
-        "exported": exported,
-    }
-    (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"{args.mode}-scores.json").write_text(
-        json.dumps({"campplus": ours, "official": official_sc})
-    )
+    report |= {"test_intervals": intervals(corpus, test), "exported": exported}
     chosen = result["chosen_on_dev"]
-    log.info(
-        "official AASIST-L: dev %.1f %%, test %.1f %% pooled",
-        official["dev"]["pooled"],
-        official["test"]["pooled"],
-    )
-    log.info(
-        "CAM++ %s (chosen on dev): dev %.1f %%, test %s",
-        "+".join(chosen["stages"]) if args.mode == "frozen" else f"fine-tuned, epoch {chosen['epoch']}",
-        chosen["dev"]["pooled"],
-        json.dumps({k: round(v, 1) for k, v in chosen["test"].items()}),
-    )
-    log.info(
-        "fused (official weight %.1f, chosen on dev): dev %.1f %%, test %.1f %%",
-        fusion["official_weight_chosen_on_dev"],
-        fusion["chosen"]["dev"]["pooled"],
-        fusion["chosen"]["test"]["pooled"],
-    )
+    label = "+".join(chosen["stages"]) if args.mode == "frozen" else f"fine-tuned, epoch {chosen['epoch']}"
+    write_report(args, "CAM++", label, report, {"campplus": ours, "official": official_sc})
     for kind, models in report["test_intervals"].items():
         for name in ("campplus", "fusion"):
             e = models[name]

@@ -456,34 +456,41 @@ def probe_setup(
     return args, Corpus(args.corpus, args.train_split)
 
 
-def main() -> None:
-    args, corpus = probe_setup(
-        __doc__, "--whisper", "CTranslate2 model.bin of Whisper (base)", Path("probe-whisper")
-    )
-    torch.manual_seed(0)  # before the model: its head is initialised at random
-    net = WhisperDetector(args.whisper)
-    result, ours = frozen(corpus, net) if args.mode == "frozen" else finetune(args, corpus, net)
+def against_official(
+    args: argparse.Namespace, corpus: Corpus, ours: Scores, result: dict[str, Any]
+) -> tuple[Scores, dict[str, Any], dict[str, Any]]:
+    """The official AASIST-L's scores on the same chunks, the dev-chosen fusion of
+    the two (``fuse``), and the report so far: both models' EERs and the fusion."""
     official_sc = {s: official_scores(corpus, s) for s in ("dev", "test")}
-    official = {s: corpus.report(sc) for s, sc in official_sc.items()}
     fusion = fuse(corpus, ours, official_sc)
     report = {
         "mode": args.mode,
         "corpus": str(args.corpus),
-        "official_aasist_l": official,
+        "official_aasist_l": {s: corpus.report(sc) for s, sc in official_sc.items()},
         **result,
         "fusion": fusion,
     }
+    return official_sc, fusion, report
+
+
+def write_report(
+    args: argparse.Namespace, name: str, chosen_label: str, report: dict[str, Any], scores: dict[str, Scores]
+) -> None:
+    """OUT/MODE.json (``report``) and OUT/MODE-scores.json (``scores``), and the
+    official, chosen (``chosen_label``) and fused figures logged."""
     (args.out / f"{args.mode}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"{args.mode}-scores.json").write_text(json.dumps({"whisper": ours, "official": official_sc}))
-    chosen = result["chosen_on_dev"]
+    (args.out / f"{args.mode}-scores.json").write_text(json.dumps(scores))
+    official, fusion = report["official_aasist_l"], report["fusion"]
     log.info(
         "official AASIST-L: dev %.1f %%, test %.1f %% pooled",
         official["dev"]["pooled"],
         official["test"]["pooled"],
     )
+    chosen = report["chosen_on_dev"]
     log.info(
-        "whisper (%s, chosen on dev): dev %.1f %%, test %s",
-        args.mode,
+        "%s %s (chosen on dev): dev %.1f %%, test %s",
+        name,
+        chosen_label,
         chosen["dev"]["pooled"],
         json.dumps({k: round(v, 1) for k, v in chosen["test"].items()}),
     )
@@ -493,6 +500,17 @@ def main() -> None:
         fusion["chosen"]["dev"]["pooled"],
         fusion["chosen"]["test"]["pooled"],
     )
+
+
+def main() -> None:
+    args, corpus = probe_setup(
+        __doc__, "--whisper", "CTranslate2 model.bin of Whisper (base)", Path("probe-whisper")
+    )
+    torch.manual_seed(0)  # before the model: its head is initialised at random
+    net = WhisperDetector(args.whisper)
+    result, ours = frozen(corpus, net) if args.mode == "frozen" else finetune(args, corpus, net)
+    official_sc, _, report = against_official(args, corpus, ours, result)
+    write_report(args, "whisper", args.mode, report, {"whisper": ours, "official": official_sc})
 
 
 if __name__ == "__main__":
