@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import read_audio
-from spoofwatch.constants import SAMPLE_RATE_HZ
+from spoofwatch.constants import SAMPLE_RATE_HZ, SUITE_SPOOF_STREAMS
 from spoofwatch.errors import CalibrationError, DatasetError, InputError
 from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 Array = npt.NDArray[np.float64]
 #: A stream of utterances back to back: its name, audio, and each utterance's (utt, start, end) in samples.
 Stream = tuple[str, npt.NDArray[np.float32], list[tuple[str, int, int]]]
-#: How spoof utterances are streamed (see the module's docstring).
-SPOOF_STREAMS = ("clips", "calls")
 
 
 @dataclass(frozen=True)
@@ -94,8 +92,10 @@ class SuiteConfig:
         # checked here, not only by the CLI: a bad value would surface hours later as an empty operating point
         if self.copies not in ("clean", "all"):
             raise InputError(f"copies: expected 'clean' or 'all', got {self.copies!r}")
-        if self.spoof_streams not in SPOOF_STREAMS:
-            raise InputError(f"spoof_streams: expected one of {SPOOF_STREAMS}, got {self.spoof_streams!r}")
+        if self.spoof_streams not in SUITE_SPOOF_STREAMS:
+            raise InputError(
+                f"spoof_streams: expected one of {SUITE_SPOOF_STREAMS}, got {self.spoof_streams!r}"
+            )
         for name in ("limit_per_group", "limit_genuine_per_corpus", "seed"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

@@ -31,6 +31,10 @@ MODEL_NAMES = ("aasist-l", "aasist")
 #: The model used when none is named: the official AASIST-L.
 DEFAULT_MODEL = "aasist-l"
 
+#: How ``evaluate-suite`` streams spoof utterances: each its own stream, or a
+#: system's utterances back to back as calls (see ``spoofwatch.calibration.suite``).
+SUITE_SPOOF_STREAMS = ("clips", "calls")
+
 #: ONNX Runtime execution providers spoofwatch selects between.
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"

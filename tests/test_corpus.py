@@ -1283,3 +1283,38 @@ def test_evaluate_suite_checks_every_variant_before_scoring_any(
     assert err[-1].startswith("spoofwatch evaluate-suite: error: ") and str(tmp_path) in err[-1]
     assert not any("PyTorch 2.6" in line or "Please file an issue" in line for line in err)
     assert not list((tmp_path / "cache").glob("variant-*"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected", "expected_official"),
+    [
+        ([], ["official", "fine-tuned"], ["official"]),
+        (["--loudness", "on"], ["official", "fine-tuned+loudness"], ["official", "official+loudness"]),
+        (
+            ["--loudness", "both"],
+            ["official", "fine-tuned", "fine-tuned+loudness"],
+            ["official", "official+loudness"],
+        ),
+        (
+            ["--loudness", "both", "--skip-official"],
+            ["fine-tuned", "fine-tuned+loudness"],
+            ["official+loudness"],
+        ),
+        (["--skip-official"], ["fine-tuned"], ["official"]),
+    ],
+)
+def test_suite_variants_follow_loudness_modes(
+    tmp_path: Path, argv: list[str], expected: list[str], expected_official: list[str]
+) -> None:
+    """`--loudness` off/on/both scores the candidate without, with, or both ways, beside
+    the official model (without normalisation) unless skipped; the official model on its
+    own gains a normalised variant only when normalisation is asked for."""
+    from spoofwatch.cli import build_parser
+    from spoofwatch.commands.corpus_cmds import _suite_variants
+
+    base = ["evaluate-suite", "--corpus", str(tmp_path)]
+    args = build_parser().parse_args([*base, "--weights", str(tmp_path / "w.pth"), *argv])
+    variants = _suite_variants(args)
+    assert [v[0] for v in variants] == expected
+    assert all(v[4] == v[0].endswith("+loudness") for v in variants)
+    assert [v[0] for v in _suite_variants(build_parser().parse_args([*base, *argv]))] == expected_official

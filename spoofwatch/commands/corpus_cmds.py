@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from spoofwatch.calibration.protocol import LABELS
-from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_RATE_HZ
+from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_RATE_HZ, SUITE_SPOOF_STREAMS
 from spoofwatch.model.manifest import GENUINE_KIND, GENUINE_SYSTEM
 
 from .common import (
@@ -32,6 +32,9 @@ DEFAULT_CORPUS_CONFIG = Path(
 ).resolve()
 
 log = logging.getLogger(__name__)
+#: ``evaluate-suite --loudness``: whether the candidate is scored without and/or with
+#: per-window loudness normalisation.
+LOUDNESS_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def register(sub: Any) -> None:
@@ -85,7 +88,7 @@ def register(sub: Any) -> None:
     )
     suite.add_argument(
         "--spoof-streams",
-        choices=("clips", "calls"),
+        choices=SUITE_SPOOF_STREAMS,
         default="clips",
         help="clips (default): each spoof utterance its own stream; calls: each system's utterances "
         "of one channel copy back to back, as a caller with a cloned voice talks on, each call one "
@@ -100,7 +103,7 @@ def register(sub: Any) -> None:
     )
     suite.add_argument(
         "--loudness",
-        choices=("off", "on", "both"),
+        choices=tuple(LOUDNESS_MODES),
         default="off",
         help="per-window loudness normalisation of the candidate (both: report each)",
     )
@@ -280,7 +283,7 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
     from spoofwatch.errors import InputError
     from spoofwatch.model.card import is_card_reference, parse_card
 
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.loudness]
+    modes = LOUDNESS_MODES[args.loudness]
     if args.name is not None and args.name.split("+")[0] == "official":
         raise InputError(f"--name {args.name}: expected another label than the baseline's ('official')")
     official, calibration = args.model, args.calibration
@@ -297,7 +300,7 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
         name = args.name or "fine-tuned"
     else:
         # The official model itself, here only with loudness normalisation.
-        name, calibration, modes = "official", None, [True] if args.loudness != "off" else []
+        name, calibration, modes = "official", None, (True,) if args.loudness != "off" else ()
     candidates: list[Variant] = [
         (name + ("+loudness" if on else ""), args.model, args.weights, calibration, on) for on in modes
     ]
