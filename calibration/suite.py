@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.audio import read_audio
-from spoofwatch.constants import SAMPLE_RATE_HZ, SUITE_SPOOF_STREAMS
+from spoofwatch.constants import SAMPLE_RATE_HZ, SUITE_COPIES, SUITE_SPOOF_STREAMS
 from spoofwatch.errors import CalibrationError, DatasetError, InputError
 from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
@@ -90,8 +90,8 @@ class SuiteConfig:
 
     def __post_init__(self) -> None:
         # checked here, not only by the CLI: a bad value would surface hours later as an empty operating point
-        if self.copies not in ("clean", "all"):
-            raise InputError(f"copies: expected 'clean' or 'all', got {self.copies!r}")
+        if self.copies not in SUITE_COPIES:
+            raise InputError(f"copies: expected one of {SUITE_COPIES}, got {self.copies!r}")
         if self.spoof_streams not in SUITE_SPOOF_STREAMS:
             raise InputError(
                 f"spoof_streams: expected one of {SUITE_SPOOF_STREAMS}, got {self.spoof_streams!r}"

@@ -34,6 +34,8 @@ DEFAULT_MODEL = "aasist-l"
 #: How ``evaluate-suite`` streams spoof utterances: each its own stream, or a
 #: system's utterances back to back as calls (see ``spoofwatch.calibration.suite``).
 SUITE_SPOOF_STREAMS = ("clips", "calls")
+#: Which copies of each utterance ``evaluate-suite`` scores: every channel copy, or the clean one.
+SUITE_COPIES = ("all", "clean")
 
 #: ONNX Runtime execution providers spoofwatch selects between.
 CUDA_PROVIDER = "CUDAExecutionProvider"

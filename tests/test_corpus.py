@@ -944,7 +944,7 @@ def test_evaluate_suite_refuses_a_bad_curve(
         ("target_false_alerts_per_hour", float("nan"), "expected a finite number >= 0"),
         ("stream_seconds", 0.0, "stream_seconds: expected a finite number > 0"),
         ("detect_within_s", float("inf"), "detect_within_s: expected a finite number > 0"),
-        ("copies", "some", "copies: expected 'clean' or 'all'"),
+        ("copies", "some", "copies: expected one of ('all', 'clean')"),
         ("spoof_streams", "call", "spoof_streams: expected one of ('clips', 'calls')"),
         ("limit_per_group", -2, "limit_per_group: expected an integer >= 0"),
         (

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from spoofwatch.calibration.protocol import LABELS
-from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_RATE_HZ, SUITE_SPOOF_STREAMS
+from spoofwatch.constants import (
+    DEFAULT_MODEL,
+    MODEL_NAMES,
+    SAMPLE_RATE_HZ,
+    SUITE_COPIES,
+    SUITE_SPOOF_STREAMS,
+)
 from spoofwatch.model.manifest import GENUINE_KIND, GENUINE_SYSTEM
 
 from .common import (
@@ -70,7 +76,7 @@ def register(sub: Any) -> None:
     suite.add_argument("--split", default="test")
     suite.add_argument(
         "--copies",
-        choices=("all", "clean"),
+        choices=SUITE_COPIES,
         default="all",
         help="include the channel copies (default) or not",
     )
