@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 from .calfile import Calibration
 from .metrics import eer
 from .protocol import ScoreTable
-from .streaming import Conversation, Trace, false_alert_spans, measure, meets_false_alert_target, trace
+from .streaming import Conversation, Trace, false_alert_overrun, false_alert_spans, measure, trace
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ def bonafide_threshold(
     between raises the same alerts on these recordings. The count of alerts
     need not fall as the threshold falls, so every level is tried, most
     sensitive first."""
+    # Recordings with the lowest smoothed scores first: they alert at the most
+    # thresholds, so they decide a miss after the fewest replays. The order
+    # changes no count, only how soon one passes the target.
+    own_levels = [_alert_levels(smoothed_scores([tr], base), base) for tr in traces]
+    order = sorted(range(len(traces)), key=lambda i: own_levels[i][-1] if own_levels[i].size else math.inf)
+    ordered, own_levels = [traces[i] for i in order], [own_levels[i] for i in order]
     smoothed = smoothed_scores(traces, base)
     if smoothed.size == 0:
         unscored = sum(tr.unscored_windows for tr in traces)
@@ -122,9 +129,22 @@ def bonafide_threshold(
     # Most sensitive first, from above the top level (past it nothing
     # changes; a lax target can be met there and not just below it). Below
     # the lowest smoothed score nothing can alert, so the loop always returns.
+    skip_above = math.inf
     for threshold in _interval_thresholds(_alert_levels(smoothed, base)):
-        if meets_false_alert_target(traces, base.with_band(threshold), target_per_hour):
+        if threshold > skip_above:
+            continue
+        overrun = false_alert_overrun(ordered, base.with_band(threshold), target_per_hour)
+        if not overrun:
             return threshold, measure(traces, base.with_band(threshold)).false_alerts_per_hour
+        # The first ``overrun`` recordings alone miss the target here, and a
+        # recording's alerts change only where the threshold crosses one of
+        # its own levels: every threshold down to the highest of their levels
+        # below this one misses it the same way (on hours of audio, most of
+        # the search).
+        skip_above = max(
+            (float(lv[lv < threshold][0]) for lv in own_levels[:overrun] if (lv < threshold).any()),
+            default=-math.inf,
+        )
     raise CalibrationError("no threshold meets the target")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,13 @@ def _bona_fide_s(tr: Trace) -> float:
     return tr.onset_s if tr.onset_s is not None else tr.duration_s
 
 
+def _bona_fide_hours(traces: list[Trace]) -> float:
+    """Hours of bona fide audio in ``traces``, summed exactly: the same in any
+    order, so that a rate compared with a target decides the same way however
+    a search orders the recordings."""
+    return math.fsum(_bona_fide_s(tr) for tr in traces) / 3600
+
+
 def false_alert_spans(traces: list[Trace], policy: PolicyConfig) -> list[tuple[str, float, float]]:
     """``(recording, start s, end s)`` of every false alert: one that starts
     in a recording's bona fide part."""
@@ -175,28 +183,36 @@ def meets_false_alert_target(traces: list[Trace], policy: PolicyConfig, target_p
     decided as soon as the count passes the target: a search that tries the
     most sensitive thresholds first rejects most of them within a recording
     or two instead of replaying every one."""
-    hours = sum(_bona_fide_s(tr) for tr in traces) / 3600
+    return false_alert_overrun(traces, policy, target_per_hour) == 0
+
+
+def false_alert_overrun(traces: list[Trace], policy: PolicyConfig, target_per_hour: float) -> int:
+    """How many of ``traces``, replayed in order, give more false alerts per
+    hour (of all the traces' bona fide audio) than ``target_per_hour``; 0 when
+    all of them together stay within it. Those first recordings alone decide
+    that ``policy`` misses the target, which lets a search skip thresholds
+    that do not change their alerts."""
+    hours = _bona_fide_hours(traces)
     if not hours:
-        return target_per_hour >= 0.0
+        return 0 if target_per_hour >= 0.0 else max(len(traces), 1)
     false_alerts = 0
-    for tr in traces:
+    for k, tr in enumerate(traces, 1):
         onset = _bona_fide_s(tr)
         false_alerts += sum(1 for t in replay(tr, policy) if t <= onset)
         if false_alerts / hours > target_per_hour:  # the count only grows
-            return False
-    return True
+            return k
+    return 0
 
 
 def measure(traces: list[Trace], policy: PolicyConfig) -> StreamMetrics:
     """False alerts per hour of bona fide audio; detection rate and delay after spoof onsets."""
     false_alerts = 0
-    bona_s = 0.0
+    hours = _bona_fide_hours(traces)
     delays = []
     switches = 0
     for tr in traces:
         starts = replay(tr, policy)
         onset = _bona_fide_s(tr)
-        bona_s += onset
         false_alerts += sum(1 for t in starts if t <= onset)
         if tr.onset_s is not None:
             switches += 1
@@ -205,7 +221,7 @@ def measure(traces: list[Trace], policy: PolicyConfig) -> StreamMetrics:
                 delays.append(late[0])
     d = np.array(delays)
     return StreamMetrics(
-        false_alerts / (bona_s / 3600) if bona_s else 0.0,
+        false_alerts / hours if hours else 0.0,
         len(delays) / switches if switches else 0.0,
         float(np.median(d)) if d.size else None,
         float(np.percentile(d, 90)) if d.size else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -807,6 +808,71 @@ def test_bonafide_threshold_finds_a_longer_alert_that_swallows_a_second_one() ->
         describe_alerts([("x", float(t)) for t in range(5)])
         == "x at 0.0 s, x at 1.0 s, x at 2.0 s and 2 more"
     )
+
+
+def test_bonafide_threshold_equals_trying_every_interval() -> None:
+    """The search skips thresholds that cannot meet the target (the first
+    recordings that miss it keep their alerts until the threshold crosses
+    one of their own levels) and replays recordings lowest-scoring first. On
+    random recordings (gated windows, onsets, every policy shape, targets
+    from none to many alerts per recording) it must return what trying
+    every interval's threshold, most sensitive first, with the full
+    measurement returns; and ``false_alert_overrun`` must name a prefix
+    that alone misses the target and is no longer than it need be."""
+    from spoofwatch.calibration.fit import (
+        _alert_levels,
+        _interval_thresholds,
+        bonafide_threshold,
+        smoothed_scores,
+    )
+    from spoofwatch.calibration.streaming import Trace, false_alert_overrun, measure, replay
+    from spoofwatch.stream.policy import PolicyConfig
+
+    rng = np.random.default_rng(23)
+    searched = 0
+    for case in range(300):
+        traces = []
+        for k in range(int(rng.integers(1, 9))):
+            windows: list[tuple[float, float | None, float | None]] = []
+            for i in range(int(rng.integers(2, 30))):
+                t = 4.04 + i / 2
+                windows.append(
+                    (t, None, t - 1.0) if rng.random() < 0.1 else (t, float(rng.normal(1.0, 2.5)), None)
+                )
+            onset = float(rng.uniform(5, 15)) if rng.random() < 0.2 else None
+            traces.append(Trace(f"c{case}-{k}", 4.04 + len(windows) / 2, onset, windows))
+        base = PolicyConfig(
+            0.0,
+            float(rng.choice([0.0, 0.5, 2.0])),
+            smoothing_windows=int(rng.integers(1, 4)),
+            min_alert_windows=int(rng.integers(1, 3)),
+            cooldown_s=float(rng.choice([0.0, 2.0])),
+        )
+        if max(sum(v is not None for _, v, _ in tr.windows) for tr in traces) < base.min_alert_windows:
+            continue
+        bona_fide_s = [tr.onset_s if tr.onset_s is not None else tr.duration_s for tr in traces]
+        hours = math.fsum(bona_fide_s) / 3600  # as the code sums them: the same in any order
+        target = float(rng.choice([0.0, 1.0, 2.0, 5.0])) / hours  # that many false alerts in all
+        expected = next(
+            (th, rate)
+            for th in _interval_thresholds(_alert_levels(smoothed_scores(traces, base), base))
+            if (rate := measure(traces, base.with_band(th)).false_alerts_per_hour) <= target
+        )
+        assert bonafide_threshold(traces, base, target) == expected, case
+        searched += 1
+        for th in np.linspace(-3.0, 5.0, 5):
+            policy = base.with_band(float(th))
+            k = false_alert_overrun(traces, policy, target)
+            assert (k == 0) == (measure(traces, policy).false_alerts_per_hour <= target)
+            if k:
+                # The first k alone miss the target (counted per hour of all the
+                # traces' audio); the first k - 1 do not.
+                alerts = [
+                    sum(1 for t in replay(tr, policy) if t <= bona)
+                    for tr, bona in zip(traces, bona_fide_s, strict=True)
+                ]
+                assert sum(alerts[:k]) / hours > target >= sum(alerts[: k - 1]) / hours
+    assert searched > 200
 
 
 def test_the_early_stopping_target_check_decides_as_the_full_measurement() -> None:
