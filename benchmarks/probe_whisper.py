@@ -46,6 +46,7 @@ import logging
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -434,12 +435,19 @@ def fuse(corpus: Corpus, ours: Scores, official: Scores) -> dict[str, Any]:
 
 
 def probe_setup(
-    doc: str, encoder_flag: str, encoder_help: str, out: Path
+    doc: str,
+    encoder_flag: str,
+    encoder_help: str,
+    out: Path,
+    more_options: Callable[[argparse.ArgumentParser], object] | None = None,
 ) -> tuple[argparse.Namespace, Corpus]:
     """The command line and set-up every encoder probe shares: ``mode``, the
     encoder's files (``encoder_flag``), the corpus, the fine-tune recipe's
-    knobs; logging, threads, the output folder and the corpus's splits."""
+    knobs (and a probe's own, added by ``more_options``); logging, threads,
+    the output folder and the corpus's splits."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    if more_options is not None:
+        more_options(ap)
     ap.add_argument("mode", choices=("frozen", "finetune"))
     ap.add_argument(encoder_flag, type=Path, required=True, help=encoder_help)
     ap.add_argument("--corpus", type=Path, required=True, help="a corpus from `spoofwatch data build-corpus`")
