@@ -571,11 +571,13 @@ def make_ctx(
     )
 
 
-async def http_get(port: int, path: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
+async def http_get(
+    port: int, path: str, token: str | None = None, extra_headers: str = ""
+) -> tuple[int, dict[str, str], str]:
     """A minimal HTTP/1.1 GET on loopback: status, headers, body."""
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     async with await anyio.connect_tcp("127.0.0.1", port) as s:
-        await s.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
+        await s.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{extra_headers}\r\n".encode())
         data = b""
         try:
             while True:
@@ -639,6 +641,59 @@ async def test_health_readiness_and_metrics(
         assert m[("spoofwatch_score_delay_seconds_count", ())] <= summary["scored_windows"]
         tg.cancel_scope.cancel()
     ctx.sinks.close()
+
+
+async def test_a_header_sent_twice_is_refused_with_400_and_counted(
+    scorer: Any, vad: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two Authorization headers (or two Upgrade headers, even on the public
+    /healthz) are ambiguous: a 400 naming the header, logged and counted as a
+    refusal, not a 500 with a traceback; the server serves on."""
+    caplog.set_level(logging.INFO)
+    ctx = make_ctx(scorer, vad, tmp_path, token="s3cret")
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        twice = "Authorization: Bearer s3cret\r\nAuthorization: Bearer guess\r\n"
+        status, _, body = await http_get(port, health.READYZ, extra_headers=twice)
+        assert status == 400 and "'Authorization' sent more than once" in body
+        upgrades = "Upgrade: websocket\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        status, _, body = await http_get(port, health.HEALTHZ, extra_headers=upgrades)
+        assert status == 400 and "'Upgrade' sent more than once" in body
+        assert (await http_get(port, health.HEALTHZ))[0] == 200
+        status, _, page = await http_get(port, health.METRICS, "s3cret")
+        assert (
+            samples(page)[("spoofwatch_refused_connections_total", (("code", "400"), ("reason", "header")))]
+            == 2
+        )
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert len(refused) == 2 and "'Authorization'" in refused[0] and "s3cret" not in " ".join(refused)
+
+
+async def test_a_huge_bad_value_is_not_copied_into_the_log(
+    scorer: Any, vad: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A close reason quotes what the client sent: a megabyte-long encoding
+    name is refused with 1003 as any other, and the log line is as bounded as
+    the close frame's reason (one client used to add a megabyte per connection)."""
+    caplog.set_level(logging.INFO)
+    ctx = make_ctx(scorer, vad, tmp_path)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        async with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            start = {"type": "start", "sample_rate": 16000, "encoding": "x" * 1_000_000, "channels": 1}
+            await ws.send(json.dumps(start))
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()  # no stream started: nothing but the close
+        assert ws.close_code == 1003 and "unknown encoding" in (ws.close_reason or "")
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+    closing = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("closing stream with 1003")
+    ]
+    assert len(closing) == 1 and len(closing[0].encode()) <= 200, closing
 
 
 def nan_card(folder: Path) -> Path:

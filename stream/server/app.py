@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 from anyio.abc import TaskStatus
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -38,6 +39,8 @@ from .static import page_response, page_url
 log = logging.getLogger(__name__)
 #: Seconds between refreshes of the load gauges and the shared shedding flag.
 LOAD_REFRESH_S = 1.0
+#: Bytes of a close reason that fit in a close frame (RFC 6455: 125 less the code).
+CLOSE_REASON_BYTES = 123
 #: The ``WWW-Authenticate`` challenge of a 401 (RFC 7235, RFC 6750).
 BEARER_CHALLENGE = 'Bearer realm="spoofwatch"'
 
@@ -73,7 +76,18 @@ class WebSocketServer:
             )
             refused.headers["Allow"] = "GET, HEAD"
             return refused
-        response = await self._answer(connection, request)
+        try:
+            response = await self._answer(connection, request)
+        except MultipleValuesError as exc:
+            # Two Authorization (or Upgrade) headers are ambiguous: refused,
+            # not a 500 with a traceback in the log.
+            self.ctx.metrics.refused.labels("400", "header").inc()
+            log.warning(
+                "refused %s from %s: header %s sent twice", request.path.split("?")[0], _peer(connection), exc
+            )
+            return connection.respond(
+                HTTPStatus.BAD_REQUEST, f"header {exc} sent more than once: expected it once\n"
+            )
         if request.method == "GET":
             return response
         if response is None:  # a WebSocket upgrade: the handshake needs GET
@@ -172,9 +186,12 @@ class WebSocketServer:
     async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
         if self.ctx.drain.started:
             code, reason = GOING_AWAY, SHUTDOWN_REASON
+        # A close reason must fit in a control frame (123 bytes); the log gets
+        # the same bounded text (a reason can quote what the client sent, and
+        # a megabyte of it per connection would flood the log).
+        reason = reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
         log.info("closing stream with %d: %s", code, reason)
-        # A close reason must fit in a control frame (123 bytes).
-        await close_discarding(ws, code, reason.encode()[:123].decode(errors="ignore"))
+        await close_discarding(ws, code, reason)
 
     async def run(self, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; reports the bound port through ``task_status``."""
