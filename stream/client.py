@@ -220,7 +220,11 @@ async def _connection(url: str, headers: dict[str, str] | None) -> AsyncIterator
     ResourceWarning, in whatever code runs then). After a completed handshake
     the abort does nothing.
     """
-    ws = await connect(url, additional_headers=headers, max_size=None, open_timeout=30)
+    # No pong deadline: while the server holds an upload back (it reads no
+    # faster than it scores), our pings wait in the socket behind our own
+    # audio, and websockets' 20 s deadline cut long uploads. A server that
+    # goes silent after the audio is caught by ``reply_timeout_s``.
+    ws = await connect(url, additional_headers=headers, max_size=None, open_timeout=30, ping_timeout=None)
     try:
         async with ws:
             yield ws

@@ -4,6 +4,7 @@ scorer (injected clock)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
-from helpers import BONAFIDE_UTT, FakeScorer, fake_engine, la_clip, offset_audio
+from helpers import BONAFIDE_UTT, FakeScorer, FakeVad, fake_engine, la_clip, offset_audio
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -989,7 +990,7 @@ class BlockedScorer:
     """The real scorer behind a gate the test opens: scoring that takes as long as the test wants."""
 
     def __init__(self, scorer: Any) -> None:
-        self.scorer, self.device = scorer, scorer.device
+        self.scorer, self.device = scorer, getattr(scorer, "device", "cpu")
         self.entered, self.release = threading.Event(), threading.Event()
 
     def scores(self, windows: np.ndarray) -> np.ndarray:
@@ -1024,6 +1025,67 @@ async def test_keepalive_and_health_answer_while_scoring_is_stuck(
             await ws.send(json.dumps({"type": "stop"}))
             events = [json.loads(m) async for m in ws]
         assert ws.close_code == 1000 and events[-1]["type"] == "summary"
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+
+
+async def keepalive_pings(port: int) -> dict[str, float]:
+    """The server's keepalive pings by outcome, from /metrics."""
+    page = samples((await http_get(port, health.METRICS))[2])
+    return {o: page[("spoofwatch_keepalive_pings_total", (("outcome", o),))] for o in ("sent", "dropped")}
+
+
+async def test_an_upload_held_back_by_scoring_is_not_dropped_by_the_keepalive(
+    speech: np.ndarray, tmp_path: Path
+) -> None:
+    """While scoring is stuck, the server stops reading an upload (TCP pushes
+    back: audio is never dropped), and the client's pongs wait in its socket
+    behind audio the server has not read. That client owes no pong: with pings
+    every 0.05 s and a 0.2 s timeout, many pings go unanswered while it is held
+    back, and the stream still completes (websockets' own keepalive cut it)."""
+    blocked = BlockedScorer(FakeScorer())  # scoring of minutes of audio is not what is tested
+    ctx = make_ctx(blocked, FakeVad(), tmp_path, shedding=None, ping_interval_s=0.05, ping_timeout_s=0.2)
+    audio = np.tile(speech, 40).astype("<f4")  # minutes of audio: more than the sockets hold
+    frames = [audio[i : i + 16000].tobytes() for i in range(0, audio.size, 16000)]
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        # Without a pong deadline of its own, as `spoofwatch send` (its pings wait behind its audio too).
+        async with connect(f"ws://127.0.0.1:{port}/", ping_timeout=None) as ws:
+            await ws.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le", "channels": 1})
+            )
+            events: list[dict[str, Any]] = []
+
+            async def upload() -> None:
+                for frame in frames:
+                    await ws.send(frame)
+                await ws.send(json.dumps({"type": "stop"}))
+
+            async def read() -> None:
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in ws:
+                        events.append(json.loads(message))
+
+            tg.start_soon(upload)
+            tg.start_soon(read)
+            try:
+                await anyio.to_thread.run_sync(blocked.entered.wait, 120)
+                with anyio.fail_after(120):  # guards against hanging, not speed bounds
+                    while not ws.transport.get_write_buffer_size():  # noqa: ASYNC110
+                        await anyio.sleep(0.01)  # the client's writes are held back
+                    pings = (await keepalive_pings(port))["sent"]
+                    while (await keepalive_pings(port))["sent"] < pings + 20:  # noqa: ASYNC110 - 5 timeouts
+                        await anyio.sleep(0.05)
+                # Every pong to those pings is queued behind audio the server has not read.
+                assert ws.transport.get_write_buffer_size() > 0
+                assert (await keepalive_pings(port))["dropped"] == 0
+            finally:
+                blocked.release.set()
+            with anyio.fail_after(600):
+                while not events or events[-1]["type"] != "summary":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+        assert ws.close_code == 1000
+        assert events[-1]["duration_s"] == pytest.approx(audio.size / 16000, abs=0.01)
         tg.cancel_scope.cancel()
     ctx.sinks.close()
 

@@ -216,8 +216,9 @@ class WebSocketServer:
                 process_request=self._check_request,
                 max_queue=config.max_queue_messages,
                 write_limit=config.write_limit_bytes,
-                ping_interval=config.ping_interval_s,
-                ping_timeout=config.ping_timeout_s,
+                # Each connection pings on its own terms (keepalive.py): websockets'
+                # timeout would drop an upload whose pong waits behind unread audio.
+                ping_interval=None,
                 close_timeout=config.close_timeout_s,
                 # No permessage-deflate: PCM audio hardly compresses, and inflating
                 # every frame (and deflating every event) cost CPU that bounds a worker.

@@ -26,6 +26,7 @@ from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHU
 from ..protocol import AudioIn, NativeProtocol, StreamStart, StreamStop, TwilioProtocol, WireProtocol
 from .context import ServerContext
 from .drain import GOING_AWAY, SHUTDOWN_REASON, Handled, MessageReader
+from .keepalive import Keepalive
 from .session import StreamSession
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,17 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
     # (a Twilio call with both tracks) claims another and is released here.
     extra_streams = 0
 
+    config = ctx.config
+    keepalive = Keepalive(
+        ws, config.ping_interval_s, config.ping_timeout_s, config.close_timeout_s, ctx.metrics.keepalive
+    )
+
     async def emit(event: dict[str, Any]) -> None:
         await ctx.sinks.emit(event)
         if protocol.replies:
             try:
-                await ws.send(event_json(event))
+                with keepalive.waiting():  # blocked only by a client that does not read
+                    await ws.send(event_json(event))
             except ConnectionClosed:
                 # The reader notices too and ends the stream; the sinks have the event.
                 log.debug("client gone; event kept in the sinks only")
@@ -133,24 +140,28 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                 return Handled.STOP  # the protocol refuses anything after its stop
         return handled
 
-    try:
-        async with anyio.create_task_group() as tg:
-            # Until the client's stop, the idle timeout, or a shutdown drain
-            # (which ends the streams as if the client had sent stop).
-            await MessageReader(ws, ctx.drain, ctx.config.idle_timeout_s).run(handle)
-            for session in sessions.values():
-                session.close_input()
-    except BaseException as exc:
-        reason = end_reason(exc)
-        if reason == DISCONNECT and ctx.shutting_down:  # cut after the drain's grace
-            reason = SHUTDOWN
-        with anyio.move_on_after(ABORT_GRACE_S, shield=True):
-            for session in sessions.values():
-                await session.abort(reason)
-        raise
-    finally:
-        for _ in range(extra_streams):
-            ctx.release_extra_stream()
+    # The keepalive runs until every stream has been scored and its events sent.
+    async with anyio.create_task_group() as pinging:
+        pinging.start_soon(keepalive.run)
+        try:
+            async with anyio.create_task_group() as tg:
+                # Until the client's stop, the idle timeout, or a shutdown drain
+                # (which ends the streams as if the client had sent stop).
+                await MessageReader(ws, ctx.drain, config.idle_timeout_s, keepalive.waiting).run(handle)
+                for session in sessions.values():
+                    session.close_input()
+        except BaseException as exc:
+            reason = end_reason(exc)
+            if reason == DISCONNECT and ctx.shutting_down:  # cut after the drain's grace
+                reason = SHUTDOWN
+            with anyio.move_on_after(ABORT_GRACE_S, shield=True):
+                for session in sessions.values():
+                    await session.abort(reason)
+            raise
+        finally:
+            pinging.cancel_scope.cancel()
+            for _ in range(extra_streams):
+                ctx.release_extra_stream()
     if ctx.drain.started:
         for session in sessions.values():
             await session.finish(SHUTDOWN)

@@ -16,6 +16,7 @@ pending ``websockets`` ``recv`` is safe: no message is lost).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -80,10 +81,18 @@ class MessageReader:
     ``recv`` is safe: no message is lost.
     """
 
-    def __init__(self, ws: Any, drain: Drain, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        drain: Drain,
+        idle_timeout_s: float,
+        waiting: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> None:
         self._ws = ws
         self._drain = drain
         self.idle_timeout_s = idle_timeout_s
+        #: Entered around each read: the keepalive owes the client a pong only meanwhile.
+        self._waiting = waiting
         self._scope = anyio.CancelScope()
         #: When the pending read began (event-loop clock), ``None`` while handling.
         self._reading_since: float | None = None
@@ -128,7 +137,8 @@ class MessageReader:
         with scope:
             while not self._drain.started:
                 self._reading_since = active
-                message = await self._ws.recv()
+                with self._waiting():
+                    message = await self._ws.recv()
                 self._reading_since = None
                 if scope.cancel_called:
                     late = message

@@ -65,6 +65,12 @@ class ServerMetrics:
             ["code", "reason"],
             registry=r,
         )
+        self.keepalive = Counter(
+            "spoofwatch_keepalive_pings",
+            "WebSocket keepalive pings: sent, and dropped (no pong within the timeout of waiting on the client)",
+            ["outcome"],
+            registry=r,
+        )
         self.provider = Gauge(
             "spoofwatch_provider",
             "Compute provider in use (1 for the one in use)",
@@ -102,6 +108,8 @@ class ServerMetrics:
         )
         for outcome in ("scored", "dropped", "gated"):
             self.windows.labels(outcome)  # present at 0 from the start
+        for outcome in ("sent", "dropped"):
+            self.keepalive.labels(outcome)
         self.provider.labels(provider).set(1)
         self.max_streams.set(max_streams)
         self.workers.set(1)
