@@ -165,6 +165,12 @@ def score_dataset(
     from tqdm import tqdm
 
     check_hop_s(hop_s)
+    if hop_s * SAMPLE_RATE_HZ > window_samples:
+        # Windows further apart than their length would leave audio unscored
+        # (the live engine refuses such a hop too).
+        raise InputError(
+            f"expected a hop of at most one window ({window_samples / SAMPLE_RATE_HZ:g} s), got {hop_s:g} s"
+        )
     windows_path = out.with_name(out.name + ".windows.jsonl")
     check_resume(
         out,

@@ -24,7 +24,7 @@ from typing import IO, Literal
 import torch
 
 from spoofwatch.errors import NetworkError, WeightsError
-from spoofwatch.paths import cache_tempfile, weights_dir
+from spoofwatch.paths import cache_tempfile, make_cache_folder, weights_dir
 
 from .aasist import AASIST
 from .config import ModelConfig, load_model_config
@@ -157,7 +157,7 @@ def fetch_weights(model: str, source: str | None = None, progress: bool = True) 
     config = load_model_config(model)
     resolved = _resolve_source(source, config)
     target = weights_path(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_cache_folder(target.parent)
     log.info("fetching %s weights from %s", config.name, resolved)
     fd, tmp_name = cache_tempfile(target.parent, ".pth")
     tmp = Path(tmp_name)

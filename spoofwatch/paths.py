@@ -39,12 +39,32 @@ def onnx_dir() -> Path:
 CACHE_FILE_MODE = 0o644
 
 
+def cannot_write_in(folder: Path) -> str | None:
+    """Why a file cannot be made in the existing ``folder``, or None: tried, not
+    guessed from permission bits (root passes every ``os.access`` check, and
+    /proc or /sys refuse new files whoever asks)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def make_cache_folder(folder: Path) -> None:
+    """``folder`` made (with its parents) for cached files; a clear error if it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cache_unwritable(folder, exc) from None
+
+
 def cache_tempfile(folder: Path, suffix: str) -> tuple[int, str]:
     """A temporary file in ``folder`` to write a cached file into and rename
     into place (``tempfile.mkstemp``), with :data:`CACHE_FILE_MODE`."""
     try:
         fd, name = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=folder)
-    except PermissionError as exc:
+    except OSError as exc:
         raise cache_unwritable(folder, exc) from None
     os.fchmod(fd, CACHE_FILE_MODE)
     return fd, name

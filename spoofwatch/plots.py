@@ -52,6 +52,7 @@ def prepare_plot_file(path: Path) -> None:
 def prepare_plot_dir(folder: Path) -> None:
     """The folder pictures go to, made now; a clear error if it cannot be."""
     from spoofwatch.errors import InputError
+    from spoofwatch.paths import cannot_write_in
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,9 @@ def prepare_plot_dir(folder: Path) -> None:
         raise InputError(
             f"--plot: cannot use {folder} as a folder for pictures: {exc.strerror or exc}"
         ) from None
+    why = cannot_write_in(folder)
+    if why is not None:
+        raise InputError(f"--plot: cannot write pictures in {folder}: {why}")
 
 
 @dataclass(frozen=True)

@@ -913,6 +913,45 @@ def test_the_early_stopping_target_check_decides_as_the_full_measurement() -> No
     assert decided == {True, False}
 
 
+def test_unbounded_numbers_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A million ONNX Runtime threads, an astronomically long simulated
+    conversation or a hop of 1e308 s ran the machine out of memory or crashed
+    late; each is now one clear error naming the range."""
+    from spoofwatch.calibration.scoreset import score_dataset
+    from spoofwatch.cli import main
+    from spoofwatch.errors import InputError
+
+    afile = tmp_path / "a.wav"
+    afile.write_bytes(b"")
+    for argv, message in (
+        (["score", "--threads", "1000000", str(afile)], "expected an integer from 1 to 1024"),
+        (["stream", "--threads", "0", str(afile)], "expected an integer from 1 to 1024"),
+        (
+            [
+                "calibrate",
+                "fit",
+                "--scores",
+                str(afile),
+                "--out",
+                str(tmp_path / "c.toml"),
+                "--conversation-s",
+                "1e308",
+            ],
+            "expected seconds > 0 and <= 3600",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err, argv
+    # The window is known once the model is: checked before any file is read.
+    with pytest.raises(InputError, match=r"at most one window \(4.0375 s\), got 1e\+308 s"):
+        score_dataset(None, None, tmp_path / "s.txt", hop_s=1e308)  # type: ignore[arg-type]
+    assert not (tmp_path / "s.txt").exists()
+
+
 def test_offline_commands_check_outputs_and_numbers_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -984,6 +1023,37 @@ def test_offline_commands_check_outputs_and_numbers_first(
         (["evaluate-suite", "--corpus", str(folder), "--cache", str(afile)], "is a file; expected a folder"),
         (["data", "build-corpus", "--out", str(afile)], "is a file; expected a folder"),
         (["export", "--out", str(folder)], "is a folder; expected a file"),
+        # /proc takes no new files, even from root: found by trying, before any work.
+        (["calibrate", "fit", "--scores", str(scores), "--out", "/proc/c.toml"], "cannot write in /proc"),
+        (
+            [
+                "calibrate",
+                "fit",
+                "--scores",
+                str(scores),
+                "--out",
+                str(tmp_path / "c.toml"),
+                "--report",
+                "/proc",
+            ],
+            "--report /proc: cannot write in /proc",
+        ),
+        (
+            [
+                "calibrate",
+                "bonafide",
+                "--audio-dir",
+                str(folder),
+                "--target-false-alerts-per-hour",
+                "1",
+                "--out",
+                "/proc/b.toml",
+            ],
+            "cannot write in /proc",
+        ),
+        (["evaluate-suite", "--corpus", str(folder), "--out", "/proc"], "cannot write in /proc"),
+        (["score", "--plot", "/proc", str(afile)], "--plot: cannot write pictures in /proc"),
+        (["stream", "--plot", "/proc/t.png", str(afile)], "--plot: cannot write pictures in /proc"),
         (
             [
                 "calibrate",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,14 +14,22 @@ from .common import (
     add_model_args,
     check_output_dir,
     check_output_file,
+    checked_type,
     model_inputs,
     non_negative_rate,
     positive_int,
-    positive_seconds,
     print_json,
 )
 
 log = logging.getLogger(__name__)
+#: Longest simulated conversation ``calibrate fit`` builds: an hour is already
+#: far past any alert delay it could measure, and each is held in memory.
+MAX_CONVERSATION_S = 3600.0
+conversation_seconds = checked_type(
+    float,
+    lambda v: math.isfinite(v) and 0 < v <= MAX_CONVERSATION_S,
+    f"seconds > 0 and <= {MAX_CONVERSATION_S:g}",
+)
 
 if TYPE_CHECKING:
     from spoofwatch.calibration.calfile import Calibration
@@ -88,7 +97,10 @@ def register(sub: Any) -> None:
         "--conversations", type=positive_int, default=20, help="simulated conversations of each kind"
     )
     fit.add_argument(
-        "--conversation-s", type=positive_seconds, default=30.0, help="length of each simulated conversation"
+        "--conversation-s",
+        type=conversation_seconds,
+        default=30.0,
+        help=f"length of each simulated conversation (at most {MAX_CONVERSATION_S:g} s)",
     )
     fit.add_argument(
         "--report", type=Path, default=None, metavar="DIR", help="write report.md and PNG plots here"

@@ -79,6 +79,7 @@ def check_output_file(path: Path, flag: str = "--out", inputs: dict[str, Path | 
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{flag} {path}: cannot make its folder: {exc.strerror or exc}") from None
+    _check_writable(path.parent, flag, path)
 
 
 def model_inputs(args: argparse.Namespace) -> dict[str, Path | None]:
@@ -113,9 +114,22 @@ def check_output_dir(path: Path, flag: str = "--out") -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{flag} {path}: cannot make the folder: {exc.strerror or exc}") from None
+    _check_writable(path, flag, path)
 
 
-def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+def _check_writable(folder: Path, flag: str, named: Path) -> None:
+    """A file can be made in ``folder`` (checked by making one, before any work)."""
+    from spoofwatch.errors import InputError
+    from spoofwatch.paths import cannot_write_in
+
+    why = cannot_write_in(folder)
+    if why is not None:
+        raise InputError(f"{flag} {named}: cannot write in {folder}: {why}")
+
+
+def checked_type(
+    convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
     """An argparse type: ``convert(text)`` if ``ok`` of it, else one error naming ``expected``."""
 
     def parse(text: str) -> Any:
@@ -131,12 +145,17 @@ def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected:
 
 
 #: Counts (workers, conversations...).
-positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+positive_int = checked_type(int, lambda v: v >= 1, "an integer >= 1")
 #: Limits where 0 means "none".
-non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-positive_seconds = _checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number of seconds > 0")
+non_negative_int = checked_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_seconds = checked_type(float, lambda v: math.isfinite(v) and v > 0, "a finite number of seconds > 0")
+#: Most ONNX Runtime threads a command takes: each thread has its own stack and
+#: scratch memory (a million of them ran the machine out of memory), and more
+#: threads than a large machine has cores only contend.
+MAX_THREADS = 1024
+thread_count = checked_type(int, lambda v: 1 <= v <= MAX_THREADS, f"an integer from 1 to {MAX_THREADS}")
 #: False alerts per hour.
-non_negative_rate = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+non_negative_rate = checked_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -147,7 +166,7 @@ def _rates(text: str) -> tuple[float, ...]:
 
 
 #: Comma-separated false alerts per hour ("" for none).
-non_negative_rates = _checked(
+non_negative_rates = checked_type(
     _rates, lambda v: all(math.isfinite(x) and x >= 0 for x in v), "comma-separated finite numbers >= 0"
 )
 
@@ -170,7 +189,12 @@ def add_model_args(
         choices=DEVICES,
         help="compute device; auto: CUDA when it really starts, else CPU",
     )
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=thread_count,
+        default=None,
+        help=f"ONNX Runtime intra-op threads (1 to {MAX_THREADS})",
+    )
     add_precision_arg(parser)
     if calibration:
         parser.add_argument(

@@ -159,6 +159,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _plot_file(result: dict[str, Any], path: Path, out_dir: Path, drawn: set[Path]) -> None:
     """``out_dir/<file name>.png``; two files of the same name (from different
     folders) get ``-2``, ``-3``... rather than one picture replacing the other."""
+    from spoofwatch.errors import InputError
     from spoofwatch.plots import plot_file_score
 
     target = out_dir / f"{path.name}.png"
@@ -167,5 +168,8 @@ def _plot_file(result: dict[str, Any], path: Path, out_dir: Path, drawn: set[Pat
         n += 1
         target = out_dir / f"{path.name}-{n}.png"
     drawn.add(target)
-    plot_file_score(result, target)
+    try:
+        plot_file_score(result, target)
+    except OSError as exc:  # the folder was checked first; a full disk, a removed folder
+        raise InputError(f"--plot: cannot write {target}: {exc.strerror or exc}") from None
     log.info("wrote %s", target)
