@@ -86,6 +86,10 @@ class QueuedSink:
         self._queue: queue.Queue[str | _Stop] = queue.Queue(max_queue_events)
         self._dead = False
         self._closed = False
+        #: A line taken from the queue and not yet written (or failed).
+        self._in_flight = False
+        #: ``close`` stopped waiting for the thread and counted what it held as dropped.
+        self._given_up = False
         self._drop_logged = False
         self._thread = threading.Thread(target=self._drain, name=f"sink-{name}", daemon=True)
         self._thread.start()
@@ -124,9 +128,12 @@ class QueuedSink:
             if self._dead:
                 self.counters.dropped += 1
                 continue
+            self._in_flight = True
             try:
                 self._write_line(item)
             except Exception as exc:  # any failure of the consumer; the caller never sees it
+                if self._given_up:  # already counted as dropped by ``close``
+                    return
                 self.counters.failed += 1
                 if isinstance(exc, BrokenPipeError):
                     self._dead = True
@@ -138,7 +145,11 @@ class QueuedSink:
                         "%s sink failed: %s; further failures are counted, not logged", self.name, exc
                     )
             else:
+                if self._given_up:
+                    return
                 self.counters.written += 1
+            finally:
+                self._in_flight = False
 
     def join(self, timeout_s: float) -> bool:
         """After ``close``: wait up to ``timeout_s`` for a consumer that was given
@@ -160,9 +171,12 @@ class QueuedSink:
         except queue.Full:
             pass
         if self._thread.is_alive():
-            left = self._queue.qsize() - stop_queued
+            # The queued lines, and the one a stalled write still holds: the
+            # thread counts nothing more once given up on.
+            self._given_up = True
+            left = self._queue.qsize() - stop_queued + self._in_flight
             self.counters.dropped += left
-            log.warning("%s sink stalled: gave up on %d queued events at shutdown", self.name, left)
+            log.warning("%s sink stalled: gave up on %d events at shutdown", self.name, left)
         if self._close is not None and not self._thread.is_alive():
             try:
                 self._close()

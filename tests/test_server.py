@@ -891,7 +891,17 @@ def test_open_alerts_left_by_a_run_that_died_whole_are_ended_once(tmp_path: Path
             "threshold": 2.7,
             "reason": "worker_crash",
             "stream_id": "w0-4321-s9",
-        }
+        },
+        {
+            "type": "summary",
+            "duration_s": 30.0,
+            "windows": 0,
+            "scored_windows": 0,
+            "alerts": 1,
+            "dropped_windows": 0,
+            "reason": "worker_crash",
+            "stream_id": "w0-4321-s9",
+        },
     ]
     assert not list(tmp_path.glob("open-alerts-*"))
     assert leftover_alert_ends(tmp_path) == []  # once

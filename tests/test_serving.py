@@ -1090,27 +1090,53 @@ async def test_an_upload_held_back_by_scoring_is_not_dropped_by_the_keepalive(
     ctx.sinks.close()
 
 
-def test_alert_journal_keeps_only_open_alerts_and_the_supervisor_closes_them(tmp_path: Path) -> None:
+def test_stream_journal_lets_the_supervisor_end_every_open_stream(tmp_path: Path) -> None:
+    """A dead worker's streams get, in the sinks, an alert_end for an open alert
+    and a summary with what their events had counted; a stream that ended
+    leaves nothing behind."""
     from spoofwatch.stream.events import END_REASONS
     from spoofwatch.stream.server.journal import AlertJournal, crash_alert_ends, journal_path
 
     path = journal_path(tmp_path, 1234)
     journal = AlertJournal(path, exit_threshold=2.7)  # an alert_end carries the exit threshold
     a, b = {"stream_id": "w0-1234-s1"}, {"callSid": "CA1", "streamSid": "MZ1", "track": "inbound"}
+
+    def score(t: float, value: float | None, speech: bool, tags: dict[str, str]) -> dict[str, Any]:
+        return {
+            "type": "score",
+            "t_start": t - 4,
+            "t_end": t,
+            "score": value,
+            "smoothed": -3.5,
+            "speech": speech,
+            **tags,
+        }
+
+    journal.update([score(4.0, None, False, a), score(4.5, -4.0, True, a), score(5.0, None, True, a)])
     journal.update([{"type": "alert_start", "t": 9.0, "smoothed": -3.0, "threshold": 1.7, **a}])
     journal.update([{"type": "alert_start", "t": 5.0, "smoothed": -2.0, "threshold": 1.7, **b}])
     journal.update(
         [{"type": "alert_end", "t": 7.0, "smoothed": 2.0, "threshold": 1.7, "reason": "recovered", **b}]
     )
-    journal.update([{"type": "score", "t_start": 6.0, "t_end": 10.0, "score": -4.0, "smoothed": -3.5, **a}])
-    journal.flush()  # the score moved the open alert's time on
+    journal.update([score(10.0, -4.0, True, a)])
+    journal.opened({"stream_id": "w0-1234-s2", "other": "tag"})  # started, no event yet
+    journal.flush()  # the score moved the stream's time on
     ends = crash_alert_ends(path)
+    crash = "worker_crash"
     assert ends == [
-        {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 2.7, "reason": "worker_crash", **a}
+        {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 2.7, "reason": crash, **a},
+        # gated, scored, a speech window the model failed on (dropped), scored
+        {"type": "summary", "duration_s": 10.0, "windows": 4, "scored_windows": 2, "alerts": 1}
+        | {"dropped_windows": 1, "reason": crash, **a},
+        {"type": "summary", "duration_s": 7.0, "windows": 0, "scored_windows": 0, "alerts": 1}
+        | {"dropped_windows": 0, "reason": crash, **b},
+        {"type": "summary", "duration_s": 0.0, "windows": 0, "scored_windows": 0, "alerts": 0}
+        | {"dropped_windows": 0, "reason": crash, "stream_id": "w0-1234-s2"},
     ]
     assert ends[0]["reason"] in END_REASONS
     assert not path.exists() and crash_alert_ends(path) == []
-    journal.update([{"type": "summary", **a}])  # a stream that ended leaves nothing open
+    ended = [{"type": "summary", **tags} for tags in (a, b, {"stream_id": "w0-1234-s2"})]
+    journal.update(ended)  # streams that ended leave nothing
     assert json.loads(path.read_text()) == []
 
 

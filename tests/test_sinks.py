@@ -54,10 +54,13 @@ def test_close_gives_up_on_a_stalled_consumer() -> None:
         sink.submit({"type": "score", "i": i})
     assert writer.entered.wait(30)
     sink.close(timeout_s=0.2)  # bounded: the consumer never comes back
-    assert sink.counters.written == 0 and sink.counters.dropped == 2
+    # Two queued and the one the stalled write holds: every event is accounted for.
+    assert sink.counters.written == 0 and sink.counters.dropped == 3
     sink.submit({"type": "score"})  # after close: dropped, not queued
-    assert sink.counters.dropped == 3
-    writer.release.set()
+    assert sink.counters.dropped == 4
+    writer.release.set()  # the stalled write ends after all: not counted twice
+    assert sink.join(timeout_s=60)
+    assert sink.counters.as_dict() == {"written": 0, "dropped": 4, "failed": 0}
 
 
 def test_write_failures_logged_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -285,17 +285,40 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
                 server.expect, rf"worker {index} ready \(pid (\d+)", accept=lambda m, p=pid: int(m[1]) != p
             )
             pids[index] = int((await anyio.to_thread.run_sync(new))[1])
-        # The sinks got an alert_end for the alert the crash left open.
+        # The sinks got an alert_end for the alert the crash left open, and
+        # both streams (one per worker) a summary with what their events had counted.
         await anyio.to_thread.run_sync(
-            server.expect, r"ended 1 open alert\(s\) in the sinks \(reason worker_crash\)"
+            server.expect, r"ended 1 stream\(s\) and 1 open alert\(s\) in the sinks \(reason worker_crash\)"
         )
+        with anyio.fail_after(60):  # the supervisor's sinks write in their own threads
+            while not {("summary", id1), ("summary", id2)} <= logged_events(events_file):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
         logged = [json.loads(line) for line in events_file.read_text().splitlines()]
         mine = [e for e in logged if e.get("stream_id") == id1]
         assert [e["type"] for e in mine].count("alert_start") == 1
-        assert mine[-1]["type"] == "alert_end" and mine[-1]["reason"] == "worker_crash"
+        end, summary = mine[-2:]
+        assert end["type"] == "alert_end" and end["reason"] == "worker_crash"
         start = next(e for e in mine if e["type"] == "alert_start")
-        assert mine[-1]["threshold"] > start["threshold"]  # the exit threshold, as a live alert_end has
-        assert mine[-1]["t"] >= next(e["t"] for e in mine if e["type"] == "alert_start")
+        assert end["threshold"] > start["threshold"]  # the exit threshold, as a live alert_end has
+        assert end["t"] >= start["t"]
+        # As the journal last saw the stream: at its alert_start at the latest
+        # (written at once), at most a flush interval before the kill.
+        windows = [e for e in mine if e["type"] == "score"]
+        counted = summary["windows"]
+        before_alert = next(k for k, e in enumerate(mine) if e["type"] == "alert_start")
+        assert sum(e["type"] == "score" for e in mine[:before_alert]) <= counted <= len(windows)
+        assert summary == {
+            "type": "summary",
+            "duration_s": windows[counted - 1]["t_end"],
+            "windows": counted,
+            "scored_windows": sum(e["score"] is not None for e in windows[:counted]),
+            "alerts": 1,
+            "dropped_windows": 0,
+            "reason": "worker_crash",
+            "stream_id": id1,
+        }
+        for stream_id in (id1, id2):
+            assert [e["type"] for e in logged if e.get("stream_id") == stream_id].count("summary") == 1
         # The dead workers' slots were freed: a new stream is served in full, by a new worker.
         result = await send_audio(speech, url)
         assert result.close_code == 1000 and result.events[-1]["type"] == "summary"

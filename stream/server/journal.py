@@ -1,15 +1,19 @@
-"""Open alerts of a worker process, on disk, for the supervisor to close if it dies.
+"""Open streams of a worker process, on disk, for the supervisor to end if it dies.
 
 A worker killed mid-call cannot send anything, yet an operator watching the
-sinks (for Twilio the only output) must not see a call "under alert" forever.
-Each worker therefore keeps the alerts that are open on its streams in a
-small JSON file; when the worker dies, the supervisor emits an ``alert_end``
-with ``reason: "worker_crash"`` for each of them to the sinks, tagged like
-the stream's own events.
+sinks (for Twilio the only output) must not see a call "under alert" forever,
+and every stream must end with exactly one ``summary``. Each worker therefore
+keeps its open streams in a small JSON file: their tags, what their events
+have counted so far and whether an alert is open. When the worker dies, the
+supervisor emits, for each, an ``alert_end`` with ``reason: "worker_crash"``
+for an open alert and a ``summary`` (``reason: "worker_crash"`` too), tagged
+like the stream's own events. The summary counts what the stream's events
+said before the crash: windows cut but never resolved are not in it.
 
-The file is rewritten (atomically) when an alert opens or closes, and at most
-once per ``flush`` call otherwise (the server's load refresh, every second),
-so the ``t`` and ``smoothed`` of a crash ``alert_end`` are at most that old.
+The file is rewritten (atomically) when a stream starts or ends or an alert
+opens or closes, and at most once per ``flush`` call otherwise (the server's
+load refresh, every second), so the figures of a crash ``alert_end`` and
+``summary`` are at most that old.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def journal_path(directory: str | Path, pid: int) -> Path:
 
 
 class AlertJournal:
-    """Fed every event a worker emits; ``open_alerts`` mirrors its open alerts on disk.
+    """Fed every event a worker emits; mirrors its open streams on disk.
 
     ``exit_threshold`` is the worker's alert band's exit threshold: an
     ``alert_end`` carries it (the ``alert_start`` carries the enter threshold)."""
@@ -45,24 +49,40 @@ class AlertJournal:
         self._open: dict[str, dict[str, Any]] = {}
         self._dirty = False
 
+    def opened(self, tags: dict[str, Any]) -> None:
+        """A stream started (``tags`` as its events will carry them): it gets a
+        summary if the worker dies before its first event."""
+        self._entry({k: tags[k] for k in STREAM_TAGS if k in tags})
+        self._write()
+
+    def _entry(self, tags: dict[str, Any]) -> dict[str, Any]:
+        key = json.dumps(tags, sort_keys=True)
+        stream = self._open.get(key)
+        if stream is None:
+            stream = self._open[key] = {**tags, **_NEW_STREAM, "threshold": self.exit_threshold}
+        return stream
+
     def update(self, events: list[dict[str, Any]]) -> None:
         changed = False
         for event in events:
             tags = {k: event[k] for k in STREAM_TAGS if k in event}
-            key = json.dumps(tags, sort_keys=True)
             kind = event.get("type")
+            if kind == "summary":
+                changed |= self._open.pop(json.dumps(tags, sort_keys=True), None) is not None
+                continue
+            known = len(self._open)
+            stream = self._entry(tags)
+            changed |= len(self._open) != known
             if kind == "alert_start":
-                self._open[key] = {
-                    **tags,
-                    "t": event["t"],
-                    "smoothed": event["smoothed"],
-                    "threshold": self.exit_threshold,
-                }
+                stream.update(
+                    alert=True, t=event["t"], smoothed=event["smoothed"], alerts=stream["alerts"] + 1
+                )
                 changed = True
-            elif kind in ("alert_end", "summary"):
-                changed |= self._open.pop(key, None) is not None
-            elif kind == "score" and key in self._open:
-                self._open[key].update(t=event["t_end"], smoothed=event["smoothed"])
+            elif kind == "alert_end":
+                stream.update(alert=False, t=event["t"], smoothed=event["smoothed"])
+                changed = True
+            elif kind == "score":
+                _count_window(stream, event)
                 self._dirty = True
         if changed:
             self._write()
@@ -78,7 +98,30 @@ class AlertJournal:
             tmp.write_text(json.dumps(list(self._open.values())))
             os.replace(tmp, self.path)
         except OSError as exc:  # the journal is a safety net: never break a stream for it
-            log.warning("cannot write the open-alert journal %s: %s", self.path, exc)
+            log.warning("cannot write the open-stream journal %s: %s", self.path, exc)
+
+
+#: A stream's journal entry before its first window.
+_NEW_STREAM: dict[str, Any] = {
+    "t": 0.0,
+    "smoothed": None,
+    "alert": False,
+    "windows": 0,
+    "scored_windows": 0,
+    "alerts": 0,
+    "dropped_windows": 0,
+}
+
+
+def _count_window(stream: dict[str, Any], event: dict[str, Any]) -> None:
+    """A ``score`` event: one window resolved, as the engine's summary counts it
+    (a speech window without a score is one the model failed on: dropped)."""
+    stream["windows"] += 1
+    if event["score"] is not None:
+        stream["scored_windows"] += 1
+    elif event["speech"]:
+        stream["dropped_windows"] += 1
+    stream.update(t=event["t_end"], smoothed=event["smoothed"])
 
 
 def leftover_alert_ends(directory: str | Path) -> list[dict[str, Any]]:
@@ -95,24 +138,39 @@ def leftover_alert_ends(directory: str | Path) -> list[dict[str, Any]]:
 
 
 def crash_alert_ends(path: Path, reason: str = CRASH_REASON) -> list[dict[str, Any]]:
-    """``alert_end`` events for the open alerts a dead worker left in ``path`` (which is removed)."""
+    """The events a dead worker's open streams never got, from ``path`` (which is
+    removed): an ``alert_end`` for an open alert, then a ``summary``."""
     try:
         entries = json.loads(path.read_text())
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        log.error("unreadable open-alert journal %s: %s", path, exc)
+        log.error("unreadable open-stream journal %s: %s", path, exc)
         return []
     finally:
         path.unlink(missing_ok=True)
-    return [
-        {
-            "type": "alert_end",
-            "t": e["t"],
-            "smoothed": e["smoothed"],
-            "threshold": e["threshold"],
-            "reason": reason,
-            **{k: e[k] for k in STREAM_TAGS if k in e},
-        }
-        for e in entries
-    ]
+    events: list[dict[str, Any]] = []
+    for e in entries:
+        tags = {k: e[k] for k in STREAM_TAGS if k in e}
+        if e.get("alert", True):  # an entry without the key: an older journal, open alerts only
+            events.append(
+                {
+                    "type": "alert_end",
+                    "t": e["t"],
+                    "smoothed": e["smoothed"],
+                    "threshold": e["threshold"],
+                    "reason": reason,
+                    **tags,
+                }
+            )
+        if "windows" in e:
+            events.append(
+                {
+                    "type": "summary",
+                    "duration_s": e["t"],
+                    **{k: e[k] for k in ("windows", "scored_windows", "alerts", "dropped_windows")},
+                    "reason": reason,
+                    **tags,
+                }
+            )
+    return events

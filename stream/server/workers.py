@@ -184,7 +184,7 @@ class Supervisor:
             # an interrupt in between would lose them for good.
             self._starting = False
             # A previous run that died whole (SIGKILL, OOM) left its open alerts here: end them now, once.
-            self._emit_alert_ends(leftover_alert_ends(metrics_dir), "a previous run")
+            self._emit_crash_events(leftover_alert_ends(metrics_dir), "a previous run")
             for i in range(self.n_workers):
                 self._start(i)
             return self._supervise()
@@ -304,7 +304,7 @@ class Supervisor:
             w.conn.close()
         _forget_worker_metrics(w.process.pid)
         reset_worker_cells(self._cells, self._lock, self.n_workers, w.index)
-        self._close_open_alerts(w, "shutdown" if self._stopping else CRASH_REASON)
+        self._end_open_streams(w, "shutdown" if self._stopping else CRASH_REASON)
         if self._stopping:
             return None
         if w.ready:
@@ -329,12 +329,12 @@ class Supervisor:
         self._restart_at[w.index] = time.monotonic() + delay
         return None
 
-    def _close_open_alerts(self, w: _Worker, reason: str) -> None:
-        """The sinks must not show a dead worker's calls under alert forever."""
+    def _end_open_streams(self, w: _Worker, reason: str) -> None:
+        """The sinks must not show a dead worker's calls under alert, or unfinished, forever."""
         events = crash_alert_ends(journal_path(self._state_dir, w.process.pid), reason)
-        self._emit_alert_ends(events, f"worker {w.index}")
+        self._emit_crash_events(events, f"worker {w.index}")
 
-    def _emit_alert_ends(self, events: list[dict[str, Any]], whose: str) -> None:
+    def _emit_crash_events(self, events: list[dict[str, Any]], whose: str) -> None:
         if not events:
             return
         import anyio
@@ -347,8 +347,14 @@ class Supervisor:
             )
         for event in events:
             anyio.run(self._sinks.emit, event)
+        alerts = sum(e["type"] == "alert_end" for e in events)
+        streams = sum(e["type"] == "summary" for e in events)
         log.warning(
-            "%s: ended %d open alert(s) in the sinks (reason %s)", whose, len(events), events[0]["reason"]
+            "%s: ended %d stream(s) and %d open alert(s) in the sinks (reason %s)",
+            whose,
+            streams,
+            alerts,
+            events[0]["reason"],
         )
 
     def _drain(self) -> None:
@@ -366,7 +372,7 @@ class Supervisor:
                 w.process.kill()
                 w.process.join()
             _forget_worker_metrics(w.process.pid)
-            self._close_open_alerts(w, "shutdown")  # streams a worker could not end itself
+            self._end_open_streams(w, "shutdown")  # streams a worker could not end itself
 
 
 def _signal(pid: int, signum: int) -> None:
