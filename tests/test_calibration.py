@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -810,6 +811,48 @@ def test_bonafide_threshold_finds_a_longer_alert_that_swallows_a_second_one() ->
     )
 
 
+def random_traces(
+    rng: np.random.Generator,
+    name: str,
+    most_recordings: int,
+    windows: tuple[int, int],
+    gated_share: float,
+    score_sd: float,
+    onset_share: float,
+    onset_s: tuple[float, float],
+) -> list[Any]:
+    """Random recordings at a 0.5 s hop: gated windows (silent for a second),
+    scores around 1, and a spoof onset in some (property tests)."""
+    from spoofwatch.calibration.streaming import Trace
+
+    traces = []
+    for k in range(int(rng.integers(1, most_recordings))):
+        trace_windows: list[tuple[float, float | None, float | None]] = []
+        for i in range(int(rng.integers(*windows))):
+            t = 4.04 + i / 2
+            trace_windows.append(
+                (t, None, t - 1.0)
+                if rng.random() < gated_share
+                else (t, float(rng.normal(1.0, score_sd)), None)
+            )
+        onset = float(rng.uniform(*onset_s)) if rng.random() < onset_share else None
+        traces.append(Trace(f"{name}-{k}", 4.04 + len(trace_windows) / 2, onset, trace_windows))
+    return traces
+
+
+def random_policy(rng: np.random.Generator, most_smoothing: int, most_min_alert: int) -> Any:
+    """A random alert policy shape (band width, smoothing, minimum length, cooldown)."""
+    from spoofwatch.stream.policy import PolicyConfig
+
+    return PolicyConfig(
+        0.0,
+        float(rng.choice([0.0, 0.5, 2.0])),
+        smoothing_windows=int(rng.integers(1, most_smoothing)),
+        min_alert_windows=int(rng.integers(1, most_min_alert)),
+        cooldown_s=float(rng.choice([0.0, 2.0])),
+    )
+
+
 def test_bonafide_threshold_equals_trying_every_interval() -> None:
     """The search skips thresholds that cannot meet the target (the first
     recordings that miss it keep their alerts until the threshold crosses
@@ -825,29 +868,13 @@ def test_bonafide_threshold_equals_trying_every_interval() -> None:
         bonafide_threshold,
         smoothed_scores,
     )
-    from spoofwatch.calibration.streaming import Trace, false_alert_overrun, measure, replay
-    from spoofwatch.stream.policy import PolicyConfig
+    from spoofwatch.calibration.streaming import false_alert_overrun, measure, replay
 
     rng = np.random.default_rng(23)
     searched = 0
     for case in range(300):
-        traces = []
-        for k in range(int(rng.integers(1, 9))):
-            windows: list[tuple[float, float | None, float | None]] = []
-            for i in range(int(rng.integers(2, 30))):
-                t = 4.04 + i / 2
-                windows.append(
-                    (t, None, t - 1.0) if rng.random() < 0.1 else (t, float(rng.normal(1.0, 2.5)), None)
-                )
-            onset = float(rng.uniform(5, 15)) if rng.random() < 0.2 else None
-            traces.append(Trace(f"c{case}-{k}", 4.04 + len(windows) / 2, onset, windows))
-        base = PolicyConfig(
-            0.0,
-            float(rng.choice([0.0, 0.5, 2.0])),
-            smoothing_windows=int(rng.integers(1, 4)),
-            min_alert_windows=int(rng.integers(1, 3)),
-            cooldown_s=float(rng.choice([0.0, 2.0])),
-        )
+        traces = random_traces(rng, f"c{case}", 9, (2, 30), 0.1, 2.5, 0.2, (5, 15))
+        base = random_policy(rng, 4, 3)
         if max(sum(v is not None for _, v, _ in tr.windows) for tr in traces) < base.min_alert_windows:
             continue
         bona_fide_s = [tr.onset_s if tr.onset_s is not None else tr.duration_s for tr in traces]
@@ -880,29 +907,13 @@ def test_the_early_stopping_target_check_decides_as_the_full_measurement() -> No
     target; on random recordings (gated windows, spoof onsets, every policy
     shape) it must decide exactly as the full `measure` does, at thresholds
     across the whole score range and at targets from none to many."""
-    from spoofwatch.calibration.streaming import Trace, measure, meets_false_alert_target
-    from spoofwatch.stream.policy import PolicyConfig
+    from spoofwatch.calibration.streaming import measure, meets_false_alert_target
 
     rng = np.random.default_rng(11)
     decided = set()
     for case in range(40):
-        traces = []
-        for k in range(int(rng.integers(1, 8))):
-            windows: list[tuple[float, float | None, float | None]] = []
-            for i in range(int(rng.integers(1, 40))):
-                t = 4.04 + i / 2
-                windows.append(
-                    (t, None, t - 1.0) if rng.random() < 0.15 else (t, float(rng.normal(1.0, 2.0)), None)
-                )
-            onset = float(rng.uniform(0, 20)) if rng.random() < 0.3 else None
-            traces.append(Trace(f"c{case}-{k}", 4.04 + len(windows) / 2, onset, windows))
-        base = PolicyConfig(
-            0.0,
-            float(rng.choice([0.0, 0.5, 2.0])),
-            smoothing_windows=int(rng.integers(1, 5)),
-            min_alert_windows=int(rng.integers(1, 4)),
-            cooldown_s=float(rng.choice([0.0, 2.0])),
-        )
+        traces = random_traces(rng, f"c{case}", 8, (1, 40), 0.15, 2.0, 0.3, (0, 20))
+        base = random_policy(rng, 5, 4)
         for threshold in np.linspace(-4.0, 6.0, 11):
             policy = base.with_band(float(threshold))
             full = measure(traces, policy).false_alerts_per_hour
@@ -925,22 +936,11 @@ def test_unbounded_numbers_are_refused_before_any_work(
 
     afile = tmp_path / "a.wav"
     afile.write_bytes(b"")
+    fit = ["calibrate", "fit", "--scores", str(afile), "--out", str(tmp_path / "c.toml")]
     for argv, message in (
         (["score", "--threads", "1000000", str(afile)], "expected an integer from 1 to 1024"),
         (["stream", "--threads", "0", str(afile)], "expected an integer from 1 to 1024"),
-        (
-            [
-                "calibrate",
-                "fit",
-                "--scores",
-                str(afile),
-                "--out",
-                str(tmp_path / "c.toml"),
-                "--conversation-s",
-                "1e308",
-            ],
-            "expected seconds > 0 and <= 3600",
-        ),
+        ([*fit, "--conversation-s", "1e308"], "expected seconds > 0 and <= 3600"),
     ):
         with pytest.raises(SystemExit) as exited:
             main(argv)
@@ -962,6 +962,11 @@ def test_offline_commands_check_outputs_and_numbers_first(
     folder, afile = tmp_path / "folder", tmp_path / "afile"
     folder.mkdir()
     afile.write_text("keep me")
+
+    def bonafide_into(out: str, *more: str) -> list[str]:
+        audio = ["--audio-dir", str(folder), "--target-false-alerts-per-hour", "1"]
+        return ["calibrate", "bonafide", *audio, *more, "--out", out]
+
     cases = [
         (["calibrate", "fit", "--scores", str(scores), "--out", str(folder)], "is a folder; expected a file"),
         (["calibrate", "fit", "--scores", str(scores), "--out", str(scores)], "is the --scores file itself"),
@@ -982,18 +987,7 @@ def test_offline_commands_check_outputs_and_numbers_first(
             "is the --model file itself",
         ),
         (
-            [
-                "calibrate",
-                "bonafide",
-                "--audio-dir",
-                str(folder),
-                "--target-false-alerts-per-hour",
-                "1",
-                "--weights",
-                str(afile),
-                "--out",
-                str(afile),
-            ],
+            bonafide_into(str(afile), "--weights", str(afile)),
             "is the --weights file itself",
         ),
         # The weights of a fine-tune may be its only copy.
@@ -1038,35 +1032,11 @@ def test_offline_commands_check_outputs_and_numbers_first(
             ],
             "--report /proc: cannot write in /proc",
         ),
-        (
-            [
-                "calibrate",
-                "bonafide",
-                "--audio-dir",
-                str(folder),
-                "--target-false-alerts-per-hour",
-                "1",
-                "--out",
-                "/proc/b.toml",
-            ],
-            "cannot write in /proc",
-        ),
+        (bonafide_into("/proc/b.toml"), "cannot write in /proc"),
         (["evaluate-suite", "--corpus", str(folder), "--out", "/proc"], "cannot write in /proc"),
         (["score", "--plot", "/proc", str(afile)], "--plot: cannot write pictures in /proc"),
         (["stream", "--plot", "/proc/t.png", str(afile)], "--plot: cannot write pictures in /proc"),
-        (
-            [
-                "calibrate",
-                "bonafide",
-                "--audio-dir",
-                str(folder),
-                "--target-false-alerts-per-hour",
-                "1",
-                "--out",
-                str(folder),
-            ],
-            "is a folder",
-        ),
+        (bonafide_into(str(folder)), "is a folder"),
     ]
     for argv, message in cases:
         assert main(argv) == InputError.exit_code, argv
