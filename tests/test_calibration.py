@@ -820,9 +820,11 @@ def random_traces(
     score_sd: float,
     onset_share: float,
     onset_s: tuple[float, float],
+    quantum: float | None = None,
 ) -> list[Any]:
     """Random recordings at a 0.5 s hop: gated windows (silent for a second),
-    scores around 1, and a spoof onset in some (property tests)."""
+    scores around 1 (rounded to ``quantum``: levels then tie or lie a
+    rounding error apart), and a spoof onset in some (property tests)."""
     from spoofwatch.calibration.streaming import Trace
 
     traces = []
@@ -830,23 +832,30 @@ def random_traces(
         trace_windows: list[tuple[float, float | None, float | None]] = []
         for i in range(int(rng.integers(*windows))):
             t = 4.04 + i / 2
-            trace_windows.append(
-                (t, None, t - 1.0)
-                if rng.random() < gated_share
-                else (t, float(rng.normal(1.0, score_sd)), None)
-            )
+            if rng.random() < gated_share:
+                trace_windows.append((t, None, t - 1.0))
+                continue
+            score = float(rng.normal(1.0, score_sd))
+            if quantum is not None:
+                score = round(score / quantum) * quantum  # 0.3 and 0.7 - 0.4 differ by an ulp
+            trace_windows.append((t, score, None))
         onset = float(rng.uniform(*onset_s)) if rng.random() < onset_share else None
         traces.append(Trace(f"{name}-{k}", 4.04 + len(trace_windows) / 2, onset, trace_windows))
     return traces
 
 
-def random_policy(rng: np.random.Generator, most_smoothing: int, most_min_alert: int) -> Any:
+def random_policy(
+    rng: np.random.Generator,
+    most_smoothing: int,
+    most_min_alert: int,
+    band_widths: tuple[float, ...] = (0.0, 0.5, 2.0),
+) -> Any:
     """A random alert policy shape (band width, smoothing, minimum length, cooldown)."""
     from spoofwatch.stream.policy import PolicyConfig
 
     return PolicyConfig(
         0.0,
-        float(rng.choice([0.0, 0.5, 2.0])),
+        float(rng.choice(band_widths)),
         smoothing_windows=int(rng.integers(1, most_smoothing)),
         min_alert_windows=int(rng.integers(1, most_min_alert)),
         cooldown_s=float(rng.choice([0.0, 2.0])),
@@ -873,8 +882,11 @@ def test_bonafide_threshold_equals_trying_every_interval() -> None:
     rng = np.random.default_rng(23)
     searched = 0
     for case in range(300):
-        traces = random_traces(rng, f"c{case}", 9, (2, 30), 0.1, 2.5, 0.2, (5, 15))
-        base = random_policy(rng, 4, 3)
+        # Every other case on a 0.1 grid with narrow bands: levels a rounding
+        # error apart put a candidate threshold on a level.
+        quantum = 0.1 if case % 2 else None
+        traces = random_traces(rng, f"c{case}", 9, (2, 30), 0.1, 2.5, 0.2, (5, 15), quantum)
+        base = random_policy(rng, 4, 3, (0.1, 0.3, 0.4, 0.7) if quantum else (0.0, 0.5, 2.0))
         if max(sum(v is not None for _, v, _ in tr.windows) for tr in traces) < base.min_alert_windows:
             continue
         bona_fide_s = [tr.onset_s if tr.onset_s is not None else tr.duration_s for tr in traces]
@@ -940,12 +952,19 @@ def test_unbounded_numbers_are_refused_before_any_work(
     for argv, message in (
         (["score", "--threads", "1000000", str(afile)], "expected an integer from 1 to 1024"),
         (["stream", "--threads", "0", str(afile)], "expected an integer from 1 to 1024"),
+        (
+            ["evaluate-suite", "--corpus", str(tmp_path), "--threads", "100000"],
+            "expected an integer from 1 to",
+        ),
         ([*fit, "--conversation-s", "1e308"], "expected seconds > 0 and <= 3600"),
     ):
         with pytest.raises(SystemExit) as exited:
             main(argv)
         assert exited.value.code == 2
         assert message in capsys.readouterr().err, argv
+    # Each within its range, but together 2 x 1000 x 30 s of audio in memory.
+    assert main([*fit, "--conversations", "1000", "--conversation-s", "30"]) == InputError.exit_code
+    assert "60000 s of audio, all held in memory: expected at most 7200 s" in capsys.readouterr().err
     # The window is known once the model is: checked before any file is read.
     with pytest.raises(InputError, match=r"at most one window \(4.0375 s\), got 1e\+308 s"):
         score_dataset(None, None, tmp_path / "s.txt", hop_s=1e308)  # type: ignore[arg-type]

@@ -1045,7 +1045,7 @@ async def test_an_upload_held_back_by_scoring_is_not_dropped_by_the_keepalive(
     back, and the stream still completes (websockets' own keepalive cut it)."""
     blocked = BlockedScorer(FakeScorer())  # scoring of minutes of audio is not what is tested
     ctx = make_ctx(blocked, FakeVad(), tmp_path, shedding=None, ping_interval_s=0.05, ping_timeout_s=0.2)
-    audio = np.tile(speech, 40).astype("<f4")  # minutes of audio: more than the sockets hold
+    audio = np.tile(speech, 160).astype("<f4")  # 61 MB: more than loopback's socket buffers hold
     frames = [audio[i : i + 16000].tobytes() for i in range(0, audio.size, 16000)]
     async with anyio.create_task_group() as tg:
         port = await tg.start(WebSocketServer(ctx).run)
@@ -1069,7 +1069,7 @@ async def test_an_upload_held_back_by_scoring_is_not_dropped_by_the_keepalive(
             tg.start_soon(upload)
             tg.start_soon(read)
             try:
-                await anyio.to_thread.run_sync(blocked.entered.wait, 120)
+                assert await anyio.to_thread.run_sync(blocked.entered.wait, 120)
                 with anyio.fail_after(120):  # guards against hanging, not speed bounds
                     while not ws.transport.get_write_buffer_size():  # noqa: ASYNC110
                         await anyio.sleep(0.01)  # the client's writes are held back

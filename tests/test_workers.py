@@ -303,17 +303,15 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         start = next(e for e in mine if e["type"] == "alert_start")
         assert end["threshold"] > start["threshold"]  # the exit threshold, as a live alert_end has
         assert end["t"] >= start["t"]
-        # As the journal last saw the stream: at its alert_start at the latest
-        # (written at once), at most a flush interval before the kill.
-        windows = [e for e in mine if e["type"] == "score"]
-        counted = summary["windows"]
-        before_alert = next(k for k, e in enumerate(mine) if e["type"] == "alert_start")
-        assert sum(e["type"] == "score" for e in mine[:before_alert]) <= counted <= len(windows)
-        assert summary == {
-            "type": "summary",
-            "duration_s": windows[counted - 1]["t_end"],
-            "windows": counted,
-            "scored_windows": sum(e["score"] is not None for e in windows[:counted]),
+        # As the journal last saw the stream: at its alert_start at least
+        # (written at once), at most a flush interval before the kill (the
+        # killed worker's --jsonl thread may not have written its last lines).
+        before_alert = mine[: next(k for k, e in enumerate(mine) if e["type"] == "alert_start")]
+        windows = [e for e in before_alert if e["type"] == "score"]
+        assert summary["windows"] >= len(windows) and summary["duration_s"] >= start["t"]
+        assert summary["scored_windows"] >= sum(e["score"] is not None for e in windows)
+        assert summary["scored_windows"] <= summary["windows"]
+        assert {k: summary[k] for k in ("alerts", "dropped_windows", "reason", "stream_id")} == {
             "alerts": 1,
             "dropped_windows": 0,
             "reason": "worker_crash",

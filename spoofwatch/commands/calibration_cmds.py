@@ -22,13 +22,14 @@ from .common import (
 )
 
 log = logging.getLogger(__name__)
-#: Longest simulated conversation ``calibrate fit`` builds: an hour is already
-#: far past any alert delay it could measure, and each is held in memory.
-MAX_CONVERSATION_S = 3600.0
+#: Most simulated conversation audio ``calibrate fit`` builds, both kinds
+#: together: all of it is held in memory at once (float32, 16 kHz: 2 h is
+#: ~460 MB), and 2 h is already far more than its alert delays need.
+MAX_CONVERSATION_AUDIO_S = 7200.0
 conversation_seconds = checked_type(
     float,
-    lambda v: math.isfinite(v) and 0 < v <= MAX_CONVERSATION_S,
-    f"seconds > 0 and <= {MAX_CONVERSATION_S:g}",
+    lambda v: math.isfinite(v) and 0 < v <= MAX_CONVERSATION_AUDIO_S / 2,
+    f"seconds > 0 and <= {MAX_CONVERSATION_AUDIO_S / 2:g}",
 )
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ def register(sub: Any) -> None:
         "--conversation-s",
         type=conversation_seconds,
         default=30.0,
-        help=f"length of each simulated conversation (at most {MAX_CONVERSATION_S:g} s)",
+        help=f"length of each simulated conversation (all of them together, both kinds: at most "
+        f"{MAX_CONVERSATION_AUDIO_S:g} s)",
     )
     fit.add_argument(
         "--report", type=Path, default=None, metavar="DIR", help="write report.md and PNG plots here"
@@ -184,6 +186,12 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
 
     if args.rate is not None and args.target == "eer":
         raise InputError("--rate goes with --target bonafide-false-alarm or spoof-miss, not eer")
+    conversation_audio_s = 2 * args.conversations * args.conversation_s  # genuine, then with a spoof
+    if conversation_audio_s > MAX_CONVERSATION_AUDIO_S:
+        raise InputError(
+            f"--conversations {args.conversations} x --conversation-s {args.conversation_s:g} x 2 kinds is "
+            f"{conversation_audio_s:g} s of audio, all held in memory: expected at most {MAX_CONVERSATION_AUDIO_S:g} s"
+        )
     check_output_file(
         args.out,
         inputs={

@@ -23,12 +23,14 @@ from spoofwatch.constants import (
 from spoofwatch.model.manifest import GENUINE_KIND, GENUINE_SYSTEM
 
 from .common import (
+    MAX_THREADS,
     add_precision_arg,
     check_output_dir,
     check_output_file,
     non_negative_int,
     non_negative_rate,
     non_negative_rates,
+    thread_count,
 )
 
 # The recipe ships in the package (spoofwatch/configs is the checkout's configs/);
@@ -149,7 +151,12 @@ def register(sub: Any) -> None:
         help="resampled (default): the intervals cover other spoof systems like these; "
         "fixed: only these systems (narrower)",
     )
-    suite.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    suite.add_argument(
+        "--threads",
+        type=thread_count,
+        default=None,
+        help=f"ONNX Runtime intra-op threads (1 to {MAX_THREADS})",
+    )
     suite.add_argument("--json", action="store_true", help="print the full JSON result on stdout")
     suite.add_argument("--no-progress", action="store_true")
     suite.set_defaults(func=cmd_evaluate_suite)

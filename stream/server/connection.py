@@ -119,8 +119,6 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                 # Every stream gets a server-unique id, Twilio's too: its sids are the client's
                 # and two calls may reuse them (the sinks and the alert journal tell streams apart by it).
                 tags = {"stream_id": ctx.new_stream_id()}
-                if ctx.stats.journal is not None:  # so that a worker crash still ends it
-                    ctx.stats.journal.opened({**tags, **event.tags})
                 session = StreamSession(
                     ctx.new_driver(event.rate_hz),
                     ctx.batcher,
@@ -131,6 +129,8 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
                     ingest_limiter=ctx.ingest_limiter,
                     ticker=ctx.ingest_ticker,
                 )
+                if ctx.stats.journal is not None:  # so that a worker crash still ends it
+                    ctx.stats.journal.opened({**tags, **event.tags})
                 sessions[event.track] = session
                 tg.start_soon(session.serve)
                 handled = Handled.ACTIVE

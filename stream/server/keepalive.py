@@ -20,7 +20,6 @@ passes the time); :class:`Keepalive` pings and judges.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +29,6 @@ from websockets.exceptions import ConnectionClosed
 
 from spoofwatch.errors import CloseCode
 
-log = logging.getLogger(__name__)
 #: The close reason of a keepalive drop (websockets' own wording, which the logs match).
 KEEPALIVE_REASON = "keepalive ping timeout"
 
@@ -54,6 +52,11 @@ class PongClock:
         self._waits -= 1
         if self._waits == 0:
             self._total_s += now - self._since
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a wait on the client is in progress."""
+        return self._waits > 0
 
     def waited_s(self, now: float) -> float:
         """All the waiting so far, the wait in progress included."""
@@ -106,8 +109,11 @@ class Keepalive:
                 if unanswered and left_s <= 0:
                     break
                 if now < next_ping:
-                    # Owed time grows no faster than the clock: nothing expires sooner.
-                    await anyio.sleep(min(next_ping - now, left_s) if unanswered else next_ping - now)
+                    # Owed time grows no faster than the clock: nothing expires
+                    # sooner. While the server waits on nothing it does not grow
+                    # at all: judge again at the next ping, not in a tight loop.
+                    owing = unanswered and self.clock.waiting
+                    await anyio.sleep(min(next_ping - now, left_s) if owing else next_ping - now)
                     continue
                 next_ping = now + self.interval_s
                 sent_at = self.clock.waited_s(now)
