@@ -875,14 +875,14 @@ def test_a_client_closing_with_an_error_code_left_it_was_not_refused() -> None:
 def test_open_alerts_left_by_a_run_that_died_whole_are_ended_once(tmp_path: Path) -> None:
     """A kept state folder ($PROMETHEUS_MULTIPROC_DIR) held a dead run's journals: a new
     worker that got a reused PID 'crashed' with the old run's calls under alert."""
-    from spoofwatch.stream.server.journal import AlertJournal, journal_path, leftover_alert_ends
+    from spoofwatch.stream.server.journal import StreamJournal, journal_path, leftover_crash_events
 
-    old = AlertJournal(journal_path(tmp_path, 4321), exit_threshold=2.7)
+    old = StreamJournal(journal_path(tmp_path, 4321), exit_threshold=2.7)
     old.update(
         [{"type": "alert_start", "t": 30.0, "smoothed": -4.0, "threshold": 1.7, "stream_id": "w0-4321-s9"}]
     )
     journal_path(tmp_path, 4322).with_suffix(".tmp").write_text("[")  # a half-written one
-    ends = leftover_alert_ends(tmp_path)
+    ends = leftover_crash_events(tmp_path)
     assert ends == [
         {
             "type": "alert_end",
@@ -904,7 +904,7 @@ def test_open_alerts_left_by_a_run_that_died_whole_are_ended_once(tmp_path: Path
         },
     ]
     assert not list(tmp_path.glob("open-alerts-*"))
-    assert leftover_alert_ends(tmp_path) == []  # once
+    assert leftover_crash_events(tmp_path) == []  # once
 
 
 @asynccontextmanager

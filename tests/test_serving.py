@@ -1095,10 +1095,10 @@ def test_stream_journal_lets_the_supervisor_end_every_open_stream(tmp_path: Path
     and a summary with what their events had counted; a stream that ended
     leaves nothing behind."""
     from spoofwatch.stream.events import END_REASONS
-    from spoofwatch.stream.server.journal import AlertJournal, crash_alert_ends, journal_path
+    from spoofwatch.stream.server.journal import StreamJournal, crash_events, journal_path
 
     path = journal_path(tmp_path, 1234)
-    journal = AlertJournal(path, exit_threshold=2.7)  # an alert_end carries the exit threshold
+    journal = StreamJournal(path, exit_threshold=2.7)  # an alert_end carries the exit threshold
     a, b = {"stream_id": "w0-1234-s1"}, {"callSid": "CA1", "streamSid": "MZ1", "track": "inbound"}
 
     def score(t: float, value: float | None, speech: bool, tags: dict[str, str]) -> dict[str, Any]:
@@ -1121,7 +1121,7 @@ def test_stream_journal_lets_the_supervisor_end_every_open_stream(tmp_path: Path
     journal.update([score(10.0, -4.0, True, a)])
     journal.opened({"stream_id": "w0-1234-s2", "other": "tag"})  # started, no event yet
     journal.flush()  # the score moved the stream's time on
-    ends = crash_alert_ends(path)
+    ends = crash_events(path)
     crash = "worker_crash"
     assert ends == [
         {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 2.7, "reason": crash, **a},
@@ -1134,7 +1134,7 @@ def test_stream_journal_lets_the_supervisor_end_every_open_stream(tmp_path: Path
         | {"dropped_windows": 0, "reason": crash, "stream_id": "w0-1234-s2"},
     ]
     assert ends[0]["reason"] in END_REASONS
-    assert not path.exists() and crash_alert_ends(path) == []
+    assert not path.exists() and crash_events(path) == []
     ended = [{"type": "summary", **tags} for tags in (a, b, {"stream_id": "w0-1234-s2"})]
     journal.update(ended)  # streams that ended leave nothing
     assert json.loads(path.read_text()) == []

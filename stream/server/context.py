@@ -19,7 +19,7 @@ from ..sinks import SINK_QUEUE_EVENTS
 from .batcher import BatchScorer
 from .drain import Drain
 from .ingest import DEFAULT_TICK_S, IngestTicker, check_tick_s
-from .journal import AlertJournal
+from .journal import StreamJournal
 from .load import LoadMonitor, SheddingConfig
 from .metrics import ServerMetrics, StreamStats
 from .sinks import ServerSinks
@@ -131,7 +131,7 @@ class ServerContext:
         load: LoadMonitor | None = None,
         stream_id_prefix: str = "",
         model: str | None = None,
-        journal: AlertJournal | None = None,
+        journal: StreamJournal | None = None,
     ) -> None:
         self.config = config
         self.batcher = batcher

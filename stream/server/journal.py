@@ -34,10 +34,12 @@ CRASH_REASON = WORKER_CRASH
 
 
 def journal_path(directory: str | Path, pid: int) -> Path:
+    # The name from when only open alerts were kept: a kept state folder from
+    # an older run is still found (``leftover_crash_events``).
     return Path(directory) / f"open-alerts-{pid}.json"
 
 
-class AlertJournal:
+class StreamJournal:
     """Fed every event a worker emits; mirrors its open streams on disk.
 
     ``exit_threshold`` is the worker's alert band's exit threshold: an
@@ -124,20 +126,20 @@ def _count_window(stream: dict[str, Any], event: dict[str, Any]) -> None:
     stream.update(t=event["t_end"], smoothed=event["smoothed"])
 
 
-def leftover_alert_ends(directory: str | Path) -> list[dict[str, Any]]:
+def leftover_crash_events(directory: str | Path) -> list[dict[str, Any]]:
     """``alert_end`` events (reason ``worker_crash``) for the journals a previous run left
     in a kept state folder (``$PROMETHEUS_MULTIPROC_DIR``) when it died whole; the
     files are removed, so that a new worker that gets a reused PID inherits nothing."""
     events: list[dict[str, Any]] = []
     for path in sorted(Path(directory).glob("open-alerts-*")):
         if path.suffix == ".json":
-            events += crash_alert_ends(path)
+            events += crash_events(path)
         else:  # a half-written journal (``.tmp``)
             path.unlink(missing_ok=True)
     return events
 
 
-def crash_alert_ends(path: Path, reason: str = CRASH_REASON) -> list[dict[str, Any]]:
+def crash_events(path: Path, reason: str = CRASH_REASON) -> list[dict[str, Any]]:
     """The events a dead worker's open streams never got, from ``path`` (which is
     removed): an ``alert_end`` for an open alert, then a ``summary``."""
     try:

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .journal import AlertJournal
+from .journal import StreamJournal
 from .load import LoadMonitor
 
 #: Environment variable that switches ``prometheus-client`` to multi-process mode.
@@ -138,7 +138,7 @@ class StreamStats:
     """The sessions' :class:`~.load.WindowObserver`: feeds the load monitor and the metrics."""
 
     def __init__(
-        self, monitor: LoadMonitor, metrics: ServerMetrics, journal: AlertJournal | None = None
+        self, monitor: LoadMonitor, metrics: ServerMetrics, journal: StreamJournal | None = None
     ) -> None:
         self.monitor = monitor
         self.metrics = metrics

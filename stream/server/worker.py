@@ -134,7 +134,7 @@ def build_worker_server(
     from .app import WebSocketServer
     from .batcher import BatchScorer
     from .context import ServerContext
-    from .journal import AlertJournal
+    from .journal import StreamJournal
     from .sinks import ServerSinks
 
     config = spec.config
@@ -167,7 +167,7 @@ def build_worker_server(
         load=load,
         stream_id_prefix=f"w{index}-{os.getpid()}-",
         model=spec.model,
-        journal=AlertJournal(
+        journal=StreamJournal(
             journal_path(os.environ[MULTIPROC_ENV], os.getpid()), live.policy.exit_threshold
         ),
     )

@@ -42,7 +42,7 @@ from typing import Any
 
 from spoofwatch.errors import InputError, SpoofwatchError
 
-from .journal import CRASH_REASON, crash_alert_ends, journal_path, leftover_alert_ends
+from .journal import CRASH_REASON, crash_events, journal_path, leftover_crash_events
 from .metrics import MULTIPROC_ENV
 from .sizing import validate_workers, worker_shedding
 from .slots import reset_worker_cells, shared_cells, shared_rates
@@ -142,7 +142,7 @@ class Supervisor:
         self._starting = False
         self.port: int | None = None
         self._state_dir = ""
-        self._sinks: Any = None  # the sinks, opened when a dead worker left open alerts
+        self._sinks: Any = None  # the sinks, opened when a dead worker left open streams
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._starting:  # nothing to drain yet: stop the start-up where it is
@@ -178,13 +178,13 @@ class Supervisor:
             for stale in Path(metrics_dir).glob("*.db"):  # a previous run's values must not count
                 stale.unlink()
             os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
-            self._state_dir = metrics_dir  # also holds each worker's open-alert journal
+            self._state_dir = metrics_dir  # also holds each worker's open-stream journal
             # From here a signal drains (the supervision loop sees _stopping):
             # the leftover alerts below are read and deleted, then submitted, and
             # an interrupt in between would lose them for good.
             self._starting = False
             # A previous run that died whole (SIGKILL, OOM) left its open alerts here: end them now, once.
-            self._emit_crash_events(leftover_alert_ends(metrics_dir), "a previous run")
+            self._emit_crash_events(leftover_crash_events(metrics_dir), "a previous run")
             for i in range(self.n_workers):
                 self._start(i)
             return self._supervise()
@@ -331,7 +331,7 @@ class Supervisor:
 
     def _end_open_streams(self, w: _Worker, reason: str) -> None:
         """The sinks must not show a dead worker's calls under alert, or unfinished, forever."""
-        events = crash_alert_ends(journal_path(self._state_dir, w.process.pid), reason)
+        events = crash_events(journal_path(self._state_dir, w.process.pid), reason)
         self._emit_crash_events(events, f"worker {w.index}")
 
     def _emit_crash_events(self, events: list[dict[str, Any]], whose: str) -> None:
