@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.calibration.protocol import parse_protocol
 from spoofwatch.constants import ONNX_INPUT_NAME, WINDOW_SAMPLES
-from spoofwatch.model.export import ONNX_OPSET
+from spoofwatch.model.export import export_graph
 from spoofwatch.model.weights import load_torch_model
 
 log = logging.getLogger("probe_fusion")
@@ -111,17 +111,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     onnx_path = args.out / "fusion.onnx"
     example = torch.zeros(2, WINDOW_SAMPLES)
-    torch.onnx.export(
-        fused,
-        (example,),
-        str(onnx_path),
-        input_names=[ONNX_INPUT_NAME],
-        output_names=["score"],
-        dynamic_shapes={"waveform": {0: torch.export.Dim("batch", min=1, max=4096)}},
-        opset_version=ONNX_OPSET,
-        dynamo=True,
-        external_data=False,
-    )
+    export_graph(fused, (example,), onnx_path, [ONNX_INPUT_NAME], ["score"])
     card = args.out / "fusion.toml"
     card.write_text(
         "# AASIST-L (official) + a second AASIST checkpoint, z-scored on the corpus's dev split\n"

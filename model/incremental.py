@@ -51,7 +51,7 @@ from spoofwatch.paths import cache_tempfile, onnx_dir
 
 from .aasist import AASIST, ResidualBlock
 from .config import ModelConfig, load_model_config
-from .export import ONNX_OPSET, _quiet_exporter
+from .export import EXPORT_MAX_BATCH, export_graph
 from .precision import validate_precision
 from .quantize import QUANT_VERSION, check_source, convert_fp16
 from .weights import load_torch_model, sha256_file
@@ -446,24 +446,12 @@ def _export(
     out: Path,
 ) -> None:
     # Every input, the varargs state included, has a dynamic batch axis.
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
     dynamic: tuple[object, ...] = tuple({0: batch} for _ in args)
     if state:
         args = (*args, *state)
         dynamic = (*dynamic, tuple({0: batch} for _ in state))
-    with _quiet_exporter():
-        torch.onnx.export(
-            module,
-            args,
-            str(out),
-            input_names=names,
-            output_names=outputs,
-            dynamic_shapes=dynamic,
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+    export_graph(module, args, out, names, outputs, dynamic)
 
 
 def export_incremental(

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -97,7 +98,7 @@ def check_decodable(paths: Iterable[Path]) -> None:
     bad = []
     for path in paths:
         try:
-            soundfile.info(str(path))
+            soundfile.info(os.fsencode(path))  # a name that is not UTF-8 too
         except (RuntimeError, OSError) as exc:  # soundfile.LibsndfileError is a RuntimeError
             bad.append(f"{path} ({exc})")
     if bad:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,6 +132,20 @@ MP3_FORMAT = "MPEG"
 _DECODE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, TypeError, ValueError)
 
 
+#: libsndfile's log line for a WAV whose data chunk runs past the end of the
+#: file: ``data : 92784 (should be 39922)`` (bytes announced, bytes there).
+_SHORT_DATA_CHUNK = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
+
+
+def _announced_frames(open_log: str, frames: int) -> int:
+    """The frames a WAV header announces, from libsndfile's log of opening it
+    (``frames`` when the log reports nothing cut short)."""
+    match = _SHORT_DATA_CHUNK.search(open_log)
+    if match is None or int(match.group(2)) <= 0:
+        return frames
+    return round(frames * int(match.group(1)) / int(match.group(2)))
+
+
 class AudioFile:
     """An audio file opened for decoding: the header is checked now (rate,
     emptiness), the samples are decoded block by block by :meth:`chunks`,
@@ -148,7 +164,7 @@ class AudioFile:
                 f"{self.path}: not a regular file; expected an audio file (save a pipe's audio first)"
             )
         try:
-            info = soundfile.info(str(self.path))
+            info = soundfile.info(os.fsencode(self.path))  # a name that is not UTF-8 too
         except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
             raise _decode_error(self.path, exc) from None
         self.rate_hz = int(info.samplerate)
@@ -156,9 +172,23 @@ class AudioFile:
         self.frames = int(info.frames)
         #: libsndfile's container format ("WAV", "FLAC", "MPEG", ...).
         self.format = str(info.format)
+        #: The frames the header announces: more than ``frames`` for a WAV cut
+        #: short on disk, whose length libsndfile takes from the file's size.
+        self.announced_frames = max(self.frames, _announced_frames(str(info.extra_info), self.frames))
         check_sample_rate(self.rate_hz, str(self.path))
         if self.frames == 0:
             raise AudioError(f"{self.path}: audio is empty (0 samples)")
+
+    def warn_if_short(self, frames_read: int) -> None:
+        """Cut short on disk (still being written, or damaged): say so, the
+        events end early. (An MP3's length is an estimate: see Known limits.)"""
+        if frames_read < self.announced_frames and self.format != MP3_FORMAT:
+            log.warning(
+                "%s: ended after %.2f s of the %.2f s its header announces (truncated?)",
+                self.path,
+                frames_read / self.rate_hz,
+                self.announced_frames / self.rate_hz,
+            )
 
     def chunks(
         self, target_hz: int = SAMPLE_RATE_HZ, block_frames: int = DECODE_BLOCK_FRAMES
@@ -176,7 +206,7 @@ class AudioFile:
             # Read until the decoder returns nothing, trusting what each read returns, not the
             # header: soundfile.blocks() slices its reused buffer by the header's frame count,
             # so a truncated MP3 (whose header promises more) yielded stale or uninitialised samples.
-            with soundfile.SoundFile(str(self.path)) as f:
+            with soundfile.SoundFile(os.fsencode(self.path)) as f:
                 while (block := f.read(block_frames, dtype="float32", always_2d=True)).shape[0]:
                     if (problem := sample_problem(block)) is not None:
                         raise AudioError(f"{self.path}: {problem}")
@@ -189,15 +219,7 @@ class AudioFile:
             raise _decode_error(self.path, exc) from None
         if total == 0:
             raise AudioError(f"{self.path}: audio is empty (0 samples)")
-        if total < self.frames and self.format != MP3_FORMAT:
-            # Cut short on disk (still being written, or damaged): say so, the
-            # events end early. (An MP3's length is an estimate: see Known limits.)
-            log.warning(
-                "%s: ended after %.2f s of the %.2f s its header announces (truncated?)",
-                self.path,
-                total / self.rate_hz,
-                self.frames / self.rate_hz,
-            )
+        self.warn_if_short(total)
         tail = resampler(np.zeros(0, dtype=np.float32), last=True)
         if tail.size:
             yield tail
@@ -216,13 +238,14 @@ def read_audio(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
     import soundfile
 
     path = Path(path)
-    AudioFile(path)  # checks existence, header and sample rate before decoding
+    header = AudioFile(path)  # checks existence, header and sample rate before decoding
     try:
-        frames, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        frames, rate = soundfile.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
         raise _decode_error(path, exc) from None
     if frames.shape[0] == 0:
         raise AudioError(f"{path}: audio is empty (0 samples)")
+    header.warn_if_short(frames.shape[0])
     if (problem := sample_problem(frames)) is not None:
         raise AudioError(f"{path}: {problem}")
     audio = resample(to_mono(frames), int(rate), target_hz)

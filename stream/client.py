@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,7 +64,8 @@ async def send_audio(
     is not a WebSocket endpoint (``/healthz``), :class:`NetworkError`
     when nothing answers. A server that sends something other than JSON events
     is a :class:`ProtocolError`; one that stays silent for ``reply_timeout_s``
-    after the audio ended, a :class:`NetworkError`. An exception of
+    after the audio ended, or while it takes none of the audio, a
+    :class:`NetworkError`. An exception of
     ``on_event`` (a closed stdout) is raised as it is. ``stop_on_sigint`` (the
     CLI, main thread only): the first Ctrl-C ends the audio early with ``stop``,
     so the server's closing events still arrive (``SendResult.interrupted``);
@@ -142,6 +144,7 @@ async def _send_audio(
     failures: list[BaseException] = []
     stop_early = anyio.Event()
     async with _connection(url, headers) as ws:
+        stalls = _SendWatch(ws, reply_timeout_s)
         async with anyio.create_task_group() as tg:
 
             def fail(exc: BaseException) -> None:
@@ -151,6 +154,7 @@ async def _send_audio(
             async def receive() -> None:
                 try:
                     async for message in ws:
+                        stalls.heard()
                         result.events.append(_event(message))
                         result.received_at.append(time.monotonic())
                         if on_event:
@@ -176,8 +180,8 @@ async def _send_audio(
                         if realtime and due > 0:
                             with anyio.move_on_after(due):
                                 await stop_early.wait()
-                        await ws.send(encode(chunk, encoding))
-                    await ws.send(json.dumps({"type": "stop"}))
+                        await stalls.send(encode(chunk, encoding))
+                    await stalls.send(json.dumps({"type": "stop"}))
                 except ConnectionClosed:
                     return  # the server closed early; its close code says why
                 # The server scores what is queued, then sends the summary and
@@ -201,6 +205,7 @@ async def _send_audio(
 
             tg.start_soon(receive)
             tg.start_soon(send)
+            tg.start_soon(stalls.watch, url, fail)
             if stop_on_sigint:
                 tg.start_soon(interrupts)
         if failures:
@@ -208,6 +213,53 @@ async def _send_audio(
         result.close_code = ws.close_code
         result.close_reason = ws.close_reason or ""
     return result
+
+
+class _SendWatch:
+    """Gives up on a server that takes no audio and says nothing.
+
+    A server scoring behind reads slowly on purpose (TCP pushes back), and
+    a send then waits, but its events keep coming. A server that vanished
+    without closing (a network cut, a frozen host) reads nothing and sends
+    nothing: the send would wait for TCP's own timeout, many minutes. Only
+    time spent inside a send counts, so a client that is merely descheduled
+    is not judged."""
+
+    def __init__(self, ws: ClientConnection, timeout_s: float) -> None:
+        self._ws = ws
+        self.timeout_s = timeout_s
+        self._blocked_since: float | None = None
+        self._heard_at = -math.inf
+
+    def heard(self) -> None:
+        self._heard_at = anyio.current_time()
+
+    async def send(self, message: str | bytes) -> None:
+        self._blocked_since = anyio.current_time()
+        try:
+            await self._ws.send(message)
+        finally:
+            self._blocked_since = None
+
+    def _stalled_s(self, now: float) -> float:
+        if self._blocked_since is None:
+            return 0.0
+        return now - max(self._blocked_since, self._heard_at)
+
+    async def watch(self, url: str, fail: Callable[[BaseException], None]) -> None:
+        while True:
+            await anyio.sleep(self.timeout_s / 4)
+            if self._stalled_s(anyio.current_time()) >= self.timeout_s:
+                # No close handshake: its frame would wait behind the audio a
+                # server that reads nothing never takes (10 s, then 10 more).
+                self._ws.transport.abort()
+                fail(
+                    NetworkError(
+                        f"{url}: the server took no audio and sent nothing for {self.timeout_s:g} s "
+                        "(gone without closing?)"
+                    )
+                )
+                return
 
 
 @asynccontextmanager

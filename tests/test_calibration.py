@@ -560,6 +560,22 @@ def test_score_dataset_repairs_a_cut_last_line_and_reports_what_it_cannot_score(
         run = score_dataset(dataset, _ScoresByContent(), cut, 0.0, workers=1, progress=False)
         assert cut.read_text() == text and run.scored == 1 and run.skipped == len(lines) - 1
         assert read_scores(cut).utts == read_scores(whole).utts
+    # Damaged lines (a NaN, a field missing, a stray line, one utterance twice) were kept
+    # beside the rescored line, and the file no longer read back: a resume removes them.
+    first, second, *rest = text.splitlines(keepends=True)
+    first_utt = first.split()[0]
+    damaged = [
+        f"{first_utt} - bonafide nan\n",
+        second.rsplit(" ", 1)[0] + "\n",
+        "garbage\n",
+        *rest[:1],
+        *rest,
+    ]
+    cut.write_text("".join(damaged))
+    run = score_dataset(dataset, _ScoresByContent(), cut, 0.0, workers=1, progress=False)
+    assert run.scored == 2 and run.skipped == len(lines) - 2
+    assert sorted(cut.read_text().splitlines()) == sorted(text.splitlines())
+    assert sorted(read_scores(cut).utts) == sorted(read_scores(whole).utts)  # reads back
     # Another hop or model would mix its scores in (or skip utterances as done): refused.
     with pytest.raises(InputError, match=r"was scored with another hop_s \(hop_s=0\.0\)"):
         score_dataset(dataset, _ScoresByContent(), whole, 0.5, workers=1, progress=False)

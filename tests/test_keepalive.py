@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import anyio
 import pytest
@@ -92,13 +93,20 @@ async def test_answered_pings_keep_a_waiting_connection_open() -> None:
     assert not keepalive.timed_out and ws.closed is None
 
 
-async def test_a_pong_owed_for_the_timeout_drops_the_connection_with_1011() -> None:
+async def test_a_pong_owed_for_the_timeout_drops_the_connection_with_1011(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoofwatch")
     ws = FakeConnection()
-    keepalive = Keepalive(ws, interval_s=0.01, timeout_s=0.03, close_timeout_s=1.0)
+    keepalive = Keepalive(ws, interval_s=0.01, timeout_s=0.03, close_timeout_s=1.0, peer="10.0.0.7:4242")
     with keepalive.waiting():  # a read pending: whatever the client sent has been read
         with anyio.fail_after(60):
             await keepalive.run()  # returns once it has dropped the connection
     assert keepalive.timed_out and ws.closed == (1011, KEEPALIVE_REASON) and not ws.aborted
+    # Logged by the keepalive itself: a drop after the client's stop raises nothing to log it.
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropped 10.0.0.7:4242: no pong within 0.03 s (keepalive ping timeout)"
+    ]
 
 
 async def test_a_client_that_reads_nothing_is_cut_when_even_the_close_cannot_get_out() -> None:

@@ -4,6 +4,7 @@ streamed file decode, and the single event -> JSON place that refuses NaN."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,40 @@ def test_truncated_mp3_streams_only_what_it_holds(tmp_path: Path) -> None:
     assert decoded.size < 5 * 16000
     assert streamed.size == decoded.size
     np.testing.assert_allclose(streamed, decoded, atol=1e-6)
+
+
+def test_a_wav_cut_short_on_disk_is_read_with_a_warning(
+    tmp_path: Path, la_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libsndfile takes a WAV's length from the file's size, so a WAV cut short
+    (still being written, or damaged) was scored as a shorter clip, silently."""
+    audio = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, audio, 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + 2 * 16000])  # the header and 1 s of samples
+    for read in (read_audio, lambda p: np.concatenate(list(AudioFile(p).chunks()))):
+        caplog.clear()
+        assert read(cut).size == 16000
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warned == [
+            f"{cut}: ended after 1.00 s of the {audio.size / 16000:.2f} s its header announces (truncated?)"
+        ]
+    caplog.clear()
+    assert read_audio(whole).size == audio.size and not caplog.records  # a whole file: no warning
+
+
+def test_audio_whose_name_is_not_utf8_is_read(tmp_path: Path, la_dir: Path) -> None:
+    """soundfile encodes a str name strictly, so a name with bytes that are not
+    UTF-8 (as Python's surrogate escapes hold them) was 'cannot decode audio'."""
+    from spoofwatch.model.train import check_decodable
+
+    name = tmp_path / os.fsdecode(b"caf\xe9-latin1.flac")
+    name.write_bytes(la_clip(la_dir, BONAFIDE_UTT).read_bytes())
+    expected = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    np.testing.assert_array_equal(read_audio(name), expected)
+    np.testing.assert_array_equal(np.concatenate(list(AudioFile(name).chunks())), expected)
+    check_decodable([name])  # the trainer's header check
 
 
 def test_a_few_samples_at_a_high_rate_are_an_audio_error_naming_the_file(

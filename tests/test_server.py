@@ -638,7 +638,8 @@ async def test_keepalive_drop_is_logged_as_such(
             while ctx.active_streams:  # noqa: ASYNC110 - the handler logs, then releases its slot
                 await anyio.sleep(0.01)
     messages = [r.getMessage() for r in caplog.records]
-    assert any("keepalive ping timeout" in m for m in messages), messages
+    drops = [m for m in messages if "keepalive ping timeout" in m]
+    assert len(drops) == 1 and drops[0].startswith("dropped 127.0.0.1:"), messages  # once, naming the peer
     assert not any(m.startswith("closing stream with 1001: idle") for m in messages)
 
 
@@ -910,12 +911,15 @@ def test_open_alerts_left_by_a_run_that_died_whole_are_ended_once(tmp_path: Path
 @asynccontextmanager
 async def fake_server(behaviour: str) -> AsyncIterator[str]:
     """A WebSocket server on loopback that misbehaves as ``behaviour`` says:
-    answers the start with text that is not JSON, with binary data, or never
-    answers nor closes."""
+    answers the start with text that is not JSON, with binary data, never
+    answers nor closes, or (deaf) also stops reading."""
     from websockets.asyncio.server import ServerConnection, serve
 
     async def handler(ws: ServerConnection) -> None:
         await ws.recv()  # the start message
+        if behaviour == "deaf":  # gone without closing: reads nothing more, sends nothing
+            await ws.wait_closed()  # until the client gives up (the server's close then ends it)
+            return
         if behaviour == "not json":
             await ws.send("not json{")
         elif behaviour == "binary":
@@ -923,7 +927,8 @@ async def fake_server(behaviour: str) -> AsyncIterator[str]:
         async for _ in ws:  # read (and ignore) everything else; never close
             pass
 
-    async with serve(handler, "127.0.0.1", 0) as server:
+    # close_timeout: a deaf handler's connection is paused, and sees the client's abort only then.
+    async with serve(handler, "127.0.0.1", 0, close_timeout=1) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}/"
 
@@ -956,6 +961,12 @@ async def test_the_client_raises_one_clear_error_whatever_the_server_or_the_call
     async with fake_server("silent") as url:
         with pytest.raises(NetworkError, match=r"no answer for 0.2 s after the audio ended"):
             await send_audio(audio, url, reply_timeout_s=0.2)
+    # A server gone without closing takes no audio: the upload's send waited for TCP's
+    # own timeout (many minutes). 20 min of audio is more than the socket buffers hold.
+    long_upload = np.tile(audio, 400)
+    async with fake_server("deaf") as url:
+        with pytest.raises(NetworkError, match=r"the server took no audio and sent nothing for 0.5 s"):
+            await send_audio(long_upload, url, reply_timeout_s=0.5)
 
     def closed_stdout(event: dict[str, Any]) -> None:
         raise BrokenPipeError(32, "Broken pipe")  # `send ... | head -1`: the CLI exits 141

@@ -399,6 +399,7 @@ class RecordingObserver:
         self.windows: list[tuple[str, float | None]] = []
         self.seen: list[dict[str, Any]] = []
         self.ingests: list[tuple[float, float]] = []
+        self.discards: list[tuple[dict[str, Any], int]] = []
 
     def now(self) -> float:
         return self.t
@@ -408,6 +409,9 @@ class RecordingObserver:
 
     def events(self, events: list[dict[str, Any]]) -> None:
         self.seen += events
+
+    def discarded(self, tags: dict[str, Any], windows: int) -> None:
+        self.discards.append((tags, windows))
 
     def ingested(self, cpu_s: float, audio_s: float) -> None:
         self.ingests.append((cpu_s, audio_s))
@@ -525,6 +529,9 @@ async def test_a_live_session_reports_every_window_with_its_arrival() -> None:
     assert len(outcomes) == summary["windows"]  # every window once
     assert outcomes.count("dropped") == summary["dropped_windows"]
     assert outcomes.count("scored") == summary["scored_windows"]
+    # The journal hears of the discarded windows too (no event tells of them): a crash summary counts them.
+    assert {k for tags, _ in observer.discards for k in tags} == {"stream_id"}
+    assert sum(n for _, n in observer.discards) == summary["dropped_windows"]
     # One ingest batch: each window's audio began arriving with the first message.
     assert {arrived for _, arrived in observer.windows} == {0.0}
     assert observer.seen == got  # the observer sees each event before it is sent
@@ -547,6 +554,7 @@ async def test_an_upload_reports_no_lag_and_an_abort_drops_without_lag() -> None
     dropped = observer.windows[3:]
     assert dropped == [("dropped", None)] * summary["dropped_windows"]
     assert summary["dropped_windows"] == summary["windows"] - 4
+    assert observer.discards == [({"stream_id": "t"}, summary["dropped_windows"])]
 
 
 # ---- the server on loopback -------------------------------------------------------
@@ -1119,15 +1127,17 @@ def test_stream_journal_lets_the_supervisor_end_every_open_stream(tmp_path: Path
         [{"type": "alert_end", "t": 7.0, "smoothed": 2.0, "threshold": 1.7, "reason": "recovered", **b}]
     )
     journal.update([score(10.0, -4.0, True, a)])
+    journal.discarded({**a, "other": "tag"}, 2)  # shed while behind: no event says so
+    journal.discarded({"stream_id": "ended-or-unknown"}, 5)  # not journalled: ignored
     journal.opened({"stream_id": "w0-1234-s2", "other": "tag"})  # started, no event yet
     journal.flush()  # the score moved the stream's time on
     ends = crash_events(path)
     crash = "worker_crash"
     assert ends == [
         {"type": "alert_end", "t": 10.0, "smoothed": -3.5, "threshold": 2.7, "reason": crash, **a},
-        # gated, scored, a speech window the model failed on (dropped), scored
-        {"type": "summary", "duration_s": 10.0, "windows": 4, "scored_windows": 2, "alerts": 1}
-        | {"dropped_windows": 1, "reason": crash, **a},
+        # gated, scored, a speech window the model failed on (dropped), scored, two shed
+        {"type": "summary", "duration_s": 10.0, "windows": 6, "scored_windows": 2, "alerts": 1}
+        | {"dropped_windows": 3, "reason": crash, **a},
         {"type": "summary", "duration_s": 7.0, "windows": 0, "scored_windows": 0, "alerts": 1}
         | {"dropped_windows": 0, "reason": crash, **b},
         {"type": "summary", "duration_s": 0.0, "windows": 0, "scored_windows": 0, "alerts": 0}

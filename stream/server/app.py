@@ -31,9 +31,17 @@ from websockets.http11 import Request, Response
 from spoofwatch.errors import CloseCode, ProtocolError
 
 from . import health
-from .connection import ABORT_GRACE_S, ROUTES, close_discarding, first_leaf, refused_by_websocket_layer
+from .connection import (
+    ABORT_GRACE_S,
+    ROUTES,
+    close_discarding,
+    first_leaf,
+    peer_name,
+    refused_by_websocket_layer,
+)
 from .context import ServerConfig, ServerContext
 from .drain import GOING_AWAY, SHUTDOWN_REASON
+from .keepalive import KEEPALIVE_REASON
 from .static import page_response, page_url
 
 log = logging.getLogger(__name__)
@@ -83,7 +91,10 @@ class WebSocketServer:
             # not a 500 with a traceback in the log.
             self.ctx.metrics.refused.labels("400", "header").inc()
             log.warning(
-                "refused %s from %s: header %s sent twice", request.path.split("?")[0], _peer(connection), exc
+                "refused %s from %s: header %s sent twice",
+                request.path.split("?")[0],
+                peer_name(connection),
+                exc,
             )
             return connection.respond(
                 HTTPStatus.BAD_REQUEST, f"header {exc} sent more than once: expected it once\n"
@@ -115,7 +126,7 @@ class WebSocketServer:
                 log.warning(
                     "refused %s from %s: %s token",
                     path,
-                    _peer(connection),
+                    peer_name(connection),
                     "no" if given is None else "wrong",
                 )
                 refused = connection.respond(
@@ -169,14 +180,10 @@ class WebSocketServer:
         elif isinstance(exc, TimeoutError):
             await self._close(ws, CloseCode.GOING_AWAY, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
-            if exc.sent is not None and "keepalive" in exc.sent.reason:
-                log.info(
-                    "dropped %s: no pong within %g s (keepalive ping timeout)",
-                    _peer(ws),
-                    self.ctx.config.ping_timeout_s,
-                )
+            if exc.sent is not None and exc.sent.reason == KEEPALIVE_REASON:
+                pass  # the keepalive logged its drop
             elif refused_by_websocket_layer(exc) and exc.sent is not None:
-                log.info("closed %s with %d: %s", _peer(ws), exc.sent.code, exc.sent.reason)
+                log.info("closed %s with %d: %s", peer_name(ws), exc.sent.code, exc.sent.reason)
             else:
                 log.info("client went away")
         else:
@@ -254,11 +261,3 @@ class WebSocketServer:
             # Their handlers end the sessions (reason shutdown), bounded by ABORT_GRACE_S.
             with anyio.move_on_after(ABORT_GRACE_S):
                 await server.wait_closed()
-
-
-def _peer(connection: ServerConnection) -> str:
-    try:
-        host, port = connection.remote_address[:2]
-    except (TypeError, ValueError):
-        return "unknown peer"
-    return f"{host}:{port}"

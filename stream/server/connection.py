@@ -65,6 +65,15 @@ def refused_by_websocket_layer(exc: ConnectionClosed) -> bool:
     return exc.sent is not None and exc.sent.code in CLIENT_FAULT_CODES and exc.rcvd_then_sent is not True
 
 
+def peer_name(connection: Any) -> str:
+    """``host:port`` of a connection's client, for the log."""
+    try:
+        host, port = connection.remote_address[:2]
+    except (TypeError, ValueError):
+        return "unknown peer"
+    return f"{host}:{port}"
+
+
 def end_reason(exc: BaseException) -> str:
     """The ``alert_end`` reason for a stream ended by ``exc``."""
     leaf = first_leaf(exc)
@@ -88,7 +97,12 @@ async def handle_connection(ws: Any, ctx: ServerContext, protocol: WireProtocol)
 
     config = ctx.config
     keepalive = Keepalive(
-        ws, config.ping_interval_s, config.ping_timeout_s, config.close_timeout_s, ctx.metrics.keepalive
+        ws,
+        config.ping_interval_s,
+        config.ping_timeout_s,
+        config.close_timeout_s,
+        ctx.metrics.keepalive,
+        peer_name(ws),
     )
 
     async def emit(event: dict[str, Any]) -> None:

@@ -54,11 +54,11 @@ class StreamJournal:
     def opened(self, tags: dict[str, Any]) -> None:
         """A stream started (``tags`` as its events will carry them): it gets a
         summary if the worker dies before its first event."""
-        self._entry({k: tags[k] for k in STREAM_TAGS if k in tags})
+        self._entry(_stream_tags(tags))
         self._write()
 
     def _entry(self, tags: dict[str, Any]) -> dict[str, Any]:
-        key = json.dumps(tags, sort_keys=True)
+        key = _key(tags)
         stream = self._open.get(key)
         if stream is None:
             stream = self._open[key] = {**tags, **_NEW_STREAM, "threshold": self.exit_threshold}
@@ -67,10 +67,10 @@ class StreamJournal:
     def update(self, events: list[dict[str, Any]]) -> None:
         changed = False
         for event in events:
-            tags = {k: event[k] for k in STREAM_TAGS if k in event}
+            tags = _stream_tags(event)
             kind = event.get("type")
             if kind == "summary":
-                changed |= self._open.pop(json.dumps(tags, sort_keys=True), None) is not None
+                changed |= self._open.pop(_key(tags), None) is not None
                 continue
             known = len(self._open)
             stream = self._entry(tags)
@@ -89,6 +89,16 @@ class StreamJournal:
         if changed:
             self._write()
 
+    def discarded(self, tags: dict[str, Any], windows: int) -> None:
+        """``windows`` of a stream's windows were dropped unscored: no event
+        says so, but its summary counts them (as the engine's does)."""
+        stream = self._open.get(_key(_stream_tags(tags)))
+        if stream is None:  # not journalled (ended, or a session built outside a connection)
+            return
+        stream["windows"] += windows
+        stream["dropped_windows"] += windows
+        self._dirty = True
+
     def flush(self) -> None:
         if self._dirty:
             self._write()
@@ -101,6 +111,15 @@ class StreamJournal:
             os.replace(tmp, self.path)
         except OSError as exc:  # the journal is a safety net: never break a stream for it
             log.warning("cannot write the open-stream journal %s: %s", self.path, exc)
+
+
+def _stream_tags(tagged: dict[str, Any]) -> dict[str, Any]:
+    """The tags that name a stream, out of an event or a session's tags."""
+    return {k: tagged[k] for k in STREAM_TAGS if k in tagged}
+
+
+def _key(tags: dict[str, Any]) -> str:
+    return json.dumps(tags, sort_keys=True)
 
 
 #: A stream's journal entry before its first window.
@@ -153,7 +172,7 @@ def crash_events(path: Path, reason: str = CRASH_REASON) -> list[dict[str, Any]]
         path.unlink(missing_ok=True)
     events: list[dict[str, Any]] = []
     for e in entries:
-        tags = {k: e[k] for k in STREAM_TAGS if k in e}
+        tags = _stream_tags(e)
         if e.get("alert", True):  # an entry without the key: an older journal, open alerts only
             events.append(
                 {

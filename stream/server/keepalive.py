@@ -20,6 +20,7 @@ passes the time); :class:`Keepalive` pings and judges.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,8 @@ import anyio
 from websockets.exceptions import ConnectionClosed
 
 from spoofwatch.errors import CloseCode
+
+log = logging.getLogger(__name__)
 
 #: The close reason of a keepalive drop (websockets' own wording, which the logs match).
 KEEPALIVE_REASON = "keepalive ping timeout"
@@ -68,9 +71,16 @@ class Keepalive:
     been owed for ``timeout_s`` of :class:`PongClock` time."""
 
     def __init__(
-        self, ws: Any, interval_s: float, timeout_s: float, close_timeout_s: float, counter: Any = None
+        self,
+        ws: Any,
+        interval_s: float,
+        timeout_s: float,
+        close_timeout_s: float,
+        counter: Any = None,
+        peer: str = "client",
     ) -> None:
         self._ws = ws
+        self.peer = peer  # who is dropped, for the log
         self.interval_s, self.timeout_s, self.close_timeout_s = interval_s, timeout_s, close_timeout_s
         self.clock = PongClock()
         #: A Prometheus counter labelled by outcome (``sent``, ``dropped``), or None.
@@ -134,6 +144,9 @@ class Keepalive:
         so the connection is cut after ``close_timeout_s`` (as websockets does)."""
         self.timed_out = True
         self._count("dropped")
+        # Logged here, not where the connection's error surfaces: a drop after
+        # the client's stop (its events still being scored) raises nothing.
+        log.info("dropped %s: no pong within %g s (%s)", self.peer, self.timeout_s, KEEPALIVE_REASON)
         with anyio.move_on_after(self.close_timeout_s):
             with contextlib.suppress(ConnectionClosed):
                 await self._ws.close(CloseCode.INTERNAL_ERROR, KEEPALIVE_REASON)

@@ -362,6 +362,10 @@ class WindowObserver(Protocol):
 
     def events(self, events: list[dict[str, Any]]) -> None: ...
 
+    def discarded(self, tags: dict[str, Any], windows: int) -> None:
+        """The stream tagged ``tags`` discarded ``windows`` windows unscored
+        (behind, or aborted): no event tells of them until its summary."""
+
     def ingested(self, cpu_s: float, audio_s: float) -> None:
         """An ingest call (resampling, VAD, windowing) of ``audio_s`` of audio took
         ``cpu_s`` of its thread's CPU time."""

@@ -162,3 +162,7 @@ class StreamStats:
             self.metrics.alerts.inc(alerts)
         if self.journal is not None:
             self.journal.update(events)
+
+    def discarded(self, tags: dict[str, Any], windows: int) -> None:
+        if self.journal is not None:  # so that a crash summary counts them too
+            self.journal.discarded(tags, windows)

@@ -259,10 +259,14 @@ class StreamSession:
     def _dropped_to(self, queued: int, lag: bool = True) -> None:
         """The driver dropped windows from the front of its queue until ``queued``
         were left: report each (a dropped window waited at least this long)."""
+        discarded = 0
         while len(self._arrivals) > queued:
             arrived = self._arrivals.popleft()
+            discarded += 1
             if self._observer is not None:
                 self._observer.window_done("dropped", arrived if lag else None)
+        if discarded and self._observer is not None:
+            self._observer.discarded(self.tags, discarded)
 
     # ---- end of stream -----------------------------------------------------
 
