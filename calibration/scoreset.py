@@ -27,7 +27,7 @@ import numpy as np
 
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.errors import AudioError, InputError
+from spoofwatch.errors import AudioError, InputError, ModelError
 from spoofwatch.stamps import changed_settings, write_stamp
 from spoofwatch.stream.engine import MIN_HOP_S, Scorer
 from spoofwatch.stream.windower import iter_windows
@@ -251,6 +251,30 @@ def _decode(path: Path) -> np.ndarray | AudioError:
         return exc
 
 
+def _scores_or_nan(
+    scorer: Scorer, windows: list[np.ndarray], owners: list[int], batch: list[Trial]
+) -> np.ndarray:
+    """The windows' scores in one call; when the model fails on the batch (a
+    card's model can raise on some inputs), file by file, a failing file's
+    windows NaN: that file fails on its own, never the run."""
+    if not windows:
+        return np.zeros(0, np.float32)
+    try:
+        return scorer.scores(np.stack(windows))
+    except ModelError as exc:
+        log.warning("%s; scoring the batch's files one by one", exc)
+    scores = np.empty(len(windows), np.float32)
+    owned = np.asarray(owners)
+    for owner in dict.fromkeys(owners):
+        mine = np.flatnonzero(owned == owner)
+        try:
+            scores[mine] = scorer.scores(np.stack([windows[k] for k in mine]))
+        except ModelError as exc:
+            log.warning("%s: %s", batch[owner].utt, exc)
+            scores[mine] = np.nan
+    return scores
+
+
 def _score_batch(
     batch: list[Trial],
     audios: list[np.ndarray | AudioError],
@@ -275,7 +299,7 @@ def _score_batch(
         for _, window in iter_windows(audio, hop, window_samples):
             owners.append(i)
             windows.append(window)
-    scores = scorer.scores(np.stack(windows)) if windows else np.zeros(0, np.float32)
+    scores = _scores_or_nan(scorer, windows, owners, batch)
     per_file: dict[int, list[float]] = {}
     for owner, score in zip(owners, scores.tolist(), strict=True):
         per_file.setdefault(owner, []).append(score)

@@ -214,9 +214,12 @@ class Detector:
 
     def score(self, waveform: npt.NDArray[np.float32]) -> float:
         """Bona fide logit of a 16 kHz mono waveform's first (official) window."""
-        return float(
+        score = float(
             self.scorer.scores(official_window(_checked_waveform(waveform), self.scorer.window_samples))[0]
         )
+        if not math.isfinite(score):  # as score_audio: a broken model's NaN is no verdict
+            raise ModelError(f"the model returned a non-finite score ({score}) for the first window")
+        return score
 
     def score_audio(
         self, audio: npt.NDArray[np.float32], hop_s: float | None = None, name: str = "<array>"

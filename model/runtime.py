@@ -362,7 +362,17 @@ class OnnxScorer:
         parts = []
         for start in range(0, batch.shape[0], self.max_batch_windows):
             chunk = batch[start : start + self.max_batch_windows]
-            out = np.asarray(self.session.run([self._output], {self._input: chunk})[0], np.float32)
+            try:
+                out = np.asarray(self.session.run([self._output], {self._input: chunk})[0], np.float32)
+            except ModelError:
+                raise
+            except Exception as exc:  # ONNX Runtime's own errors share no base class of their own
+                # A card's model may fail on some inputs only (its load check ran on silence):
+                # the error names the model, and callers treat it as any model failure.
+                raise ModelError(
+                    f"{self.onnx_path.name}: ONNX Runtime failed on a batch of {len(chunk)} window(s): "
+                    f"{str(exc).strip()[:500]}"
+                ) from exc
             self.calls += 1
             parts.append(self._checked(out, len(chunk)))
         return np.concatenate(parts, axis=0)

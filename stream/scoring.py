@@ -15,11 +15,14 @@ and injects it as an ``IncrementalBackend``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from spoofwatch.errors import ModelError
 
 from .engine import Scorer, WindowScorer
 from .windower import Window
@@ -57,9 +60,23 @@ class FullWindowScorer:
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
+        self._failed = False
 
     def score_window(self, window: Window) -> float:
-        return float(self.scorer.scores(window.samples[np.newaxis, :])[0])
+        """The window's score; NaN when the model fails on it (a card's model can
+        raise on some inputs), which the engine counts as a dropped window."""
+        try:
+            return float(self.scorer.scores(window.samples[np.newaxis, :])[0])
+        except ModelError as exc:
+            if not self._failed:
+                log.warning(
+                    "%s (window %.2f-%.2f s; such windows count as dropped)",
+                    exc,
+                    window.t_start,
+                    window.t_end,
+                )
+            self._failed = True
+            return math.nan
 
     def reset(self) -> None:
         pass

@@ -419,3 +419,115 @@ def test_a_card_whose_columns_follow_the_batch_is_refused(tmp_path: Path) -> Non
     spec_vector = dataclasses.replace(spec, bonafide_index=None)
     with pytest.raises(ModelError, match=r"output \[\d, \d\] for a batch of \d; expected \[batch\]"):
         OnnxScorer(spec.onnx_path, "cpu", 1, spec=spec_vector).scores(windows)
+
+
+def _loud_fails_model(path: Path) -> Path:
+    """Output ``mean(x)`` [batch], but ONNX Runtime fails (a Reshape to rows of 3
+    of a window that is not a multiple of 3) when a window's peak is above 0.05:
+    a model that passes the load check on silence and fails on speech."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value: object, dtype: object) -> object:
+        return numpy_helper.from_array(np.array(value, dtype), name)  # type: ignore[call-overload]
+
+    nodes = [
+        helper.make_node("Abs", ["audio"], ["a"]),
+        helper.make_node("ReduceMax", ["a"], ["peak"], keepdims=0),
+        helper.make_node("Greater", ["peak", "thr"], ["loud"]),
+        helper.make_node("Cast", ["loud"], ["n"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["n", "two"], ["n2"]),
+        helper.make_node("Add", ["n2", "one"], ["k"]),  # 1 (quiet) or 3 (loud)
+        helper.make_node("Reshape", ["k", "shape1"], ["k1"]),
+        helper.make_node("Concat", ["minus1", "k1"], ["rows"], axis=0),  # [-1, k]
+        helper.make_node("Reshape", ["audio", "rows"], ["r"]),  # fails for k = 3
+        helper.make_node("ReduceMean", ["audio", "axes"], ["scores"], keepdims=0),  # (B,)
+        helper.make_node("Identity", ["r"], ["unused"]),
+    ]
+    inits = [
+        const("thr", 0.05, np.float32),
+        const("two", 2, np.int64),
+        const("one", 1, np.int64),
+        const("shape1", [1], np.int64),
+        const("minus1", [-1], np.int64),
+        const("axes", [1], np.int64),
+    ]
+    x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", WINDOW])
+    outs = [
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch"]),
+        helper.make_tensor_value_info("unused", TensorProto.FLOAT, None),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "loud_fails", [x], outs, inits),  # type: ignore[arg-type]
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_that_fails_on_some_audio_fails_only_that_file_or_window(
+    tmp_path: Path, la_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ONNX Runtime's own error on speech was a raw traceback: `score` stopped
+    before the next file, `stream` after its summary, and the API raised a
+    non-spoofwatch error. Now it is a ModelError naming the model, one file's
+    failure in `score`, and a dropped window live."""
+    import anyio
+
+    from spoofwatch.stream.server.batcher import BatchScorer
+
+    _loud_fails_model(tmp_path / "loud.onnx")
+    card = _card(tmp_path, "loud.toml", onnx="loud.onnx", output="scores", bonafide_index=None)
+    speech = _offset_speech(la_dir, tmp_path, [0.0])
+    quiet = tmp_path / "quiet.wav"
+    soundfile.write(quiet, np.full(2 * WINDOW, 0.01, np.float32), 16000)
+
+    assert main(["score", "--model", str(card), "--device", "cpu", "--json", str(speech), str(quiet)]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (
+        rows[0]["file"] == str(speech) and "loud.onnx: ONNX Runtime failed on a batch of" in rows[0]["error"]
+    )
+    assert rows[1]["score"] == pytest.approx(0.01, rel=0.01)  # the next file is scored (16-bit WAV)
+
+    detector = Detector.load(str(card), device="cpu")
+    with pytest.raises(ModelError, match=r"loud\.onnx: ONNX Runtime failed"):
+        detector.score_file(speech)
+
+    assert main(["stream", "--model", str(card), "--device", "cpu", "--json", str(speech)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    speech_windows = [e for e in events if e["type"] == "score" and e["speech"]]
+    assert speech_windows and all(e["score"] is None for e in speech_windows)
+    assert events[-1]["type"] == "summary" and events[-1]["dropped_windows"] == len(speech_windows)
+
+    # The server scores streams' windows together: a window the model fails on
+    # must not fail the others of its batch (another client's stream).
+    loud, calm = np.full(WINDOW, 0.5, np.float32), np.full(WINDOW, 0.02, np.float32)
+    batcher = BatchScorer(build_scorer(str(card), device="cpu"), max_batch_windows=4)
+    got: dict[str, float] = {}
+
+    async def run() -> None:
+        async def one(name: str, window: np.ndarray) -> None:
+            got[name] = await batcher.score(window)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(batcher.serve)
+            async with anyio.create_task_group() as callers:
+                callers.start_soon(one, "loud", loud)
+                callers.start_soon(one, "calm", calm)
+            batcher.close()
+
+    anyio.run(run)
+    assert np.isnan(got["loud"]) and got["calm"] == pytest.approx(0.02, rel=1e-4)
+    assert batcher.batches == 1  # scored together, then apart
+
+
+def test_the_api_refuses_a_non_finite_first_window_score(tmp_path: Path) -> None:
+    """`Detector.score` returned NaN, which `verdict` called spoof, where
+    `score_audio` raised."""
+    _sqrt_model(tmp_path / "sqrt.onnx")
+    card = _card(tmp_path, "sqrt.toml", onnx="sqrt.onnx", bonafide_index=None)
+    detector = Detector.load(str(card), device="cpu")
+    assert detector.score(np.full(WINDOW, 0.04, np.float32)) == pytest.approx(0.2, rel=1e-4)
+    with pytest.raises(ModelError, match=r"non-finite score \(nan\) for the first window"):
+        detector.score(np.full(WINDOW, -0.04, np.float32))

@@ -13,6 +13,7 @@ Every model call of a worker runs on one long-lived thread of its own
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import anyio.lowlevel
 import numpy as np
 import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from spoofwatch.errors import ModelError
 
 from ..engine import Scorer
 from ..scoring import IncrementalBackend, StreamCache
@@ -166,7 +169,14 @@ class BatchScorer:
         full = [i for i, r in enumerate(batch) if r.stream is None]
         inc = [i for i, r in enumerate(batch) if r.stream is not None]
         if full:
-            values = self.scorer.scores(np.stack([batch[i].window for i in full])).tolist()
+            stacked = np.stack([batch[i].window for i in full])
+            try:
+                values = self.scorer.scores(stacked).tolist()
+            except ModelError as exc:
+                # One stream's audio may be what the model fails on (a card's model can
+                # raise on some inputs): each window alone, so that the others are scored.
+                log.warning("%s; scoring the batch's %d windows one by one", exc, len(full))
+                values = [self._score_alone(w) for w in stacked]
             for i, v in zip(full, values, strict=True):
                 scores[i] = float(v)
         if inc:
@@ -176,6 +186,14 @@ class BatchScorer:
             for i, v in zip(inc, self.incremental.score(streams, windows), strict=True):
                 scores[i] = v
         return scores
+
+    def _score_alone(self, window: npt.NDArray[np.float32]) -> float:
+        """One window's score; NaN when the model fails on it (the engine counts
+        it as dropped, and no NaN reaches an event)."""
+        try:
+            return float(self.scorer.scores(window[np.newaxis, :])[0])
+        except ModelError:
+            return math.nan
 
     async def _run(self, batch: list[_Request]) -> None:
         try:
