@@ -93,6 +93,52 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _external_data_files(onnx_path: Path, origin: str) -> list[str]:
+    """The files (relative to the ONNX file) that hold the graph's weights
+    outside it: ``torch.onnx.export`` writes them beside the graph by default."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and others: not an ONNX file
+        raise ModelError(f"{origin}: {onnx_path.name} is not an ONNX model ({exc})") from None
+    found: set[str] = set()
+
+    def walk(graph: Any) -> None:
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += [attr.t] if attr.HasField("t") else []
+                tensors += list(attr.tensors)
+                for sub in [attr.g] if attr.HasField("g") else []:
+                    walk(sub)
+                for sub in attr.graphs:
+                    walk(sub)
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                found.update(e.value for e in tensor.external_data if e.key == "location")
+
+    walk(model.graph)
+    return sorted(found)
+
+
+def model_sha256(onnx_path: Path, origin: str) -> str:
+    """The SHA-256 a card pins: of the ONNX file, or, for a model whose weights
+    are external data, of the file's hash and each data file's name and hash
+    together, so that the pin (and a calibration's key) covers the weights too."""
+    digest = _file_sha256(onnx_path)
+    external = _external_data_files(onnx_path, origin)
+    if not external:
+        return digest
+    parts = [digest]
+    for name in external:
+        data = (onnx_path.parent / name).resolve()
+        if not data.is_file():
+            raise ModelError(f"{origin}: {onnx_path.name} keeps its weights in {name}, which does not exist")
+        parts += [name, _file_sha256(data)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 def _typed(table: dict[str, Any], key: str, want: type, origin: str) -> Any:
     value = table[key]
     ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
@@ -142,16 +188,21 @@ def parse_card(path: Path) -> ModelSpec:
     if index is not None and index < 0:
         raise ConfigError(f"{origin}: bonafide_index = {index}: expected >= 0")
     onnx_path = (path.parent / values["onnx"]).resolve()
+    if onnx_path.is_dir():
+        raise ModelError(f"{origin}: onnx = {values['onnx']!r} is a folder; expected an ONNX file")
     if not onnx_path.is_file():
         raise ModelError(f"{origin}: the ONNX file {onnx_path} does not exist")
-    digest = _file_sha256(onnx_path)
-    if "sha256" in values and values["sha256"].lower() != digest:
+    digest = model_sha256(onnx_path, origin)
+    pinned = values.get("sha256")
+    if pinned is not None and pinned.strip().lower() != digest:
         raise ModelError(
-            f"{origin}: {onnx_path.name} has SHA-256 {digest[:16]}..., but the card pins "
-            f"{values['sha256'][:16]}...; the file was changed or is not the one the card describes"
+            f"{origin}: {onnx_path.name} has SHA-256 {digest}, but the card pins {pinned!r}; "
+            "the model was changed or is not the one the card describes"
         )
     cal = values.get("calibration")
     cal_path = (path.parent / cal).resolve() if cal else None
+    if cal_path is not None and cal_path.is_dir():
+        raise ConfigError(f"{origin}: calibration = {cal!r} is a folder; expected a calibration file")
     if cal_path is not None and not cal_path.is_file():
         raise ConfigError(f"{origin}: the calibration file {cal_path} does not exist")
     return ModelSpec(
@@ -178,7 +229,10 @@ def check_graph(spec: ModelSpec) -> None:
     from .runtime import make_session
 
     origin = str(spec.card_path)
-    session = make_session(spec.onnx_path, "cpu", threads=1)
+    try:
+        session = make_session(spec.onnx_path, "cpu", threads=1)
+    except ModelError as exc:
+        raise ModelError(f"{origin}: {exc}") from None
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if spec.input_name not in inputs or len(inputs) != 1:
@@ -208,7 +262,9 @@ def check_graph(spec: ModelSpec) -> None:
             f"{origin}: output = {spec.output_name!r}, but {spec.onnx_path.name} has output(s) {', '.join(outputs)}"
         )
     shapes: dict[int, list[int]] = {}
-    for batch in (1, 2):  # the sizes live calls use most (a dynamic axis may still be refused)
+    # The sizes live calls use most, and one more: a model that caps its rows
+    # (returns min(batch, 2)) passes 1 and 2 and fails the first CUDA batch.
+    for batch in (1, 2, 3):
         probe = np.zeros((batch, spec.window_samples), dtype=np.float32)
         try:
             out = np.asarray(session.run([spec.output_name], {spec.input_name: probe})[0])

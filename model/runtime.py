@@ -380,7 +380,7 @@ class OnnxScorer:
     def _checked(self, out: npt.NDArray[np.float32], batch: int) -> npt.NDArray[np.float32]:
         """One call's output, as the score is read from it: ``[batch]``, or
         ``[batch, k]`` holding the score's column. (A card was checked at
-        batches 1 and 2; a model may still answer another size otherwise.)"""
+        batches 1, 2 and 3; a model may still answer another size otherwise.)"""
         wanted = 1 if self._column is None else 2
         if (
             out.ndim != wanted

@@ -118,6 +118,62 @@ def test_card_sha256_is_checked(tmp_path: Path) -> None:
     assert load_card(_card(tmp_path, "ok.toml", sha256=digest)).sha256 == digest
     with pytest.raises(ModelError, match="the card pins"):
         load_card(_card(tmp_path, "bad.toml", sha256="0" * 64))
+    # Copied with spaces around it: still the right hash.
+    assert load_card(_card(tmp_path, "spaced.toml", sha256=f" {digest.upper()} ")).sha256 == digest
+
+
+def test_a_card_pin_and_calibration_key_cover_external_weights(tmp_path: Path) -> None:
+    """torch.onnx.export writes a model's weights beside the graph (external
+    data) by default: the pin and the calibration key covered only the graph,
+    so weights changed under a pinned card were scored silently."""
+    import onnx
+    from onnx import numpy_helper
+
+    onnx_path = _tiny_model(tmp_path / "tiny.onnx")
+    model = onnx.load(str(onnx_path))
+    # The scale as raw bytes, which external data holds (the axes stay inline: shape inference reads them).
+    scale = next(t for t in model.graph.initializer if t.name == "scale")
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale), "scale"))
+    onnx.save_model(
+        model, str(onnx_path), save_as_external_data=True, location="tiny.onnx.data", size_threshold=0
+    )
+    data = tmp_path / "tiny.onnx.data"
+    assert data.is_file()
+    spec = load_card(_card(tmp_path, "card.toml"))
+    assert spec.sha256 != hashlib.sha256(onnx_path.read_bytes()).hexdigest()  # not the graph's alone
+    pinned = _card(tmp_path, "pinned.toml", sha256=spec.sha256)
+    windows = np.full((1, WINDOW), 0.1, np.float32)
+    before = build_scorer(str(pinned), device="cpu").scores(windows)
+    np.testing.assert_allclose(before, _power(windows), rtol=1e-4)
+
+    # The same graph file, the power scale (an external weight) changed from 100 to 200.
+    loaded = onnx.load(str(onnx_path))
+    scale = next(t for t in loaded.graph.initializer if t.name == "scale")
+    scale.CopyFrom(numpy_helper.from_array(np.array(2 * POWER_SCALE, np.float32), "scale"))
+    graph_bytes = onnx_path.read_bytes()
+    onnx.save_model(
+        loaded, str(onnx_path), save_as_external_data=True, location="tiny.onnx.data", size_threshold=0
+    )
+    onnx_path.write_bytes(graph_bytes)  # the graph file as it was: only the weights differ
+    with pytest.raises(ModelError, match="the card pins"):
+        load_card(pinned)
+    assert load_card(_card(tmp_path, "card.toml")).calibration_key != spec.calibration_key
+    data.unlink()
+    with pytest.raises(ModelError, match=r"keeps its weights in tiny\.onnx\.data, which does not exist"):
+        load_card(_card(tmp_path, "card.toml"))
+
+
+def test_card_paths_that_are_folders_or_not_onnx_fail_naming_the_card(tmp_path: Path) -> None:
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(ModelError, match=r"card\.toml: onnx = 'folder\.onnx' is a folder"):
+        load_card(_card(tmp_path, onnx="folder.onnx"))
+    (tmp_path / "text.onnx").write_text("not a model")
+    with pytest.raises(ModelError, match=r"card\.toml: text\.onnx is not an ONNX model"):
+        load_card(_card(tmp_path, onnx="text.onnx"))
+    _tiny_model(tmp_path / "tiny.onnx")
+    (tmp_path / "cal").mkdir()
+    with pytest.raises(ConfigError, match=r"calibration = 'cal' is a folder"):
+        load_card(_card(tmp_path, calibration="cal"))
 
 
 @pytest.mark.parametrize(
