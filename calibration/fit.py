@@ -19,7 +19,7 @@ from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 
 from .calfile import Calibration
 from .metrics import eer
-from .protocol import ScoreTable
+from .protocol import SCORE_DECIMALS, ScoreTable
 from .streaming import Conversation, Trace, false_alert_overrun, false_alert_spans, measure, trace
 
 log = logging.getLogger(__name__)
@@ -44,27 +44,45 @@ def threshold_for(table: ScoreTable, target: str, rate: float | None = None) -> 
         return _accepting_above(eer(bona, spoof)[1], np.concatenate([bona, spoof]))
     if rate is None or not 0.0 <= rate < 1.0:
         raise InputError(f"target {target!r} needs --rate in [0, 1), got {rate}")
+    every = np.concatenate([bona, spoof])
     if target == "bonafide-false-alarm":
         if bona.size == 0:
             raise CalibrationError("no bona fide scores to set a false-alarm rate from")
-        return float(np.quantile(bona, rate, method="lower"))
+        return _accepting_from(float(np.quantile(bona, rate, method="lower")), every)
     if target == "spoof-miss":
         if spoof.size == 0:
             raise CalibrationError("no spoof scores to set a miss rate from")
-        return float(np.nextafter(np.quantile(spoof, 1.0 - rate, method="higher"), np.inf))
+        return _accepting_above(float(np.quantile(spoof, 1.0 - rate, method="higher")), every)
     raise InputError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
 
 
+#: One unit of a score file's last decimal: more than a score read from the
+#: file can be off from the model's (half a unit). A threshold beyond the dev
+#: scores keeps this far from the outermost one.
+_SCORE_UNIT = 10.0**-SCORE_DECIMALS
+
+
 def _accepting_above(det_threshold: float, scores: npt.NDArray[np.float64]) -> float:
-    """A "bona fide if >=" threshold that realises the DET curve's ``det_threshold``
-    (which rejects scores <= it, and is a dev score itself): halfway to the next
-    dev score up. The next float up would do for exact scores, but score files
-    round to 6 decimals, and a score rounded down onto the threshold would be
-    accepted at run time."""
+    """A "bona fide if >=" threshold that rejects ``det_threshold`` (a dev score)
+    and accepts every dev score above it: halfway to the next dev score up
+    (above the top one, by :data:`_SCORE_UNIT`). The next float up would do for exact
+    scores, but score files round to :data:`SCORE_DECIMALS`, and a score
+    rounded down onto the threshold would be accepted at run time."""
     above = scores[scores > det_threshold]
     if above.size == 0:
-        return float(np.nextafter(det_threshold, np.inf))
+        return det_threshold + _SCORE_UNIT
     return float((det_threshold + above.min()) / 2)
+
+
+def _accepting_from(lowest_accepted: float, scores: npt.NDArray[np.float64]) -> float:
+    """A "bona fide if >=" threshold that accepts ``lowest_accepted`` (a dev
+    score) and rejects every dev score below it: halfway to the next dev score
+    down (below the bottom one, by :data:`_SCORE_UNIT`), not the score itself, which a
+    score rounded up onto it would then be refused."""
+    below = scores[scores < lowest_accepted]
+    if below.size == 0:
+        return lowest_accepted - _SCORE_UNIT
+    return float((lowest_accepted + below.max()) / 2)
 
 
 def with_threshold(base: Calibration, threshold: float, provenance: dict[str, Any]) -> Calibration:

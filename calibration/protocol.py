@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 Array = npt.NDArray[np.float64]
 LABELS = ("bonafide", "spoof")
+#: Decimals of the scores ``calibrate score`` writes: a score read back may be
+#: off by half a unit of the last one, which a threshold set on it must allow for.
+SCORE_DECIMALS = 6
 ASV_KEYS = ("target", "nontarget", "spoof")
 
 
