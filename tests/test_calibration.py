@@ -502,6 +502,33 @@ def test_eer_threshold_realises_the_eer_it_reports(tmp_path: Path) -> None:
         assert det_threshold + 5e-7 < threshold
 
 
+def test_rate_thresholds_hold_for_the_scores_a_score_file_rounded() -> None:
+    """`calibrate fit --target bonafide-false-alarm|spoof-miss` took its threshold
+    straight from the score file, whose scores are rounded to 6 decimals: a
+    genuine score rounded up onto it fell below it at run time (a false alarm at
+    --rate 0), a spoof rounded down onto it was accepted (a miss too many)."""
+    true_bona = np.array([3.9074535, 5.1, 6.2, 7.0, 7.5])
+    true_spoof = np.array([-2.0, -1.0, 0.5, 1.2, 1.80526328, 2.5])
+    table = ScoreTable(
+        [f"b{i}" for i in range(true_bona.size)] + [f"s{i}" for i in range(true_spoof.size)],
+        ["-"] * true_bona.size + ["A01"] * true_spoof.size,
+        ["bonafide"] * true_bona.size + ["spoof"] * true_spoof.size,
+        np.round(np.concatenate([true_bona, true_spoof]), 6),  # what the file holds
+    )
+    assert np.round(3.9074535, 6) > 3.9074535 and np.round(1.80526328, 6) < 1.80526328
+    for rate in (0.0, 0.2, 0.4):
+        threshold = threshold_for(table, "bonafide-false-alarm", rate)
+        assert np.mean(true_bona < threshold) <= rate
+        assert np.mean(true_spoof >= threshold) == np.mean(table.by_label("spoof") >= threshold)
+    for rate in (0.0, 0.2, 0.4):
+        threshold = threshold_for(table, "spoof-miss", rate)
+        assert np.mean(true_spoof >= threshold) <= rate
+        assert np.mean(true_bona < threshold) == np.mean(table.by_label("bonafide") < threshold)
+    # Below every dev score: a unit of the last decimal below the lowest.
+    only_bona = ScoreTable(["b0", "b1"], ["-", "-"], ["bonafide"] * 2, np.array([1.0, 2.0]))
+    assert threshold_for(only_bona, "bonafide-false-alarm", 0.0) == pytest.approx(1.0 - 1e-6, abs=1e-12)
+
+
 def test_min_tdcf_undefined_is_an_error_not_nan() -> None:
     """An ASV that rejects every spoof at its EER threshold zeroes the t-DCF's
     normalisation: a clear error, never NaN in a JSON report."""
