@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS
+from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS, SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError, ConfigError, InputError
 from spoofwatch.stream.engine import EngineConfig, LiveConfig
 from spoofwatch.stream.gate import GateConfig
@@ -208,11 +208,23 @@ def load_calibration(
     return cal
 
 
-def load_card_default(name: str, weights_sha256: str) -> Calibration:
+def load_card_default(name: str, weights_sha256: str, window_samples: int | None = None) -> Calibration:
     """The shipped starting point of a model card without a calibration file
-    (:data:`CARD_CALIBRATION`), stamped with the card's ``name`` and ONNX hash."""
+    (:data:`CARD_CALIBRATION`), stamped with the card's ``name`` and ONNX hash.
+    Its hop is at most the card's window (``window_samples``): a shorter window
+    than the shipped hop would leave audio unscored, and nothing here was fitted
+    to that hop (a calibration fitted from this one then keeps the shorter hop)."""
     cal = calibration_from_dict(*_shipped(CARD_CALIBRATION))
-    return dataclasses.replace(cal, model=name, weights_sha256=weights_sha256.lower())
+    cal = dataclasses.replace(cal, model=name, weights_sha256=weights_sha256.lower())
+    if window_samples is not None and cal.stream.hop_s * SAMPLE_RATE_HZ > window_samples:
+        hop_s = window_samples / SAMPLE_RATE_HZ
+        log.info(
+            "hop_s %g s: the model's window (the uncalibrated default's %g s is longer)",
+            hop_s,
+            cal.stream.hop_s,
+        )
+        cal = dataclasses.replace(cal, stream=dataclasses.replace(cal.stream, hop_s=hop_s))
+    return cal
 
 
 def check_fits(

@@ -136,7 +136,7 @@ def _card_calibration(spec: ModelSpec, path: Path | None, warn: bool = True) -> 
                 spec.card_path,
                 CARD_CALIBRATION,
             )
-        return load_card_default(spec.name, spec.calibration_key)
+        return load_card_default(spec.name, spec.calibration_key, spec.window_samples)
     return load_calibration(origin, model=spec.name, weights_sha256=spec.calibration_key)
 
 

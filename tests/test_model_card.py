@@ -356,18 +356,35 @@ def test_non_finite_model_scores_never_reach_an_event(
     assert summary["scored_windows"] == len(scored)
 
 
-def test_a_card_window_shorter_than_the_hop_is_refused_before_streaming(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_card_window_shorter_than_the_hop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Uncalibrated, a card hops one window when its window is shorter than the
+    shipped default's 0.5 s hop (which was refused, and written on by `calibrate
+    fit`, so that no command could use the card live); a calibration whose hop
+    is longer than the window is still refused before streaming."""
+    import dataclasses
+
+    from spoofwatch.calibration.calfile import save_calibration
+    from spoofwatch.model.detector import _card_calibration
+
     _tiny_model(tmp_path / "short.onnx", window=4000)
     card = _card(tmp_path, "short.toml", onnx="short.onnx", window_samples=4000)  # 0.25 s < the 0.5 s hop
     wav = tmp_path / "speech.wav"
-    soundfile.write(wav, np.zeros(16000, np.float32), 16000)
+    soundfile.write(wav, 0.1 * np.ones(16000, np.float32), 16000)
+    assert main(["stream", "--model", str(card), "--device", "cpu", "--json", str(wav)]) == 0
+    ends = [json.loads(line)["t_end"] for line in capsys.readouterr().out.splitlines() if '"score"' in line]
+    assert ends == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+    default = _card_calibration(load_card(card), None, warn=False)
+    assert default.stream.hop_s == 0.25
+    long_hop = tmp_path / "long-hop.toml"
+    save_calibration(
+        dataclasses.replace(default, stream=dataclasses.replace(default.stream, hop_s=0.5)), long_hop
+    )
     expected = "hop_s: expected at most the model's window (4000 samples = 0.25 s), got 0.5"
-    assert main(["stream", "--model", str(card), "--device", "cpu", str(wav)]) == InputError.exit_code
-    assert expected in capsys.readouterr().err
-    assert main(["serve", "--model", str(card), "--device", "cpu", "--port", "0"]) == InputError.exit_code
-    assert expected in capsys.readouterr().err
+    for command in (["stream", str(wav)], ["serve", "--port", "0"]):
+        args = [*command, "--model", str(card), "--device", "cpu", "--calibration", str(long_hop)]
+        assert main(args) == InputError.exit_code
+        assert expected in capsys.readouterr().err
 
 
 def test_score_hops_one_window_for_a_card_shorter_than_the_file_hop(

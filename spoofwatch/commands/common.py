@@ -201,7 +201,10 @@ def add_model_args(
             "--calibration",
             type=Path,
             default=None,
-            help="calibration TOML (default: configs/calibration/<model>.toml)",
+            help=(
+                "calibration TOML (default: configs/calibration/<model>.toml; for a model card, "
+                "its own calibration, else the uncalibrated model-card.toml)"
+            ),
         )
 
 
