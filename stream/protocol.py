@@ -18,7 +18,8 @@ Native protocol (path ``/``):
 Twilio Media Streams (path ``/twilio``): JSON text messages ``connected``,
 ``start`` (``streamSid``, ``callSid``, ``tracks``, ``mediaFormat``
 audio/x-mulaw 8000 Hz mono), ``media`` (base64 μ-law ``payload``,
-``track``), ``mark``, ``dtmf`` and ``stop``. Twilio accepts nothing back,
+``track``), ``mark``, ``dtmf`` and ``stop`` (other message types are
+ignored, with one warning). Twilio accepts nothing back,
 so events go to the server's sinks, tagged with ``callSid``, ``streamSid``
 and ``track``; each track is its own stream.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +40,8 @@ from spoofwatch.audio import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from spoofwatch.errors import CloseCode, ProtocolError
 
 from .codecs import ENCODINGS, decode
+
+log = logging.getLogger(__name__)
 
 TWILIO_RATE_HZ = 8_000
 TWILIO_TRACKS = ("inbound", "outbound")
@@ -203,6 +207,7 @@ class TwilioProtocol:
     def __init__(self) -> None:
         self.tracks: tuple[str, ...] = ()
         self.stopped = False
+        self._ignored = False  # an unknown message type was logged
 
     def receive(self, message: str | bytes) -> list[ProtocolEvent]:
         data = parse_json(message, "Twilio", key="event")
@@ -251,6 +256,8 @@ class TwilioProtocol:
                 )
             return [AudioIn(track, decode(_media_payload(media), "mulaw", 1))]
         if kind == "stop":
+            if not self.tracks:  # no stream to end: not Twilio's order
+                raise ProtocolError("stop before start: expected start first", CloseCode.PROTOCOL_ERROR)
             self.stopped = True
             return [StreamStop()]
         if kind in ("connected", "mark", "dtmf"):
@@ -259,7 +266,13 @@ class TwilioProtocol:
             raise ProtocolError(
                 "Twilio start sent twice: expected media, mark, dtmf or stop", CloseCode.PROTOCOL_ERROR
             )
-        raise ProtocolError(
-            f"unexpected Twilio message {kind!r}: expected connected, start, media, mark, dtmf or stop",
-            CloseCode.PROTOCOL_ERROR,
-        )
+        # Twilio has added message types before (mark, dtmf): one more must not
+        # end live calls. It carries no audio, and does not count as activity.
+        if not self._ignored:
+            log.warning(
+                "ignoring Twilio message %r (expected connected, start, media, mark, dtmf or stop); "
+                "further unknown ones are ignored silently",
+                str(kind)[:64],
+            )
+        self._ignored = True
+        return []
