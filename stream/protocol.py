@@ -208,12 +208,20 @@ class TwilioProtocol:
         self.tracks: tuple[str, ...] = ()
         self.stopped = False
         self._ignored = False  # an unknown message type was logged
+        self.stream_sid: str | None = None
 
     def receive(self, message: str | bytes) -> list[ProtocolEvent]:
         data = parse_json(message, "Twilio", key="event")
         kind = data["event"]
         if self.stopped:
             raise ProtocolError(f"expected nothing after stop, got {kind!r}", CloseCode.PROTOCOL_ERROR)
+        sid = data.get("streamSid")
+        if self.tracks and sid is not None and sid != self.stream_sid:
+            # One connection is one Twilio stream: its events are tagged with the start's sid.
+            raise ProtocolError(
+                f"streamSid changed from the start's {self.stream_sid!r}: expected one stream per connection",
+                CloseCode.PROTOCOL_ERROR,
+            )
         if kind == "start" and not self.tracks:
             start = _object(data, "start", "")
             _check_media_format(start)
@@ -240,6 +248,7 @@ class TwilioProtocol:
                     CloseCode.INVALID_PAYLOAD,
                 )
             self.tracks = tuple(dict.fromkeys(announced or ["inbound"]))
+            self.stream_sid = stream_sid
             call_sid = start.get("callSid")
             if not (isinstance(call_sid, str) and len(call_sid) <= TWILIO_SID_MAX_CHARS):
                 call_sid = None  # informative only: not worth refusing a call, nor copying into every event

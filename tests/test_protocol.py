@@ -153,6 +153,11 @@ class TestTwilio:
             ([TWILIO_START, twilio("stop"), twilio("mark")], CloseCode.PROTOCOL_ERROR, "after stop"),
             ([twilio("connected"), twilio("stop")], CloseCode.PROTOCOL_ERROR, "stop before start"),
             (
+                [TWILIO_START, json.dumps({"event": "media", "streamSid": "MZ2", "media": {"payload": ""}})],
+                CloseCode.PROTOCOL_ERROR,
+                "streamSid changed from the start's 'MZ1'",
+            ),
+            (
                 [
                     twilio(
                         "start",
