@@ -26,8 +26,15 @@ def audio_path(audio_dir: Path, utt: str) -> Path:
     return audio_dir / f"{utt}.flac"
 
 
-def check_dataset(protocol: Path, audio_dir: Path, allow_missing: bool = False) -> Dataset:
-    """Every protocol utterance must have ``audio_dir/UTT.flac`` (non-empty).
+#: What to do about missing files, for the commands that have ``--skip-missing``.
+SKIP_MISSING_HINT = "use --skip-missing to continue without them"
+
+
+def check_dataset(
+    protocol: Path, audio_dir: Path, allow_missing: bool = False, missing_hint: str = SKIP_MISSING_HINT
+) -> Dataset:
+    """Every protocol utterance must have ``audio_dir/UTT.flac`` (non-empty);
+    ``missing_hint`` ends the error when one has not (what the caller can do).
 
     Real LA layout: ``LA/ASVspoof2019_LA_dev/flac`` with
     ``LA/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.dev.trl.txt``.
@@ -51,6 +58,6 @@ def check_dataset(protocol: Path, audio_dir: Path, allow_missing: bool = False) 
             f"{', '.join(missing[:SHOW_FIRST])}{' ...' if len(missing) > SHOW_FIRST else ''}"
         )
         if not allow_missing:
-            raise DatasetError(message + " (use --skip-missing to continue without them)")
+            raise DatasetError(f"{message} ({missing_hint})")
         log.warning("%s; continuing without them", message)
     return Dataset([t for t in trials if t.utt in paths], paths, missing)

@@ -8,7 +8,8 @@ longer than one window then cost one window, not one per hop). A rerun skips utt
 already in the score file, so a killed run loses at most the batch in flight;
 a partial last line (a run killed mid-write) is cut first. An utterance that
 cannot be decoded, or whose score is not finite, is reported as failed and
-not written.
+not written. One run at a time writes a score file: it holds ``<scores>.lock``
+(:func:`spoofwatch.paths.lock_output`) while it scores.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import numpy as np
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import AudioError, InputError, ModelError
+from spoofwatch.paths import lock_output
 from spoofwatch.stamps import changed_settings, write_stamp
 from spoofwatch.stream.engine import MIN_HOP_S, Scorer
 from spoofwatch.stream.windower import iter_windows
 
 from .dataset import Dataset
-from .protocol import Trial, score_value
+from .protocol import SCORE_DECIMALS, Trial, score_value
 
 log = logging.getLogger(__name__)
 BATCH_FILES = 16
@@ -75,7 +77,7 @@ def keep_only(path: Path, kept: list[str], bad: list[str]) -> None:
         len(bad),
         bad[0][:80],
     )
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), "utf-8")
     os.replace(tmp, path)
 
@@ -183,8 +185,6 @@ def score_dataset(
     (``model_identity``, e.g. ``OnnxScorer.identity``) and hop. The stamp also
     keeps ``calibration_stamp`` (model name, weights SHA-256, precision: what a
     calibration fitted on these scores must carry) for ``calibrate fit``."""
-    from tqdm import tqdm
-
     check_hop_s(hop_s)
     if hop_s * SAMPLE_RATE_HZ > window_samples:
         # Windows further apart than their length would leave audio unscored
@@ -192,6 +192,31 @@ def score_dataset(
         raise InputError(
             f"expected a hop of at most one window ({window_samples / SAMPLE_RATE_HZ:g} s), got {hop_s:g} s"
         )
+    # Two runs into one file both appended every utterance (a file evaluate
+    # then refuses): the second is refused before it reads the file.
+    release = lock_output(out.with_name(out.name + ".lock"), f"--out {out}")
+    try:
+        return _score_locked(
+            dataset, scorer, out, hop_s, workers, progress, window_samples, model_identity, calibration_stamp
+        )
+    finally:
+        release()
+
+
+def _score_locked(
+    dataset: Dataset,
+    scorer: Scorer,
+    out: Path,
+    hop_s: float,
+    workers: int,
+    progress: bool,
+    window_samples: int,
+    model_identity: str,
+    calibration_stamp: dict[str, str] | None,
+) -> ScoreRun:
+    """:func:`score_dataset`, with ``out``'s lock held."""
+    from tqdm import tqdm
+
     windows_path = out.with_name(out.name + ".windows.jsonl")
     check_resume(
         out,
@@ -317,5 +342,5 @@ def _score_batch(
         )
         windows_fh.flush()
         # The first window is the official evaluation input.
-        scores_fh.write(f"{t.utt} {t.attack} {t.label} {file_scores[0]:.6f}\n")
+        scores_fh.write(f"{t.utt} {t.attack} {t.label} {file_scores[0]:.{SCORE_DECIMALS}f}\n")
     scores_fh.flush()

@@ -12,10 +12,13 @@ The plan is a pure function of the config and the source folders, so a build
 that was interrupted resumes by skipping every utterance whose files already
 exist (each file is written to a temporary name and renamed). Every random
 choice (channel chain, resynthesis phase) is seeded by the utterance's key.
+One run at a time builds into an ``out``: it holds ``out/.spoofwatch.lock``
+(:func:`spoofwatch.paths.lock_output`) while it builds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib.util
@@ -33,11 +36,12 @@ import numpy.typing as npt
 
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ
-from spoofwatch.errors import ConfigError, DatasetError, ModelError
+from spoofwatch.errors import ConfigError, ModelError
+from spoofwatch.paths import OUTPUT_LOCK_NAME, lock_output
 from spoofwatch.stamps import changed_settings, write_stamp
 
 from .channel import available_codecs, random_channel
-from .corpus_config import MIN_SECONDS, SPLITS, CorpusConfig, SplitConfig
+from .corpus_config import MIN_SECONDS, SPLITS, CorpusConfig
 from .corpus_plan import (
     ESPEAK_GENERATOR,
     FESTIVAL_PREFIX,
@@ -46,6 +50,7 @@ from .corpus_plan import (
     RESYNTH_GENERATORS,
     Item,
     abbreviated,
+    check_disjoint,
     protocol_token,
 )
 
@@ -123,10 +128,33 @@ class Generators:
         raise ConfigError(f"unknown generator {item.generator!r}")
 
 
+#: The suffix of a file being written (renamed into place once whole).
+PARTIAL_SUFFIX = ".partial"
+
+
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: named per
+    process, so that no two processes ever write one temporary file."""
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def lock_corpus(out: Path) -> Iterator[None]:
+    """Hold ``out`` for a build, or refuse a second build into it: two builds
+    with other seeds left one corpus of both runs' clips. Re-entrant: the
+    command holds it from its stamp check to its outputs, and each step takes
+    it too (for callers of the steps alone)."""
+    release = lock_output(out / OUTPUT_LOCK_NAME, f"--out {out}")
+    try:
+        yield
+    finally:
+        release()
+
+
 def _write_flac(path: Path, audio: Wave) -> None:
     import soundfile
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    tmp = _partial(path)
     soundfile.write(tmp, audio, SAMPLE_RATE_HZ, subtype="PCM_16", format="FLAC")
     tmp.replace(path)
 
@@ -146,6 +174,7 @@ def build_item(
     """Write the clean copy and the channel copies of ``item`` (skipping those already written)."""
     utts = [f"{item.base_id}_c{k}" for k in range(cfg.augmented_copies + 1)]
     done = [_done_row(item, u, _sidecar(flac_dir, u)) for u in utts]
+    done = [row if row is None or _clip_present(flac_dir, row.utt) else None for row in done]
     if all(row is not None for row in done):
         return [row for row in done if row is not None]
     rng = _item_seed(cfg, item)
@@ -160,11 +189,24 @@ def build_item(
         row = Row(item, utt, k, "+".join(tags), audio.size / SAMPLE_RATE_HZ)
         # The sidecar is written last (whole, by a rename): it marks the utterance complete.
         sidecar = _sidecar(flac_dir, utt)
-        tmp = sidecar.with_name(sidecar.name + ".partial")
+        tmp = _partial(sidecar)
         tmp.write_text(json.dumps({"copy": k, "channel": row.channel, "seconds": row.seconds}))
         tmp.replace(sidecar)
         rows.append(row)
     return rows
+
+
+def _clip_present(flac_dir: Path, utt: str) -> bool:
+    """Whether the clip a sidecar marks done is still there: a clip deleted (or
+    emptied) since was otherwise never built again, and stayed in the protocols."""
+    clip = flac_dir / f"{utt}.flac"
+    try:
+        if clip.stat().st_size > 0:
+            return True
+    except OSError:
+        pass
+    log.warning("%s: missing or empty, though its sidecar marks it built; building it again", clip)
+    return False
 
 
 def _done_row(item: Item, utt: str, sidecar: Path) -> Row | None:
@@ -199,7 +241,7 @@ def check_build_stamp(cfg: CorpusConfig, out: Path) -> None:
     """Resume a build only with the settings that made its clips: ``out/build.json``
     records them (:func:`write_build_stamp`), and a rerun with others would keep
     the old clips under the new settings' name. A stamp without clips (a run
-    that stopped before building any) binds nothing. Reads only."""
+    that stopped before building any) binds nothing. Only reads."""
     changed = changed_settings(out / "build.json", _clip_settings(cfg))
     if changed and _has_clips(out):
         raise ConfigError(
@@ -216,8 +258,8 @@ def write_build_stamp(cfg: CorpusConfig, out: Path) -> None:
     """Record the settings the clips are about to be built with; written only
     once the plan and its checks have passed (a run that failed there had
     locked the folder against the corrected config)."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_stamp(out / "build.json", _clip_settings(cfg))
+    with lock_corpus(out):
+        write_stamp(out / "build.json", _clip_settings(cfg))
 
 
 def check_generators(items: list[Item]) -> None:
@@ -273,12 +315,20 @@ def check_generators(items: list[Item]) -> None:
 
 
 def iter_build(cfg: CorpusConfig, out: Path, items: list[Item]) -> Iterator[list[Row]]:
-    flac_dir = out / "flac"
-    flac_dir.mkdir(parents=True, exist_ok=True)
-    gens = Generators()
-    codecs = available_codecs(cfg.channel.codecs)
-    for item in items:
-        yield build_item(cfg, item, flac_dir, gens, codecs)
+    with lock_corpus(out):
+        flac_dir = out / "flac"
+        flac_dir.mkdir(parents=True, exist_ok=True)
+        # Left by runs that died mid-write: no live run writes here while this one
+        # holds the lock, and the utterances they belong to are built again.
+        stale = list(flac_dir.glob(f"*{PARTIAL_SUFFIX}"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("%s: removed %d partial file(s) of an earlier run", flac_dir, len(stale))
+        gens = Generators()
+        codecs = available_codecs(cfg.channel.codecs)
+        for item in items:
+            yield build_item(cfg, item, flac_dir, gens, codecs)
 
 
 def protocol_lines(rows: list[Row], split: str) -> list[str]:
@@ -316,6 +366,14 @@ def balanced_subset(rows: list[Row], n: int, seed: int) -> list[Row]:
 
 
 def write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, Any]:
+    with lock_corpus(out):
+        return _write_outputs(cfg, out, rows)
+
+
+def _write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, Any]:
+    # plan_corpus refused a leaking plan already; checked again before any
+    # protocol is written, for rows that come from elsewhere.
+    check_disjoint([r.item for r in rows], cfg.splits)
     (out / "protocols").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         (out / "protocols" / f"{split}.txt").write_text(
@@ -360,22 +418,4 @@ def write_outputs(cfg: CorpusConfig, out: Path, rows: list[Row]) -> dict[str, An
     }
     summary["config"] = json.loads(json.dumps(asdict(cfg), default=str))
     (out / "corpus.json").write_text(json.dumps(summary, indent=1), "utf-8")
-    _check_disjoint(rows, cfg.splits)
     return summary
-
-
-def _check_disjoint(rows: list[Row], cfg: SplitConfig) -> None:
-    """The leave-systems-out promise: no test system, repository or genuine corpus in train."""
-
-    def of(split: str, attr: str) -> set[str]:
-        return {getattr(r.item, attr) for r in rows if r.item.split == split}
-
-    def spoof_sys(split: str) -> set[str]:
-        return {r.item.system for r in rows if r.item.split == split and r.item.label == "spoof"}
-
-    leaks = spoof_sys("test") & spoof_sys("train")
-    repos = (of("train", "source_repo") | of("dev", "source_repo")) & set(cfg.test_repos)
-    if leaks or repos:
-        raise DatasetError(
-            f"corpus split leaks test systems {sorted(leaks)} or repositories {sorted(repos)} into train"
-        )

@@ -387,3 +387,37 @@ def _check_splits(cfg: CorpusConfig, items: list[Item]) -> None:
     ):
         if not any(i.split == split for i in items):
             raise ConfigError(f"the {split} split of this corpus would be empty: expected {expected}")
+    dev_labels = {i.label for i in items if i.split == "dev"}
+    if dev_labels != set(LABELS):
+        # Training measures the dev EER after every epoch, which needs both
+        # classes: `spoofwatch train` refused such a corpus only once it was built.
+        raise ConfigError(
+            f"the dev split of this corpus would hold only {', '.join(sorted(dev_labels))} clips: expected "
+            "bona fide and spoof ones (dev_repos naming a repository of each class, or sentences / "
+            "world_per_split / griffin_lim_per_split to make spoof dev clips from its genuine ones)"
+        )
+    check_disjoint(items, cfg.splits)
+
+
+def check_disjoint(items: Iterable[Item], cfg: SplitConfig) -> None:
+    """The leave-systems-out promise: no test system in train, no test
+    repository in train or dev. Checked on the plan, before the first clip
+    is built, and again before any protocol is written."""
+    items = list(items)
+
+    def spoof_systems(split: str) -> set[str]:
+        return {i.system for i in items if i.split == split and i.label == "spoof"}
+
+    leaks = spoof_systems("test") & spoof_systems("train")
+    repos = {i.source_repo for i in items if i.split in ("train", "dev")} & set(cfg.test_repos)
+    problems = []
+    if leaks:
+        where = {i.corpus for i in items if i.split == "train" and i.system in leaks}
+        problems.append(f"test systems {sorted(leaks)} into train (its clips from {abbreviated(where)})")
+    if repos:
+        problems.append(f"test repositories {sorted(repos)} into train or dev")
+    if problems:
+        raise DatasetError(
+            f"corpus split leaks {' and '.join(problems)}: expected every clip of a held-out system or "
+            "repository in test; name the system in [splits] test_systems to hold out all of its clips"
+        )

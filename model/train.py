@@ -11,11 +11,15 @@ the same weights as one that never stopped (on the same device):
 A checkpoint holds the model, optimiser, scheduler, progress and RNG state;
 the last ``keep_checkpoints`` are kept, plus ``best.pth`` by dev EER.
 SIGINT/SIGTERM finish the current batch, save a checkpoint and return.
+``--resume`` continues from the newest checkpoint that can be read (one cut
+short or damaged is moved aside, with a warning). One run at a time writes
+an ``out_dir``: it holds ``out_dir/.spoofwatch.lock`` while it lives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,6 +27,7 @@ import math
 import os
 import signal
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -35,11 +40,12 @@ import torch
 from torch import nn
 
 from spoofwatch.audio import official_window, read_audio
-from spoofwatch.calibration.dataset import check_dataset
+from spoofwatch.calibration.dataset import Dataset, check_dataset
 from spoofwatch.calibration.metrics import eer
 from spoofwatch.calibration.protocol import Trial
 from spoofwatch.constants import WINDOW_SAMPLES
-from spoofwatch.errors import DatasetError, ModelError
+from spoofwatch.errors import DatasetError, ModelError, WeightsError
+from spoofwatch.paths import OUTPUT_LOCK_NAME, lock_output
 
 from .aasist import AASIST
 from .runtime import batch_cap
@@ -48,6 +54,13 @@ from .weights import load_torch_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT_GLOB = "ckpt-*.pt"
+#: What every training checkpoint holds (see Trainer.save_checkpoint).
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "progress", "torch_rng", "cuda_rng")
+#: A checkpoint that cannot be read is renamed so, out of CHECKPOINT_GLOB (and
+#: of the rotation, which would otherwise keep it as the newest).
+UNREADABLE_SUFFIX = ".unreadable"
+#: The suffix of a file being written (renamed into place once whole).
+PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -107,6 +120,61 @@ def check_decodable(paths: Iterable[Path]) -> None:
         )
 
 
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place (named per process)."""
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A training checkpoint's state, or :class:`ModelError` saying in one line
+    why ``path`` is none: torch's own errors (EOFError, UnpicklingError, a zip
+    RuntimeError) are tracebacks, and a state dict (a best.pth copied into
+    checkpoints/) failed later with KeyError 'model'."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises whatever its unpickler meets
+        detail = (str(exc).splitlines() or ["the file ends early"])[0][:160]
+        raise ModelError(f"{path}: unreadable ({type(exc).__name__}: {detail})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        what = (
+            "a state dict (weights only, like best.pth)" if isinstance(state, dict) else type(state).__name__
+        )
+        raise ModelError(
+            f"{path}: not a training checkpoint: it is {what}, without {', '.join(missing)}; "
+            f"expected a checkpoint `spoofwatch train` saved ({', '.join(CHECKPOINT_KEYS)})"
+        )
+    tables = ("model", "optimizer", "scheduler", "progress")
+    progress_fields = {f.name for f in dataclasses.fields(Progress)}
+    if (
+        not all(isinstance(state[k], dict) for k in tables)
+        or not set(state["progress"]) <= progress_fields
+        or not isinstance(state["torch_rng"], torch.Tensor)
+    ):
+        raise ModelError(
+            f"{path}: a damaged training checkpoint: expected tables for {', '.join(tables)} (progress "
+            f"with fields among {', '.join(sorted(progress_fields))}) and a tensor for torch_rng"
+        )
+    return state  # type: ignore[no-any-return]
+
+
+def _training_dataset(protocol: Path, audio_dir: Path) -> Dataset:
+    """``check_dataset`` without the calibrate commands' ``--skip-missing``
+    advice: train has no such option, and trains on every file listed."""
+    hint = (
+        f"training needs every file its protocols list: restore them, or remove their lines from {protocol}"
+    )
+    return check_dataset(protocol, audio_dir, missing_hint=hint)
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    try:
+        read_checkpoint(path)
+    except ModelError:
+        return False
+    return True
+
+
 class Trainer:
     def __init__(
         self,
@@ -128,8 +196,13 @@ class Trainer:
         if resume and (init is not None or init_weights is not None):
             # The weights come from the checkpoint: a start would be ignored.
             raise ModelError("--resume continues from the run's checkpoint; drop --init/--init-weights")
-        self.train_set = check_dataset(config.train_protocol, config.train_audio_dir)
-        self.dev_set = check_dataset(config.dev_protocol, config.dev_audio_dir)
+        # Held while this trainer lives (the kernel drops it if the process
+        # dies): two runs into one out_dir interleaved their metrics and
+        # overwrote each other's checkpoints and best.pth.
+        release = lock_output(config.out_dir / OUTPUT_LOCK_NAME, f"out_dir {config.out_dir}")
+        weakref.finalize(self, release)
+        self.train_set = _training_dataset(config.train_protocol, config.train_audio_dir)
+        self.dev_set = _training_dataset(config.dev_protocol, config.dev_audio_dir)
         for dataset in (self.train_set, self.dev_set):
             # A file that cannot be decoded would stop the run mid-epoch, losing
             # the work since the last checkpoint: find it now (headers only).
@@ -163,6 +236,7 @@ class Trainer:
                 "or choose a new out_dir"
             )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_files()
         self._stop = False
         if resume:
             self._resume()
@@ -181,7 +255,16 @@ class Trainer:
             # Your own weights (e.g. an earlier fine-tune's best.pth), loaded strictly
             # into this config's architecture, overrides included.
             log.info("fine-tuning from %s", init_weights)
-            return load_torch_model(self.config.model, init_weights, self.model_config).train()
+            try:
+                return load_torch_model(self.config.model, init_weights, self.model_config).train()
+            except WeightsError:
+                if _is_training_checkpoint(init_weights):
+                    raise WeightsError(
+                        f"--init-weights {init_weights} is a training checkpoint (model, optimiser and "
+                        "progress), not weights: start from its run's best.pth, or continue that run with "
+                        "--resume"
+                    ) from None
+                raise
         if init is None:
             return AASIST(self.model_config)
         if self.config.model_overrides:
@@ -200,6 +283,15 @@ class Trainer:
     def checkpoints(self) -> list[Path]:
         return sorted(self.ckpt_dir.glob(CHECKPOINT_GLOB))
 
+    def _remove_partial_files(self) -> None:
+        """Drop files a run killed mid-write left (a checkpoint's can be large):
+        with the lock held, no live run is writing them."""
+        stale = [*self.ckpt_dir.glob(f"*{PARTIAL_SUFFIX}"), *self.out_dir.glob(f"*{PARTIAL_SUFFIX}")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("%s: removed %d partial file(s) of an earlier run", self.out_dir, len(stale))
+
     def save_checkpoint(self) -> Path:
         p = self.progress
         state = {
@@ -213,7 +305,7 @@ class Trainer:
             "recipe": self._recipe(),
         }
         path = self.ckpt_dir / f"ckpt-{p.global_step:08d}-e{p.epoch:03d}-b{p.batch:05d}.pt"
-        tmp = path.with_suffix(".partial")
+        tmp = _partial(path)
         torch.save(state, tmp)
         tmp.replace(path)
         for old in self.checkpoints()[: -self.config.keep_checkpoints]:
@@ -245,29 +337,60 @@ class Trainer:
         recipe["dev_data"] = _trials_digest(self.dev_set.trials)
         return recipe
 
-    def _resume(self) -> None:
+    def _newest_readable_checkpoint(self) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint that reads as one, newest first: one cut short
+        (a full disk, a copy) or damaged is moved aside to ``*.unreadable``, with
+        a warning, once an older one is found to resume from instead."""
         checkpoints = self.checkpoints()
         if not checkpoints:
             raise ModelError(f"--resume: no checkpoint in {self.ckpt_dir}")
-        state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
-        saved, now = state.get("recipe"), self._recipe()
+        unreadable: list[tuple[Path, str]] = []
+        for path in reversed(checkpoints):
+            try:
+                state = read_checkpoint(path, self.device)
+            except ModelError as exc:
+                unreadable.append((path, str(exc)))
+                continue
+            for bad, why in unreadable:
+                aside = bad.with_name(bad.name + UNREADABLE_SUFFIX)
+                bad.replace(aside)
+                log.warning("%s; moved aside to %s, resuming from the older %s", why, aside.name, path.name)
+            return path, state
+        reasons = "; ".join(why for _, why in unreadable)
+        raise ModelError(
+            f"--resume: no readable checkpoint in {self.ckpt_dir}: {reasons}. "
+            "Start a new run in another out_dir (or restore a checkpoint)"
+        )
+
+    def _resume(self) -> None:
+        newest, state = self._newest_readable_checkpoint()
+        now = self._recipe()
         # Checkpoints of older releases carry no recipe, or fewer of its keys.
-        differ = [k for k in now if saved is not None and k in saved and saved[k] != now[k]]
+        recipe = state.get("recipe")
+        saved: dict[str, Any] = recipe if isinstance(recipe, dict) else {}
+        differ = [k for k in now if k in saved and saved[k] != now[k]]
         if differ:
             changed = ", ".join(f"{k} ({saved[k]!r} -> {now[k]!r})" for k in differ)
             raise ModelError(
                 f"--resume: the config differs from the run's in {changed}; use the run's config"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelError(
+                f"--resume: {newest} does not fit this run's model or optimiser ({detail}); "
+                "use the run's config"
+            ) from None
         self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info(
             "resumed from %s (epoch %d, batch %d)",
-            checkpoints[-1].name,
+            newest.name,
             self.progress.epoch,
             self.progress.batch,
         )
@@ -282,19 +405,37 @@ class Trainer:
         p = self.progress
         lines = path.read_text("utf-8").splitlines(keepends=True)
         kept = []
+        damaged = 0
         for line in lines:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut off by the crash
                 continue
-            if record.get("type") == "step" and record.get("step", 0) > p.global_step:
+            # Valid JSON but no record of this trainer's (an edit, another
+            # tool's line) cannot be placed before or after the checkpoint, and
+            # would break every reader of the file: it goes too.
+            if not isinstance(record, dict):
+                damaged += 1
                 continue
-            if record.get("type") == "epoch" and record.get("epoch", 0) >= p.epoch:
+            position = record.get("step" if record.get("type") == "step" else "epoch", 0)
+            if not isinstance(position, int) or isinstance(position, bool):
+                damaged += 1
+                continue
+            if record.get("type") == "step" and position > p.global_step:
+                continue
+            if record.get("type") == "epoch" and position >= p.epoch:
                 continue
             kept.append(line)
+        if damaged:
+            log.warning(
+                "%s: dropped %d line(s) that are not metrics records (expected JSON objects with an "
+                "integer step or epoch)",
+                path,
+                damaged,
+            )
         if len(kept) != len(lines):
             log.info("metrics.jsonl: dropped %d records logged after the checkpoint", len(lines) - len(kept))
-            tmp = path.with_suffix(".partial")
+            tmp = _partial(path)
             tmp.write_text("".join(kept), "utf-8")
             tmp.replace(path)
 
@@ -431,9 +572,10 @@ class Trainer:
         dev = self.dev_eer(pool)
         if dev < p.best_eer:
             p.best_eer, p.best_epoch = dev, p.epoch
-            tmp = self.out_dir / "best.pth.partial"
+            best = self.out_dir / "best.pth"
+            tmp = _partial(best)
             torch.save(self.model.state_dict(), tmp)
-            tmp.replace(self.out_dir / "best.pth")
+            tmp.replace(best)
         record = {
             "type": "epoch",
             "epoch": p.epoch,

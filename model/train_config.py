@@ -92,6 +92,9 @@ def load_train_config(path: Path) -> TrainConfig:
     return config
 
 
+#: Seeds numpy and torch take: unsigned, and torch's at most 64 bits
+#: (``seed = -1`` passed the type check and failed in numpy at the first batch).
+SEED_RANGE = (0, 2**64 - 1)
 _INTS = ("epochs", "batch_size", "seed", "keep_checkpoints", "decode_workers")
 _FLOATS = ("base_lr", "lr_min", "weight_decay")
 _STRINGS = ("model", "device", *_PATHS)
@@ -145,6 +148,11 @@ def _check_ranges(config: TrainConfig, path: Path) -> None:
     )
     checks = (
         ("epochs", config.epochs >= 1, ">= 1"),
+        (
+            "seed",
+            SEED_RANGE[0] <= config.seed <= SEED_RANGE[1],
+            f"an integer in [{SEED_RANGE[0]}, 2**64 - 1]",
+        ),
         ("batch_size", config.batch_size >= 1, ">= 1"),
         ("keep_checkpoints", config.keep_checkpoints >= 1, ">= 1"),
         ("decode_workers", config.decode_workers >= 1, ">= 1"),

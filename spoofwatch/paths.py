@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import InputError
@@ -79,3 +80,68 @@ def cache_unwritable(folder: Path | str, exc: OSError) -> InputError:
         "writable, or prepare the cache beforehand as a user who can (`spoofwatch serve --prepare-only` "
         "with the same --model, --precision and --calibration)"
     )
+
+
+#: The lock file a run holds in (or beside) its output: see :func:`lock_output`.
+OUTPUT_LOCK_NAME = ".spoofwatch.lock"
+#: Lock files this process holds: path -> (descriptor, holders). A run takes its
+#: lock again from several of its functions (the corpus build's stamp check,
+#: build and outputs), which must not refuse each other.
+_held_locks: dict[str, tuple[int, int]] = {}
+
+
+def lock_output(lock_file: Path, output: str) -> Callable[[], None]:
+    """Hold an exclusive advisory lock (``flock``) on ``lock_file`` for the run
+    writing ``output`` (e.g. ``"--out corpus"``), or raise :class:`InputError`
+    naming the run that holds it: two runs into one output would mix their
+    files silently. Never waits. The kernel drops the lock when the process
+    ends, however it ends, so a killed run leaves nothing to clean up; the file
+    itself stays (deleting it would let a third run lock a new file while the
+    second still holds the old one). Re-entrant within a process. Returns the
+    function that releases this hold; a run that never calls it keeps the lock
+    until it exits."""
+    import fcntl  # POSIX only: imported here so that the module loads everywhere
+
+    key = os.path.realpath(lock_file)
+    if key in _held_locks:
+        fd, holders = _held_locks[key]
+        _held_locks[key] = (fd, holders + 1)
+        return _releaser(key)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, CACHE_FILE_MODE)
+    except OSError as exc:
+        raise InputError(f"{output}: cannot make its lock file {lock_file}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(
+            f"{output} is in use by another run (pid {holder}; it holds {lock_file}): wait for it to "
+            "finish, or write to another output"
+        ) from None
+    # The holder's pid, for the message above (the lock, not this text, decides).
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _held_locks[key] = (fd, 1)
+    return _releaser(key)
+
+
+def _releaser(key: str) -> Callable[[], None]:
+    """The release of one hold on ``key``; calling it again does nothing (it
+    must not release another holder's hold)."""
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        fd, holders = _held_locks.pop(key)
+        if holders > 1:
+            _held_locks[key] = (fd, holders - 1)
+        else:
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    return release

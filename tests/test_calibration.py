@@ -1215,3 +1215,32 @@ def test_bonafide_fit_refuses_what_it_cannot_measure(shared: Path) -> None:
         CalibrationError, match=r"an alert needs 2 scored windows in one recording, and the longest"
     ):
         bonafide_threshold([short], cal.policy, 0.0)
+
+
+def test_one_scoring_run_at_a_time_into_a_score_file(shared: Path, tmp_path: Path) -> None:
+    """Two `calibrate score` runs into one --out both appended every utterance
+    (a file evaluate then refuses as "scored again"): the second is refused,
+    naming the first, before it reads or writes the file."""
+    import fcntl
+
+    from spoofwatch.calibration.dataset import check_dataset
+    from spoofwatch.calibration.scoreset import score_dataset
+
+    flac = tmp_path / "flac"
+    flac.mkdir()
+    shutil.copy(shared / "data" / "asvspoof2019_la" / "flac" / f"{BONAFIDE_UTT}.flac", flac)
+    protocol = tmp_path / "protocol.txt"
+    protocol.write_text(f"LA_0000 {BONAFIDE_UTT} - - bonafide\n")
+    dataset = check_dataset(protocol, flac)
+    out = tmp_path / "scores.txt"
+    with (tmp_path / "scores.txt.lock").open("w") as held:  # another run's hold
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(InputError, match=r"--out .*scores.txt is in use by another run \(pid 4242;"):
+            score_dataset(dataset, _ScoresByContent(), out, 0.0, workers=1, progress=False)
+    assert not out.exists()
+    run = score_dataset(dataset, _ScoresByContent(), out, 0.0, workers=1, progress=False)
+    assert run.scored == 1 and len(out.read_text().splitlines()) == 1
+    with (tmp_path / "scores.txt.lock").open("a") as probe:  # released when the run ended
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1318,3 +1318,130 @@ def test_suite_variants_follow_loudness_modes(
     assert [v[0] for v in variants] == expected
     assert all(v[4] == v[0].endswith("+loudness") for v in variants)
     assert [v[0] for v in _suite_variants(build_parser().parse_args([*base, *argv]))] == expected_official
+
+
+def _leaky_manifest(folder: Path, tiny_shared: Path, labels: tuple[str, ...] = ("spoof", "spoof")) -> Path:
+    """An extra manifest of one real clip copied once per corpus "A", "B", ...:
+    system "Leaky" (its spoof rows), repository "me/leaky"."""
+    real = next(
+        Path(p)
+        for p in (tiny_shared / "data" / "tts_demos" / "manifest.tsv").read_text().split()
+        if p.startswith("/")
+    )
+    rows = []
+    for n, label in enumerate(labels):
+        (folder / "aud").mkdir(parents=True, exist_ok=True)
+        shutil.copy(real, folder / "aud" / f"{n}{real.suffix}")
+        system, kind = ("Leaky", "tts") if label == "spoof" else ("GT", "gt")
+        corpus = "AB"[n % 2]
+        rows.append(
+            (f"aud/{n}{real.suffix}", label, system, kind, corpus, "me/leaky", "mine", "WAV", "16000")
+        )
+    return _write_manifest(folder / "manifest.tsv", rows)
+
+
+def test_a_leaking_split_is_refused_before_the_first_clip(
+    tiny_shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Holding out a corpus sends its clips of system Leaky to test, while
+    Leaky's clips from another corpus go to train: the leak was found only
+    after every clip was built, and its protocols were left in --out."""
+    from spoofwatch.errors import DatasetError
+
+    manifest = _leaky_manifest(tmp_path / "mine", tiny_shared)
+    recipe = _recipe(
+        tmp_path, tiny_shared, top={"extra_manifests": [str(manifest)]}, splits={"test_corpora": ["A"]}
+    )
+    out = tmp_path / "corpus"
+    assert _build(recipe, out) == DatasetError.exit_code
+    err = capsys.readouterr().err
+    assert "corpus split leaks test systems ['Leaky'] into train (its clips from 'B')" in err
+    assert "name the system in [splits] test_systems" in err
+    assert _nothing_built(out) and not (out / "protocols").exists() and not (out / "corpus.json").exists()
+    # Held out as the message says, it builds.
+    fixed = _recipe(
+        tmp_path / "fixed",
+        tiny_shared,
+        top={"extra_manifests": [str(manifest)]},
+        splits={"test_corpora": ["A"], "test_systems": ["Leaky"]},
+    )
+    assert _build(fixed, out) == 0
+    assert "Leaky" in (out / "protocols" / "test.txt").read_text()
+    assert "Leaky" not in (out / "protocols" / "train.txt").read_text()
+
+
+def test_a_dev_split_without_both_classes_is_refused_before_the_first_clip(
+    tiny_shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training measures the dev EER after every epoch: `spoofwatch train`
+    refused a one-class dev split only once the corpus was built."""
+    from spoofwatch.errors import ConfigError
+
+    manifest = _leaky_manifest(tmp_path / "mine", tiny_shared, labels=("bonafide", "bonafide"))
+    recipe = _recipe(
+        tmp_path, tiny_shared, top={"extra_manifests": [str(manifest)]}, splits={"dev_repos": ["me/leaky"]}
+    )
+    out = tmp_path / "corpus"
+    assert _build(recipe, out) == ConfigError.exit_code
+    assert "the dev split of this corpus would hold only bonafide clips" in capsys.readouterr().err
+    assert _nothing_built(out)
+
+
+def test_one_build_at_a_time_into_an_out(
+    tiny_shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two builds into one --out mixed their clips (with other seeds: a corpus
+    of both), and one crashed on the other's temporary sidecar. The second is
+    refused, naming the first; a holder that is killed leaves nothing held;
+    its partial files are removed by the next build."""
+    import subprocess
+    import sys
+
+    from spoofwatch.errors import InputError
+    from spoofwatch.paths import OUTPUT_LOCK_NAME
+
+    recipe = _recipe(tmp_path, tiny_shared)
+    out = tmp_path / "corpus"
+    # Another build, stopped mid-way while it holds the folder (the lock is all it needs to hold).
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from spoofwatch.paths import lock_output; "
+            f"lock_output(Path(sys.argv[1]) / {OUTPUT_LOCK_NAME!r}, 'x'); print('held', flush=True); sys.stdin.read()",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            assert _build(recipe, out) == InputError.exit_code
+            assert f"--out {out} is in use by another run (pid {holder.pid};" in capsys.readouterr().err
+            assert not (out / "build.json").exists()
+            (out / "flac").mkdir()
+            stale = out / "flac" / "OC_000000000000_c0.json.4242.partial"  # a dead run's
+            stale.write_text("{")
+        finally:
+            holder.kill()  # as a crash would: the kernel drops its lock
+    assert _build(recipe, out) == 0
+    assert not stale.exists() and not list((out / "flac").glob("*.partial"))
+
+
+def test_a_resumed_build_rebuilds_a_clip_deleted_or_emptied_since(
+    tiny_shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resume trusted each clip's .json sidecar: a deleted clip was never
+    built again, and stayed in the protocols."""
+    out = tmp_path / "corpus"
+    recipe = _recipe(tmp_path, tiny_shared)
+    assert _build(recipe, out) == 0
+    utts = [line.split()[1] for line in (out / "protocols" / "train.txt").read_text().splitlines()]
+    deleted, emptied = (out / "flac" / f"{u}.flac" for u in utts[:2])
+    built = {p: p.read_bytes() for p in (deleted, emptied)}
+    deleted.unlink()
+    emptied.write_bytes(b"")
+    assert _build(recipe, out) == 0
+    assert {p: p.read_bytes() for p in (deleted, emptied)} == built  # the same clips (seeded by their keys)
+    assert capsys.readouterr().err.count("missing or empty, though its sidecar marks it built") == 2

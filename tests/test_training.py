@@ -449,3 +449,96 @@ def test_every_shipped_recipe_loads_and_names_protocols_the_corpus_recipe_writes
         for protocol in (config.train_protocol, config.dev_protocol):
             if "corpus" in protocol.parts:  # the open corpus, not ASVspoof 2019 LA
                 assert protocol.parent.name == "protocols" and protocol.stem in written, (path, protocol)
+
+
+def test_resume_moves_past_unreadable_checkpoints_and_damaged_metrics(
+    tiny_la: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newest checkpoint cut short (a full disk) or empty was a raw torch
+    traceback, and the older intact one was never tried; a state dict saved
+    as ckpt-*.pt was KeyError 'model'; a metrics line of valid JSON but no
+    object was AttributeError."""
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "t.toml", tiny_la, out, epochs=1)
+    config = load_train_config(cfg)
+    Trainer(config, progress_bar=False).run(max_batches=1)
+    trainer = Trainer(config, resume=True, progress_bar=False)
+    trainer.run(max_batches=1)
+    older, newest = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    newest.write_bytes(newest.read_bytes()[:1000])  # cut short
+    empty = out / "checkpoints" / "ckpt-00000003-e000-b00003.pt"
+    empty.write_bytes(b"")
+    weights_only = out / "checkpoints" / "ckpt-00000004-e000-b00004.pt"
+    torch.save(trainer.model.state_dict(), weights_only)
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('[1]\n"text"\n{"type": "step", "step": "2"}\n')
+    resumed = Trainer(config, resume=True, progress_bar=False)
+    assert resumed.progress.global_step == 1  # the older, intact checkpoint
+    assert [p.name for p in resumed.checkpoints()] == [older.name]
+    for bad in (newest, empty, weights_only):
+        assert (out / "checkpoints" / f"{bad.name}.unreadable").is_file()
+    warnings = "\n".join(r.message for r in caplog.records if r.levelname == "WARNING")
+    assert f"{newest}: unreadable (" in warnings and f"{empty}: unreadable (" in warnings
+    assert f"{weights_only}: not a training checkpoint: it is a state dict" in warnings
+    assert "dropped 3 line(s) that are not metrics records" in warnings
+    assert [r["step"] for r in metrics(out, "step")] == [1]  # every line reads back
+    # A checkpoint is not weights to start from: say so, and what to use instead.
+    code = main(
+        [
+            "train",
+            "--config",
+            str(write_config(tmp_path / "t2.toml", tiny_la, tmp_path / "run2")),
+            "--init-weights",
+            str(older),
+        ]
+    )
+    assert code == 4
+    assert f"--init-weights {older} is a training checkpoint" in capsys.readouterr().err
+    # Nothing readable left: one line saying so, not a traceback.
+    older.write_bytes(b"garbage")
+    assert main(["train", "--config", str(cfg), "--resume"]) == ModelError.exit_code
+    err = capsys.readouterr().err
+    assert f"--resume: no readable checkpoint in {out / 'checkpoints'}: {older}: unreadable (" in err
+    assert "Traceback" not in err and older.is_file()
+
+
+def test_one_training_run_at_a_time_in_an_out_dir(
+    tiny_la: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs into one out_dir both finished, with interleaved metrics and
+    each other's checkpoints and best.pth: the second is refused, naming the first."""
+    import fcntl
+
+    from spoofwatch.errors import InputError
+    from spoofwatch.paths import OUTPUT_LOCK_NAME
+
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "t.toml", tiny_la, out, epochs=1)
+    out.mkdir()
+    with (out / OUTPUT_LOCK_NAME).open("w") as held:  # another run's hold
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        assert main(["train", "--config", str(cfg)]) == InputError.exit_code
+        assert f"out_dir {out} is in use by another run (pid 4242;" in capsys.readouterr().err
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    config = load_train_config(cfg)
+    Trainer(config, progress_bar=False).run(max_batches=1)  # released with its holder
+
+
+def test_train_refuses_a_negative_seed_and_names_no_option_it_lacks(
+    tiny_la: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """seed = -1 passed the config check and failed in numpy at the first
+    batch; a missing file's error suggested --skip-missing, which train has not."""
+    from spoofwatch.errors import ConfigError
+
+    negative = write_config(tmp_path / "neg.toml", tiny_la, tmp_path / "neg", seed=-1)
+    assert main(["train", "--config", str(negative)]) == ConfigError.exit_code
+    assert "seed: expected an integer in [0, 2**64 - 1], got -1" in capsys.readouterr().err
+    (tiny_la / "ASVspoof2019_LA_train" / "flac" / f"{BONAFIDE_UTT}.flac").unlink()
+    cfg = write_config(tmp_path / "t.toml", tiny_la, tmp_path / "run")
+    assert main(["train", "--config", str(cfg)]) == DatasetError.exit_code
+    err = capsys.readouterr().err
+    assert f"1 of {len(UTTS)} files in ASVspoof2019.LA.cm.train.trn.txt are missing or empty" in err
+    assert "training needs every file its protocols list" in err and "--skip-missing" not in err

@@ -232,6 +232,7 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
         check_build_stamp,
         check_generators,
         iter_build,
+        lock_corpus,
         write_build_stamp,
         write_outputs,
     )
@@ -240,21 +241,22 @@ def cmd_build_corpus(args: argparse.Namespace) -> int:
 
     cfg = load_corpus_config(args.config)
     check_output_dir(args.out)
-    check_build_stamp(cfg, args.out)
-    # Everything that can be checked is checked before the first clip (a build
-    # takes hours), and only then is the folder stamped with these settings.
-    items = plan_corpus(cfg)
-    check_generators(items)
-    write_build_stamp(cfg, args.out)
-    rows = []
-    bar = tqdm(
-        total=len(items), desc="corpus", unit="clip", disable=args.no_progress or not sys.stderr.isatty()
-    )
-    for built in iter_build(cfg, args.out, items):
-        rows += built
-        bar.update(1)
-    bar.close()
-    summary = write_outputs(cfg, args.out, rows)
+    with lock_corpus(args.out):  # one build at a time into an --out, from its stamp check to its outputs
+        check_build_stamp(cfg, args.out)
+        # Everything that can be checked is checked before the first clip (a build
+        # takes hours), and only then is the folder stamped with these settings.
+        items = plan_corpus(cfg)
+        check_generators(items)
+        write_build_stamp(cfg, args.out)
+        rows = []
+        bar = tqdm(
+            total=len(items), desc="corpus", unit="clip", disable=args.no_progress or not sys.stderr.isatty()
+        )
+        for built in iter_build(cfg, args.out, items):
+            rows += built
+            bar.update(1)
+        bar.close()
+        summary = write_outputs(cfg, args.out, rows)
     sys.stdout.write(
         json.dumps(
             {
