@@ -59,7 +59,8 @@ def det_curve(
     """
     if positive.size == 0 or negative.size == 0:
         raise CalibrationError(
-            f"an error rate needs both classes, got {positive.size} positive and {negative.size} negative scores"
+            f"an error rate needs both classes, got {positive.size} positive (bona fide, or ASV target) "
+            f"and {negative.size} negative (spoof, or non-target) scores"
         )
     scores = np.concatenate([positive, negative])
     order = np.argsort(scores, kind="mergesort")  # stable: ties keep positives first

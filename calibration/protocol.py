@@ -86,6 +86,8 @@ class ScoreTable:
 def score_value(value: str) -> float | None:
     """A score field's number, or ``None`` when it is not a finite number: the
     one rule for what a score file may hold (read here, resumed by ``scoreset``)."""
+    if "_" in value:  # float() reads "1_000" as Python source does; no score file writes that
+        return None
     try:
         score = float(value)
     except ValueError:

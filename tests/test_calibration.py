@@ -230,6 +230,9 @@ def test_malformed_protocol_and_scores(tmp_path: Path) -> None:
     scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide nan\n")
     with pytest.raises(DatasetError, match=r"scores\.txt:2: expected a finite numeric score, got 'nan'"):
         read_scores(scores)
+    scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide 1_000\n")  # float() reads it as 1000
+    with pytest.raises(DatasetError, match=r"scores\.txt:2: expected a finite numeric score, got '1_000'"):
+        read_scores(scores)
     scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide 2.0\nLA_E_1 A07 spoof 1.5\n")
     with pytest.raises(DatasetError, match=r"scores\.txt:3: utterance 'LA_E_1' is scored again"):
         read_scores(scores)
