@@ -44,7 +44,7 @@ from spoofwatch.calibration.dataset import Dataset, check_dataset
 from spoofwatch.calibration.metrics import eer
 from spoofwatch.calibration.protocol import Trial
 from spoofwatch.constants import WINDOW_SAMPLES
-from spoofwatch.errors import DatasetError, ModelError, WeightsError
+from spoofwatch.errors import DatasetError, ModelError
 from spoofwatch.paths import OUTPUT_LOCK_NAME, lock_output
 
 from .aasist import AASIST
@@ -167,14 +167,6 @@ def _training_dataset(protocol: Path, audio_dir: Path) -> Dataset:
     return check_dataset(protocol, audio_dir, missing_hint=hint)
 
 
-def _is_training_checkpoint(path: Path) -> bool:
-    try:
-        read_checkpoint(path)
-    except ModelError:
-        return False
-    return True
-
-
 class Trainer:
     def __init__(
         self,
@@ -255,16 +247,7 @@ class Trainer:
             # Your own weights (e.g. an earlier fine-tune's best.pth), loaded strictly
             # into this config's architecture, overrides included.
             log.info("fine-tuning from %s", init_weights)
-            try:
-                return load_torch_model(self.config.model, init_weights, self.model_config).train()
-            except WeightsError:
-                if _is_training_checkpoint(init_weights):
-                    raise WeightsError(
-                        f"--init-weights {init_weights} is a training checkpoint (model, optimiser and "
-                        "progress), not weights: start from its run's best.pth, or continue that run with "
-                        "--resume"
-                    ) from None
-                raise
+            return load_torch_model(self.config.model, init_weights, self.model_config).train()
         if init is None:
             return AASIST(self.model_config)
         if self.config.model_overrides:

@@ -219,6 +219,12 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: not a readable PyTorch state dict: {exc}") from None
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
+    if isinstance(state.get("model"), dict) and "optimizer" in state:
+        # Not a misfit of the architecture, which torch's missing keys would suggest.
+        raise WeightsError(
+            f"{path} is a training checkpoint (model, optimiser and progress), not weights: use its "
+            "run's best.pth, or continue that run with `spoofwatch train --resume`"
+        )
     return state
 
 

@@ -23,7 +23,7 @@ import torch
 from helpers import BONAFIDE_UTT, REPO_ROOT, SPOOF_UTTS
 
 from spoofwatch.cli import main
-from spoofwatch.errors import DatasetError, ModelError
+from spoofwatch.errors import DatasetError, ModelError, WeightsError
 from spoofwatch.model.augment import AUGMENTATIONS, AugmentConfig
 from spoofwatch.model.la_data import prepare_la
 from spoofwatch.model.train import Trainer, random_crop
@@ -492,8 +492,10 @@ def test_resume_moves_past_unreadable_checkpoints_and_damaged_metrics(
             str(older),
         ]
     )
-    assert code == 4
-    assert f"--init-weights {older} is a training checkpoint" in capsys.readouterr().err
+    assert code == WeightsError.exit_code
+    assert f"{older} is a training checkpoint (model, optimiser and progress), not weights" in (
+        capsys.readouterr().err
+    )
     # Nothing readable left: one line saying so, not a traceback.
     older.write_bytes(b"garbage")
     assert main(["train", "--config", str(cfg), "--resume"]) == ModelError.exit_code
