@@ -199,11 +199,23 @@ class Trainer:
             # A file that cannot be decoded would stop the run mid-epoch, losing
             # the work since the last checkpoint: find it now (headers only).
             check_decodable(dataset.paths.values())
-        dev_labels = {t.label for t in self.dev_set.trials}
-        if dev_labels != {"bonafide", "spoof"}:  # its EER, after every epoch, needs both
-            raise DatasetError(
-                f"{config.dev_protocol}: the dev set needs bona fide and spoof utterances, "
-                f"got only {', '.join(sorted(dev_labels))}"
+        for what, dataset, protocol in (
+            ("train", self.train_set, config.train_protocol),  # one class teaches nothing to tell apart
+            ("dev", self.dev_set, config.dev_protocol),  # its EER, after every epoch, needs both
+        ):
+            labels = {t.label for t in dataset.trials}
+            if labels != {"bonafide", "spoof"}:
+                raise DatasetError(
+                    f"{protocol}: the {what} set needs bona fide and spoof utterances, "
+                    f"got only {', '.join(sorted(labels))}"
+                )
+        shared = {t.utt for t in self.train_set.trials} & {t.utt for t in self.dev_set.trials}
+        if shared:  # a dev EER on training data says nothing about the model chosen on it
+            log.warning(
+                "%d utterance(s) are in both the train and the dev protocols (e.g. %s): the dev EER "
+                "that chooses best.pth is measured partly on training data",
+                len(shared),
+                sorted(shared)[0],
             )
         torch.manual_seed(config.seed)
         self.model_config = config.model_config()

@@ -221,6 +221,15 @@ def test_a_used_out_dir_a_changed_config_and_a_one_class_dev_set_are_refused_bef
         DatasetError, match="the dev set needs bona fide and spoof utterances, got only spoof"
     ):
         Trainer(fresh, progress_bar=False)
+    # The same for the train set (it trained to the end, learning nothing to tell apart).
+    train = fresh.train_protocol
+    kept = train.read_text()
+    train.write_text("".join(line + "\n" for line in kept.splitlines() if line.endswith("bonafide")))
+    with pytest.raises(
+        DatasetError, match="the train set needs bona fide and spoof utterances, got only bonafide"
+    ):
+        Trainer(fresh, progress_bar=False)
+    train.write_text(kept)
 
 
 def test_sigterm_saves_a_checkpoint(tiny_la: Path, tmp_path: Path) -> None:
