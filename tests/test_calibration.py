@@ -20,7 +20,7 @@ from spoofwatch.calibration.metrics import eer, min_tdcf
 from spoofwatch.calibration.protocol import AsvScores, ScoreTable, parse_protocol, read_scores
 from spoofwatch.cli import main
 from spoofwatch.constants import WINDOW_SAMPLES
-from spoofwatch.errors import CalibrationError, ConfigError, DatasetError, InputError
+from spoofwatch.errors import CalibrationError, ConfigError, DatasetError, InputError, ModelError
 
 OFFICIAL = {
     "A07": 0.553447233,
@@ -546,11 +546,16 @@ class _ScoresByContent:
 
     window_samples = WINDOW_SAMPLES
 
-    def __init__(self, nan_for: np.ndarray | None = None, all_nan: bool = False) -> None:
+    def __init__(
+        self, nan_for: np.ndarray | None = None, all_nan: bool = False, raise_for: np.ndarray | None = None
+    ) -> None:
         self.nan_for = nan_for
         self.all_nan = all_nan
+        self.raise_for = raise_for
 
     def scores(self, windows: np.ndarray) -> np.ndarray:
+        if self.raise_for is not None and any(np.array_equal(w, self.raise_for) for w in windows):
+            raise ModelError("stand-in.onnx: ONNX Runtime failed on this window")
         out = np.abs(windows).mean(axis=1).astype(np.float32) * 100
         if self.all_nan:
             return np.full_like(out, np.nan)
@@ -641,6 +646,13 @@ def test_score_dataset_repairs_a_cut_last_line_and_reports_what_it_cannot_score(
         run = score_dataset(check_dataset(protocol, flac), broken, out, hop_s, workers=1, progress=False)
         assert sorted(run.failed) == sorted(["LA_X_0000001", SPOOF_UTTS[0]])
         assert len(read_scores(out).utts) == len(lines) - 1  # readable: no NaN written
+    # A model that fails in ONNX Runtime on one file's windows (a card's model can):
+    # that file fails, the rest of its batch is scored, the run goes on.
+    raising = _ScoresByContent(raise_for=official_window(read_audio(flac / f"{SPOOF_UTTS[0]}.flac")))
+    out = tmp_path / "scores-raising.txt"
+    run = score_dataset(check_dataset(protocol, flac), raising, out, 0.0, workers=1, progress=False)
+    assert sorted(run.failed) == sorted(["LA_X_0000001", SPOOF_UTTS[0]])
+    assert read_scores(out).utts == read_scores(tmp_path / "scores-0.0.txt").utts
 
     protocol.write_text("\n".join([*lines, lines[1]]) + "\n")
     with pytest.raises(
