@@ -42,6 +42,7 @@ from typing import Any
 
 from spoofwatch.constants import DEFAULT_MODEL, DEFAULT_PRECISION, MODEL_NAMES, PRECISIONS, SAMPLE_RATE_HZ
 from spoofwatch.errors import CalibrationError, ConfigError, InputError
+from spoofwatch.paths import partial_path
 from spoofwatch.stream.engine import EngineConfig, LiveConfig
 from spoofwatch.stream.gate import GateConfig
 from spoofwatch.stream.policy import PolicyConfig
@@ -309,7 +310,7 @@ def save_calibration(cal: Calibration, path: Path) -> None:
     text = dump_calibration(cal)
     calibration_from_dict(tomllib.loads(text), str(path))  # never write a file we cannot read
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".partial")
+    tmp = partial_path(path)
     try:
         tmp.write_text(text, "utf-8")
         tmp.replace(path)

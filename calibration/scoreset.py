@@ -29,7 +29,7 @@ import numpy as np
 from spoofwatch.audio import official_window, read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from spoofwatch.errors import AudioError, InputError, ModelError
-from spoofwatch.paths import lock_output
+from spoofwatch.paths import lock_output, partial_path
 from spoofwatch.stamps import changed_settings, write_stamp
 from spoofwatch.stream.engine import MIN_HOP_S, Scorer
 from spoofwatch.stream.windower import iter_windows
@@ -77,7 +77,7 @@ def keep_only(path: Path, kept: list[str], bad: list[str]) -> None:
         len(bad),
         bad[0][:80],
     )
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = partial_path(path)
     tmp.write_text("".join(line + "\n" for line in kept), "utf-8")
     os.replace(tmp, path)
 

@@ -46,6 +46,7 @@ import numpy.typing as npt
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ, SUITE_COPIES, SUITE_SPOOF_STREAMS
 from spoofwatch.errors import CalibrationError, DatasetError, InputError
+from spoofwatch.paths import partial_path
 from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
 
@@ -326,7 +327,7 @@ def cached_variant(
         return result
     result = compute()
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
+    tmp = partial_path(path)
     with tmp.open("wb") as fh:
         pickle.dump(result, fh)
     tmp.replace(path)

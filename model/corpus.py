@@ -24,7 +24,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ import numpy.typing as npt
 from spoofwatch.audio import read_audio
 from spoofwatch.constants import SAMPLE_RATE_HZ
 from spoofwatch.errors import ConfigError, ModelError
-from spoofwatch.paths import OUTPUT_LOCK_NAME, lock_output
+from spoofwatch.paths import OUTPUT_LOCK_NAME, PARTIAL_SUFFIX, lock_output, partial_path
 from spoofwatch.stamps import changed_settings, write_stamp
 
 from .channel import available_codecs, random_channel
@@ -128,16 +127,6 @@ class Generators:
         raise ConfigError(f"unknown generator {item.generator!r}")
 
 
-#: The suffix of a file being written (renamed into place once whole).
-PARTIAL_SUFFIX = ".partial"
-
-
-def _partial(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place: named per
-    process, so that no two processes ever write one temporary file."""
-    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-
-
 @contextlib.contextmanager
 def lock_corpus(out: Path) -> Iterator[None]:
     """Hold ``out`` for a build, or refuse a second build into it: two builds
@@ -154,7 +143,7 @@ def lock_corpus(out: Path) -> Iterator[None]:
 def _write_flac(path: Path, audio: Wave) -> None:
     import soundfile
 
-    tmp = _partial(path)
+    tmp = partial_path(path)
     soundfile.write(tmp, audio, SAMPLE_RATE_HZ, subtype="PCM_16", format="FLAC")
     tmp.replace(path)
 
@@ -189,7 +178,7 @@ def build_item(
         row = Row(item, utt, k, "+".join(tags), audio.size / SAMPLE_RATE_HZ)
         # The sidecar is written last (whole, by a rename): it marks the utterance complete.
         sidecar = _sidecar(flac_dir, utt)
-        tmp = _partial(sidecar)
+        tmp = partial_path(sidecar)
         tmp.write_text(json.dumps({"copy": k, "channel": row.channel, "seconds": row.seconds}))
         tmp.replace(sidecar)
         rows.append(row)

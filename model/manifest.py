@@ -18,6 +18,7 @@ from pathlib import Path
 from spoofwatch.audio import AudioFile, audio_files
 from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.errors import AudioError, InputError
+from spoofwatch.paths import partial_path
 
 MANIFEST_HEADER = (
     "path",
@@ -122,7 +123,7 @@ def _relative(path: Path, out_dir: Path) -> str:
 def write_manifest(path: Path, rows: Iterable[list[str]]) -> None:
     """Write ``rows`` under :data:`MANIFEST_HEADER` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_path(path)
     with tmp.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE)
         writer.writerow(MANIFEST_HEADER)

@@ -45,7 +45,7 @@ from spoofwatch.calibration.metrics import eer
 from spoofwatch.calibration.protocol import Trial
 from spoofwatch.constants import WINDOW_SAMPLES
 from spoofwatch.errors import DatasetError, ModelError
-from spoofwatch.paths import OUTPUT_LOCK_NAME, lock_output
+from spoofwatch.paths import OUTPUT_LOCK_NAME, PARTIAL_SUFFIX, lock_output, partial_path
 
 from .aasist import AASIST
 from .runtime import batch_cap
@@ -59,8 +59,6 @@ CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "progress", "torch_rng", "
 #: A checkpoint that cannot be read is renamed so, out of CHECKPOINT_GLOB (and
 #: of the rotation, which would otherwise keep it as the newest).
 UNREADABLE_SUFFIX = ".unreadable"
-#: The suffix of a file being written (renamed into place once whole).
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -120,27 +118,31 @@ def check_decodable(paths: Iterable[Path]) -> None:
         )
 
 
-def _partial(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place (named per process)."""
-    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+class CheckpointDamaged(ModelError):
+    """A file that is not a whole training checkpoint (cut short, damaged, or
+    something else): a resume moves past it. A checkpoint that could not be
+    read for another reason (an I/O error) is a plain :class:`ModelError`."""
 
 
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A training checkpoint's state, or :class:`ModelError` saying in one line
-    why ``path`` is none: torch's own errors (EOFError, UnpicklingError, a zip
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint's state, on the CPU (the model and optimiser move
+    it where they live), or :class:`CheckpointDamaged` saying in one line why
+    ``path`` is none: torch's own errors (EOFError, UnpicklingError, a zip
     RuntimeError) are tracebacks, and a state dict (a best.pth copied into
     checkpoints/) failed later with KeyError 'model'."""
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as exc:  # the disk, not the file: nothing to move aside
+        raise ModelError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except Exception as exc:  # torch raises whatever its unpickler meets
         detail = (str(exc).splitlines() or ["the file ends early"])[0][:160]
-        raise ModelError(f"{path}: unreadable ({type(exc).__name__}: {detail})") from None
+        raise CheckpointDamaged(f"{path}: unreadable ({type(exc).__name__}: {detail})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         what = (
             "a state dict (weights only, like best.pth)" if isinstance(state, dict) else type(state).__name__
         )
-        raise ModelError(
+        raise CheckpointDamaged(
             f"{path}: not a training checkpoint: it is {what}, without {', '.join(missing)}; "
             f"expected a checkpoint `spoofwatch train` saved ({', '.join(CHECKPOINT_KEYS)})"
         )
@@ -151,7 +153,7 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         or not set(state["progress"]) <= progress_fields
         or not isinstance(state["torch_rng"], torch.Tensor)
     ):
-        raise ModelError(
+        raise CheckpointDamaged(
             f"{path}: a damaged training checkpoint: expected tables for {', '.join(tables)} (progress "
             f"with fields among {', '.join(sorted(progress_fields))}) and a tensor for torch_rng"
         )
@@ -192,7 +194,15 @@ class Trainer:
         # dies): two runs into one out_dir interleaved their metrics and
         # overwrote each other's checkpoints and best.pth.
         release = lock_output(config.out_dir / OUTPUT_LOCK_NAME, f"out_dir {config.out_dir}")
+        try:
+            self._set_up(config, init, resume, init_weights)
+        except BaseException:  # a trainer that never was: its traceback must not keep the lock
+            release()
+            raise
         weakref.finalize(self, release)
+
+    def _set_up(self, config: TrainConfig, init: str | None, resume: bool, init_weights: Path | None) -> None:
+        """The rest of ``__init__``, with the out_dir's lock held."""
         self.train_set = _training_dataset(config.train_protocol, config.train_audio_dir)
         self.dev_set = _training_dataset(config.dev_protocol, config.dev_audio_dir)
         for dataset in (self.train_set, self.dev_set):
@@ -300,7 +310,7 @@ class Trainer:
             "recipe": self._recipe(),
         }
         path = self.ckpt_dir / f"ckpt-{p.global_step:08d}-e{p.epoch:03d}-b{p.batch:05d}.pt"
-        tmp = _partial(path)
+        tmp = partial_path(path)
         torch.save(state, tmp)
         tmp.replace(path)
         for old in self.checkpoints()[: -self.config.keep_checkpoints]:
@@ -342,8 +352,8 @@ class Trainer:
         unreadable: list[tuple[Path, str]] = []
         for path in reversed(checkpoints):
             try:
-                state = read_checkpoint(path, self.device)
-            except ModelError as exc:
+                state = read_checkpoint(path)
+            except CheckpointDamaged as exc:
                 unreadable.append((path, str(exc)))
                 continue
             for bad, why in unreadable:
@@ -430,7 +440,7 @@ class Trainer:
             )
         if len(kept) != len(lines):
             log.info("metrics.jsonl: dropped %d records logged after the checkpoint", len(lines) - len(kept))
-            tmp = _partial(path)
+            tmp = partial_path(path)
             tmp.write_text("".join(kept), "utf-8")
             tmp.replace(path)
 
@@ -568,7 +578,7 @@ class Trainer:
         if dev < p.best_eer:
             p.best_eer, p.best_epoch = dev, p.epoch
             best = self.out_dir / "best.pth"
-            tmp = _partial(best)
+            tmp = partial_path(best)
             torch.save(self.model.state_dict(), tmp)
             tmp.replace(best)
         record = {

@@ -137,11 +137,17 @@ _DECODE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, TypeError, ValueErr
 _SHORT_DATA_CHUNK = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
+#: A data size at or above this is a placeholder, not a length: a WAV written
+#: to a pipe (``ffmpeg ... -f wav -``) cannot seek back to fill it in, and
+#: writes 0xFFFFFFFF (some writers 0x7FFFFFFF) for "unknown".
+_UNKNOWN_WAV_SIZE = 0x7FFFF000
+
+
 def _announced_frames(open_log: str, frames: int) -> int:
     """The frames a WAV header announces, from libsndfile's log of opening it
     (``frames`` when the log reports nothing cut short)."""
     match = _SHORT_DATA_CHUNK.search(open_log)
-    if match is None or int(match.group(2)) <= 0:
+    if match is None or int(match.group(2)) <= 0 or int(match.group(1)) >= _UNKNOWN_WAV_SIZE:
         return frames
     return round(frames * int(match.group(1)) / int(match.group(2)))
 

@@ -1,13 +1,17 @@
-"""Where spoofwatch keeps per-user files (weights, exported ONNX models)."""
+"""Where spoofwatch keeps per-user files (weights, exported ONNX models), and
+how a run writes its outputs (temporary names, one run per output)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: Environment variable that overrides the cache root.
 HOME_ENV = "SPOOFWATCH_HOME"
@@ -82,8 +86,22 @@ def cache_unwritable(folder: Path | str, exc: OSError) -> InputError:
     )
 
 
+#: The suffix of a file being written, renamed into place once whole.
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: named per
+    process, so that no two processes ever write one temporary file, and
+    ending in :data:`PARTIAL_SUFFIX`, so that a run holding the output's lock
+    can remove what a killed run left."""
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
 #: The lock file a run holds in (or beside) its output: see :func:`lock_output`.
 OUTPUT_LOCK_NAME = ".spoofwatch.lock"
+#: A lock file's mode before the umask.
+LOCK_FILE_MODE = 0o666
 #: Lock files this process holds: path -> (descriptor, holders). A run takes its
 #: lock again from several of its functions (the corpus build's stamp check,
 #: build and outputs), which must not refuse each other.
@@ -97,7 +115,8 @@ def lock_output(lock_file: Path, output: str) -> Callable[[], None]:
     files silently. Never waits. The kernel drops the lock when the process
     ends, however it ends, so a killed run leaves nothing to clean up; the file
     itself stays (deleting it would let a third run lock a new file while the
-    second still holds the old one). Re-entrant within a process. Returns the
+    second still holds the old one). Re-entrant within a process (two runs
+    into one output from one process are not told apart). Returns the
     function that releases this hold; a run that never calls it keeps the lock
     until it exits."""
     import fcntl  # POSIX only: imported here so that the module loads everywhere
@@ -109,7 +128,17 @@ def lock_output(lock_file: Path, output: str) -> Callable[[], None]:
         return _releaser(key)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, CACHE_FILE_MODE)
+        # 0o666 less the umask: a group sharing an output folder can lock the file one of them made.
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, LOCK_FILE_MODE)
+        writable = True
+    except PermissionError:  # another user's lock file: flock needs no write access, only the pid does
+        try:
+            fd = os.open(lock_file, os.O_RDONLY)
+        except OSError as exc:
+            raise InputError(
+                f"{output}: cannot open its lock file {lock_file}: {exc.strerror or exc}"
+            ) from None
+        writable = False
     except OSError as exc:
         raise InputError(f"{output}: cannot make its lock file {lock_file}: {exc.strerror or exc}") from None
     try:
@@ -121,10 +150,15 @@ def lock_output(lock_file: Path, output: str) -> Callable[[], None]:
             f"{output} is in use by another run (pid {holder}; it holds {lock_file}): wait for it to "
             "finish, or write to another output"
         ) from None
-    # The holder's pid, for the message above (the lock, not this text, decides).
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     _held_locks[key] = (fd, 1)
+    if writable:
+        # The holder's pid, for the message above: best effort (the lock, not
+        # this text, decides; a full disk must not fail a run that holds it).
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as exc:
+            log.debug("could not write the pid into %s: %s", lock_file, exc)
     return _releaser(key)
 
 

@@ -222,8 +222,8 @@ class _SendWatch:
     a send then waits, but its events keep coming. A server that vanished
     without closing (a network cut, a frozen host) reads nothing and sends
     nothing: the send would wait for TCP's own timeout, many minutes. Only
-    time spent inside a send counts, so a client that is merely descheduled
-    is not judged."""
+    time spent inside a send that is waiting counts (a send that does not
+    wait is never seen pending), with nothing heard meanwhile."""
 
     def __init__(self, ws: ClientConnection, timeout_s: float) -> None:
         self._ws = ws

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from spoofwatch.audio import sample_problem
 from spoofwatch.constants import LIVE_HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from spoofwatch.errors import InputError
+from spoofwatch.errors import InputError, ModelError
 
 from .events import END_OF_STREAM, Event, ScoreEvent, StatusEvent, SummaryEvent
 from .gate import VAD_FRAME_SAMPLES, GateConfig, GateResult, SpeechGate, VadModel, run_staged
@@ -39,6 +39,12 @@ MAX_HOP_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 
 #: Longest backlog a live stream may keep (its waiting windows are held in memory).
 MAX_LAG_S = 60.0
+#: Speech windows in a row the model may fail on (NaN, Inf, or an error that
+#: scoring turned into NaN) before the stream ends with a ModelError. A model
+#: can fail on some audio and still score the rest; one that fails on every
+#: window (a broken GPU session, a model unfit for this audio) would otherwise
+#: leave a stream running that can never alert, with only a warning to show.
+MAX_MODEL_FAILURES_IN_ROW = 20
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,7 @@ class Engine:
         self.scored_windows = 0
         self.dropped_windows = 0
         self.model_failures = 0
+        self._failures_in_row = 0
         self._last_t = 0.0
 
     @property
@@ -230,6 +237,7 @@ class Engine:
                 *events,
             ]
         self.scored_windows += 1
+        self._failures_in_row = 0
         events = self.policy.update(w.t_end, score)
         return [
             ScoreEvent(
@@ -259,6 +267,12 @@ class Engine:
             )
         self.model_failures += 1
         self.dropped_windows += 1
+        self._failures_in_row += 1
+        if self._failures_in_row >= MAX_MODEL_FAILURES_IN_ROW:
+            raise ModelError(
+                f"the model failed on {self._failures_in_row} speech windows in a row (up to "
+                f"{w.t_end:.2f} s): it cannot score this stream"
+            )
         gate = pending.gate
         return ScoreEvent(
             w.t_start,

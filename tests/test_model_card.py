@@ -604,3 +604,25 @@ def test_the_api_refuses_a_non_finite_first_window_score(tmp_path: Path) -> None
     assert detector.score(np.full(WINDOW, 0.04, np.float32)) == pytest.approx(0.2, rel=1e-4)
     with pytest.raises(ModelError, match=r"non-finite score \(nan\) for the first window"):
         detector.score(np.full(WINDOW, -0.04, np.float32))
+
+
+def test_a_model_that_fails_on_every_window_ends_the_stream(
+    tmp_path: Path, la_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model failing on some windows leaves the stream running (above); one
+    failing on every speech window (a broken GPU session, say) left a stream
+    that could never alert, with a single warning: after 20 in a row the
+    stream ends with an error, a summary still last."""
+    from spoofwatch.stream.engine import MAX_MODEL_FAILURES_IN_ROW
+
+    _sqrt_model(tmp_path / "sqrt.onnx")
+    card = _card(tmp_path, "sqrt.toml", onnx="sqrt.onnx", bonafide_index=None)
+    negative = _offset_speech(la_dir, tmp_path, [-0.05] * 5)  # 20 s: 37 windows of 2 s, most of them speech
+    code = main(["stream", "--model", str(card), "--device", "cpu", "--json", str(negative)])
+    captured = capsys.readouterr()
+    assert code == ModelError.exit_code
+    assert f"the model failed on {MAX_MODEL_FAILURES_IN_ROW} speech windows in a row" in captured.err
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    failed = [e for e in events if e["type"] == "score" and e["speech"] and e["score"] is None]
+    assert len(failed) == MAX_MODEL_FAILURES_IN_ROW - 1  # the last one ended the stream
+    assert events[-1]["type"] == "summary" and events[-1]["dropped_windows"] >= MAX_MODEL_FAILURES_IN_ROW

@@ -287,6 +287,14 @@ def test_a_wav_cut_short_on_disk_is_read_with_a_warning(
         ]
     caplog.clear()
     assert read_audio(whole).size == audio.size and not caplog.records  # a whole file: no warning
+    # A WAV written to a pipe has 0xFFFFFFFF for its sizes ("unknown"): whole, no warning.
+    piped = tmp_path / "piped.wav"
+    data = bytearray(whole.read_bytes())
+    data[4:8] = b"\xff\xff\xff\xff"  # RIFF size
+    data[40:44] = b"\xff\xff\xff\xff"  # data size (a 44-byte header: soundfile's PCM_16)
+    assert data[36:40] == b"data"
+    piped.write_bytes(bytes(data))
+    assert read_audio(piped).size == audio.size and not caplog.records
 
 
 def test_audio_whose_name_is_not_utf8_is_read(tmp_path: Path, la_dir: Path) -> None:

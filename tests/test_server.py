@@ -97,6 +97,37 @@ async def test_native_protocol_each_encoding(
     assert ctx.active_streams == 0
 
 
+class NanScorer:
+    """A model that fails on every window (as a broken GPU session would)."""
+
+    window_samples = 64_600
+
+    def scores(self, windows: np.ndarray) -> np.ndarray:
+        return np.full(windows.shape[0], np.nan, np.float32)
+
+
+async def test_a_model_failing_on_every_window_ends_the_stream_with_its_reason(
+    concat: np.ndarray, vad: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It kept a stream running that could never alert; now the stream ends
+    after MAX_MODEL_FAILURES_IN_ROW speech windows: 1011 naming the model
+    error, an alert-free summary in the sinks, no traceback in the log."""
+    from spoofwatch.stream.engine import MAX_MODEL_FAILURES_IN_ROW
+
+    ctx = make_ctx(NanScorer(), vad, tmp_path)
+    async with running(ctx) as url:
+        result = await send_audio(np.tile(concat, 2), url + "/")
+    assert result.close_code == 1011
+    assert result.close_reason.startswith(
+        f"model error: the model failed on {MAX_MODEL_FAILURES_IN_ROW} speech"
+    )
+    summary = jsonl(tmp_path)[-1]
+    assert summary["type"] == "summary" and summary["scored_windows"] == 0
+    assert summary["dropped_windows"] >= MAX_MODEL_FAILURES_IN_ROW
+    assert ctx.active_streams == 0
+    assert not [r for r in caplog.records if r.exc_info]  # said in one line, not a crash
+
+
 def twilio_messages(inbound: np.ndarray, outbound: np.ndarray) -> list[str]:
     msgs = [{"event": "connected", "protocol": "Call", "version": "1.0.0"}]
     msgs.append(

@@ -227,9 +227,16 @@ def test_a_used_out_dir_a_changed_config_and_a_one_class_dev_set_are_refused_bef
     train.write_text("".join(line + "\n" for line in kept.splitlines() if line.endswith("bonafide")))
     with pytest.raises(
         DatasetError, match="the train set needs bona fide and spoof utterances, got only bonafide"
-    ):
+    ) as refused:
         Trainer(fresh, progress_bar=False)
     train.write_text(kept)
+    # The refused trainer's traceback (kept here) must not keep its out_dir locked.
+    assert refused.value is not None
+    probe = (
+        "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    )
+    lock = fresh.out_dir / ".spoofwatch.lock"
+    assert subprocess.run([sys.executable, "-c", probe, str(lock)], check=False).returncode == 0
 
 
 def test_sigterm_saves_a_checkpoint(tiny_la: Path, tmp_path: Path) -> None:

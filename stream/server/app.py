@@ -28,7 +28,7 @@ from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from spoofwatch.errors import CloseCode, ProtocolError
+from spoofwatch.errors import CloseCode, ModelError, ProtocolError
 
 from . import health
 from .connection import (
@@ -186,6 +186,9 @@ class WebSocketServer:
                 log.info("closed %s with %d: %s", peer_name(ws), exc.sent.code, exc.sent.reason)
             else:
                 log.info("client went away")
+        elif isinstance(exc, ModelError):  # the model could not score this stream: said, not a crash
+            log.error("ended the stream of %s: %s", peer_name(ws), exc)
+            await self._close(ws, CloseCode.INTERNAL_ERROR, f"model error: {exc}")
         else:
             log.error("stream handler failed", exc_info=exc)
             await self._close(ws, CloseCode.INTERNAL_ERROR, "internal error")
