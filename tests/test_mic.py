@@ -4,7 +4,7 @@ runs on its own thread with real audio (this machine has no sound card)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +273,215 @@ def test_a_device_that_dies_mid_alert_ends_the_capture_with_an_error(
     assert types.count("alert_start") == 1 and types[-2:] == ["alert_end", "summary"]
     assert events[-2]["reason"] == "error"
     assert events[-1]["duration_s"] == pytest.approx(15.0, abs=0.02)  # everything heard was scored
+
+
+class ManualClock:
+    """The monitor's clock, moved only by the test. It counts its readings, so
+    that a test can wait until the monitor has looked at a given time."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.readings = 0
+        self.retired = False  # its reader ended: no more readings will come
+        self._read = threading.Condition()
+
+    def __call__(self) -> float:
+        with self._read:
+            self.readings += 1
+            self._read.notify_all()
+            return self.now_s
+
+    def advance(self, by_s: float, then_readings: int = 0) -> None:
+        """Move the clock on, then wait until it has been read ``then_readings``
+        more times (or its reader ended)."""
+        with self._read:
+            self.now_s += by_s
+            target = self.readings + then_readings
+            assert self._read.wait_for(lambda: self.readings >= target or self.retired, timeout=600)
+
+    def retire(self) -> None:
+        with self._read:
+            self.retired = True
+            self._read.notify_all()
+
+
+class FrozenInputStream(FakeInputStream):
+    """An audio server frozen after the audio (``kill -STOP`` of PulseAudio):
+    no more callbacks, yet PortAudio never ends the stream, and ``stop()``
+    blocks until the server resumes (``resume``: only the test's teardown)."""
+
+    def __init__(self, *args: Any, journal: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.journal = journal
+        self.resume = threading.Event()
+        self.closed = False
+
+    def stop(self) -> None:
+        self.journal.append({"type": "device stop"})
+        self._halt.set()
+        self.resume.wait()
+        self._thread.join()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FrozenCapture:
+    """A monitor on a FrozenInputStream, run on its own thread, with the
+    monitor's clock and a journal of the events and the device's stop."""
+
+    def __init__(self, audio: np.ndarray, engine: Any, scorer: Any) -> None:
+        self.consumed = threading.Semaphore(0)
+        self.opened = threading.Event()
+        self.streams: list[FrozenInputStream] = []
+        self.journal: list[dict[str, Any]] = []
+        self.clock = ManualClock()
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+
+        def factory(**kwargs: Any) -> FrozenInputStream:
+            self.streams.append(
+                FrozenInputStream(audio, BLOCK, self.consumed, journal=self.journal, **kwargs)
+            )
+            self.opened.set()
+            return self.streams[-1]
+
+        # Any time limit will do: the frozen stop never returns by itself.
+        self.source = MicrophoneSource(NATIVE_HZ, "usb mic", stream_factory=factory, stop_timeout_s=0.01)
+        driver = StreamDriver(engine, NATIVE_HZ, drop_stale=True)
+        self.thread = threading.Thread(target=self._run, args=(driver, scorer))
+
+    def _on_events(self, events: list[Event]) -> None:
+        self.journal.extend(e.to_json() for e in events)
+        self.consumed.release()  # the fake may deliver its next block
+
+    def _run(self, driver: StreamDriver, scorer: Any) -> None:
+        try:
+            monitor(
+                self.source,
+                driver,
+                scorer,
+                self._on_events,
+                self.stop,
+                no_audio_timeout_s=5.0,
+                clock=self.clock,
+            )
+        except BaseException as exc:
+            self.failure = exc
+        finally:
+            self.clock.retire()
+
+    def start_and_wait_frozen(self) -> FrozenInputStream:
+        """Every block delivered and processed: the audio server is frozen from now on."""
+        self.thread.start()
+        assert self.opened.wait(timeout=60)
+        assert self.streams[0].finished.wait(timeout=600)
+        return self.streams[0]
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.journal]
+
+
+@pytest.fixture()
+def frozen_captures() -> Iterator[list[FrozenCapture]]:
+    """The test's frozen captures: their audio servers resume at teardown, so
+    that no abandoned ``stop()`` thread outlives its test."""
+    captures: list[FrozenCapture] = []
+    yield captures
+    for capture in captures:
+        for stream in capture.streams:
+            stream.resume.set()
+
+
+def test_an_audio_server_that_freezes_ends_the_capture_with_a_device_error(
+    sw_home: Path,
+    audio48: np.ndarray,
+    scorer: Any,
+    make_engine: Callable[[], Any],
+    frozen_captures: list[FrozenCapture],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It used to poll the empty ring forever (PortAudio never ends such a
+    stream), then hang in the device's stop. Now no samples for
+    ``no_audio_timeout_s`` on the monitor's clock is a device that stopped:
+    the alert ends (reason "error"), the summary follows, and the stop that
+    never returns is abandoned with a warning."""
+    frozen_captures.append(run := FrozenCapture(audio48[: 15 * NATIVE_HZ], make_engine(), scorer))
+    stream = run.start_and_wait_frozen()
+    # Under the limit the monitor waits on: it read the clock at 4 s, and again.
+    run.clock.advance(4.0, then_readings=2)
+    assert run.thread.is_alive() and run.failure is None and "summary" not in run.types()
+    run.clock.advance(1.0)
+    run.thread.join(timeout=600)
+    assert not run.thread.is_alive()  # ended, although the device never stopped
+    assert isinstance(run.failure, DeviceError)
+    assert "input device 'usb mic' stopped delivering audio (no samples for 5.0 s" in str(run.failure)
+    types = run.types()
+    assert types.count("alert_start") == 1
+    assert types[-3:] == ["alert_end", "summary", "device stop"]  # the closing events first
+    assert run.journal[-3]["reason"] == "error"
+    assert run.journal[-2]["duration_s"] == pytest.approx(15.0, abs=0.02)  # everything heard was scored
+    assert not stream.closed  # abandoned: its stop never returned
+    assert "input device 'usb mic' did not stop within 0.01 s" in caplog.text
+
+
+def test_a_device_that_cannot_be_stopped_does_not_hold_up_the_end(
+    sw_home: Path,
+    audio48: np.ndarray,
+    scorer: Any,
+    make_engine: Callable[[], Any],
+    frozen_captures: list[FrozenCapture],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ctrl-C or SIGTERM (``stop``) while the audio server is frozen: the
+    capture ends normally, with the alert's end and the summary written
+    before the device's stop, which never returns and is abandoned."""
+    frozen_captures.append(run := FrozenCapture(audio48[: 15 * NATIVE_HZ], make_engine(), scorer))
+    stream = run.start_and_wait_frozen()
+    run.stop.set()
+    run.thread.join(timeout=600)
+    assert not run.thread.is_alive() and run.failure is None
+    types = run.types()
+    assert types.count("alert_start") == 1
+    assert types[-4:] == ["alert_end", "summary", "status", "device stop"]
+    assert run.journal[-4]["reason"] == "end_of_stream"
+    assert run.journal[-3]["duration_s"] == pytest.approx(15.0, abs=0.02)
+    assert not stream.closed
+    assert "did not stop within 0.01 s (its audio server hung?); abandoning it" in caplog.text
+
+
+def test_a_consumer_slower_than_the_watchdog_is_not_a_stalled_device(
+    sw_home: Path, audio48: np.ndarray, scorer: Any, make_engine: Callable[[], Any]
+) -> None:
+    """A busy machine: each chunk takes the consumer twice the watchdog's limit
+    (on its clock), while the device goes on delivering. The audio waiting in
+    the ring is what counts, not the time between two reads: no error."""
+    consumed = threading.Semaphore(0)
+    clock = ManualClock()
+    streams: list[FakeInputStream] = []
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def factory(**kwargs: Any) -> FakeInputStream:
+        streams.append(FakeInputStream(audio48[: 3 * NATIVE_HZ], 10 * BLOCK, consumed, **kwargs))
+        return streams[-1]
+
+    source = MicrophoneSource(NATIVE_HZ, device=None, stream_factory=factory)
+
+    def on_events(events: list[Event]) -> None:
+        seen.extend(e.to_json() for e in events)
+        if stop.is_set():  # the closing events
+            return
+        clock.now_s += 10.0  # the slow scoring of this chunk...
+        consumed.release()  # ...while the device delivers the next block
+        stream = streams[0]
+        while source.ring.available == 0 and not stream.finished.is_set():
+            stream.finished.wait(0.01)
+        if stream.finished.is_set():  # all delivered: the user stops the capture
+            stop.set()
+
+    driver = StreamDriver(make_engine(), NATIVE_HZ, drop_stale=True)
+    monitor(source, driver, scorer, on_events, stop, no_audio_timeout_s=5.0, clock=clock)
+    summary = next(e for e in seen if e["type"] == "summary")
+    assert summary["duration_s"] == pytest.approx(3.0, abs=0.02)
+    assert clock.now_s >= 30 * 5.0  # the consumer was far slower than the limit, 30 times

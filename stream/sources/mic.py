@@ -8,7 +8,10 @@ so the adapter is testable on machines without a sound card.
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import logging
+import os
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds of native-rate audio the ring buffer holds before overrunning.
 RING_CAPACITY_S = 30.0
+#: How long stopping the stream may take before it is abandoned. A healthy
+#: PortAudio stop returns within a buffer's time (milliseconds); one on a
+#: frozen audio server (``kill -STOP`` of PulseAudio) never returns, and
+#: ``abort()`` blocks there as well.
+STOP_TIMEOUT_S = 2.0
 
 StreamFactory = Callable[..., Any]
 
@@ -76,6 +84,30 @@ def input_device_info(device: int | str | None) -> tuple[str, int]:
     return str(info["name"]), int(info["default_samplerate"])
 
 
+def release_portaudio_at_exit() -> None:
+    """Let the process exit although a PortAudio stream never stopped.
+
+    sounddevice's exit handler calls ``Pa_Terminate``, which closes every
+    open stream and so waits for the frozen one forever. Without that
+    handler, the interpreter's exit unloads libportaudio while PortAudio's
+    own capture thread is still blocked inside it, and that thread crashes
+    the process (SIGSEGV) when it wakes. So the handler goes, and the library
+    is pinned in memory (``RTLD_NODELETE``) until the process ends.
+    """
+    sd = import_sounddevice()
+    handler = getattr(sd, "_exit_handler", None)  # private: checked, never assumed
+    if handler is not None:
+        atexit.unregister(handler)
+    libname = getattr(sd, "_libname", None)
+    nodelete = getattr(os, "RTLD_NODELETE", None)  # POSIX only
+    if libname is None or nodelete is None:
+        return
+    try:
+        ctypes.CDLL(libname, mode=nodelete | getattr(os, "RTLD_NOLOAD", 0))
+    except OSError as exc:
+        log.warning("cannot pin PortAudio for the process exit: %s", exc)
+
+
 class MicrophoneSource:
     """Captures mono float32 audio at ``rate_hz`` into ``ring``."""
 
@@ -84,9 +116,11 @@ class MicrophoneSource:
         rate_hz: int,
         device: int | str | None = None,
         stream_factory: StreamFactory | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
         self.rate_hz = rate_hz
         self.device = device
+        self.stop_timeout_s = stop_timeout_s
         self.ring = RingBuffer(int(RING_CAPACITY_S * rate_hz))
         self.input_overflows = 0
         self._factory = stream_factory
@@ -129,10 +163,31 @@ class MicrophoneSource:
         return self._ended.is_set()
 
     def stop(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            try:
-                stream.stop()
-                stream.close()
-            except Exception as exc:  # a device that died may fail to stop; the capture is over anyway
-                log.warning("closing input device %r: %s", self.device, exc)
+        """Stop and close the stream, waiting at most ``stop_timeout_s``.
+
+        A device whose audio server froze never stops: its stream is then
+        abandoned (still open, on a daemon thread) with a warning, so that
+        the capture ends anyway.
+        """
+        if self._stream is None:
+            return
+        stream, self._stream = self._stream, None
+        closer = threading.Thread(target=self._close, args=(stream,), name="mic-stop", daemon=True)
+        closer.start()
+        closer.join(self.stop_timeout_s)
+        if not closer.is_alive():
+            return
+        log.warning(
+            "input device %r did not stop within %g s (its audio server hung?); abandoning it",
+            self.device,
+            self.stop_timeout_s,
+        )
+        if self._factory is None:  # a real PortAudio stream: it must not hold up the exit either
+            release_portaudio_at_exit()
+
+    def _close(self, stream: Any) -> None:
+        try:
+            stream.stop()
+            stream.close()
+        except Exception as exc:  # a device that died may fail to stop; the capture is over anyway
+            log.warning("closing input device %r: %s", self.device, exc)
