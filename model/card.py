@@ -85,12 +85,26 @@ def is_card_reference(model: str) -> bool:
     return model.lower() not in MODEL_NAMES
 
 
-def _file_sha256(path: Path) -> str:
+#: The key an ONNX tensor stored as external data names its file with; a
+#: graph without it anywhere in its bytes has no external data to look for.
+_EXTERNAL_KEY = b"location"
+
+
+def _sha256_and_mentions(path: Path, needle: bytes = b"") -> tuple[str, bool]:
+    """The file's SHA-256, and whether ``needle`` occurs in it: one read, so
+    that a large graph is not read (and parsed) again to find out. (Not
+    ``weights.sha256_file``: that module brings in torch, which cards do
+    without.)"""
     digest = hashlib.sha256()
+    found = False
+    tail = b""
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+            if needle and not found:  # across a block boundary too
+                found = needle in tail + block[: len(needle) - 1] or needle in block
+                tail = block[-(len(needle) - 1) :]
+    return digest.hexdigest(), found
 
 
 def _external_data_files(onnx_path: Path, origin: str) -> list[str]:
@@ -126,8 +140,8 @@ def model_sha256(onnx_path: Path, origin: str) -> str:
     """The SHA-256 a card pins: of the ONNX file, or, for a model whose weights
     are external data, of the file's hash and each data file's name and hash
     together, so that the pin (and a calibration's key) covers the weights too."""
-    digest = _file_sha256(onnx_path)
-    external = _external_data_files(onnx_path, origin)
+    digest, maybe_external = _sha256_and_mentions(onnx_path, _EXTERNAL_KEY)
+    external = _external_data_files(onnx_path, origin) if maybe_external else []
     if not external:
         return digest
     parts = [digest]
@@ -135,7 +149,7 @@ def model_sha256(onnx_path: Path, origin: str) -> str:
         data = (onnx_path.parent / name).resolve()
         if not data.is_file():
             raise ModelError(f"{origin}: {onnx_path.name} keeps its weights in {name}, which does not exist")
-        parts += [name, _file_sha256(data)]
+        parts += [name, _sha256_and_mentions(data)[0]]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

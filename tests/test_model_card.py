@@ -163,12 +163,41 @@ def test_a_card_pin_and_calibration_key_cover_external_weights(tmp_path: Path) -
         load_card(_card(tmp_path, "card.toml"))
 
 
+def test_a_graph_without_external_data_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash pass finds whether a graph names external data at all: a large
+    graph that keeps its weights inside is not parsed a second time for it."""
+    import onnx
+
+    from spoofwatch.model.card import _sha256_and_mentions
+
+    onnx_path = _tiny_model(tmp_path / "tiny.onnx")
+
+    def no_parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("parsed a graph without external data")
+
+    monkeypatch.setattr(onnx, "load", no_parse)
+    assert load_card(_card(tmp_path)).sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    block = 1 << 20  # the hash pass's read size: a mention across two reads is found too
+    for offset in (0, block - 4, block - 8, block, 3 * block - 1):
+        data = tmp_path / f"at{offset}"
+        data.write_bytes(b"x" * offset + b"location" + b"y" * 10)
+        assert _sha256_and_mentions(data, b"location") == (
+            hashlib.sha256(data.read_bytes()).hexdigest(),
+            True,
+        )
+    data.write_bytes(b"x" * (block - 4) + b"locat" + b"y" * block + b"ion")
+    assert not _sha256_and_mentions(data, b"location")[1]
+
+
 def test_card_paths_that_are_folders_or_not_onnx_fail_naming_the_card(tmp_path: Path) -> None:
     (tmp_path / "folder.onnx").mkdir()
     with pytest.raises(ModelError, match=r"card\.toml: onnx = 'folder\.onnx' is a folder"):
         load_card(_card(tmp_path, onnx="folder.onnx"))
     (tmp_path / "text.onnx").write_text("not a model")
-    with pytest.raises(ModelError, match=r"card\.toml: text\.onnx is not an ONNX model"):
+    with pytest.raises(
+        ModelError,
+        match=r"card\.toml: \S*text\.onnx: ONNX Runtime cannot open the model: .*Protobuf parsing failed",
+    ):
         load_card(_card(tmp_path, onnx="text.onnx"))
     _tiny_model(tmp_path / "tiny.onnx")
     (tmp_path / "cal").mkdir()
