@@ -150,6 +150,18 @@ def lock_output(lock_file: Path, output: str) -> Callable[[], None]:
             f"{output} is in use by another run (pid {holder}; it holds {lock_file}): wait for it to "
             "finish, or write to another output"
         ) from None
+    except OSError as exc:
+        # ENOLCK and kin: a file system without locks (some NFS and FUSE
+        # mounts). Refusing would make the output unusable there; the lock
+        # only guards against a mistake, so the run goes on unguarded.
+        os.close(fd)
+        log.warning(
+            "%s: cannot lock %s (%s): a second run writing to it at the same time would not be noticed",
+            output,
+            lock_file,
+            exc.strerror or exc,
+        )
+        return lambda: None
     _held_locks[key] = (fd, 1)
     if writable:
         # The holder's pid, for the message above: best effort (the lock, not
