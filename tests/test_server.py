@@ -30,7 +30,7 @@ from spoofwatch.stream.server.app import WebSocketServer
 from spoofwatch.stream.server.batcher import BatchScorer
 from spoofwatch.stream.server.context import ServerConfig, ServerContext
 from spoofwatch.stream.server.load import LoadMonitor, SheddingConfig
-from spoofwatch.stream.server.sinks import ServerSinks
+from spoofwatch.stream.server.sinks import ServerSinks, webhook_sink_name
 
 pytestmark = pytest.mark.anyio
 
@@ -692,7 +692,7 @@ async def test_webhook_that_never_answers_does_not_delay_the_stream(
                 result = await send_audio(concat, url + "/")
         assert result.close_code == 1000
         check_alert_after_onset(result.events)
-        assert ctx.sinks.stats()[f"webhook {url_hook}"]["written"] == 0
+        assert ctx.sinks.stats()[webhook_sink_name(url_hook)]["written"] == 0
     finally:
         hook.close()  # resets the pending POST: the sink thread logs it and ends
     # ... within this test, while its log capture is still open.

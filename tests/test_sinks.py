@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from spoofwatch.stream.server.sinks import ServerSinks
+from spoofwatch.stream.server.sinks import ServerSinks, webhook_sink_name
 from spoofwatch.stream.sinks import JsonlSink, QueuedSink
 
 
@@ -118,7 +118,7 @@ def test_webhook_that_never_answers_costs_only_its_own_events(tmp_path: Path) ->
         jsonl.close(timeout_s=30)
         lines = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
         assert lines == [*events, {"type": "summary", "duration_s": 1.0}]
-        stats = sinks.stats()[f"webhook {url}"]
+        stats = sinks.stats()[webhook_sink_name(url)]
         # One POST in flight, two queued, the other three dropped; the summary is no alert.
         assert stats == {"written": 0, "dropped": 3, "failed": 0}
         assert sinks.dropped == 3
@@ -208,3 +208,45 @@ def test_a_full_disk_leaves_whole_lines_and_says_events_were_lost(tmp_path: Path
     assert text.endswith("\n") and [json.loads(line)["i"] for line in lines] == list(range(len(lines)))
     assert report["written"] == len(lines) and report["failed"] == 50 - len(lines) > 0
     assert report["exit_code"] == 10 and f"{50 - len(lines)} of 50 events were not written" in report["error"]
+
+
+def test_a_webhook_secret_never_reaches_the_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Chat webhooks carry their secret in the path (Slack) or the query, and
+    a URL may carry a password: the sink's name, which its warnings, its
+    shutdown counts and the metrics' labels show, held the whole URL."""
+    hook = socket.socket()
+    hook.bind(("127.0.0.1", 0))  # bound, not listening: every POST is refused
+    port = hook.getsockname()[1]
+    url = f"http://user:pa55@127.0.0.1:{port}/services/T000/B000/XXXXsecretXXXX?key=k3y"
+    assert webhook_sink_name(url) == f"webhook http://127.0.0.1:{port}"
+    assert webhook_sink_name("https://[::1]/x/s3cret") == "webhook https://[::1]"
+    sinks = ServerSinks(webhook=url, webhook_timeout_s=60)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            sinks.submit({"type": "alert_start", "t": 4.0, "smoothed": -3.0, "threshold": -1.0})
+            sinks.close(timeout_s=60)
+            assert all(sink.join(timeout_s=60) for sink in sinks.sinks)
+    finally:
+        hook.close()
+    assert sinks.stats()[f"webhook http://127.0.0.1:{port}"]["failed"] == 1
+    assert "sink failed" in caplog.text  # the failure is logged ...
+    for secret in ("XXXXsecretXXXX", "k3y", "pa55", "user"):
+        assert secret not in caplog.text  # ... without the secret
+
+
+@pytest.mark.parametrize(
+    "url", ["hooks.example.com/x", "ftp://example.com/x", "http:///x", "http://h:99999/"]
+)
+def test_a_webhook_that_cannot_be_posted_to_is_refused_at_start(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in --webhook surfaced only as a failed POST at the first alert."""
+    from spoofwatch.cli import main
+
+    monkeypatch.setenv("SPOOFWATCH_HOME", str(tmp_path))  # nothing may load before the refusal
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--webhook", url])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--webhook: expected an http:// or https:// URL with a host" in err
+    assert not any(tmp_path.iterdir())

@@ -148,7 +148,6 @@ def checked_type(
 positive_int = checked_type(int, lambda v: v >= 1, "an integer >= 1")
 #: Limits where 0 means "none".
 non_negative_int = checked_type(int, lambda v: v >= 0, "an integer >= 0")
-positive_seconds = checked_type(float, lambda v: math.isfinite(v) and v > 0, "a finite number of seconds > 0")
 #: Most ONNX Runtime threads a command takes: each thread has its own stack and
 #: scratch memory (a million of them ran the machine out of memory), and more
 #: threads than a large machine has cores only contend.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .common import (
     add_model_args,
     add_scoring_args,
+    checked_type,
     incremental_reason,
     load_live_scoring,
     print_event,
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Environment variable holding the server token (keeps it out of the process list).
 TOKEN_ENV = "SPOOFWATCH_TOKEN"
+#: Environment variable with serve's default ``--webhook`` (chat webhooks carry a secret).
+WEBHOOK_ENV = "SPOOFWATCH_WEBHOOK"
 #: Environment variable with serve's default ``--model`` (the images set it from
 #: their MODEL build argument, so that what was exported is what is served).
 MODEL_ENV = "SPOOFWATCH_MODEL"
@@ -35,6 +38,7 @@ def register(sub: Any) -> None:
     from spoofwatch.constants import DEFAULT_MODEL
     from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
+    from spoofwatch.stream.server.sinks import check_webhook_url
 
     d = ServerConfig()
     serve = sub.add_parser(
@@ -53,7 +57,12 @@ def register(sub: Any) -> None:
     )
     serve.add_argument("--stdout", action="store_true", help="also print every event as a JSON line")
     serve.add_argument(
-        "--webhook", default=None, metavar="URL", help="POST each alert event as JSON to this URL"
+        "--webhook",
+        type=checked_type(check_webhook_url, lambda _: True, "an http:// or https:// URL with a host"),
+        default=os.environ.get(WEBHOOK_ENV) or None,
+        metavar="URL",
+        help=f"POST each alert event as JSON to this URL (default: ${WEBHOOK_ENV}, which keeps a "
+        "secret URL out of the process list; logs name only its scheme and host)",
     )
     serve.add_argument("--max-streams", type=int, default=d.max_streams)
     serve.add_argument(

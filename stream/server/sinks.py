@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,28 @@ def webhook_poster(url: str, timeout_s: float = WEBHOOK_TIMEOUT_S) -> Callable[[
     return post
 
 
+def check_webhook_url(url: str) -> str:
+    """``url`` if a POST can be made to it, else a ``ValueError``: a typo
+    would otherwise surface only as a failed POST on the first alert."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(url)
+    parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    return url
+
+
+def webhook_sink_name(url: str) -> str:
+    """The webhook sink's name in logs, stats and metrics: its scheme and host
+    only. Chat webhooks (Slack, Teams, Discord) carry their secret in the path
+    or query, and a ``user:password@`` may come with the host."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"webhook {parts.scheme}://{host}{port}"
+
+
 class ServerSinks:
     """Where the server logs events: every event to ``--jsonl`` (and stdout
     when asked), alerts also POSTed as JSON to ``--webhook``."""
@@ -56,7 +79,7 @@ class ServerSinks:
             self._all.append(JsonlSink(sys.stdout, max_queue_events))
         self._webhook = (
             QueuedSink(
-                f"webhook {webhook}",
+                webhook_sink_name(webhook),
                 webhook_poster(webhook, webhook_timeout_s),
                 None,
                 webhook_queue_events or max_queue_events,
