@@ -48,12 +48,23 @@ def threshold_for(table: ScoreTable, target: str, rate: float | None = None) -> 
     if target == "bonafide-false-alarm":
         if bona.size == 0:
             raise CalibrationError("no bona fide scores to set a false-alarm rate from")
-        return _accepting_from(float(np.quantile(bona, rate, method="lower")), every)
+        # Reject the k lowest at most: accept from the (k+1)-th lowest (fewer
+        # than k lie strictly below it, ties included).
+        return _accepting_from(float(np.sort(bona)[_allowed(rate, bona.size)]), every)
     if target == "spoof-miss":
         if spoof.size == 0:
             raise CalibrationError("no spoof scores to set a miss rate from")
-        return _accepting_above(float(np.quantile(spoof, 1.0 - rate, method="higher")), every)
+        # Accept the k highest at most: reject the (k+1)-th highest and all below.
+        return _accepting_above(float(np.sort(spoof)[spoof.size - 1 - _allowed(rate, spoof.size)]), every)
     raise InputError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+
+
+def _allowed(rate: float, n: int) -> int:
+    """Most of ``n`` scores that may fall on the wrong side at ``rate`` (< 1):
+    floor(rate·n), forgiving the float error of a product such as 0.29·100
+    (28.999999999999996). A quantile of the scores (used before) indexes by
+    rate·(n−1) and could allow one score fewer than the rate does."""
+    return min(math.floor(rate * n + 1e-9), n - 1)
 
 
 #: One unit of a score file's last decimal: more than a score read from the

@@ -34,7 +34,7 @@ class Trial:
 
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
     try:
-        text = path.read_text("utf-8")
+        text = path.read_text("utf-8-sig")  # an editor's byte-order mark is not part of the first id
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from None
     return [(i, line.split()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -86,7 +86,9 @@ class ScoreTable:
 def score_value(value: str) -> float | None:
     """A score field's number, or ``None`` when it is not a finite number: the
     one rule for what a score file may hold (read here, resumed by ``scoreset``)."""
-    if "_" in value:  # float() reads "1_000" as Python source does; no score file writes that
+    # float() reads "1_000" as Python source does, and any script's digits
+    # ("٣", "１"); no score file writes either.
+    if "_" in value or not value.isascii():
         return None
     try:
         score = float(value)

@@ -233,9 +233,18 @@ def test_malformed_protocol_and_scores(tmp_path: Path) -> None:
     scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide 1_000\n")  # float() reads it as 1000
     with pytest.raises(DatasetError, match=r"scores\.txt:2: expected a finite numeric score, got '1_000'"):
         read_scores(scores)
+    scores.write_text(
+        "LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide \u0663\n"
+    )  # an Arabic-Indic 3, as float() reads it
+    with pytest.raises(DatasetError, match=r"scores\.txt:2: expected a finite numeric score, got '\u0663'"):
+        read_scores(scores)
     scores.write_text("LA_E_1 A07 spoof 1.5\nLA_E_2 - bonafide 2.0\nLA_E_1 A07 spoof 1.5\n")
     with pytest.raises(DatasetError, match=r"scores\.txt:3: utterance 'LA_E_1' is scored again"):
         read_scores(scores)
+    scores.write_bytes(b"\xef\xbb\xbfLA_E_1 1.5\nLA_E_2 2.0\n")  # an editor's byte-order mark
+    bom_protocol = tmp_path / "bom_protocol.txt"
+    bom_protocol.write_bytes(b"\xef\xbb\xbfS1 LA_E_1 - A07 spoof\nS2 LA_E_2 - - bonafide\n")
+    assert read_scores(scores, bom_protocol).utts == ["LA_E_1", "LA_E_2"]
     # With a protocol, the protocol is the truth: a line's labels must agree, its utterance be listed.
     protocol = tmp_path / "truth.txt"
     protocol.write_text("LA_0079 LA_E_1 - A07 spoof\nLA_0079 LA_E_2 - - bonafide\n")
@@ -530,6 +539,85 @@ def test_rate_thresholds_hold_for_the_scores_a_score_file_rounded() -> None:
     # Below every dev score: a unit of the last decimal below the lowest.
     only_bona = ScoreTable(["b0", "b1"], ["-", "-"], ["bonafide"] * 2, np.array([1.0, 2.0]))
     assert threshold_for(only_bona, "bonafide-false-alarm", 0.0) == pytest.approx(1.0 - 1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rate_thresholds_allow_every_error_the_rate_allows(seed: int) -> None:
+    """The rate targets never exceeded the rate, but read it as a quantile
+    (index rate·(n−1)): with 4 genuine scores at --rate 0.25 none was
+    rejected, at no gain and at the cost of a spoof accepted. Each threshold
+    must now be the least strict that keeps to the rate: one more score on
+    the wrong side would break it. Ties included (score files round)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        n_bona, n_spoof = rng.integers(1, 30, size=2)
+        bona = np.round(rng.normal(1.0, 1.0, n_bona), int(rng.integers(0, 3)))
+        spoof = np.round(rng.normal(-1.0, 1.0, n_spoof), int(rng.integers(0, 3)))
+        table = ScoreTable(
+            [f"b{i}" for i in range(n_bona)] + [f"s{i}" for i in range(n_spoof)],
+            ["-"] * n_bona + ["A01"] * n_spoof,
+            ["bonafide"] * n_bona + ["spoof"] * n_spoof,
+            np.concatenate([bona, spoof]),
+        )
+        rate = float(rng.choice([0.0, 0.1, 0.25, 0.29, 0.5, 0.99]))
+        t = threshold_for(table, "bonafide-false-alarm", rate)
+        assert np.sum(bona < t) <= rate * n_bona + 1e-9
+        accepted = bona[bona >= t]  # rejecting the lowest of them as well breaks the rate
+        assert np.sum(bona <= accepted.min()) > rate * n_bona + 1e-9
+        t = threshold_for(table, "spoof-miss", rate)
+        assert np.sum(spoof >= t) <= rate * n_spoof + 1e-9
+        rejected = spoof[spoof < t]
+        if rejected.size:  # accepting the highest of them as well breaks the rate
+            assert np.sum(spoof >= rejected.max()) > rate * n_spoof + 1e-9
+    # 1 of 4 genuine may be rejected, 2 of 4 spoofs accepted.
+    four = ScoreTable(
+        [f"u{i}" for i in range(8)],
+        ["-"] * 4 + ["A01"] * 4,
+        ["bonafide"] * 4 + ["spoof"] * 4,
+        np.array([1.0, 2.0, 3.0, 4.0, -1.0, 0.0, 1.5, -2.0]),
+    )
+    assert threshold_for(four, "bonafide-false-alarm", 0.25) == 1.75
+    assert threshold_for(four, "spoof-miss", 0.5) == -0.5
+
+
+def test_fit_says_what_its_threshold_does_on_the_dev_scores(
+    sw_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A false-alarm rate needs genuine scores only, but fit also computed the
+    EER for its provenance and refused a genuine-only file. And with scores
+    tied across the classes the EER it recorded is a point no threshold
+    reaches (the official tools count tied scores one at a time): fit now
+    says so, and records what its threshold rejects and accepts."""
+    only_bona = tmp_path / "bona.txt"
+    only_bona.write_text("u1 - bonafide 1\nu2 - bonafide 2\nu3 - bonafide 3\nu4 - bonafide 4\n")
+    out = tmp_path / "cal.toml"
+    fit = ["calibrate", "fit", "--scores", str(only_bona), "--out", str(out)]
+    assert main([*fit, "--target", "bonafide-false-alarm", "--rate", "0.25"]) == 0
+    assert (
+        "threshold +1.5000 (bonafide-false-alarm); bona fide rejected 25.0000 %;" in capsys.readouterr().out
+    )
+    metrics = load_calibration(out).provenance["metrics"]
+    assert metrics == {"n_bonafide": 4, "n_spoof": 0, "bonafide_rejected_percent": 25.0}
+    assert (
+        main([*fit, "--target", "bonafide-false-alarm", "--rate", "0.25", "--report", str(tmp_path / "r")])
+        == InputError.exit_code
+    )
+    assert (
+        "--report plots the DET curve and EER, which need bona fide and spoof scores"
+        in capsys.readouterr().err
+    )
+
+    ties = tmp_path / "ties.txt"
+    ties.write_text(
+        "b1 - bonafide 0\nb2 - bonafide 0\nb3 - bonafide 1\ns1 A01 spoof -1\ns2 A01 spoof 0\ns3 A01 spoof 0\n"
+    )
+    fit = ["calibrate", "fit", "--scores", str(ties), "--out", str(out), "--target", "eer"]
+    assert main(fit) == 0
+    said = capsys.readouterr()
+    assert "EER 66.6667 %; bona fide rejected 66.6667 %; spoofs accepted 0.0000 %" in said.out
+    assert "scores tie at the EER point" in said.err
+    metrics = load_calibration(out).provenance["metrics"]
+    assert metrics["eer_percent"] == pytest.approx(200 / 3) and metrics["spoof_accepted_percent"] == 0.0
 
 
 def test_min_tdcf_undefined_is_an_error_not_nan() -> None:

@@ -175,6 +175,8 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from spoofwatch.calibration.calfile import save_calibration
     from spoofwatch.calibration.fit import threshold_for, with_threshold
     from spoofwatch.calibration.metrics import evaluate
@@ -206,20 +208,53 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     check_fit_matches_scores(args.scores, calibration_stamp(args.model, args.weights, args.precision))
     table = read_scores(args.scores, args.protocol)
     threshold = threshold_for(table, args.target, args.rate)
-    report = evaluate(table, read_asv_scores(args.asv_scores) if args.asv_scores else None)
+    bona, spoof = table.by_label("bonafide"), table.by_label("spoof")
+    if args.report is not None and not (bona.size and spoof.size):
+        raise InputError(
+            f"--report plots the DET curve and EER, which need bona fide and spoof scores; {args.scores} has "
+            f"{bona.size} bona fide and {spoof.size} spoof"
+        )
+    # What the threshold does on these very scores: with scores tied across
+    # the classes the EER (counted as the official tools count it, tied
+    # scores one at a time) is a point no threshold reaches.
+    realised = {
+        "bonafide_rejected_percent": 100 * float(np.mean(bona < threshold)) if bona.size else None,
+        "spoof_accepted_percent": 100 * float(np.mean(spoof >= threshold)) if spoof.size else None,
+    }
+    # A false-alarm rate needs only genuine scores (a miss rate only spoofs):
+    # the EER and min t-DCF of the report need both.
+    report = (
+        evaluate(table, read_asv_scores(args.asv_scores) if args.asv_scores else None)
+        if bona.size and spoof.size
+        else None
+    )
     provenance: dict[str, Any] = {
         "source": f"calibrate fit --target {args.target}"
         + (f" --rate {args.rate}" if args.rate is not None else ""),
         "dataset": str(args.scores),
         "protocol": str(args.protocol or "labels in the score file"),
         "metrics": {
-            "eer_percent": report.eer_percent,
-            "n_bonafide": report.n_bonafide,
-            "n_spoof": report.n_spoof,
+            **({"eer_percent": report.eer_percent} if report is not None else {}),
+            "n_bonafide": int(bona.size),
+            "n_spoof": int(spoof.size),
+            # TOML has no null: a class with no scores has no rate.
+            **{k: v for k, v in realised.items() if v is not None},
         },
     }
-    if report.min_tdcf is not None:
+    if report is not None and report.min_tdcf is not None:
         provenance["metrics"]["min_tdcf"] = report.min_tdcf
+    if report is not None and args.target == "eer":
+        achieved = (realised["bonafide_rejected_percent"] or 0.0) + (
+            realised["spoof_accepted_percent"] or 0.0
+        )
+        if abs(achieved / 2 - report.eer_percent) > 1e-6:
+            log.warning(
+                "bona fide and spoof scores tie at the EER point: the EER (%.4f %%) counts tied scores one at a "
+                "time, and no threshold reaches it; this one rejects %.4f %% of bona fide and accepts %.4f %% of spoofs",
+                report.eer_percent,
+                realised["bonafide_rejected_percent"],
+                realised["spoof_accepted_percent"],
+            )
     # Stamped with the model, weights and precision the scores were made with
     # (a card is parsed and hashed, not run).
     start = calibration_for(args.model, args.calibration, args.weights, args.precision, warn=False)
@@ -239,9 +274,16 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
         }
         cal = dataclasses.replace(cal, policy=policy, provenance=stamp)
     save_calibration(cal, args.out)
-    sys.stdout.write(
-        f"threshold {threshold:+.4f} ({args.target}); EER {report.eer_percent:.4f} %; wrote {args.out}\n"
+    on_dev = "; ".join(
+        f"{what} {value:.4f} %"
+        for what, value in (
+            ("EER", report.eer_percent if report is not None else None),
+            ("bona fide rejected", realised["bonafide_rejected_percent"]),
+            ("spoofs accepted", realised["spoof_accepted_percent"]),
+        )
+        if value is not None
     )
+    sys.stdout.write(f"threshold {threshold:+.4f} ({args.target}); {on_dev}; wrote {args.out}\n")
     if section is not None:
         m = section.metrics
         sys.stdout.write(
@@ -249,7 +291,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
             f"{m.false_alerts_per_hour:.2f} false alerts/h, {100 * m.detection_rate:.0f} % detected, "
             f"median delay {_seconds(m.median_delay_s)}, p90 {_seconds(m.p90_delay_s)}\n"
         )
-    if args.report is not None:
+    if args.report is not None and report is not None:
         path = write_report(args.report, table, report, threshold, args.target, section)
         sys.stdout.write(f"report: {path}\n")
     return 0
