@@ -109,6 +109,12 @@ class NetworkError(SpoofwatchError):
     exit_code = 9
 
 
+class IdleTimeout(SpoofwatchError):
+    """A stream's client sent nothing for the server's idle timeout. Its own
+    class: a builtin ``TimeoutError`` from anywhere else (a socket's
+    ``ETIMEDOUT``) must not be taken for the client's silence."""
+
+
 class SinkError(SpoofwatchError):
     """Events could not all be written to an events sink (a full disk, a closed reader)."""
 

@@ -14,6 +14,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from spoofwatch.errors import IdleTimeout
+from spoofwatch.stream.server.connection import end_reason
 from spoofwatch.stream.server.drain import STALL_GRACE_S, Drain, Handled, MessageReader
 
 pytestmark = pytest.mark.anyio
@@ -98,9 +100,16 @@ async def test_time_spent_handling_is_not_idle_time(connections: Any) -> None:
         return Handled.ACTIVE if message else Handled.NOTHING
 
     ws.send.send_nowait("first")
-    with pytest.raises(TimeoutError, match=r"no message for 0\.05 s"):
+    with pytest.raises(IdleTimeout, match=r"no message for 0\.05 s"):
         await reader.run(handle)  # then nothing more comes: the pending read times out
     assert handled == ["first"] and ws.reads == 2 and reader.idle
+
+
+async def test_only_the_readers_own_timeout_is_idleness() -> None:
+    """The idle timeout was a builtin TimeoutError, and any other one (a
+    socket's ETIMEDOUT) ended its stream as "idle", closed 1001."""
+    assert end_reason(IdleTimeout("no message for 30 s")) == "idle"
+    assert end_reason(TimeoutError(110, "Connection timed out")) == "error"
 
 
 async def test_a_drain_ends_a_pending_read_and_lets_a_handled_message_finish(connections: Any) -> None:
@@ -233,7 +242,7 @@ async def test_empty_messages_do_not_keep_a_connection_alive(
         return Handled.ACTIVE if message else Handled.NOTHING
 
     ws.send.send_nowait("audio")
-    with anyio.fail_after(30), pytest.raises(TimeoutError, match=r"no message for 0\.5 s"):
+    with anyio.fail_after(30), pytest.raises(IdleTimeout, match=r"no message for 0\.5 s"):
         await reader.run(handle)
     assert handled == ["audio", "", "", "", ""]  # the timer ran from "audio" (t + 0.125) to t + 0.625
     assert reader.idle
@@ -276,7 +285,7 @@ async def test_after_a_stalled_loop_a_client_that_sent_nothing_is_still_idle(
     async def run() -> None:
         try:
             await reader.run(handle)
-        except TimeoutError as e:
+        except IdleTimeout as e:
             errors.append(e)
 
     async with anyio.create_task_group() as tg:

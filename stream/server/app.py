@@ -28,7 +28,7 @@ from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from spoofwatch.errors import CloseCode, ModelError, ProtocolError
+from spoofwatch.errors import CloseCode, IdleTimeout, ModelError, ProtocolError
 
 from . import health
 from .connection import (
@@ -177,7 +177,7 @@ class WebSocketServer:
     async def _fail(self, ws: ServerConnection, exc: BaseException) -> None:
         if isinstance(exc, ProtocolError):
             await self._close(ws, exc.close_code, str(exc))
-        elif isinstance(exc, TimeoutError):
+        elif isinstance(exc, IdleTimeout):
             await self._close(ws, CloseCode.GOING_AWAY, f"idle for {self.ctx.config.idle_timeout_s:g} s")
         elif isinstance(exc, ConnectionClosed):
             if exc.sent is not None and exc.sent.reason == KEEPALIVE_REASON:

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from websockets.exceptions import ConnectionClosed
 
-from spoofwatch.errors import CloseCode, ProtocolError
+from spoofwatch.errors import CloseCode, IdleTimeout, ProtocolError
 
 from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHUTDOWN, event_json
 from ..protocol import AudioIn, NativeProtocol, StreamStart, StreamStop, TwilioProtocol, WireProtocol
@@ -79,7 +79,7 @@ def end_reason(exc: BaseException) -> str:
     leaf = first_leaf(exc)
     if isinstance(leaf, ProtocolError):
         return PROTOCOL_ERROR
-    if isinstance(leaf, TimeoutError):
+    if isinstance(leaf, IdleTimeout):
         return IDLE
     if isinstance(leaf, ConnectionClosed):
         return PROTOCOL_ERROR if refused_by_websocket_layer(leaf) else DISCONNECT

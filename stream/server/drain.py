@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from spoofwatch.errors import CloseCode
+from spoofwatch.errors import CloseCode, IdleTimeout
 
 log = logging.getLogger(__name__)
 #: A watch waking this much later than due (s) found the event loop stalled, not the client idle.
@@ -69,7 +69,7 @@ class MessageReader:
     ``run(handle)`` reads messages and awaits ``handle(message)`` for each
     until it returns :attr:`Handled.STOP` (the client's stop), or the drain
     begins (returns), or no message came for ``idle_timeout_s``
-    (``TimeoutError``). Messages that carried nothing (:attr:`Handled.NOTHING`:
+    (:class:`~spoofwatch.errors.IdleTimeout`). Messages that carried nothing (:attr:`Handled.NOTHING`:
     an empty frame, a Twilio mark) are handled (an empty frame before
     ``start`` is still a protocol error) but are not activity: a client
     sending nothing else would otherwise hold one of the server's stream
@@ -120,7 +120,7 @@ class MessageReader:
                 self._drain._readers.discard(self)
                 tg.cancel_scope.cancel()  # the watch
         if self.idle:
-            raise TimeoutError(f"no message for {self.idle_timeout_s:g} s")
+            raise IdleTimeout(f"no message for {self.idle_timeout_s:g} s")
 
     async def _read_until_interrupted(self, handle: Callable[[Any], Awaitable[Handled]]) -> bool:
         """Read and handle under one cancel scope until the client's stop, the
