@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from spoofwatch.constants import MODEL_NAMES, SAMPLE_RATE_HZ
-from spoofwatch.errors import ConfigError, ModelError
+from spoofwatch.errors import ConfigError, InputError, ModelError
 
 #: Shortest and longest window a card may declare, in samples at 16 kHz
 #: (0.1 s to 60 s): outside it the engine's gate and hop make no sense.
@@ -88,6 +88,19 @@ def is_card_reference(model: str) -> bool:
 #: The key an ONNX tensor stored as external data names its file with; a
 #: graph without it anywhere in its bytes has no external data to look for.
 _EXTERNAL_KEY = b"location"
+
+
+def check_card_options(precision: str, weights: Path | None) -> None:
+    """The one rule for what goes with a card in ``--model``: a card describes
+    one ONNX file, scored as it is, so no ``--precision`` but fp32 and no
+    ``--weights`` (which apply to the built-in models)."""
+    if precision != "fp32":
+        raise InputError(
+            f"--precision {precision}: a model card describes one ONNX file, scored as it is at fp32; "
+            "quantize it yourself and describe the result by its own card"
+        )
+    if weights is not None:
+        raise InputError("--weights applies to the built-in models; a model card names its ONNX file")
 
 
 def _sha256_and_mentions(path: Path, needle: bytes = b"") -> tuple[str, bool]:

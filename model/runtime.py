@@ -420,18 +420,11 @@ def build_scorer(
     loaded; built-in models are exported (and quantized) on first use and
     cached by weights hash and precision.
     """
-    from .card import is_card_reference, load_card
+    from .card import check_card_options, is_card_reference, load_card
     from .export import ensure_onnx
 
     if is_card_reference(model):
-        prec = check_precision_device(precision, device, resolve_device)
-        if prec != "fp32":
-            raise InputError(
-                f"--precision {prec}: a model card describes one ONNX file, scored as it is; "
-                "quantize it yourself and describe the result by its own card"
-            )
-        if weights is not None:
-            raise InputError("--weights applies to the built-in models; a model card names its ONNX file")
+        check_card_options(check_precision_device(precision, device, resolve_device), weights)
         card = load_card(Path(model))
         return OnnxScorer(card.onnx_path, device, threads, max_batch_windows=max_batch_windows, spec=card)
     prec = check_precision_device(precision, device, resolve_device)
@@ -445,15 +438,14 @@ def preflight(model: str, precision: str, device: Device, weights: Path | None =
     """The cheap checks of :func:`build_scorer`, for commands that read audio before
     loading the model: the precision/device pair, a card's fields, file and hash,
     and an already cached reduced-precision file's source hash."""
-    from .card import is_card_reference, parse_card
+    from .card import check_card_options, is_card_reference, parse_card
     from .export import cached_onnx_path
     from .quantize import check_source
 
     prec = check_precision_device(precision, device, resolve_device)
     if is_card_reference(model):
+        check_card_options(prec, weights)
         parse_card(Path(model))
-        if prec != "fp32":
-            raise InputError(f"--precision {prec}: a model card is scored at fp32 (as its ONNX file is)")
         return
     fp32 = cached_onnx_path(model, weights)
     variant = cached_onnx_path(model, weights, prec)

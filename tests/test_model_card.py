@@ -22,7 +22,7 @@ from spoofwatch.cli import main
 from spoofwatch.errors import ConfigError, InputError, ModelError
 from spoofwatch.model.card import load_card
 from spoofwatch.model.detector import Detector
-from spoofwatch.model.runtime import build_scorer
+from spoofwatch.model.runtime import build_scorer, preflight
 
 WINDOW = 32_000
 POWER_SCALE = 100.0
@@ -264,6 +264,11 @@ def test_card_not_a_file_and_precision_refused(tmp_path: Path, card: Path) -> No
         build_scorer(str(tmp_path / "nope.toml"), device="cpu")
     with pytest.raises(InputError, match="a model card describes one ONNX file"):
         build_scorer(str(card), precision="int8", device="cpu")
+    # The checks before audio is read are the same (preflight let --weights through).
+    with pytest.raises(InputError, match="a model card describes one ONNX file"):
+        preflight(str(card), "int8", "cpu")
+    with pytest.raises(InputError, match="--weights applies to the built-in models"):
+        preflight(str(card), "fp32", "cpu", tmp_path / "w.pth")
 
 
 def test_detector_windows_follow_the_card(card: Path, la_dir: Path) -> None:

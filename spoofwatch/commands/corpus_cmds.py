@@ -296,7 +296,7 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
     weights of ``--model``'s architecture, or a model card (scored beside the
     official default model)."""
     from spoofwatch.errors import InputError
-    from spoofwatch.model.card import is_card_reference, parse_card
+    from spoofwatch.model.card import check_card_options, is_card_reference, parse_card
 
     modes = LOUDNESS_MODES[args.loudness]
     if args.name is not None and args.name.split("+")[0] == "official":
@@ -304,12 +304,7 @@ def _suite_variants(args: argparse.Namespace) -> list[Variant]:
     official, calibration = args.model, args.calibration
     if is_card_reference(args.model):
         # Refused here, before the baseline is exported (and quantized) for nothing.
-        if args.weights is not None:
-            raise InputError("--weights applies to the built-in models; a model card names its ONNX file")
-        if args.precision != "fp32":
-            raise InputError(
-                f"--precision {args.precision}: a model card describes one ONNX file, scored as it is"
-            )
+        check_card_options(args.precision, args.weights)
         name, official = args.name or parse_card(Path(args.model)).name, DEFAULT_MODEL
     elif args.weights is not None:
         name = args.name or "fine-tuned"
