@@ -45,6 +45,11 @@ class Conversation:
     onset_s: float | None  # None: bona fide throughout
 
 
+#: The version of :class:`Trace`'s content, part of every cache key of traces:
+#: 2 since windows carry where a gated window's silence began.
+TRACE_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class Trace:
     name: str

@@ -458,6 +458,13 @@ def _detection(
     }
 
 
+def earliest_alert_s(engine: Engine, policy: PolicyConfig) -> float:
+    """Seconds into any stream before which ``engine`` with ``policy`` cannot
+    alert: the end of its ``min_alert_windows``-th window."""
+    w = engine.windower
+    return (w.window_samples + (policy.min_alert_windows - 1) * w.hop_samples) / SAMPLE_RATE_HZ
+
+
 def alert_ready_s(tr: Trace, policy: PolicyConfig) -> float | None:
     """When the stream's ``min_alert_windows``-th scored window ends: the
     earliest an alert could start in it, at any threshold (None: never)."""

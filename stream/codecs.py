@@ -14,6 +14,8 @@ from spoofwatch.errors import CloseCode, ProtocolError
 
 ENCODINGS = ("pcm_s16le", "f32le", "mulaw")
 INVALID_PAYLOAD = CloseCode.INVALID_PAYLOAD
+#: 16-bit PCM's (and G.711's linear) full scale: sample / 32768 is in [-1, 1).
+PCM16_FULL_SCALE = 32768.0
 
 
 def _mulaw_table() -> npt.NDArray[np.float32]:
@@ -23,7 +25,7 @@ def _mulaw_table() -> npt.NDArray[np.float32]:
     mantissa = codes & 0x0F
     magnitude = ((mantissa.astype(np.int32) << 3) + 0x84) << exponent
     linear = np.where(sign != 0, 0x84 - magnitude, magnitude - 0x84)
-    return (linear / 32768.0).astype(np.float32)
+    return (linear / PCM16_FULL_SCALE).astype(np.float32)
 
 
 MULAW_TO_FLOAT = _mulaw_table()
@@ -31,7 +33,7 @@ MULAW_TO_FLOAT = _mulaw_table()
 
 def mulaw_encode(audio: npt.NDArray[np.float32]) -> bytes:
     """float32 in [-1, 1] -> G.711 μ-law bytes (used by the client and tests)."""
-    pcm = np.clip(np.round(audio * 32768.0), -32635, 32635).astype(np.int32)
+    pcm = np.clip(np.round(audio * PCM16_FULL_SCALE), -32635, 32635).astype(np.int32)
     sign = np.where(pcm < 0, 0x80, 0)
     magnitude = np.abs(pcm) + 0x84
     exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
@@ -50,7 +52,7 @@ def decode(payload: bytes, encoding: str, channels: int) -> npt.NDArray[np.float
                 f"({frame_bytes} bytes each), got {len(payload)} bytes",
                 INVALID_PAYLOAD,
             )
-        audio = np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
+        audio = np.frombuffer(payload, dtype="<i2").astype(np.float32) / PCM16_FULL_SCALE
     elif encoding == "f32le":
         frame_bytes = 4 * channels
         if len(payload) % frame_bytes:
@@ -80,7 +82,7 @@ def decode(payload: bytes, encoding: str, channels: int) -> npt.NDArray[np.float
 def encode(audio: npt.NDArray[np.float32], encoding: str) -> bytes:
     """Mono float32 -> wire bytes (the client's side of :func:`decode`)."""
     if encoding == "pcm_s16le":
-        return np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2").tobytes()
+        return np.clip(np.round(audio * PCM16_FULL_SCALE), -32768, 32767).astype("<i2").tobytes()
     if encoding == "f32le":
         return audio.astype("<f4").tobytes()
     if encoding == "mulaw":

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 TWILIO_RATE_HZ = 8_000
 TWILIO_TRACKS = ("inbound", "outbound")
+#: The track of a call whose ``start`` names none (Twilio's default), and of its media.
+DEFAULT_TWILIO_TRACK = TWILIO_TRACKS[0]
 #: The single track of a native stream.
 NATIVE_TRACK = "audio"
 
@@ -185,7 +187,8 @@ def _check_media_format(start: dict[str, Any]) -> None:
         or fmt.get("channels", 1) != 1
     ):
         raise ProtocolError(
-            f"expected mediaFormat audio/x-mulaw, 8000 Hz, 1 channel; got {fmt!r}", CloseCode.UNSUPPORTED
+            f"expected mediaFormat audio/x-mulaw, {TWILIO_RATE_HZ} Hz, 1 channel; got {fmt!r}",
+            CloseCode.UNSUPPORTED,
         )
 
 
@@ -235,7 +238,7 @@ class TwilioProtocol:
                     f"expected a streamSid of at most {TWILIO_SID_MAX_CHARS} characters, got {len(stream_sid)}",
                     CloseCode.INVALID_PAYLOAD,
                 )
-            announced = start.get("tracks") or ["inbound"]
+            announced = start.get("tracks") or [DEFAULT_TWILIO_TRACK]
             if not isinstance(announced, list):
                 raise ProtocolError(
                     f"expected start.tracks to be a list, got {type(announced).__name__}",
@@ -247,7 +250,7 @@ class TwilioProtocol:
                     f"expected start.tracks from {list(TWILIO_TRACKS)}, got {unknown[0]!r}",
                     CloseCode.INVALID_PAYLOAD,
                 )
-            self.tracks = tuple(dict.fromkeys(announced or ["inbound"]))
+            self.tracks = tuple(dict.fromkeys(announced))
             self.stream_sid = stream_sid
             call_sid = start.get("callSid")
             if not (isinstance(call_sid, str) and len(call_sid) <= TWILIO_SID_MAX_CHARS):
@@ -258,7 +261,7 @@ class TwilioProtocol:
             if not self.tracks:
                 raise ProtocolError("media arrived before start", CloseCode.PROTOCOL_ERROR)
             media = _object(data, "media", "")
-            track = media.get("track", "inbound")
+            track = media.get("track", DEFAULT_TWILIO_TRACK)
             if track not in self.tracks:
                 raise ProtocolError(
                     f"media for track {track!r}, which start did not announce", CloseCode.PROTOCOL_ERROR

@@ -16,7 +16,6 @@ from spoofwatch.calibration.protocol import LABELS
 from spoofwatch.constants import (
     DEFAULT_MODEL,
     MODEL_NAMES,
-    SAMPLE_RATE_HZ,
     SUITE_COPIES,
     SUITE_SPOOF_STREAMS,
 )
@@ -47,6 +46,10 @@ LOUDNESS_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 def register(sub: Any) -> None:
     """Top-level commands (``evaluate-suite``); ``build-corpus`` is registered under ``data``."""
+    from spoofwatch.calibration.bootstrap import BootstrapConfig
+    from spoofwatch.calibration.suite import SuiteConfig
+
+    d, b = SuiteConfig(), BootstrapConfig()
     suite = sub.add_parser(
         "evaluate-suite",
         help="held-out EER per system and genuine corpus, and live false alerts/detection, vs the official model",
@@ -75,29 +78,29 @@ def register(sub: Any) -> None:
     suite.add_argument(
         "--corpus", type=Path, required=True, help="a corpus built by `spoofwatch data build-corpus`"
     )
-    suite.add_argument("--split", default="test")
+    suite.add_argument("--split", default=d.split, help=f"the corpus split to evaluate (default {d.split})")
     suite.add_argument(
         "--copies",
         choices=SUITE_COPIES,
-        default="all",
+        default=d.copies,
         help="include the channel copies (default) or not",
     )
     suite.add_argument(
         "--limit-per-group",
         type=non_negative_int,
-        default=0,
+        default=d.limit_per_group,
         help="at most N utterances per system / genuine corpus (0: all)",
     )
     suite.add_argument(
         "--limit-genuine-per-corpus",
         type=non_negative_int,
-        default=None,
+        default=d.limit_genuine_per_corpus,
         help="at most N per genuine corpus (default: --limit-per-group)",
     )
     suite.add_argument(
         "--spoof-streams",
         choices=SUITE_SPOOF_STREAMS,
-        default="clips",
+        default=d.spoof_streams,
         help="clips (default): each spoof utterance its own stream; calls: each system's utterances "
         "of one channel copy back to back, as a caller with a cloned voice talks on, each call one "
         "trial (a clip shorter than a window plus a hop cannot alert on its own; a call can)",
@@ -106,8 +109,8 @@ def register(sub: Any) -> None:
         "--hop-s",
         type=float,
         default=None,
-        help="window hop (default: the calibration's); 'detected within 5 s' needs an alert's "
-        "windows to end by then: with a 4.04 s window and the default 2-window minimum, at most 0.96 s",
+        help=f"window hop (default: the calibration's); 'detected within {d.detect_within_s:g} s' needs an "
+        "alert's windows to end by then: the window plus (the policy's minimum windows - 1) hops",
     )
     suite.add_argument(
         "--loudness",
@@ -118,8 +121,9 @@ def register(sub: Any) -> None:
     suite.add_argument(
         "--target-false-alerts-per-hour",
         type=non_negative_rate,
-        default=1.0,
-        help="false alerts per hour of held-out genuine streams the operating point may give (default 1)",
+        default=d.target_false_alerts_per_hour,
+        help="false alerts per hour of held-out genuine streams the operating point may give "
+        f"(default {d.target_false_alerts_per_hour:g})",
     )
     suite.add_argument(
         "--curve-false-alerts-per-hour",
@@ -140,14 +144,14 @@ def register(sub: Any) -> None:
     suite.add_argument(
         "--bootstrap-draws",
         type=non_negative_int,
-        default=2000,
-        help="resamples for the 95 %% intervals of pooled EERs and of each model's difference "
-        "to the official one (default 2000; 0: none)",
+        default=b.draws,
+        help=f"resamples for the {100 * b.level:g} %% intervals of pooled EERs and of each model's difference "
+        f"to the official one (default {b.draws}; 0: none)",
     )
     suite.add_argument(
         "--bootstrap-systems",
         choices=("resampled", "fixed"),
-        default="resampled",
+        default="resampled" if b.resample_systems else "fixed",
         help="resampled (default): the intervals cover other spoof systems like these; "
         "fixed: only these systems (narrower)",
     )
@@ -323,11 +327,13 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from spoofwatch.calibration.bootstrap import BootstrapConfig
+    from spoofwatch.calibration.streaming import TRACE_FORMAT
     from spoofwatch.calibration.suite import (
         SuiteConfig,
         add_intervals,
         audio_digest,
         cached_variant,
+        earliest_alert_s,
         markdown,
         plot_det,
         run_variant,
@@ -385,9 +391,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         live = dataclasses.replace(cal.live, window_samples=base.window_samples)
         prepared.append((label, loud, cal, graph, scorer, build_engine(live, vad, args.hop_s)))
     for label, _, cal, _, _, engine in prepared:
-        first_alert_s = (
-            engine.windower.window_samples + (cal.policy.min_alert_windows - 1) * engine.windower.hop_samples
-        ) / SAMPLE_RATE_HZ
+        first_alert_s = earliest_alert_s(engine, cal.policy)
         if first_alert_s > cfg.detect_within_s:  # said before hours of scoring, not after (clips and calls)
             log.warning(
                 "%s: at a %.2f s hop an alert comes %.2f s into a stream at the earliest, after the %g s "
@@ -408,7 +412,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
             "onnx_sha256": graph,
             "loudness": loud,
             "utts": [u.utt for u in utts],
-            "trace_format": 2,  # windows carry where a gated window's silence began
+            "trace_format": TRACE_FORMAT,
             "audio_sha256": audio,
             "stream": engine.config,
             "gate": cal.gate,

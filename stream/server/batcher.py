@@ -104,13 +104,17 @@ class _Request:
     error: BaseException | None = None
 
 
+#: Windows scored per ONNX Runtime call at most, unless ``serve --max-batch-windows`` says.
+DEFAULT_BATCH_WINDOWS = 16
+
+
 class BatchScorer:
     """``await score(window, stream, start_sample)``; run ``serve()`` in a task group for its lifetime."""
 
     def __init__(
         self,
         scorer: Scorer,
-        max_batch_windows: int = 16,
+        max_batch_windows: int = DEFAULT_BATCH_WINDOWS,
         queue_windows: int = 256,
         incremental: IncrementalBackend | None = None,
     ) -> None:

@@ -16,7 +16,7 @@ from ..driver import StreamDriver
 from ..engine import Engine, LiveConfig, build_engine
 from ..gate import VadModel
 from ..sinks import SINK_QUEUE_EVENTS
-from .batcher import BatchScorer
+from .batcher import DEFAULT_BATCH_WINDOWS, BatchScorer
 from .drain import Drain
 from .ingest import DEFAULT_TICK_S, IngestTicker, check_tick_s
 from .journal import StreamJournal
@@ -47,7 +47,7 @@ class ServerConfig:
     #: Seconds of audio one stream may send (then closed with 1008).
     max_stream_duration_s: float = 4 * 3600.0
     #: Windows scored per ONNX Runtime call at most.
-    max_batch_windows: int = 16
+    max_batch_windows: int = DEFAULT_BATCH_WINDOWS
     #: Threads per worker that run the streams' ingest (resampling, VAD,
     #: windowing). ``None``: anyio's shared default pool (40). Fewer threads
     #: contend less for the one GIL when hundreds of streams share a worker.

@@ -40,7 +40,7 @@ import anyio
 import numpy as np
 
 from spoofwatch.constants import SAMPLE_RATE_HZ
-from spoofwatch.errors import NetworkError
+from spoofwatch.errors import CloseCode, NetworkError
 
 from ..client import send_audio
 from ..engine import LiveConfig
@@ -170,7 +170,7 @@ async def _measure(
         loop1 = time.thread_time()
         ingest1, audio1 = ctx.load.host.totals()
         tg.cancel_scope.cancel()
-    if any(code != 1000 for code in closes) or audio1 <= audio0:
+    if any(code != CloseCode.NORMAL for code in closes) or audio1 <= audio0:
         result["error"] = NetworkError(
             f"the host-cost probe's streams did not complete: close codes {closes}"
         )
