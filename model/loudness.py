@@ -8,21 +8,17 @@ changes the official model's scores.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import numpy.typing as npt
 
 from spoofwatch.errors import InputError
+from spoofwatch.stream.engine import Scorer
+from spoofwatch.stream.gate import rows_rms_dbfs
 
 #: Default target RMS level of a normalised window, dBFS.
 DEFAULT_TARGET_DBFS = -26.0
 #: Largest gain applied, dB: a near-silent window is not blown up to full scale.
 MAX_GAIN_DB = 40.0
-
-
-class WindowScorer(Protocol):
-    def scores(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
 
 
 def normalise_windows(
@@ -33,8 +29,7 @@ def normalise_windows(
     """Scale each row (B, T) to ``target_dbfs`` RMS (gain capped at ``max_gain_db``), clipped to [-1, 1]."""
     if windows.ndim != 2:
         raise InputError(f"expected windows of shape (batch, samples), got {windows.shape}")
-    rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1, keepdims=True))  # (B, 1)
-    level_db = 20 * np.log10(np.maximum(rms, 1e-10))
+    level_db = rows_rms_dbfs(windows)[:, None]  # (B, 1); the floor for silence is far below any cap
     gain = 10 ** (np.minimum(target_dbfs - level_db, max_gain_db) / 20)
     out: npt.NDArray[np.float32] = np.clip(windows * gain, -1.0, 1.0).astype(np.float32)
     return out
@@ -43,7 +38,7 @@ def normalise_windows(
 class LoudnessNormalisedScorer:
     """Wraps a scorer: every window is normalised before the model sees it."""
 
-    def __init__(self, scorer: WindowScorer, target_dbfs: float = DEFAULT_TARGET_DBFS) -> None:
+    def __init__(self, scorer: Scorer, target_dbfs: float = DEFAULT_TARGET_DBFS) -> None:
         if not -60.0 <= target_dbfs <= 0.0:
             raise InputError(f"loudness target: expected -60..0 dBFS, got {target_dbfs}")
         self.scorer = scorer
