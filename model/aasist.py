@@ -4,9 +4,9 @@ Parameter names match the official state dicts so they load with a strict
 ``load_state_dict``. Two quirks of the official model are kept on purpose,
 because the published weights were trained with them:
 
-* ``ResidualBlock`` computes ``bn1``/``selu`` and then ignores the result:
-  ``conv1`` reads the block input. ``bn1`` therefore exists (it is in the
-  state dict) but never changes the output.
+* The official ``ResidualBlock`` computes ``bn1``/``selu`` and then ignores
+  the result: ``conv1`` reads the block input. Here that dead computation
+  is skipped; ``bn1`` exists only so that the state dict loads strictly.
 * The first heterogeneous layer of each branch reads the *unexpanded* master
   node parameter; broadcasting makes that equivalent for any batch size.
 

@@ -25,15 +25,18 @@ class ModelConfig:
     filts: tuple[tuple[int, int], ...]
     #: Graph attention widths: ``[GAT-S/T output, heterogeneous GAT output]``.
     gat_dims: tuple[int, int]
-    #: Node keep ratios for the graph pooling layers.
+    #: Node keep ratios for the graph pooling layers: GAT-S, GAT-T, the
+    #: heterogeneous layers; the fourth is in the official configs but, as in
+    #: the official model, read by no layer.
     pool_ratios: tuple[float, float, float, float]
-    #: Attention temperatures for GAT-S, GAT-T and the heterogeneous layers.
+    #: Attention temperatures for GAT-S, GAT-T and the heterogeneous layers
+    #: (the fourth unread, as above).
     temperatures: tuple[float, float, float, float]
     #: Official weights file name, e.g. ``"AASIST-L.pth"``.
     weights_file: str
     #: Pinned SHA-256 of the official weights.
     weights_sha256: str
-    #: Parameter count of the architecture, checked when the model is built.
+    #: Parameter count of the architecture (tests/test_weights.py checks the built model against it).
     n_parameters: int
 
 

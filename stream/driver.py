@@ -28,7 +28,9 @@ It owns what used to be rewritten around the engine by each adapter:
 It is synchronous and does no I/O. ``cut`` (resampler, windower, VAD) may run
 in a worker thread while the queue side (``enqueue``, ``next_window``,
 ``resolve``) runs on another, as long as each side stays on one thread:
-they share no state. ``feed``/``close`` do everything inline for callers
+neither writes what the other reads, except the engine's window count,
+which the queue side only reads (a stale count is one window off in a drop
+summary, never a wrong score). ``feed``/``close`` do everything inline for callers
 that score in their own thread.
 """
 

@@ -52,7 +52,10 @@ class EngineConfig:
     #: Seconds between the starts of consecutive windows, rounded to whole samples.
     #: Incremental scoring needs a multiple of 729 samples; the default is 8,019.
     hop_s: float = LIVE_HOP_SAMPLES / SAMPLE_RATE_HZ
-    #: Windows a live stream may queue for scoring; beyond it the oldest is dropped.
+    #: Windows a live stream may queue for scoring at least; beyond the
+    #: driver's bound the oldest is dropped. The driver raises the bound to
+    #: one more than the in-order backlog of an incremental stream
+    #: (``max_lag_windows`` + 1), which a step needs to stay in order.
     max_pending_windows: int = 4
     #: Backlog (s of hops) within which a live stream scored incrementally
     #: still scores every window, in order; beyond it, it jumps to its freshest
@@ -145,7 +148,8 @@ class Engine:
     """``push(chunk) -> [PendingWindow]``; ``resolve(pending, score) -> [Event]``.
 
     ``push`` touches only the windower, the gate and the window count;
-    ``resolve`` and ``drop`` only the policy and the other counters. A driver
+    ``resolve`` and ``drop`` write only the policy and the other counters
+    (``drop`` reads the window count). A driver
     (:class:`~spoofwatch.stream.driver.StreamDriver`) may therefore push from
     one thread while resolving on another, as long as each of the two is
     called from one thread at a time.

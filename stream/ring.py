@@ -1,6 +1,6 @@
 """Single-producer, single-consumer float32 ring buffer.
 
-The producer (a PortAudio callback, a socket reader) only copies samples in
+The producer (the microphone's PortAudio callback) only copies samples in
 and advances ``_written``; the consumer only advances ``_read``. Each index
 has exactly one writer, and a Python int store is atomic, so neither side
 takes a lock. When the producer laps the consumer the oldest unread samples

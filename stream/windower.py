@@ -29,7 +29,7 @@ class Window:
     index: int  # 0, 1, 2, ... in stream order
     start_sample: int
     end_sample: int  # exclusive; for a padded short stream, the real end
-    samples: npt.NDArray[np.float32]  # (64600,)
+    samples: npt.NDArray[np.float32]  # (window_samples,): 64,600 for the built-in models
 
     @property
     def t_start(self) -> float:

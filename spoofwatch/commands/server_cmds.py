@@ -247,7 +247,7 @@ def _prepare_model(args: argparse.Namespace) -> None:
     cal = calibration_for(args.model, args.calibration, args.weights, args.precision)
     check_hop_fits(cal.live.stream, window_samples)
     hop_samples = cal.live.stream.hop_samples
-    if incremental_reason(args.model, hop_samples, WINDOW_SAMPLES, args.precision, args.full_windows) is None:
+    if incremental_reason(args.model, hop_samples, window_samples, args.precision, args.full_windows) is None:
         from spoofwatch.model.incremental import ensure_incremental_onnx
 
         ensure_incremental_onnx(args.model, hop_samples, args.weights, args.precision)
