@@ -127,8 +127,9 @@ def _decode_error(path: Path, exc: Exception) -> AudioError:
     )
 
 
-#: libsndfile's name for MP3, whose frame count is an estimate, not a header field.
-MP3_FORMAT = "MPEG"
+#: libsndfile's name for MP3 (``soundfile.info().format``; "MPEG_LAYER_III" is
+#: its subtype), whose frame count is an estimate, not a header field.
+MP3_FORMAT = "MP3"
 _DECODE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, TypeError, ValueError)
 
 
@@ -196,36 +197,55 @@ class AudioFile:
                 self.announced_frames / self.rate_hz,
             )
 
-    def chunks(
-        self, target_hz: int = SAMPLE_RATE_HZ, block_frames: int = DECODE_BLOCK_FRAMES
-    ) -> Iterator[FloatArray]:
-        """Mono float32 at ``target_hz``, one decoded block at a time.
+    def blocks(self, block_frames: int = DECODE_BLOCK_FRAMES) -> Iterator[FloatArray]:
+        """The file's frames as decoded, ``(n, channels)`` float32 blocks.
 
-        Raises :class:`AudioError` for undecodable data or samples that fail
+        Reads until the decoder returns nothing, trusting what each read
+        returns, not the header: soundfile.blocks() slices its reused buffer
+        by the header's frame count, so a truncated MP3 (whose header
+        promises more) yielded stale or uninitialised samples. A decoder
+        error after some audio (a FLAC cut short on disk: "lost sync") ends
+        the audio there with a warning, as a WAV or MP3 cut short does;
+        before any, it is an :class:`AudioError`. So are samples that fail
         :func:`sample_problem`, as soon as the offending block is read.
         """
         import soundfile
 
-        resampler = StreamResampler(self.rate_hz, target_hz)
-        total = produced = 0
+        total = 0
         try:
-            # Read until the decoder returns nothing, trusting what each read returns, not the
-            # header: soundfile.blocks() slices its reused buffer by the header's frame count,
-            # so a truncated MP3 (whose header promises more) yielded stale or uninitialised samples.
             with soundfile.SoundFile(os.fsencode(self.path)) as f:
                 while (block := f.read(block_frames, dtype="float32", always_2d=True)).shape[0]:
                     if (problem := sample_problem(block)) is not None:
                         raise AudioError(f"{self.path}: {problem}")
                     total += block.shape[0]
-                    out = resampler(to_mono(block))
-                    produced += out.size
-                    if out.size:
-                        yield out
+                    yield block
         except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
-            raise _decode_error(self.path, exc) from None
+            if total == 0:
+                raise _decode_error(self.path, exc) from None
+            log.warning(
+                "%s: decoding stopped after %.2f s (damaged or cut short?): %s",
+                self.path,
+                total / self.rate_hz,
+                exc,
+            )
+            return
         if total == 0:
             raise AudioError(f"{self.path}: audio is empty (0 samples)")
         self.warn_if_short(total)
+
+    def chunks(
+        self, target_hz: int = SAMPLE_RATE_HZ, block_frames: int = DECODE_BLOCK_FRAMES
+    ) -> Iterator[FloatArray]:
+        """Mono float32 at ``target_hz``, one decoded block at a time (errors
+        and warnings as :meth:`blocks`)."""
+        resampler = StreamResampler(self.rate_hz, target_hz)
+        total = produced = 0
+        for block in self.blocks(block_frames):
+            total += block.shape[0]
+            out = resampler(to_mono(block))
+            produced += out.size
+            if out.size:
+                yield out
         tail = resampler(np.zeros(0, dtype=np.float32), last=True)
         if tail.size:
             yield tail
@@ -241,19 +261,10 @@ def read_audio(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
     unreadable, empty or non-finite audio, absurd magnitudes and sample
     rates outside [4, 192] kHz.
     """
-    import soundfile
-
     path = Path(path)
     header = AudioFile(path)  # checks existence, header and sample rate before decoding
-    try:
-        frames, rate = soundfile.read(os.fsencode(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
-        raise _decode_error(path, exc) from None
-    if frames.shape[0] == 0:
-        raise AudioError(f"{path}: audio is empty (0 samples)")
-    header.warn_if_short(frames.shape[0])
-    if (problem := sample_problem(frames)) is not None:
-        raise AudioError(f"{path}: {problem}")
+    frames = np.concatenate(list(header.blocks()))
+    rate = header.rate_hz
     audio = resample(to_mono(frames), int(rate), target_hz)
     if audio.size == 0:  # a handful of samples at a high rate
         raise AudioError(f"{path}: {frames.shape[0]} samples at {rate} Hz are none at {target_hz} Hz")

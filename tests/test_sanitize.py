@@ -16,6 +16,7 @@ from helpers import BONAFIDE_UTT, la_clip
 
 from spoofwatch.audio import (
     MAX_ABS_SAMPLE,
+    MP3_FORMAT,
     AudioFile,
     read_audio,
     sample_problem,
@@ -266,6 +267,35 @@ def test_truncated_mp3_streams_only_what_it_holds(tmp_path: Path) -> None:
     assert decoded.size < 5 * 16000
     assert streamed.size == decoded.size
     np.testing.assert_allclose(streamed, decoded, atol=1e-6)
+
+
+def test_a_flac_cut_short_on_disk_is_read_up_to_the_cut_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FLAC cut short stops its decoder with "lost sync": the whole file was
+    refused, where a WAV or MP3 cut the same way is read up to the cut. And an
+    intact MP3 is not "truncated?" (its length is an estimate): libsndfile
+    names the format "MP3", and the check compared with "MPEG"."""
+    noise = (0.1 * np.random.default_rng(2).standard_normal(8 * 16000)).astype(np.float32)
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, noise, 16000, subtype="PCM_24")
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    for read in (read_audio, lambda p: np.concatenate(list(AudioFile(p).chunks(block_frames=4096)))):
+        caplog.clear()
+        audio = read(cut)
+        assert 3 * 16000 < audio.size < noise.size
+        np.testing.assert_allclose(audio, noise[: audio.size], atol=1e-6)  # what decoded is the audio
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1 and warned[0].startswith(f"{cut}: decoding stopped after ")
+        assert "(damaged or cut short?)" in warned[0]
+    garbage = tmp_path / "garbage.flac"
+    garbage.write_bytes(whole.read_bytes()[:4] + bytes(1000))  # nothing decodes: still an error
+    with pytest.raises(AudioError, match="cannot decode audio"):
+        read_audio(garbage)
+    mp3 = tmp_path / "whole.mp3"
+    soundfile.write(mp3, noise, 16000, format="MP3")
+    assert AudioFile(mp3).format == MP3_FORMAT
 
 
 def test_a_wav_cut_short_on_disk_is_read_with_a_warning(
