@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,8 +245,11 @@ class Detector:
         max_hop_s = size / SAMPLE_RATE_HZ
         if hop_s is None:  # the file default, or one window for a model whose window is shorter
             hop_s = min(FILE_HOP_S, max_hop_s)
-        number = isinstance(hop_s, int | float) and not isinstance(hop_s, bool)
-        if not (number and math.isfinite(hop_s) and MIN_HOP_S <= hop_s <= max_hop_s):
+        # numbers.Real: NumPy's scalars too (np.float32(1.0) was refused, "got 1.0").
+        if not isinstance(hop_s, numbers.Real) or isinstance(hop_s, bool | np.bool_):
+            raise InputError(f"expected hop_s as a number of seconds, got {type(hop_s).__name__} {hop_s!r}")
+        hop_s = float(hop_s)
+        if not (math.isfinite(hop_s) and MIN_HOP_S <= hop_s <= max_hop_s):
             # A near-zero hop would score a window per sample; one past a window would leave audio unscored.
             raise InputError(
                 f"expected a finite hop_s in [{MIN_HOP_S:g}, {max_hop_s:g}] s (one VAD frame to one window), "

@@ -8,14 +8,16 @@ Ctrl-C exits 130. A traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from . import __version__
-from .errors import SpoofwatchError
+from .errors import SinkError, SpoofwatchError
 
 #: Sub-command modules, each with ``register(subparsers)``.
 _COMMAND_MODULES = (
@@ -46,6 +48,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: a write that fails (a full disk, an
+    I/O error; not a reader gone away, which ``main`` ends quietly) is a
+    :class:`SinkError`, one line and exit 10 as for ``--jsonl``, not a
+    traceback that a caller would read as exit 1 ("some files failed").
+    Standard output then points at /dev/null, so that the flush at exit
+    does not fail again."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def _failed(self, exc: OSError) -> SinkError:
+        # No descriptor (a test's capture): nothing to redirect.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        return SinkError(f"cannot write to standard output: {exc.strerror or exc}")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:  # building the parser imports every command module: seconds, and Ctrl-C may come
         args = build_parser().parse_args(argv)
@@ -59,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     own = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.getLogger("spoofwatch").setLevel(own)
+    stdout, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)  # type: ignore[assignment]
     try:
         return int(args.func(args) or 0)
     except SpoofwatchError as exc:
@@ -74,3 +116,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    finally:
+        sys.stdout = stdout

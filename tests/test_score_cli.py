@@ -168,6 +168,42 @@ def test_the_api_refuses_a_hop_that_is_not_a_number(sw_home: Path, la_dir: Path)
 
     detector = Detector.load(device="cpu")
     audio = read_audio(la_clip(la_dir, BONAFIDE_UTT))
-    for hop in ("1", None.__class__, True):
-        with pytest.raises(InputError, match="expected a finite hop_s"):
+    for hop in ("1", None.__class__, True, np.bool_(True)):
+        with pytest.raises(InputError, match="expected hop_s as a number of seconds, got "):
             detector.score_audio(audio, hop_s=hop)  # type: ignore[arg-type]
+    # NumPy's numbers are numbers ("expected a finite hop_s in [0.032, 4.0375] s ..., got 1.0").
+    plain = detector.score_audio(audio, hop_s=1.0)
+    for hop in (np.float32(1.0), np.int64(1), np.float64(1.0)):
+        assert detector.score_audio(audio, hop_s=hop).windows == plain.windows  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="expected a finite hop_s"):
+        detector.score_audio(audio, hop_s=np.float32("nan"))  # type: ignore[arg-type]
+
+
+def test_a_full_standard_output_is_one_error_not_a_traceback(sw_home: Path, la_dir: Path) -> None:
+    """``score ... > /dev/full`` was a traceback and exit 1, which also means
+    "some files failed"; ``stream`` lost its closing events to a second one.
+    Now one line and exit 10, as for a --jsonl file that cannot be written."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    from spoofwatch.errors import SinkError
+
+    assert Path("/dev/full").exists(), "this test needs Linux's /dev/full"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    clip = str(la_clip(la_dir, BONAFIDE_UTT))
+    for command in (["score", "--json"], ["score"], ["stream", "--json"]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [sys.executable, "-m", "spoofwatch", *command, "--device", "cpu", clip],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+                timeout=600,
+            )
+        assert proc.returncode == SinkError.exit_code, proc.stderr
+        assert "error: cannot write to standard output: No space left on device" in proc.stderr
+        assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
