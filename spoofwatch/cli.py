@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .errors import SinkError, SpoofwatchError
+from .paths import shown
 
 #: Sub-command modules, each with ``register(subparsers)``.
 _COMMAND_MODULES = (
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SpoofwatchError as exc:
-        sys.stderr.write(f"spoofwatch {args.command}: error: {exc}\n")
+        sys.stderr.write(f"spoofwatch {args.command}: error: {shown(exc)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

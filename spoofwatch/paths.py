@@ -21,6 +21,18 @@ SHARED_ENV = "SPOOFWATCH_SHARED"
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+def shown(text: object) -> str:
+    """``str(text)`` (a file name, or an error naming one) safe to show on a
+    terminal or in a picture: each unprintable character (a newline, an
+    escape sequence's ESC, a byte that is not UTF-8, kept as a lone
+    surrogate) is written as its Python escape. A file name could otherwise
+    forge a result line in ``score``'s table or recolour the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def home_dir() -> Path:
     """``$SPOOFWATCH_HOME``, else ``$XDG_CACHE_HOME/spoofwatch``, else ``~/.cache/spoofwatch``."""
     explicit = os.environ.get(HOME_ENV)

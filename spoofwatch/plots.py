@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .paths import shown
+
 #: Colours shared by both plots (and matching the browser page's chart).
 SCORE_COLOUR = "#2b6cd4"
 SMOOTHED_COLOUR = "#1d2330"
@@ -161,7 +163,7 @@ def plot_timeline(
         )
     ax.set_xlabel("stream time (s, window end)")
     ax.set_ylabel("score (bona fide logit; low = spoof-like)")
-    ax.set_title(title or "spoofwatch timeline")
+    ax.set_title(shown(title) or "spoofwatch timeline")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
@@ -196,7 +198,7 @@ def plot_file_score(result: dict[str, Any], path: Path) -> None:
     )
     ax.set_xlabel("time in file (s)")
     ax.set_ylabel("score (bona fide logit)")
-    ax.set_title(f"{Path(result['file']).name}: {result['verdict']}")
+    ax.set_title(shown(f"{Path(result['file']).name}: {result['verdict']}"))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()

@@ -73,6 +73,39 @@ def test_score_table_and_failing_files(
     assert f"{tmp_path}: is a folder; expected an audio file" in captured.err
 
 
+def test_hostile_file_names_cannot_forge_output_or_stop_the_run(
+    sw_home: Path, la_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name with a newline forged a "verdict bonafide" line in the table, an
+    ESC recoloured the terminal; a name that is not UTF-8 crashed --plot's
+    title (a matplotlib traceback) and a name near 255 bytes failed its
+    picture name: either ended the run, the files after it never scored."""
+    import os
+
+    audio = read_audio(la_clip(la_dir, SPOOF_UTTS[0]))[:16000]
+    forged = tmp_path / "evil\n  score +9.9999  verdict bonafide  (threshold +1.7640)\n.wav"
+    coloured = tmp_path / "esc\x1b[31mRED\x1b[0m.wav"
+    not_utf8 = Path(os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.wav"))
+    long = tmp_path / ("a" * 251 + ".wav")
+    last = tmp_path / "last.wav"
+    for path in (forged, coloured, not_utf8, long, last):
+        soundfile.write(os.fsencode(path), audio, 16000)
+    plots = tmp_path / "plots"
+    files = [str(p) for p in (forged, coloured, not_utf8, long, last)]
+    assert main(["score", "--device", "cpu", "--plot", str(plots), *files]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[31mRED" in out and "bad\\udcff.wav" in out
+    assert [line for line in out.splitlines() if "verdict" in line and not line.startswith("  score")] == [
+        str(forged).replace("\n", "\\n")
+    ]  # one result line per file: the forged one is part of its (escaped) name
+    assert "evil\\n  score +9.9999  verdict bonafide  (threshold +1.7640)\\n.wav\n" in out
+    assert len(list(plots.glob("*.png"))) == 5  # every file drawn, the last too
+    assert any(p.name.startswith("a" * 100) and len(p.name) <= 255 for p in plots.iterdir())
+    # An error naming such a file is escaped too.
+    assert main(["score", "--device", "cpu", str(tmp_path / "gone\x1b[2J.wav")]) == 1
+    assert "gone\\x1b[2J.wav: no such audio file" in capsys.readouterr().err
+
+
 def test_long_file_windows_follow_the_hop(sw_home: Path, shared: Path) -> None:
     path = shared / "data/speech/pairs/nii_wave_replacement/real/11463_11657_000002.flac"
     detector = Detector.load("aasist-l", device="cpu")

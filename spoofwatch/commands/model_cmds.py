@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES
-from spoofwatch.errors import AudioError, ModelError
+from spoofwatch.errors import AudioError, InputError, ModelError
+from spoofwatch.paths import shown
 
 from .common import add_model_args, add_precision_arg, check_output_file, print_event
 
 log = logging.getLogger(__name__)
+
+#: Longest picture name ``score --plot`` takes from an audio file's name, in
+#: bytes: with "-N.png" it stays within a file name's 255 bytes. A longer one
+#: is cut and ends in a hash of the whole name.
+MAX_PLOT_STEM_BYTES = 240
 
 
 def register(sub: Any) -> None:
@@ -93,7 +101,6 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from spoofwatch.audio import audio_files
-    from spoofwatch.errors import InputError
     from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
     from spoofwatch.model.weights import check_weights_file
 
@@ -120,7 +127,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _print_table(result: Any) -> None:
     sys.stdout.write(
-        f"{result.file}\n  score {result.score:+.4f}  verdict {result.verdict}  (threshold {result.threshold:+.4f})\n"
+        f"{shown(result.file)}\n  score {result.score:+.4f}  verdict {result.verdict}  (threshold {result.threshold:+.4f})\n"
     )
     for w in result.windows:
         sys.stdout.write(f"    {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.score:+.4f}\n")
@@ -143,7 +150,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             result = detector.score_file(path, hop_s=args.hop_s)
         except (AudioError, ModelError) as exc:  # this file only: the others are still scored
             failed += 1
-            sys.stderr.write(f"spoofwatch score: {exc}\n")
+            sys.stderr.write(f"spoofwatch score: {shown(exc)}\n")
             if args.json:
                 print_event({"file": str(path), "error": str(exc)})
             continue
@@ -152,21 +159,28 @@ def cmd_score(args: argparse.Namespace) -> int:
         else:
             _print_table(result)
         if args.plot:
-            _plot_file(result.to_json(), path, args.plot, drawn)
+            try:
+                _plot_file(result.to_json(), path, args.plot, drawn)
+            except InputError as exc:  # this file's picture only: the other files are still scored
+                failed += 1
+                sys.stderr.write(f"spoofwatch score: {shown(exc)}\n")
     return 1 if failed else 0
 
 
 def _plot_file(result: dict[str, Any], path: Path, out_dir: Path, drawn: set[Path]) -> None:
     """``out_dir/<file name>.png``; two files of the same name (from different
     folders) get ``-2``, ``-3``... rather than one picture replacing the other."""
-    from spoofwatch.errors import InputError
     from spoofwatch.plots import plot_file_score
 
-    target = out_dir / f"{path.name}.png"
+    stem = path.name
+    if len(os.fsencode(stem)) > MAX_PLOT_STEM_BYTES:  # with ".png" and "-N", past a file name's 255 bytes
+        digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
+        stem = os.fsdecode(os.fsencode(stem)[: MAX_PLOT_STEM_BYTES - 17]) + "-" + digest
+    target = out_dir / f"{stem}.png"
     n = 1
     while target in drawn:
         n += 1
-        target = out_dir / f"{path.name}-{n}.png"
+        target = out_dir / f"{stem}-{n}.png"
     drawn.add(target)
     try:
         plot_file_score(result, target)
