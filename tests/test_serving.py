@@ -620,6 +620,12 @@ async def test_health_readiness_and_metrics(
         status, headers, body = await http_get(port, health.READYZ, "s3cret")
         ready = json.loads(body)
         assert status == 200 and headers["content-type"] == "application/json"
+        assert headers["cache-control"] == "no-store"  # a probe must never read a cached state
+        # "//healthz" was read as a host and an empty path: "unknown path : expected one of /, /twilio".
+        status, _, body = await http_get(port, "//healthz")
+        assert status == 404
+        assert body == "unknown path //healthz: expected one of /, /twilio, /healthz, /readyz, /metrics\n"
+        assert (await http_get(port, health.READYZ + "?token=s3cret"))[0] == 200  # the query still read
         assert ready["ready"] and ready["provider"] == "cpu" and ready["model"] == "aasist-l"
         assert ready["capacity_left"] == 3 and ready["active_streams"] == 0 and ready["shedding"] is None
 
@@ -679,6 +685,32 @@ async def test_a_header_sent_twice_is_refused_with_400_and_counted(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
     assert len(refused) == 2 and "'Authorization'" in refused[0] and "s3cret" not in " ".join(refused)
+
+
+async def test_pipelined_http_requests_are_one_info_line_not_a_traceback(
+    scorer: Any, vad: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two HTTP requests in one write made websockets fail an assertion and log
+    an ERROR with a traceback, per connection, for anyone (no token needed)."""
+    caplog.set_level(logging.INFO)
+    ctx = make_ctx(scorer, vad, tmp_path)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(WebSocketServer(ctx).run)
+        for _ in range(3):
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                two = f"GET {health.HEALTHZ} HTTP/1.1\r\nHost: x\r\n\r\n"
+                await s.send((two + two.replace(health.HEALTHZ, health.READYZ)).encode())
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while await s.receive():
+                        pass
+        assert (await http_get(port, health.HEALTHZ))[0] == 200  # served on
+        tg.cancel_scope.cancel()
+    ctx.sinks.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    said = [r.getMessage() for r in caplog.records if r.name == "websockets.server"]
+    assert (
+        said.count("closed a connection that sent HTTP requests back to back (pipelining is not served)") == 3
+    )
 
 
 async def test_a_huge_bad_value_is_not_copied_into_the_log(

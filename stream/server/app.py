@@ -19,7 +19,7 @@ import socket
 import time
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import anyio
 from anyio.abc import TaskStatus
@@ -42,9 +42,40 @@ from .connection import (
 from .context import ServerConfig, ServerContext
 from .drain import GOING_AWAY, SHUTDOWN_REASON
 from .keepalive import KEEPALIVE_REASON
-from .static import page_response, page_url
+from .static import page_response, page_url, target_path, target_query
 
 log = logging.getLogger(__name__)
+
+
+class _PipelinedRequestFilter(logging.Filter):
+    """websockets (17.4) fails an assertion, sending EOF twice, when a client
+    pipelines HTTP requests (two in one write) and logs it as an ERROR with a
+    traceback: anyone could flood the log with those. The connection is
+    closed either way; here that is one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AssertionError) and _raised_in(exc, "send_eof"):
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "closed a connection that sent HTTP requests back to back (pipelining is not served)",
+                (),
+                None,
+                None,
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == function
+
+
+#: websockets' server logger, which that filter cleans up.
+_WEBSOCKETS_LOG = logging.getLogger("websockets.server")
+_PIPELINED = _PipelinedRequestFilter()
 #: Seconds between refreshes of the load gauges and the shared shedding flag.
 LOAD_REFRESH_S = 1.0
 #: Bytes of a close reason that fit in a close frame (RFC 6455: 125 less the code).
@@ -57,7 +88,7 @@ def _token_from(request: Request) -> str | None:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 7235)
         return credentials.strip()
-    values = parse_qs(urlsplit(request.path).query).get("token")
+    values = parse_qs(target_query(request.path)).get("token")
     return values[0] if values else None
 
 
@@ -113,10 +144,11 @@ class WebSocketServer:
         page = page_response(request, self.ctx)
         if page is not None:
             return page
-        path = urlsplit(request.path).path
+        path = target_path(request.path)
         if path not in ROUTES and path not in health.HEALTH_PATHS:
             return connection.respond(
-                HTTPStatus.NOT_FOUND, f"unknown path {path}: expected one of {', '.join(ROUTES)}\n"
+                HTTPStatus.NOT_FOUND,
+                f"unknown path {path}: expected one of {', '.join((*ROUTES, *health.HEALTH_PATHS))}\n",
             )
         expected = self.ctx.config.token
         if expected and path not in health.PUBLIC_PATHS:
@@ -142,7 +174,7 @@ class WebSocketServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        handler = ROUTES[urlsplit(ws.request.path).path]
+        handler = ROUTES[target_path(ws.request.path)]
         refused = self.ctx.admit()
         if refused is not None:
             self.ctx.refuse(refused[0])
@@ -213,6 +245,7 @@ class WebSocketServer:
             self.ctx.batcher.close()
 
     async def _serve(self, config: ServerConfig, task_status: TaskStatus[int]) -> None:
+        _WEBSOCKETS_LOG.addFilter(_PIPELINED)  # once: a filter already there is not added again
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.ctx.batcher.serve)
             tg.start_soon(self.ctx.ingest_ticker.serve)
@@ -233,6 +266,7 @@ class WebSocketServer:
                 # No permessage-deflate: PCM audio hardly compresses, and inflating
                 # every frame (and deflating every event) cost CPU that bounds a worker.
                 compression=None,
+                logger=_WEBSOCKETS_LOG,
                 **where,
             ) as server:
                 port = int(next(iter(server.sockets)).getsockname()[1])

@@ -57,19 +57,21 @@ def readiness(ctx: ServerContext) -> tuple[bool, dict[str, Any]]:
 
 
 async def respond(ctx: ServerContext, connection: Any, path: str) -> Response:
-    """The response for one of ``HEALTH_PATHS`` (auth already checked)."""
+    """The response for one of ``HEALTH_PATHS`` (auth already checked); never
+    cached (a proxy or browser must not answer a probe with an old state)."""
     if path == HEALTHZ:
-        return connection.respond(HTTPStatus.OK, "ok\n")  # type: ignore[no-any-return]
-    if path == READYZ:
+        response = connection.respond(HTTPStatus.OK, "ok\n")
+    elif path == READYZ:
         ready, body = readiness(ctx)
         status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
         response = connection.respond(status, json.dumps(body) + "\n")
         _content_type(response, "application/json")
-        return response  # type: ignore[no-any-return]
-    # Multi-process aggregation reads every worker's files: off the event loop.
-    page = await anyio.to_thread.run_sync(ctx.metrics.exposition)
-    response = connection.respond(HTTPStatus.OK, page.decode())
-    _content_type(response, CONTENT_TYPE_LATEST)
+    else:
+        # Multi-process aggregation reads every worker's files: off the event loop.
+        page = await anyio.to_thread.run_sync(ctx.metrics.exposition)
+        response = connection.respond(HTTPStatus.OK, page.decode())
+        _content_type(response, CONTENT_TYPE_LATEST)
+    response.headers["Cache-Control"] = "no-store"
     return response  # type: ignore[no-any-return]
 
 

@@ -17,7 +17,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -92,6 +92,16 @@ def _response(body: bytes, content_type: str) -> Response:
     return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
 
+def target_path(target: str) -> str:
+    """The path of an HTTP request target (``/readyz?token=T`` -> ``/readyz``).
+    Not ``urlsplit``, which reads ``//healthz`` as a host and an empty path."""
+    return target.partition("?")[0]
+
+
+def target_query(target: str) -> str:
+    return target.partition("?")[2]
+
+
 def page_response(request: Request, ctx: ServerContext) -> Response | None:
     """The response for a plain GET of the page or one of its files, else ``None``.
 
@@ -100,7 +110,7 @@ def page_response(request: Request, ctx: ServerContext) -> Response | None:
     """
     if is_websocket_upgrade(request):
         return None
-    path = urlsplit(request.path).path
+    path = target_path(request.path)
     if path == CONFIG_PATH:
         return _response(json.dumps(page_config(ctx)).encode(), _CONTENT_TYPES[".json"])
     name = PAGE_FILES.get(path)
