@@ -298,20 +298,21 @@ class Engine:
 
     def finish(self, reason: str = END_OF_STREAM) -> list[Event]:
         """End of stream: close any open alert (with ``reason``) and summarise."""
-        return [*self.policy.finish(max(self._last_t, self.duration_s), reason), self.summary()]
+        return [*self.policy.finish(max(self._last_t, self.duration_s), reason), self.summary(reason)]
 
     def status(
         self, overruns: int = 0, lost_samples: int = 0, input_overflows: int = 0, **info: object
     ) -> StatusEvent:
         return StatusEvent(overruns, lost_samples, self.dropped_windows, input_overflows, dict(info))
 
-    def summary(self) -> SummaryEvent:
+    def summary(self, reason: str = END_OF_STREAM) -> SummaryEvent:
         return SummaryEvent(
             round(self.duration_s, 6),
             self.windows,
             self.scored_windows,
             self.policy.alerts,
             self.dropped_windows,
+            reason,
         )
 
 

@@ -12,8 +12,10 @@ Schema (times are seconds of stream audio, scores are bona fide logits):
 - ``status``: ``overruns``, ``lost_samples``, ``dropped_windows``,
   ``input_overflows`` and an ``info`` object (device, provider, sample rate).
 - ``summary``: ``duration_s``, ``windows``, ``scored_windows``, ``alerts``,
-  ``dropped_windows`` (capture health such as ring overruns is in ``status``,
-  which adapters that own a capture emit). Every stream ends with exactly one.
+  ``dropped_windows``, ``reason`` (how the stream ended: one of
+  :data:`STREAM_END_REASONS`; capture health such as ring overruns is in
+  ``status``, which adapters that own a capture emit). Every stream ends
+  with exactly one.
 
 Adapters may add ``stream`` identifiers (``stream_id``, ``callSid``, ``track``).
 """
@@ -37,6 +39,9 @@ IDLE = "idle"  # no message within the idle timeout
 SHUTDOWN = "shutdown"  # the process is stopping (signal, Ctrl-C, server shutdown)
 ERROR = "error"  # an internal error ended the stream
 WORKER_CRASH = "worker_crash"  # the server process holding the stream died (written by its supervisor)
+#: How a stream can end (``summary.reason``, and ``alert_end.reason`` of an
+#: alert still open then).
+STREAM_END_REASONS = (END_OF_STREAM, DISCONNECT, PROTOCOL_ERROR, IDLE, SHUTDOWN, ERROR, WORKER_CRASH)
 END_REASONS = (
     RECOVERED,
     SILENCE,
@@ -106,6 +111,10 @@ class SummaryEvent(Event):
     scored_windows: int
     alerts: int
     dropped_windows: int
+    #: How the stream ended (one of :data:`STREAM_END_REASONS`): without it a
+    #: sink could not tell a hang-up from a cut connection or a protocol error
+    #: unless an alert happened to be open.
+    reason: str = END_OF_STREAM
 
 
 def event_json(event: dict[str, Any]) -> str:

@@ -96,6 +96,7 @@ class TestEngineWithFakes:
             "scored_windows": 24,
             "alerts": 1,
             "dropped_windows": 0,
+            "reason": "end_of_stream",
         }
 
     def test_silence_is_gated_and_never_scored(self) -> None:

@@ -473,6 +473,13 @@ async def test_client_vanishing_mid_frame_leaves_nothing(scorer: Any, vad: Any, 
             while ctx.active_streams or set(asyncio.all_tasks()) - before:  # noqa: ASYNC110 - no event to wait on for task exit
                 await anyio.sleep(0.05)
     assert ctx.active_streams == 0
+    ctx.sinks.close()
+    summaries = [
+        e
+        for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+        if e["type"] == "summary"
+    ]
+    assert [e["reason"] for e in summaries] == ["disconnect"] * 5  # a sink tells a cut connection apart
 
 
 async def test_idle_timeout(scorer: Any, vad: Any, tmp_path: Path) -> None:
@@ -483,6 +490,7 @@ async def test_idle_timeout(scorer: Any, vad: Any, tmp_path: Path) -> None:
         with anyio.fail_after(60):
             received = [json.loads(m) async for m in _until_closed(ws)]
         assert [e["type"] for e in received] == ["summary"]  # the stream still gets its summary
+        assert received[0]["reason"] == "idle"
         assert (ws.close_code, ws.close_reason) == (1001, "idle for 0.5 s")
 
 

@@ -1152,7 +1152,11 @@ def test_stream_journal_lets_the_supervisor_end_every_open_stream(tmp_path: Path
             **tags,
         }
 
-    journal.update([score(4.0, None, False, a), score(4.5, -4.0, True, a), score(5.0, None, True, a)])
+    journal.update([score(4.0, None, False, a)])
+    # A stream's first window is on disk at once, not at the next flush (up to a
+    # second later): a crash then gave "0 windows" for a stream already scored.
+    assert [(e["stream_id"], e["windows"]) for e in json.loads(path.read_text())] == [(a["stream_id"], 1)]
+    journal.update([score(4.5, -4.0, True, a), score(5.0, None, True, a)])
     journal.update([{"type": "alert_start", "t": 9.0, "smoothed": -3.0, "threshold": 1.7, **a}])
     journal.update([{"type": "alert_start", "t": 5.0, "smoothed": -2.0, "threshold": 1.7, **b}])
     journal.update(

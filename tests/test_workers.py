@@ -279,7 +279,7 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         for index, pid in old.items():
             await anyio.to_thread.run_sync(
                 server.expect,
-                rf"worker {index} \(pid {pid}\) died \(signal 9\); its streams are lost; restarting",
+                rf"worker {index} \(pid {pid}\) died \(signal 9\): its connections were cut; restarting",
             )
             new = partial(
                 server.expect, rf"worker {index} ready \(pid (\d+)", accept=lambda m, p=pid: int(m[1]) != p
@@ -288,10 +288,14 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         # The sinks got an alert_end for the alert the crash left open, and
         # both streams a summary with what their events had counted (the
         # kernel may have given both connections to one worker).
-        await anyio.to_thread.run_sync(
+        ended = await anyio.to_thread.run_sync(
             server.expect,
             r"ended [12] stream\(s\) and 1 open alert\(s\) in the sinks \(reason worker_crash\)",
         )
+        # The death is said before the lines that end its streams.
+        lines = server.log
+        first_death = min(i for i, line in enumerate(lines) if "died (signal 9)" in line)
+        assert first_death < next(i for i, line in enumerate(lines) if ended.string == line)
         with anyio.fail_after(60):  # the supervisor's sinks write in their own threads
             while not {("summary", id1), ("summary", id2)} <= logged_events(events_file):  # noqa: ASYNC110
                 await anyio.sleep(0.05)

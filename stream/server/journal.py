@@ -84,6 +84,10 @@ class StreamJournal:
                 stream.update(alert=False, t=event["t"], smoothed=event["smoothed"])
                 changed = True
             elif kind == "score":
+                # A stream's first window is written at once: a crash in the
+                # second after it gave a summary of 0 windows, while the
+                # client and the sinks already had a score.
+                changed |= stream["windows"] == 0
                 _count_window(stream, event)
                 self._dirty = True
         if changed:

@@ -304,13 +304,17 @@ class Supervisor:
             w.conn.close()
         _forget_worker_metrics(w.process.pid)
         reset_worker_cells(self._cells, self._lock, self.n_workers, w.index)
+        if w.ready and not self._stopping:  # said first: the lines ending its streams follow from it
+            log.error(
+                "worker %d (pid %d) died (%s): its connections were cut; restarting",
+                w.index,
+                w.process.pid,
+                how,
+            )
         self._end_open_streams(w, "shutdown" if self._stopping else CRASH_REASON)
         if self._stopping:
             return None
         if w.ready:
-            log.error(
-                "worker %d (pid %d) died (%s); its streams are lost; restarting", w.index, w.process.pid, how
-            )
             self._restart_at[w.index] = time.monotonic()
             return None
         self._early_deaths[w.index] += 1
