@@ -812,6 +812,42 @@ def _send_cases(port: int, wav: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["type"] == "summary"
 
 
+def test_send_exit_says_whether_to_retry(
+    scorer: Any,
+    vad: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every close but 1000 was exit 6 ("protocol error"): a script could not
+    tell a full server (retry later) from a lost connection or a refusal."""
+    import soundfile
+    from websockets.sync.client import connect as connect_sync
+
+    from spoofwatch.cli import main
+    from spoofwatch.commands.server_cmds import SEND_RETRY_EXIT, send_exit
+    from spoofwatch.errors import NetworkError, ProtocolError
+
+    caplog.set_level(logging.ERROR, logger="spoofwatch.stream.server")
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, np.zeros(1600, np.float32), 16000)
+    ctx = make_ctx(scorer, vad, tmp_path, max_streams=1)
+    with anyio.from_thread.start_blocking_portal() as portal:
+        server, port = portal.start_task(WebSocketServer(ctx).run)
+        try:
+            with connect_sync(f"ws://127.0.0.1:{port}/") as holder:  # the one stream the server takes
+                holder.send(START)
+                assert main(["send", str(wav), f"ws://127.0.0.1:{port}/"]) == SEND_RETRY_EXIT
+                err = capsys.readouterr().err
+                assert "server closed with 1013: server at capacity (1 streams) (retry later)" in err
+        finally:
+            server.cancel()
+    ctx.sinks.close()
+    assert send_exit(1001) == (SEND_RETRY_EXIT, " (retry later)")  # shutting down
+    assert send_exit(1006)[0] == send_exit(None)[0] == NetworkError.exit_code
+    assert send_exit(1007) == (ProtocolError.exit_code, "")
+
+
 @pytest.mark.parametrize("how", ["protocol_error", "disconnect", "too_big"])
 async def test_abnormal_end_closes_the_open_alert(
     how: str, concat: np.ndarray, scorer: Any, vad: Any, tmp_path: Path

@@ -296,11 +296,33 @@ def load_worker_model(spec: WorkerSpec, threads: int) -> tuple[Any, LiveConfig, 
     return detector.scorer, live, scoring.incremental
 
 
+#: ``send``'s exit status for a stream a server ended early and would take
+#: again later (1013: at capacity or overloaded; 1001: shutting down):
+#: sysexits' EX_TEMPFAIL, so that a script can tell "retry" from "refused".
+SEND_RETRY_EXIT = 75
+#: The close code a client sees when the connection ended without a close
+#: frame (RFC 6455 7.1.5: never sent, only observed).
+CONNECTION_LOST = 1006
+
+
+def send_exit(close_code: int | None) -> tuple[int, str]:
+    """``send``'s exit status and a hint for a stream closed with ``close_code``
+    (not 1000): a retryable refusal, a lost connection (1006: no close frame,
+    a network error) or the server refusing what was sent (a protocol error)."""
+    from spoofwatch.errors import CloseCode, NetworkError, ProtocolError
+
+    if close_code in (CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY):
+        return SEND_RETRY_EXIT, " (retry later)"
+    if close_code in (CONNECTION_LOST, None):
+        return NetworkError.exit_code, " (the connection was lost)"
+    return ProtocolError.exit_code, ""
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import anyio
 
     from spoofwatch.audio import read_audio
-    from spoofwatch.errors import CloseCode, ProtocolError
+    from spoofwatch.errors import CloseCode
     from spoofwatch.stream.client import send_audio
 
     audio = read_audio(args.file)
@@ -311,8 +333,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     )
     if result.close_code != CloseCode.NORMAL:
         reason = result.close_reason or "no reason given"
-        sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {reason}\n")
-        return ProtocolError.exit_code
+        code, hint = send_exit(result.close_code)
+        sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {reason}{hint}\n")
+        return code
     if result.interrupted:  # Ctrl-C: the audio ended early, the server's summary was printed
         sys.stderr.write("interrupted: sent stop early\n")
         return 130
