@@ -27,7 +27,7 @@ from spoofwatch.audio import read_audio
 from spoofwatch.calibration.dataset import check_dataset
 from spoofwatch.calibration.scoreset import score_dataset
 from spoofwatch.constants import SAMPLE_RATE_HZ
-from spoofwatch.model.runtime import build_scorer
+from spoofwatch.model.scorers import build_scorer
 from spoofwatch.stream.windower import window_starts
 
 LA_DEV_FILES = 24_844

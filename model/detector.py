@@ -23,7 +23,8 @@ from spoofwatch.stream.windower import stream_windows
 from .card import ModelSpec, is_card_reference, parse_card
 from .config import load_model_config
 from .precision import check_precision_device, validate_precision
-from .runtime import Device, OnnxScorer, build_scorer, resolve_device
+from .runtime import Device, OnnxScorer, resolve_device
+from .scorers import build_scorer
 
 log = logging.getLogger(__name__)
 

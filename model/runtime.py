@@ -3,7 +3,7 @@
 Every path that scores windows (files, streams, the server's batcher,
 ``calibrate score``, training evaluation, ``evaluate-suite``) goes through
 :class:`OnnxScorer`, so the CUDA options and the per-call batch cap below
-apply everywhere. Build one with :func:`build_scorer`.
+apply everywhere. Build one with :func:`spoofwatch.model.scorers.build_scorer`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from spoofwatch.audio import sample_problem
 from spoofwatch.constants import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
-    DEFAULT_MODEL,
     ONNX_INPUT_NAME,
     ONNX_OUTPUT_NAME,
     SCORE_COLUMN,
@@ -32,7 +31,6 @@ from spoofwatch.constants import (
 from spoofwatch.errors import DeviceError, InputError, ModelError
 from spoofwatch.paths import onnx_dir
 
-from .precision import check_precision_device
 from .shapes import BucketedSession, wants_buckets
 
 if TYPE_CHECKING:
@@ -403,51 +401,3 @@ class OnnxScorer:
         column = out if self._column is None else out[:, self._column]
         result: npt.NDArray[np.float32] = (self._sign * column).astype(np.float32, copy=False)
         return result
-
-
-def build_scorer(
-    model: str = DEFAULT_MODEL,
-    precision: str = "fp32",
-    device: Device = "auto",
-    threads: int | None = None,
-    weights: Path | None = None,
-    max_batch_windows: int | None = None,
-) -> OnnxScorer:
-    """The one way to get a scorer for ``--model``/``--precision``/``--device``.
-
-    ``model`` is a built-in name (``aasist-l``, ``aasist``) or the path of a
-    model card TOML. The precision/device pair is checked before anything is
-    loaded; built-in models are exported (and quantized) on first use and
-    cached by weights hash and precision.
-    """
-    from .card import check_card_options, is_card_reference, load_card
-    from .export import ensure_onnx
-
-    if is_card_reference(model):
-        check_card_options(check_precision_device(precision, device, resolve_device), weights)
-        card = load_card(Path(model))
-        return OnnxScorer(card.onnx_path, device, threads, max_batch_windows=max_batch_windows, spec=card)
-    prec = check_precision_device(precision, device, resolve_device)
-    path = ensure_onnx(model, weights, prec)  # checks a user's weights file first
-    # INT8 QDQ graphs run their integer kernels on the CPU provider only.
-    run_on: Device = "cpu" if prec == "int8" else device
-    return OnnxScorer(path, run_on, threads, max_batch_windows=max_batch_windows, precision=prec)
-
-
-def preflight(model: str, precision: str, device: Device, weights: Path | None = None) -> None:
-    """The cheap checks of :func:`build_scorer`, for commands that read audio before
-    loading the model: the precision/device pair, a card's fields, file and hash,
-    and an already cached reduced-precision file's source hash."""
-    from .card import check_card_options, is_card_reference, parse_card
-    from .export import cached_onnx_path
-    from .quantize import check_source
-
-    prec = check_precision_device(precision, device, resolve_device)
-    if is_card_reference(model):
-        check_card_options(prec, weights)
-        parse_card(Path(model))
-        return
-    fp32 = cached_onnx_path(model, weights)
-    variant = cached_onnx_path(model, weights, prec)
-    if prec != "fp32" and fp32.is_file() and variant.is_file():
-        check_source(variant, fp32, prec)

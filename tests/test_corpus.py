@@ -447,7 +447,7 @@ def test_suite_scores_a_genuine_stream_shorter_than_half_a_window(shared: Path, 
     it belongs to that clip (the middle of the audio it holds), not to nothing."""
     from spoofwatch.calibration.suite import SuiteConfig, Utterance, run_variant
     from spoofwatch.model.detector import calibration_for
-    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.model.scorers import build_scorer
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.vad import SileroVad
 
@@ -705,7 +705,7 @@ def test_a_call_lets_a_clip_too_short_to_alert_alone_be_scored_in_context(
     to a call of its own."""
     from spoofwatch.calibration.suite import SuiteConfig, Utterance, alert_ready_s, run_variant
     from spoofwatch.model.detector import calibration_for
-    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.model.scorers import build_scorer
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.vad import SileroVad
 

@@ -120,6 +120,125 @@ def upward_imports(files: dict[str, Path]) -> list[str]:
     return problems
 
 
+#: Libraries the Sans-I/O stream core never imports: devices, sockets, event
+#: loops, threads, clocks and models belong to the adapters that feed it.
+FORBIDDEN_IN_CORE = (
+    "sounddevice",
+    "websockets",
+    "anyio",
+    "asyncio",
+    "socket",
+    "threading",
+    "time",
+    "onnxruntime",
+    "torch",
+)
+
+
+def core_io_imports(files: dict[str, Path]) -> list[str]:
+    found = {
+        f"{path.name}:{line}: {module} imports {lib}"
+        for module, path in files.items()
+        if any(_in(module, c) for c in STREAM_CORE)
+        for line, target in imports_of(module, path)
+        for lib in FORBIDDEN_IN_CORE
+        if _in(target, lib)
+    }
+    return sorted(found)
+
+
+def runtime_graph(files: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the package modules it imports when it runs: at module level
+    or in a function, not under ``if TYPE_CHECKING:`` (type-only imports are
+    how an annotation names a class without a dependency)."""
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text("utf-8"), str(path))
+        typing_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If)
+            and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for stmt in block.body
+            for node in ast.walk(stmt)
+        }
+        lines = {
+            node.lineno for node in ast.walk(tree) if id(node) in typing_only and hasattr(node, "lineno")
+        }
+        targets = set()
+        for line, target in imports_of(module, path):
+            while target and target not in files:  # ``pkg.module.name`` -> ``pkg.module``
+                target = target.rpartition(".")[0]
+            if target and target != module and line not in lines:
+                targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles_even_through_imports_in_functions() -> None:
+    """Imports inside functions hid a cycle (runtime -> card -> export ->
+    quantize -> runtime); tools that follow layers need none."""
+    assert import_cycles(runtime_graph(module_files())) == []
+
+
+def test_the_stream_core_imports_no_io() -> None:
+    assert core_io_imports(module_files()) == []
+
+
+def test_the_cycle_and_io_checks_can_fail(tmp_path: Path) -> None:
+    planted = tmp_path / "runtime.py"
+    planted.write_text("def f():\n    from .scorers import build_scorer\n")
+    files = {**module_files(), "spoofwatch.model.runtime": planted}
+    assert any(
+        {"spoofwatch.model.runtime", "spoofwatch.model.scorers"} <= set(cycle)
+        for cycle in import_cycles(runtime_graph(files))
+    )
+    typed = tmp_path / "typed.py"
+    typed.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .scorers import build_scorer\n"
+    )
+    assert import_cycles(runtime_graph({**module_files(), "spoofwatch.model.runtime": typed})) == []
+    io = tmp_path / "windower.py"
+    io.write_text("import time\nfrom anyio import sleep\n")
+    found = core_io_imports({**module_files(), "spoofwatch.stream.windower": io})
+    assert found == [
+        "windower.py:1: spoofwatch.stream.windower imports time",
+        "windower.py:2: spoofwatch.stream.windower imports anyio",
+    ]
+
+
 def test_no_upward_imports() -> None:
     assert upward_imports(module_files()) == []
 

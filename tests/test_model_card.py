@@ -22,7 +22,7 @@ from spoofwatch.cli import main
 from spoofwatch.errors import ConfigError, InputError, ModelError
 from spoofwatch.model.card import load_card
 from spoofwatch.model.detector import Detector
-from spoofwatch.model.runtime import build_scorer, preflight
+from spoofwatch.model.scorers import build_scorer, preflight
 
 WINDOW = 32_000
 POWER_SCALE = 100.0

@@ -777,7 +777,7 @@ async def test_windows_the_model_scores_nan_are_dropped_in_the_metrics_as_in_the
     """A NaN score reaches the client as a null score, counted in the summary's
     dropped windows: /metrics must say the same (not ``scored``), and such a
     window has no score delay."""
-    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.model.scorers import build_scorer
 
     # The client looks slower than real time whatever this machine's speed: a
     # live stream, whose scored windows would have a delay.

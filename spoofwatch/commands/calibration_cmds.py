@@ -151,7 +151,7 @@ def cmd_calibrate_score(args: argparse.Namespace) -> int:
     from spoofwatch.calibration.dataset import check_dataset
     from spoofwatch.calibration.scoreset import score_dataset
     from spoofwatch.model.detector import calibration_stamp
-    from spoofwatch.model.runtime import build_scorer, preflight
+    from spoofwatch.model.scorers import build_scorer, preflight
 
     preflight(args.model, args.precision, args.device, args.weights)
     check_output_file(args.out, inputs={"--protocol": args.protocol})
@@ -307,7 +307,7 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
     from spoofwatch.calibration.report import StreamingSection
     from spoofwatch.calibration.streaming import build_conversations, fit_policy, sweep_thresholds, trace
     from spoofwatch.errors import InputError
-    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.model.scorers import build_scorer
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.vad import SileroVad
 

@@ -342,7 +342,7 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
     )
     from spoofwatch.model.detector import calibration_for
     from spoofwatch.model.loudness import LoudnessNormalisedScorer
-    from spoofwatch.model.runtime import build_scorer
+    from spoofwatch.model.scorers import build_scorer
     from spoofwatch.stream.engine import build_engine
     from spoofwatch.stream.vad import SileroVad
 

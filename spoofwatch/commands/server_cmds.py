@@ -178,7 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
     config.validate()
     workers = default_workers(config.max_streams) if args.workers is None else args.workers
     validate_workers(workers, config.max_streams)
-    from spoofwatch.model.runtime import preflight, resolve_device
+    from spoofwatch.model.runtime import resolve_device
+    from spoofwatch.model.scorers import preflight
 
     preflight(args.model, args.precision, args.device, args.weights)
     if args.jsonl is not None and not args.prepare_only:

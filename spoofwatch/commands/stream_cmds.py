@@ -65,7 +65,7 @@ def _settings(args: argparse.Namespace) -> tuple[Calibration, LiveConfig]:
     from dataclasses import replace
 
     from spoofwatch.model.detector import calibration_for
-    from spoofwatch.model.runtime import preflight
+    from spoofwatch.model.scorers import preflight
     from spoofwatch.stream.engine import LiveConfig
 
     preflight(args.model, args.precision, args.device, args.weights)  # precision/device, card, cache
