@@ -69,7 +69,12 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     except KeyError as exc:
         raise ConfigError(f"model config is missing the field {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model config has a value of the wrong type: {exc}") from None
+        # int("x") / float([...]) name the value, not the field: say which fields are read.
+        raise ConfigError(
+            f"model config has a value of the wrong type ({exc}): expected integers for the sizes "
+            "(first_conv, sinc_channels, filts, gat_dims, n_parameters) and numbers for pool_ratios "
+            "and temperatures"
+        ) from None
 
 
 def load_model_config(name: str) -> ModelConfig:

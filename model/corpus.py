@@ -124,7 +124,10 @@ class Generators:
             if package not in self._piper:
                 self._piper[package] = synth.PiperSynth(package)
             return self._piper[package](text, float(length), float(noise))  # type: ignore[no-any-return]
-        raise ConfigError(f"unknown generator {item.generator!r}")
+        raise ConfigError(
+            f"unknown generator {item.generator!r}: expected one of {', '.join(RESYNTH_GENERATORS)}, "
+            f"{ESPEAK_GENERATOR}, {FESTIVAL_PREFIX}VOICE or {PIPER_PREFIX}VOICE"
+        )
 
 
 @contextlib.contextmanager

@@ -281,6 +281,7 @@ class Detector:
             )
         return FileScore(name, utterance, self.verdict(utterance), self.threshold, windows)
 
-    def score_file(self, path: str | Path, hop_s: float | None = None) -> FileScore:
+    def score_file(self, path: str | Path | bytes, hop_s: float | None = None) -> FileScore:
         """Score a file decoded block by block (bounded memory for any length)."""
-        return self._score_checked(AudioFile(path).chunks(), hop_s, str(path))
+        audio = AudioFile(path)
+        return self._score_checked(audio.chunks(), hop_s, str(audio.path))

@@ -33,6 +33,7 @@ def resample(audio: FloatArray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -
     """Resample a whole mono signal with soxr (high quality)."""
     if rate_hz <= 0:
         raise InputError(f"expected a positive sample rate, got {rate_hz}")
+    check_sample_rate(target_hz, "target_hz")  # soxr's own error for 0 was a bare ValueError
     if rate_hz == target_hz:
         return audio
     import soxr
@@ -153,14 +154,36 @@ def _announced_frames(open_log: str, frames: int) -> int:
     return round(frames * int(match.group(1)) / int(match.group(2)))
 
 
+def _bytes_after_empty_wav_data(path: Path) -> int:
+    """Bytes after a WAV's ``data`` chunk header when that chunk announces a
+    size of 0 (else 0): walks the RIFF chunks (id, 32-bit size, padded to
+    even), at most 64 of them."""
+    with open(os.fsencode(path), "rb") as f:
+        if f.read(12)[:4] != b"RIFF":
+            return 0
+        for _ in range(64):
+            header = f.read(8)
+            if len(header) < 8:
+                return 0
+            size = int.from_bytes(header[4:], "little")
+            if header[:4] == b"data":
+                return max(0, os.fstat(f.fileno()).st_size - f.tell()) if size == 0 else 0
+            f.seek(size + (size & 1), os.SEEK_CUR)
+    return 0
+
+
 class AudioFile:
     """An audio file opened for decoding: the header is checked now (rate,
     emptiness), the samples are decoded block by block by :meth:`chunks`,
     so memory does not grow with the file's length."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path | bytes) -> None:
         import soundfile
 
+        if isinstance(path, bytes):  # a name as the OS gives it (os.listdir(b".")): any bytes
+            path = os.fsdecode(path)
+        if not isinstance(path, str | os.PathLike):
+            raise InputError(f"expected an audio file's path (str, bytes or Path), got {type(path).__name__}")
         self.path = Path(path)
         if self.path.is_dir():
             raise AudioError(f"{self.path}: is a folder; expected an audio file")
@@ -170,6 +193,9 @@ class AudioFile:
             raise AudioError(
                 f"{self.path}: not a regular file; expected an audio file (save a pipe's audio first)"
             )
+        size_bytes = self.path.stat().st_size
+        if size_bytes == 0:
+            raise AudioError(f"{self.path}: the file is empty (0 bytes)")
         try:
             info = soundfile.info(os.fsencode(self.path))  # a name that is not UTF-8 too
         except (soundfile.LibsndfileError, *_DECODE_ERRORS) as exc:
@@ -184,6 +210,13 @@ class AudioFile:
         self.announced_frames = max(self.frames, _announced_frames(str(info.extra_info), self.frames))
         check_sample_rate(self.rate_hz, str(self.path))
         if self.frames == 0:
+            after = _bytes_after_empty_wav_data(self.path) if self.format == "WAV" else 0
+            if after:
+                raise AudioError(
+                    f"{self.path}: its header announces no samples, yet {after} bytes follow it (a writer "
+                    "that never filled in its header?); rewrite the file (e.g. ffmpeg -i in.wav out.flac) "
+                    "if they are audio"
+                )
             raise AudioError(f"{self.path}: audio is empty (0 samples)")
 
     def warn_if_short(self, frames_read: int) -> None:
@@ -253,7 +286,7 @@ class AudioFile:
             raise AudioError(f"{self.path}: {total} samples at {self.rate_hz} Hz are none at {target_hz} Hz")
 
 
-def read_audio(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
+def read_audio(path: str | Path | bytes, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
     """Decode any format libsndfile reads, mix to mono and resample to ``target_hz``.
 
     Decodes the whole file at once (for clips; stream long files with
@@ -261,8 +294,9 @@ def read_audio(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
     unreadable, empty or non-finite audio, absurd magnitudes and sample
     rates outside [4, 192] kHz.
     """
-    path = Path(path)
+    check_sample_rate(target_hz, "target_hz")
     header = AudioFile(path)  # checks existence, header and sample rate before decoding
+    path = header.path
     frames = np.concatenate(list(header.blocks()))
     rate = header.rate_hz
     audio = resample(to_mono(frames), int(rate), target_hz)

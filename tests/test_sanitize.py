@@ -298,6 +298,40 @@ def test_a_flac_cut_short_on_disk_is_read_up_to_the_cut_with_a_warning(
     assert AudioFile(mp3).format == MP3_FORMAT
 
 
+def test_empty_files_say_what_is_empty(tmp_path: Path) -> None:
+    """A 0-byte file was "Format not recognised"; a WAV whose header says 0
+    samples while audio follows (a writer that never finished its header)
+    was "audio is empty", though ffmpeg reads it whole."""
+    import struct
+
+    zero = tmp_path / "zero.wav"
+    zero.write_bytes(b"")
+    with pytest.raises(AudioError, match=r"zero\.wav: the file is empty \(0 bytes\)"):
+        read_audio(zero)
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+    unfinished = tmp_path / "unfinished.wav"
+    unfinished.write_bytes(
+        b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + fmt + b"data" + bytes(4) + bytes(32000)
+    )
+    with pytest.raises(AudioError, match="its header announces no samples, yet 32000 bytes follow it"):
+        read_audio(unfinished)
+    for subtype in ("PCM_16", "FLOAT"):  # really empty, header chunks and all
+        empty = tmp_path / f"empty-{subtype}.wav"
+        soundfile.write(empty, np.zeros(0, np.float32), 16000, subtype=subtype)
+        with pytest.raises(AudioError, match=r"audio is empty \(0 samples\)"):
+            read_audio(empty)
+    # The API: a path as bytes (a name that is not UTF-8 too), a clear error for anything else.
+    named = Path(os.fsdecode(os.fsencode(tmp_path) + b"/\xff.wav"))
+    soundfile.write(os.fsencode(named), np.full(1600, 0.1, np.float32), 16000)
+    assert read_audio(os.fsencode(named)).size == 1600  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="expected an audio file's path \\(str, bytes or Path\\), got int"):
+        read_audio(3)  # type: ignore[arg-type]
+    with pytest.raises(
+        AudioError, match=r"target_hz: expected a sample rate in \[4000, 192000\] Hz, got 0 Hz"
+    ):
+        read_audio(named, target_hz=0)
+
+
 def test_a_wav_cut_short_on_disk_is_read_with_a_warning(
     tmp_path: Path, la_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1130,6 +1130,16 @@ async def test_an_upload_held_back_by_scoring_is_not_dropped_by_the_keepalive(
     ctx.sinks.close()
 
 
+def test_a_shedding_setting_out_of_range_is_named() -> None:
+    """It said "shedding config out of range: SheddingConfig(...)", all nine fields."""
+    from spoofwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^load shedding: expected lag_quantile in \(0, 1\], got 2$"):
+        SheddingConfig(lag_quantile=2)
+    with pytest.raises(ConfigError, match=r"expected target_utilisation in \(0, 1\], got nan"):
+        SheddingConfig(target_utilisation=float("nan"))
+
+
 def test_stream_journal_lets_the_supervisor_end_every_open_stream(tmp_path: Path) -> None:
     """A dead worker's streams get, in the sinks, an alert_end for an open alert
     and a summary with what their events had counted; a stream that ended

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from spoofwatch.errors import ConfigError
+
 if TYPE_CHECKING:
     from .slots import DeviceRates
 
@@ -71,18 +73,18 @@ class SheddingConfig:
     host_cost_weight: float = 0.2
 
     def __post_init__(self) -> None:
-        from spoofwatch.errors import ConfigError
-
-        if not (
-            (self.max_score_lag_s is None or self.max_score_lag_s > 0)
-            and 0 < self.lag_quantile <= 1
-            and self.lag_horizon_s > 0
-            and 0 < self.target_utilisation <= 1
-            and 0 < self.fit_weight <= 1
-            and self.host_cores > 0
-            and 0 < self.host_cost_weight <= 1
-        ):
-            raise ConfigError(f"shedding config out of range: {self}")
+        checks = (
+            ("max_score_lag_s", self.max_score_lag_s is None or self.max_score_lag_s > 0, "> 0 (or none)"),
+            ("lag_quantile", 0 < self.lag_quantile <= 1, "in (0, 1]"),
+            ("lag_horizon_s", self.lag_horizon_s > 0, "> 0"),
+            ("target_utilisation", 0 < self.target_utilisation <= 1, "in (0, 1]"),
+            ("fit_weight", 0 < self.fit_weight <= 1, "in (0, 1]"),
+            ("host_cores", self.host_cores > 0, "> 0"),
+            ("host_cost_weight", 0 < self.host_cost_weight <= 1, "in (0, 1]"),
+        )
+        for name, ok, expected in checks:
+            if not ok:  # a NaN fails every comparison: refused too
+                raise ConfigError(f"load shedding: expected {name} {expected}, got {getattr(self, name)}")
 
 
 class BatchFit:
