@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import numpy as np
@@ -22,6 +23,7 @@ from spoofwatch.errors import CloseCode, InputError, NetworkError, ProtocolError
 
 from .codecs import ENCODINGS, encode
 from .engine import validate_chunk
+from .protocol import TWILIO_PATH
 from .sources.file import due_in_s
 
 #: Audio per binary frame: 20 ms, like most telephony stacks.
@@ -77,6 +79,11 @@ async def send_audio(
     if not reply_timeout_s > 0:
         raise InputError(f"reply_timeout_s: expected a number > 0, got {reply_timeout_s}")
     _check_url(url)
+    if urlsplit(url).path.rstrip("/") == TWILIO_PATH:
+        raise InputError(
+            f"{url}: {TWILIO_PATH} takes Twilio Media Streams messages; the native protocol this "
+            "client speaks is served on /"
+        )
     try:
         return await _send_audio(
             audio, url, encoding, realtime, token, on_event, reply_timeout_s, stop_on_sigint
@@ -103,7 +110,10 @@ async def send_audio(
     except (OSError, TimeoutError) as exc:
         if isinstance(exc, BrokenPipeError):  # our own output's reader went away (on_event)
             raise
-        raise NetworkError(f"{url}: cannot connect: {_describe(exc)}") from None
+        # A TLS hello to a plain server is reset (or an SSL error comes back):
+        # the usual cause of a reset at once with a wss:// URL.
+        hint = " (is the server plain WebSocket? then use ws://)" if url.startswith("wss://") else ""
+        raise NetworkError(f"{url}: cannot connect: {_describe(exc)}{hint}") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -115,8 +125,6 @@ def _describe(exc: BaseException) -> str:
 def _check_url(url: str) -> None:
     """A ws:// or wss:// URL with a valid host and port, before connecting
     (``websockets`` reports a bad port or IPv6 literal as a bare ValueError)."""
-    from urllib.parse import urlsplit
-
     from websockets.uri import parse_uri
 
     try:

@@ -44,6 +44,8 @@ from .codecs import ENCODINGS, decode
 log = logging.getLogger(__name__)
 
 TWILIO_RATE_HZ = 8_000
+#: Where a server takes Twilio Media Streams (the native protocol is on ``/``).
+TWILIO_PATH = "/twilio"
 TWILIO_TRACKS = ("inbound", "outbound")
 #: The track of a call whose ``start`` names none (Twilio's default), and of its media.
 DEFAULT_TWILIO_TRACK = TWILIO_TRACKS[0]

@@ -797,6 +797,10 @@ def _send_cases(port: int, wav: Path, capsys: pytest.CaptureFixture[str]) -> Non
         (["ws://127.0.0.1:99999/"], 2, "Port out of range"),
         (["ws://127.0.0.1:abc/"], 2, "expected a ws:// or wss:// URL"),
         (["ws://[::1/"], 2, "Invalid IPv6 URL"),
+        # The Twilio path speaks another protocol: said before connecting, not a 1007 after.
+        ([base + "/twilio"], 2, "/twilio takes Twilio Media Streams messages"),
+        # A TLS hello to this plain server is reset: the hint names the likely cause.
+        ([f"wss://127.0.0.1:{port}/"], 9, "(is the server plain WebSocket? then use ws://)"),
     ]
     for args, code, text in cases:
         assert main(["send", str(wav), *args]) == code, args

@@ -23,7 +23,15 @@ from websockets.exceptions import ConnectionClosed
 from spoofwatch.errors import CloseCode, IdleTimeout, ProtocolError
 
 from ..events import DISCONNECT, END_OF_STREAM, ERROR, IDLE, PROTOCOL_ERROR, SHUTDOWN, event_json
-from ..protocol import AudioIn, NativeProtocol, StreamStart, StreamStop, TwilioProtocol, WireProtocol
+from ..protocol import (
+    TWILIO_PATH,
+    AudioIn,
+    NativeProtocol,
+    StreamStart,
+    StreamStop,
+    TwilioProtocol,
+    WireProtocol,
+)
 from .context import ServerContext
 from .drain import GOING_AWAY, SHUTDOWN_REASON, Handled, MessageReader
 from .keepalive import Keepalive
@@ -218,4 +226,4 @@ def _handler(protocol: Callable[[], WireProtocol]) -> Callable[[Any, ServerConte
 
 
 #: Path -> handler.
-ROUTES = {"/": _handler(NativeProtocol), "/twilio": _handler(TwilioProtocol)}
+ROUTES = {"/": _handler(NativeProtocol), TWILIO_PATH: _handler(TwilioProtocol)}
