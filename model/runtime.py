@@ -225,8 +225,20 @@ def make_session(
         log.warning(
             "CUDA requested by --device auto but unavailable (no GPU or CUDA libraries missing); using CPU"
         )
-    log.info("ONNX Runtime providers in use: %s", ", ".join(got))
+    # Once per process and provider set at INFO: a live command opens up to
+    # three graphs (full window, incremental init and step), all alike.
+    key = tuple(got)
+    log.log(
+        logging.DEBUG if key in _PROVIDERS_SAID else logging.INFO,
+        "ONNX Runtime providers in use: %s",
+        ", ".join(got),
+    )
+    _PROVIDERS_SAID.add(key)
     return session
+
+
+#: Provider lists this process has reported (see make_session).
+_PROVIDERS_SAID: set[tuple[str, ...]] = set()
 
 
 #: Per provider, whether this process registered its shared arena (tried once each).

@@ -359,3 +359,23 @@ def test_stream_cli_sigterm_ends_as_ctrl_c_and_a_second_signal_cannot_cut_the_su
     assert types.count("alert_start") == 1 and types[-2:] == ["alert_end", "summary"]
     assert events[-2]["reason"] == "shutdown"
     assert events[-1]["duration_s"] == pytest.approx(heard.size / 16000)
+
+
+def test_sigterm_while_stream_starts_is_an_interrupt_not_a_silent_kill(
+    sw_home: Path, concat_wav: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the model loaded killed `stream` with 143 and no word;
+    README says SIGTERM ends it as Ctrl-C does (130, "interrupted")."""
+    import os
+    import signal
+
+    import spoofwatch.commands.stream_cmds as stream_cmds
+
+    def load_terminated(*args: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before the next statement runs
+        raise AssertionError("the signal did not interrupt the start-up")
+
+    monkeypatch.setattr(stream_cmds, "_load", load_terminated)
+    assert main(["stream", "--json", "--device", "cpu", str(concat_wav)]) == 130
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.strip().endswith("interrupted")

@@ -112,6 +112,14 @@ def _emit(events: list[Event], as_json: bool) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    # SIGTERM (`timeout`, a supervisor) ends as Ctrl-C does, from the start (a
+    # signal while the model loads was a silent exit 143); a second signal
+    # cannot cut off the closing events.
+    with InterruptOnce((signal.SIGINT, signal.SIGTERM)):
+        return _stream(args)
+
+
+def _stream(args: argparse.Namespace) -> int:
     from spoofwatch.stream.driver import StreamDriver
     from spoofwatch.stream.events import ERROR, SHUTDOWN
     from spoofwatch.stream.sources.file import file_chunks
@@ -132,22 +140,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
         drawn.extend(events if args.plot else [])
         _emit(events, args.json)
 
-    # SIGTERM (`timeout`, a supervisor) ends as Ctrl-C does; a second signal
-    # cannot cut off the closing events.
-    with InterruptOnce((signal.SIGINT, signal.SIGTERM)):
-        try:
-            for chunk in chunks:
-                emit(driver.feed(chunk, scorer))
-            emit(driver.close(scorer))
-        except KeyboardInterrupt:  # flush and summarise what was heard, then exit 130
-            emit(driver.close(scorer, SHUTDOWN))
-            raise
-        except Exception:  # bad audio mid-file, a model failure: an open alert ends, and the summary
-            emit(driver.abort(ERROR))
-            raise
-        finally:
-            if args.plot:
-                _plot_stream(drawn, engine, args)
+    try:
+        for chunk in chunks:
+            emit(driver.feed(chunk, scorer))
+        emit(driver.close(scorer))
+    except KeyboardInterrupt:  # flush and summarise what was heard, then exit 130
+        emit(driver.close(scorer, SHUTDOWN))
+        raise
+    except Exception:  # bad audio mid-file, a model failure: an open alert ends, and the summary
+        emit(driver.abort(ERROR))
+        raise
+    finally:
+        if args.plot:
+            _plot_stream(drawn, engine, args)
     return 0
 
 
