@@ -628,6 +628,7 @@ async def test_health_readiness_and_metrics(
         assert (await http_get(port, health.READYZ + "?token=s3cret"))[0] == 200  # the query still read
         assert ready["ready"] and ready["provider"] == "cpu" and ready["model"] == "aasist-l"
         assert ready["capacity_left"] == 3 and ready["active_streams"] == 0 and ready["shedding"] is None
+        assert ready["worker"] == 0 and ready["worker_streams"] == 0
 
         result = await send_audio(speech, f"ws://127.0.0.1:{port}/", token="s3cret")
         assert result.close_code == 1000

@@ -254,6 +254,8 @@ def test_workers_share_max_streams_restart_after_a_crash_and_drain(
         status, _, body = await http_get(port, health.READYZ)
         ready = json.loads(body)
         assert status == 503 and ready["active_streams"] == 2 and ready["capacity_left"] == 0
+        # The per-worker figures say whose they are.
+        assert ready["worker"] in (0, 1) and 0 <= ready["worker_streams"] <= 2
         page = samples((await http_get(port, health.METRICS))[2])
         assert page[("spoofwatch_workers", ())] == 2  # summed over both processes
         assert page[("spoofwatch_active_streams", ())] == 2

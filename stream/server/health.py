@@ -48,6 +48,10 @@ def readiness(ctx: ServerContext) -> tuple[bool, dict[str, Any]]:
         "active_streams": total,
         "max_streams": slots.max_streams,
         "capacity_left": capacity_left,
+        # The figures below are the answering worker's: with several, which
+        # one answers changes from request to request.
+        "worker": slots.index,
+        "worker_streams": slots.own(),
         "measured_capacity_streams": ctx.load.capacity_streams(),
         "capacity_scope": "device" if ctx.load.shared_device else "worker",
         "host_capacity_streams": ctx.load.host_capacity_streams(),

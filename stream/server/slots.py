@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 class StreamSlots(Protocol):
     max_streams: int
 
+    #: This worker's index (0 for a single process).
+    index: int
+
     def try_acquire(self) -> bool: ...
 
     def release(self) -> None: ...
@@ -36,6 +39,7 @@ class LocalSlots:
 
     def __init__(self, max_streams: int) -> None:
         self.max_streams = max_streams
+        self.index = 0
         self.active = 0
         self._shedding = False
 
