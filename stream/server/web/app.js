@@ -327,7 +327,7 @@
           reject(new Error("connection failed"));
           return;
         } else {
-          setConn(`closed: ${words}`, "error");
+          setConn(`closed: ${ev.reason || words}`, "error"); // the server's own reason says more than the code
           showError(`${text}${ev.reason && ev.reason !== words ? " — " + words : ""}`);
         }
         finishSession(s);
