@@ -73,15 +73,6 @@ class ScoreTable:
         mask = np.array([lab == label for lab in self.labels], dtype=bool)
         return cast(Array, self.scores[mask])
 
-    def spoofs_of(self, attack: str) -> npt.NDArray[np.float64]:
-        """The spoof scores of one attack (bona fide lines may carry any attack
-        field, e.g. ``-`` or a system name, and never count as its spoofs)."""
-        mask = np.array(
-            [a == attack and lab == "spoof" for a, lab in zip(self.attacks, self.labels, strict=True)],
-            dtype=bool,
-        )
-        return cast(Array, self.scores[mask])
-
 
 def score_value(value: str) -> float | None:
     """A score field's number, or ``None`` when it is not a finite number: the
