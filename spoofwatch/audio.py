@@ -154,6 +154,10 @@ def _announced_frames(open_log: str, frames: int) -> int:
     return round(frames * int(match.group(1)) / int(match.group(2)))
 
 
+def _samples(n: int) -> str:
+    return f"{n} sample" if n == 1 else f"{n} samples"
+
+
 def _bytes_after_empty_wav_data(path: Path) -> int:
     """Bytes after a WAV's ``data`` chunk header when that chunk announces a
     size of 0 (else 0): walks the RIFF chunks (id, 32-bit size, padded to
@@ -188,6 +192,10 @@ class AudioFile:
         if self.path.is_dir():
             raise AudioError(f"{self.path}: is a folder; expected an audio file")
         if not self.path.exists():
+            if self.path.is_symlink():  # exists() follows the link
+                raise AudioError(
+                    f"{self.path}: a symbolic link to nothing (its target is missing, or a loop)"
+                )
             raise AudioError(f"{self.path}: no such audio file")
         if not self.path.is_file():  # a FIFO, a device: libsndfile needs to seek
             raise AudioError(
@@ -283,7 +291,9 @@ class AudioFile:
         if tail.size:
             yield tail
         elif produced == 0:  # a handful of samples at a high rate, as read_audio says
-            raise AudioError(f"{self.path}: {total} samples at {self.rate_hz} Hz are none at {target_hz} Hz")
+            raise AudioError(
+                f"{self.path}: {_samples(total)} at {self.rate_hz} Hz are none at {target_hz} Hz"
+            )
 
 
 def read_audio(path: str | Path | bytes, target_hz: int = SAMPLE_RATE_HZ) -> FloatArray:
@@ -301,7 +311,7 @@ def read_audio(path: str | Path | bytes, target_hz: int = SAMPLE_RATE_HZ) -> Flo
     rate = header.rate_hz
     audio = resample(to_mono(frames), int(rate), target_hz)
     if audio.size == 0:  # a handful of samples at a high rate
-        raise AudioError(f"{path}: {frames.shape[0]} samples at {rate} Hz are none at {target_hz} Hz")
+        raise AudioError(f"{path}: {_samples(frames.shape[0])} at {rate} Hz are none at {target_hz} Hz")
     return audio
 
 

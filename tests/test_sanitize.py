@@ -330,6 +330,13 @@ def test_empty_files_say_what_is_empty(tmp_path: Path) -> None:
         AudioError, match=r"target_hz: expected a sample rate in \[4000, 192000\] Hz, got 0 Hz"
     ):
         read_audio(named, target_hz=0)
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling.wav"
+    dangling.symlink_to(tmp_path / "moved-away.wav")
+    for link in (loop, dangling):
+        with pytest.raises(AudioError, match="a symbolic link to nothing"):
+            read_audio(link)
 
 
 def test_a_wav_cut_short_on_disk_is_read_with_a_warning(
@@ -382,7 +389,7 @@ def test_a_few_samples_at_a_high_rate_are_an_audio_error_naming_the_file(
 
     tiny = tmp_path / "one44k.wav"
     soundfile.write(tiny, np.array([0.1], np.float32), 44100, subtype="FLOAT")
-    with pytest.raises(AudioError, match=r"one44k\.wav: 1 samples at 44100 Hz are none at 16000 Hz"):
+    with pytest.raises(AudioError, match=r"one44k\.wav: 1 sample at 44100 Hz are none at 16000 Hz"):
         list(AudioFile(tiny).chunks())
     good = la_clip(la_dir, BONAFIDE_UTT)
     assert main(["score", "--device", "cpu", "--json", str(tiny), str(good)]) == 1
