@@ -478,9 +478,9 @@ def test_suite_table_survives_a_group_that_one_model_never_scored() -> None:
         Utterance,
         VariantResult,
         add_intervals,
-        markdown,
         summarise,
     )
+    from spoofwatch.calibration.suite_report import markdown
     from spoofwatch.stream.policy import PolicyConfig
 
     cfg = SuiteConfig()
@@ -530,9 +530,9 @@ def test_the_operating_point_is_the_highest_threshold_without_a_false_alert() ->
         Utterance,
         VariantResult,
         false_alerts_per_hour,
-        markdown,
         summarise,
     )
+    from spoofwatch.calibration.suite_report import markdown
     from spoofwatch.stream.policy import PolicyConfig
 
     policy = PolicyConfig(enter_threshold=0.0, exit_threshold=1.0)  # smoothing 4, alerts after 2 windows
@@ -645,7 +645,8 @@ def test_a_call_is_one_trial_detected_by_its_first_alert() -> None:
     when an alert starts within 5 s of the call's start, whichever utterance it
     falls in; an alert staying open over later utterances detects nothing more."""
     from spoofwatch.calibration.streaming import Trace
-    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, markdown, summarise
+    from spoofwatch.calibration.suite import SuiteConfig, Utterance, VariantResult, summarise
+    from spoofwatch.calibration.suite_report import markdown
     from spoofwatch.stream.policy import PolicyConfig
 
     policy = PolicyConfig(enter_threshold=0.0, exit_threshold=1.0, smoothing_windows=1, cooldown_s=0.0)

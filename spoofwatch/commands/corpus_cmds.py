@@ -334,12 +334,11 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         audio_digest,
         cached_variant,
         earliest_alert_s,
-        markdown,
-        plot_det,
         run_variant,
         select_utterances,
         summarise,
     )
+    from spoofwatch.calibration.suite_report import markdown, plot_det
     from spoofwatch.model.detector import calibration_for
     from spoofwatch.model.loudness import LoudnessNormalisedScorer
     from spoofwatch.model.scorers import build_scorer
