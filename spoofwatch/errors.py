@@ -14,7 +14,8 @@ so callers can catch one type. The CLI maps each child to an exit code::
     ├── DatasetError                exit 7  missing files, malformed protocol lines
     ├── CalibrationError            exit 8  calibration made for another model, etc.
     ├── NetworkError                exit 9  a server cannot be reached (refused, unresolvable, timeout)
-    └── SinkError                   exit 10 events could not be written (a full disk, a closed pipe)
+    ├── IdleTimeout                 exit 1  (server side) a client sent nothing for the idle timeout: 1001
+    └── SinkError                   exit 10 events or standard output could not be written (a full disk)
 """
 
 from __future__ import annotations
