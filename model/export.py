@@ -21,6 +21,7 @@ from spoofwatch.errors import InputError, ModelError
 from spoofwatch.paths import SHARED_ENV, cache_tempfile, onnx_dir
 
 from .aasist import AASIST, GraphPool
+from .cached import Cached, check, install, record, record_legacy
 from .config import ModelConfig, load_model_config
 from .precision import validate_precision
 from .quantize import QUANT_VERSION
@@ -183,9 +184,14 @@ def check_parity(net: AASIST, onnx_path: Path) -> float:
 
 
 def export_onnx(
-    model: str, out: Path, weights: Path | None = None, config: ModelConfig | None = None
+    model: str,
+    out: Path,
+    weights: Path | None = None,
+    config: ModelConfig | None = None,
+    cached: bool = False,
 ) -> float:
-    """Export ``model`` to ``out``; install it only if parity holds. Returns the max diff."""
+    """Export ``model`` to ``out``; install it only if parity holds. Returns the max diff.
+    ``cached``: ``out`` is in the cache, installed with its digest (:mod:`.cached`)."""
     net = load_torch_model(model, weights, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = cache_tempfile(out.parent, ".onnx")
@@ -203,7 +209,10 @@ def export_onnx(
                 f"ONNX export of {model} failed its parity check: max |ONNX - PyTorch| = "
                 f"{diff:.3g} > {EXPORT_PARITY_TOL}; not installed"
             )
-        os.replace(tmp, out)
+        if cached:
+            install(tmp, out)
+        else:
+            os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     log.info("exported %s -> %s (max parity diff %.2g)", model, out, diff)
@@ -259,6 +268,8 @@ def export_precision(
         quantize_int8(fp32, target, calibration_windows(calibration_audio))
     else:
         convert_fp16(fp32, target)
+    if out is None:  # the cache's copy: checked at every use
+        record(target, target)
     return target
 
 
@@ -275,8 +286,8 @@ def ensure_onnx(model: str, weights: Path | None = None, precision: str = "fp32"
         weights = check_weights_file(weights)
     path = cached_onnx_path(model, weights)
     with _EXPORT_LOCK:
-        if not path.is_file():
-            export_onnx(model, path, weights)
+        if not path.is_file() or reexport_unrecorded(path):
+            export_onnx(model, path, weights, cached=True)
         if prec == "fp32":
             return path
         variant = cached_onnx_path(model, weights, prec)
@@ -284,4 +295,21 @@ def ensure_onnx(model: str, weights: Path | None = None, precision: str = "fp32"
             log.info("no cached %s export of %s yet; building it", prec, model)
             export_precision(model, prec, weights)
     check_source(variant, path, prec)
+    if check(variant) is Cached.UNRECORDED:  # made by an earlier release from this very FP32 file
+        record_legacy(variant)
     return variant
+
+
+def reexport_unrecorded(path: Path) -> bool:
+    """Whether the cached FP32 graph at ``path`` must be exported again: it has
+    no digest (an earlier release wrote it; its bytes cannot be vouched for)
+    and the cache can be written. A changed file is a :class:`ModelError`."""
+    if check(path) is Cached.INTACT:
+        return False
+    if not os.access(path.parent, os.W_OK):
+        log.warning(
+            "%s: cached by an earlier release in a cache this user cannot write; used unchecked", path
+        )
+        return False
+    log.info("%s: cached by an earlier release without a digest; exporting it again", path)
+    return True

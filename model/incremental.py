@@ -50,8 +50,9 @@ from spoofwatch.errors import InputError, ModelError
 from spoofwatch.paths import cache_tempfile, onnx_dir
 
 from .aasist import AASIST, ResidualBlock
+from .cached import Cached, check, install, record, record_legacy
 from .config import ModelConfig, load_model_config
-from .export import EXPORT_MAX_BATCH, export_graph
+from .export import EXPORT_MAX_BATCH, export_graph, reexport_unrecorded
 from .precision import validate_precision
 from .quantize import QUANT_VERSION, check_source, convert_fp16
 from .weights import load_torch_model, sha256_file
@@ -497,8 +498,8 @@ def export_incremental(
             )
         except Exception as exc:  # the exporter raises a zoo of types
             raise ModelError(f"incremental ONNX export of {model} failed: {exc}") from exc
-        os.replace(tmp[0], paths.init)
-        os.replace(tmp[1], paths.step)
+        install(tmp[0], paths.init)
+        install(tmp[1], paths.step)
     finally:
         for path in tmp:
             path.unlink(missing_ok=True)
@@ -534,7 +535,9 @@ def ensure_incremental_onnx(
     """
     prec = _incremental_precision(precision)
     paths = cached_incremental_paths(model, hop_samples, weights)
-    if not (paths.init.is_file() and paths.step.is_file()):
+    if not (paths.init.is_file() and paths.step.is_file()) or any(
+        reexport_unrecorded(p) for p in (paths.init, paths.step)
+    ):
         export_incremental(model, hop_samples, paths, weights)
     if prec == "fp32":
         return paths
@@ -543,5 +546,8 @@ def ensure_incremental_onnx(
         if not target.is_file():
             log.info("no cached %s incremental graph %s yet; building it", prec, target.name)
             convert_fp16(source, target)
+            record(target, target)
         check_source(target, source, "fp16")
+        if check(target) is Cached.UNRECORDED:
+            record_legacy(target)
     return variant

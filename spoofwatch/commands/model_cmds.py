@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spoofwatch.constants import DEFAULT_MODEL, MODEL_NAMES
-from spoofwatch.errors import AudioError, InputError, ModelError
+from spoofwatch.errors import AudioError, InputError, ModelError, SpoofwatchError
 from spoofwatch.paths import shown
 
 from .common import add_model_args, add_precision_arg, check_output_file, print_event
@@ -99,13 +100,36 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_export_out(args: argparse.Namespace) -> None:
+    """``--out`` must not be the weights it is made from, nor a file in the
+    cache: the cache names its files and checks them (a graph written over a
+    cached one was scored as the model that file's name says)."""
+    from spoofwatch.model.config import load_model_config
+    from spoofwatch.model.weights import packaged_weights_dir, resolve_weights
+    from spoofwatch.paths import home_dir
+
+    in_use = args.weights
+    if in_use is None:
+        with contextlib.suppress(SpoofwatchError):  # no weights at all: the export says so
+            in_use = resolve_weights(load_model_config(args.model))[1]
+    check_output_file(args.out, inputs={"--weights" if args.weights else "weights in use": in_use})
+    where = args.out.resolve()
+    for folder in (home_dir(), packaged_weights_dir()):
+        if where.is_relative_to(folder.resolve()):
+            raise InputError(
+                f"--out {args.out}: inside spoofwatch's {'cache' if folder == home_dir() else 'package'} "
+                f"({folder}), whose files spoofwatch names and checks itself; write elsewhere "
+                "(without --out, the export goes to the cache)"
+            )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from spoofwatch.audio import audio_files
     from spoofwatch.model.export import cached_onnx_path, export_onnx, export_precision
     from spoofwatch.model.weights import check_weights_file
 
     if args.out is not None:
-        check_output_file(args.out, inputs={"--weights": args.weights})
+        _check_export_out(args)
     if args.calibration_audio is not None and args.precision != "int8":
         raise InputError(
             f"--calibration-audio calibrates INT8 quantisation; expected --precision int8, got {args.precision}"
