@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import BONAFIDE_UTT, SPOOF_UTTS, genuine_then_spoof
+from helpers import BONAFIDE_UTT, SPOOF_UTTS, genuine_then_spoof, la_clip
 
 from spoofwatch.calibration.calfile import load_calibration
 from spoofwatch.calibration.fit import threshold_for
@@ -1318,6 +1318,48 @@ def test_bonafide_fit_refuses_what_it_cannot_measure(shared: Path) -> None:
         CalibrationError, match=r"an alert needs 2 scored windows in one recording, and the longest"
     ):
         bonafide_threshold([short], cal.policy, 0.0)
+
+
+def test_calibration_out_is_never_one_of_its_recordings(
+    tmp_path: Path, la_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`calibrate bonafide --out DIR/x.wav` replaced that genuine recording
+    with TOML (exit 0), and the next run skipped it as undecodable."""
+    recordings = tmp_path / "genuine"
+    recordings.mkdir()
+    clip = recordings / "a.flac"
+    shutil.copy(la_clip(la_dir, BONAFIDE_UTT), clip)
+    before = clip.read_bytes()
+    for out in (clip, recordings / "sub" / "cal.toml"):
+        argv = [
+            "calibrate",
+            "bonafide",
+            "--target-false-alerts-per-hour",
+            "1",
+            "--audio-dir",
+            str(recordings),
+        ]
+        argv += ["--out", str(out)]
+        assert main(argv) == InputError.exit_code
+        assert (
+            f"is inside --audio-dir {recordings}, whose audio it could overwrite" in capsys.readouterr().err
+        )
+    fit = ["calibrate", "fit", "--scores", str(tmp_path / "s.txt"), "--audio-dir", str(recordings)]
+    assert main([*fit, "--out", str(clip)]) == InputError.exit_code
+    assert "whose audio it could overwrite" in capsys.readouterr().err
+    assert clip.read_bytes() == before
+    argv = [
+        "calibrate",
+        "bonafide",
+        "--target-false-alerts-per-hour",
+        "1",
+        "--audio-dir",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "c.toml"),
+    ]
+    assert main(argv) == DatasetError.exit_code
+    assert "--audio-dir " + str(tmp_path / "nowhere") + ": no such folder" in capsys.readouterr().err
 
 
 def test_one_scoring_run_at_a_time_into_a_score_file(shared: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from .common import (
     add_model_args,
     check_output_dir,
     check_output_file,
+    check_output_outside,
     checked_type,
     model_inputs,
     non_negative_rate,
@@ -203,6 +204,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
             **model_inputs(args),
         },
     )
+    check_output_outside(args.out, args.audio_dir, "--audio-dir")
     if args.report is not None:
         check_output_dir(args.report, "--report")
     check_fit_matches_scores(args.scores, calibration_stamp(args.model, args.weights, args.precision))
@@ -347,6 +349,9 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.stream.vad import SileroVad
 
     check_output_file(args.out, inputs=model_inputs(args))
+    check_output_outside(args.out, args.audio_dir, "--audio-dir")
+    if not args.audio_dir.is_dir():
+        raise DatasetError(f"--audio-dir {args.audio_dir}: no such folder")
     files = audio_files(args.audio_dir)
     if not files:
         raise DatasetError(f"{args.audio_dir}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")

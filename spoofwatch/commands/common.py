@@ -82,6 +82,19 @@ def check_output_file(path: Path, flag: str = "--out", inputs: dict[str, Path | 
     _check_writable(path.parent, flag, path)
 
 
+def check_output_outside(path: Path, folder: Path | None, flag: str, out_flag: str = "--out") -> None:
+    """``path`` (a file this command writes) is not inside the input
+    ``folder``: a calibration written as one of the recordings it was fitted
+    on replaced that recording, and the next run skipped it as undecodable."""
+    from spoofwatch.errors import InputError
+
+    if folder is not None and path.resolve().is_relative_to(folder.resolve()):
+        raise InputError(
+            f"{out_flag} {path} is inside {flag} {folder}, whose audio it could overwrite (and a later run "
+            "would read): write it elsewhere"
+        )
+
+
 def model_inputs(args: argparse.Namespace) -> dict[str, Path | None]:
     """The files a command's model options name (``--weights``; ``--model`` when
     it is a card), for :func:`check_output_file`. (``--calibration`` is left
