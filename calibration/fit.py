@@ -20,14 +20,19 @@ from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 from .calfile import Calibration
 from .metrics import eer
 from .protocol import SCORE_DECIMALS, ScoreTable
-from .streaming import Conversation, Trace, false_alert_overrun, false_alert_spans, measure, trace
+from .streaming import (
+    MIN_BONAFIDE_MINUTES,
+    Conversation,
+    Trace,
+    false_alert_overrun,
+    false_alert_spans,
+    measure,
+    trace,
+)
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("eer", "bonafide-false-alarm", "spoof-miss")
-#: Genuine audio below which ``calibrate bonafide`` warns: a rate per hour
-#: measured on a few minutes rests on a handful of windows.
-MIN_BONAFIDE_MINUTES = 10.0
 #: Limiting alerts named in a one-line summary; the rest are counted.
 LIMITS_SHOWN = 3
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ from spoofwatch.stream.policy import AlertPolicy, PolicyConfig
 
 from .dataset import Dataset
 
+log = logging.getLogger(__name__)
+
 #: Candidate smoothing lengths and minimum alert lengths, in windows.
 SMOOTHING_WINDOWS = (1, 2, 3, 4, 6, 8)
 MIN_ALERT_WINDOWS = (1, 2, 3, 4)
@@ -45,6 +48,9 @@ class Conversation:
     onset_s: float | None  # None: bona fide throughout
 
 
+#: Genuine audio below which ``calibrate bonafide`` and ``fit --audio-dir``
+#: warn: a rate per hour measured on a few minutes rests on a handful of windows.
+MIN_BONAFIDE_MINUTES = 10.0
 #: The version of :class:`Trace`'s content, part of every cache key of traces:
 #: 2 since windows carry where a gated window's silence began.
 TRACE_FORMAT = 2
@@ -244,12 +250,27 @@ def fit_policy(
     traces: list[Trace], base: PolicyConfig, target_false_alerts_per_hour: float
 ) -> tuple[PolicyConfig, StreamMetrics]:
     """Smoothing, minimum length, thresholds and hysteresis width that meet the
-    false-alert target on bona fide audio, with the best detection rate and then
-    the lowest median delay."""
-    best: tuple[tuple[float, float], PolicyConfig, StreamMetrics] | None = None
-    grid = itertools.product(
-        SMOOTHING_WINDOWS, MIN_ALERT_WINDOWS, candidate_thresholds(traces), HYSTERESIS_MARGINS
-    )
+    false-alert target on bona fide audio, with the best detection rate, then
+    the lowest median delay, then the fewest false alerts (with 0 % detected,
+    the first setting within the target was kept, even when others gave none)."""
+    longest = max((sum(1 for _, score, _ in tr.windows if score is not None) for tr in traces), default=0)
+    lengths = [m for m in MIN_ALERT_WINDOWS if m <= longest]
+    if not lengths:
+        # No setting could alert: every one would "meet" the target (as in calibrate bonafide).
+        raise CalibrationError(
+            f"an alert needs at least {min(MIN_ALERT_WINDOWS)} scored windows in one conversation, and "
+            f"the longest has {longest}: simulate longer conversations (--conversation-s)"
+        )
+    minutes = _bona_fide_hours(traces) * 60
+    if minutes < MIN_BONAFIDE_MINUTES:
+        log.warning(
+            "%.1f min of genuine conversation audio: a false-alert rate per hour measured on less than %g min "
+            "says little; simulate more (--conversations, --conversation-s)",
+            minutes,
+            MIN_BONAFIDE_MINUTES,
+        )
+    best: tuple[tuple[float, float, float], PolicyConfig, StreamMetrics] | None = None
+    grid = itertools.product(SMOOTHING_WINDOWS, lengths, candidate_thresholds(traces), HYSTERESIS_MARGINS)
     for k, m, threshold, margin in grid:
         policy = dataclasses.replace(base, smoothing_windows=k, min_alert_windows=m).with_band(
             threshold, margin
@@ -260,6 +281,7 @@ def fit_policy(
         key = (
             -metrics.detection_rate,
             metrics.median_delay_s if metrics.median_delay_s is not None else np.inf,
+            metrics.false_alerts_per_hour,
         )
         if best is None or key < best[0]:
             best = (key, policy, metrics)

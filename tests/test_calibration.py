@@ -1320,6 +1320,25 @@ def test_bonafide_fit_refuses_what_it_cannot_measure(shared: Path) -> None:
         bonafide_threshold([short], cal.policy, 0.0)
 
 
+def test_streaming_fit_prefers_fewer_false_alerts_when_detection_ties(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With detection tied (here nothing can be detected), the fit kept the
+    first setting within the target, one that raised false alerts, though
+    others raised none."""
+    from spoofwatch.calibration.streaming import Trace, fit_policy
+    from spoofwatch.stream.policy import PolicyConfig
+
+    genuine = [(4.0 + 0.5 * i, -10.0 if i == 20 else 0.0, None) for i in range(60)]  # one dip
+    spoof = [(4.0 + 0.5 * i, 0.0, None) for i in range(60)]  # scores like genuine: undetectable
+    traces = [Trace("genuine", 34.0, None, genuine), Trace("spoof", 34.0, 0.0, spoof)]
+    base = PolicyConfig(enter_threshold=0.0, exit_threshold=1.0)
+    policy, metrics = fit_policy(traces, base, target_false_alerts_per_hour=1000.0)
+    assert metrics.detection_rate == 0.0
+    assert metrics.false_alerts_per_hour == 0.0  # the dip alerts only with 1-window alerts: not chosen
+    assert "min of genuine conversation audio" in caplog.text  # 34 s: the rate says little
+
+
 def test_calibration_out_is_never_one_of_its_recordings(
     tmp_path: Path, la_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
