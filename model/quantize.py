@@ -200,22 +200,26 @@ def quantize_int8(
     log.info("INT8: quantizing %d convolutions; kept in FP32: %s", len(nodes), ", ".join(keep) or "none")
     with tempfile.TemporaryDirectory(prefix="spoofwatch-quant-") as tmp:
         raw = Path(tmp) / "q.onnx"
+        # Its calibrator prints progress on standard output, where events go.
+        from .runtime import stdout_to_stderr
+
         try:
-            quantize_static(
-                str(fp32_path),
-                str(raw),
-                _Reader(windows),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                nodes_to_quantize=nodes,
-                op_types_to_quantize=["Conv"],
-                # u8 activations x s8 weights: the x86 integer kernels' fast path.
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.Percentile,
-                # One window per collect_data call (see _Reader): bounded memory.
-                extra_options={"CalibPercentile": INT8_CALIB_PERCENTILE, "CalibStridedMinMax": 1},
-            )
+            with stdout_to_stderr():
+                quantize_static(
+                    str(fp32_path),
+                    str(raw),
+                    _Reader(windows),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    nodes_to_quantize=nodes,
+                    op_types_to_quantize=["Conv"],
+                    # u8 activations x s8 weights: the x86 integer kernels' fast path.
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile,
+                    # One window per collect_data call (see _Reader): bounded memory.
+                    extra_options={"CalibPercentile": INT8_CALIB_PERCENTILE, "CalibStridedMinMax": 1},
+                )
         except Exception as exc:  # ORT's quantizer raises many types
             raise ModelError(f"INT8 quantization of {fp32_path.name} failed: {exc}") from exc
         quantized = onnx.load(str(raw))

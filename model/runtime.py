@@ -8,9 +8,12 @@ apply everywhere. Build one with :func:`spoofwatch.model.scorers.build_scorer`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -111,6 +114,26 @@ def validate_windows(windows: object, window_samples: int = WINDOW_SAMPLES) -> n
     return np.ascontiguousarray(windows)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Within: file descriptor 1 writes to 2. For native libraries that print
+    on standard output (ORT's CUDA preloader, its quantiser), where a
+    command's events go."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output at all
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _nvidia_device_present() -> bool:
     # Cheap check before asking ORT for CUDA: on a machine without an NVIDIA
     # driver the CUDA provider can only fail, after loading large libraries.
@@ -200,8 +223,12 @@ def make_session(
     if limits.shared_arena:
         _share_arena(options, providers[0] if isinstance(providers[0], str) else providers[0][0])
     if wants_cuda and hasattr(ort, "preload_dlls"):
-        try:  # lets onnxruntime-gpu find CUDA/cuDNN shipped in pip wheels (e.g. torch's)
-            ort.preload_dlls()
+        # Lets onnxruntime-gpu find CUDA/cuDNN shipped in pip wheels (e.g.
+        # torch's). It prints each library it misses on standard output, which
+        # is a command's --json events: those lines go to stderr instead.
+        try:
+            with stdout_to_stderr():
+                ort.preload_dlls()
         except Exception:  # a missing library is reported by the check below
             log.debug("onnxruntime.preload_dlls failed", exc_info=True)
     # ORT logs a loud error when the CUDA libraries are missing; we report it ourselves.

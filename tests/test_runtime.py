@@ -57,3 +57,50 @@ def test_bad_device_and_threads(onnx_aasist_l: Path) -> None:
         OnnxScorer(onnx_aasist_l, device="tpu")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="threads >= 1"):
         OnnxScorer(onnx_aasist_l, device="cpu", threads=0)
+
+
+def test_native_output_never_reaches_standard_output(sw_home: Path, la_dir: Path) -> None:
+    """ORT's CUDA preloader printed each library it missed on standard output,
+    before `--device cuda` failed: `score --json` output was no longer JSON
+    lines. Whatever the machine (GPU or not), standard output holds events only."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import BONAFIDE_UTT, REPO_ROOT, la_clip
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spoofwatch",
+            "score",
+            "--json",
+            "--device",
+            "cuda",
+            str(la_clip(la_dir, BONAFIDE_UTT)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode in (0, DeviceError.exit_code), proc.stderr
+    for line in proc.stdout.splitlines():
+        json.loads(line)  # events only
+    if proc.returncode == DeviceError.exit_code:
+        assert proc.stdout == "" and "--device cuda" in proc.stderr
+
+
+def test_stdout_to_stderr_moves_the_descriptor_and_puts_it_back(capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from spoofwatch.model.runtime import stdout_to_stderr
+
+    with stdout_to_stderr():
+        os.write(1, b"native chatter\n")
+    os.write(1, b"event\n")
+    out, err = capfd.readouterr()
+    assert out == "event\n" and err == "native chatter\n"
