@@ -151,8 +151,9 @@ def markdown(summaries: list[dict[str, Any]], cfg: SuiteConfig) -> str:
             f"long enough to alert within {cfg.detect_within_s:g} s at all ({sh['spoof_streams_can_alert']} at any "
             "time); the others end, or stay gated, before an alert's windows are scored"
         )
+        hop = f"hop {s['hop_s']:g} s, " if "hop_s" in s else ""
         lines.append(
-            f"- {s['model']}: {s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "
+            f"- {s['model']}: {hop}{s['genuine_stream_hours']:.2f} h of genuine streams; {at_target}; "
             f"at the shipped threshold {sh['enter_threshold']:.3f}: {sh['false_alerts_per_hour']:.1f} false alerts/h, "
             f"{fmt(sh['detection_rate'], True)} detected ({fmt(sh['detection_rate_any'], True)} at any time); "
             f"{s['n_unscored']} utterances had no scored window centred on them (gated, or too near "

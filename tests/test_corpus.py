@@ -884,6 +884,36 @@ def test_evaluate_suite_scores_a_model_card_beside_the_official_model(
         assert message in capsys.readouterr().err
 
 
+def test_evaluate_suite_says_when_models_run_at_different_hops(
+    sw_home: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each model runs at its calibration's hop: a card's default was 0.5 s,
+    the official model's 0.5011875 s, so the official ONNX file as a card
+    scored differently from itself, and only suite.json showed why."""
+    import dataclasses
+
+    from test_model_card import _card, _tiny_model
+
+    from spoofwatch.calibration.calfile import load_calibration, load_card_default, save_calibration
+    from spoofwatch.cli import main
+    from spoofwatch.model.card import load_card
+
+    _tiny_model(tmp_path / "tiny.onnx")
+    card = _card(tmp_path, "power.toml")
+    spec = load_card(card)
+    default = load_card_default(spec.name, spec.calibration_key, spec.window_samples)
+    assert default.stream.hop_s == load_calibration(model="aasist-l").stream.hop_s  # one hop by default
+    own = tmp_path / "power-cal.toml"
+    save_calibration(dataclasses.replace(default, stream=dataclasses.replace(default.stream, hop_s=0.5)), own)
+    args = ["evaluate-suite", "--corpus", str(tiny_corpus), "--model", str(card), "--calibration", str(own)]
+    args += ["--copies", "clean", "--limit-per-group", "1", "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    said = capsys.readouterr()
+    assert "the models run at different hops (official 0.501188 s, power 0.5 s)" in said.err
+    table = (tmp_path / "out" / "suite.md").read_text()
+    assert "- official: hop 0.501188 s, " in table and "- power: hop 0.5 s, " in table
+
+
 def test_evaluate_suite_refuses_a_selection_without_genuine_audio(
     tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

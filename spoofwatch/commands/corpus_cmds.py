@@ -389,6 +389,13 @@ def cmd_evaluate_suite(args: argparse.Namespace) -> int:
         scorer: Any = LoudnessNormalisedScorer(base) if loud else base
         live = dataclasses.replace(cal.live, window_samples=base.window_samples)
         prepared.append((label, loud, cal, graph, scorer, build_engine(live, vad, args.hop_s)))
+    hops = {label: engine.config.hop_s for label, *_, engine in prepared}
+    if len(set(hops.values())) > 1:  # each calibration's own hop: windows fall elsewhere in the audio
+        log.warning(
+            "the models run at different hops (%s): their figures differ by the hop too; "
+            "--hop-s compares them at one",
+            ", ".join(f"{label} {hop:g} s" for label, hop in hops.items()),
+        )
     for label, _, cal, _, _, engine in prepared:
         first_alert_s = earliest_alert_s(engine, cal.policy)
         if first_alert_s > cfg.detect_within_s:  # said before hours of scoring, not after (clips and calls)
