@@ -110,6 +110,34 @@ def with_threshold(base: Calibration, threshold: float, provenance: dict[str, An
     )
 
 
+def warn_about_genuine(traces: list[Trace], base: PolicyConfig, whose: str = "") -> None:
+    """Say what weakens a false-alert rate measured on these genuine recordings
+    (once per set: a search may run many times on one): too little audio, and
+    recordings too short to ever alert, which add to the hours, and so loosen
+    the threshold, without any chance to hold it down."""
+    minutes = sum(tr.duration_s for tr in traces) / 60
+    if minutes < MIN_BONAFIDE_MINUTES:
+        log.warning(
+            "%s%.1f min of genuine audio: a false-alert rate per hour measured on less than %g min "
+            "says little; record more for a threshold you can trust",
+            f"{whose}: " if whose else "",
+            minutes,
+            MIN_BONAFIDE_MINUTES,
+        )
+    mute = [tr for tr in traces if sum(1 for _, s, _ in tr.windows if s is not None) < base.min_alert_windows]
+    if mute:
+        log.warning(
+            "%s%d of %d genuine recordings (%.1f min) have fewer than %d scored windows and can never alert: "
+            "they count towards the hours, which loosens the threshold (join short clips into longer "
+            "recordings, or leave them out)",
+            f"{whose}: " if whose else "",
+            len(mute),
+            len(traces),
+            sum(tr.duration_s for tr in mute) / 60,
+            base.min_alert_windows,
+        )
+
+
 def bonafide_threshold(
     traces: list[Trace], base: PolicyConfig, target_per_hour: float
 ) -> tuple[float, float]:
@@ -151,14 +179,6 @@ def bonafide_threshold(
             f"an alert needs {base.min_alert_windows} scored windows in one recording, and the longest "
             f"genuine recording has {longest}: give longer recordings of speech "
             f"(at least {MIN_BONAFIDE_MINUTES:g} min in all is advised)"
-        )
-    minutes = sum(tr.duration_s for tr in traces) / 60
-    if minutes < MIN_BONAFIDE_MINUTES:
-        log.warning(
-            "%.1f min of genuine audio: a false-alert rate per hour measured on less than %g min "
-            "says little; record more for a threshold you can trust",
-            minutes,
-            MIN_BONAFIDE_MINUTES,
         )
     # Most sensitive first, from above the top level (past it nothing
     # changes; a lax target can be met there and not just below it). Below

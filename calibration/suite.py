@@ -51,7 +51,7 @@ from spoofwatch.stream.engine import Engine, Scorer
 from spoofwatch.stream.policy import PolicyConfig
 
 from .bootstrap import BootstrapConfig, Sample, compare_eers
-from .fit import bonafide_threshold, limiting_alerts
+from .fit import bonafide_threshold, limiting_alerts, warn_about_genuine
 from .metrics import balanced_eer, eer
 from .streaming import Conversation, Trace, measure, replay, trace
 
@@ -486,6 +486,8 @@ def summarise(
         elif u.label == "bonafide" and u.utt in result.genuine:
             gen_by[u.corpus].append(result.genuine[u.utt])
     spoof = [s for v in spoof_by.values() for s in v]
+    if result.genuine_traces:  # said once per model, not at every operating point searched
+        warn_about_genuine(result.genuine_traces, policy, result.name)
     shipped = {
         "enter_threshold": policy.enter_threshold,
         "false_alerts_per_hour": false_alerts_per_hour(result.genuine_traces, policy),

@@ -1340,6 +1340,44 @@ def test_streaming_fit_prefers_fewer_false_alerts_when_detection_ties(
     assert "min of genuine conversation audio" in caplog.text  # 34 s: the rate says little
 
 
+def test_genuine_audio_that_cannot_alert_is_named_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Clips too short to ever alert add to the hours and loosen the
+    threshold, silently; and the "less than 10 min" warning came once per
+    threshold searched (three times per model in evaluate-suite)."""
+    from spoofwatch.calibration.fit import bonafide_threshold, warn_about_genuine
+    from spoofwatch.calibration.streaming import Trace
+    from spoofwatch.stream.policy import PolicyConfig
+
+    base = PolicyConfig(enter_threshold=0.0, exit_threshold=1.0)  # alerts need 2 windows
+    long = Trace("long", 60.0, None, [(4.0 + 0.5 * i, 1.0 - (i == 30) * 5.0, None) for i in range(110)])
+    short = [Trace(f"clip{i}", 4.5, None, [(4.04, 2.0, None)]) for i in range(3)]
+    warn_about_genuine([long, *short], base, "official")
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "official: 1.2 min of genuine audio: a false-alert rate per hour measured on less than 10 min says "
+        "little; record more for a threshold you can trust",
+        "official: 3 of 4 genuine recordings (0.2 min) have fewer than 2 scored windows and can never alert: "
+        "they count towards the hours, which loosens the threshold (join short clips into longer recordings, "
+        "or leave them out)",
+    ]
+    caplog.clear()
+    for target in (0.0, 10.0, 100.0):
+        bonafide_threshold([long, *short], base, target)
+    assert not caplog.records  # the search itself says nothing, however often it runs
+
+
+def test_copies_of_a_genuine_recording_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from spoofwatch.commands.calibration_cmds import _warn_duplicates
+
+    (tmp_path / "sub").mkdir()
+    for name, content in (("a.wav", b"one"), ("b.wav", b"two"), ("sub/a.wav", b"one")):
+        (tmp_path / name).write_bytes(content)
+    _warn_duplicates(sorted(tmp_path.rglob("*.wav")), tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        "sub/a.wav is a copy of a.wav: both count (twice the hours, and any false alert twice)"
+    ]
+
+
 def test_calibration_out_is_never_one_of_its_recordings(
     tmp_path: Path, la_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

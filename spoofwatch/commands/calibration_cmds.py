@@ -332,6 +332,26 @@ def _fit_streaming(args: argparse.Namespace, cal: Calibration) -> tuple[PolicyCo
     return policy, section
 
 
+def _warn_duplicates(files: list[Path], folder: Path) -> None:
+    """Copies of one recording count its false alerts, and its hours, twice."""
+    from spoofwatch.model.cached import file_sha256
+
+    first: dict[str, Path] = {}
+    for path in files:
+        try:
+            digest = file_sha256(path)
+        except OSError:  # unreadable: its decode says so
+            continue
+        if digest in first:
+            log.warning(
+                "%s is a copy of %s: both count (twice the hours, and any false alert twice)",
+                path.relative_to(folder),
+                first[digest].relative_to(folder),
+            )
+        else:
+            first[digest] = path
+
+
 def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     from spoofwatch.audio import AUDIO_SUFFIXES, audio_files
     from spoofwatch.calibration.calfile import save_calibration
@@ -341,6 +361,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
         describe_alerts,
         limiting_alerts,
         trace_file,
+        warn_about_genuine,
         with_threshold,
     )
     from spoofwatch.errors import AudioError, DatasetError
@@ -358,6 +379,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
     start = calibration_for(args.model, args.calibration, args.weights, args.precision, warn=False)
     detector = Detector.load(args.model, args.device, args.threads, args.weights, start, args.precision)
     engine = build_engine(detector.live, SileroVad())
+    _warn_duplicates(files, args.audio_dir)
     traces = []
     for path in files:
         try:
@@ -370,6 +392,7 @@ def cmd_calibrate_bonafide(args: argparse.Namespace) -> int:
             log.warning("skipping %s", exc)
     if not traces:
         raise DatasetError(f"{args.audio_dir}: none of the {len(files)} audio files could be decoded")
+    warn_about_genuine(traces, detector.calibration.policy)
     threshold, rate = bonafide_threshold(
         traces, detector.calibration.policy, args.target_false_alerts_per_hour
     )
