@@ -133,6 +133,13 @@ def test_hops_that_are_not_multiples_of_729_are_refused_with_a_reason(hop: int) 
         plan_for(load_model_config("aasist-l"), hop)
 
 
+def test_the_hops_suggested_instead_are_usable() -> None:
+    """At the ends of the hop range it suggested "729 or 729", or a hop past one window."""
+    assert hop_incompatibility(8000).endswith("nearest usable hops: 7290 or 8019 samples")  # type: ignore[union-attr]
+    assert hop_incompatibility(512).endswith("nearest usable hop: 729 samples")  # type: ignore[union-attr]
+    assert hop_incompatibility(WINDOW_SAMPLES).endswith("nearest usable hop: 64152 samples")  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("hop", "precision", "full_windows", "reason"),
     [
