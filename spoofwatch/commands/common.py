@@ -167,7 +167,11 @@ non_negative_int = checked_type(int, lambda v: v >= 0, "an integer >= 0")
 MAX_THREADS = 1024
 thread_count = checked_type(int, lambda v: 1 <= v <= MAX_THREADS, f"an integer from 1 to {MAX_THREADS}")
 #: False alerts per hour.
-non_negative_rate = checked_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+non_negative_rate = checked_type(
+    lambda text: float(text) + 0.0,  # + 0.0: -0 is 0 (it was written "-0.0" into provenance)
+    lambda v: math.isfinite(v) and v >= 0,
+    "a finite number >= 0",
+)
 
 
 def _rates(text: str) -> tuple[float, ...]:
