@@ -9,6 +9,7 @@ import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -170,6 +171,18 @@ class Detector:
         self.model = model
         self.scorer = scorer
         self.calibration = calibration
+        #: How :meth:`load` made it: what a pickled Detector is loaded again from.
+        self._loaded_with: tuple[Any, ...] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A Detector pickles as the way to load it again (an ONNX Runtime
+        session cannot be pickled): a process pool's workers each load their own."""
+        if self._loaded_with is None:
+            raise InputError(
+                "this Detector was built around a scorer, not by Detector.load: it cannot be pickled; "
+                "load one in each process with Detector.load"
+            )
+        return (_load_again, self._loaded_with)
 
     @classmethod
     def load(
@@ -200,7 +213,9 @@ class Detector:
             cal = given or calibration_for(model, path, weights, prec)
             _check_precision(cal, prec)
             scorer = build_scorer(model, prec, device, threads, weights)
-        return cls(model, scorer, cal)
+        detector = cls(model, scorer, cal)
+        detector._loaded_with = (model, device, threads, weights, cal, precision)
+        return detector
 
     @property
     def live(self) -> LiveConfig:
@@ -285,3 +300,8 @@ class Detector:
         """Score a file decoded block by block (bounded memory for any length)."""
         audio = AudioFile(path)
         return self._score_checked(audio.chunks(), hop_s, str(audio.path))
+
+
+def _load_again(*args: Any) -> Detector:
+    """Unpickling a :class:`Detector`: load it as it was loaded."""
+    return Detector.load(*args)

@@ -240,3 +240,20 @@ def test_a_full_standard_output_is_one_error_not_a_traceback(sw_home: Path, la_d
         assert proc.returncode == SinkError.exit_code, proc.stderr
         assert "error: cannot write to standard output: No space left on device" in proc.stderr
         assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_a_detector_pickles_as_the_way_to_load_it(sw_home: Path, la_dir: Path) -> None:
+    """A process pool pickles what it hands its workers: a Detector raised
+    ONNX Runtime's raw TypeError (its session cannot be pickled)."""
+    import pickle
+
+    from spoofwatch.errors import InputError
+
+    detector = Detector.load(device="cpu", threads=1)
+    again = pickle.loads(pickle.dumps(detector))
+    audio = read_audio(la_clip(la_dir, BONAFIDE_UTT))
+    assert again.score_audio(audio, hop_s=1.0).windows == detector.score_audio(audio, hop_s=1.0).windows
+    assert again.calibration == detector.calibration and again.scorer is not detector.scorer
+    built = Detector("aasist-l", detector.scorer, detector.calibration)
+    with pytest.raises(InputError, match=r"cannot be pickled; load one in each process with Detector\.load"):
+        pickle.dumps(built)
