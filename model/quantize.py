@@ -314,10 +314,13 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def check_source(variant: Path, fp32_path: Path, precision: Precision) -> None:
     """Refuse a reduced-precision file that was not made from this exact FP32 file."""
-    meta = read_metadata(variant)
+    try:
+        meta = read_metadata(variant)
+    except ModelError as exc:  # a damaged cached variant: say how to make it again
+        raise ModelError(f"{exc}; delete it and run `spoofwatch export --precision {precision}`") from None
     if meta.get(META_PRECISION) != precision:
         raise ModelError(
-            f"{variant}: expected a {precision} graph, but it records precision "
+            f"{variant}: expected an {precision.upper()} graph, but it records precision "
             f"{meta.get(META_PRECISION)!r}; delete it and run `spoofwatch export --precision {precision}`"
         )
     expected = sha256_of(fp32_path)

@@ -145,9 +145,15 @@ def verify_weights_file(path: Path, config: ModelConfig) -> None:
     """Raise :class:`WeightsError` unless ``path`` has the pinned hash and loads strictly."""
     digest = sha256_file(path)
     if digest != config.weights_sha256:
+        fix = (
+            f"; this copy in the cache is used before the packaged weights: delete it, or run "
+            f"`spoofwatch weights fetch --model {config.name}`"
+            if path.resolve().is_relative_to(weights_dir().resolve())
+            else ""
+        )
         raise WeightsError(
             f"{path}: SHA-256 {digest} does not match the pinned {config.weights_sha256} "
-            f"for {config.name} (truncated, corrupted or a different file)"
+            f"for {config.name} (truncated, corrupted or a different file){fix}"
         )
     _load_state_dict(path)
 
@@ -213,12 +219,29 @@ def list_weights() -> list[InstalledWeights]:
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: an empty file (0 bytes); expected a PyTorch state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad pickle/zip
-        raise WeightsError(f"{path}: not a readable PyTorch state dict: {exc}") from None
+        if "Weights only load failed" in str(exc):
+            # torch's own text goes on to suggest weights_only=False: running
+            # whatever code the file holds. Never.
+            why = "it holds Python objects, not only tensors (spoofwatch never runs code from a weights file)"
+        else:
+            why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+        raise WeightsError(f"{path}: not a readable PyTorch state dict ({why})") from None
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
+    if set(state) == {"state_dict"} or (isinstance(state.get("state_dict"), dict) and "model" not in state):
+        raise WeightsError(
+            f"{path}: the state dict is wrapped under 'state_dict'; save checkpoint['state_dict'] on its own"
+        )
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        raise WeightsError(
+            f"{path}: saved from a DataParallel/DistributedDataParallel model (every key starts with "
+            "'module.'); save model.module.state_dict(), or strip the prefix"
+        )
     if isinstance(state.get("model"), dict) and "optimizer" in state:
         # Not a misfit of the architecture, which torch's missing keys would suggest.
         raise WeightsError(
@@ -242,10 +265,14 @@ def load_torch_model(model: str, path: Path | None = None, config: ModelConfig |
         log.debug("loading %s weights from %s (%s)", config.name, path, source)
         verify_weights_file(path, config)
     net = AASIST(config)
+    state = _load_state_dict(path)
     try:
-        net.load_state_dict(_load_state_dict(path), strict=True)
+        net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(_misfit_message(path, config.name, str(exc))) from None
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:  # the export's parity check would blame itself, with |diff| = inf
+        raise WeightsError(f"{path}: the weights hold NaN or Inf (first in {broken})")
     return net.eval()
 
 

@@ -146,7 +146,7 @@ def test_variant_with_matching_source_loads_and_wrong_precision_is_refused(priva
     _fake_variant(fp32, variant, "int8", sha256_of(fp32))
     assert ensure_onnx("aasist-l", precision="int8") == variant
     _fake_variant(fp32, variant, "fp16", sha256_of(fp32))
-    with pytest.raises(ModelError, match="expected a int8 graph, but it records precision 'fp16'"):
+    with pytest.raises(ModelError, match="expected an INT8 graph, but it records precision 'fp16'"):
         ensure_onnx("aasist-l", precision="int8")
 
 

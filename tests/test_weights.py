@@ -141,6 +141,40 @@ def test_corrupted_cache_is_caught_at_load(shared: Path, home: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="does not match"):
         load_torch_model("aasist-l")
+    # The cache copy shadows the packaged weights: the message says how to recover.
+    with pytest.raises(
+        WeightsError, match="this copy in the cache is used before the packaged weights: delete it"
+    ):
+        load_torch_model("aasist-l")
+
+
+def test_weights_files_that_are_not_plain_weights_say_what_they_are(shared: Path, tmp_path: Path) -> None:
+    """Torch's raw text (which suggests weights_only=False, i.e. running the
+    file's code), an empty reason for an empty file, a missing-keys list for a
+    wrapped or DDP state dict, and a parity failure "of the export" for NaN
+    weights."""
+    import torch
+
+    from spoofwatch.model.weights import load_torch_model
+
+    official = torch.load(shared / "weights" / "AASIST-L.pth", map_location="cpu", weights_only=True)
+    cases: list[tuple[str, object, str]] = [
+        ("objects.pth", {"net": object}, "it holds Python objects, not only tensors"),
+        ("wrapped.pth", {"state_dict": official}, "wrapped under 'state_dict'"),
+        ("ddp.pth", {f"module.{k}": v for k, v in official.items()}, "every key starts with 'module.'"),
+        (
+            "nan.pth",
+            {k: v * float("nan") if v.is_floating_point() else v for k, v in official.items()},
+            "NaN or Inf",
+        ),
+    ]
+    for name, state, message in cases:
+        torch.save(state, tmp_path / name)
+        with pytest.raises(WeightsError, match=message):
+            load_torch_model("aasist-l", tmp_path / name)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"an empty file \(0 bytes\)"):
+        load_torch_model("aasist-l", tmp_path / "empty.pth")
 
 
 def test_missing_weights_say_how_to_fetch(
