@@ -190,7 +190,17 @@ def parse_card(path: Path) -> ModelSpec:
         raise ConfigError(f"{origin}: cannot read the model card: {exc}") from None
     table = data.get("model")
     if set(data) != {"model"} or not isinstance(table, dict):
-        raise ConfigError(f"{origin}: expected exactly one [model] table, got {sorted(data)}")
+        tables = sorted(k for k, v in data.items() if isinstance(v, dict))
+        keys = sorted(k for k, v in data.items() if not isinstance(v, dict))
+        got = ", ".join(
+            part
+            for part in (
+                f"tables {tables}" if tables else "",
+                f"keys outside any table {keys} (a missing [model] line?)" if keys else "",
+            )
+            if part
+        )
+        raise ConfigError(f"{origin}: expected exactly one [model] table, got {got or 'nothing'}")
     unknown = sorted(set(table) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         raise ConfigError(

@@ -243,6 +243,19 @@ def test_bad_cards_fail_clearly(
         load_card(_card(tmp_path, **fields))
 
 
+def test_a_card_without_its_model_table_says_so(card: Path) -> None:
+    """It listed the fields as if they were tables: "got ['bonafide_index', ...]"."""
+    text = card.read_text()
+    card.write_text(text.replace("[model]\n", ""))
+    with pytest.raises(
+        ConfigError, match=r"got keys outside any table \['bonafide_index', .*a missing \[model\] line"
+    ):
+        load_card(card)
+    card.write_text(text + "[extra]\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"got tables \['extra', 'model'\]$"):
+        load_card(card)
+
+
 def _reshape_needs_window(path: Path) -> None:
     """Rewrite the tiny model so its input is dynamic but a Reshape needs 32000 samples."""
     import onnx
