@@ -1388,17 +1388,13 @@ def test_calibration_out_is_never_one_of_its_recordings(
     clip = recordings / "a.flac"
     shutil.copy(la_clip(la_dir, BONAFIDE_UTT), clip)
     before = clip.read_bytes()
+
+    def bonafide(audio_dir: Path, out: Path) -> list[str]:
+        target = ["--target-false-alerts-per-hour", "1"]
+        return ["calibrate", "bonafide", *target, "--audio-dir", str(audio_dir), "--out", str(out)]
+
     for out in (clip, recordings / "sub" / "cal.toml"):
-        argv = [
-            "calibrate",
-            "bonafide",
-            "--target-false-alerts-per-hour",
-            "1",
-            "--audio-dir",
-            str(recordings),
-        ]
-        argv += ["--out", str(out)]
-        assert main(argv) == InputError.exit_code
+        assert main(bonafide(recordings, out)) == InputError.exit_code
         assert (
             f"is inside --audio-dir {recordings}, whose audio it could overwrite" in capsys.readouterr().err
         )
@@ -1406,17 +1402,7 @@ def test_calibration_out_is_never_one_of_its_recordings(
     assert main([*fit, "--out", str(clip)]) == InputError.exit_code
     assert "whose audio it could overwrite" in capsys.readouterr().err
     assert clip.read_bytes() == before
-    argv = [
-        "calibrate",
-        "bonafide",
-        "--target-false-alerts-per-hour",
-        "1",
-        "--audio-dir",
-        str(tmp_path / "nowhere"),
-        "--out",
-        str(tmp_path / "c.toml"),
-    ]
-    assert main(argv) == DatasetError.exit_code
+    assert main(bonafide(tmp_path / "nowhere", tmp_path / "c.toml")) == DatasetError.exit_code
     assert "--audio-dir " + str(tmp_path / "nowhere") + ": no such folder" in capsys.readouterr().err
 
 
