@@ -5,9 +5,11 @@ version), and nothing in a name says the bytes are still the ones exported:
 a graph damaged in place, or replaced by another model's (an ``export --out``
 into the cache, a copy from another machine), was scored silently, with
 verdicts inverted. So every file spoofwatch installs in the cache gets a
-digest beside it (``<file>.sha256``, the SHA-256 of its bytes), written before
-the file is renamed into place, and every use compares the two (a few
-milliseconds: the graphs are megabytes).
+digest beside it (``<file>.sha256``, the SHA-256 of its bytes), and every use
+compares the two (a few milliseconds: the graphs are megabytes). A file is
+replaced with its old digest removed first and the new one written after:
+a run that dies in between leaves a file without a digest, which the next
+use treats as below, never a digest that refuses a good file.
 
 A file without a digest comes from an earlier release: the caller re-exports
 it when it can (the FP32 graphs), or records its digest now (a reduced-
@@ -48,24 +50,30 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def record(path: Path | str, final: Path) -> None:
-    """Write the digest of ``path`` (a finished temporary file, or ``final``
-    itself) as ``final``'s, atomically."""
+def record(final: Path, digest: str | None = None) -> None:
+    """Write ``final``'s digest (``digest``, else computed), atomically."""
+    digest = digest or file_sha256(final)
     fd, name = cache_tempfile(final.parent, DIGEST_SUFFIX)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(file_sha256(path) + "\n")
+            fh.write(digest + "\n")
         os.replace(name, digest_path(final))
     finally:
         Path(name).unlink(missing_ok=True)
 
 
+def forget(final: Path) -> None:
+    """Remove ``final``'s digest before ``final`` is written anew."""
+    digest_path(final).unlink(missing_ok=True)
+
+
 def install(tmp: Path | str, final: Path) -> None:
-    """Rename the finished ``tmp`` to ``final``, its digest recorded first (a
-    run that dies between the two leaves a digest that does not match an
-    older file, which is then refused, never a file that passes unchecked)."""
-    record(tmp, final)
+    """Rename the finished ``tmp`` to ``final`` and record its digest (the old
+    one removed first: see the module's docstring)."""
+    digest = file_sha256(tmp)
+    forget(final)
     os.replace(tmp, final)
+    record(final, digest)
 
 
 def check(path: Path) -> Cached:
@@ -89,7 +97,7 @@ def record_legacy(path: Path) -> None:
     """Record the digest of a file from an earlier release now; a cache this
     user cannot write (a read-only image) is used as it is."""
     try:
-        record(path, path)
+        record(path)
     except Exception as exc:  # cache_unwritable's InputError, or an OSError
         log.warning("%s: cannot record its digest (%s); it is used unchecked", path, exc)
     else:

@@ -21,7 +21,7 @@ from spoofwatch.errors import InputError, ModelError
 from spoofwatch.paths import SHARED_ENV, cache_tempfile, onnx_dir
 
 from .aasist import AASIST, GraphPool
-from .cached import Cached, check, install, record, record_legacy
+from .cached import Cached, check, forget, install, record, record_legacy
 from .config import ModelConfig, load_model_config
 from .precision import validate_precision
 from .quantize import QUANT_VERSION
@@ -255,6 +255,8 @@ def export_precision(
     if prec == "fp32":
         return fp32
     target = out or cached_onnx_path(model, weights, prec)
+    if out is None:
+        forget(target)  # recorded again once the new file is in place
     if prec == "int8":
         if calibration_audio is None:
             root = shared_root()
@@ -269,7 +271,7 @@ def export_precision(
     else:
         convert_fp16(fp32, target)
     if out is None:  # the cache's copy: checked at every use
-        record(target, target)
+        record(target)
     return target
 
 

@@ -50,7 +50,7 @@ from spoofwatch.errors import InputError, ModelError
 from spoofwatch.paths import cache_tempfile, onnx_dir
 
 from .aasist import AASIST, ResidualBlock
-from .cached import Cached, check, install, record, record_legacy
+from .cached import Cached, check, forget, install, record, record_legacy
 from .config import ModelConfig, load_model_config
 from .export import EXPORT_MAX_BATCH, export_graph, reexport_unrecorded
 from .precision import validate_precision
@@ -548,8 +548,9 @@ def ensure_incremental_onnx(
     for source, target in ((paths.init, variant.init), (paths.step, variant.step)):
         if not target.is_file():
             log.info("no cached %s incremental graph %s yet; building it", prec, target.name)
+            forget(target)  # a stale digest (the file deleted by hand) must not refuse the new file
             convert_fp16(source, target)
-            record(target, target)
+            record(target)
         check_source(target, source, "fp16")
         if check(target) is Cached.UNRECORDED:
             record_legacy(target)

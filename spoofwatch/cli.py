@@ -103,7 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("spoofwatch").setLevel(own)
     stdout, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)  # type: ignore[assignment]
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # Through the guard: output still buffered (a short table) would
+        # otherwise fail at the interpreter's exit flush, as a traceback.
+        sys.stdout.flush()
+        return code
     except SpoofwatchError as exc:
         sys.stderr.write(f"spoofwatch {args.command}: error: {shown(exc)}\n")
         return exc.exit_code

@@ -83,3 +83,37 @@ def test_export_out_refuses_the_cache_and_the_weights_in_use(
         assert message in capsys.readouterr().err
     assert file_sha256(weights) == before and not (packaged_weights_dir() / "mine.onnx").exists()
     assert check(own_home / "onnx" / onnx_aasist_l.name) is Cached.INTACT
+
+
+def test_export_into_the_cache_records_the_digest(own_home: Path, onnx_aasist_l: Path) -> None:
+    """`spoofwatch export` (no --out) installed its graph without a digest:
+    the next use took it for an earlier release's and exported it again."""
+    cached = own_home / "onnx" / onnx_aasist_l.name
+    cached.unlink()
+    digest_path(cached).write_text("0" * 64 + "\n")  # a stale digest: the file was deleted by hand
+    assert main(["export"]) == 0
+    assert check(cached) is Cached.INTACT
+
+
+def test_a_replacement_that_dies_half_way_leaves_no_digest_to_refuse_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old digest goes first and the new one comes last: a run killed in
+    between leaves a file without one (exported again, or recorded), never a
+    digest that refuses a good file for ever."""
+    from spoofwatch.model import cached as cache
+
+    final = tmp_path / "graph.onnx"
+    final.write_bytes(b"old")
+    cache.record(final)
+    new = tmp_path / "new.tmp"
+    new.write_bytes(b"new")
+
+    def dies(path: Path, digest: str | None = None) -> None:
+        raise KeyboardInterrupt  # killed after the rename, before the digest
+
+    monkeypatch.setattr(cache, "record", dies)
+    with pytest.raises(KeyboardInterrupt):
+        cache.install(new, final)
+    monkeypatch.undo()
+    assert final.read_bytes() == b"new" and check(final) is Cached.UNRECORDED

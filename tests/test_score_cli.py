@@ -226,11 +226,18 @@ def test_a_full_standard_output_is_one_error_not_a_traceback(sw_home: Path, la_d
 
     assert Path("/dev/full").exists(), "this test needs Linux's /dev/full"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    clip = str(la_clip(la_dir, BONAFIDE_UTT))
-    for command in (["score", "--json"], ["score"], ["stream", "--json"]):
+    env.pop("PYTHONUNBUFFERED", None)  # buffered, as a plain shell runs it: the failure comes at the end
+    clip = ["--device", "cpu", str(la_clip(la_dir, BONAFIDE_UTT))]
+    # A table written at once and never flushed before exit (`weights list`) too.
+    for command in (
+        ["score", "--json", *clip],
+        ["score", *clip],
+        ["stream", "--json", *clip],
+        ["weights", "list"],
+    ):
         with open("/dev/full", "w") as full:
             proc = subprocess.run(
-                [sys.executable, "-m", "spoofwatch", *command, "--device", "cpu", clip],
+                [sys.executable, "-m", "spoofwatch", *command],
                 stdout=full,
                 stderr=subprocess.PIPE,
                 env=env,

@@ -144,7 +144,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         sys.stdout.write(f"exported {args.model} at {args.precision} to {out}\n")
         return 0
     out = args.out or cached_onnx_path(args.model, args.weights)
-    diff = export_onnx(args.model, out, args.weights)
+    diff = export_onnx(args.model, out, args.weights, cached=args.out is None)
     sys.stdout.write(f"exported {args.model} to {out} (max |ONNX - PyTorch| = {diff:.2e})\n")
     return 0
 
