@@ -182,7 +182,9 @@ class Detector:
                 "this Detector was built around a scorer, not by Detector.load: it cannot be pickled; "
                 "load one in each process with Detector.load"
             )
-        return (_load_again, self._loaded_with)
+        model, device, threads, weights, _, precision = self._loaded_with
+        # The calibration it has now (a caller may have set another one), not the one it was loaded with.
+        return (_load_again, (model, device, threads, weights, self.calibration, precision))
 
     @classmethod
     def load(

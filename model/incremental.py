@@ -205,10 +205,16 @@ def hop_incompatibility(hop_samples: int, n_blocks: int = 6) -> str | None:
         # The multiples of the stride either side, within one window (a hop is at most a window).
         below, above = hop_samples // stride * stride, (hop_samples // stride + 1) * stride
         usable = [h for h in dict.fromkeys((below, above)) if stride <= h <= WINDOW_SAMPLES]
+        if not usable:
+            return f"hop of {hop_samples} samples is longer than a window ({WINDOW_SAMPLES} samples)"
         return (
             f"hop of {hop_samples} samples is not a multiple of {stride} samples (3^{n_blocks}), "
             f"so the encoder's frames do not line up between windows; nearest usable "
-            + (f"hops: {usable[0]} or {usable[1]} samples" if len(usable) == 2 else f"hop: {usable[0]} samples")
+            + (
+                f"hops: {usable[0]} or {usable[1]} samples"
+                if len(usable) == 2
+                else f"hop: {usable[0]} samples"
+            )
         )
     return None
 

@@ -270,7 +270,9 @@ def load_torch_model(model: str, path: Path | None = None, config: ModelConfig |
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(_misfit_message(path, config.name, str(exc))) from None
-    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    broken = next(
+        (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
+    )
     if broken is not None:  # the export's parity check would blame itself, with |diff| = inf
         raise WeightsError(f"{path}: the weights hold NaN or Inf (first in {broken})")
     return net.eval()

@@ -138,6 +138,7 @@ def test_the_hops_suggested_instead_are_usable() -> None:
     assert hop_incompatibility(8000).endswith("nearest usable hops: 7290 or 8019 samples")  # type: ignore[union-attr]
     assert hop_incompatibility(512).endswith("nearest usable hop: 729 samples")  # type: ignore[union-attr]
     assert hop_incompatibility(WINDOW_SAMPLES).endswith("nearest usable hop: 64152 samples")  # type: ignore[union-attr]
+    assert hop_incompatibility(65400) == "hop of 65400 samples is longer than a window (64600 samples)"
 
 
 @pytest.mark.parametrize(

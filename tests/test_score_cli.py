@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -261,6 +262,9 @@ def test_a_detector_pickles_as_the_way_to_load_it(sw_home: Path, la_dir: Path) -
     audio = read_audio(la_clip(la_dir, BONAFIDE_UTT))
     assert again.score_audio(audio, hop_s=1.0).windows == detector.score_audio(audio, hop_s=1.0).windows
     assert again.calibration == detector.calibration and again.scorer is not detector.scorer
+    # The calibration it has when pickled, not the one it was loaded with (a pool's workers use the parent's).
+    detector.calibration = dataclasses.replace(detector.calibration, verdict_threshold=5.0)
+    assert pickle.loads(pickle.dumps(detector)).threshold == 5.0
     built = Detector("aasist-l", detector.scorer, detector.calibration)
     with pytest.raises(InputError, match=r"cannot be pickled; load one in each process with Detector\.load"):
         pickle.dumps(built)

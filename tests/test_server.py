@@ -847,7 +847,8 @@ def test_send_exit_says_whether_to_retry(
         finally:
             server.cancel()
     ctx.sinks.close()
-    assert send_exit(1001) == (SEND_RETRY_EXIT, " (retry later)")  # shutting down
+    assert send_exit(1001, "server shutting down") == (SEND_RETRY_EXIT, " (retry later)")
+    assert send_exit(1001, "idle for 30 s") == (ProtocolError.exit_code, "")  # the same stall would recur
     assert send_exit(1006)[0] == send_exit(None)[0] == NetworkError.exit_code
     assert send_exit(1007) == (ProtocolError.exit_code, "")
 

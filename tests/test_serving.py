@@ -626,6 +626,9 @@ async def test_health_readiness_and_metrics(
         assert status == 404
         assert body == "unknown path //healthz: expected one of /, /twilio, /healthz, /readyz, /metrics\n"
         assert (await http_get(port, health.READYZ + "?token=s3cret"))[0] == 200  # the query still read
+        assert (await http_get(port, health.READYZ + "?token=s3cret#top"))[0] == 200  # not "s3cret#top"
+        # The absolute form, which a server must accept (RFC 9112 3.2.2; some proxies send it).
+        assert (await http_get(port, f"http://127.0.0.1:{port}{health.READYZ}?token=s3cret"))[0] == 200
         assert ready["ready"] and ready["provider"] == "cpu" and ready["model"] == "aasist-l"
         assert ready["capacity_left"] == 3 and ready["active_streams"] == 0 and ready["shedding"] is None
         assert ready["worker"] == 0 and ready["worker_streams"] == 0

@@ -78,7 +78,7 @@ def register(sub: Any) -> None:
     fit.add_argument("--target", default="eer", choices=TARGETS)
     fit.add_argument(
         "--rate",
-        type=float,
+        type=lambda text: float(text) + 0.0,  # + 0.0: -0 is 0 (provenance read "--rate -0.0")
         default=None,
         help="target rate for bonafide-false-alarm / spoof-miss (fraction)",
     )

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from .common import (
     add_model_args,
     add_scoring_args,
-    checked_type,
     incremental_reason,
     load_live_scoring,
     print_event,
@@ -38,7 +37,6 @@ def register(sub: Any) -> None:
     from spoofwatch.constants import DEFAULT_MODEL
     from spoofwatch.stream.codecs import ENCODINGS
     from spoofwatch.stream.server.context import ServerConfig
-    from spoofwatch.stream.server.sinks import check_webhook_url
 
     d = ServerConfig()
     serve = sub.add_parser(
@@ -58,7 +56,6 @@ def register(sub: Any) -> None:
     serve.add_argument("--stdout", action="store_true", help="also print every event as a JSON line")
     serve.add_argument(
         "--webhook",
-        type=checked_type(check_webhook_url, lambda _: True, "an http:// or https:// URL with a host"),
         default=os.environ.get(WEBHOOK_ENV) or None,
         metavar="URL",
         help=f"POST each alert event as JSON to this URL (default: ${WEBHOOK_ENV}, which keeps a "
@@ -176,6 +173,15 @@ def _serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, shedding=None)
     # Before any worker loads the model: a refused config fails fast.
     config.validate()
+    if args.webhook is not None:
+        from spoofwatch.errors import ConfigError
+        from spoofwatch.stream.server.sinks import check_webhook_url
+
+        given = "--webhook" if os.environ.get(WEBHOOK_ENV) != args.webhook else f"${WEBHOOK_ENV}"
+        try:
+            check_webhook_url(args.webhook)
+        except ConfigError as exc:
+            raise ConfigError(f"{given}: {exc}") from None
     workers = default_workers(config.max_streams) if args.workers is None else args.workers
     validate_workers(workers, config.max_streams)
     from spoofwatch.model.runtime import resolve_device
@@ -306,13 +312,17 @@ SEND_RETRY_EXIT = 75
 CONNECTION_LOST = 1006
 
 
-def send_exit(close_code: int | None) -> tuple[int, str]:
+def send_exit(close_code: int | None, reason: str = "") -> tuple[int, str]:
     """``send``'s exit status and a hint for a stream closed with ``close_code``
-    (not 1000): a retryable refusal, a lost connection (1006: no close frame,
-    a network error) or the server refusing what was sent (a protocol error)."""
+    and ``reason`` (not 1000): a retryable refusal, a lost connection (1006:
+    no close frame, a network error) or the server refusing what was sent (a
+    protocol error; 1001 for an idle stream too: the same stall would recur)."""
     from spoofwatch.errors import CloseCode, NetworkError, ProtocolError
+    from spoofwatch.stream.server.drain import SHUTDOWN_REASON
 
-    if close_code in (CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY):
+    if close_code == CloseCode.TRY_AGAIN_LATER or (
+        close_code == CloseCode.GOING_AWAY and reason == SHUTDOWN_REASON
+    ):
         return SEND_RETRY_EXIT, " (retry later)"
     if close_code in (CONNECTION_LOST, None):
         return NetworkError.exit_code, " (the connection was lost)"
@@ -334,7 +344,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     )
     if result.close_code != CloseCode.NORMAL:
         reason = result.close_reason or "no reason given"
-        code, hint = send_exit(result.close_code)
+        code, hint = send_exit(result.close_code, result.close_reason or "")
         sys.stderr.write(f"spoofwatch send: server closed with {result.close_code}: {reason}{hint}\n")
         return code
     if result.interrupted:  # Ctrl-C: the audio ended early, the server's summary was printed

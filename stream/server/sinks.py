@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spoofwatch.errors import ConfigError
+
 from ..events import event_json
 from ..sinks import SINK_CLOSE_TIMEOUT_S, SINK_QUEUE_EVENTS, JsonlSink, QueuedSink
 
@@ -37,12 +39,18 @@ def webhook_poster(url: str, timeout_s: float = WEBHOOK_TIMEOUT_S) -> Callable[[
 
 
 def check_webhook_url(url: str) -> str:
-    """``url`` if a POST can be made to it, else a ``ValueError``: a typo
-    would otherwise surface only as a failed POST on the first alert."""
+    """``url`` if a POST can be made to it, else a ``ConfigError`` that names
+    only its scheme and host (the rest may be a secret): a typo would
+    otherwise surface only as a failed POST on the first alert."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(url)
-    parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        shown = f"{parts.scheme or '?'}://{parts.hostname or '?'}/..."
+        raise ConfigError(f"expected an http:// or https:// URL with a host and a valid port, got {shown}")
     return url
 
 

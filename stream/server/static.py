@@ -17,7 +17,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -94,12 +94,18 @@ def _response(body: bytes, content_type: str) -> Response:
 
 def target_path(target: str) -> str:
     """The path of an HTTP request target (``/readyz?token=T`` -> ``/readyz``).
-    Not ``urlsplit``, which reads ``//healthz`` as a host and an empty path."""
-    return target.partition("?")[0]
+    The origin form is split by hand: ``urlsplit`` reads ``//healthz`` as a
+    host and an empty path. The absolute form (``http://host/healthz``, which
+    a server must accept, RFC 9112 3.2.2) is a URL."""
+    if not target.startswith("/"):
+        return urlsplit(target).path or "/"
+    return target.partition("#")[0].partition("?")[0]
 
 
 def target_query(target: str) -> str:
-    return target.partition("?")[2]
+    if not target.startswith("/"):
+        return urlsplit(target).query
+    return target.partition("#")[0].partition("?")[2]
 
 
 def page_response(request: Request, ctx: ServerContext) -> Response | None:
