@@ -499,7 +499,9 @@ def test_threads_loading_a_model_first_time_export_it_once(
         def __exit__(self, *exc: object) -> None:
             self._lock.release()
 
-    def held_export(model: str, out: Path, weights: Path | None = None) -> float:
+    def held_export(
+        model: str, out: Path, weights: Path | None = None, config: object = None, cached: bool = False
+    ) -> float:
         active[0] += 1
         calls.append(active[0])
         if active[0] > 1:
@@ -508,6 +510,10 @@ def test_threads_loading_a_model_first_time_export_it_once(
             came_in_time.append(second_came.wait(60))  # a hang guard: the second thread comes at once
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"onnx")
+        if cached:  # as the real export installs a cached graph: with its digest
+            from spoofwatch.model.cached import record
+
+            record(out)
         active[0] -= 1
         return 0.0
 
